@@ -1,0 +1,69 @@
+"""`chunklm bench train`: compile time, median step time and training bytes/s of a config on this machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from chunklm.config import load_config
+from chunklm.data.corpus import load_splits
+from chunklm.data.pipeline import PackedWindows
+from chunklm.model.flops import train_flops_per_byte
+from chunklm.train.step import make_train_step
+from chunklm.train.trainer import setup_state
+
+
+def machine() -> str:
+  dev = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  kind = dev.device_kind if dev.platform != "cpu" else f"CPU ({os.cpu_count()} cores, {cpu})"
+  return f"{kind}, jax {jax.__version__}"
+
+
+def real_batches(cfg, count: int) -> list[dict]:
+  """Batches of packed windows from the configured training data (the built-in corpus by default)."""
+  docs = load_splits(cfg.data).train
+  windows = PackedWindows(docs, cfg.data.seq_len, seed=cfg.data.seed)
+  b = cfg.train.batch_size
+  return [{k: np.stack([windows[i * b + j][k] for j in range(b)]) for k in windows[0]} for i in range(count)]
+
+
+def bench_train(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
+  cfg = load_config(config, overrides)
+  graphdef, tx, state, num_params = setup_state(cfg)
+  batches = real_batches(cfg, steps + warmup + 1)
+  step_fn = make_train_step(graphdef, tx)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t0
+  times, metrics = [], None
+  for i, batch in enumerate(batches):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(state)
+    if i > warmup:
+      times.append(time.perf_counter() - t)
+  step_s = statistics.median(times)
+  window_bytes = cfg.train.batch_size * cfg.data.seq_len
+  measured = tuple(1.0 if s == 0 else float(metrics[f"bytes_per_position_l{s}"])
+                   for s in range(cfg.model.num_levels)) if cfg.model.num_stages else None
+  flops = train_flops_per_byte(cfg.model, cfg.data.seq_len, measured)
+  out = {"config": str(config), "overrides": " ".join(overrides), "params": num_params, "compile_s": compile_s,
+         "step_s": step_s, "bytes_per_s": window_bytes / step_s, "flops_per_byte": flops,
+         "achieved_gflops": flops * window_bytes / step_s / 1e9, "machine": machine()}
+  print(f"config            : {config} {out['overrides']}")
+  print(f"machine           : {out['machine']}")
+  print(f"parameters        : {num_params:,}")
+  print(f"batch x seq_len   : {cfg.train.batch_size} x {cfg.data.seq_len}")
+  print(f"compile           : {compile_s:.1f} s")
+  print(f"step (median of {len(times)}): {step_s * 1e3:.1f} ms  (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f})")
+  print(f"training bytes/s  : {out['bytes_per_s']:,.0f}")
+  print(f"train FLOPs/byte  : {flops / 1e6:.2f} M  ({out['achieved_gflops']:.1f} GFLOP/s achieved)")
+  print(f"| {config} {out['overrides']} | {num_params / 1e6:.2f} M | {compile_s:.1f} s | {step_s * 1e3:.0f} ms | "
+        f"{out['bytes_per_s']:,.0f} | {flops / 1e6:.2f} M | {out['machine']} |")
+  return out

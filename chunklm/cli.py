@@ -1,0 +1,146 @@
+"""`chunklm` command line: parses flags and calls library functions; user errors exit 2 with one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from chunklm.errors import UserError
+
+DEFAULT_CONFIG = "byte_transformer_tiny"
+
+EPILOG = """examples:
+  chunklm train                                  # default tiny model on the built-in corpus (Python stdlib)
+  chunklm train --config configs/byte_transformer_tiny.yaml --set train.steps=500 --workdir runs/x
+  chunklm train --data corpus/ --set data.include='[\"*.py\", \"*.md\"]' --valid-data valid.txt
+  chunklm eval --workdir runs/x --data valid.txt
+  chunklm generate --workdir runs/x --prompt "def " --temperature 0.7
+  chunklm bench train --config byte_transformer_tiny
+
+exit codes: 0 ok, 2 bad input (paths, configs, data, checkpoints), 3 training diverged, 143 stopped by SIGTERM"""
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_config: str | None = DEFAULT_CONFIG) -> None:
+  p.add_argument("--config", default=default_config,
+                 help="YAML config: a path or a bundled name (see configs/); default: %(default)s")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field, e.g. --set model.d_model=256 --set train.steps=500 (repeatable)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--data", action="append", default=[], metavar="PATH",
+                 help="training data (repeatable): text files, directories (recursive; filter with data.include/"
+                      "data.exclude globs), .jsonl (field data.jsonl_field), FASTA/FASTQ (sequences only), and .gz "
+                      "of each; default: the built-in corpus")
+  p.add_argument("--valid-data", action="append", default=[], metavar="PATH",
+                 help="held-out data (repeatable); default: split --data by document (data.valid_fraction)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="chunklm", description="Byte-level hierarchical language models in JAX.",
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  p = sub.add_parser("train", help="train a model (resumes automatically from the workdir's checkpoint)",
+                     description="Train a model. Re-running the same command in a workdir with a checkpoint "
+                                 "resumes exactly where it stopped (model, optimizer, step, RNG, data position).")
+  _add_config_args(p)
+  _add_data_args(p)
+  p.add_argument("--workdir", default=None, help="run directory (checkpoints, metrics.jsonl, tb/, loss.png); "
+                                                 "default: runs/<config name>")
+  p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                 help="stop (with a checkpoint) after N more steps; the schedule still spans train.steps")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+  p = sub.add_parser("eval", help="bits per byte of a trained model on some data",
+                     description="Evaluate the latest checkpoint of a workdir: exact bits per byte over every byte "
+                                 "of the given data (default: the run's validation split).")
+  p.add_argument("--workdir", required=True, help="run directory of a trained model")
+  _add_data_args(p)
+  p.add_argument("--max-bytes", type=int, default=0, help="evaluate only the first ~N bytes (0 = all)")
+  p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: eval.batch_size)")
+
+  p = sub.add_parser("generate", help="sample bytes from a trained model",
+                     description="Sample a continuation of --prompt from the latest checkpoint of a workdir.")
+  p.add_argument("--workdir", required=True, help="run directory of a trained model")
+  p.add_argument("--prompt", default="", help="text to continue (treated as the start of a document)")
+  p.add_argument("--max-bytes", type=int, default=200, help="bytes to generate (default: %(default)s)")
+  p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
+  p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
+  p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+
+  p = sub.add_parser("bench", help="benchmarks (training throughput)",
+                     description="Benchmarks that print measured figures with the machine they ran on.")
+  bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+  b = bsub.add_parser("train", help="compile time, step time and training bytes/s of a config",
+                      description="Measure compile time, median step time and training bytes/s (after warm-up) "
+                                  "on random bytes, for a config.")
+  _add_config_args(b, default_config=None)
+  b.add_argument("--steps", type=int, default=10, help="timed steps (default: %(default)s)")
+  b.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation (default: %(default)s)")
+  return parser
+
+
+def _cmd_train(args) -> int:
+  from chunklm.config import load_config
+  from chunklm.train.trainer import train
+
+  overrides = list(args.overrides)
+  if args.data:
+    overrides.append("data.sources=" + _yaml_list(args.data))
+  if args.valid_data:
+    overrides.append("data.valid_sources=" + _yaml_list(args.valid_data))
+  cfg = load_config(args.config, overrides)
+  workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
+  if args.stop_after is not None and args.stop_after <= 0:
+    raise UserError("--stop-after must be positive")
+  result = train(cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress)
+  from chunklm.eval.report import print_train_summary
+  print_train_summary(result, cfg)
+  return 0 if result.finished or args.stop_after else 143
+
+
+def _yaml_list(items: list[str]) -> str:
+  import json
+  return json.dumps([os.fspath(i) for i in items])
+
+
+def _cmd_eval(args) -> int:
+  from chunklm.eval.report import run_eval
+  run_eval(Path(args.workdir), args.data, args.valid_data, args.max_bytes, args.batch_size)
+  return 0
+
+
+def _cmd_generate(args) -> int:
+  from chunklm.eval.report import run_generate
+  if args.max_bytes < 0 or args.temperature < 0 or not 0 < args.top_p <= 1:
+    raise UserError("--max-bytes and --temperature must be >= 0 and --top-p in (0, 1]")
+  run_generate(Path(args.workdir), args.prompt, args.max_bytes, args.temperature, args.top_p, args.seed)
+  return 0
+
+
+def _cmd_bench(args) -> int:
+  from chunklm.bench.train import bench_train
+  if args.config is None:
+    raise UserError("bench train: --config is required")
+  bench_train(args.config, args.overrides, args.steps, args.warmup)
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "bench": _cmd_bench}
+  try:
+    return commands[args.command](args)
+  except UserError as e:
+    print(f"chunklm: error: {e}", file=sys.stderr)
+    return getattr(e, "exit_code", 2)
+  except KeyboardInterrupt:
+    print("chunklm: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,180 @@
+"""Where documents come from: text files, directories, JSONL, FASTA/FASTQ, their .gz, and the built-in corpus.
+
+Every source yields `(name, bytes)` documents. Bytes are taken as they are on disk: binary and invalid UTF-8 are
+valid input. The built-in default corpus is the source code of the running Python's standard library (no download).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import io
+import json
+import os
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+from chunklm.errors import DataError
+
+Document = tuple[str, bytes]
+
+FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".faa", ".frn")
+FASTQ_SUFFIXES = (".fq", ".fastq")
+JSONL_SUFFIXES = (".jsonl",)
+DEFAULT_CORPUS = "stdlib"  # name shown for the built-in corpus
+_STDLIB_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+  if path.suffix == ".gz":
+    return gzip.open(path, "rb")
+  return open(path, "rb")
+
+
+def _kind(path: Path) -> str:
+  suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+  suffix = suffix.lower()
+  if suffix in FASTA_SUFFIXES:
+    return "fasta"
+  if suffix in FASTQ_SUFFIXES:
+    return "fastq"
+  if suffix in JSONL_SUFFIXES:
+    return "jsonl"
+  return "text"
+
+
+def _read_all(path: Path) -> bytes:
+  try:
+    with _open_bytes(path) as f:
+      return f.read()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _text_documents(path: Path, name: str, separator: bytes) -> Iterator[Document]:
+  data = _read_all(path)
+  if not separator:
+    yield name, data
+    return
+  for i, part in enumerate(data.split(separator)):
+    yield f"{name}#{i}", part
+
+
+def _jsonl_documents(path: Path, name: str, field: str) -> Iterator[Document]:
+  for lineno, line in enumerate(_read_all(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(record, dict) or field not in record:
+      raise DataError(f"{path}:{lineno}: record has no field {field!r} (set data.jsonl_field)")
+    text = record[field]
+    if not isinstance(text, str):
+      raise DataError(f"{path}:{lineno}: field {field!r} is not a string")
+    yield f"{name}:{lineno}", text.encode("utf-8", errors="surrogatepass")
+
+
+def _fasta_documents(path: Path, name: str) -> Iterator[Document]:
+  """One document per record: the sequence lines joined, without header or newlines."""
+  header, seq = None, []
+  for line in _read_all(path).splitlines():
+    if line.startswith(b">"):
+      if header is not None:
+        yield f"{name}:{header}", b"".join(seq)
+      header, seq = line[1:].split(maxsplit=1)[0].decode("utf-8", "replace") if line[1:].strip() else "", []
+    elif line.strip():
+      if header is None:
+        raise DataError(f"{path}: FASTA sequence before the first '>' header")
+      seq.append(line.strip())
+  if header is not None:
+    yield f"{name}:{header}", b"".join(seq)
+
+
+def _fastq_documents(path: Path, name: str) -> Iterator[Document]:
+  """One document per read: the sequence line only (records are 4 lines: @id, sequence, +, qualities)."""
+  lines = [ln for ln in _read_all(path).splitlines() if ln.strip()]
+  if len(lines) % 4:
+    raise DataError(f"{path}: FASTQ must have 4 lines per record, found {len(lines)} lines")
+  for i in range(0, len(lines), 4):
+    if not lines[i].startswith(b"@") or not lines[i + 2].startswith(b"+"):
+      raise DataError(f"{path}: malformed FASTQ record at line {i + 1}")
+    yield f"{name}:{lines[i][1:].split(maxsplit=1)[0].decode('utf-8', 'replace') if lines[i][1:].strip() else i // 4}", lines[i + 1].strip()
+
+
+def file_documents(path: Path, name: str, *, jsonl_field: str = "text", doc_separator: str = "") -> Iterator[Document]:
+  kind = _kind(path)
+  if kind == "fasta":
+    return _fasta_documents(path, name)
+  if kind == "fastq":
+    return _fastq_documents(path, name)
+  if kind == "jsonl":
+    return _jsonl_documents(path, name, jsonl_field)
+  return _text_documents(path, name, doc_separator.encode("utf-8"))
+
+
+def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
+  base = rel.rsplit("/", 1)[-1]
+  return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(base, p) for p in patterns)
+
+
+def list_files(path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = ()) -> list[Path]:
+  """The files a `--data` path stands for, sorted; raises DataError for missing paths or empty directories."""
+  p = Path(path)
+  if not p.exists():
+    raise DataError(f"--data {path}: no such file or directory")
+  if p.is_file():
+    if not os.access(p, os.R_OK):
+      raise DataError(f"--data {path}: permission denied")
+    return [p]
+  if not p.is_dir():
+    raise DataError(f"--data {path}: not a regular file or directory")
+  files = []
+  for root, dirs, names in os.walk(p):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for n in sorted(names):
+      f = Path(root, n)
+      rel = f.relative_to(p).as_posix()
+      if n.startswith(".") or not f.is_file() or not _matches(rel, include) or _matches(rel, exclude):
+        continue
+      files.append(f)
+  if not files:
+    raise DataError(f"--data {path}: directory has no files matching include={list(include)} "
+                    f"exclude={list(exclude)} (set data.include / data.exclude)")
+  return files
+
+
+def iter_documents(paths: tuple[str, ...], *, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (),
+                   jsonl_field: str = "text", doc_separator: str = "") -> Iterator[Document]:
+  """All documents of `paths` in a deterministic order. Every path is checked before any is read."""
+  plan = []
+  for path in paths:
+    root = Path(path)
+    for f in list_files(path, include, exclude):
+      plan.append((f, f.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}"))
+  for f, name in plan:
+    yield from file_documents(f, name, jsonl_field=jsonl_field, doc_separator=doc_separator)
+
+
+def stdlib_dir() -> Path:
+  return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[Path]:
+  """The built-in corpus: the standard library's .py files, without test suites and installed packages."""
+  root = stdlib_dir()
+  files = []
+  for dirpath, dirs, names in os.walk(root):
+    dirs[:] = sorted(d for d in dirs if d not in _STDLIB_SKIP_DIRS and not d.startswith("."))
+    files.extend(Path(dirpath, n) for n in sorted(names) if n.endswith(".py"))
+  if not files:
+    raise DataError(f"the built-in corpus is empty: no .py files under {root}; pass --data PATH")
+  return files
+
+
+def default_documents() -> Iterator[Document]:
+  root = stdlib_dir()
+  for f in stdlib_files():
+    yield f.relative_to(root).as_posix(), _read_all(f)

@@ -1,0 +1,69 @@
+"""What the CLI prints after training, evaluation and generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chunklm.config import Config
+from chunklm.errors import DataError
+
+
+def show_bytes(data: bytes) -> str:
+  """Bytes as readable text: invalid UTF-8 shown with replacement characters, control bytes escaped."""
+  text = data.decode("utf-8", errors="replace")
+  return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" if ord(c) < 256 else c for c in text)
+
+
+def print_train_summary(result, cfg: Config) -> None:
+  wd = result.workdir
+  if not result.finished:
+    print(f"\nstopped at step {result.step} of {cfg.train.steps}; checkpoint in {wd / 'checkpoints'}; "
+          "re-run the same command to continue")
+    return
+  v = result.valid
+  print(f"\n== {wd.name}: {result.num_params:,} parameters, {result.step} steps ==")
+  print(f"valid bits per byte   : {v['bpb']:.4f}  ({int(v['bytes']):,} bytes)")
+  print(f"order-0 byte entropy  : {result.order0_entropy:.4f}  (bits per byte of a unigram byte model of valid)")
+  for key in sorted(k for k in v if k.startswith("bytes_per_chunk")):
+    print(f"{key:22s}: {v[key]:.2f}")
+  if result.sample:
+    print("sample:\n" + "-" * 60 + "\n" + show_bytes(result.sample) + "\n" + "-" * 60)
+  print(f"metrics    : {wd / 'metrics.jsonl'} (TensorBoard: {wd / 'tb'})")
+  print(f"loss plot  : {wd / 'loss.png'}")
+  print(f"checkpoint : {wd / 'checkpoints'}")
+
+
+def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: int, batch_size: int | None) -> dict:
+  from chunklm.data.corpus import load_documents, load_splits
+  from chunklm.eval.bpb import evaluate
+  from chunklm.train.restore import load_trained
+  from chunklm.train.step import make_eval_step
+
+  cfg, graphdef, params, step = load_trained(workdir)
+  paths = tuple(data) + tuple(valid_data)
+  if paths:
+    docs = load_documents(paths, cfg.data)
+    docs = docs.select(docs.lengths > 0)
+    if docs.num_bytes == 0:
+      raise DataError(f"{', '.join(paths)}: no bytes to evaluate")
+    what = ", ".join(paths)
+  else:
+    docs = load_splits(cfg.data, cache_dir=workdir / "cache").valid
+    what = "the run's validation split"
+  res = evaluate(make_eval_step(graphdef), params, docs, cfg.data.seq_len, batch_size or cfg.eval.batch_size,
+                 max_bytes, progress=True)
+  print(f"{workdir} (step {step}) on {what}: {res['bpb']:.4f} bits per byte over {int(res['bytes']):,} bytes")
+  for key in sorted(k for k in res if k.startswith("bytes_per_chunk")):
+    print(f"{key}: {res[key]:.2f}")
+  return res
+
+
+def run_generate(workdir: Path, prompt: str, max_bytes: int, temperature: float, top_p: float, seed: int) -> bytes:
+  from chunklm.eval.generate import generate
+  from chunklm.train.restore import load_trained
+
+  cfg, graphdef, params, _ = load_trained(workdir)
+  out = generate(graphdef, params, prompt.encode(), seq_len=cfg.data.seq_len, max_new_bytes=max_bytes,
+                 temperature=temperature, top_p=top_p, seed=seed)
+  print(show_bytes(prompt.encode() + out))
+  return out

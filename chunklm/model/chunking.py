@@ -1,0 +1,110 @@
+"""Chunk, dechunk and the ratio loss of one H-Net stage (paper Sec. 2.2; DESIGN §3).
+
+chunk:   keep the boundary positions (b_t = 1) in order, in a static number of slots M. Document starts are always
+         kept; if a window has more boundaries than slots, the *last* other boundaries are dropped (counted as
+         overflow) and their bytes join the previous kept chunk. Because K slots are reserved for document starts,
+         whether a boundary is kept depends only on earlier positions: overflow never breaks causality.
+dechunk: EMA smoothing over chunks, zbar_c = P_c zhat_c + (1 - P_c) zbar_{c-1} with P_c = clamp(p, 1e-4, 1 - 1e-4) at
+         the chunk's boundary and P_c = 1 at document starts (a restart, so nothing crosses documents); then every
+         position takes zbar of its chunk, times STE(c_t) with c_t = max(p_t, 1 - p_t), forward value 1.
+ratio loss: L = N/(N-1) ((N-1) F G + (1-F)(1-G)), F = mean(b), G = mean(p) over a stage's valid positions, F from
+         the router's own decisions (before overflow).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from chunklm.kernels import api
+from chunklm.model.routing import Routing, document_starts
+
+
+class Chunks(NamedTuple):
+  z_BxMxD: jax.Array  # chunk vectors (the encoder state at each kept boundary)
+  valid_BxM: jax.Array  # slot holds a chunk
+  segment_ids_BxM: jax.Array  # document of each chunk (-1 for empty slots)
+  p_BxM: jax.Array  # boundary probability at each chunk's start
+  starts_BxM: jax.Array  # chunk starts a document
+  chunk_idx_BxL: jax.Array  # chunk of every outer position
+  keep_BxL: jax.Array  # boundaries actually kept (b minus overflow)
+
+
+def keep_within_capacity(b_BxL: jax.Array, starts_BxL: jax.Array, capacity: int, doc_slots: int) -> jax.Array:
+  """b restricted to `capacity` chunks: every document start, plus the first (capacity - doc_slots) others."""
+  others_BxL = b_BxL & ~starts_BxL
+  rank_BxL = jnp.cumsum(others_BxL.astype(jnp.int32), axis=1) - 1
+  return starts_BxL | (others_BxL & (rank_BxL < capacity - doc_slots))
+
+
+def chunk(h_BxLxD: jax.Array, routing: Routing, segment_ids_BxL: jax.Array, valid_BxL: jax.Array,
+          capacity: int, doc_slots: int, exact: bool) -> Chunks:
+  starts_BxL = document_starts(segment_ids_BxL) & valid_BxL
+  keep_BxL = routing.b_BxL if exact else keep_within_capacity(routing.b_BxL, starts_BxL, capacity, doc_slots)
+  z_BxMxD, _, valid_BxM = api.downsample(h_BxLxD, keep_BxL, capacity)
+  positions_BxM, _ = api.chunk_positions(keep_BxL, capacity)
+
+  def at_chunks(v_BxL):
+    return jnp.take_along_axis(v_BxL, positions_BxM, axis=1)
+
+  return Chunks(
+      z_BxMxD=z_BxMxD,
+      valid_BxM=valid_BxM,
+      segment_ids_BxM=jnp.where(valid_BxM, at_chunks(segment_ids_BxL), -1),
+      p_BxM=at_chunks(routing.p_BxL),
+      starts_BxM=at_chunks(starts_BxL) & valid_BxM,
+      chunk_idx_BxL=api.chunk_index(keep_BxL, capacity),
+      keep_BxL=keep_BxL,
+  )
+
+
+def ste_one(x: jax.Array) -> jax.Array:
+  """Exactly 1 in the forward pass, identity gradient (the paper's STE on the confidence)."""
+  return 1.0 + x - jax.lax.stop_gradient(x)
+
+
+def dechunk(zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing) -> jax.Array:
+  """Smoothed, upsampled main-network output, scaled by STE(confidence): y_BxLxD in float32."""
+  restart_BxM = chunks.starts_BxM | ~chunks.valid_BxM
+  p_BxM = jnp.where(restart_BxM, 1.0, jnp.clip(chunks.p_BxM, 1e-4, 1 - 1e-4))
+  zbar_BxMxD = api.ema_scan(zhat_BxMxD.astype(jnp.float32), p_BxM)
+  up_BxLxD = api.upsample(zbar_BxMxD, chunks.chunk_idx_BxL)
+  confidence_BxL = jnp.where(routing.b_BxL, routing.p_BxL, 1.0 - routing.p_BxL)
+  return up_BxLxD * ste_one(confidence_BxL)[..., None]
+
+
+def ratio_loss(f: jax.Array, g: jax.Array, target: float) -> jax.Array:
+  """N/(N-1) ((N-1) F G + (1-F)(1-G)); minimum 1 at F = G = 1/N."""
+  n = float(target)
+  return n / (n - 1.0) * ((n - 1.0) * f * g + (1.0 - f) * (1.0 - g))
+
+
+def stage_sums(routing: Routing, chunks: Chunks, valid_BxL: jax.Array) -> dict[str, jax.Array]:
+  """Exact counts of one stage (positions, boundaries, kept chunks, summed p) for metrics and the ratio loss."""
+  v = valid_BxL.astype(jnp.float32)
+  return {
+      "positions": v.sum(),
+      "boundaries": (routing.b_BxL.astype(jnp.float32) * v).sum(),
+      "kept": chunks.valid_BxM.astype(jnp.float32).sum(),
+      "p_sum": (routing.p_BxL * v).sum(),
+  }
+
+
+def routing_metrics(sums: dict, num_stages: int) -> dict[str, jax.Array]:
+  """Readable per-stage figures from summed counts (keys '<name>_s<stage>_sum'; level-0 positions = bytes).
+
+  bytes_per_chunk_s{s}: bytes per boundary chosen by stage s (the paper's 1/F, compounded over stages);
+  bytes_per_position_l{s+1}: bytes per position the next level actually runs on (after overflow);
+  overflow_s{s}: fraction of stage s's boundaries dropped for lack of capacity; mean_p_s{s}: G.
+  """
+  n_bytes = jnp.maximum(sums["positions_s0_sum"], 1.0)
+  out = {}
+  for s in range(num_stages):
+    boundaries = jnp.maximum(sums[f"boundaries_s{s}_sum"], 1.0)
+    out[f"bytes_per_chunk_s{s}"] = n_bytes / boundaries
+    out[f"bytes_per_position_l{s + 1}"] = n_bytes / jnp.maximum(sums[f"kept_s{s}_sum"], 1.0)
+    out[f"overflow_s{s}"] = 1.0 - sums[f"kept_s{s}_sum"] / boundaries
+    out[f"mean_p_s{s}"] = sums[f"p_sum_s{s}_sum"] / jnp.maximum(sums[f"positions_s{s}_sum"], 1.0)
+  return out

@@ -1,0 +1,89 @@
+"""Training FLOPs per byte, counted from the config (matmuls, attention scores/values, SSD scan; 1 multiply-add = 2).
+
+Training = 3 x forward (forward + backward through activations and weights). Attention counts the keys each query
+actually attends to (causal, windowed). An H-Net level s runs on one position per `bytes_per_position[s]` bytes:
+level 0 on every byte, deeper levels on the chunks, with the chunk ratios measured in training (or the targets).
+"""
+
+from __future__ import annotations
+
+import math
+
+from chunklm.config import ModelConfig
+from chunklm.model.stack import layer_kinds
+
+
+def mean_keys(length: int, window: int) -> float:
+  """Average number of keys a causal query attends to in a sequence of `length` (window 0 = global)."""
+  if length <= 0:
+    return 0.0
+  if not window or window + 1 >= length:
+    return (length + 1) / 2
+  w = window + 1  # keys per query once the window is full
+  return (w * (w + 1) / 2 + (length - w) * w) / length
+
+
+def attention_flops(d: int, length: int, window: int) -> float:
+  """Forward FLOPs per position of one attention mixer (projections + scores + weighted values)."""
+  return 2 * d * 3 * d + 2 * d * d + 4 * d * mean_keys(length, window)
+
+
+def mamba_flops(cfg: ModelConfig, d: int) -> float:
+  """Forward FLOPs per position of one Mamba2 mixer (projections, conv, chunked SSD)."""
+  m = cfg.mamba
+  inner, n, q = m.expand * d, m.d_state, m.chunk_size
+  heads = inner // m.head_dim
+  proj = 2 * d * (2 * inner + 2 * n + heads) + 2 * inner * d
+  conv = 2 * m.d_conv * (inner + 2 * n)
+  ssd = 2 * n * q + 2 * q * inner + 4 * n * inner  # intra-chunk C.B and weighted sum, state in and out
+  return proj + conv + ssd
+
+
+def stack_flops(cfg: ModelConfig, spec: str, level: int, length: int) -> float:
+  """Forward FLOPs per position of a layer stack at `level` over sequences of `length` positions."""
+  d = cfg.d_model[level]
+  total = 0.0
+  for kind in layer_kinds(spec):
+    total += attention_flops(d, length, cfg.window[level]) if kind in "tT" else mamba_flops(cfg, d)
+    if kind.isupper():
+      total += 6 * d * cfg.ff_dim(level)
+  return total
+
+
+def routing_flops(d: int) -> float:
+  """Router q/k projections and the residual projection, per position of the outer level."""
+  return 2 * 2 * d * d + 2 * d * d
+
+
+def level_positions(cfg: ModelConfig, bytes_per_position: tuple[float, ...] | None = None) -> tuple[float, ...]:
+  """Bytes per position at every level: (1, N0, N0*N1, ...) from the targets unless measured values are given."""
+  if bytes_per_position is not None:
+    if len(bytes_per_position) != cfg.num_levels:
+      raise ValueError(f"need {cfg.num_levels} bytes-per-position values, got {bytes_per_position}")
+    return tuple(bytes_per_position)
+  return tuple(math.prod(cfg.target_ratio[:s]) for s in range(cfg.num_levels))
+
+
+def train_flops_per_byte(cfg: ModelConfig, seq_len: int, bytes_per_position: tuple[float, ...] | None = None,
+                         bytes_per_token: float = 1.0) -> float:
+  """Training FLOPs per byte of text.
+
+  Args:
+    cfg: model config.
+    seq_len: positions per training window at level 0 (bytes, or tokens for a token model).
+    bytes_per_position: bytes per position at each level (H-Net); defaults to the target ratios.
+    bytes_per_token: for a token model, the tokenizer's average bytes per token (1 for bytes).
+  """
+  per_byte = level_positions(cfg, bytes_per_position)
+  total = 2 * cfg.d_model[0] * cfg.vocab_size  # LM head (the embedding lookup is free)
+  for level in range(cfg.num_levels):
+    layout = cfg.level_layout(level)
+    length = max(1, round(seq_len / per_byte[level]))
+    if len(layout) == 1:
+      level_total = stack_flops(cfg, layout[0], level, length)
+    else:
+      d = cfg.d_model[level]
+      level_total = (stack_flops(cfg, layout[0], level, length) + stack_flops(cfg, layout[2], level, length)
+                     + routing_flops(d))
+    total += level_total / per_byte[level]
+  return 3 * total / bytes_per_token

@@ -1,0 +1,121 @@
+"""Basic layers: parameters with logical axes, Linear, Embed, RMSNorm, SwiGLU MLP, RoPE attention with segment masks.
+
+Logical axis names (mapped to mesh axes by `train/sharding.py`):
+  vocab, embed (model width), embed_out (a second model-width axis of a square matrix), mlp (MLP hidden), heads,
+  kv (head dim), ssm_inner, ssm_heads, ssm_state, conv, norm.
+Parameters are float32; each layer computes in `dtype` (float32 or bfloat16) and norms/softmax run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(key: jax.Array, init, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
+  """A float32 parameter annotated with logical axis names (not sharded until a mesh rule places it)."""
+  if len(axes) != len(shape):
+    raise ValueError(f"axes {axes} do not match shape {shape}")
+  return nnx.Param(init(key, shape, jnp.float32), out_sharding=axes, eager_sharding=False)
+
+
+def normal(std: float):
+  return lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype)
+
+
+def constant(value: float):
+  return lambda key, shape, dtype: jnp.full(shape, value, dtype)
+
+
+class Linear(nnx.Module):
+  """y = x @ W (no bias); W has shape in_shape + out_shape so heads can stay a separate axis."""
+
+  def __init__(self, in_dim: int, out_shape: tuple[int, ...], axes: tuple[str | None, ...], *, rngs: nnx.Rngs,
+               std: float = 0.02, dtype=jnp.float32):
+    self.kernel = param(rngs.params(), normal(std), (in_dim, *out_shape), axes)
+    self.dtype = dtype
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    w = self.kernel[...].astype(self.dtype)
+    return jnp.tensordot(x_BxLxD.astype(self.dtype), w, axes=1)
+
+
+class Embed(nnx.Module):
+  def __init__(self, vocab: int, dim: int, *, rngs: nnx.Rngs, std: float = 1.0, dtype=jnp.float32):
+    self.table = param(rngs.params(), normal(std), (vocab, dim), ("vocab", "embed"))
+    self.dtype = dtype
+
+  def __call__(self, ids_BxL: jax.Array) -> jax.Array:
+    return jnp.take(self.table[...], ids_BxL.astype(jnp.int32), axis=0).astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, dim: int, *, eps: float = 1e-5):
+    self.scale = param(None, constant(1.0), (dim,), ("norm",))
+    self.eps = eps
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x = x_BxLxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * self.scale[...]).astype(x_BxLxD.dtype)
+
+
+class SwiGLU(nnx.Module):
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, std: float, out_std: float, dtype=jnp.float32):
+    self.w_in = Linear(dim, (2, hidden), ("embed", None, "mlp"), rngs=rngs, std=std, dtype=dtype)
+    self.w_out = Linear(hidden, (dim,), ("mlp", "embed"), rngs=rngs, std=out_std, dtype=dtype)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    h_BxLx2xF = self.w_in(x_BxLxD)
+    return self.w_out(jax.nn.silu(h_BxLx2xF[..., 0, :]) * h_BxLx2xF[..., 1, :])
+
+
+def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, rotary_dim: int, theta: float) -> jax.Array:
+  """Rotates the first `rotary_dim` dims of each head (split-half convention); the rest pass through."""
+  if rotary_dim == 0:
+    return x_BxLxHxK
+  half = rotary_dim // 2
+  freq_R = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxLx1xR = (positions_BxL.astype(jnp.float32)[..., None] * freq_R)[:, :, None, :]
+  sin, cos = jnp.sin(angle_BxLx1xR), jnp.cos(angle_BxLx1xR)
+  x = x_BxLxHxK.astype(jnp.float32)
+  x1, x2, rest = x[..., :half], x[..., half:rotary_dim], x[..., rotary_dim:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+  return out.astype(x_BxLxHxK.dtype)
+
+
+def attention_mask(segment_ids_BxL: jax.Array, window: int = 0) -> jax.Array:
+  """mask_Bx1xLxL: causal, same document (segment), and within `window` keys back when window > 0."""
+  length = segment_ids_BxL.shape[1]
+  q = jnp.arange(length)[:, None]
+  k = jnp.arange(length)[None, :]
+  allowed_LxL = k <= q
+  if window:
+    allowed_LxL &= q - k <= window
+  same_BxLxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
+  return (same_BxLxL & allowed_LxL)[:, None]
+
+
+class Attention(nnx.Module):
+  """Multi-head causal self-attention with partial RoPE and document (segment) masking."""
+
+  def __init__(self, dim: int, n_heads: int, *, rngs: nnx.Rngs, rotary_fraction: float, rope_theta: float,
+               window: int, std: float, out_std: float, dtype=jnp.float32):
+    head_dim = dim // n_heads
+    self.n_heads, self.head_dim, self.window, self.rope_theta = n_heads, head_dim, window, rope_theta
+    self.rotary_dim = 2 * int(head_dim * rotary_fraction // 2)
+    self.w_qkv = Linear(dim, (3, n_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, std=std, dtype=dtype)
+    self.w_out = Linear(n_heads * head_dim, (dim,), ("heads", "embed"), rngs=rngs, std=out_std, dtype=dtype)
+
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+    qkv_BxLx3xHxK = self.w_qkv(x_BxLxD)
+    q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+    q = rope(q, positions_BxL, self.rotary_dim, self.rope_theta)
+    k = rope(k, positions_BxL, self.rotary_dim, self.rope_theta)
+    mask_Bx1xLxL = attention_mask(segment_ids_BxL, self.window)
+    out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xLxL, scale=1.0 / math.sqrt(self.head_dim))
+    b, length = x_BxLxD.shape[:2]
+    return self.w_out(out_BxLxHxK.reshape(b, length, -1))

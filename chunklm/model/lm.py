@@ -1,0 +1,61 @@
+"""The causal language model: embedding -> backbone (a layer stack or a recursive H-Net) -> RMSNorm'd output -> head.
+
+One class serves every model kind: a byte Transformer is the layout ('T4',), a 1-stage H-Net ('m4', ('T9',), 'm4'),
+a token Transformer the same stack with the tokenizer's vocabulary. Embedding and LM head are untied.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from chunklm.config import Config, ModelConfig
+from chunklm.model.capacity import capacities
+from chunklm.model.chunking import routing_metrics
+from chunklm.model.layers import Embed, Linear
+from chunklm.model.stack import Stack
+
+
+class CausalLM(nnx.Module):
+  """`doc_slots` bounds the documents in one training window (chunk slots reserved for document starts)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1):
+    self.cfg, self.doc_slots = cfg, doc_slots
+    dim, dtype = cfg.d_model[0], jnp.dtype(cfg.dtype)
+    self.embed = Embed(cfg.vocab_size, dim, rngs=rngs, dtype=dtype)
+    if cfg.num_stages == 0:
+      self.backbone = Stack(cfg.layout[0], cfg, 0, rngs=rngs)
+    else:
+      from chunklm.model.hnet import HNet  # the H-Net pulls in routing and chunking
+      self.backbone = HNet(cfg, 0, rngs=rngs)
+    self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
+
+  def __call__(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+               *, exact: bool = False) -> tuple[jax.Array, dict]:
+    """Returns float32 logits_BxLxV and `aux`: per-stage routing statistics and the weighted ratio loss.
+
+    exact=True gives every H-Net stage a chunk capacity equal to its input length (no overflow), for evaluation.
+    """
+    x_BxLxD = self.embed(ids_BxL)
+    if self.cfg.num_stages == 0:
+      h_BxLxD = self.backbone(x_BxLxD, segment_ids_BxL, positions_BxL)
+      return self.head(h_BxLxD).astype(jnp.float32), {}
+    caps = capacities(self.cfg, ids_BxL.shape[1], self.doc_slots)
+    h_BxLxD, raw = self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
+                                 doc_slots=self.doc_slots, exact=exact)
+    stages = range(self.cfg.num_stages)
+    aux = {k: v for k, v in raw.items() if k.endswith("_sum") or k.startswith("ratio_loss_s")}
+    aux["ratio_loss"] = (self.cfg.ratio_loss_weight * sum(raw[f"ratio_loss_s{s}"] for s in stages)
+                         + sum(raw[f"router_aux_s{s}"] for s in stages))
+    aux.update(routing_metrics(raw, self.cfg.num_stages))
+    return self.head(h_BxLxD).astype(jnp.float32), aux
+
+
+def build_model(cfg: Config, seed: int | None = None) -> CausalLM:
+  seed = cfg.train.seed if seed is None else seed
+  return CausalLM(cfg.model, rngs=nnx.Rngs(params=seed), doc_slots=cfg.data.max_docs_per_window)
+
+
+def count_params(model: nnx.Module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

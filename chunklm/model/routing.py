@@ -1,0 +1,81 @@
+"""Boundary predictors ("routers"): where does a new chunk start?
+
+Every predictor has the same interface so they can be compared fairly:
+  router(h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL) -> Routing(p_BxL, b_BxL, aux_loss)
+p is a boundary probability in [0, 1] (float32, carries gradient), b the hard decision (bool). Document starts are
+always boundaries (p = 1) and invalid positions (padding) never are. `aux_loss` is a predictor-specific loss (0 for
+the H-Net router, whose ratio loss lives in chunking.py).
+
+The H-Net router (paper Sec. 2.2.1): p_t = (1 - cos(W_q h_{t-1}, W_k h_t)) / 2, b_t = 1[p_t > 1/2], with W_q and W_k
+initialised to the identity. No noise or temperature: the router learns through the dechunk smoothing, the
+confidence straight-through estimator and the ratio loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from chunklm.model.layers import param
+
+
+class Routing(NamedTuple):
+  p_BxL: jax.Array  # boundary probability, float32
+  b_BxL: jax.Array  # boundary decision, bool
+  aux_loss: jax.Array  # predictor-specific loss (scalar)
+
+
+def document_starts(segment_ids_BxL: jax.Array) -> jax.Array:
+  """True at position 0 and wherever the segment id changes."""
+  prev = jnp.pad(segment_ids_BxL[:, :-1], ((0, 0), (1, 0)), constant_values=-2)
+  return segment_ids_BxL != prev
+
+
+def finalize(p_BxL: jax.Array, b_BxL: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array,
+             aux_loss: jax.Array | float = 0.0) -> Routing:
+  """Forces p = 1 and b = 1 at document starts, b = 0 on invalid positions."""
+  starts = document_starts(segment_ids_BxL) & valid_BxL
+  p = jnp.where(starts, 1.0, p_BxL.astype(jnp.float32))
+  b = (b_BxL | starts) & valid_BxL
+  return Routing(p, b, jnp.asarray(aux_loss, jnp.float32))
+
+
+def _identity(key, shape, dtype):
+  del key
+  return jnp.eye(*shape, dtype=dtype)
+
+
+class CosineRouter(nnx.Module):
+  """The H-Net routing module: cosine dissimilarity of adjacent (projected) encoder states."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs):
+    del rngs
+    self.w_q = param(None, _identity, (dim, dim), ("embed", "embed_out"))
+    self.w_k = param(None, _identity, (dim, dim), ("embed", "embed_out"))
+
+  def __call__(self, h_BxLxD: jax.Array, ids_BxL: jax.Array, segment_ids_BxL: jax.Array,
+               valid_BxL: jax.Array) -> Routing:
+    del ids_BxL
+    h = h_BxLxD.astype(jnp.float32)
+    q_BxLxD = _normalize(h @ self.w_q[...])
+    k_BxLxD = _normalize(h @ self.w_k[...])
+    cos_BxL1 = jnp.sum(q_BxLxD[:, :-1] * k_BxLxD[:, 1:], axis=-1)  # q from t-1, k from t (as in the official code)
+    p_BxL = jnp.pad(jnp.clip((1.0 - cos_BxL1) / 2.0, 0.0, 1.0), ((0, 0), (1, 0)), constant_values=1.0)
+    return finalize(p_BxL, p_BxL > 0.5, segment_ids_BxL, valid_BxL)
+
+
+def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  # rsqrt of the clamped squared norm keeps the gradient finite at x = 0 (an all-zero padding slot)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+ROUTERS = {"cosine": CosineRouter}
+
+
+def make_router(name: str, dim: int, *, rngs: nnx.Rngs) -> nnx.Module:
+  if name not in ROUTERS:
+    raise ValueError(f"unknown router {name!r}; available: {', '.join(ROUTERS)}")
+  return ROUTERS[name](dim, rngs=rngs)

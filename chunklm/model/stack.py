@@ -1,0 +1,76 @@
+"""Layer stacks built from layout strings: 'T4' (4 attention+MLP blocks), 'm4' (4 Mamba2 blocks), 'T1m4', ...
+
+m = Mamba2 block, M = Mamba2 + SwiGLU MLP, t = attention block, T = attention + SwiGLU MLP. Blocks are pre-norm
+residual blocks; every stack ends with an RMSNorm. The residual stream is kept in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from chunklm.config import ModelConfig, parse_layer_string
+from chunklm.model.layers import Attention, RMSNorm, SwiGLU
+from chunklm.model.mamba2 import Mamba2
+
+
+def layer_kinds(spec: str) -> list[str]:
+  """'T1m2' -> ['T', 'm', 'm']."""
+  return [kind for kind, n in parse_layer_string(spec) for _ in range(n)]
+
+
+def stack_height(spec: str) -> int:
+  """Residual adds of a stack: 1 per mixer-only block, 2 per block with an MLP."""
+  return sum(2 if k.isupper() else 1 for k in layer_kinds(spec))
+
+
+class Block(nnx.Module):
+  def __init__(self, kind: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, out_std: float):
+    dim, dtype = cfg.d_model[level], jnp.dtype(cfg.dtype)
+    self.kind = kind
+    self.norm1 = RMSNorm(dim)
+    if kind in "tT":
+      self.mixer = Attention(dim, cfg.n_heads[level], rngs=rngs, rotary_fraction=cfg.rotary_fraction,
+                             rope_theta=cfg.rope_theta, window=cfg.window[level], std=cfg.init_std,
+                             out_std=out_std, dtype=dtype)
+    else:
+      m = cfg.mamba
+      self.mixer = Mamba2(dim, rngs=rngs, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, head_dim=m.head_dim,
+                          chunk_size=m.chunk_size, std=cfg.init_std, out_std=out_std, dtype=dtype)
+    if kind.isupper():
+      self.norm2 = RMSNorm(dim)
+      self.mlp = SwiGLU(dim, cfg.ff_dim(level), rngs=rngs, std=cfg.init_std, out_std=out_std, dtype=dtype)
+
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+    h = self.norm1(x_BxLxD)
+    if self.kind in "tT":
+      h = self.mixer(h, segment_ids_BxL, positions_BxL)
+    else:
+      h = self.mixer(h, segment_ids_BxL)
+    x_BxLxD = x_BxLxD + h.astype(jnp.float32)
+    if self.kind.isupper():
+      x_BxLxD = x_BxLxD + self.mlp(self.norm2(x_BxLxD)).astype(jnp.float32)
+    return x_BxLxD
+
+
+class Stack(nnx.Module):
+  """Blocks of one layout string at one level, then a final RMSNorm.
+
+  `n_residuals` is the number of residual adds on the path through this stack (its own plus those of the enclosing
+  encoders and decoders); output projections are initialised with std init_std / sqrt(n_residuals).
+  """
+
+  def __init__(self, spec: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, n_residuals: int | None = None):
+    n_residuals = n_residuals or stack_height(spec)
+    out_std = cfg.init_std / math.sqrt(n_residuals)
+    self.blocks = nnx.List([Block(k, cfg, level, rngs=rngs, out_std=out_std) for k in layer_kinds(spec)])
+    self.norm = RMSNorm(cfg.d_model[level])
+
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+    x_BxLxD = x_BxLxD.astype(jnp.float32)
+    for block in self.blocks:
+      x_BxLxD = block(x_BxLxD, segment_ids_BxL, positions_BxL)
+    return self.norm(x_BxLxD)

@@ -1,0 +1,89 @@
+"""Checkpoints (the only orbax import): train state, grain iterator position and the run's config, saved atomically.
+
+orbax writes each step to a temporary directory and renames it when complete, so a crash never leaves a half-written
+checkpoint that looks valid. If the newest checkpoint cannot be read (corrupted on disk), `restore_latest` says so
+and falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from chunklm.errors import CheckpointError
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+class Checkpointer:
+  def __init__(self, directory: str | Path, *, keep: int = 3, read_only: bool = False, asynchronous: bool = True):
+    self.directory = Path(directory).absolute()
+    self.read_only = read_only
+    if read_only and not self.directory.is_dir():
+      raise CheckpointError(f"no checkpoints in {self.directory.parent} (train a model there first)")
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                           enable_async_checkpointing=asynchronous)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: dict, data_iter: grain.DatasetIterator | None, meta: dict) -> None:
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, step: int, like_state: dict, data_iter: grain.DatasetIterator | None = None) -> tuple[dict, dict]:
+    """(state, meta) at `step`; `like_state` gives structure, shapes and dtypes; `data_iter` is set in place."""
+    items: dict[str, Any] = {"state": ocp.args.StandardRestore(_abstract(like_state)), "meta": ocp.args.JsonRestore()}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], restored["meta"]
+
+  def restore_latest(self, like_state: dict, data_iter=None, log=print) -> tuple[int, dict, dict] | None:
+    """The newest readable checkpoint as (step, state, meta), or None when there is none at all."""
+    steps = self.steps()
+    for i, step in enumerate(reversed(steps)):
+      try:
+        state, meta = self.restore(step, like_state, data_iter)
+        return step, state, meta
+      except Exception as e:  # orbax raises many types for damaged files; we only need to know it failed
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        older = steps[-i - 2] if i + 1 < len(steps) else None
+        nxt = f"falling back to step {older}" if older is not None else "no older checkpoint left"
+        moved = ""
+        if not self.read_only:  # move it aside so training can write this step again
+          aside = self.directory.with_name(self.directory.name + "-unreadable") / f"{step}-{time.time_ns()}"
+          aside.parent.mkdir(exist_ok=True)
+          shutil.move(self.directory / str(step), aside)
+          self.manager.reload()
+          moved = f" (moved to {aside})"
+        log(f"warning: checkpoint at step {step} is unreadable ({reason}){moved}; {nxt}", file=sys.stderr)
+    if steps:
+      raise CheckpointError(f"every checkpoint in {self.directory} is unreadable; move the directory away to "
+                            "start over")
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

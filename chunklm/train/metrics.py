@@ -1,0 +1,90 @@
+"""Metric sinks: a JSONL file (what tests and plots read), TensorBoard event files, and a loss-curve PNG.
+
+On resume, records past the resumed step are dropped from the JSONL first, so a killed-and-resumed run has exactly
+the records of a straight run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+  path = Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+  def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
+    self.workdir = Path(workdir)
+    self.path = self.workdir / "metrics.jsonl"
+    kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    self._file = open(self.path, "a")
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # imported lazily: slow, and optional for library users
+      self._tb = SummaryWriter(str(self.workdir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+  def write(self, step: int, split: str, values: dict) -> None:
+    record = {"step": int(step), "split": split}
+    record.update({k: _plain(v) for k, v in values.items()})
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if k not in ("step", "split") and isinstance(v, (int, float)) and math.isfinite(v):
+          self._tb.add_scalar(f"{split}/{k}", v, step)
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _plain(v):
+  v = np.asarray(v)
+  return v.item() if v.ndim == 0 else v.tolist()
+
+
+def plot_curves(workdir: str | Path, out: str | Path | None = None) -> Path | None:
+  """loss.png: training loss and BPB, valid BPB, and H-Net bytes per chunk when present."""
+  records = read_jsonl(Path(workdir) / "metrics.jsonl")
+  train = [r for r in records if r["split"] == "train"]
+  valid = [r for r in records if r["split"] == "valid"]
+  if not train:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  chunk_keys = sorted({k for r in train for k in r if k.startswith("bytes_per_chunk")})
+  fig, axes = plt.subplots(1, 2 if chunk_keys else 1, figsize=(11 if chunk_keys else 6, 4), squeeze=False)
+  ax = axes[0, 0]
+  ax.plot([r["step"] for r in train], [r["bpb"] for r in train], label="train BPB", lw=1)
+  if valid:
+    ax.plot([r["step"] for r in valid], [r["bpb"] for r in valid], "o-", label="valid BPB")
+  ax.set_xlabel("step")
+  ax.set_ylabel("bits per byte")
+  ax.set_title(Path(workdir).name)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  if chunk_keys:
+    ax = axes[0, 1]
+    for k in chunk_keys:
+      ax.plot([r["step"] for r in train if k in r], [r[k] for r in train if k in r], label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bytes per chunk")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  out = Path(out or Path(workdir) / "loss.png")
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out

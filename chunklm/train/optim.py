@@ -1,0 +1,99 @@
+"""The optimizer: AdamW with warmup + cosine / WSD, global-norm clipping, a weight-decay mask and per-level LR multipliers.
+
+Per-level multipliers (H-Net paper, App. C) scale the whole AdamW update of each parameter, i.e. they act as a
+per-parameter learning rate. A parameter's level is the number of `main` modules on its path (embedding and LM head
+belong to level 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from chunklm.config import ModelConfig, TrainConfig
+
+BPE_BYTES_PER_TOKEN = 4.6  # N^GPT in the paper's Eq. 11 (GPT-2 BPE on FineWeb-Edu)
+
+
+def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+  warmup = min(cfg.warmup_steps, cfg.steps)
+  peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak * jnp.minimum(1.0, (step + 1) / max(warmup, 1))
+    if cfg.schedule == "constant":
+      return warm
+    if cfg.schedule == "cosine":
+      frac = jnp.clip((step - warmup) / max(cfg.steps - warmup, 1), 0.0, 1.0)
+      decayed = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+    else:  # wsd: stable, then a "1 - sqrt" cooldown over the last decay_fraction of the steps
+      decay_start = max(cfg.steps - int(round(cfg.decay_fraction * cfg.steps)), warmup)
+      frac = jnp.clip((step - decay_start) / max(cfg.steps - decay_start, 1), 0.0, 1.0)
+      decayed = floor + (peak - floor) * (1 - jnp.sqrt(frac))
+    return jnp.where(step < warmup, warm, decayed)
+
+  return schedule
+
+
+def paper_lr_multipliers(cfg: ModelConfig) -> tuple[float, ...]:
+  """lambda^s = sqrt(N_GPT * prod_{i>=s} N^i / prod_i N^i * D^S / D^s), N^S := 1 (paper Eq. 11); 1.0 for S = 0."""
+  stages = cfg.num_stages
+  if stages == 0:
+    return (1.0,)
+  ratios = list(cfg.target_ratio) + [1.0]
+  total = math.prod(ratios)
+  return tuple(math.sqrt(BPE_BYTES_PER_TOKEN * math.prod(ratios[s:]) / total * cfg.d_model[-1] / cfg.d_model[s])
+               for s in range(stages + 1))
+
+
+def level_of(path: tuple) -> int:
+  return sum(1 for k in path if getattr(k, "key", getattr(k, "name", None)) == "main")
+
+
+def _names(path: tuple) -> list[str]:
+  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def decay_mask(params):
+  """True for matrices that get weight decay; norms, embeddings, biases and SSM scalars get none."""
+  def decays(path, x):
+    names = _names(path)
+    return x.ndim >= 2 and "table" not in names
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def multiplier_tree(params, multipliers: tuple[float, ...]):
+  return jax.tree_util.tree_map_with_path(lambda path, x: multipliers[min(level_of(path), len(multipliers) - 1)],
+                                          params)
+
+
+def scale_by_tree(factors) -> optax.GradientTransformation:
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, f: u * f, updates, factors), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def lr_multipliers(cfg: ModelConfig) -> tuple[float, ...]:
+  return cfg.lr_multipliers or paper_lr_multipliers(cfg)
+
+
+def make_optimizer(train: TrainConfig, model: ModelConfig, params) -> optax.GradientTransformation:
+  parts = []
+  if train.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(train.grad_clip))
+  parts.append(optax.adamw(lr_schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
+                           weight_decay=train.weight_decay, mask=decay_mask(params)))
+  multipliers = lr_multipliers(model)
+  if any(m != 1.0 for m in multipliers):
+    parts.append(scale_by_tree(multiplier_tree(params, multipliers)))
+  return optax.chain(*parts)

@@ -1,0 +1,83 @@
+"""The pure training and evaluation steps: nnx.split once, then plain functions of (params, batch).
+
+Train state is a dict {step, params, opt_state, rng} so orbax saves and restores it as an ordinary pytree.
+loss = mean NLL per predicted byte (nats) + the model's weighted ratio loss (0 for a plain stack).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+LN2 = math.log(2.0)
+
+
+def split_model(model: nnx.Module):
+  """(graphdef, params) in tree mode; the models hold nothing but parameters."""
+  graphdef, params, *rest = nnx.split(model, nnx.Param, ..., graph=False)
+  if rest and jax.tree.leaves(rest[0]):
+    raise ValueError("model holds non-parameter state; the training step only carries nnx.Param")
+  return graphdef, params
+
+
+def merge_model(graphdef, params) -> nnx.Module:
+  return nnx.merge(graphdef, params)
+
+
+def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dict:
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+          "rng": jax.random.key_data(jax.random.key(seed))}
+
+
+def forward(graphdef, params, batch: dict, *, exact: bool = False):
+  model = merge_model(graphdef, params)
+  return model(batch["ids"], batch["segment_ids"], batch["positions"], exact=exact)
+
+
+def nll_sum(logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of NLL in nats over masked positions, number of masked positions)."""
+  nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL.astype(jnp.int32))
+  mask = mask_BxL.astype(jnp.float32)
+  return jnp.sum(nll_BxL * mask), jnp.sum(mask)
+
+
+def loss_fn(params, graphdef, batch: dict):
+  logits_BxLxV, aux = forward(graphdef, params, batch)
+  total_nll, count = nll_sum(logits_BxLxV, batch["targets"], batch["loss_mask"])
+  nll = total_nll / jnp.maximum(count, 1.0)
+  ratio_loss = aux.get("ratio_loss", jnp.zeros(()))
+  loss = nll + ratio_loss
+  metrics = {"loss": loss, "nll": nll, "bpb": nll / LN2, "bytes": count,
+             **{k: v for k, v in aux.items() if not k.endswith("_sum")}}
+  return loss, metrics
+
+
+def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: dict) -> tuple[dict, dict]:
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], graphdef, batch)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  rng, _ = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+  metrics["grad_norm"] = optax.global_norm(grads)
+  new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+               "rng": jax.random.key_data(rng)}
+  return new_state, metrics
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation):
+  return jax.jit(functools.partial(train_step, graphdef, tx), donate_argnums=0)
+
+
+def eval_step(graphdef, params, batch: dict) -> dict:
+  """Sums (not means) so batches add up exactly; every H-Net stage runs at full capacity (no overflow)."""
+  logits_BxLxV, aux = forward(graphdef, params, batch, exact=True)
+  total_nll, count = nll_sum(logits_BxLxV, batch["targets"], batch["loss_mask"])
+  return {"nll_sum": total_nll, "bytes": count, **{k: v for k, v in aux.items() if k.endswith("_sum")}}
+
+
+def make_eval_step(graphdef):
+  return jax.jit(functools.partial(eval_step, graphdef))

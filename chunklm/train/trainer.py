@@ -1,0 +1,210 @@
+"""The training loop: the one place with side effects (data, checkpoints, metrics, progress, signals).
+
+Re-running `train` in a workdir that holds a checkpoint resumes exactly: parameters, optimizer, step, RNG and the
+data iterator's position are restored, and metrics past the checkpoint are dropped, so N steps + kill + resume + N
+steps equals 2N straight steps. Metrics are pulled one step behind the dispatched step; a non-finite loss stops
+training with a clear message and leaves the last good checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from chunklm.config import Config, differing_fields, dump_yaml, load_config
+from chunklm.data.corpus import Splits, load_splits, order0_entropy
+from chunklm.data.pipeline import train_dataset
+from chunklm.errors import CheckpointError, UserError
+from chunklm.eval.bpb import evaluate
+from chunklm.eval.generate import generate
+from chunklm.model.lm import build_model, count_params
+from chunklm.train.checkpoint import Checkpointer
+from chunklm.train.metrics import MetricsWriter, plot_curves
+from chunklm.train.optim import make_optimizer
+from chunklm.train.step import init_train_state, make_eval_step, make_train_step, split_model
+
+# Changing these in a workdir with checkpoints would make them unusable or the data stream different.
+INCOMPATIBLE_SECTIONS = ("model",)
+INCOMPATIBLE_KEYS = ("data.seq_len", "data.seed", "train.batch_size", "train.seed")
+
+
+class TrainingDiverged(UserError):
+  exit_code = 3
+
+
+@dataclasses.dataclass
+class TrainResult:
+  workdir: Path
+  step: int
+  finished: bool  # reached train.steps (False after --stop-after or SIGTERM)
+  valid: dict  # final evaluation ({} when not finished)
+  order0_entropy: float
+  sample: bytes
+  num_params: int
+
+
+def check_compatible(workdir: Path, cfg: Config) -> None:
+  saved = workdir / "config.yaml"
+  if not saved.exists():
+    return
+  old = load_config(saved)
+  diffs = differing_fields(old, cfg, INCOMPATIBLE_SECTIONS)
+  diffs += [d for d in differing_fields(old, cfg, ("data", "train")) if d.split(":")[0] in INCOMPATIBLE_KEYS]
+  if diffs:
+    raise CheckpointError(f"{workdir} holds checkpoints of a different config ({'; '.join(diffs)}); use another "
+                          "--workdir or the original settings")
+
+
+def setup_state(cfg: Config):
+  model = build_model(cfg)
+  num_params = count_params(model)
+  graphdef, params = split_model(model)
+  tx = make_optimizer(cfg.train, cfg.model, params)
+  return graphdef, tx, init_train_state(params, tx, cfg.train.seed), num_params
+
+
+class _StopFlag:
+  """Turns SIGTERM (preemption) into a checkpoint and a clean exit at the next step boundary."""
+
+  def __init__(self):
+    self.set = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.set = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, progress: bool = True,
+          log=print, splits: Splits | None = None) -> TrainResult:
+  workdir = Path(workdir)
+  splits = splits or load_splits(cfg.data, cache_dir=workdir / "cache")  # bad data fails before anything is written
+  ckpt_dir = workdir / "checkpoints"
+  if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+    check_compatible(workdir, cfg)
+  graphdef, tx, state, num_params = setup_state(cfg)
+  data_iter = iter(train_dataset(splits.train, cfg.data.seq_len, cfg.train.batch_size, cfg.train.steps,
+                                 cfg.data.seed, cfg.data.prefetch))
+  is_main = jax.process_index() == 0
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
+  restored = ckpt.restore_latest(state, data_iter, log=log)
+  start = 0
+  if restored is not None:
+    start, state, _ = restored
+    log(f"resumed from checkpoint at step {start} in {ckpt_dir}")
+  if is_main:
+    (workdir / "config.yaml").write_text(dump_yaml(cfg))
+  log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))
+  log(f"model: {num_params:,} parameters, layout {list(cfg.model.layout)}, d_model {list(cfg.model.d_model)}")
+  entropy = order0_entropy(splits.valid)
+  metrics = MetricsWriter(workdir, resume_step=start, tensorboard=is_main)
+  step_fn, eval_fn = make_train_step(graphdef, tx), make_eval_step(graphdef)
+  end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
+  window_bytes = cfg.train.batch_size * cfg.data.seq_len
+  meta = {"config": yaml_safe(cfg)}
+  step, pending, good_step = start, None, start
+  timer = {"t": time.perf_counter(), "steps": 0}
+  bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress or not is_main, unit="step",
+             dynamic_ncols=True, file=sys.stderr)
+
+  def record(step_done: int, m: dict) -> None:
+    m = jax.device_get(m)
+    loss = float(m["loss"])
+    if not math.isfinite(loss):
+      raise TrainingDiverged(
+          f"training diverged at step {step_done}: loss={loss} grad_norm={float(m['grad_norm']):.3g}; the last "
+          f"good checkpoint is step {good_step} in {ckpt_dir}; lower train.lr or raise train.warmup_steps")
+    now = time.perf_counter()
+    timer["steps"] += 1
+    rate = window_bytes * timer["steps"] / max(now - timer["t"], 1e-9)
+    stats = {k: float(np.asarray(v)) for k, v in m.items() if np.ndim(v) == 0}
+    postfix = {"loss": f"{loss:.3f}", "bpb": f"{stats['bpb']:.3f}", "B/s": f"{rate:,.0f}"}
+    postfix.update({k.replace("bytes_per_chunk", "B/chunk"): f"{v:.2f}" for k, v in stats.items()
+                    if k.startswith("bytes_per_chunk")})
+    bar.set_postfix(postfix, refresh=False)
+    bar.update(step_done - bar.n)
+    if step_done % cfg.train.log_every == 0 or step_done == end:
+      metrics.write(step_done, "train", {**stats, "bytes_per_sec": rate, "lr_step": step_done})
+
+  def flush() -> None:
+    nonlocal pending
+    if pending is not None:
+      record(*pending)
+      pending = None
+
+  try:
+    with _StopFlag() as stop:
+      while step < end:
+        batch = next(data_iter)
+        state, m = step_fn(state, batch)
+        step += 1
+        if pending is None and step == start + 1:
+          record(step, m)  # the first step includes compilation: restart the clock after it
+          timer.update(t=time.perf_counter(), steps=0)
+        else:
+          flush()
+          pending = (step, m)
+        if step % cfg.train.checkpoint_every == 0 or step == end or stop.set:
+          flush()
+          ckpt.save(step, state, data_iter, meta)
+          good_step = step
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+          flush()
+          res = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, cfg.eval.batch_size,
+                         cfg.eval.max_bytes)
+          metrics.write(step, "valid", _valid_record(res))
+          bar.write(f"step {step}: valid bpb {res['bpb']:.4f} ({int(res['bytes']):,} bytes)")
+        if stop.set:
+          log(f"received SIGTERM: saved checkpoint at step {step}; re-run the same command to resume")
+          break
+      flush()
+  finally:  # a crash or Ctrl-C still completes the checkpoints already started
+    bar.close()
+    ckpt.close()
+    if sys.exc_info()[0] is not None:
+      metrics.close()
+  finished = step >= cfg.train.steps
+  valid, sample = {}, b""
+  if finished:
+    valid = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, cfg.eval.batch_size,
+                     cfg.eval.final_max_bytes, progress=progress and is_main)
+    metrics.write(step, "valid", _valid_record(valid))
+    if cfg.eval.sample_bytes:
+      prompt = cfg.eval.sample_prompt.encode() or splits.valid.doc(0)[:48]
+      sample = prompt + generate(graphdef, state["params"], prompt, seq_len=cfg.data.seq_len,
+                                 max_new_bytes=cfg.eval.sample_bytes, temperature=cfg.eval.temperature,
+                                 top_p=cfg.eval.top_p, seed=cfg.train.seed)
+  metrics.close()
+  if is_main:
+    plot_curves(workdir)
+  return TrainResult(workdir, step, finished, valid, entropy, sample, num_params)
+
+
+def _valid_record(res: dict) -> dict:
+  out = {"bpb": res["bpb"], "bytes": res["bytes"]}
+  out.update({k: v for k, v in res.items() if k.startswith("bytes_per_chunk")})
+  return out
+
+
+def yaml_safe(cfg: Config) -> dict:
+  from chunklm.config import to_dict
+  return to_dict(cfg)

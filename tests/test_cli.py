@@ -1,0 +1,95 @@
+"""The command line: an end-to-end smoke test through the real entry point, and every bad input."""
+
+import gzip
+import subprocess
+import sys
+
+import pytest
+
+from chunklm.cli import main
+from conftest import TINY
+
+SET = [a for o in TINY for a in ("--set", o)]
+
+
+def run_cli(capsys, *argv):
+  code = main(list(argv))
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_smoke_train_eval_generate(tmp_path, corpus_dir):
+  wd = tmp_path / "run"
+  cmd = [sys.executable, "-m", "chunklm.cli"]
+  train = subprocess.run(cmd + ["train", "--config", "byte_transformer_tiny", *SET, "--data", str(corpus_dir),
+                                "--workdir", str(wd), "--no-progress"], capture_output=True, text=True, timeout=300)
+  assert train.returncode == 0, train.stderr
+  assert "valid bits per byte" in train.stdout and "order-0 byte entropy" in train.stdout
+  assert "checkpoint" in train.stdout and (wd / "loss.png").exists()
+  ev = subprocess.run(cmd + ["eval", "--workdir", str(wd), "--data", str(corpus_dir / "doc000.py")],
+                      capture_output=True, text=True, timeout=300)
+  assert ev.returncode == 0, ev.stderr
+  n = len((corpus_dir / "doc000.py").read_bytes())
+  assert f"bits per byte over {n:,} bytes" in ev.stdout
+  gen = subprocess.run(cmd + ["generate", "--workdir", str(wd), "--prompt", "def ", "--max-bytes", "12",
+                              "--seed", "3"], capture_output=True, text=True, timeout=300)
+  assert gen.returncode == 0, gen.stderr
+  assert gen.stdout.startswith("def ")
+
+
+@pytest.mark.parametrize("sub", ["train", "eval", "generate", "bench"])
+def test_every_subcommand_has_help(capsys, sub):
+  with pytest.raises(SystemExit) as e:
+    main([sub, "--help"])
+  assert e.value.code == 0
+  assert len(capsys.readouterr().out) > 200
+
+
+def _bad(tmp_path, corpus_dir):
+  gz = tmp_path / "broken.txt.gz"
+  gz.write_bytes(b"not gzip")
+  empty_dir = tmp_path / "empty_dir"
+  empty_dir.mkdir()
+  (tmp_path / "empty.txt").write_text("")
+  (tmp_path / "short.txt").write_text("short")
+  (tmp_path / "bad.yaml").write_text("model: [1, 2\n")
+  return {
+      "missing data": (["--data", str(tmp_path / "nope")], "no such file or directory"),
+      "unreadable data": (["--data", str(gz)], "cannot read"),
+      "no matching files": (["--data", str(empty_dir)], "no files matching"),
+      "empty corpus": (["--data", str(tmp_path / "empty.txt"), "--valid-data", str(corpus_dir)], "is empty"),
+      "shorter than a window": (["--data", str(tmp_path / "short.txt"), "--valid-data", str(corpus_dir)],
+                                "shorter than one window"),
+      "invalid yaml": (["--config", str(tmp_path / "bad.yaml")], "invalid YAML"),
+      "unknown key": (["--set", "train.stepz=3"], "unknown key 'train.stepz'; valid keys in train: steps"),
+      "wrong type": (["--set", "train.steps=many"], "expected int"),
+      "non-positive size": (["--set", "model.d_model=0"], "must be positive"),
+      "bad set syntax": (["--set", "train.steps"], "expected KEY=VALUE"),
+  }
+
+
+@pytest.mark.parametrize("case", ["missing data", "unreadable data", "no matching files", "empty corpus",
+                                  "shorter than a window", "invalid yaml", "unknown key", "wrong type",
+                                  "non-positive size", "bad set syntax"])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, corpus_dir, capsys, case):
+  extra, message = _bad(tmp_path, corpus_dir)[case]
+  wd = tmp_path / "run"
+  args = ["train", "--no-progress", "--workdir", str(wd)] + SET + extra
+  if "--data" not in extra:
+    args += ["--data", str(corpus_dir)]
+  code, _, err = run_cli(capsys, *args)
+  assert code == 2
+  assert err.count("\n") == 1 and err.startswith("chunklm: error: ") and message in err, err
+  assert not wd.exists()
+
+
+def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
+  wd = tmp_path / "run"
+  base = ["train", "--no-progress", "--workdir", str(wd), "--data", str(corpus_dir)] + SET
+  assert run_cli(capsys, *base, "--set", "train.steps=2")[0] == 0
+  code, _, err = run_cli(capsys, *base, "--set", "model.n_heads=4")
+  assert code == 2 and "different config (model.n_heads: [2] -> [4])" in err
+  code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path / "nothing"))
+  assert code == 2 and "not a training run" in err
+  code, _, err = run_cli(capsys, "generate", "--workdir", str(wd), "--top-p", "0")
+  assert code == 2 and "--top-p" in err

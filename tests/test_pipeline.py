@@ -1,0 +1,90 @@
+import grain
+import numpy as np
+
+from chunklm.data import pipeline
+from chunklm.data.corpus import Documents
+from chunklm.data.pipeline import BOS, PackedWindows
+
+
+def make_docs(lengths, seed=0):
+  rng = np.random.default_rng(seed)
+  data = rng.integers(0, 200, size=sum(lengths)).astype(np.uint8)
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+  return Documents(data, starts, np.asarray(lengths, np.int64), tuple(f"d{i}" for i in range(len(lengths))))
+
+
+def test_in_order_windows_tile_the_stream_and_predict_every_byte_once():
+  docs = make_docs([5, 40, 1, 17, 64, 3])
+  w = PackedWindows(docs, 16, shuffle=False, pad_last=True)
+  stream = np.concatenate([np.concatenate([[BOS], docs.data[s:s + n]]) for s, n in zip(docs.starts, docs.lengths)])
+  ids = np.concatenate([w[i]["ids"] for i in range(len(w))])
+  targets = np.concatenate([w[i]["targets"] for i in range(len(w))])
+  assert np.array_equal(ids[: len(stream) - 1], stream[:-1])
+  assert np.array_equal(targets[: len(stream) - 1], stream[1:])
+  masked = np.concatenate([w[i]["targets"][w[i]["loss_mask"]] for i in range(len(w))])
+  assert len(masked) == docs.num_bytes  # every byte predicted exactly once, no BOS as target
+  assert np.array_equal(masked, docs.data)
+
+
+def test_segments_positions_and_mask_within_a_window():
+  docs = make_docs([3, 4, 20])
+  item = PackedWindows(docs, 12, shuffle=False, pad_last=True)[0]
+  # stream: BOS a a a BOS b b b b BOS c c c ...
+  assert item["segment_ids"].tolist() == [1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3]
+  assert item["positions"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1, 2]
+  assert item["ids"][[0, 4, 9]].tolist() == [BOS] * 3
+  # the last byte of a document does not predict the next document's BOS
+  assert item["loss_mask"].tolist() == [1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1]
+  nxt = PackedWindows(docs, 12, shuffle=False, pad_last=True)[1]
+  assert nxt["positions"][0] == 3 and nxt["segment_ids"][0] == 1  # a document continued from the last window
+
+
+def test_last_window_is_padded_and_masked():
+  docs = make_docs([10])
+  w = PackedWindows(docs, 8, shuffle=False, pad_last=True)
+  assert len(w) == 2
+  last = w[1]
+  assert last["segment_ids"].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+  assert last["loss_mask"].tolist() == [1, 1, 0, 0, 0, 0, 0, 0]  # 8 + 2 = 10 bytes predicted
+
+
+def test_shuffle_is_seeded_and_changes_per_epoch():
+  docs = make_docs([30] * 20)
+  a = PackedWindows(docs, 16, seed=3, num_epochs=2)
+  b = PackedWindows(docs, 16, seed=3, num_epochs=2)
+  c = PackedWindows(docs, 16, seed=4, num_epochs=2)
+  e = a.windows_per_epoch
+  assert all(np.array_equal(a[i]["ids"], b[i]["ids"]) for i in range(len(a)))
+  assert not all(np.array_equal(a[i]["ids"], c[i]["ids"]) for i in range(5))
+  assert not all(np.array_equal(a[i]["ids"], a[i + e]["ids"]) for i in range(5))
+
+
+def test_iterator_resumes_exactly():
+  docs = make_docs([50] * 30)
+  ds = pipeline.train_dataset(docs, 16, batch_size=4, steps=40, seed=0, prefetch=2)
+  grain.experimental.assert_equal_output_after_checkpoint(ds)
+  it = iter(ds)
+  for _ in range(7):
+    next(it)
+  state = it.get_state()
+  expected = [next(it)["ids"] for _ in range(3)]
+  it2 = iter(ds)
+  it2.set_state(state)
+  assert all(np.array_equal(x, next(it2)["ids"]) for x in expected)
+
+
+def test_per_process_shards_are_disjoint_and_cover_the_global_batch():
+  docs = make_docs([50] * 30)
+  full = next(iter(pipeline.train_dataset(docs, 16, 4, 10, seed=0, prefetch=0, process_index=0, process_count=1)))
+  parts = [next(iter(pipeline.train_dataset(docs, 16, 4, 10, seed=0, prefetch=0, process_index=i, process_count=2)))
+           for i in range(2)]
+  assert all(p["ids"].shape == (2, 16) for p in parts)
+  rows = {tuple(r) for p in parts for r in p["ids"]}
+  assert rows == {tuple(r) for r in full["ids"]}
+
+
+def test_eval_batches_have_fixed_shape():
+  docs = make_docs([100, 7])
+  batches = list(pipeline.eval_batches(docs, 16, 4))
+  assert all(b["ids"].shape == (4, 16) for b in batches)
+  assert sum(int(b["loss_mask"].sum()) for b in batches) == 107

@@ -1,0 +1,97 @@
+"""Training loop: exact resume, metrics files, NaN guard, checkpoint fallback and compatibility."""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from chunklm.errors import CheckpointError
+from chunklm.train import trainer
+from chunklm.train.checkpoint import Checkpointer
+from chunklm.train.metrics import read_jsonl
+from chunklm.train.restore import load_trained
+from conftest import tiny_config
+
+
+def params_of(workdir):
+  _, _, params, step = load_trained(workdir, log=lambda *a, **k: None)
+  return step, params
+
+
+def train_records(workdir):
+  return [(r["step"], r["loss"]) for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
+
+
+def test_resume_equals_straight_run(tmp_path, corpus_dir):
+  cfg = tiny_config("train.steps=10", "train.checkpoint_every=100", data=corpus_dir)
+  quiet = {"progress": False, "log": lambda *a, **k: None}
+  straight = trainer.train(cfg, tmp_path / "straight", **quiet)
+  first = trainer.train(cfg, tmp_path / "resumed", stop_after=5, **quiet)
+  assert not first.finished and first.step == 5
+  second = trainer.train(cfg, tmp_path / "resumed", **quiet)
+  assert second.finished and second.step == 10
+  (s1, p1), (s2, p2) = params_of(tmp_path / "straight"), params_of(tmp_path / "resumed")
+  assert s1 == s2 == 10
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
+  a, b = train_records(tmp_path / "straight"), train_records(tmp_path / "resumed")
+  assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 11))
+  assert [x for _, x in a] == pytest.approx([x for _, x in b], rel=1e-5)
+  assert straight.valid["bpb"] == pytest.approx(second.valid["bpb"], rel=1e-5)
+  for name in ("metrics.jsonl", "loss.png", "config.yaml"):
+    assert (tmp_path / "straight" / name).exists()
+  assert list((tmp_path / "straight" / "tb").glob("events.*"))
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_dir, monkeypatch):
+  cfg = tiny_config("train.steps=10", "train.checkpoint_every=3", data=corpus_dir)
+  real = trainer.make_train_step
+
+  def poisoned(graphdef, tx):
+    step = real(graphdef, tx)
+    def run(state, batch):
+      state, m = step(state, batch)
+      if int(state["step"]) >= 5:
+        m = dict(m, loss=m["loss"] * np.nan)
+      return state, m
+    return run
+
+  monkeypatch.setattr(trainer, "make_train_step", poisoned)
+  with pytest.raises(trainer.TrainingDiverged, match=r"diverged at step 5: loss=nan.*last good checkpoint is step 3"):
+    trainer.train(cfg, tmp_path / "run", progress=False, log=lambda *a, **k: None)
+  assert Checkpointer(tmp_path / "run" / "checkpoints", read_only=True).steps() == [3]
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, corpus_dir, capsys):
+  cfg = tiny_config("train.steps=8", "train.checkpoint_every=4", data=corpus_dir)
+  trainer.train(cfg, tmp_path / "run", stop_after=8, progress=False)
+  ckpt_dir = tmp_path / "run" / "checkpoints"
+  assert Checkpointer(ckpt_dir, read_only=True).steps() == [4, 8]
+  for f in (ckpt_dir / "8" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b"garbage")
+  capsys.readouterr()
+  _, _, _, step = load_trained(tmp_path / "run")
+  assert step == 4
+  err = capsys.readouterr().err
+  assert "checkpoint at step 8 is unreadable" in err and "falling back to step 4" in err
+  res = trainer.train(cfg, tmp_path / "run", progress=False)
+  assert res.finished and res.step == 8
+
+
+def test_incompatible_config_names_fields(tmp_path, corpus_dir):
+  cfg = tiny_config("train.steps=4", data=corpus_dir)
+  trainer.train(cfg, tmp_path / "run", progress=False, log=lambda *a, **k: None)
+  other = tiny_config("train.steps=4", "model.d_model=48", "data.seq_len=16", data=corpus_dir)
+  with pytest.raises(CheckpointError, match=r"different config \(model\.d_model: \[32\] -> \[48\]; "
+                                            r"data\.seq_len: 32 -> 16\)"):
+    trainer.train(other, tmp_path / "run", progress=False)
+  longer = tiny_config("train.steps=6", data=corpus_dir)  # more steps is compatible: training continues
+  assert trainer.train(longer, tmp_path / "run", progress=False, log=lambda *a, **k: None).step == 6
+
+
+def test_bad_data_writes_nothing(tmp_path):
+  cfg = tiny_config(data=tmp_path / "missing")
+  with pytest.raises(Exception, match="no such file"):
+    trainer.train(cfg, tmp_path / "run", progress=False)
+  assert not (tmp_path / "run").exists()
