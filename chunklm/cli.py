@@ -9,7 +9,7 @@ from pathlib import Path
 
 from chunklm.errors import UserError
 
-DEFAULT_CONFIG = "byte_transformer_tiny"
+DEFAULT_CONFIG = "hnet_1stage_tiny"
 
 EPILOG = """examples:
   chunklm train                                  # default tiny model on the built-in corpus (Python stdlib)
@@ -17,6 +17,7 @@ EPILOG = """examples:
   chunklm train --data corpus/ --set data.include='[\"*.py\", \"*.md\"]' --valid-data valid.txt
   chunklm eval --workdir runs/x --data valid.txt
   chunklm generate --workdir runs/x --prompt "def " --temperature 0.7
+  chunklm info --config hnet_1stage_L
   chunklm bench train --config byte_transformer_tiny
 
 exit codes: 0 ok, 2 bad input (paths, configs, data, checkpoints), 3 training diverged, 143 stopped by SIGTERM"""
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
 
+  p = sub.add_parser("info", help="parameters, FLOPs per byte and chunk capacities of a config",
+                     description="Describe a config without training: parameter count, training FLOPs per byte "
+                                 "(at the target chunk ratios), chunk capacities and per-level LR multipliers.")
+  _add_config_args(p)
+
   p = sub.add_parser("bench", help="benchmarks (training throughput)",
                      description="Benchmarks that print measured figures with the machine they ran on.")
   bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -121,6 +127,13 @@ def _cmd_generate(args) -> int:
   return 0
 
 
+def _cmd_info(args) -> int:
+  from chunklm.config import load_config
+  from chunklm.eval.report import print_config_info
+  print_config_info(args.config, load_config(args.config, args.overrides))
+  return 0
+
+
 def _cmd_bench(args) -> int:
   from chunklm.bench.train import bench_train
   if args.config is None:
@@ -131,7 +144,8 @@ def _cmd_bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "bench": _cmd_bench}
+  commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "info": _cmd_info,
+              "bench": _cmd_bench}
   try:
     return commands[args.command](args)
   except UserError as e:

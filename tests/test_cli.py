@@ -74,7 +74,7 @@ def _bad(tmp_path, corpus_dir):
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, corpus_dir, capsys, case):
   extra, message = _bad(tmp_path, corpus_dir)[case]
   wd = tmp_path / "run"
-  args = ["train", "--no-progress", "--workdir", str(wd)] + SET + extra
+  args = ["train", "--config", "byte_transformer_tiny", "--no-progress", "--workdir", str(wd)] + SET + extra
   if "--data" not in extra:
     args += ["--data", str(corpus_dir)]
   code, _, err = run_cli(capsys, *args)
@@ -85,7 +85,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, corpus_dir, caps
 
 def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
   wd = tmp_path / "run"
-  base = ["train", "--no-progress", "--workdir", str(wd), "--data", str(corpus_dir)] + SET
+  base = ["train", "--config", "byte_transformer_tiny", "--no-progress", "--workdir", str(wd),
+          "--data", str(corpus_dir)] + SET
   assert run_cli(capsys, *base, "--set", "train.steps=2")[0] == 0
   code, _, err = run_cli(capsys, *base, "--set", "model.n_heads=4")
   assert code == 2 and "different config (model.n_heads: [2] -> [4])" in err

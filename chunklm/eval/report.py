@@ -24,8 +24,12 @@ def print_train_summary(result, cfg: Config) -> None:
   print(f"\n== {wd.name}: {result.num_params:,} parameters, {result.step} steps ==")
   print(f"valid bits per byte   : {v['bpb']:.4f}  ({int(v['bytes']):,} bytes)")
   print(f"order-0 byte entropy  : {result.order0_entropy:.4f}  (bits per byte of a unigram byte model of valid)")
-  for key in sorted(k for k in v if k.startswith("bytes_per_chunk")):
-    print(f"{key:22s}: {v[key]:.2f}")
+  target = 1.0
+  for s in range(cfg.model.num_stages):
+    target *= cfg.model.target_ratio[s]
+    print(f"bytes per chunk, stage {s}: {v[f'bytes_per_chunk_s{s}']:.2f}  (target {target:g})")
+  if result.boundary_picture:
+    print(f"boundaries            : {result.boundary_picture}")
   if result.sample:
     print("sample:\n" + "-" * 60 + "\n" + show_bytes(result.sample) + "\n" + "-" * 60)
   print(f"metrics    : {wd / 'metrics.jsonl'} (TensorBoard: {wd / 'tb'})")
@@ -67,3 +71,38 @@ def run_generate(workdir: Path, prompt: str, max_bytes: int, temperature: float,
                  temperature=temperature, top_p=top_p, seed=seed)
   print(show_bytes(prompt.encode() + out))
   return out
+
+
+def describe_config(cfg: Config) -> dict:
+  """Parameter count (without allocating), training FLOPs/byte at the target ratios, capacities, LR multipliers."""
+  import jax
+  from flax import nnx
+
+  from chunklm.model.capacity import capacities
+  from chunklm.model.flops import train_flops_per_byte
+  from chunklm.model.lm import build_model
+  from chunklm.train.optim import lr_multipliers
+
+  abstract = nnx.eval_shape(lambda: build_model(cfg))
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  return {
+      "params": params,
+      "flops_per_byte": train_flops_per_byte(cfg.model, cfg.data.seq_len),
+      "capacities": capacities(cfg.model, cfg.data.seq_len, cfg.data.max_docs_per_window),
+      "lr_multipliers": lr_multipliers(cfg.model),
+  }
+
+
+def print_config_info(name: str, cfg: Config) -> dict:
+  import json
+
+  from chunklm.config import to_dict
+  info = describe_config(cfg)
+  print(f"{name}: layout {json.dumps(to_dict(cfg.model.layout))}, d_model {list(cfg.model.d_model)}")
+  print(f"  parameters          : {info['params']:,}")
+  print(f"  train FLOPs per byte: {info['flops_per_byte'] / 1e6:.2f} M (at the target chunk ratios)")
+  print(f"  window              : {cfg.data.seq_len} bytes x batch {cfg.train.batch_size}")
+  if cfg.model.num_stages:
+    print(f"  targets N           : {list(cfg.model.target_ratio)}; chunk capacities {list(info['capacities'])}")
+    print(f"  LR multipliers      : {[round(m, 3) for m in info['lr_multipliers']]}")
+  return info

@@ -30,6 +30,7 @@ class Chunks(NamedTuple):
   starts_BxM: jax.Array  # chunk starts a document
   chunk_idx_BxL: jax.Array  # chunk of every outer position
   keep_BxL: jax.Array  # boundaries actually kept (b minus overflow)
+  positions_BxM: jax.Array  # outer position where each chunk starts
 
 
 def keep_within_capacity(b_BxL: jax.Array, starts_BxL: jax.Array, capacity: int, doc_slots: int) -> jax.Array:
@@ -57,6 +58,7 @@ def chunk(h_BxLxD: jax.Array, routing: Routing, segment_ids_BxL: jax.Array, vali
       starts_BxM=at_chunks(starts_BxL) & valid_BxM,
       chunk_idx_BxL=api.chunk_index(keep_BxL, capacity),
       keep_BxL=keep_BxL,
+      positions_BxM=positions_BxM,
   )
 
 

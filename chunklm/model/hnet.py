@@ -46,7 +46,8 @@ class HNet(nnx.Module):
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, ids_BxL: jax.Array | None,
                *, capacities: tuple[int, ...], doc_slots: int, exact: bool) -> tuple[jax.Array, dict]:
-    """Returns y_BxLxD and per-stage sums ('<name>_s<stage>_sum') and unweighted ratio losses ('ratio_loss_s<stage>')."""
+    """y_BxLxD and aux: per-stage sums ('<name>_s<stage>_sum'), unweighted ratio losses ('ratio_loss_s<stage>'),
+    router decisions ('boundaries_s<stage>', over this stage's positions) and chunk start positions."""
     positions_BxL = _positions(x_BxLxD)
     h_BxLxD = self.encoder(x_BxLxD, segment_ids_BxL, positions_BxL)
     routing = self.router(h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL)
@@ -71,4 +72,6 @@ class HNet(nnx.Module):
     g = sums["p_sum"] / jnp.maximum(sums["positions"], 1.0)
     aux[f"ratio_loss_s{s}"] = chunking.ratio_loss(f, g, self.target_ratio)
     aux[f"router_aux_s{s}"] = routing.aux_loss
+    aux[f"boundaries_s{s}"] = routing.b_BxL  # per-position arrays, for pictures (not metrics)
+    aux[f"chunk_positions_s{s}"] = chunks.positions_BxM
     return out_BxLxD, aux

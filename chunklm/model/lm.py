@@ -45,7 +45,8 @@ class CausalLM(nnx.Module):
     h_BxLxD, raw = self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
                                  doc_slots=self.doc_slots, exact=exact)
     stages = range(self.cfg.num_stages)
-    aux = {k: v for k, v in raw.items() if k.endswith("_sum") or k.startswith("ratio_loss_s")}
+    aux = {k: v for k, v in raw.items() if k.endswith("_sum") or k.startswith(("ratio_loss_s", "boundaries_s",
+                                                                                 "chunk_positions_s"))}
     aux["ratio_loss"] = (self.cfg.ratio_loss_weight * sum(raw[f"ratio_loss_s{s}"] for s in stages)
                          + sum(raw[f"router_aux_s{s}"] for s in stages))
     aux.update(routing_metrics(raw, self.cfg.num_stages))

@@ -74,6 +74,15 @@ def causal_conv(u_BxLxC: jax.Array, doc_BxL: jax.Array, w_KxC: jax.Array, b_C: j
   return out_BxLxC
 
 
+def segmented_cumsum(x: jax.Array, restart: jax.Array) -> jax.Array:
+  """Cumulative sum along the last axis that starts over (drops everything before) wherever `restart` is True."""
+  def combine(left, right):
+    x_l, r_l = left
+    x_r, r_r = right
+    return jnp.where(r_r, x_r, x_l + x_r), r_l | r_r
+  return jax.lax.associative_scan(combine, (x, restart), axis=-1)[0]
+
+
 def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxLxN: jax.Array, c_BxLxN: jax.Array,
                 doc_BxL: jax.Array, chunk_size: int) -> jax.Array:
   """y_BxLxHxP = sum over same-document s <= t of (C_t·B_s) exp(sum_{s<u<=t} a_u) dt_s x_s, by chunks (no D term)."""
@@ -93,22 +102,25 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
   xdt_BxCxQxHxP = x_BxCxQxHxP * dt_BxHxCxQ.transpose(0, 2, 3, 1)[..., None]
 
   # 1. Within chunks: quadratic form with a causal, same-document decay matrix (t = target, s = source).
-  # segsum[t, s] = sum of a_u for s < u <= t, summed directly rather than as a difference of cumulative sums, so that
-  # values from other documents do not enter even through rounding (cancellation would leak ~1e-9 across documents).
-  after_QxQ = jnp.arange(q)[:, None] > jnp.arange(q)[None, :]  # [u, s]: u > s
-  segsum_BxHxCxQxQ = jnp.cumsum(jnp.where(after_QxQ, a_BxHxCxQ[..., :, None], 0.0), axis=-2)
+  # cs = cumulative log-decay from the chunk start, restarted at every document start inside the chunk (a segmented
+  # scan that drops, never cancels, earlier values), so for s, t in one document cs_t - cs_s = sum_{s<u<=t} a_u and no
+  # value from another document enters, even through rounding. Masked entries get -inf before exp: exp is 0 and its
+  # gradient is exactly 0 (no inf * 0).
+  restart_BxCxQ = jnp.concatenate(
+      [jnp.ones_like(doc_BxCxQ[..., :1], bool), doc_BxCxQ[..., 1:] != doc_BxCxQ[..., :-1]], axis=-1)
+  cs_BxHxCxQ = segmented_cumsum(a_BxHxCxQ, jnp.broadcast_to(restart_BxCxQ[:, None], a_BxHxCxQ.shape))
   causal_QxQ = jnp.tril(jnp.ones((q, q), dtype=bool))
   same_BxCxQxQ = (doc_BxCxQ[..., :, None] == doc_BxCxQ[..., None, :]) & causal_QxQ
-  # A 0/1 mask after exp (segsum is <= 0 wherever it is kept, and 0 where t < s): no -inf, no NaN gradients.
-  decay_BxHxCxQxQ = jnp.where(same_BxCxQxQ[:, None], jnp.exp(segsum_BxHxCxQxQ), 0.0)
+  diff_BxHxCxQxQ = cs_BxHxCxQ[..., :, None] - cs_BxHxCxQ[..., None, :]
+  decay_BxHxCxQxQ = jnp.exp(jnp.where(same_BxCxQxQ[:, None], diff_BxHxCxQxQ, -jnp.inf))
   cb_BxCxQxQ = jnp.einsum("bctn,bcsn->bcts", c_BxCxQxN, b_BxCxQxN)
   y_diag = jnp.einsum("bcts,bhcts,bcshp->bcthp", cb_BxCxQxQ, decay_BxHxCxQxQ, xdt_BxCxQxHxP)
 
   # 2. Each chunk's end state from its own positions in the document of its last position (the decay matrix's last
   # row is exactly that: exp(sum_{s<u<=end} a_u) * [doc_s == doc_end]).
   states_BxCxHxPxN = jnp.einsum("bcsn,bhcs,bcshp->bchpn", b_BxCxQxN, decay_BxHxCxQxQ[..., -1, :], xdt_BxCxQxHxP)
-  # From the chunk start to position t: only used where the whole prefix is in one document, so no leak.
-  acum_BxHxCxQ = jnp.cumsum(a_BxHxCxQ, axis=-1)
+  # From the chunk start to position t: only used where the whole prefix is in one document (no restart), so no leak.
+  acum_BxHxCxQ = cs_BxHxCxQ
 
   # 3. Across chunks: carry_c = state entering chunk c; kept only if chunk c ends in the same document as c - 1.
   doc_end_BxC = doc_BxCxQ[..., -1]

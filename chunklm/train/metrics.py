@@ -53,8 +53,8 @@ def _plain(v):
   return v.item() if v.ndim == 0 else v.tolist()
 
 
-def plot_curves(workdir: str | Path, out: str | Path | None = None) -> Path | None:
-  """loss.png: training loss and BPB, valid BPB, and H-Net bytes per chunk when present."""
+def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tuple[float, ...] = ()) -> Path | None:
+  """loss.png: training and valid BPB, and H-Net bytes per chunk per stage (dashed: the targets N, compounded)."""
   records = read_jsonl(Path(workdir) / "metrics.jsonl")
   train = [r for r in records if r["split"] == "train"]
   valid = [r for r in records if r["split"] == "valid"]
@@ -77,8 +77,12 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None) -> Path | No
   ax.legend()
   if chunk_keys:
     ax = axes[0, 1]
-    for k in chunk_keys:
-      ax.plot([r["step"] for r in train if k in r], [r[k] for r in train if k in r], label=k)
+    target = 1.0
+    for i, k in enumerate(chunk_keys):
+      line, = ax.plot([r["step"] for r in train if k in r], [r[k] for r in train if k in r], label=k)
+      if i < len(targets):
+        target *= targets[i]
+        ax.axhline(target, ls="--", lw=1, color=line.get_color(), label=f"target {target:g}")
     ax.set_xlabel("step")
     ax.set_ylabel("bytes per chunk")
     ax.grid(alpha=0.3)

@@ -53,7 +53,7 @@ def loss_fn(params, graphdef, batch: dict):
   ratio_loss = aux.get("ratio_loss", jnp.zeros(()))
   loss = nll + ratio_loss
   metrics = {"loss": loss, "nll": nll, "bpb": nll / LN2, "bytes": count,
-             **{k: v for k, v in aux.items() if not k.endswith("_sum")}}
+             **{k: v for k, v in aux.items() if v.ndim == 0 and not k.endswith("_sum")}}
   return loss, metrics
 
 

@@ -9,6 +9,7 @@ training with a clear message and leaves the last good checkpoint untouched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import sys
@@ -19,10 +20,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from chunklm.config import Config, differing_fields, dump_yaml, load_config
+from chunklm.config import Config, differing_fields, dump_yaml, load_config, to_dict
 from chunklm.data.corpus import Splits, load_splits, order0_entropy
 from chunklm.data.pipeline import train_dataset
 from chunklm.errors import CheckpointError, UserError
+from chunklm.eval.boundaries import boundary_levels, picture
 from chunklm.eval.bpb import evaluate
 from chunklm.eval.generate import generate
 from chunklm.model.lm import build_model, count_params
@@ -49,6 +51,7 @@ class TrainResult:
   order0_entropy: float
   sample: bytes
   num_params: int
+  boundary_picture: str = ""  # H-Net: the valid snippet with its chunk boundaries marked
 
 
 def check_compatible(workdir: Path, cfg: Config) -> None:
@@ -114,17 +117,18 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   if is_main:
     (workdir / "config.yaml").write_text(dump_yaml(cfg))
   log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))
-  log(f"model: {num_params:,} parameters, layout {list(cfg.model.layout)}, d_model {list(cfg.model.d_model)}")
+  log(f"model: {num_params:,} parameters, layout {json.dumps(to_dict(cfg.model.layout))}, "
+      f"d_model {list(cfg.model.d_model)}")
   entropy = order0_entropy(splits.valid)
   metrics = MetricsWriter(workdir, resume_step=start, tensorboard=is_main)
   step_fn, eval_fn = make_train_step(graphdef, tx), make_eval_step(graphdef)
   end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
   window_bytes = cfg.train.batch_size * cfg.data.seq_len
-  meta = {"config": yaml_safe(cfg)}
+  meta = {"config": to_dict(cfg)}
   step, pending, good_step = start, None, start
   timer = {"t": time.perf_counter(), "steps": 0}
   bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress or not is_main, unit="step",
-             dynamic_ncols=True, file=sys.stderr)
+             dynamic_ncols=True, file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 15.0)
 
   def record(step_done: int, m: dict) -> None:
     m = jax.device_get(m)
@@ -183,20 +187,35 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     if sys.exc_info()[0] is not None:
       metrics.close()
   finished = step >= cfg.train.steps
-  valid, sample = {}, b""
+  valid, sample, pic = {}, b"", ""
   if finished:
     valid = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, cfg.eval.batch_size,
                      cfg.eval.final_max_bytes, progress=progress and is_main)
     metrics.write(step, "valid", _valid_record(valid))
+    snippet = snippet_of(splits.valid)
     if cfg.eval.sample_bytes:
-      prompt = cfg.eval.sample_prompt.encode() or splits.valid.doc(0)[:48]
+      prompt = cfg.eval.sample_prompt.encode() or snippet[:32]
       sample = prompt + generate(graphdef, state["params"], prompt, seq_len=cfg.data.seq_len,
                                  max_new_bytes=cfg.eval.sample_bytes, temperature=cfg.eval.temperature,
                                  top_p=cfg.eval.top_p, seed=cfg.train.seed)
+    if cfg.model.num_stages:
+      levels = boundary_levels(graphdef, state["params"], snippet, cfg.model.num_stages, cfg.data.seq_len)
+      pic = picture(snippet[: len(levels[0])], levels)
   metrics.close()
   if is_main:
-    plot_curves(workdir)
-  return TrainResult(workdir, step, finished, valid, entropy, sample, num_params)
+    plot_curves(workdir, targets=cfg.model.target_ratio if cfg.model.num_stages else ())
+  return TrainResult(workdir, step, finished, valid, entropy, sample, num_params, pic)
+
+
+def snippet_of(docs, size: int = 96) -> bytes:
+  """A readable piece of the first valid documents: from the first line starting a definition, if any."""
+  for i in range(min(len(docs), 50)):
+    text = docs.doc(i)
+    for marker in (b"\ndef ", b"\nclass ", b"\n\n"):
+      at = text.find(marker)
+      if at >= 0:
+        return text[at + 1: at + 1 + size]
+  return docs.doc(0)[:size]
 
 
 def _valid_record(res: dict) -> dict:
@@ -204,7 +223,3 @@ def _valid_record(res: dict) -> dict:
   out.update({k: v for k, v in res.items() if k.startswith("bytes_per_chunk")})
   return out
 
-
-def yaml_safe(cfg: Config) -> dict:
-  from chunklm.config import to_dict
-  return to_dict(cfg)

@@ -1,0 +1,140 @@
+"""H-Net end to end: causality (gradients and perturbations), documents, gradients, configs, LR multipliers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chunklm.errors import ConfigError
+from chunklm.model.lm import build_model
+from chunklm.train.optim import level_of, multiplier_tree, paper_lr_multipliers
+from chunklm.train.step import forward, loss_fn, split_model
+from conftest import tiny_config
+
+HNET1 = ["model.layout=[m1, [T1], m1]", "model.d_model=[32, 48]", "model.n_heads=[2, 2]",
+         "model.mamba.d_state=8", "model.mamba.head_dim=16", "model.mamba.chunk_size=8", "model.target_ratio=[3]"]
+HNET2 = ["model.layout=[m1, [m1, [T1], m1], m1]", "model.d_model=[32, 48, 64]", "model.n_heads=[2, 2, 2]",
+         "model.mamba.d_state=8", "model.mamba.head_dim=16", "model.mamba.chunk_size=8",
+         "model.target_ratio=[2, 2]"]
+
+
+def hnet_config(stages, *extra):
+  return tiny_config(*(HNET1 if stages == 1 else HNET2), *extra)
+
+
+def make_batch(ids, seg):
+  ids, seg = jnp.asarray(ids, jnp.int32), jnp.asarray(seg, jnp.int32)
+  pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  return {"ids": ids, "targets": jnp.roll(ids, -1, 1), "segment_ids": seg, "positions": pos,
+          "loss_mask": seg > 0}
+
+
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+@pytest.mark.parametrize("exact", [False, True])
+def test_causality_gradient_and_perturbation(stages, exact):
+  cfg = hnet_config(stages, "model.capacity=[10]" if stages == 1 else "model.capacity=[12, 10]")
+  model = build_model(cfg, 0)
+  length = 32
+  ids = jax.random.randint(jax.random.key(1), (1, length), 0, 256)
+  seg = jnp.ones((1, length), jnp.int32)
+
+  def per_position_nll(emb_1xLxD):
+    h, _ = model.backbone(emb_1xLxD, seg, seg > 0, ids, capacities=(10,) if stages == 1 else (12, 10),
+                          doc_slots=cfg.data.max_docs_per_window, exact=exact)
+    logp = jax.nn.log_softmax(model.head(h))
+    return -logp[0, jnp.arange(length), jnp.roll(ids, -1, 1)[0]]
+
+  emb = model.embed(ids)
+  jac = np.asarray(jax.jit(jax.jacobian(per_position_nll))(emb))[:, 0]  # [t, s, D]
+  dep = np.abs(jac).sum(-1) > 0
+  assert not np.triu(dep, 1).any(), "the loss at t depends on a later input"
+  assert all(dep[t, : t + 1].any() for t in range(length))
+  # discrete routing decisions must not leak the future either: change every byte after t, compare logits up to t
+  graphdef, params = split_model(model)
+  run = jax.jit(lambda ids: forward(graphdef, params, make_batch(ids, seg), exact=exact))
+  logits, aux = run(ids)
+  if not exact:
+    assert float(aux["overflow_s0"]) > 0, "the test should exercise overflow"
+  for t in (0, 9, 20):
+    future = ids.at[0, t + 1:].set((ids[0, t + 1:] * 7 + 13) % 256)
+    logits2, _ = run(future)
+    np.testing.assert_allclose(logits[0, : t + 1], logits2[0, : t + 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_documents_do_not_see_each_other(stages):
+  cfg = hnet_config(stages)
+  graphdef, params = split_model(build_model(cfg, 0))
+  seg = jnp.array([[1] * 12 + [2] * 20])
+  ids = jax.random.randint(jax.random.key(2), (1, 32), 0, 256)
+  ids2 = ids.at[0, :12].set((ids[0, :12] + 5) % 256)
+  run = jax.jit(lambda ids: forward(graphdef, params, make_batch(ids, seg))[0])
+  a, b = run(ids), run(ids2)
+  np.testing.assert_allclose(a[0, 12:], b[0, 12:], atol=1e-5)
+  assert not np.allclose(a[0, :12], b[0, :12])
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_every_gradient_is_finite_and_nonzero(stages):
+  """Including the router's: it learns through the dechunk smoothing, the confidence STE and the ratio loss."""
+  cfg = hnet_config(stages)
+  graphdef, params = split_model(build_model(cfg, 0))
+  rng = np.random.default_rng(0)
+  text = b"def f(x):\n    return x * 2 + 1\nclass A:\n    pass\n" * 4
+  ids = np.stack([np.frombuffer(text[i:i + 32], np.uint8) for i in (0, 17, 40, 61)]).astype(np.int32)
+  seg = np.ones_like(ids)
+  seg[1, 20:] = 2
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=1)
+  (loss, metrics), grads = grad_fn(params, graphdef, make_batch(ids, seg))
+  assert np.isfinite(float(loss))
+  bad = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
+         if not np.isfinite(g).all() or not np.any(g)]
+  assert not bad, f"zero or non-finite gradients: {bad}"
+  for s in range(stages):
+    assert f"bytes_per_chunk_s{s}" in metrics and f"ratio_loss_s{s}" in metrics
+  del rng
+
+
+def test_ratio_loss_pulls_the_boundary_rate_down():
+  """With only the ratio loss, gradient steps on the router lower the boundary rate towards 1/N."""
+  cfg = hnet_config(1, "model.target_ratio=[4]")
+  graphdef, params = split_model(build_model(cfg, 0))
+  ids = jax.random.randint(jax.random.key(3), (2, 32), 0, 256)
+  batch = make_batch(ids, jnp.ones_like(ids))
+
+  def ratio_only(p):
+    _, m = loss_fn(p, graphdef, batch)
+    return m["ratio_loss"], m
+
+  (_, m0), g = jax.jit(jax.value_and_grad(ratio_only, has_aux=True))(params)
+  params = jax.tree.map(lambda p, g: p - 2.0 * g, params, g)
+  _, m1 = jax.jit(ratio_only)(params)
+  assert float(m1["mean_p_s0"]) < float(m0["mean_p_s0"])
+
+
+def test_lr_multipliers_follow_the_paper_and_the_levels():
+  big = tiny_config("model.layout=[m4, [T1m4, [T27], m4T1], m4]", "model.d_model=[1024, 1536, 2048]",
+                    "model.n_heads=16", "model.target_ratio=[3, 3]", "data.seq_len=8192")
+  assert paper_lr_multipliers(big.model) == pytest.approx((3.03, 1.43, 0.715), abs=0.01)
+  cfg = hnet_config(2)
+  _, params = split_model(build_model(cfg, 0))
+  levels = {jax.tree_util.keystr(p): level_of(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  assert all(v == 0 for k, v in levels.items() if "embed" in k or "head" in k or "encoder" in k.split("main")[0])
+  assert any(v == 2 for v in levels.values()) and any(v == 1 for v in levels.values())
+  mult = multiplier_tree(params, (3.0, 2.0, 1.0))
+  flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mult)}
+  assert {flat[k] for k in flat if "'main']['main']" in k} == {1.0}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.target_ratio=[1.0]", "target compression N must be > 1"),
+    ("model.capacity=[3]", "stage 0 holds 3 chunks, fewer than the 8 documents"),
+    ("model.d_model=[48, 32]", "inner width 32 \\(level 1\\) is smaller than outer width 48"),
+    ("model.layout=[m1, [Q2], m1]", "cannot parse layer string 'Q2'"),
+    ("model.target_ratio=[2, 2]", "1 routing stage\\(s\\), got 2 values"),
+])
+def test_configs_that_cannot_work_fail_at_load(override, message):
+  with pytest.raises(ConfigError, match=message):
+    hnet_config(1, override)
