@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_config_args(b, default_config=None)
   b.add_argument("--steps", type=int, default=10, help="timed steps (default: %(default)s)")
   b.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation (default: %(default)s)")
+  b.add_argument("--breakdown", action="store_true",
+                 help="also time each part of an H-Net (stacks, routing/chunking, main network) on its own")
   return parser
 
 
@@ -138,7 +140,7 @@ def _cmd_bench(args) -> int:
   from chunklm.bench.train import bench_train
   if args.config is None:
     raise UserError("bench train: --config is required")
-  bench_train(args.config, args.overrides, args.steps, args.warmup)
+  bench_train(args.config, args.overrides, args.steps, args.warmup, args.breakdown)
   return 0
 
 

@@ -33,7 +33,7 @@ def real_batches(cfg, count: int) -> list[dict]:
   return [{k: np.stack([windows[i * b + j][k] for j in range(b)]) for k in windows[0]} for i in range(count)]
 
 
-def bench_train(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
+def bench_train(config: str, overrides: list[str], steps: int, warmup: int, show_breakdown: bool = False) -> dict:
   cfg = load_config(config, overrides)
   graphdef, tx, state, num_params = setup_state(cfg)
   batches = real_batches(cfg, steps + warmup + 1)
@@ -66,4 +66,12 @@ def bench_train(config: str, overrides: list[str], steps: int, warmup: int) -> d
   print(f"train FLOPs/byte  : {flops / 1e6:.2f} M  ({out['achieved_gflops']:.1f} GFLOP/s achieved)")
   print(f"| {config} {out['overrides']} | {num_params / 1e6:.2f} M | {compile_s:.1f} s | {step_s * 1e3:.0f} ms | "
         f"{out['bytes_per_s']:,.0f} | {flops / 1e6:.2f} M | {out['machine']} |")
+  if show_breakdown:
+    from chunklm.bench.breakdown import breakdown
+    rows = breakdown(cfg)
+    total = sum(t for _, t in rows)
+    print(f"\nforward+backward of each part alone (sum {total * 1e3:.0f} ms vs fused step {step_s * 1e3:.0f} ms):")
+    for name, t in rows:
+      print(f"  {name:55s} {t * 1e3:8.1f} ms  {100 * t / total:5.1f} %")
+    out["breakdown"] = rows
   return out

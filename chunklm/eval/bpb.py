@@ -18,8 +18,11 @@ from chunklm.model.chunking import routing_metrics
 
 
 def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, max_bytes: int = 0,
-             progress: bool = False) -> dict[str, float]:
-  """{'bpb', 'bytes', 'nll_sum', and summed routing statistics} for `docs` (up to ~`max_bytes`)."""
+             progress: bool = False, put=lambda batch: batch) -> dict[str, float]:
+  """{'bpb', 'bytes', 'nll_sum', and summed routing statistics} for `docs` (up to ~`max_bytes`).
+
+  `put` places each (global, host-side) batch on devices, e.g. split over a mesh.
+  """
   totals: dict[str, float] = {}
   pending = []
   n_windows = len(PackedWindows(docs, seq_len, shuffle=False, pad_last=True))
@@ -28,7 +31,7 @@ def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, 
     n_batches = min(n_batches, -(-max_bytes // (seq_len * batch_size)) + 1)
   for batch in tqdm(eval_batches(docs, seq_len, batch_size, max_bytes), total=n_batches, disable=not progress,
                     desc="eval", leave=False, unit="batch"):
-    pending.append(eval_step(params, batch))
+    pending.append(eval_step(params, put(batch)))
     if len(pending) > 4:  # keep a few batches in flight, then fold them into float64 host sums
       _accumulate(totals, pending.pop(0))
   for out in pending:

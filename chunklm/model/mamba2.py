@@ -74,15 +74,6 @@ def causal_conv(u_BxLxC: jax.Array, doc_BxL: jax.Array, w_KxC: jax.Array, b_C: j
   return out_BxLxC
 
 
-def segmented_cumsum(x: jax.Array, restart: jax.Array) -> jax.Array:
-  """Cumulative sum along the last axis that starts over (drops everything before) wherever `restart` is True."""
-  def combine(left, right):
-    x_l, r_l = left
-    x_r, r_r = right
-    return jnp.where(r_r, x_r, x_l + x_r), r_l | r_r
-  return jax.lax.associative_scan(combine, (x, restart), axis=-1)[0]
-
-
 def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxLxN: jax.Array, c_BxLxN: jax.Array,
                 doc_BxL: jax.Array, chunk_size: int) -> jax.Array:
   """y_BxLxHxP = sum over same-document s <= t of (C_t·B_s) exp(sum_{s<u<=t} a_u) dt_s x_s, by chunks (no D term)."""
@@ -102,15 +93,12 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
   xdt_BxCxQxHxP = x_BxCxQxHxP * dt_BxHxCxQ.transpose(0, 2, 3, 1)[..., None]
 
   # 1. Within chunks: quadratic form with a causal, same-document decay matrix (t = target, s = source).
-  # cs = cumulative log-decay from the chunk start, restarted at every document start inside the chunk (a segmented
-  # scan that drops, never cancels, earlier values), so for s, t in one document cs_t - cs_s = sum_{s<u<=t} a_u and no
-  # value from another document enters, even through rounding. Masked entries get -inf before exp: exp is 0 and its
-  # gradient is exactly 0 (no inf * 0).
-  restart_BxCxQ = jnp.concatenate(
-      [jnp.ones_like(doc_BxCxQ[..., :1], bool), doc_BxCxQ[..., 1:] != doc_BxCxQ[..., :-1]], axis=-1)
-  cs_BxHxCxQ = segmented_cumsum(a_BxHxCxQ, jnp.broadcast_to(restart_BxCxQ[:, None], a_BxHxCxQ.shape))
+  # cs_t = sum of a_u over u <= t in t's document (within the chunk), computed as a 0/1-masked matmul: values of
+  # other documents are multiplied by exact zeros, so none enters even through rounding, and for s, t in one
+  # document cs_t - cs_s = sum_{s<u<=t} a_u. Masked entries get -inf before exp: exp is 0 and its gradient exactly 0.
   causal_QxQ = jnp.tril(jnp.ones((q, q), dtype=bool))
   same_BxCxQxQ = (doc_BxCxQ[..., :, None] == doc_BxCxQ[..., None, :]) & causal_QxQ
+  cs_BxHxCxQ = jnp.einsum("bcts,bhcs->bhct", same_BxCxQxQ.astype(jnp.float32), a_BxHxCxQ)
   diff_BxHxCxQxQ = cs_BxHxCxQ[..., :, None] - cs_BxHxCxQ[..., None, :]
   decay_BxHxCxQxQ = jnp.exp(jnp.where(same_BxCxQxQ[:, None], diff_BxHxCxQxQ, -jnp.inf))
   cb_BxCxQxQ = jnp.einsum("bctn,bcsn->bcts", c_BxCxQxN, b_BxCxQxN)

@@ -28,11 +28,11 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
     if cfg.schedule == "constant":
       return warm
     if cfg.schedule == "cosine":
-      frac = jnp.clip((step - warmup) / max(cfg.steps - warmup, 1), 0.0, 1.0)
+      frac = jnp.clip((step - warmup) / max(cfg.steps - 1 - warmup, 1), 0.0, 1.0)  # floor at the last step
       decayed = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
     else:  # wsd: stable, then a "1 - sqrt" cooldown over the last decay_fraction of the steps
       decay_start = max(cfg.steps - int(round(cfg.decay_fraction * cfg.steps)), warmup)
-      frac = jnp.clip((step - decay_start) / max(cfg.steps - decay_start, 1), 0.0, 1.0)
+      frac = jnp.clip((step - decay_start) / max(cfg.steps - 1 - decay_start, 1), 0.0, 1.0)
       decayed = floor + (peak - floor) * (1 - jnp.sqrt(frac))
     return jnp.where(step < warmup, warm, decayed)
 

@@ -68,8 +68,13 @@ def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: d
   return new_state, metrics
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation):
-  return jax.jit(functools.partial(train_step, graphdef, tx), donate_argnums=0)
+def make_train_step(graphdef, tx: optax.GradientTransformation, state_sharding=None, batch_sharding=None):
+  """The jitted step; with shardings, state and batch are laid out on the mesh and the state stays there."""
+  fn = functools.partial(train_step, graphdef, tx)
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  return jax.jit(fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
+                 donate_argnums=0)
 
 
 def eval_step(graphdef, params, batch: dict) -> dict:

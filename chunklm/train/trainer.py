@@ -23,7 +23,7 @@ from tqdm import tqdm
 from chunklm.config import Config, differing_fields, dump_yaml, load_config, to_dict
 from chunklm.data.corpus import Splits, load_splits, order0_entropy
 from chunklm.data.pipeline import train_dataset
-from chunklm.errors import CheckpointError, UserError
+from chunklm.errors import CheckpointError, ConfigError, UserError
 from chunklm.eval.boundaries import boundary_levels, picture
 from chunklm.eval.bpb import evaluate
 from chunklm.eval.generate import generate
@@ -31,6 +31,7 @@ from chunklm.model.lm import build_model, count_params
 from chunklm.train.checkpoint import Checkpointer
 from chunklm.train.metrics import MetricsWriter, plot_curves
 from chunklm.train.optim import make_optimizer
+from chunklm.train.sharding import batch_sharding, batch_shards, local_rows, make_mesh, put_batch, state_shardings
 from chunklm.train.step import init_train_state, make_eval_step, make_train_step, split_model
 
 # Changing these in a workdir with checkpoints would make them unusable or the data stream different.
@@ -103,7 +104,14 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   ckpt_dir = workdir / "checkpoints"
   if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
     check_compatible(workdir, cfg)
+  mesh = make_mesh(cfg.mesh)
+  shards = batch_shards(mesh)
+  if cfg.train.batch_size % (shards * jax.process_count()):
+    raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {shards} batch shards of "
+                      f"the mesh (data x fsdp) times {jax.process_count()} process(es)")
   graphdef, tx, state, num_params = setup_state(cfg)
+  state_sharding = state_shardings(state, mesh)
+  state = jax.device_put(state, state_sharding)
   data_iter = iter(train_dataset(splits.train, cfg.data.seq_len, cfg.train.batch_size, cfg.train.steps,
                                  cfg.data.seed, cfg.data.prefetch))
   is_main = jax.process_index() == 0
@@ -121,7 +129,12 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
       f"d_model {list(cfg.model.d_model)}")
   entropy = order0_entropy(splits.valid)
   metrics = MetricsWriter(workdir, resume_step=start, tensorboard=is_main)
-  step_fn, eval_fn = make_train_step(graphdef, tx), make_eval_step(graphdef)
+  step_fn = make_train_step(graphdef, tx, state_sharding, batch_sharding(mesh))
+  eval_fn = make_eval_step(graphdef)
+  eval_batch = -(-cfg.eval.batch_size // (shards * jax.process_count())) * shards * jax.process_count()
+
+  def put_eval(batch):
+    return put_batch(local_rows(batch), mesh)
   end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
   window_bytes = cfg.train.batch_size * cfg.data.seq_len
   meta = {"config": to_dict(cfg)}
@@ -158,7 +171,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   try:
     with _StopFlag() as stop:
       while step < end:
-        batch = next(data_iter)
+        batch = put_batch(next(data_iter), mesh)
         state, m = step_fn(state, batch)
         step += 1
         if pending is None and step == start + 1:
@@ -173,8 +186,8 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
           good_step = step
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
           flush()
-          res = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, cfg.eval.batch_size,
-                         cfg.eval.max_bytes)
+          res = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, eval_batch,
+                         cfg.eval.max_bytes, put=put_eval)
           metrics.write(step, "valid", _valid_record(res))
           bar.write(f"step {step}: valid bpb {res['bpb']:.4f} ({int(res['bytes']):,} bytes)")
         if stop.set:
@@ -189,8 +202,8 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   finished = step >= cfg.train.steps
   valid, sample, pic = {}, b"", ""
   if finished:
-    valid = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, cfg.eval.batch_size,
-                     cfg.eval.final_max_bytes, progress=progress and is_main)
+    valid = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, eval_batch,
+                     cfg.eval.final_max_bytes, progress=progress and is_main, put=put_eval)
     metrics.write(step, "valid", _valid_record(valid))
     snippet = snippet_of(splits.valid)
     if cfg.eval.sample_bytes:
