@@ -94,6 +94,8 @@ class ModelConfig:
   lr_multipliers: tuple[float, ...] = ()  # learning-rate multiplier per level; () = paper's formula (App. C)
   init_std: float = 0.02  # std of linear-layer init; output projections are scaled down by depth
   dtype: str = "float32"  # compute dtype (params stay float32): float32 | bfloat16
+  remat: bool = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
+  attention_block: int = 0  # queries per attention block (memory ~ block x length instead of length^2); 0 = all
 
   @property
   def num_stages(self) -> int:
@@ -158,6 +160,8 @@ class ModelConfig:
     if self.lr_multipliers and len(self.lr_multipliers) != levels:
       raise ConfigError(f"model.lr_multipliers: need {levels} values (one per level) or [], "
                         f"got {list(self.lr_multipliers)}")
+    if self.attention_block < 0:
+      raise ConfigError(f"model.attention_block: must be >= 0 (0 = one block), got {self.attention_block}")
     if self.vocab_size <= 0 or self.init_std <= 0 or not 0 <= self.rotary_fraction <= 1:
       raise ConfigError("model: vocab_size and init_std must be positive, rotary_fraction in [0, 1]")
     if self.dtype not in DTYPES:

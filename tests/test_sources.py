@@ -51,7 +51,7 @@ def test_fasta_and_fastq_keep_sequences_only(tmp_path):
   (tmp_path / "r.fastq").write_text("@r1\nACGT\n+\nIIII\n@r2\nGG\n+\nII\n")
   assert [d for _, d in docs([tmp_path / "r.fastq"])] == [b"ACGT", b"GG"]
   (tmp_path / "bad.fq").write_text("@r1\nACGT\n+\n")
-  with pytest.raises(DataError, match="4 lines per record"):
+  with pytest.raises(DataError, match="4 lines per record; the last record has 3"):
     docs([tmp_path / "bad.fq"])
 
 

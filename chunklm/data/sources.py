@@ -52,6 +52,16 @@ def _read_all(path: Path) -> bytes:
     raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
+def _lines(path: Path) -> Iterator[bytes]:
+  """The file's lines (without line ends), streamed so large JSONL/FASTA/FASTQ files need not fit in memory twice."""
+  try:
+    with _open_bytes(path) as f:
+      for line in f:
+        yield line.rstrip(b"\r\n")
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
 def _text_documents(path: Path, name: str, separator: bytes) -> Iterator[Document]:
   data = _read_all(path)
   if not separator:
@@ -62,7 +72,7 @@ def _text_documents(path: Path, name: str, separator: bytes) -> Iterator[Documen
 
 
 def _jsonl_documents(path: Path, name: str, field: str) -> Iterator[Document]:
-  for lineno, line in enumerate(_read_all(path).splitlines(), 1):
+  for lineno, line in enumerate(_lines(path), 1):
     if not line.strip():
       continue
     try:
@@ -77,14 +87,20 @@ def _jsonl_documents(path: Path, name: str, field: str) -> Iterator[Document]:
     yield f"{name}:{lineno}", text.encode("utf-8", errors="surrogatepass")
 
 
+def _record_name(header: bytes, fallback: int) -> str:
+  """The first word of a FASTA/FASTQ header line (without '>' or '@'), or the record number."""
+  words = header[1:].split(maxsplit=1)
+  return words[0].decode("utf-8", "replace") if words else str(fallback)
+
+
 def _fasta_documents(path: Path, name: str) -> Iterator[Document]:
   """One document per record: the sequence lines joined, without header or newlines."""
-  header, seq = None, []
-  for line in _read_all(path).splitlines():
+  header, seq, count = None, [], 0
+  for line in _lines(path):
     if line.startswith(b">"):
       if header is not None:
         yield f"{name}:{header}", b"".join(seq)
-      header, seq = line[1:].split(maxsplit=1)[0].decode("utf-8", "replace") if line[1:].strip() else "", []
+      header, seq, count = _record_name(line, count), [], count + 1
     elif line.strip():
       if header is None:
         raise DataError(f"{path}: FASTA sequence before the first '>' header")
@@ -95,13 +111,19 @@ def _fasta_documents(path: Path, name: str) -> Iterator[Document]:
 
 def _fastq_documents(path: Path, name: str) -> Iterator[Document]:
   """One document per read: the sequence line only (records are 4 lines: @id, sequence, +, qualities)."""
-  lines = [ln for ln in _read_all(path).splitlines() if ln.strip()]
-  if len(lines) % 4:
-    raise DataError(f"{path}: FASTQ must have 4 lines per record, found {len(lines)} lines")
-  for i in range(0, len(lines), 4):
-    if not lines[i].startswith(b"@") or not lines[i + 2].startswith(b"+"):
-      raise DataError(f"{path}: malformed FASTQ record at line {i + 1}")
-    yield f"{name}:{lines[i][1:].split(maxsplit=1)[0].decode('utf-8', 'replace') if lines[i][1:].strip() else i // 4}", lines[i + 1].strip()
+  record: list[bytes] = []
+  count = 0
+  for line in _lines(path):
+    if not line.strip():
+      continue
+    record.append(line)
+    if len(record) == 4:
+      if not record[0].startswith(b"@") or not record[2].startswith(b"+"):
+        raise DataError(f"{path}: malformed FASTQ record {count + 1} (expected @id, sequence, +, qualities)")
+      yield f"{name}:{_record_name(record[0], count)}", record[1].strip()
+      record, count = [], count + 1
+  if record:
+    raise DataError(f"{path}: FASTQ must have 4 lines per record; the last record has {len(record)}")
 
 
 def file_documents(path: Path, name: str, *, jsonl_field: str = "text", doc_separator: str = "") -> Iterator[Document]:

@@ -87,25 +87,54 @@ def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, rotary_dim: int, theta:
   return out.astype(x_BxLxHxK.dtype)
 
 
-def attention_mask(segment_ids_BxL: jax.Array, window: int = 0) -> jax.Array:
-  """mask_Bx1xLxL: causal, same document (segment), and within `window` keys back when window > 0."""
+def attention_mask(segment_ids_BxL: jax.Array, window: int = 0, rows: jax.Array | None = None) -> jax.Array:
+  """mask_Bx1xQxL: causal, same document (segment), within `window` keys back when window > 0.
+
+  `rows` selects the query positions (default: all L, so Q = L).
+  """
   length = segment_ids_BxL.shape[1]
-  q = jnp.arange(length)[:, None]
+  q = (jnp.arange(length) if rows is None else rows)[:, None]
   k = jnp.arange(length)[None, :]
-  allowed_LxL = k <= q
+  allowed_QxL = k <= q
   if window:
-    allowed_LxL &= q - k <= window
-  same_BxLxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
-  return (same_BxLxL & allowed_LxL)[:, None]
+    allowed_QxL &= q - k <= window
+  q_seg_BxQ = segment_ids_BxL if rows is None else segment_ids_BxL[:, rows]
+  same_BxQxL = q_seg_BxQ[:, :, None] == segment_ids_BxL[:, None, :]
+  return (same_BxQxL & allowed_QxL)[:, None]
+
+
+def masked_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, segment_ids_BxL: jax.Array,
+                     window: int, block: int = 0) -> jax.Array:
+  """Softmax attention with the causal/document/window mask; with `block`, queries go `block` at a time (each block
+  recomputed in the backward pass), so memory grows as block x L instead of L x L."""
+  length, head_dim = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1]
+  scale = 1.0 / math.sqrt(head_dim)
+  if not block or block >= length:
+    mask = attention_mask(segment_ids_BxL, window)
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask, scale=scale)
+  pad = -length % block
+  q_pad = jnp.pad(q_BxLxHxK, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  blocks_NxBxQxHxK = q_pad.reshape(q_pad.shape[0], -1, block, *q_pad.shape[2:]).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_block(args):
+    q_BxQxHxK, i = args
+    rows = jnp.minimum(i * block + jnp.arange(block), length - 1)  # padded rows repeat the last (then dropped)
+    mask = attention_mask(segment_ids_BxL, window, rows)
+    return jax.nn.dot_product_attention(q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask, scale=scale)
+
+  out_NxBxQxHxK = jax.lax.map(one_block, (blocks_NxBxQxHxK, jnp.arange(blocks_NxBxQxHxK.shape[0])))
+  out = out_NxBxQxHxK.swapaxes(0, 1).reshape(q_pad.shape)
+  return out[:, :length]
 
 
 class Attention(nnx.Module):
   """Multi-head causal self-attention with partial RoPE and document (segment) masking."""
 
   def __init__(self, dim: int, n_heads: int, *, rngs: nnx.Rngs, rotary_fraction: float, rope_theta: float,
-               window: int, std: float, out_std: float, dtype=jnp.float32):
+               window: int, std: float, out_std: float, dtype=jnp.float32, block: int = 0):
     head_dim = dim // n_heads
-    self.n_heads, self.head_dim, self.window, self.rope_theta = n_heads, head_dim, window, rope_theta
+    self.n_heads, self.head_dim, self.window, self.rope_theta, self.block = n_heads, head_dim, window, rope_theta, block
     self.rotary_dim = 2 * int(head_dim * rotary_fraction // 2)
     self.w_qkv = Linear(dim, (3, n_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, std=std, dtype=dtype)
     self.w_out = Linear(n_heads * head_dim, (dim,), ("heads", "embed"), rngs=rngs, std=out_std, dtype=dtype)
@@ -115,7 +144,6 @@ class Attention(nnx.Module):
     q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
     q = rope(q, positions_BxL, self.rotary_dim, self.rope_theta)
     k = rope(k, positions_BxL, self.rotary_dim, self.rope_theta)
-    mask_Bx1xLxL = attention_mask(segment_ids_BxL, self.window)
-    out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xLxL, scale=1.0 / math.sqrt(self.head_dim))
+    out_BxLxHxK = masked_attention(q, k, v, segment_ids_BxL, self.window, self.block)
     b, length = x_BxLxD.shape[:2]
     return self.w_out(out_BxLxHxK.reshape(b, length, -1))

@@ -35,7 +35,7 @@ class Block(nnx.Module):
     if kind in "tT":
       self.mixer = Attention(dim, cfg.n_heads[level], rngs=rngs, rotary_fraction=cfg.rotary_fraction,
                              rope_theta=cfg.rope_theta, window=cfg.window[level], std=cfg.init_std,
-                             out_std=out_std, dtype=dtype)
+                             out_std=out_std, dtype=dtype, block=cfg.attention_block)
     else:
       m = cfg.mamba
       self.mixer = Mamba2(dim, rngs=rngs, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, head_dim=m.head_dim,
@@ -68,9 +68,13 @@ class Stack(nnx.Module):
     out_std = cfg.init_std / math.sqrt(n_residuals)
     self.blocks = nnx.List([Block(k, cfg, level, rngs=rngs, out_std=out_std) for k in layer_kinds(spec)])
     self.norm = RMSNorm(cfg.d_model[level])
+    self.remat = cfg.remat
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
     x_BxLxD = x_BxLxD.astype(jnp.float32)
     for block in self.blocks:
-      x_BxLxD = block(x_BxLxD, segment_ids_BxL, positions_BxL)
+      if self.remat:  # keep only block inputs for the backward pass; recompute the rest
+        x_BxLxD = nnx.remat(lambda b, x, s, p: b(x, s, p))(block, x_BxLxD, segment_ids_BxL, positions_BxL)
+      else:
+        x_BxLxD = block(x_BxLxD, segment_ids_BxL, positions_BxL)
     return self.norm(x_BxLxD)

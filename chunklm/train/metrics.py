@@ -1,7 +1,7 @@
 """Metric sinks: a JSONL file (what tests and plots read), TensorBoard event files, and a loss-curve PNG.
 
-On resume, records past the resumed step are dropped from the JSONL first, so a killed-and-resumed run has exactly
-the records of a straight run.
+On resume, records past the resumed step (and evaluations at it, which are redone) are dropped from the JSONL first,
+so a killed-and-resumed run has exactly the records of a straight run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class MetricsWriter:
   def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
     self.workdir = Path(workdir)
     self.path = self.workdir / "metrics.jsonl"
-    kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+    kept = [r for r in read_jsonl(self.path)
+            if r.get("step", 0) < resume_step or (r.get("step", 0) == resume_step and r.get("split") == "train")]
     self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     self._file = open(self.path, "a")
     self._tb = None
@@ -53,6 +54,15 @@ def _plain(v):
   return v.item() if v.ndim == 0 else v.tolist()
 
 
+def _smooth(values: list[float], alpha: float = 0.1) -> list[float]:
+  """Exponential moving average (with bias correction), for readable noisy curves."""
+  out, avg = [], 0.0
+  for i, v in enumerate(values, 1):
+    avg = (1 - alpha) * avg + alpha * v
+    out.append(avg / (1 - (1 - alpha) ** i))
+  return out
+
+
 def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tuple[float, ...] = ()) -> Path | None:
   """loss.png: training and valid BPB, and H-Net bytes per chunk per stage (dashed: the targets N, compounded)."""
   records = read_jsonl(Path(workdir) / "metrics.jsonl")
@@ -67,7 +77,9 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tup
   chunk_keys = sorted({k for r in train for k in r if k.startswith("bytes_per_chunk")})
   fig, axes = plt.subplots(1, 2 if chunk_keys else 1, figsize=(11 if chunk_keys else 6, 4), squeeze=False)
   ax = axes[0, 0]
-  ax.plot([r["step"] for r in train], [r["bpb"] for r in train], label="train BPB", lw=1)
+  steps = [r["step"] for r in train]
+  ax.plot(steps, [r["bpb"] for r in train], lw=0.8, alpha=0.35, color="C0")
+  ax.plot(steps, _smooth([r["bpb"] for r in train]), lw=1.5, color="C0", label="train BPB (smoothed)")
   if valid:
     ax.plot([r["step"] for r in valid], [r["bpb"] for r in valid], "o-", label="valid BPB")
   ax.set_xlabel("step")
@@ -79,10 +91,13 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tup
     ax = axes[0, 1]
     target = 1.0
     for i, k in enumerate(chunk_keys):
-      line, = ax.plot([r["step"] for r in train if k in r], [r[k] for r in train if k in r], label=k)
+      values = [r[k] for r in train if k in r]
+      line, = ax.plot([r["step"] for r in train if k in r], _smooth(values), label=f"{k} (smoothed)")
       if i < len(targets):
         target *= targets[i]
         ax.axhline(target, ls="--", lw=1, color=line.get_color(), label=f"target {target:g}")
+    if targets:
+      ax.set_ylim(0, 2.5 * target)
     ax.set_xlabel("step")
     ax.set_ylabel("bytes per chunk")
     ax.grid(alpha=0.3)

@@ -30,7 +30,7 @@ from chunklm.eval.generate import generate
 from chunklm.model.lm import build_model, count_params
 from chunklm.train.checkpoint import Checkpointer
 from chunklm.train.metrics import MetricsWriter, plot_curves
-from chunklm.train.optim import make_optimizer
+from chunklm.train.optim import lr_schedule, make_optimizer
 from chunklm.train.sharding import batch_sharding, batch_shards, local_rows, make_mesh, put_batch, state_shardings
 from chunklm.train.step import init_train_state, make_eval_step, make_train_step, split_model
 
@@ -137,6 +137,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     return put_batch(local_rows(batch), mesh)
   end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
   window_bytes = cfg.train.batch_size * cfg.data.seq_len
+  schedule = lr_schedule(cfg.train)  # for the log: the base learning rate (before per-level multipliers)
   meta = {"config": to_dict(cfg)}
   step, pending, good_step = start, None, start
   timer = {"t": time.perf_counter(), "steps": 0}
@@ -160,7 +161,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     bar.set_postfix(postfix, refresh=False)
     bar.update(step_done - bar.n)
     if step_done % cfg.train.log_every == 0 or step_done == end:
-      metrics.write(step_done, "train", {**stats, "bytes_per_sec": rate, "lr_step": step_done})
+      metrics.write(step_done, "train", {**stats, "bytes_per_sec": rate, "lr": float(schedule(step_done - 1))})
 
   def flush() -> None:
     nonlocal pending
