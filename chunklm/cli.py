@@ -17,6 +17,7 @@ EPILOG = """examples:
   chunklm train --data corpus/ --set data.include='[\"*.py\", \"*.md\"]' --valid-data valid.txt
   chunklm eval --workdir runs/x --data valid.txt
   chunklm generate --workdir runs/x --prompt "def " --temperature 0.7
+  chunklm tokenizer train --vocab-size 4096 --out runs/tok/bpe4096.model
   chunklm info --config hnet_1stage_L
   chunklm bench train --config byte_transformer_tiny
 
@@ -72,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
 
+  p = sub.add_parser("tokenizer", help="train the BPE tokenizer of the token-level baseline",
+                     description="Tokenizers for the BPE baseline (sentencepiece BPE with byte fallback).")
+  tsub = p.add_subparsers(dest="tokenizer", required=True, metavar="WHAT")
+  t = tsub.add_parser("train", help="train a BPE tokenizer on the training split",
+                      description="Train sentencepiece BPE (byte fallback, no normalisation: every byte string "
+                                  "round-trips exactly) on the training split of --data (the built-in corpus by "
+                                  "default, split as data.* says), then report bytes per token on the valid split.")
+  _add_config_args(t)
+  _add_data_args(t)
+  t.add_argument("--vocab-size", type=int, default=4096, help="number of pieces (default: %(default)s)")
+  t.add_argument("--out", required=True, help="where to write the model file, e.g. runs/tok/bpe4096.model")
+
   p = sub.add_parser("info", help="parameters, FLOPs per byte and chunk capacities of a config",
                      description="Describe a config without training: parameter count, training FLOPs per byte "
                                  "(at the target chunk ratios), chunk capacities and per-level LR multipliers.")
@@ -95,12 +108,7 @@ def _cmd_train(args) -> int:
   from chunklm.config import load_config
   from chunklm.train.trainer import train
 
-  overrides = list(args.overrides)
-  if args.data:
-    overrides.append("data.sources=" + _yaml_list(args.data))
-  if args.valid_data:
-    overrides.append("data.valid_sources=" + _yaml_list(args.valid_data))
-  cfg = load_config(args.config, overrides)
+  cfg = load_config(args.config, _data_overrides(args))
   workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
   if args.stop_after is not None and args.stop_after <= 0:
     raise UserError("--stop-after must be positive")
@@ -110,9 +118,15 @@ def _cmd_train(args) -> int:
   return 0 if result.finished or args.stop_after else 143
 
 
-def _yaml_list(items: list[str]) -> str:
+def _data_overrides(args) -> list[str]:
+  """--set overrides plus --data / --valid-data as data.sources / data.valid_sources."""
   import json
-  return json.dumps([os.fspath(i) for i in items])
+  overrides = list(args.overrides)
+  if args.data:
+    overrides.append("data.sources=" + json.dumps([os.fspath(i) for i in args.data]))
+  if args.valid_data:
+    overrides.append("data.valid_sources=" + json.dumps([os.fspath(i) for i in args.valid_data]))
+  return overrides
 
 
 def _cmd_eval(args) -> int:
@@ -126,6 +140,23 @@ def _cmd_generate(args) -> int:
   if args.max_bytes < 0 or args.temperature < 0 or not 0 < args.top_p <= 1:
     raise UserError("--max-bytes and --temperature must be >= 0 and --top-p in (0, 1]")
   run_generate(Path(args.workdir), args.prompt, args.max_bytes, args.temperature, args.top_p, args.seed)
+  return 0
+
+
+def _cmd_tokenizer(args) -> int:
+  from chunklm.config import load_config
+  from chunklm.data.corpus import load_splits
+  from chunklm.data.tokenizer import train_tokenizer, tokenize
+
+  cfg = load_config(args.config, _data_overrides(args))
+  splits = load_splits(cfg.data)
+  print(f"data: {splits.description}")
+  tok = train_tokenizer(splits.train, args.vocab_size, args.out)
+  valid = tokenize(splits.valid, tok)
+  exact = all(tok.decode(valid.data[s:s + n]) == splits.valid.doc(i)
+              for i, (s, n) in enumerate(zip(valid.starts, valid.lengths)))
+  print(f"valid split: {splits.valid.num_bytes:,} bytes -> {valid.num_bytes:,} tokens = "
+        f"{splits.valid.num_bytes / max(valid.num_bytes, 1):.3f} bytes per token; exact round trip: {exact}")
   return 0
 
 
@@ -146,8 +177,8 @@ def _cmd_bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "info": _cmd_info,
-              "bench": _cmd_bench}
+  commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "tokenizer": _cmd_tokenizer,
+              "info": _cmd_info, "bench": _cmd_bench}
   try:
     return commands[args.command](args)
   except UserError as e:

@@ -189,6 +189,7 @@ class DataConfig:
   seed: int = 0  # shuffle seed (document order and window order per epoch)
   mmap_min_mb: int = 256  # corpora larger than this are kept in a memory-mapped cache file, not in RAM
   prefetch: int = 4  # batches prepared ahead by the grain iterator
+  tokenizer: str = ""  # sentencepiece model of a token-level model (BPE baseline); "" = bytes
 
   @property
   def max_docs_per_window(self) -> int:
@@ -278,6 +279,9 @@ class Config:
   mesh: MeshConfig = MeshConfig()
 
   def __post_init__(self):
+    if self.model.vocab_size != 256 and not self.data.tokenizer:
+      raise ConfigError(f"model.vocab_size {self.model.vocab_size} is for a token model: set data.tokenizer to a "
+                        "sentencepiece model (`chunklm tokenizer train`), or use vocab_size 256 for bytes")
     if self.model.num_stages:
       from chunklm.model.capacity import stage_capacities  # local: config must stay importable alone
       stage_capacities(self.model, self.data)  # raises ConfigError when a capacity cannot hold the documents

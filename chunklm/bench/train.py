@@ -27,8 +27,14 @@ def machine() -> str:
 
 def real_batches(cfg, count: int) -> list[dict]:
   """Batches of packed windows from the configured training data (the built-in corpus by default)."""
+  from chunklm.data.tokenizer import tokenize
+  from chunklm.train.restore import run_tokenizer
   docs = load_splits(cfg.data).train
-  windows = PackedWindows(docs, cfg.data.seq_len, seed=cfg.data.seed)
+  tok = run_tokenizer(cfg)
+  vocab = {}
+  if tok is not None:
+    docs, vocab = tokenize(docs, tok), {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes}
+  windows = PackedWindows(docs, cfg.data.seq_len, seed=cfg.data.seed, **vocab)
   b = cfg.train.batch_size
   return [{k: np.stack([windows[i * b + j][k] for j in range(b)]) for k in windows[0]} for i in range(count)]
 
@@ -49,10 +55,12 @@ def bench_train(config: str, overrides: list[str], steps: int, warmup: int, show
     if i > warmup:
       times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
-  window_bytes = cfg.train.batch_size * cfg.data.seq_len
+  window_bytes = float(np.mean([b["target_bytes"].sum() for b in batches]))  # text bytes per step
+  per_token = window_bytes / float(np.mean([b["loss_mask"].sum() for b in batches]))  # 1 for byte models
   measured = tuple(1.0 if s == 0 else float(metrics[f"bytes_per_position_l{s}"])
                    for s in range(cfg.model.num_levels)) if cfg.model.num_stages else None
-  flops = train_flops_per_byte(cfg.model, cfg.data.seq_len, measured)
+  flops = train_flops_per_byte(cfg.model, cfg.data.seq_len, measured,
+                               bytes_per_token=per_token if cfg.data.tokenizer else 1.0)
   out = {"config": str(config), "overrides": " ".join(overrides), "params": num_params, "compile_s": compile_s,
          "step_s": step_s, "bytes_per_s": window_bytes / step_s, "flops_per_byte": flops,
          "achieved_gflops": flops * window_bytes / step_s / 1e9, "machine": machine()}

@@ -1,7 +1,8 @@
-"""Bits per byte on held-out documents: total NLL over every byte of the text divided by its number of bytes.
+"""Bits per byte on held-out documents: total NLL over every byte (or token) of the text / the text's bytes.
 
-Every byte of the evaluated documents is predicted exactly once (the windows tile the packed stream, the last one
-padded and masked), so the figure is exact and independent of the batch size.
+Every byte (token) of the evaluated documents is predicted exactly once (the windows tile the packed stream, the last
+one padded and masked), and the divisor is the number of UTF-8 bytes the predictions stand for, so the figure is
+exact, independent of the batch size, and comparable between byte and token models on the same documents.
 """
 
 from __future__ import annotations
@@ -13,24 +14,23 @@ import numpy as np
 from tqdm import tqdm
 
 from chunklm.data.corpus import Documents
-from chunklm.data.pipeline import PackedWindows, eval_batches
+from chunklm.data.pipeline import BOS, PackedWindows, eval_batches
 from chunklm.model.chunking import routing_metrics
 
 
-def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, max_bytes: int = 0,
-             progress: bool = False, put=lambda batch: batch) -> dict[str, float]:
-  """{'bpb', 'bytes', 'nll_sum', and summed routing statistics} for `docs` (up to ~`max_bytes`).
+def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, *, progress: bool = False,
+             put=lambda batch: batch, bos: int = BOS, piece_bytes: np.ndarray | None = None) -> dict[str, float]:
+  """{'bpb', 'bytes', 'predicted', 'nll_sum', and summed routing statistics} over all of `docs`.
 
-  `put` places each (global, host-side) batch on devices, e.g. split over a mesh.
+  `put` places each (global, host-side) batch on devices, e.g. split over a mesh; `bos` and `piece_bytes` describe a
+  token model's vocabulary (None for bytes).
   """
   totals: dict[str, float] = {}
   pending = []
   n_windows = len(PackedWindows(docs, seq_len, shuffle=False, pad_last=True))
   n_batches = -(-n_windows // batch_size)
-  if max_bytes:
-    n_batches = min(n_batches, -(-max_bytes // (seq_len * batch_size)) + 1)
-  for batch in tqdm(eval_batches(docs, seq_len, batch_size, max_bytes), total=n_batches, disable=not progress,
-                    desc="eval", leave=False, unit="batch"):
+  for batch in tqdm(eval_batches(docs, seq_len, batch_size, bos, piece_bytes), total=n_batches,
+                    disable=not progress, desc="eval", leave=False, unit="batch"):
     pending.append(eval_step(params, put(batch)))
     if len(pending) > 4:  # keep a few batches in flight, then fold them into float64 host sums
       _accumulate(totals, pending.pop(0))

@@ -1,7 +1,8 @@
-"""Sampling bytes from a trained model (temperature, nucleus/top-p, seed).
+"""Sampling from a trained model (temperature, nucleus/top-p, seed), bytes in and bytes out for every model kind.
 
-This path recomputes the whole window for every new byte, which works for every model kind; cached generation is
-the job of `model/cache.py`. When the window is full, the oldest half of the context is dropped.
+This path recomputes the whole window for every new position, which works for every model kind; cached generation
+is the job of `model/cache.py`. When the window is full, the oldest half of the context is dropped. A token model
+encodes the prompt with its tokenizer and decodes what it samples.
 """
 
 from __future__ import annotations
@@ -40,20 +41,24 @@ def _next_byte(graphdef, params, ids_1xL, length, key, temperature, top_p):
 
 
 def generate(graphdef, params, prompt: bytes, *, seq_len: int, max_new_bytes: int, temperature: float = 0.8,
-             top_p: float = 0.95, seed: int = 0) -> bytes:
+             top_p: float = 0.95, seed: int = 0, tokenizer=None) -> bytes:
   """Continues `prompt` (a document start) by up to `max_new_bytes` bytes; stops early if the model emits BOS."""
-  context = [BOS] + list(prompt)
+  bos = BOS if tokenizer is None else tokenizer.bos_id
+  context = [bos] + (list(prompt) if tokenizer is None else tokenizer.encode(prompt).tolist())
   out: list[int] = []
+  n_bytes = 0
   key = jax.random.key(seed)
-  for _ in range(max_new_bytes):
+  while n_bytes < max_new_bytes:
     if len(context) >= seq_len:
       context = context[-(seq_len // 2):]
     ids = np.zeros((1, seq_len), np.int32)
     ids[0, : len(context)] = context
     key, sub = jax.random.split(key)
     nxt = int(_next_byte(graphdef, params, ids, len(context), sub, float(temperature), float(top_p)))
-    if nxt == BOS:
+    if nxt == bos:
       break
     out.append(nxt)
     context.append(nxt)
-  return bytes(out)
+    n_bytes += 1 if tokenizer is None else int(tokenizer.piece_bytes[nxt]) or 1
+  text = bytes(out) if tokenizer is None else tokenizer.decode(out)
+  return text[:max_new_bytes]

@@ -39,11 +39,14 @@ def print_train_summary(result, cfg: Config) -> None:
 
 def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: int, batch_size: int | None) -> dict:
   from chunklm.data.corpus import load_documents, load_splits
+  from chunklm.data.pipeline import leading_documents
+  from chunklm.data.tokenizer import tokenize
   from chunklm.eval.bpb import evaluate
-  from chunklm.train.restore import load_trained
+  from chunklm.train.restore import load_trained, run_tokenizer
   from chunklm.train.step import make_eval_step
 
   cfg, graphdef, params, step = load_trained(workdir)
+  tok = run_tokenizer(cfg, workdir)
   paths = tuple(data) + tuple(valid_data)
   if paths:
     docs = load_documents(paths, cfg.data)
@@ -54,8 +57,12 @@ def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: i
   else:
     docs = load_splits(cfg.data, cache_dir=workdir / "cache").valid
     what = "the run's validation split"
+  docs = docs.select(leading_documents(docs, max_bytes))
+  vocab = {}
+  if tok is not None:
+    docs, vocab = tokenize(docs, tok), {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes}
   res = evaluate(make_eval_step(graphdef), params, docs, cfg.data.seq_len, batch_size or cfg.eval.batch_size,
-                 max_bytes, progress=True)
+                 progress=True, **vocab)
   print(f"{workdir} (step {step}) on {what}: {res['bpb']:.4f} bits per byte over {int(res['bytes']):,} bytes")
   for key in sorted(k for k in res if k.startswith("bytes_per_chunk")):
     print(f"{key}: {res[key]:.2f}")
@@ -64,11 +71,11 @@ def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: i
 
 def run_generate(workdir: Path, prompt: str, max_bytes: int, temperature: float, top_p: float, seed: int) -> bytes:
   from chunklm.eval.generate import generate
-  from chunklm.train.restore import load_trained
+  from chunklm.train.restore import load_trained, run_tokenizer
 
   cfg, graphdef, params, _ = load_trained(workdir)
   out = generate(graphdef, params, prompt.encode(), seq_len=cfg.data.seq_len, max_new_bytes=max_bytes,
-                 temperature=temperature, top_p=top_p, seed=seed)
+                 temperature=temperature, top_p=top_p, seed=seed, tokenizer=run_tokenizer(cfg, workdir))
   print(show_bytes(prompt.encode() + out))
   return out
 

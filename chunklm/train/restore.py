@@ -8,6 +8,8 @@ from chunklm.config import Config, load_config
 from chunklm.errors import CheckpointError
 from chunklm.train.checkpoint import Checkpointer
 
+TOKENIZER_FILE = "tokenizer.model"  # a token model's run keeps a copy of its tokenizer here
+
 
 def load_trained(workdir: Path, log=print) -> tuple[Config, object, dict, int]:
   """(config, graphdef, params, step) of the newest readable checkpoint in `workdir`."""
@@ -24,3 +26,18 @@ def load_trained(workdir: Path, log=print) -> tuple[Config, object, dict, int]:
     raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}")
   step, state, _ = restored
   return cfg, graphdef, state["params"], step
+
+
+def run_tokenizer(cfg: Config, workdir: Path | None = None):
+  """The run's tokenizer (None for byte models): the workdir's copy if it has one, else `data.tokenizer`.
+
+  Raises DataError for a missing/unreadable file and ConfigError when its vocabulary does not fit the model.
+  """
+  if not cfg.data.tokenizer:
+    return None
+  from chunklm.data.tokenizer import Tokenizer, check_vocab
+  copy = workdir / TOKENIZER_FILE if workdir is not None else None
+  tok = Tokenizer(copy if copy is not None and copy.exists() else cfg.data.tokenizer)
+  check_vocab(tok, cfg.model.vocab_size)
+  return tok
+

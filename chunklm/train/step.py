@@ -1,7 +1,8 @@
 """The pure training and evaluation steps: nnx.split once, then plain functions of (params, batch).
 
 Train state is a dict {step, params, opt_state, rng} so orbax saves and restores it as an ordinary pytree.
-loss = mean NLL per predicted byte (nats) + the model's weighted ratio loss (0 for a plain stack).
+loss = mean NLL per predicted position (nats; a byte, or a token for the BPE baseline) + the model's weighted ratio
+loss (0 for a plain stack). Bits per byte always divide by text bytes (`target_bytes`), never by positions.
 """
 
 from __future__ import annotations
@@ -39,20 +40,21 @@ def forward(graphdef, params, batch: dict, *, exact: bool = False):
   return model(batch["ids"], batch["segment_ids"], batch["positions"], exact=exact)
 
 
-def nll_sum(logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(sum of NLL in nats over masked positions, number of masked positions)."""
-  nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL.astype(jnp.int32))
-  mask = mask_BxL.astype(jnp.float32)
-  return jnp.sum(nll_BxL * mask), jnp.sum(mask)
+def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(NLL in nats summed over predicted positions, number of predicted positions, text bytes they stand for)."""
+  nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"].astype(jnp.int32))
+  mask = batch["loss_mask"].astype(jnp.float32)
+  return jnp.sum(nll_BxL * mask), jnp.sum(mask), jnp.sum(batch["target_bytes"].astype(jnp.float32))
 
 
 def loss_fn(params, graphdef, batch: dict):
+  """Mean NLL per predicted position (byte or token) + ratio loss; BPB = total NLL / text bytes."""
   logits_BxLxV, aux = forward(graphdef, params, batch)
-  total_nll, count = nll_sum(logits_BxLxV, batch["targets"], batch["loss_mask"])
+  total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
   nll = total_nll / jnp.maximum(count, 1.0)
   ratio_loss = aux.get("ratio_loss", jnp.zeros(()))
   loss = nll + ratio_loss
-  metrics = {"loss": loss, "nll": nll, "bpb": nll / LN2, "bytes": count,
+  metrics = {"loss": loss, "nll": nll, "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2, "bytes": n_bytes,
              **{k: v for k, v in aux.items() if v.ndim == 0 and not k.endswith("_sum")}}
   return loss, metrics
 
@@ -80,8 +82,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, state_sharding=N
 def eval_step(graphdef, params, batch: dict) -> dict:
   """Sums (not means) so batches add up exactly; every H-Net stage runs at full capacity (no overflow)."""
   logits_BxLxV, aux = forward(graphdef, params, batch, exact=True)
-  total_nll, count = nll_sum(logits_BxLxV, batch["targets"], batch["loss_mask"])
-  return {"nll_sum": total_nll, "bytes": count, **{k: v for k, v in aux.items() if k.endswith("_sum")}}
+  total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
+  return {"nll_sum": total_nll, "predicted": count, "bytes": n_bytes,
+          **{k: v for k, v in aux.items() if k.endswith("_sum")}}
 
 
 def make_eval_step(graphdef):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -22,7 +23,8 @@ from tqdm import tqdm
 
 from chunklm.config import Config, differing_fields, dump_yaml, load_config, to_dict
 from chunklm.data.corpus import Splits, load_splits, order0_entropy
-from chunklm.data.pipeline import train_dataset
+from chunklm.data.pipeline import leading_documents, train_dataset
+from chunklm.data.tokenizer import tokenize_splits
 from chunklm.errors import CheckpointError, ConfigError, UserError
 from chunklm.eval.boundaries import boundary_levels, picture
 from chunklm.eval.bpb import evaluate
@@ -31,6 +33,7 @@ from chunklm.model.lm import build_model, count_params
 from chunklm.train.checkpoint import Checkpointer
 from chunklm.train.metrics import MetricsWriter, plot_curves
 from chunklm.train.optim import lr_schedule, make_optimizer
+from chunklm.train.restore import TOKENIZER_FILE, run_tokenizer
 from chunklm.train.sharding import batch_sharding, batch_shards, local_rows, make_mesh, put_batch, state_shardings
 from chunklm.train.step import init_train_state, make_eval_step, make_train_step, split_model
 
@@ -101,9 +104,15 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
           log=print, splits: Splits | None = None) -> TrainResult:
   workdir = Path(workdir)
   splits = splits or load_splits(cfg.data, cache_dir=workdir / "cache")  # bad data fails before anything is written
+  tok = run_tokenizer(cfg)  # token models only (BPE baseline)
   ckpt_dir = workdir / "checkpoints"
   if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
     check_compatible(workdir, cfg)
+  if tok is not None and (workdir / TOKENIZER_FILE).exists() \
+      and (workdir / TOKENIZER_FILE).read_bytes() != tok.path.read_bytes():
+    raise CheckpointError(f"{workdir} was trained with another tokenizer than {tok.path}; use another --workdir")
+  units = tokenize_splits(splits, tok) if tok is not None else splits  # what the model reads: bytes or tokens
+  vocab = {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes} if tok is not None else {}
   mesh = make_mesh(cfg.mesh)
   shards = batch_shards(mesh)
   if cfg.train.batch_size % (shards * jax.process_count()):
@@ -112,8 +121,8 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   graphdef, tx, state, num_params = setup_state(cfg)
   state_sharding = state_shardings(state, mesh)
   state = jax.device_put(state, state_sharding)
-  data_iter = iter(train_dataset(splits.train, cfg.data.seq_len, cfg.train.batch_size, cfg.train.steps,
-                                 cfg.data.seed, cfg.data.prefetch))
+  data_iter = iter(train_dataset(units.train, cfg.data.seq_len, cfg.train.batch_size, cfg.train.steps,
+                                 cfg.data.seed, cfg.data.prefetch, **vocab))
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
@@ -124,6 +133,8 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     log(f"resumed from checkpoint at step {start} in {ckpt_dir}")
   if is_main:
     (workdir / "config.yaml").write_text(dump_yaml(cfg))
+    if tok is not None and not (workdir / TOKENIZER_FILE).exists():
+      shutil.copyfile(tok.path, workdir / TOKENIZER_FILE)  # the run stays usable if the original moves
   log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))
   log(f"model: {num_params:,} parameters, layout {json.dumps(to_dict(cfg.model.layout))}, "
       f"d_model {list(cfg.model.d_model)}")
@@ -135,12 +146,17 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
 
   def put_eval(batch):
     return put_batch(local_rows(batch), mesh)
+
+  def run_eval(max_bytes: int, progress: bool = False) -> dict:
+    """Exact BPB on the leading valid documents (the same bytes for byte and token models)."""
+    docs = units.valid.select(leading_documents(splits.valid, max_bytes))
+    return evaluate(eval_fn, state["params"], docs, cfg.data.seq_len, eval_batch, progress=progress, put=put_eval,
+                    **vocab)
   end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
-  window_bytes = cfg.train.batch_size * cfg.data.seq_len
   schedule = lr_schedule(cfg.train)  # for the log: the base learning rate (before per-level multipliers)
   meta = {"config": to_dict(cfg)}
   step, pending, good_step = start, None, start
-  timer = {"t": time.perf_counter(), "steps": 0}
+  timer = {"t": time.perf_counter(), "bytes": 0.0}
   bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress or not is_main, unit="step",
              dynamic_ncols=True, file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 15.0)
 
@@ -152,9 +168,9 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
           f"training diverged at step {step_done}: loss={loss} grad_norm={float(m['grad_norm']):.3g}; the last "
           f"good checkpoint is step {good_step} in {ckpt_dir}; lower train.lr or raise train.warmup_steps")
     now = time.perf_counter()
-    timer["steps"] += 1
-    rate = window_bytes * timer["steps"] / max(now - timer["t"], 1e-9)
     stats = {k: float(np.asarray(v)) for k, v in m.items() if np.ndim(v) == 0}
+    timer["bytes"] += stats["bytes"]  # text bytes, for token models too
+    rate = timer["bytes"] / max(now - timer["t"], 1e-9)
     postfix = {"loss": f"{loss:.3f}", "bpb": f"{stats['bpb']:.3f}", "B/s": f"{rate:,.0f}"}
     postfix.update({k.replace("bytes_per_chunk", "B/chunk"): f"{v:.2f}" for k, v in stats.items()
                     if k.startswith("bytes_per_chunk")})
@@ -177,7 +193,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
         step += 1
         if pending is None and step == start + 1:
           record(step, m)  # the first step includes compilation: restart the clock after it
-          timer.update(t=time.perf_counter(), steps=0)
+          timer.update(t=time.perf_counter(), bytes=0.0)
         else:
           flush()
           pending = (step, m)
@@ -187,8 +203,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
           good_step = step
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
           flush()
-          res = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, eval_batch,
-                         cfg.eval.max_bytes, put=put_eval)
+          res = run_eval(cfg.eval.max_bytes)
           metrics.write(step, "valid", _valid_record(res))
           bar.write(f"step {step}: valid bpb {res['bpb']:.4f} ({int(res['bytes']):,} bytes)")
         if stop.set:
@@ -203,15 +218,14 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   finished = step >= cfg.train.steps
   valid, sample, pic = {}, b"", ""
   if finished:
-    valid = evaluate(eval_fn, state["params"], splits.valid, cfg.data.seq_len, eval_batch,
-                     cfg.eval.final_max_bytes, progress=progress and is_main, put=put_eval)
+    valid = run_eval(cfg.eval.final_max_bytes, progress=progress and is_main)
     metrics.write(step, "valid", _valid_record(valid))
     snippet = snippet_of(splits.valid)
     if cfg.eval.sample_bytes:
       prompt = cfg.eval.sample_prompt.encode() or snippet[:32]
       sample = prompt + generate(graphdef, state["params"], prompt, seq_len=cfg.data.seq_len,
                                  max_new_bytes=cfg.eval.sample_bytes, temperature=cfg.eval.temperature,
-                                 top_p=cfg.eval.top_p, seed=cfg.train.seed)
+                                 top_p=cfg.eval.top_p, seed=cfg.train.seed, tokenizer=tok)
     if cfg.model.num_stages:
       levels = boundary_levels(graphdef, state["params"], snippet, cfg.model.num_stages, cfg.data.seq_len)
       pic = picture(snippet[: len(levels[0])], levels)

@@ -1,0 +1,134 @@
+"""The BPE baseline's tokenizer: sentencepiece BPE with byte fallback, exact on any bytes.
+
+Training sees the training split only. Text is never normalised (identity rule, no dummy prefix, whitespace kept),
+so decode(encode(b)) == b for every byte string: valid UTF-8 runs go through sentencepiece, and bytes that are not
+valid UTF-8 become byte pieces <0xXX> directly. `piece_bytes[id]` is the number of text bytes a piece stands for,
+which makes bits per byte exact: total NLL over a text's tokens / the text's bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from chunklm.data.corpus import Documents, Splits
+from chunklm.errors import ConfigError, DataError
+
+_INVALID = re.compile("([\udc80-\udcff]+)")  # bytes that are not UTF-8, after decode(..., "surrogateescape")
+
+
+class Tokenizer:
+  def __init__(self, path: str | Path | None = None, *, model_proto: bytes | None = None):
+    import sentencepiece as spm
+
+    self.path = Path(path) if path is not None else None
+    if model_proto is None:
+      if self.path is None or not self.path.is_file():
+        raise DataError(f"tokenizer {path} not found; train one with `chunklm tokenizer train --out {path}`")
+      model_proto = self.path.read_bytes()
+    try:
+      self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError with its own text for bad files
+      raise DataError(f"tokenizer {path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
+    self.vocab_size = self.sp.get_piece_size()
+    self.bos_id = self.sp.bos_id()
+    if self.bos_id < 0:
+      raise DataError(f"tokenizer {path}: has no BOS piece (train it with `chunklm tokenizer train`)")
+    self.byte_ids = np.array([self.sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)], np.int32)
+    if (self.byte_ids == self.sp.unk_id()).any():
+      raise DataError(f"tokenizer {path}: was not trained with byte fallback, so it cannot encode every byte")
+    self.piece_bytes = np.zeros(self.vocab_size, np.int32)
+    self._pieces: list[bytes] = []
+    for i in range(self.vocab_size):
+      piece = self._piece_text(i)
+      self._pieces.append(piece)
+      self.piece_bytes[i] = len(piece)
+
+  def _piece_text(self, i: int) -> bytes:
+    if self.sp.is_byte(i):
+      return bytes([int(self.sp.id_to_piece(i)[3:5], 16)])
+    if self.sp.is_control(i) or self.sp.is_unknown(i):
+      return b""
+    return self.sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8")
+
+  def encode(self, data: bytes) -> np.ndarray:
+    """Token ids (int32) of `data`, without BOS."""
+    out: list[int] = []
+    for i, part in enumerate(_INVALID.split(data.decode("utf-8", errors="surrogateescape"))):
+      if i % 2:  # a run of bytes that are not valid UTF-8
+        out.extend(int(self.byte_ids[ord(c) - 0xDC00]) for c in part)
+      elif part:
+        out.extend(self.sp.encode(part))
+    return np.asarray(out, np.int32)
+
+  def decode(self, ids) -> bytes:
+    return b"".join(self._pieces[int(i)] for i in ids)
+
+
+def _sentences(docs: Documents, max_bytes: int = 8192) -> Iterator[str]:
+  """Training text: documents cut at blank lines (so pieces can span newlines), long paragraphs cut further."""
+  for i in range(len(docs)):
+    text = docs.doc(i).decode("utf-8", errors="replace")
+    for para in text.split("\n\n"):
+      for lo in range(0, len(para), max_bytes // 4):
+        if para[lo: lo + max_bytes // 4]:
+          yield para[lo: lo + max_bytes // 4]
+
+
+def train_tokenizer(docs: Documents, vocab_size: int, out: str | Path, *, sample_sentences: int = 300_000,
+                    log=print) -> Tokenizer:
+  """Trains BPE with byte fallback on `docs` and writes the model file atomically."""
+  import sentencepiece as spm
+
+  if vocab_size < 300:
+    raise ConfigError(f"--vocab-size {vocab_size}: must be at least 300 (256 byte pieces + control pieces + merges)")
+  out = Path(out)
+  log(f"training a {vocab_size}-piece BPE tokenizer on {len(docs)} documents ({docs.num_bytes:,} bytes)...")
+  t = time.perf_counter()
+  buf = io.BytesIO()
+  spm.set_random_generator_seed(0)  # the sentence sample, hence the vocabulary, is reproducible
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_sentences(docs), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, character_coverage=0.9995, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=False,
+        max_sentence_length=8192, bos_id=1, eos_id=-1, unk_id=0, pad_id=-1, input_sentence_size=sample_sentences,
+        shuffle_input_sentence=True, seed_sentencepiece_size=1_000_000, num_threads=2, minloglevel=2,
+        )
+  except RuntimeError as e:
+    raise DataError(f"sentencepiece could not train a {vocab_size}-piece vocabulary on this data: "
+                    f"{str(e).strip().splitlines()[-1]}") from None
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_suffix(out.suffix + ".tmp")
+  tmp.write_bytes(buf.getvalue())
+  tmp.replace(out)
+  log(f"wrote {out} in {time.perf_counter() - t:.1f} s")
+  return Tokenizer(out)
+
+
+def tokenize(docs: Documents, tok: Tokenizer) -> Documents:
+  """The same documents as token ids (int32); names and order unchanged."""
+  ids = [tok.encode(docs.doc(i)) for i in range(len(docs))]
+  lengths = np.array([len(x) for x in ids], np.int64)
+  data = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(ids) else lengths
+  return Documents(data, starts, lengths, docs.names)
+
+
+def tokenize_splits(splits: Splits, tok: Tokenizer) -> Splits:
+  return Splits(tokenize(splits.train, tok), tokenize(splits.valid, tok), splits.description, splits.skipped_short)
+
+
+def bytes_per_token(byte_docs: Documents, token_docs: Documents) -> float:
+  return byte_docs.num_bytes / max(token_docs.num_bytes, 1)
+
+
+def check_vocab(tok: Tokenizer, vocab_size: int) -> None:
+  if tok.vocab_size != vocab_size:
+    raise ConfigError(f"tokenizer {tok.path} has {tok.vocab_size} pieces but model.vocab_size is {vocab_size}; "
+                      f"set model.vocab_size={tok.vocab_size} or train a tokenizer with --vocab-size {vocab_size}")
