@@ -17,6 +17,7 @@ EPILOG = """examples:
   chunklm train --data corpus/ --set data.include='[\"*.py\", \"*.md\"]' --valid-data valid.txt
   chunklm eval --workdir runs/x --data valid.txt
   chunklm generate --workdir runs/x --prompt "def " --temperature 0.7
+  chunklm compare --spec tiny_code                # byte Transformer vs BPE Transformer vs H-Net
   chunklm tokenizer train --vocab-size 4096 --out runs/tok/bpe4096.model
   chunklm info --config hnet_1stage_L
   chunklm bench train --config byte_transformer_tiny
@@ -72,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
   p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+
+  p = sub.add_parser("compare", help="train several models on the same bytes and compare them (report + plots)",
+                     description="Train (or reuse) every model of a comparison spec on the same training bytes with "
+                                 "the same byte budget, evaluate all on the same valid bytes, and write report.md and "
+                                 "report.html with a table and BPB curves vs training bytes and FLOPs. Re-running "
+                                 "resumes where it stopped.")
+  p.add_argument("--spec", required=True, help="comparison spec: a path or a bundled name (configs/compare/)")
+  _add_data_args(p)
+  p.add_argument("--out", default=None, help="output directory (default: runs/compare/<spec name>)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
   p = sub.add_parser("tokenizer", help="train the BPE tokenizer of the token-level baseline",
                      description="Tokenizers for the BPE baseline (sentencepiece BPE with byte fallback).")
@@ -143,6 +154,13 @@ def _cmd_generate(args) -> int:
   return 0
 
 
+def _cmd_compare(args) -> int:
+  from chunklm.eval.compare import run_compare
+  args.overrides = []
+  run_compare(args.spec, args.out, _data_overrides(args), progress=not args.no_progress)
+  return 0
+
+
 def _cmd_tokenizer(args) -> int:
   from chunklm.config import load_config
   from chunklm.data.corpus import load_splits
@@ -177,8 +195,8 @@ def _cmd_bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "tokenizer": _cmd_tokenizer,
-              "info": _cmd_info, "bench": _cmd_bench}
+  commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "compare": _cmd_compare,
+              "tokenizer": _cmd_tokenizer, "info": _cmd_info, "bench": _cmd_bench}
   try:
     return commands[args.command](args)
   except UserError as e:

@@ -87,3 +87,51 @@ def train_flops_per_byte(cfg: ModelConfig, seq_len: int, bytes_per_position: tup
                      + routing_flops(d))
     total += level_total / per_byte[level]
   return 3 * total / bytes_per_token
+
+
+def match_flops(target: float, cfg: ModelConfig, seq_len: int, *, bytes_per_token: float = 1.0,
+                bytes_per_position: tuple[float, ...] | None = None, vary: tuple[str, ...] = ("layers", "width"),
+                ) -> tuple[ModelConfig, float]:
+  """Resizes the innermost stack of `cfg` to `target` training FLOPs per byte; returns (config, relative error).
+
+  `vary` picks what may change: "layers" (the count of a single-kind innermost stack such as 'T3') and/or "width"
+  (the innermost d_model, in steps of 2 x n_heads, never below the next-outer width). Among candidates within 1 % of
+  the best match, the one whose width/depth ratio is closest to the original wins.
+  """
+  import dataclasses
+  import re
+
+  from chunklm.errors import ConfigError
+
+  level = cfg.num_stages
+  spec = cfg.level_layout(level)[0]
+  single = re.fullmatch(r"([mMtT])(\d+)", spec)
+  d0, n0 = cfg.d_model[level], int(single.group(2)) if single else 1
+  step = 2 * cfg.n_heads[level]
+  floor = cfg.d_model[level - 1] if level else step
+  widths = range(max(step, -(-floor // step) * step), 4 * d0 + 1, step) if "width" in vary else [d0]
+  depths = range(1, max(64, 4 * n0) + 1) if "layers" in vary and single else [n0]
+  candidates = []
+  for d in widths:
+    for n in depths:
+      layout = _with_innermost(cfg.layout, level, f"{single.group(1)}{n}" if single else spec)
+      widths_all = cfg.d_model[:level] + (d,) + cfg.d_model[level + 1:]
+      try:
+        d_ff = cfg.d_ff if d == d0 else cfg.d_ff[:level] + (0,)  # a new width gets the default MLP ratio
+        trial = dataclasses.replace(cfg, layout=layout, d_model=widths_all, d_ff=d_ff)
+      except ConfigError:
+        continue
+      err = train_flops_per_byte(trial, seq_len, bytes_per_position, bytes_per_token) / target - 1
+      candidates.append((abs(err), abs(math.log((d / n) / (d0 / n0))), trial, err))
+  if not candidates:
+    raise ConfigError(f"no size of {spec} at width multiples of {step} fits the config's constraints")
+  best = min(c[0] for c in candidates)
+  near = [c for c in candidates if c[0] <= best + 0.01]
+  _, _, trial, err = min(near, key=lambda c: (c[1], c[0]))
+  return trial, err
+
+
+def _with_innermost(layout: tuple, level: int, spec: str) -> tuple:
+  if level == 0:
+    return (spec,)
+  return (layout[0], _with_innermost(layout[1], level - 1, spec), layout[2])

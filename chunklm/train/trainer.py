@@ -247,7 +247,7 @@ def snippet_of(docs, size: int = 96) -> bytes:
 
 
 def _valid_record(res: dict) -> dict:
-  out = {"bpb": res["bpb"], "bytes": res["bytes"]}
-  out.update({k: v for k, v in res.items() if k.startswith("bytes_per_chunk")})
+  out = {"bpb": res["bpb"], "bytes": res["bytes"], "predicted": res["predicted"]}
+  out.update({k: v for k, v in res.items() if k.startswith(("bytes_per_chunk", "bytes_per_position"))})
   return out
 

@@ -1,0 +1,251 @@
+"""`chunklm compare`: train several models on the same bytes with the same byte budget, evaluate them on the same
+valid bytes, and report (table + plots).
+
+A spec (YAML) names the models (a bundled config or a path, `--set`-style overrides, and optionally a model whose
+training FLOPs per byte this one is resized to). Every model gets the spec's data settings, trains for
+ceil(budget_bytes / bytes per step) steps in <out>/<model>/, and is evaluated along the way on the same leading valid
+documents and at the end on all of them. Re-running resumes unfinished runs and reuses finished ones, after checking
+they were trained on the same data. A BPE model's tokenizer is trained once, on the training split, in <out>/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from pathlib import Path
+
+import yaml
+
+from chunklm.config import Config, load_config, read_yaml, resolve_config_path, to_dict
+from chunklm.errors import ConfigError, UserError
+
+# The data settings that decide which bytes are trained and evaluated on: equal for every model of a comparison.
+DATA_IDENTITY = ("sources", "valid_sources", "include", "exclude", "jsonl_field", "doc_separator", "valid_fraction",
+                 "split_seed", "min_doc_bytes", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  name: str  # row name and workdir name
+  config: str  # bundled config name or path
+  set: tuple[str, ...] = ()  # KEY=VALUE overrides, as with --set
+  match_flops: str = ""  # resize this model's innermost stack to that model's training FLOPs per byte
+  vary: tuple[str, ...] = ("layers", "width")  # what match_flops may change
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSpec:
+  name: str
+  models: tuple[ModelSpec, ...]
+  budget_bytes: int = 2_500_000  # training bytes per model
+  evals: int = 5  # valid evaluations during training (evenly spaced), plus the final one on all valid bytes
+  eval_max_bytes: int = 65536  # leading valid bytes used by the evaluations during training
+  tokenizer_vocab: int = 4096  # pieces of the BPE tokenizer trained for token models
+  data: tuple[str, ...] = ()  # data.* overrides for every model, as KEY=VALUE (e.g. data.seq_len is per model)
+
+  def __post_init__(self):
+    names = [m.name for m in self.models]
+    if not names:
+      raise ConfigError(f"compare spec {self.name}: no models")
+    if len(set(names)) != len(names):
+      raise ConfigError(f"compare spec {self.name}: model names must be unique, got {names}")
+    for m in self.models:
+      if m.match_flops and m.match_flops not in names:
+        raise ConfigError(f"compare spec {self.name}: model {m.name} matches FLOPs of unknown model {m.match_flops!r}")
+      if m.match_flops == m.name:
+        raise ConfigError(f"compare spec {self.name}: model {m.name} cannot match its own FLOPs")
+    if self.budget_bytes <= 0 or self.evals < 0 or self.eval_max_bytes < 0:
+      raise ConfigError("compare spec: budget_bytes must be positive, evals and eval_max_bytes >= 0")
+
+
+def load_spec(path: str | Path) -> CompareSpec:
+  path = _resolve_spec(path)
+  tree = read_yaml(path)
+  known = {f.name for f in dataclasses.fields(CompareSpec)}
+  unknown = set(tree) - known
+  if unknown:
+    raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+  models = []
+  for i, m in enumerate(tree.get("models") or []):
+    if not isinstance(m, dict) or "name" not in m or "config" not in m:
+      raise ConfigError(f"{path}: models[{i}] needs at least a name and a config")
+    extra = set(m) - {f.name for f in dataclasses.fields(ModelSpec)}
+    if extra:
+      raise ConfigError(f"{path}: models[{i}] has unknown key(s) {sorted(extra)}")
+    models.append(ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}))
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in tree.items() if k != "models"}
+  for key, value in fields.items():
+    tp = typing.get_type_hints(CompareSpec)[key]
+    if tp is int and not isinstance(value, int):
+      raise ConfigError(f"{path}: {key} must be an integer, got {value!r}")
+  return CompareSpec(models=tuple(models), **{"name": path.stem, **fields})
+
+
+def _resolve_spec(path: str | Path) -> Path:
+  p = Path(path)
+  if p.is_file():
+    return p
+  bundled = Path(__file__).parents[1] / "configs" / "compare"
+  for c in (bundled / p.name, bundled / f"{p.name}.yaml"):
+    if c.is_file():
+      return c
+  names = ", ".join(sorted(q.stem for q in bundled.glob("*.yaml")))
+  raise ConfigError(f"compare spec {str(path)!r} not found; bundled specs: {names}")
+
+
+def data_identity(cfg: Config) -> dict:
+  d = to_dict(cfg.data)
+  return {k: d[k] for k in DATA_IDENTITY}
+
+
+def check_same_data(configs: dict[str, Config], where: str = "") -> None:
+  """Refuses models whose training/valid bytes would differ, naming the models and the settings."""
+  items = list(configs.items())
+  ref_name, ref = items[0]
+  ref_id = data_identity(ref)
+  for name, cfg in items[1:]:
+    other = data_identity(cfg)
+    diff = [f"data.{k}: {ref_id[k]!r} ({ref_name}) vs {other[k]!r} ({name})" for k in ref_id if ref_id[k] != other[k]]
+    if diff:
+      raise UserError(f"{where}models {ref_name} and {name} would train on different data ({'; '.join(diff)}); "
+                      "a comparison needs the same bytes for every model")
+
+
+def steps_for(cfg: Config, budget_bytes: int, bytes_per_token: float) -> int:
+  per_step = cfg.train.batch_size * cfg.data.seq_len * (bytes_per_token if cfg.data.tokenizer else 1.0)
+  return max(1, math.ceil(budget_bytes / per_step))
+
+
+def spec_overrides(spec: CompareSpec, data_args: list[str]) -> list[str]:
+  return list(spec.data) + data_args
+
+
+def _spec_model(spec: CompareSpec, name: str) -> ModelSpec:
+  return next(m for m in spec.models if m.name == name)
+
+
+def plain_configs(spec: CompareSpec, data_args: list[str]) -> dict[str, Config]:
+  """Each model's config with the spec's data settings (before budget and FLOPs matching); validates them all."""
+  out = {}
+  for m in spec.models:
+    resolve_config_path(m.config)  # a clear error naming the bundled configs
+    try:
+      out[m.name] = load_config(m.config, list(m.set) + spec_overrides(spec, data_args))
+    except ConfigError as e:
+      if "token model" in str(e):  # tokenizer comes later; validate the rest with a placeholder
+        out[m.name] = load_config(m.config, list(m.set) + spec_overrides(spec, data_args)
+                                  + ["data.tokenizer=<compare tokenizer>"])
+      else:
+        raise ConfigError(f"model {m.name}: {e}") from None
+  return out
+
+
+def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | None,
+                    bytes_per_token: float) -> tuple[dict[str, Config], dict[str, float]]:
+  """The final config of every model (data, budget, FLOPs matching applied) and each match's residual error."""
+  from chunklm.model.flops import match_flops, train_flops_per_byte
+
+  base = plain_configs(spec, data_args)
+  for name, cfg in base.items():
+    if cfg.model.vocab_size != 256:  # a token model reads the comparison's own tokenizer
+      if tokenizer is None:
+        raise ConfigError(f"model {name} is a token model but no tokenizer was given")
+      base[name] = load_config(_spec_model(spec, name).config, list(_spec_model(spec, name).set)
+                               + spec_overrides(spec, data_args)
+                               + [f"data.tokenizer={tokenizer}", f"model.vocab_size={spec.tokenizer_vocab}"])
+
+  def flops_of(cfg: Config) -> float:
+    bpt = bytes_per_token if cfg.data.tokenizer else 1.0
+    return train_flops_per_byte(cfg.model, cfg.data.seq_len, bytes_per_token=bpt)
+
+  errors: dict[str, float] = {}
+  final = dict(base)
+  for m in spec.models:
+    if m.match_flops:
+      ref = base[m.match_flops]
+      cfg = base[m.name]
+      bpt = bytes_per_token if cfg.data.tokenizer else 1.0
+      model, err = match_flops(flops_of(ref), cfg.model, cfg.data.seq_len, bytes_per_token=bpt, vary=m.vary)
+      final[m.name] = dataclasses.replace(cfg, model=model)
+      errors[m.name] = err
+  for name, cfg in final.items():
+    bpt = bytes_per_token if cfg.data.tokenizer else 1.0
+    steps = steps_for(cfg, spec.budget_bytes, bpt)
+    train = dataclasses.replace(cfg.train, steps=steps, warmup_steps=min(cfg.train.warmup_steps, steps // 10 or 1),
+                                eval_every=max(1, steps // spec.evals) if spec.evals else 0,
+                                checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps)))
+    ev = dataclasses.replace(cfg.eval, max_bytes=spec.eval_max_bytes, final_max_bytes=0)
+    final[name] = dataclasses.replace(cfg, train=train, eval=ev)
+  check_same_data(final)
+  return final, errors
+
+
+def yaml_of(cfg: Config) -> str:
+  return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def finished(workdir: Path, cfg: Config) -> bool:
+  """A run that reached its steps and has its final evaluation on disk."""
+  from chunklm.train.metrics import read_jsonl
+  records = read_jsonl(workdir / "metrics.jsonl")
+  return any(r["split"] == "valid" and r["step"] == cfg.train.steps for r in records) and (workdir / "checkpoints").is_dir()
+
+
+def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args: list[str] = (),
+                progress: bool = True, log=print) -> Path:
+  """Trains (or reuses) every model of the spec, then writes <out>/report.md and report.html; returns report.md."""
+  from chunklm.data.corpus import load_splits
+  from chunklm.data.tokenizer import Tokenizer, tokenize, train_tokenizer
+  from chunklm.eval import compare_report
+  from chunklm.eval.report import describe_config
+  from chunklm.train.trainer import train
+
+  spec = load_spec(spec_path)
+  data_args = list(data_args)
+  out = Path(out or Path("runs") / "compare" / spec.name)
+  plain = plain_configs(spec, data_args)
+  check_same_data(plain)
+  splits = load_splits(next(iter(plain.values())).data, cache_dir=out / "cache")  # bad data fails before writing
+  log(f"data: {splits.description}")
+  tok_path, bpt = None, 1.0
+  if any(c.model.vocab_size != 256 for c in plain.values()):
+    tok_path = (out / "tokenizer.model").absolute()
+    if tok_path.exists():
+      tok = Tokenizer(tok_path)
+      if tok.vocab_size != spec.tokenizer_vocab:
+        raise UserError(f"{tok_path} has {tok.vocab_size} pieces but the spec asks for {spec.tokenizer_vocab}; "
+                        "remove it or use another --out")
+    else:
+      tok = train_tokenizer(splits.train, spec.tokenizer_vocab, tok_path, log=log)
+    sample = splits.train.select(np_leading(splits.train, 4_000_000))
+    bpt = sample.num_bytes / max(tokenize(sample, tok).num_bytes, 1)
+    log(f"tokenizer: {tok_path} ({tok.vocab_size} pieces, {bpt:.3f} bytes per token on the training split)")
+  configs, errors = resolve_configs(spec, data_args, str(tok_path) if tok_path else None, bpt)
+  for i, (name, cfg) in enumerate(configs.items(), 1):
+    wd = out / name
+    if (wd / "config.yaml").exists():
+      check_same_data({f"{name} (saved run in {wd})": load_config(wd / "config.yaml"), name: cfg})
+    if finished(wd, cfg):
+      log(f"[{i}/{len(configs)}] {name}: finished run in {wd}, reused")
+      continue
+    log(f"[{i}/{len(configs)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
+        f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}")
+    train(cfg, wd, progress=progress, log=log, splits=splits)
+  rows = [compare_report.collect(name, out / name, cfg, describe_config(cfg)["params"], bpt, errors.get(name))
+          for name, cfg in configs.items()]
+  notes = [f"spec: {spec.name}; budget {spec.budget_bytes:,} training bytes per model; valid BPB on every byte of "
+           f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents), identical for every model",
+           f"data: {splits.description}"]
+  if tok_path:
+    notes.append(f"BPE tokenizer: {spec.tokenizer_vocab} pieces trained on the training split, {bpt:.3f} bytes/token")
+  notes.append("train FLOPs/byte use the measured chunk ratio (H-Net) or bytes per token (BPE) on the valid split; "
+               "models marked 'sized to match' were resized before training at the reference's target ratio")
+  md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes)
+  log(f"report: {md} and {page}")
+  return md
+
+
+def np_leading(docs, max_bytes: int):
+  from chunklm.data.pipeline import leading_documents
+  return leading_documents(docs, max_bytes)

@@ -1,0 +1,112 @@
+"""The comparison's outputs: a table (report.md, report.html) and BPB curves vs training bytes and FLOPs."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import statistics
+from pathlib import Path
+
+from chunklm.config import Config
+from chunklm.train.metrics import read_jsonl
+
+
+@dataclasses.dataclass
+class Row:
+  name: str
+  kind: str  # "bytes", "BPE tokens" or "H-Net (N stages)"
+  params: int
+  flops_per_byte: float  # training FLOPs per byte, at the measured chunk ratio / bytes per token
+  bytes_per_s: float  # median training throughput (text bytes per second)
+  valid_bpb: float
+  unit_bytes: float  # bytes per innermost chunk (H-Net), per token (BPE) or 1
+  curve: list[tuple[float, float]]  # (training bytes, valid BPB)
+  match_error: float | None  # residual FLOPs mismatch after sizing, if this model was resized
+
+
+def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token: float,
+            match_error: float | None) -> Row:
+  from chunklm.model.flops import train_flops_per_byte
+
+  records = read_jsonl(workdir / "metrics.jsonl")
+  train = [r for r in records if r["split"] == "train"]
+  valid = [r for r in records if r["split"] == "valid"]
+  final = valid[-1]
+  per_step = statistics.mean(r["bytes"] for r in train) if train else 0.0  # text bytes per optimizer step
+  stages = cfg.model.num_stages
+  if stages:
+    positions = tuple([1.0] + [final[f"bytes_per_position_l{s + 1}"] for s in range(stages)])
+    flops = train_flops_per_byte(cfg.model, cfg.data.seq_len, positions)
+    unit, kind = final[f"bytes_per_chunk_s{stages - 1}"], f"H-Net ({stages} stage{'s' if stages > 1 else ''})"
+  elif cfg.data.tokenizer:
+    unit = final["bytes"] / max(final["predicted"], 1.0)
+    flops, kind = train_flops_per_byte(cfg.model, cfg.data.seq_len, bytes_per_token=unit), "BPE tokens"
+  else:
+    flops, unit, kind = train_flops_per_byte(cfg.model, cfg.data.seq_len), 1.0, "bytes"
+  speeds = [r["bytes_per_sec"] for r in train[1:] if "bytes_per_sec" in r]
+  return Row(name, kind, params, flops, statistics.median(speeds) if speeds else float("nan"), final["bpb"],
+             unit, [(r["step"] * per_step, r["bpb"]) for r in valid], match_error)
+
+
+def plot(rows: list[Row], out: Path) -> Path:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  for i, row in enumerate(rows):
+    xs = [b for b, _ in row.curve]
+    ys = [v for _, v in row.curve]
+    axes[0].plot([x / 1e6 for x in xs], ys, "o-", color=f"C{i}", label=row.name)
+    axes[1].plot([x * row.flops_per_byte / 1e12 for x in xs], ys, "o-", color=f"C{i}", label=row.name)
+  axes[0].set_xlabel("training bytes (MB)")
+  axes[1].set_xlabel("training FLOPs (TFLOP)")
+  for ax in axes:
+    ax.set_ylabel("valid bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+HEADER = ("model", "kind", "params", "train FLOPs/byte", "train bytes/s", "valid BPB", "bytes per chunk/token")
+
+
+def _cells(row: Row) -> list[str]:
+  flops = f"{row.flops_per_byte / 1e6:.2f} M"
+  if row.match_error is not None:
+    flops += f" (sized to match: {row.match_error:+.1%})"
+  return [row.name, row.kind, f"{row.params / 1e6:.2f} M", flops, f"{row.bytes_per_s:,.0f}", f"{row.valid_bpb:.4f}",
+          f"{row.unit_bytes:.2f}"]
+
+
+def write(out: Path, title: str, rows: list[Row], notes: list[str]) -> tuple[Path, Path]:
+  """report.md and report.html (with the plot embedded) in `out`."""
+  png = plot(rows, out / "comparison.png")
+  best = min(rows, key=lambda r: r.valid_bpb)
+  lines = [f"# {title}", "", *[f"- {n}" for n in notes], "",
+           "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+  lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+  others = sorted((r for r in rows if r is not best), key=lambda r: r.valid_bpb)
+  verdict = f"Lowest valid BPB: **{best.name}** ({best.valid_bpb:.4f})"
+  if others:
+    verdict += "; " + ", ".join(f"{r.name} +{r.valid_bpb - best.valid_bpb:.4f} ({(r.valid_bpb / best.valid_bpb - 1):+.1%})"
+                                for r in others)
+  lines += ["", verdict + ".", "", f"![valid BPB vs training bytes and FLOPs]({png.name})", ""]
+  md = out / "report.md"
+  md.write_text("\n".join(lines))
+  img = base64.b64encode(png.read_bytes()).decode()
+  table = "".join(f"<tr>{''.join(f'<td>{html.escape(c)}</td>' for c in _cells(r))}</tr>" for r in rows)
+  page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}</style>
+</head><body><h1>{html.escape(title)}</h1><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
+<table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{table}</table>
+<p>{html.escape(verdict.replace('**', ''))}.</p><img alt="valid BPB curves" src="data:image/png;base64,{img}">
+</body></html>"""
+  page_path = out / "report.html"
+  page_path.write_text(page)
+  return md, page_path
