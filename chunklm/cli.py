@@ -18,6 +18,7 @@ EPILOG = """examples:
   chunklm eval --workdir runs/x --data valid.txt
   chunklm generate --workdir runs/x --prompt "def " --temperature 0.7
   chunklm compare --spec tiny_code                # byte Transformer vs BPE Transformer vs H-Net
+  chunklm robustness --workdir runs/default --workdir runs/x --strength 0.1
   chunklm tokenizer train --vocab-size 4096 --out runs/tok/bpe4096.model
   chunklm info --config hnet_1stage_L
   chunklm bench train --config byte_transformer_tiny
@@ -83,6 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
   _add_data_args(p)
   p.add_argument("--out", default=None, help="output directory (default: runs/compare/<spec name>)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+  p = sub.add_parser("robustness", help="BPB of trained models on clean and character-perturbed text",
+                     description="Score one or more trained models on clean text and on perturbed copies of it "
+                                 "(case flips, deletions, typos, AntSpeak, ...); every model sees the same bytes. "
+                                 "Writes robustness.md, robustness.csv and robustness.png.")
+  p.add_argument("--workdir", action="append", required=True, help="a trained run (repeatable)")
+  p.add_argument("--data", action="append", default=[], metavar="PATH",
+                 help="text to evaluate (repeatable); default: the first run's validation split")
+  p.add_argument("--perturbations", default="all",
+                 help="comma-separated subset of: " + ", ".join(
+                     ["random_case", "uppercase", "delete", "insert", "swap", "keyboard", "no_whitespace",
+                      "antspeak", "repeat", "homoglyph"]) + " (default: all)")
+  p.add_argument("--strength", type=float, default=0.1, help="probability of touching a character (default: 0.1)")
+  p.add_argument("--seed", type=int, default=0, help="perturbation seed (default: %(default)s)")
+  p.add_argument("--max-bytes", type=int, default=65536, help="leading bytes of the text to use (0 = all; "
+                                                              "default: %(default)s)")
+  p.add_argument("--out", default=None, help="output directory (default: the first workdir)")
 
   p = sub.add_parser("tokenizer", help="train the BPE tokenizer of the token-level baseline",
                      description="Tokenizers for the BPE baseline (sentencepiece BPE with byte fallback).")
@@ -161,6 +179,16 @@ def _cmd_compare(args) -> int:
   return 0
 
 
+def _cmd_robustness(args) -> int:
+  from chunklm.eval.perturb import PERTURBATIONS
+  from chunklm.eval.robustness import run_robustness
+  names = list(PERTURBATIONS) if args.perturbations == "all" else [p.strip() for p in args.perturbations.split(",")]
+  workdirs = [Path(w) for w in args.workdir]
+  run_robustness(workdirs, tuple(args.data), names, args.strength, args.seed, args.max_bytes,
+                 Path(args.out) if args.out else workdirs[0])
+  return 0
+
+
 def _cmd_tokenizer(args) -> int:
   from chunklm.config import load_config
   from chunklm.data.corpus import load_splits
@@ -196,7 +224,7 @@ def _cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "compare": _cmd_compare,
-              "tokenizer": _cmd_tokenizer, "info": _cmd_info, "bench": _cmd_bench}
+              "robustness": _cmd_robustness, "tokenizer": _cmd_tokenizer, "info": _cmd_info, "bench": _cmd_bench}
   try:
     return commands[args.command](args)
   except UserError as e:

@@ -1,0 +1,122 @@
+"""`chunklm robustness`: bits per byte of several trained models on clean and perturbed text.
+
+Each perturbation is applied once to the evaluation documents; every model (byte, H-Net or BPE) is scored on those
+same bytes (a token model tokenizes them), so degradations are comparable. Outputs robustness.md, robustness.csv
+and robustness.png (grouped bars: degradation per perturbation, one bar per model).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from chunklm.data.corpus import Documents, load_documents, load_splits
+from chunklm.data.pipeline import leading_documents
+from chunklm.errors import DataError, UserError
+from chunklm.eval.perturb import PERTURBATIONS, perturb_documents
+
+
+def score(workdir: Path, texts: dict[str, Documents], batch_size: int | None = None) -> dict[str, dict]:
+  """{text name: evaluate() result} for the model in `workdir`."""
+  from chunklm.data.tokenizer import tokenize
+  from chunklm.eval.bpb import evaluate
+  from chunklm.train.restore import load_trained, run_tokenizer
+  from chunklm.train.step import make_eval_step
+
+  cfg, graphdef, params, _ = load_trained(workdir, log=lambda *a, **k: None)
+  tok = run_tokenizer(cfg, workdir)
+  step = make_eval_step(graphdef)
+  out = {}
+  for name, docs in texts.items():
+    vocab = {}
+    if tok is not None:
+      docs, vocab = tokenize(docs, tok), {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes}
+    out[name] = evaluate(step, params, docs, cfg.data.seq_len, batch_size or cfg.eval.batch_size, **vocab)
+  return out
+
+
+def run_robustness(workdirs: list[Path], data: tuple[str, ...], perturbations: list[str], strength: float,
+                   seed: int, max_bytes: int, out: Path, log=print) -> dict[str, dict[str, dict]]:
+  if not workdirs:
+    raise UserError("robustness: give at least one --workdir")
+  unknown = [p for p in perturbations if p not in PERTURBATIONS]
+  if unknown:
+    raise UserError(f"robustness: unknown perturbation(s) {unknown}; available: {', '.join(PERTURBATIONS)}")
+  if not 0 <= strength <= 1:
+    raise UserError(f"robustness: --strength must be in [0, 1], got {strength}")
+  from chunklm.config import load_config
+  names = _names(workdirs)
+  if data:
+    docs = load_documents(tuple(data), load_config(None).data)
+    docs = docs.select(docs.lengths > 0)
+  else:
+    if not (workdirs[0] / "config.yaml").exists():
+      raise UserError(f"{workdirs[0]} is not a training run (no config.yaml)")
+    docs = load_splits(load_config(workdirs[0] / "config.yaml").data).valid
+  docs = docs.select(leading_documents(docs, max_bytes))
+  if docs.num_bytes == 0:
+    raise DataError("robustness: no bytes to evaluate")
+  texts = {"clean": docs, **{p: perturb_documents(docs, p, strength, seed) for p in perturbations}}
+  log(f"robustness: {len(docs)} documents, {docs.num_bytes:,} clean bytes; {len(perturbations)} perturbations at "
+      f"strength {strength} (seed {seed})")
+  results = {}
+  for name, wd in zip(names, workdirs):
+    log(f"scoring {name} ({wd})...")
+    results[name] = score(wd, texts)
+  out.mkdir(parents=True, exist_ok=True)
+  _write(out, results, texts, strength, seed)
+  log(f"wrote {out / 'robustness.md'}, robustness.csv and robustness.png")
+  return results
+
+
+def _names(workdirs: list[Path]) -> list[str]:
+  names = [wd.name for wd in workdirs]
+  return [n if names.count(n) == 1 else str(wd) for n, wd in zip(names, workdirs)]
+
+
+def _write(out: Path, results: dict, texts: dict, strength: float, seed: int) -> None:
+  models = list(results)
+  rows = []
+  for text in texts:
+    row = {"perturbation": text, "bytes": texts[text].num_bytes}
+    for m in models:
+      clean, bpb = results[m]["clean"]["bpb"], results[m][text]["bpb"]
+      row[f"{m} BPB"] = bpb
+      row[f"{m} delta"] = bpb - clean
+      row[f"{m} delta %"] = 100 * (bpb / clean - 1)
+    rows.append(row)
+  with open(out / "robustness.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  head = ["perturbation", "bytes"] + [f"{m}: BPB (Δ, Δ%)" for m in models]
+  lines = [f"# Robustness (strength {strength}, seed {seed})", "", "| " + " | ".join(head) + " |",
+           "|" + "---|" * len(head)]
+  for r in rows:
+    cells = [r["perturbation"], f"{r['bytes']:,}"]
+    cells += [f"{r[f'{m} BPB']:.4f} ({r[f'{m} delta']:+.4f}, {r[f'{m} delta %']:+.1f}%)" for m in models]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "![degradation per perturbation](robustness.png)", ""]
+  (out / "robustness.md").write_text("\n".join(lines))
+  _plot(out / "robustness.png", rows[1:], models)
+
+
+def _plot(path: Path, rows: list[dict], models: list[str]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4))
+  x = np.arange(len(rows))
+  width = 0.8 / max(len(models), 1)
+  for i, m in enumerate(models):
+    ax.bar(x + (i - (len(models) - 1) / 2) * width, [r[f"{m} delta %"] for r in rows], width, label=m)
+  ax.set_xticks(x, [r["perturbation"] for r in rows], rotation=30, ha="right")
+  ax.set_ylabel("BPB increase over clean text (%)")
+  ax.axhline(0, color="black", lw=0.8)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

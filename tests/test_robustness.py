@@ -1,0 +1,66 @@
+"""Perturbations (deterministic, meaningful) and the robustness suite over byte and token models."""
+
+import pytest
+
+from chunklm.eval.perturb import PERTURBATIONS, perturb_text
+
+TEXT = b"The quick brown fox jumps."
+# Snapshot of every perturbation of TEXT at strength 0.3, seed 0: a change here changes published figures.
+EXPECTED = {
+    "random_case": "thE Quick brown Fox jumps.",
+    "uppercase": "THE QUICK BROWN FOX JUMPS.",
+    "delete": "The quikbr x up.",
+    "insert": "Thet quick ebrofwnd kfox jumpksx.",
+    "swap": "Th euqikc brown ofxj umps.",
+    "keyboard": "Tne wu8ck browm fix jumps.",
+    "antspeak": "T H E   Q U I C K   B R O W N   F O X   J U M P S .",
+    "repeat": "The quuuiiick  brrrown foxxxx jjjjuuumpss..",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PERTURBATIONS))
+def test_perturbations_are_deterministic_and_do_what_they_say(name):
+  out = perturb_text(TEXT, name, 0.3, 0)
+  assert out == perturb_text(TEXT, name, 0.3, 0)
+  if name in EXPECTED:
+    assert out.decode() == EXPECTED[name]
+  if name not in ("uppercase", "antspeak"):
+    assert perturb_text(TEXT, name, 0.0, 0) == TEXT  # strength 0 leaves text alone
+    assert perturb_text(TEXT * 20, name, 0.5, 1) != perturb_text(TEXT * 20, name, 0.5, 2)  # the seed matters
+  noisy = perturb_text(b"ok \xff\xfe ok", name, 1.0, 0)
+  assert "\ufffd".encode() not in noisy  # bytes that are not UTF-8 stay raw bytes, never replacement characters
+  if name != "delete":
+    assert b"\xff" in noisy
+
+
+def test_specific_properties():
+  assert perturb_text(b"a b c", "no_whitespace", 1.0, 0) == b"abc"
+  assert perturb_text(b"abc", "delete", 1.0, 0) == b""
+  homo = perturb_text(b"coca cola", "homoglyph", 1.0, 0).decode()
+  assert homo != "coca cola" and len(homo.encode()) > len("coca cola")
+  with pytest.raises(ValueError, match="unknown perturbation"):
+    perturb_text(b"x", "nope", 0.1, 0)
+
+
+def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_dir, capsys):
+  from chunklm.cli import main
+  from conftest import TINY
+  sets = [a for o in TINY + ["train.steps=4", "eval.sample_bytes=0"] for a in ("--set", o)]
+  base = ["train", "--no-progress", "--data", str(corpus_dir)] + sets
+  assert main(base + ["--config", "byte_transformer_tiny", "--workdir", str(tmp_path / "bytes")]) == 0
+  tok = tmp_path / "t.model"
+  assert main(["tokenizer", "train", "--data", str(corpus_dir), "--vocab-size", "300", "--out", str(tok)]) == 0
+  assert main(base + ["--config", "bpe_transformer_tiny", "--set", f"data.tokenizer={tok}", "--set",
+                      "model.vocab_size=300", "--set", "data.seq_len=12", "--workdir", str(tmp_path / "bpe")]) == 0
+  capsys.readouterr()
+  from chunklm.eval.robustness import run_robustness
+  res = run_robustness([tmp_path / "bytes", tmp_path / "bpe"], (str(corpus_dir / "doc001.py"),),
+                       ["uppercase", "delete", "antspeak"], 0.2, 0, 0, tmp_path / "out", log=lambda *a: None)
+  for text in ("clean", "uppercase", "delete", "antspeak"):
+    assert res["bytes"][text]["bytes"] == res["bpe"][text]["bytes"]  # the same text bytes for both models
+  assert res["bytes"]["antspeak"]["bytes"] > 1.8 * res["bytes"]["clean"]["bytes"]
+  md = (tmp_path / "out" / "robustness.md").read_text()
+  assert "| antspeak |" in md and (tmp_path / "out" / "robustness.png").exists()
+  assert (tmp_path / "out" / "robustness.csv").read_text().startswith("perturbation,bytes,bytes BPB")
+  code = main(["robustness", "--workdir", str(tmp_path / "bytes"), "--perturbations", "nope"])
+  assert code == 2 and "unknown perturbation" in capsys.readouterr().err
