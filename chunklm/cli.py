@@ -18,6 +18,7 @@ EPILOG = """examples:
   chunklm eval --workdir runs/x --data valid.txt
   chunklm generate --workdir runs/x --prompt "def " --temperature 0.7
   chunklm compare --spec tiny_code                # byte Transformer vs BPE Transformer vs H-Net
+  chunklm boundaries --workdir runs/default --text "def main(args):"
   chunklm robustness --workdir runs/default --workdir runs/x --strength 0.1
   chunklm tokenizer train --vocab-size 4096 --out runs/tok/bpe4096.model
   chunklm info --config hnet_1stage_L
@@ -84,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
   _add_data_args(p)
   p.add_argument("--out", default=None, help="output directory (default: runs/compare/<spec name>)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+  p = sub.add_parser("boundaries", help="where an H-Net puts chunk boundaries: pictures and statistics",
+                     description="Show the chunk boundaries of a trained H-Net on a text (terminal, HTML with the "
+                                 "router's p as a heat strip, PNG), and statistics over a corpus: bytes-per-chunk "
+                                 "histogram per stage, precision/recall against whitespace, word starts and BPE "
+                                 "token starts, the longest and shortest chunks.")
+  p.add_argument("--workdir", required=True, help="a trained H-Net run")
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--text", default=None, help="text to draw")
+  src.add_argument("--file", default=None, help="file whose first window of bytes to draw")
+  p.add_argument("--data", action="append", default=[], metavar="PATH",
+                 help="corpus for the statistics (repeatable); default: the run's validation split")
+  p.add_argument("--max-bytes", type=int, default=65536, help="leading corpus bytes for the statistics "
+                                                              "(0 = all; default: %(default)s)")
+  p.add_argument("--tokenizer", default="", help="a sentencepiece model to compare boundaries with BPE token starts")
+  p.add_argument("--out", default=None, help="output directory (default: <workdir>/boundaries)")
 
   p = sub.add_parser("robustness", help="BPB of trained models on clean and character-perturbed text",
                      description="Score one or more trained models on clean text and on perturbed copies of it "
@@ -179,6 +196,19 @@ def _cmd_compare(args) -> int:
   return 0
 
 
+def _cmd_boundaries(args) -> int:
+  from chunklm.eval.boundary_stats import run_boundaries
+  text = args.text.encode() if args.text is not None else None
+  if args.file is not None:
+    try:
+      text = Path(args.file).read_bytes()
+    except OSError as e:
+      raise UserError(f"--file {args.file}: {e.strerror}") from None
+  run_boundaries(Path(args.workdir), text, tuple(args.data), args.max_bytes, args.tokenizer,
+                 Path(args.out) if args.out else None)
+  return 0
+
+
 def _cmd_robustness(args) -> int:
   from chunklm.eval.perturb import PERTURBATIONS
   from chunklm.eval.robustness import run_robustness
@@ -224,7 +254,7 @@ def _cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "compare": _cmd_compare,
-              "robustness": _cmd_robustness, "tokenizer": _cmd_tokenizer, "info": _cmd_info, "bench": _cmd_bench}
+              "boundaries": _cmd_boundaries, "robustness": _cmd_robustness, "tokenizer": _cmd_tokenizer, "info": _cmd_info, "bench": _cmd_bench}
   try:
     return commands[args.command](args)
   except UserError as e:

@@ -18,9 +18,10 @@ from chunklm.model.stack import Stack
 
 
 class CausalLM(nnx.Module):
-  """`doc_slots` bounds the documents in one training window (chunk slots reserved for document starts)."""
+  """`doc_slots` bounds the documents in one training window (chunk slots reserved for document starts);
+  `kernel_impl` picks the H-Net's chunk-op backend (config `kernels.impl`)."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1, kernel_impl: str = "auto"):
     self.cfg, self.doc_slots = cfg, doc_slots
     dim, dtype = cfg.d_model[0], jnp.dtype(cfg.dtype)
     self.embed = Embed(cfg.vocab_size, dim, rngs=rngs, dtype=dtype)
@@ -28,7 +29,7 @@ class CausalLM(nnx.Module):
       self.backbone = Stack(cfg.layout[0], cfg, 0, rngs=rngs)
     else:
       from chunklm.model.hnet import HNet  # the H-Net pulls in routing and chunking
-      self.backbone = HNet(cfg, 0, rngs=rngs)
+      self.backbone = HNet(cfg, 0, rngs=rngs, kernel_impl=kernel_impl)
     self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
 
   def __call__(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
@@ -45,8 +46,8 @@ class CausalLM(nnx.Module):
     h_BxLxD, raw = self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
                                  doc_slots=self.doc_slots, exact=exact)
     stages = range(self.cfg.num_stages)
-    aux = {k: v for k, v in raw.items() if k.endswith("_sum") or k.startswith(("ratio_loss_s", "boundaries_s",
-                                                                                 "chunk_positions_s"))}
+    aux = {k: v for k, v in raw.items()
+           if k.endswith("_sum") or k.startswith(("ratio_loss_s", "boundaries_s", "probs_s", "chunk_positions_s"))}
     aux["ratio_loss"] = (self.cfg.ratio_loss_weight * sum(raw[f"ratio_loss_s{s}"] for s in stages)
                          + sum(raw[f"router_aux_s{s}"] for s in stages))
     aux.update(routing_metrics(raw, self.cfg.num_stages))
@@ -55,7 +56,8 @@ class CausalLM(nnx.Module):
 
 def build_model(cfg: Config, seed: int | None = None) -> CausalLM:
   seed = cfg.train.seed if seed is None else seed
-  return CausalLM(cfg.model, rngs=nnx.Rngs(params=seed), doc_slots=cfg.data.max_docs_per_window)
+  return CausalLM(cfg.model, rngs=nnx.Rngs(params=seed), doc_slots=cfg.data.max_docs_per_window,
+                  kernel_impl=cfg.kernels.impl)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -1,0 +1,57 @@
+"""Boundary statistics and pictures: by-hand cases, corpus routing vs single texts, the CLI end to end."""
+
+import numpy as np
+import pytest
+
+from chunklm.data.corpus import build
+from chunklm.eval.boundaries import corpus_routing, text_routing
+from chunklm.eval.boundary_stats import chunk_lengths, reference_starts
+from chunklm.model.lm import build_model
+from chunklm.train.step import split_model
+from test_hnet import HNET1, hnet_config
+
+
+def test_chunk_lengths_and_reference_starts_by_hand():
+  assert chunk_lengths(np.array([0, 0, 1, 0, 1, 1, 0], bool)).tolist() == [2, 2, 1, 2]
+  assert chunk_lengths(np.array([1, 0, 0], bool)).tolist() == [3]
+  data = b"ab cd_e(f)  g"
+  assert np.flatnonzero(reference_starts(data, "whitespace")).tolist() == [2, 10, 11]
+  assert np.flatnonzero(reference_starts(data, "word")).tolist() == [0, 3, 8, 12]
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_corpus_routing_matches_single_texts(stages):
+  cfg = hnet_config(stages)
+  graphdef, params = split_model(build_model(cfg, 0))
+  texts = [b"def f(x): return x + 1", b"class A:\n  pass", b"print(1)"]
+  docs = build([(str(i), t) for i, t in enumerate(texts)])
+  routed = corpus_routing(graphdef, params, docs, stages, cfg.data.seq_len, batch_size=2)
+  assert [d for d, _ in routed] == texts
+  alone = text_routing(graphdef, params, texts[0], stages, cfg.data.seq_len)  # doc 0 starts window 0
+  for s in range(stages):
+    np.testing.assert_array_equal(routed[0][1].starts[s], alone.starts[s])
+    np.testing.assert_allclose(routed[0][1].probs[s], alone.probs[s], atol=1e-5)
+    if s:  # a deeper stage only sees bytes that start a chunk of the stage above
+      assert np.isnan(alone.probs[s][~alone.starts[s - 1]]).all()
+
+
+def test_boundaries_cli(tmp_path, corpus_dir, capsys):
+  from chunklm.cli import main
+  from conftest import TINY
+  sets = [a for o in TINY + HNET1 + ["train.steps=2", "eval.sample_bytes=0"] for a in ("--set", o)]
+  wd = tmp_path / "h"
+  assert main(["train", "--no-progress", "--data", str(corpus_dir), "--workdir", str(wd), *sets]) == 0
+  capsys.readouterr()
+  assert main(["boundaries", "--workdir", str(wd), "--text", "def main(args):", "--max-bytes", "2000"]) == 0
+  out = capsys.readouterr().out
+  assert "stage 0:" in out and "precision" in out and "bytes per chunk" in out
+  for f in ("boundaries.html", "boundaries.png", "stats.md", "histogram.png"):
+    assert (wd / "boundaries" / f).exists()
+  assert "heat strip" in (wd / "boundaries" / "boundaries.html").read_text()
+  bt = tmp_path / "b"
+  sets_b = [a for o in TINY + ["train.steps=2", "eval.sample_bytes=0"] for a in ("--set", o)]
+  assert main(["train", "--config", "byte_transformer_tiny", "--no-progress", "--data", str(corpus_dir),
+               "--workdir", str(bt), *sets_b]) == 0
+  capsys.readouterr()
+  assert main(["boundaries", "--workdir", str(bt), "--text", "x"]) == 2
+  assert "need an H-Net" in capsys.readouterr().err
