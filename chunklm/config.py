@@ -23,6 +23,7 @@ LAYER_RE = re.compile(r"([mMtT])(\d+)")
 ROUTERS = ("cosine",)
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
+KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # as chunklm.kernels.api.IMPLS (config must import alone)
 
 
 def parse_layer_string(spec: str, where: str = "model.layout") -> list[tuple[str, int]]:
@@ -271,12 +272,22 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class KernelsConfig:
+  impl: str = "auto"  # chunk-op backend: auto (Pallas on GPU/TPU, XLA on CPU) | xla | pallas | interpret
+
+  def __post_init__(self):
+    if self.impl not in KERNEL_IMPLS:
+      raise ConfigError(f"kernels.impl: {self.impl!r} is not one of {', '.join(KERNEL_IMPLS)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelConfig = ModelConfig()
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
   mesh: MeshConfig = MeshConfig()
+  kernels: KernelsConfig = KernelsConfig()
 
   def __post_init__(self):
     if self.model.vocab_size != 256 and not self.data.tokenizer:
@@ -414,7 +425,8 @@ def read_yaml(path: Path) -> dict:
   if tree is None:
     return {}
   if not isinstance(tree, dict):
-    raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, eval, mesh) at the top level")
+    raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, eval, mesh, kernels) at the "
+                      "top level")
   return tree
 
 

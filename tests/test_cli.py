@@ -37,7 +37,8 @@ def test_smoke_train_eval_generate(tmp_path, corpus_dir):
   assert gen.stdout.startswith("def ")
 
 
-@pytest.mark.parametrize("sub", ["train", "eval", "generate", "bench"])
+@pytest.mark.parametrize("sub", ["train", "eval", "generate", "compare", "tokenizer", "robustness", "boundaries",
+                                 "report", "info", "bench"])
 def test_every_subcommand_has_help(capsys, sub):
   with pytest.raises(SystemExit) as e:
     main([sub, "--help"])

@@ -30,7 +30,6 @@ def make_batch(ids, seg):
 
 
 
-
 @pytest.mark.parametrize("stages", [1, 2])
 @pytest.mark.parametrize("exact", [False, True])
 def test_causality_gradient_and_perturbation(stages, exact):

@@ -21,7 +21,7 @@ class Row:
   bytes_per_s: float  # median training throughput (text bytes per second)
   valid_bpb: float
   unit_bytes: float  # bytes per innermost chunk (H-Net), per token (BPE) or 1
-  curve: list[tuple[float, float]]  # (training bytes, valid BPB)
+  curve: list[tuple[float, float, float]]  # (training bytes, valid BPB, evaluated bytes)
   match_error: float | None  # residual FLOPs mismatch after sizing, if this model was resized
 
 
@@ -46,7 +46,7 @@ def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token:
     flops, unit, kind = train_flops_per_byte(cfg.model, cfg.data.seq_len), 1.0, "bytes"
   speeds = [r["bytes_per_sec"] for r in train[1:] if "bytes_per_sec" in r]
   return Row(name, kind, params, flops, statistics.median(speeds) if speeds else float("nan"), final["bpb"],
-             unit, [(r["step"] * per_step, r["bpb"]) for r in valid], match_error)
+             unit, [(r["step"] * per_step, r["bpb"], r["bytes"]) for r in valid], match_error)
 
 
 def plot(rows: list[Row], out: Path) -> Path:
@@ -56,10 +56,15 @@ def plot(rows: list[Row], out: Path) -> Path:
 
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   for i, row in enumerate(rows):
-    xs = [b for b, _ in row.curve]
-    ys = [v for _, v in row.curve]
-    axes[0].plot([x / 1e6 for x in xs], ys, "o-", color=f"C{i}", label=row.name)
-    axes[1].plot([x * row.flops_per_byte / 1e12 for x in xs], ys, "o-", color=f"C{i}", label=row.name)
+    final_bytes = row.curve[-1][2]
+    # Points on the final evaluation's bytes form the curve; evaluations on fewer (leading) bytes are drawn apart.
+    for same, style, suffix in ((True, "o-", ""), (False, "o--", " (leading valid bytes)")):
+      pts = [(b, v) for b, v, n in row.curve if (n == final_bytes) == same]
+      if not pts:
+        continue
+      kw = dict(color=f"C{i}", label=row.name + suffix, mfc="none" if not same else None)
+      axes[0].plot([b / 1e6 for b, _ in pts], [v for _, v in pts], style, **kw)
+      axes[1].plot([b * row.flops_per_byte / 1e12 for b, _ in pts], [v for _, v in pts], style, **kw)
   axes[0].set_xlabel("training bytes (MB)")
   axes[1].set_xlabel("training FLOPs (TFLOP)")
   for ax in axes:

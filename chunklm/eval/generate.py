@@ -1,8 +1,9 @@
-"""Sampling from a trained model (temperature, nucleus/top-p, seed), bytes in and bytes out for every model kind.
+"""Sampling with caches: batched prompts of different lengths, temperature, top-k, top-p, stop bytes, max bytes.
 
-This path recomputes the whole window for every new position, which works for every model kind; cached generation
-is the job of `model/cache.py`. When the window is full, the oldest half of the context is dropped. A token model
-encodes the prompt with its tokenizer and decodes what it samples.
+One jitted `lax.scan` runs the model one position at a time (model/cache.py: KV caches, Mamba2 states, and for an
+H-Net the routing state per stage, so its main network runs only when a new chunk starts). Every row starts with
+BOS, reads its prompt, then feeds back what it samples. Bytes in, bytes out for every model kind: a token model
+encodes prompts with its tokenizer and decodes what it samples.
 """
 
 from __future__ import annotations
@@ -12,53 +13,97 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from chunklm.data.pipeline import BOS
-from chunklm.train.step import forward
+from chunklm.model import cache
 
 
-def sample_logits(logits_V: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
-  """One id from logits: greedy when temperature == 0, else softmax(logits / T) restricted to the top-p nucleus."""
-  if temperature == 0:
-    return jnp.argmax(logits_V)
-  probs = jax.nn.softmax(logits_V / temperature)
+def sample_logits(logits_V: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                  top_k: int = 0) -> jax.Array:
+  """One id: greedy when temperature == 0, else softmax(logits / T) restricted to the top-k ids and the top-p
+  nucleus (the most likely id is always kept)."""
+  logits = logits_V.astype(jnp.float32)
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][-1]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  probs = jax.nn.softmax(logits / jnp.maximum(temperature, 1e-6))
   order = jnp.argsort(-probs)
   sorted_p = probs[order]
-  keep_sorted = jnp.cumsum(sorted_p) - sorted_p < top_p  # always keeps the most likely id
+  keep_sorted = jnp.cumsum(sorted_p) - sorted_p < top_p
   keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
-  logits = jnp.where(keep, jnp.log(probs + 1e-30), -jnp.inf)
-  return jax.random.categorical(key, logits)
+  sampled = jax.random.categorical(key, jnp.where(keep, jnp.log(probs + 1e-30), -jnp.inf))
+  return jnp.where(temperature > 0, sampled, jnp.argmax(logits_V))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _next_byte(graphdef, params, ids_1xL, length, key, temperature, top_p):
-  seq_len = ids_1xL.shape[1]
-  valid_1xL = jnp.arange(seq_len)[None] < length
-  batch = {"ids": ids_1xL, "segment_ids": valid_1xL.astype(jnp.int32),
-           "positions": jnp.arange(seq_len, dtype=jnp.int32)[None]}
-  logits_1xLxV, _ = forward(graphdef, params, batch, exact=True)
-  return sample_logits(logits_1xLxV[0, length - 1], key, temperature, top_p)
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _run(graphdef, params, tokens_BxT, lengths_B, key, top_k, temperature, top_p):
+  """Fills tokens_BxT past each row's prompt (position 0 = BOS, then lengths_B prompt ids)."""
+  model = nnx.merge(graphdef, params)
+  b, t = tokens_BxT.shape
+  state = cache.lm_init(model, b, t)
 
-
-def generate(graphdef, params, prompt: bytes, *, seq_len: int, max_new_bytes: int, temperature: float = 0.8,
-             top_p: float = 0.95, seed: int = 0, tokenizer=None) -> bytes:
-  """Continues `prompt` (a document start) by up to `max_new_bytes` bytes; stops early if the model emits BOS."""
-  bos = BOS if tokenizer is None else tokenizer.bos_id
-  context = [bos] + (list(prompt) if tokenizer is None else tokenizer.encode(prompt).tolist())
-  out: list[int] = []
-  n_bytes = 0
-  key = jax.random.key(seed)
-  while n_bytes < max_new_bytes:
-    if len(context) >= seq_len:
-      context = context[-(seq_len // 2):]
-    ids = np.zeros((1, seq_len), np.int32)
-    ids[0, : len(context)] = context
+  def body(carry, i):
+    tokens, state, key = carry
+    logits_BxV, state, _ = cache.lm_step(model, tokens[:, i], state)
     key, sub = jax.random.split(key)
-    nxt = int(_next_byte(graphdef, params, ids, len(context), sub, float(temperature), float(top_p)))
-    if nxt == bos:
-      break
-    out.append(nxt)
-    context.append(nxt)
-    n_bytes += 1 if tokenizer is None else int(tokenizer.piece_bytes[nxt]) or 1
-  text = bytes(out) if tokenizer is None else tokenizer.decode(out)
-  return text[:max_new_bytes]
+    nxt = jax.vmap(sample_logits, in_axes=(0, 0, None, None, None))(logits_BxV, jax.random.split(sub, b),
+                                                                    temperature, top_p, top_k)
+    in_prompt = i + 1 <= lengths_B
+    tokens = tokens.at[:, i + 1].set(jnp.where(in_prompt, tokens[:, i + 1], nxt.astype(tokens.dtype)))
+    return (tokens, state, key), None
+
+  (tokens_BxT, _, _), _ = jax.lax.scan(body, (tokens_BxT, state, key), jnp.arange(t - 1))
+  return tokens_BxT
+
+
+def generate_many(graphdef, params, prompts: list[bytes], *, max_new_bytes: int, temperature: float = 0.8,
+                  top_k: int = 0, top_p: float = 1.0, stop: bytes = b"", seed: int = 0,
+                  tokenizer=None) -> list[bytes]:
+  """Continuations of `prompts` (each a document start), at most `max_new_bytes` bytes each, cut before the first
+  byte in `stop` and before a generated BOS."""
+  if not prompts:
+    return []
+  bos = BOS if tokenizer is None else tokenizer.bos_id
+  encoded = [list(p) if tokenizer is None else tokenizer.encode(p).tolist() for p in prompts]
+  longest = max(len(e) for e in encoded)
+  tokens = np.zeros((len(prompts), longest + max_new_bytes + 1), np.int32)
+  tokens[:, 0] = bos
+  for r, e in enumerate(encoded):
+    tokens[r, 1: len(e) + 1] = e
+  lengths = np.array([len(e) for e in encoded], np.int32)
+  out = np.asarray(_run(graphdef, params, tokens, lengths, jax.random.key(seed), int(top_k),
+                        jnp.float32(temperature), jnp.float32(top_p)))
+  texts = []
+  for r, n in enumerate(lengths):
+    new = out[r, n + 1: n + 1 + max_new_bytes].tolist()
+    if bos in new:
+      new = new[: new.index(bos)]
+    text = bytes(new) if tokenizer is None else tokenizer.decode(new)
+    cut = min([text.index(bytes([c])) for c in set(stop) if bytes([c]) in text], default=len(text))
+    texts.append(text[: min(cut, max_new_bytes)])
+  return texts
+
+
+def generate(graphdef, params, prompt: bytes, *, max_new_bytes: int, temperature: float = 0.8, top_k: int = 0,
+             top_p: float = 0.95, stop: bytes = b"", seed: int = 0, tokenizer=None) -> bytes:
+  """One continuation of `prompt` (see generate_many)."""
+  return generate_many(graphdef, params, [prompt], max_new_bytes=max_new_bytes, temperature=temperature,
+                       top_k=top_k, top_p=top_p, stop=stop, seed=seed, tokenizer=tokenizer)[0]
+
+
+def generate_from_workdir(workdir, prompts: str | bytes | list, *, max_bytes: int = 200, temperature: float = 0.8,
+                          top_k: int = 0, top_p: float = 0.95, stop: bytes | str = b"", seed: int = 0):
+  """`chunklm.generate`: continuations from a trained run's newest checkpoint; one prompt in, one out (bytes)."""
+  from pathlib import Path
+
+  from chunklm.train.restore import load_trained, run_tokenizer
+
+  cfg, graphdef, params, _ = load_trained(Path(workdir), log=lambda *a, **k: None)
+  single = isinstance(prompts, (str, bytes))
+  items = [prompts] if single else list(prompts)
+  items = [p.encode() if isinstance(p, str) else p for p in items]
+  out = generate_many(graphdef, params, items, max_new_bytes=max_bytes, temperature=temperature, top_k=top_k,
+                      top_p=top_p, stop=stop.encode() if isinstance(stop, str) else stop, seed=seed,
+                      tokenizer=run_tokenizer(cfg, Path(workdir)))
+  return out[0] if single else out

@@ -69,15 +69,18 @@ def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: i
   return res
 
 
-def run_generate(workdir: Path, prompt: str, max_bytes: int, temperature: float, top_p: float, seed: int) -> bytes:
-  from chunklm.eval.generate import generate
-  from chunklm.train.restore import load_trained, run_tokenizer
+def run_generate(workdir: Path, prompts: list[str], max_bytes: int, temperature: float, top_k: int, top_p: float,
+                 stop: str, seed: int) -> list[bytes]:
+  from chunklm.eval.generate import generate_from_workdir
 
-  cfg, graphdef, params, _ = load_trained(workdir)
-  out = generate(graphdef, params, prompt.encode(), seq_len=cfg.data.seq_len, max_new_bytes=max_bytes,
-                 temperature=temperature, top_p=top_p, seed=seed, tokenizer=run_tokenizer(cfg, workdir))
-  print(show_bytes(prompt.encode() + out))
-  return out
+  stop_bytes = stop.encode().decode("unicode_escape").encode("latin-1")  # '\\n' on the command line = newline
+  outs = generate_from_workdir(workdir, [p.encode() for p in prompts], max_bytes=max_bytes, temperature=temperature,
+                               top_k=top_k, top_p=top_p, stop=stop_bytes, seed=seed)
+  for prompt, out in zip(prompts, outs):
+    if len(prompts) > 1:
+      print("-" * 60)
+    print(show_bytes(prompt.encode() + out))
+  return outs
 
 
 def describe_config(cfg: Config) -> dict:

@@ -7,6 +7,8 @@ Shapes: B batch, L positions of the outer sequence, M chunk slots, D features.
   ema_scan(z_BxMxD, p_BxM)             -> zbar_BxMxD with zbar_c = p_c z_c + (1 - p_c) zbar_{c-1}, zbar_{-1} = 0
 `chunk_idx_BxL = cumsum(keep) - 1` clipped to [0, M-1]: a position belongs to the last kept chunk at or before it.
 If more than M positions are kept, the last ones are dropped and their positions join chunk M-1.
+These functions accept any chunk_idx in [0, M); the Pallas kernels (api.py) also need it non-decreasing along L, as
+`chunk_index` makes it. All arithmetic on values is float32; the results have the input's dtype.
 """
 
 from __future__ import annotations

@@ -41,10 +41,11 @@ def keep_within_capacity(b_BxL: jax.Array, starts_BxL: jax.Array, capacity: int,
 
 
 def chunk(h_BxLxD: jax.Array, routing: Routing, segment_ids_BxL: jax.Array, valid_BxL: jax.Array,
-          capacity: int, doc_slots: int, exact: bool) -> Chunks:
+          capacity: int, doc_slots: int, exact: bool, impl: str = "auto") -> Chunks:
+  """The stage's chunks; `impl` is the chunk-op backend (`kernels.api.IMPLS`)."""
   starts_BxL = document_starts(segment_ids_BxL) & valid_BxL
   keep_BxL = routing.b_BxL if exact else keep_within_capacity(routing.b_BxL, starts_BxL, capacity, doc_slots)
-  z_BxMxD, _, valid_BxM = api.downsample(h_BxLxD, keep_BxL, capacity)
+  z_BxMxD, _, valid_BxM = api.downsample(h_BxLxD, keep_BxL, capacity, impl=impl)
   positions_BxM, _ = api.chunk_positions(keep_BxL, capacity)
 
   def at_chunks(v_BxL):
@@ -67,12 +68,12 @@ def ste_one(x: jax.Array) -> jax.Array:
   return 1.0 + x - jax.lax.stop_gradient(x)
 
 
-def dechunk(zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing) -> jax.Array:
-  """Smoothed, upsampled main-network output, scaled by STE(confidence): y_BxLxD in float32."""
+def dechunk(zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing, impl: str = "auto") -> jax.Array:
+  """Smoothed, upsampled main-network output, scaled by STE(confidence): y_BxLxD in float32; `impl` as for chunk."""
   restart_BxM = chunks.starts_BxM | ~chunks.valid_BxM
   p_BxM = jnp.where(restart_BxM, 1.0, jnp.clip(chunks.p_BxM, 1e-4, 1 - 1e-4))
-  zbar_BxMxD = api.ema_scan(zhat_BxMxD.astype(jnp.float32), p_BxM)
-  up_BxLxD = api.upsample(zbar_BxMxD, chunks.chunk_idx_BxL)
+  zbar_BxMxD = api.ema_scan(zhat_BxMxD.astype(jnp.float32), p_BxM, impl=impl)
+  up_BxLxD = api.upsample(zbar_BxMxD, chunks.chunk_idx_BxL, impl=impl)
   confidence_BxL = jnp.where(routing.b_BxL, routing.p_BxL, 1.0 - routing.p_BxL)
   return up_BxLxD * ste_one(confidence_BxL)[..., None]
 

@@ -66,6 +66,14 @@ class CosineRouter(nnx.Module):
     p_BxL = jnp.pad(jnp.clip((1.0 - cos_BxL1) / 2.0, 0.0, 1.0), ((0, 0), (1, 0)), constant_values=1.0)
     return finalize(p_BxL, p_BxL > 0.5, segment_ids_BxL, valid_BxL)
 
+  def step(self, h_BxD: jax.Array, h_prev_BxD: jax.Array, has_prev_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One position of generation: (p_B, b_B) from this and the previous encoder state; p = 1 at a document start."""
+    q = _normalize(h_prev_BxD.astype(jnp.float32) @ self.w_q[...])
+    k = _normalize(h_BxD.astype(jnp.float32) @ self.w_k[...])
+    p = jnp.clip((1.0 - jnp.sum(q * k, axis=-1)) / 2.0, 0.0, 1.0)
+    p = jnp.where(has_prev_B, p, 1.0)
+    return p, (p > 0.5) | ~has_prev_B
+
 
 def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   # rsqrt of the clamped squared norm keeps the gradient finite at x = 0 (an all-zero padding slot)

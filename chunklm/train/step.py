@@ -44,7 +44,9 @@ def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array
   """(NLL in nats summed over predicted positions, number of predicted positions, text bytes they stand for)."""
   nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"].astype(jnp.int32))
   mask = batch["loss_mask"].astype(jnp.float32)
-  return jnp.sum(nll_BxL * mask), jnp.sum(mask), jnp.sum(batch["target_bytes"].astype(jnp.float32))
+  # byte batches may leave out target_bytes: each predicted byte stands for itself
+  n_bytes = jnp.sum(batch["target_bytes"].astype(jnp.float32)) if "target_bytes" in batch else jnp.sum(mask)
+  return jnp.sum(nll_BxL * mask), jnp.sum(mask), n_bytes
 
 
 def loss_fn(params, graphdef, batch: dict):

@@ -223,9 +223,9 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     snippet = snippet_of(splits.valid)
     if cfg.eval.sample_bytes:
       prompt = cfg.eval.sample_prompt.encode() or snippet[:32]
-      sample = prompt + generate(graphdef, state["params"], prompt, seq_len=cfg.data.seq_len,
-                                 max_new_bytes=cfg.eval.sample_bytes, temperature=cfg.eval.temperature,
-                                 top_p=cfg.eval.top_p, seed=cfg.train.seed, tokenizer=tok)
+      sample = prompt + generate(graphdef, state["params"], prompt, max_new_bytes=cfg.eval.sample_bytes,
+                                 temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.train.seed,
+                                 tokenizer=tok)
     if cfg.model.num_stages:
       levels = boundary_levels(graphdef, state["params"], snippet, cfg.model.num_stages, cfg.data.seq_len)
       pic = picture(snippet[: len(levels[0])], levels)

@@ -1,0 +1,48 @@
+"""Tile sizes of the chunk-op kernels, per backend, and how a tile size is fitted to an array dimension.
+
+`block_l` positions (L axis), `block_m` chunk slots (M axis), `block_d` features (D axis), `block_scan` chunk rows
+per step of the EMA scan. TPU tiles respect Mosaic's (8, 128) rule for float32 and (16, 128) for bfloat16 once fitted
+(`fit`): a block is either the whole dimension or the given size, so on TPU block_l must be a multiple of 128 (it is
+the lane axis of segment_pool's index rows) and block_m of 16. GPU tiles are powers of two
+(Triton), at least 16 wherever they feed a `dot`. Interpret-mode tests use tiny tiles (8) to cross many tile edges on
+tiny shapes; Mosaic would reject those. The defaults are starting points: `chunklm bench kernels` measures them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+  block_l: int  # positions per tile
+  block_m: int  # chunk slots per tile
+  block_d: int  # features per tile
+  block_scan: int  # chunk rows per step of the EMA scan (TPU: rows of one in-tile log-step scan; GPU: rows per program)
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      if getattr(self, f.name) <= 0:
+        raise ValueError(f"Tiles.{f.name} must be positive, got {getattr(self, f.name)}")
+
+
+TPU = Tiles(block_l=512, block_m=128, block_d=512, block_scan=64)
+GPU = Tiles(block_l=64, block_m=32, block_d=128, block_scan=64)
+
+
+def fit(dim: int, block: int) -> int:
+  """The block used for an axis of length `dim`: the whole axis if it fits in `block`, else `block`."""
+  return min(dim, block)
+
+
+def fit_lanes(dim: int, block: int) -> int:
+  """A feature-axis block that divides `dim`: the whole axis if it fits in `block`, else `block` if it divides `dim`,
+  else the largest multiple of 128 below `block` that does, else the whole axis."""
+  if dim <= block:
+    return dim
+  if dim % block == 0:
+    return block
+  for size in range(block // 128 * 128, 0, -128):
+    if dim % size == 0:
+      return size
+  return dim
