@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--stop-after", type=int, default=None, metavar="N",
                  help="stop (with a checkpoint) after N more steps; the schedule still spans train.steps")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  g = p.add_argument_group("multi-host", "run the same command on every host; each process feeds its share of "
+                                         "every batch and process 0 writes logs and reports")
+  g.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() before anything else; on TPU pods, SLURM and Open MPI it "
+                      "finds the coordinator itself, elsewhere give the three options below")
+  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                 help="address of process 0 (default: $JAX_COORDINATOR_ADDRESS or auto-detected)")
+  g.add_argument("--num-processes", type=int, default=None, metavar="N", help="number of processes")
+  g.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's index in [0, N)")
 
   p = sub.add_parser("eval", help="bits per byte of a trained model on some data",
                      description="Evaluate the latest checkpoint of a workdir: exact bits per byte over every byte "
@@ -200,14 +209,36 @@ def _cmd_train(args) -> int:
   from chunklm.config import load_config
   from chunklm.train.trainer import train
 
-  cfg = load_config(args.config, _data_overrides(args))
-  workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
   if args.stop_after is not None and args.stop_after <= 0:
     raise UserError("--stop-after must be positive")
+  if args.distributed:
+    _init_distributed(args.coordinator, args.num_processes, args.process_id)
+  elif args.coordinator or args.num_processes is not None or args.process_id is not None:
+    raise UserError("--coordinator, --num-processes and --process-id need --distributed")
+  cfg = load_config(args.config, _data_overrides(args))
+  workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
   result = train(cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress)
-  from chunklm.eval.report import print_train_summary
-  print_train_summary(result, cfg)
+  import jax
+  if jax.process_index() == 0:
+    from chunklm.eval.report import print_train_summary
+    print_train_summary(result, cfg)
   return 0 if result.finished or args.stop_after else 143
+
+
+def _init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+  """jax.distributed.initialize(), with its failures turned into one clear line."""
+  import jax
+  if num_processes is not None and num_processes <= 0:
+    raise UserError("--num-processes must be positive")
+  if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+    raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+  try:
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  except (ValueError, TypeError, RuntimeError) as e:
+    raise UserError(f"--distributed: jax.distributed.initialize() failed ({e}); outside TPU pods, SLURM and Open "
+                    "MPI pass --coordinator HOST:PORT --num-processes N --process-id I") from None
+  print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.local_device_count()} local / {jax.device_count()} global devices", flush=True)
 
 
 def _data_overrides(args) -> list[str]:

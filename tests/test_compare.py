@@ -39,7 +39,7 @@ def test_spec_errors(tmp_path):
     compare.load_spec(write_spec(tmp_path / "d.yaml", [{"name": "x", "config": "byte_transformer_tiny"}], budget=3))
   with pytest.raises(ConfigError, match="bundled specs: .*tiny_code"):
     compare.load_spec("no_such_spec")
-  for name in ("tiny_code", "small_english", "small_dna"):
+  for name in ("tiny_code", "tiny_english", "small_english", "small_dna"):
     compare.plain_configs(compare.load_spec(name), ["data.sources=[x]", "data.valid_sources=[y]"])
 
 
