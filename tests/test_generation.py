@@ -72,7 +72,7 @@ def recompute_greedy(graphdef, params, prompt, n, seq_len=64):
   return out.split(bytes([BOS]))[0]  # a generated BOS ends the document
 
 
-@pytest.mark.parametrize("kind", ["transformer", "hnet2"])
+@pytest.mark.parametrize("kind", ["transformer", "hnet1", pytest.param("hnet2", marks=pytest.mark.slow)])
 def test_cached_greedy_equals_recompute_and_batches_are_independent(kind):
   cfg = tiny_config(*KINDS[kind])
   graphdef, params = split_model(build_model(cfg, 0))
