@@ -20,7 +20,13 @@ import yaml
 from chunklm.errors import ConfigError
 
 LAYER_RE = re.compile(r"([mMtT])(\d+)")
-ROUTERS = ("cosine",)
+ROUTERS = ("cosine", "stride", "whitespace", "gumbel", "entropy", "delete_gate")
+BYTE_ROUTERS = ("whitespace", "entropy")  # read the bytes themselves: stage 0 only
+POOLINGS = ("select", "mean")
+WORD_BOUNDARIES = ("space", "punct")  # or "regex:<character class>"
+ENTROPY_MODES = ("global", "jump")
+SCRIPTS = ("default", "latin", "greek", "cyrillic", "arabic", "devanagari", "hiragana", "katakana", "han", "hangul")
+WORD_REGEX_RE = re.compile(r"(\[(?:\\.|[^\]\\])+\]|\\[sSdDwW]|\\x[0-9a-fA-F]{2}|[^\\\[\]()|*+?{}^$])\+?")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
 KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # as chunklm.kernels.api.IMPLS (config must import alone)
@@ -87,7 +93,19 @@ class ModelConfig:
   rope_theta: float = 10000.0  # RoPE base
   vocab_size: int = 256  # 256 for bytes
   mamba: MambaConfig = MambaConfig()  # Mamba2 (SSD) layer settings, shared by all levels
-  router: tuple[str, ...] = ("cosine",)  # boundary predictor per routing stage
+  router: tuple[str, ...] = ("cosine",)  # boundary predictor per routing stage (ROUTERS; stride uses target_ratio as S)
+  pooling: tuple[str, ...] = ("select",)  # chunk vector per stage: select (state at the boundary) | mean (shifted)
+  word_boundary: str = "space"  # whitespace router: space | punct | regex:<byte class>, e.g. regex:[\s.,;:]+
+  gumbel_temperature: float = 0.5  # gumbel router: temperature of the relaxed Bernoulli in training
+  gumbel_prior_weight: float = 1.0  # gumbel router: weight of the binomial prior loss
+  script_ratios: tuple[str, ...] = ()  # gumbel router: per-script target N as {latin: 5, han: 2, default: 6}
+  entropy_layout: str = "T1"  # entropy router: layer string of its byte LM
+  entropy_d_model: int = 32  # entropy router: width of its byte LM (heads = n_heads of level 0)
+  entropy_mode: str = "global"  # entropy router: boundary where H_t > thr (global) or H_t - H_{t-1} > thr (jump)
+  entropy_momentum: float = 0.99  # entropy router: EMA momentum of the running threshold (a quantile per batch)
+  delete_gate_scale: float = -30.0  # delete_gate router: k in G = k sigmoid(w LN(h) + b), k < 0
+  delete_gate_alpha: float = -1.0  # delete_gate router: regulariser weight; < 0 = PI controller to 1 - 1/N
+  delete_gate_keep_all: bool = False  # delete_gate router: keep every position (evaluate "no deletion")
   target_ratio: tuple[float, ...] = (6.0,)  # target compression N per routing stage (> 1)
   capacity_factor: float = 1.5  # static chunk capacity = ceil(L / N * factor) + room for document starts
   capacity: tuple[int, ...] = (0,)  # explicit chunk capacity per routing stage; 0 = from capacity_factor
@@ -126,7 +144,7 @@ class ModelConfig:
       elif len(value) != levels:
         raise ConfigError(f"model.{name}: layout has {levels} level(s), got {len(value)} values {list(value)}")
     stages = self.num_stages
-    for name in ("router", "target_ratio", "capacity"):
+    for name in ("router", "pooling", "target_ratio", "capacity"):
       value = getattr(self, name)
       if stages == 0:
         continue  # unused by a plain stack
@@ -154,6 +172,8 @@ class ModelConfig:
     for n in self.target_ratio[:stages]:
       if not n > 1:
         raise ConfigError(f"model.target_ratio: target compression N must be > 1, got {n}")
+    if stages:
+      self._check_routers(stages)
     if any(c < 0 for c in self.capacity):
       raise ConfigError(f"model.capacity: must be >= 0 (0 = automatic), got {list(self.capacity)}")
     if self.capacity_factor < 1:
@@ -167,6 +187,66 @@ class ModelConfig:
       raise ConfigError("model: vocab_size and init_std must be positive, rotary_fraction in [0, 1]")
     if self.dtype not in DTYPES:
       raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+  def _check_routers(self, stages: int) -> None:
+    for s, (r, pool, n) in enumerate(zip(self.router, self.pooling, self.target_ratio)):
+      if pool not in POOLINGS:
+        raise ConfigError(f"model.pooling: unknown pooling {pool!r} at stage {s}; valid: {', '.join(POOLINGS)}")
+      if r in BYTE_ROUTERS and s > 0:
+        raise ConfigError(f"model.router: {r!r} reads bytes, so it only works at stage 0, not stage {s}; use "
+                          "cosine, stride, gumbel or delete_gate for inner stages")
+      if r == "stride" and float(n) != int(n):
+        raise ConfigError(f"model.target_ratio: the stride router uses target_ratio as its stride S (a boundary "
+                          f"every S bytes), so it must be an integer >= 2; got {n} at stage {s}")
+    if not (self.word_boundary in WORD_BOUNDARIES or self.word_boundary.startswith("regex:")):
+      raise ConfigError(f"model.word_boundary: {self.word_boundary!r} is not one of space, punct, regex:<class>")
+    if self.word_boundary.startswith("regex:"):
+      pattern = self.word_boundary[len("regex:"):]
+      try:
+        re.compile(pattern.encode())
+      except re.error as e:
+        raise ConfigError(f"model.word_boundary: cannot compile regex {pattern!r}: {e}") from None
+      if not WORD_REGEX_RE.fullmatch(pattern):
+        raise ConfigError(f"model.word_boundary: regex {pattern!r} is not supported; boundaries are computed in the "
+                          "graph, so only one byte class is allowed, optionally with '+' (a run counts once), e.g. "
+                          "regex:[\\s.,;:] or regex:[\\s]+ or regex:\\W+")
+    if self.gumbel_temperature <= 0 or self.gumbel_prior_weight < 0:
+      raise ConfigError("model.gumbel_temperature must be > 0 and model.gumbel_prior_weight >= 0")
+    for item in self.script_ratios:
+      name, _, value = item.partition(":")
+      if name not in SCRIPTS:
+        raise ConfigError(f"model.script_ratios: unknown script {name!r}; valid: {', '.join(SCRIPTS)}")
+      try:
+        ok = float(value) > 1
+      except ValueError:
+        ok = False
+      if not ok:
+        raise ConfigError(f"model.script_ratios: the target of {name!r} must be a number > 1, got {value!r}")
+    if self.script_ratios and "gumbel" not in self.router[:stages]:
+      raise ConfigError("model.script_ratios: per-script targets are used by the gumbel router only; set "
+                        "model.router=[gumbel] or remove model.script_ratios")
+    if self.entropy_mode not in ENTROPY_MODES:
+      raise ConfigError(f"model.entropy_mode: {self.entropy_mode!r} is not one of {', '.join(ENTROPY_MODES)}")
+    if "entropy" in self.router[:stages]:
+      parse_layer_string(self.entropy_layout, "model.entropy_layout")
+      if self.entropy_d_model <= 0 or self.entropy_d_model % self.n_heads[0]:
+        raise ConfigError(f"model.entropy_d_model: must be a positive multiple of n_heads[0]={self.n_heads[0]}, "
+                          f"got {self.entropy_d_model}")
+      if any(k in "mM" for k, _ in parse_layer_string(self.entropy_layout)) \
+          and (self.mamba.expand * self.entropy_d_model) % self.mamba.head_dim:
+        raise ConfigError(f"model.entropy_d_model: mamba.head_dim {self.mamba.head_dim} must divide expand * "
+                          f"entropy_d_model = {self.mamba.expand * self.entropy_d_model}")
+    if not 0 <= self.entropy_momentum < 1:
+      raise ConfigError(f"model.entropy_momentum: must be in [0, 1), got {self.entropy_momentum}")
+    if not self.delete_gate_scale < 0:
+      raise ConfigError(f"model.delete_gate_scale: k must be negative (G in [k, 0]), got {self.delete_gate_scale}")
+
+  def script_targets(self) -> dict[str, float]:
+    """Per-script target N of the gumbel router ('default' falls back to target_ratio[0])."""
+    out = {"default": float(self.target_ratio[0])}
+    out.update({k: float(v) for k, _, v in (item.partition(":") for item in self.script_ratios)})
+    return out
 
 
 def _level_layers(level_layout: tuple) -> list[tuple[str, int]]:
@@ -311,6 +391,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return _to_layout(value, key)
   if origin is tuple:
     item_tp = typing.get_args(tp)[0]
+    if isinstance(value, dict) and item_tp is str:  # a mapping such as {latin: 5} is kept as ('latin:5',)
+      value = [f"{k}:{v}" for k, v in value.items()]
     items = value if isinstance(value, (list, tuple)) else [value]
     return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(items))
   if tp is bool:

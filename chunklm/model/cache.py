@@ -5,7 +5,9 @@ A step takes one position per row. `update_B` marks the rows that receive a posi
 level 0, and at an H-Net's inner level only the rows whose router just started a chunk, so the main network runs
 (and its caches advance) only when a new chunk starts; other rows keep their state bit for bit. The dechunk EMA
 state (the last smoothed chunk vector) is carried between steps, and bytes inside a chunk reuse it. The step
-computes exactly what the full-sequence forward (evaluation capacity) computes at that position.
+computes exactly what the full-sequence forward (evaluation capacity) computes at that position. Routers keep their
+own step state (a byte counter, the last bytes); `unsupported` says why a model cannot be stepped (mean pooling, a
+router without a step form) and `lm_init` refuses such a model.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from chunklm.errors import UserError
 from chunklm.model.layers import rope
+
+
+class GenerationUnsupported(UserError):
+  """The model has a part without a one-position step (mean pooling, some routers)."""
 
 
 @struct.dataclass
@@ -98,18 +105,32 @@ def _levels(module) -> list[int]:
   return [module.level] + _levels(module.main) if _is_hnet(module) else []
 
 
+def unsupported(model) -> str:
+  """Why cached generation cannot run this model ("" when it can)."""
+  hnet = getattr(model, "backbone", model)
+  while _is_hnet(hnet):
+    if hnet.pooling != "select":
+      return f"stage {hnet.level} uses {hnet.pooling} pooling, which has no cached step (only select pooling does)"
+    if hnet.router.generation:
+      return f"stage {hnet.level}: {hnet.router.generation}"
+    hnet = hnet.main
+  return ""
+
+
 def hnet_init(hnet, batch: int, max_len: int) -> dict:
   dim = hnet.residual_proj.kernel.shape[0]
   main = hnet_init(hnet.main, batch, max_len) if _is_hnet(hnet.main) else stack_init(hnet.main, batch, max_len)
   return {"enc": stack_init(hnet.encoder, batch, max_len), "dec": stack_init(hnet.decoder, batch, max_len),
           "main": main, "h_prev": jnp.zeros((batch, dim), jnp.float32), "has_prev": jnp.zeros(batch, bool),
-          "zbar": jnp.zeros((batch, dim), jnp.float32)}
+          "zbar": jnp.zeros((batch, dim), jnp.float32), "router": hnet.router.init_step_state(batch)}
 
 
-def hnet_step(hnet, x_BxD: jax.Array, state: dict, update_B: jax.Array) -> tuple[jax.Array, dict, dict]:
-  """(y_BxD, new state, {stage: boundary_B}) for one position of the rows in `update_B`."""
+def hnet_step(hnet, x_BxD: jax.Array, state: dict, update_B: jax.Array, ids_B: jax.Array | None = None
+              ) -> tuple[jax.Array, dict, dict]:
+  """(y_BxD, new state, {stage: boundary_B}) for one position of the rows in `update_B`; `ids_B` are the bytes
+  (level 0 only)."""
   h_BxD, enc = stack_step(hnet.encoder, x_BxD, state["enc"], update_B)
-  p_B, chosen_B = hnet.router.step(h_BxD, state["h_prev"], state["has_prev"])
+  p_B, chosen_B, router_state = hnet.router.step(h_BxD, state["h_prev"], state["has_prev"], ids_B, state["router"])
   b_B = chosen_B & update_B
   z_BxE = h_BxD
   if hnet.pad is not None:
@@ -137,11 +158,15 @@ def hnet_step(hnet, x_BxD: jax.Array, state: dict, update_B: jax.Array) -> tuple
   out_BxD, dec = stack_step(hnet.decoder, y_BxD, state["dec"], update_B)
   new_state = {"enc": enc, "dec": dec, "main": main, "h_prev": _where(update_B, h_BxD.astype(jnp.float32),
                                                                       state["h_prev"]),
-               "has_prev": state["has_prev"] | update_B, "zbar": zbar_BxD}
+               "has_prev": state["has_prev"] | update_B, "zbar": zbar_BxD,
+               "router": _where(update_B, router_state, state["router"])}
   return out_BxD, new_state, {hnet.level: b_B, **inner}
 
 
 def lm_init(model, batch: int, max_len: int):
+  why = unsupported(model)
+  if why:
+    raise GenerationUnsupported(f"cannot generate with this model: {why}")
   if _is_hnet(model.backbone):
     return hnet_init(model.backbone, batch, max_len)
   return stack_init(model.backbone, batch, max_len)
@@ -152,7 +177,7 @@ def lm_step(model, ids_B: jax.Array, state) -> tuple[jax.Array, object, dict]:
   x_BxD = model.embed(ids_B)
   every = jnp.ones(ids_B.shape[0], bool)
   if _is_hnet(model.backbone):
-    y_BxD, state, bounds = hnet_step(model.backbone, x_BxD, state, every)
+    y_BxD, state, bounds = hnet_step(model.backbone, x_BxD, state, every, ids_B)
   else:
     (y_BxD, state), bounds = stack_step(model.backbone, x_BxD, state, every), {}
   return model.head(y_BxD).astype(jnp.float32), state, bounds

@@ -100,7 +100,8 @@ def routing_metrics(sums: dict, num_stages: int) -> dict[str, jax.Array]:
 
   bytes_per_chunk_s{s}: bytes per boundary chosen by stage s (the paper's 1/F, compounded over stages);
   bytes_per_position_l{s+1}: bytes per position the next level actually runs on (after overflow);
-  overflow_s{s}: fraction of stage s's boundaries dropped for lack of capacity; mean_p_s{s}: G.
+  overflow_s{s}: fraction of stage s's boundaries dropped for lack of capacity; mean_p_s{s}: G;
+  reduction_s{s}: sequence reduction of stage s, 1 - kept chunks / its positions (MrT5's deletion rate).
   """
   n_bytes = jnp.maximum(sums["positions_s0_sum"], 1.0)
   out = {}
@@ -110,4 +111,5 @@ def routing_metrics(sums: dict, num_stages: int) -> dict[str, jax.Array]:
     out[f"bytes_per_position_l{s + 1}"] = n_bytes / jnp.maximum(sums[f"kept_s{s}_sum"], 1.0)
     out[f"overflow_s{s}"] = 1.0 - sums[f"kept_s{s}_sum"] / boundaries
     out[f"mean_p_s{s}"] = sums[f"p_sum_s{s}_sum"] / jnp.maximum(sums[f"positions_s{s}_sum"], 1.0)
+    out[f"reduction_s{s}"] = 1.0 - sums[f"kept_s{s}_sum"] / jnp.maximum(sums[f"positions_s{s}_sum"], 1.0)
   return out

@@ -50,9 +50,23 @@ def stack_flops(cfg: ModelConfig, spec: str, level: int, length: int) -> float:
   return total
 
 
-def routing_flops(d: int) -> float:
-  """Router q/k projections and the residual projection, per position of the outer level."""
-  return 2 * 2 * d * d + 2 * d * d
+def routing_flops(d: int, cfg: ModelConfig | None = None, level: int = 0, length: int = 0) -> float:
+  """Router and residual projection, per position of the outer level: the cosine router's q/k projections, the
+  gumbel logit, the delete gate (LayerNorm + logit), the entropy router's byte LM (its stack and 256-way head over
+  `length` positions); stride and word starts cost nothing."""
+  residual = 2 * d * d
+  router = cfg.router[level] if cfg is not None else "cosine"
+  if router == "cosine":
+    return 2 * 2 * d * d + residual
+  if router == "gumbel":
+    return 2 * d + residual
+  if router == "delete_gate":
+    return 2 * d + 8 * d + residual
+  if router == "entropy":
+    from chunklm.model.entropy_router import entropy_lm_config  # local: the model package imports this file's users
+    lm = entropy_lm_config(cfg)
+    return stack_flops(lm, lm.layout[0], 0, length) + 2 * lm.d_model[0] * 256 + residual
+  return residual
 
 
 def level_positions(cfg: ModelConfig, bytes_per_position: tuple[float, ...] | None = None) -> tuple[float, ...]:
@@ -84,7 +98,7 @@ def train_flops_per_byte(cfg: ModelConfig, seq_len: int, bytes_per_position: tup
     else:
       d = cfg.d_model[level]
       level_total = (stack_flops(cfg, layout[0], level, length) + stack_flops(cfg, layout[2], level, length)
-                     + routing_flops(d))
+                     + routing_flops(d, cfg, level, length))
     total += level_total / per_byte[level]
   return 3 * total / bytes_per_token
 

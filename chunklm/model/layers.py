@@ -104,14 +104,16 @@ def attention_mask(segment_ids_BxL: jax.Array, window: int = 0, rows: jax.Array 
 
 
 def masked_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, segment_ids_BxL: jax.Array,
-                     window: int, block: int = 0) -> jax.Array:
+                     window: int, block: int = 0, key_bias_BxL: jax.Array | None = None) -> jax.Array:
   """Softmax attention with the causal/document/window mask; with `block`, queries go `block` at a time (each block
-  recomputed in the backward pass), so memory grows as block x L instead of L x L."""
+  recomputed in the backward pass), so memory grows as block x L instead of L x L. `key_bias_BxL` is added to the
+  logits of each key (every head and query)."""
   length, head_dim = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1]
   scale = 1.0 / math.sqrt(head_dim)
+  bias = None if key_bias_BxL is None else key_bias_BxL.astype(q_BxLxHxK.dtype)[:, None, None, :]
   if not block or block >= length:
     mask = attention_mask(segment_ids_BxL, window)
-    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask, scale=scale)
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, bias=bias, mask=mask, scale=scale)
   pad = -length % block
   q_pad = jnp.pad(q_BxLxHxK, ((0, 0), (0, pad), (0, 0), (0, 0)))
   blocks_NxBxQxHxK = q_pad.reshape(q_pad.shape[0], -1, block, *q_pad.shape[2:]).swapaxes(0, 1)
@@ -121,7 +123,7 @@ def masked_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.
     q_BxQxHxK, i = args
     rows = jnp.minimum(i * block + jnp.arange(block), length - 1)  # padded rows repeat the last (then dropped)
     mask = attention_mask(segment_ids_BxL, window, rows)
-    return jax.nn.dot_product_attention(q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask, scale=scale)
+    return jax.nn.dot_product_attention(q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, bias=bias, mask=mask, scale=scale)
 
   out_NxBxQxHxK = jax.lax.map(one_block, (blocks_NxBxQxHxK, jnp.arange(blocks_NxBxQxHxK.shape[0])))
   out = out_NxBxQxHxK.swapaxes(0, 1).reshape(q_pad.shape)
@@ -139,11 +141,12 @@ class Attention(nnx.Module):
     self.w_qkv = Linear(dim, (3, n_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, std=std, dtype=dtype)
     self.w_out = Linear(n_heads * head_dim, (dim,), ("heads", "embed"), rngs=rngs, std=out_std, dtype=dtype)
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+               key_bias_BxL: jax.Array | None = None) -> jax.Array:
     qkv_BxLx3xHxK = self.w_qkv(x_BxLxD)
     q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
     q = rope(q, positions_BxL, self.rotary_dim, self.rope_theta)
     k = rope(k, positions_BxL, self.rotary_dim, self.rope_theta)
-    out_BxLxHxK = masked_attention(q, k, v, segment_ids_BxL, self.window, self.block)
+    out_BxLxHxK = masked_attention(q, k, v, segment_ids_BxL, self.window, self.block, key_bias_BxL)
     b, length = x_BxLxD.shape[:2]
     return self.w_out(out_BxLxHxK.reshape(b, length, -1))

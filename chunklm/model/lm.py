@@ -33,10 +33,12 @@ class CausalLM(nnx.Module):
     self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
 
   def __call__(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
-               *, exact: bool = False) -> tuple[jax.Array, dict]:
-    """Returns float32 logits_BxLxV and `aux`: per-stage routing statistics and the weighted ratio loss.
+               *, exact: bool = False, train: bool = False, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Returns float32 logits_BxLxV and `aux`: per-stage routing statistics and the weighted ratio loss (plus the
+    routers' own losses).
 
     exact=True gives every H-Net stage a chunk capacity equal to its input length (no overflow), for evaluation.
+    train=True (the training step) lets routers add noise from `rng` and update their running statistics.
     """
     x_BxLxD = self.embed(ids_BxL)
     if self.cfg.num_stages == 0:
@@ -44,10 +46,10 @@ class CausalLM(nnx.Module):
       return self.head(h_BxLxD).astype(jnp.float32), {}
     caps = capacities(self.cfg, ids_BxL.shape[1], self.doc_slots)
     h_BxLxD, raw = self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
-                                 doc_slots=self.doc_slots, exact=exact)
+                                 doc_slots=self.doc_slots, exact=exact, train=train, rng=rng)
     stages = range(self.cfg.num_stages)
     aux = {k: v for k, v in raw.items()
-           if k.endswith("_sum") or k.startswith(("ratio_loss_s", "boundaries_s", "probs_s", "chunk_positions_s"))}
+           if k.endswith("_sum") or k.startswith(("ratio_loss_s", "router_aux_s", "boundaries_s", "probs_s", "chunk_positions_s"))}
     aux["ratio_loss"] = (self.cfg.ratio_loss_weight * sum(raw[f"ratio_loss_s{s}"] for s in stages)
                          + sum(raw[f"router_aux_s{s}"] for s in stages))
     aux.update(routing_metrics(raw, self.cfg.num_stages))

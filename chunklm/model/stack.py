@@ -44,10 +44,11 @@ class Block(nnx.Module):
       self.norm2 = RMSNorm(dim)
       self.mlp = SwiGLU(dim, cfg.ff_dim(level), rngs=rngs, std=cfg.init_std, out_std=out_std, dtype=dtype)
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+               key_bias_BxL: jax.Array | None = None) -> jax.Array:
     h = self.norm1(x_BxLxD)
     if self.kind in "tT":
-      h = self.mixer(h, segment_ids_BxL, positions_BxL)
+      h = self.mixer(h, segment_ids_BxL, positions_BxL, key_bias_BxL)
     else:
       h = self.mixer(h, segment_ids_BxL)
     x_BxLxD = x_BxLxD + h.astype(jnp.float32)
@@ -70,11 +71,14 @@ class Stack(nnx.Module):
     self.norm = RMSNorm(cfg.d_model[level])
     self.remat = cfg.remat
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+               key_bias_BxL: jax.Array | None = None) -> jax.Array:
+    """`key_bias_BxL` (optional) is added to the attention logits of every key in the attention blocks."""
     x_BxLxD = x_BxLxD.astype(jnp.float32)
     for block in self.blocks:
       if self.remat:  # keep only block inputs for the backward pass; recompute the rest
-        x_BxLxD = nnx.remat(lambda b, x, s, p: b(x, s, p))(block, x_BxLxD, segment_ids_BxL, positions_BxL)
+        x_BxLxD = nnx.remat(lambda b, x, s, p, k: b(x, s, p, k))(block, x_BxLxD, segment_ids_BxL, positions_BxL,
+                                                                 key_bias_BxL)
       else:
-        x_BxLxD = block(x_BxLxD, segment_ids_BxL, positions_BxL)
+        x_BxLxD = block(x_BxLxD, segment_ids_BxL, positions_BxL, key_bias_BxL)
     return self.norm(x_BxLxD)

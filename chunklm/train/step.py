@@ -1,6 +1,9 @@
 """The pure training and evaluation steps: nnx.split once, then plain functions of (params, batch).
 
 Train state is a dict {step, params, opt_state, rng} so orbax saves and restores it as an ordinary pytree.
+"params" holds every model variable: the nnx.Params and the routers' running statistics (`RouterStat`: a running
+threshold, a controller state). Statistics get no gradient (the routers read them through stop_gradient), and
+after the optimizer update the training step overwrites them with the values the forward pass computed.
 loss = mean NLL per predicted position (nats; a byte, or a token for the BPE baseline) + the model's weighted ratio
 loss (0 for a plain stack). Bits per byte always divide by text bytes (`target_bytes`), never by positions.
 """
@@ -15,14 +18,16 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from chunklm.model.routing import RouterStat
+
 LN2 = math.log(2.0)
 
 
 def split_model(model: nnx.Module):
-  """(graphdef, params) in tree mode; the models hold nothing but parameters."""
-  graphdef, params, *rest = nnx.split(model, nnx.Param, ..., graph=False)
+  """(graphdef, params) in tree mode; the models hold nothing but parameters and router statistics."""
+  graphdef, params, *rest = nnx.split(model, (nnx.Param, RouterStat), ..., graph=False)
   if rest and jax.tree.leaves(rest[0]):
-    raise ValueError("model holds non-parameter state; the training step only carries nnx.Param")
+    raise ValueError("model holds non-parameter state; the training step only carries nnx.Param and RouterStat")
   return graphdef, params
 
 
@@ -35,9 +40,14 @@ def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dic
           "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def forward(graphdef, params, batch: dict, *, exact: bool = False):
+def forward(graphdef, params, batch: dict, *, exact: bool = False, train: bool = False, rng=None,
+            with_stats: bool = False):
+  """(logits, aux); with_stats adds the routers' updated statistics (an nnx.State) as a third value."""
   model = merge_model(graphdef, params)
-  return model(batch["ids"], batch["segment_ids"], batch["positions"], exact=exact)
+  logits, aux = model(batch["ids"], batch["segment_ids"], batch["positions"], exact=exact, train=train, rng=rng)
+  if with_stats:
+    return logits, aux, nnx.state(model, RouterStat)
+  return logits, aux
 
 
 def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -49,23 +59,32 @@ def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array
   return jnp.sum(nll_BxL * mask), jnp.sum(mask), n_bytes
 
 
-def loss_fn(params, graphdef, batch: dict):
-  """Mean NLL per predicted position (byte or token) + ratio loss; BPB = total NLL / text bytes."""
-  logits_BxLxV, aux = forward(graphdef, params, batch)
+def loss_fn(params, graphdef, batch: dict, rng=None):
+  """Mean NLL per predicted position (byte or token) + ratio loss + router losses; BPB = total NLL / text bytes.
+  Runs the model in training mode (router noise from `rng`); metrics["stats"] holds the updated router
+  statistics."""
+  logits_BxLxV, aux, stats = forward(graphdef, params, batch, train=True, rng=rng, with_stats=True)
   total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
   nll = total_nll / jnp.maximum(count, 1.0)
   ratio_loss = aux.get("ratio_loss", jnp.zeros(()))
   loss = nll + ratio_loss
   metrics = {"loss": loss, "nll": nll, "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2, "bytes": n_bytes,
              **{k: v for k, v in aux.items() if v.ndim == 0 and not k.endswith("_sum")}}
+  if jax.tree.leaves(stats):
+    metrics["stats"] = stats
   return loss, metrics
 
 
 def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: dict) -> tuple[dict, dict]:
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], graphdef, batch)
+  rng, noise = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], graphdef, batch, noise)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  rng, _ = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+  stats = metrics.pop("stats", None)
+  if stats is not None:  # router statistics: the values of this step's forward pass, not an optimizer update
+    model = merge_model(graphdef, params)
+    nnx.update(model, stats)
+    params = split_model(model)[1]
   metrics["grad_norm"] = optax.global_norm(grads)
   new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                "rng": jax.random.key_data(rng)}

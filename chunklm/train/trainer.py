@@ -29,13 +29,15 @@ from chunklm.errors import CheckpointError, ConfigError, UserError
 from chunklm.eval.boundaries import boundary_levels, picture
 from chunklm.eval.bpb import evaluate
 from chunklm.eval.generate import generate
+from chunklm.model.cache import unsupported
 from chunklm.model.lm import build_model, count_params
+from chunklm.model.rule_routers import check_router_data
 from chunklm.train.checkpoint import Checkpointer
 from chunklm.train.metrics import MetricsWriter, plot_curves
 from chunklm.train.optim import lr_schedule, make_optimizer
 from chunklm.train.restore import TOKENIZER_FILE, run_tokenizer
 from chunklm.train.sharding import batch_sharding, batch_shards, local_rows, make_mesh, put_batch, state_shardings
-from chunklm.train.step import init_train_state, make_eval_step, make_train_step, split_model
+from chunklm.train.step import init_train_state, make_eval_step, make_train_step, merge_model, split_model
 
 # Changing these in a workdir with checkpoints would make them unusable or the data stream different.
 INCOMPATIBLE_SECTIONS = ("model",)
@@ -104,6 +106,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
           log=print, splits: Splits | None = None) -> TrainResult:
   workdir = Path(workdir)
   splits = splits or load_splits(cfg.data, cache_dir=workdir / "cache")  # bad data fails before anything is written
+  check_router_data(cfg.model, splits.train)  # e.g. whitespace routing on DNA
   tok = run_tokenizer(cfg)  # token models only (BPE baseline)
   ckpt_dir = workdir / "checkpoints"
   if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
@@ -221,7 +224,10 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     valid = run_eval(cfg.eval.final_max_bytes, progress=progress and is_main)
     metrics.write(step, "valid", _valid_record(valid))
     snippet = snippet_of(splits.valid)
-    if cfg.eval.sample_bytes:
+    why_not = unsupported(merge_model(graphdef, state["params"])) if cfg.eval.sample_bytes else ""
+    if why_not:
+      log(f"no sample: {why_not}")
+    elif cfg.eval.sample_bytes:
       prompt = cfg.eval.sample_prompt.encode() or snippet[:32]
       sample = prompt + generate(graphdef, state["params"], prompt, max_new_bytes=cfg.eval.sample_bytes,
                                  temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.train.seed,
