@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default: %(default)s)")
   b.add_argument("--units", type=int, default=256, help="new bytes/tokens per row (default: %(default)s)")
   b.add_argument("--repeats", type=int, default=3, help="timed runs (default: %(default)s)")
+  b.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
+  b.add_argument("--top-p", type=float, default=0.95, help="nucleus mass; 1 = no nucleus sort (default: %(default)s)")
   b = bsub.add_parser("kernels", help="chunk-op kernels vs the XLA reference: time, GB/s, %% of peak bandwidth",
                       description="Time every chunk op (downsample, upsample, segment_pool, ema_scan), forward and "
                                   "forward+backward, with each chunk-op impl: median time, achieved GB/s, fraction "
@@ -338,7 +340,9 @@ def _cmd_bench(args) -> int:
       raise UserError(f"--batch {args.batch!r}: expected comma-separated integers") from None
     if min(sizes) <= 0 or args.units <= 0 or args.repeats <= 0:
       raise UserError("--batch sizes, --units and --repeats must be positive")
-    bench_generate([Path(w) for w in args.workdir], sizes, args.units, args.repeats)
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+      raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
+    bench_generate([Path(w) for w in args.workdir], sizes, args.units, args.repeats, args.temperature, args.top_p)
     return 0
   if args.bench == "kernels":
     from chunklm.bench.kernels import bench_kernels

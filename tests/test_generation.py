@@ -86,11 +86,24 @@ def test_cached_greedy_equals_recompute_and_batches_are_independent(kind):
 def test_sampling_controls():
   logits = jnp.array([0.0, 3.0, 1.0, 2.5])
   keys = jax.random.split(jax.random.key(0), 200)
-  draw = lambda **kw: {int(sample_logits(logits, k, **kw)) for k in keys}
+  def draw(temperature, top_p, top_k=0):
+    ids = jax.jit(jax.vmap(sample_logits, (None, 0, None, None, None)), static_argnums=4)(logits, keys, temperature,
+                                                                                        top_p, top_k)
+    return set(np.asarray(ids).tolist())
   assert draw(temperature=jnp.float32(0.0), top_p=jnp.float32(1.0)) == {1}
   assert draw(temperature=jnp.float32(1.0), top_p=jnp.float32(1.0), top_k=2) == {1, 3}
   assert draw(temperature=jnp.float32(1.0), top_p=jnp.float32(0.5)) == {1}
   assert len(draw(temperature=jnp.float32(1.0), top_p=jnp.float32(1.0))) == 4
+  assert draw(temperature=jnp.float32(1.0), top_p=jnp.float32(0.8)) == {1, 3}  # 0.55 + 0.33 reaches 0.8
+  rng = np.random.default_rng(0)
+  for top_p in (0.3, 0.9, 0.99):  # the nucleus by bisection = by sorting
+    logits_V = jnp.asarray(rng.normal(size=256) * 3, jnp.float32)
+    probs = np.asarray(jax.nn.softmax(logits_V), np.float64)
+    order = np.argsort(-probs)
+    want = set(order[:int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1].tolist())
+    ids = jax.jit(jax.vmap(sample_logits, (None, 0, None, None)))(logits_V, jax.random.split(jax.random.key(1), 4000),
+                                                                  jnp.float32(1.0), jnp.float32(top_p))
+    assert set(np.asarray(ids).tolist()) <= want and len(set(np.asarray(ids).tolist())) > len(want) // 2
   cfg = tiny_config()
   graphdef, params = split_model(build_model(cfg, 0))
   a = generate_many(graphdef, params, [b"ab"], max_new_bytes=30, temperature=1.0, seed=3)[0]

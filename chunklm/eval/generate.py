@@ -22,18 +22,29 @@ from chunklm.model import cache
 def sample_logits(logits_V: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
                   top_k: int = 0) -> jax.Array:
   """One id: greedy when temperature == 0, else softmax(logits / T) restricted to the top-k ids and the top-p
-  nucleus (the most likely id is always kept)."""
+  nucleus: the fewest most likely ids whose mass reaches top_p (the most likely id is always kept), found by bisecting
+  a probability threshold. Greedy decoding and top_p = 1 skip that work (lax.cond: temperature and top_p are the same
+  for every row, so the branch is real, not a select, under vmap)."""
   logits = logits_V.astype(jnp.float32)
   if top_k:
     kth = jax.lax.top_k(logits, top_k)[0][-1]
     logits = jnp.where(logits >= kth, logits, -jnp.inf)
-  probs = jax.nn.softmax(logits / jnp.maximum(temperature, 1e-6))
-  order = jnp.argsort(-probs)
-  sorted_p = probs[order]
-  keep_sorted = jnp.cumsum(sorted_p) - sorted_p < top_p
-  keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
-  sampled = jax.random.categorical(key, jnp.where(keep, jnp.log(probs + 1e-30), -jnp.inf))
-  return jnp.where(temperature > 0, sampled, jnp.argmax(logits_V))
+
+  def nucleus(probs):  # the largest t with mass(p >= t) >= top_p, by bisection: no sort (slow on CPU)
+    def halve(_, lo_hi):
+      lo, hi = lo_hi
+      mid = 0.5 * (lo + hi)
+      enough = jnp.sum(jnp.where(probs >= mid, probs, 0.0)) >= top_p
+      return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+    lo, _ = jax.lax.fori_loop(0, 40, halve, (jnp.zeros((), probs.dtype), jnp.max(probs)))
+    return (probs >= lo) | (probs == jnp.max(probs))
+
+  def sample():
+    probs = jax.nn.softmax(logits / jnp.maximum(temperature, 1e-6))
+    keep = jax.lax.cond(top_p < 1.0, nucleus, lambda p: jnp.ones(p.shape, bool), probs)
+    return jax.random.categorical(key, jnp.where(keep, jnp.log(probs + 1e-30), -jnp.inf))
+
+  return jax.lax.cond(temperature > 0, sample, lambda: jnp.argmax(logits_V)).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
