@@ -102,7 +102,7 @@ class ModelConfig:
   entropy_layout: str = "T1"  # entropy router: layer string of its byte LM
   entropy_d_model: int = 32  # entropy router: width of its byte LM (heads = n_heads of level 0)
   entropy_mode: str = "global"  # entropy router: boundary where H_t > thr (global) or H_t - H_{t-1} > thr (jump)
-  entropy_momentum: float = 0.99  # entropy router: EMA momentum of the running threshold (a quantile per batch)
+  entropy_momentum: float = 0.9  # entropy router: EMA momentum of the running threshold (a quantile per batch)
   delete_gate_scale: float = -30.0  # delete_gate router: k in G = k sigmoid(w LN(h) + b), k < 0
   delete_gate_alpha: float = -1.0  # delete_gate router: regulariser weight; < 0 = PI controller to 1 - 1/N
   delete_gate_keep_all: bool = False  # delete_gate router: keep every position (evaluate "no deletion")
