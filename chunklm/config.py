@@ -188,7 +188,6 @@ class ModelConfig:
     if self.dtype not in DTYPES:
       raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
-
   def _check_routers(self, stages: int) -> None:
     for s, (r, pool, n) in enumerate(zip(self.router, self.pooling, self.target_ratio)):
       if pool not in POOLINGS:
