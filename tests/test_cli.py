@@ -95,3 +95,11 @@ def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
   assert code == 2 and "not a training run" in err
   code, _, err = run_cli(capsys, "generate", "--workdir", str(wd), "--top-p", "0")
   assert code == 2 and "--top-p" in err
+
+
+def test_bench_train_prints_its_figures(capsys, corpus_dir):
+  assert main(["bench", "train", "--config", "byte_transformer_tiny", "--set", "model.d_model=32", "--set",
+               "data.seq_len=32", "--set", "data.min_doc_bytes=4", "--set", f"data.sources=[{corpus_dir}]",
+               "--steps", "2", "--warmup", "0"]) == 0
+  out = capsys.readouterr().out
+  assert "step (median of 2)" in out and "training bytes/s" in out and "train FLOPs/byte" in out

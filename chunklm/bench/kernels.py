@@ -130,9 +130,8 @@ def _print_row(r: dict) -> None:
 
 def bench_step(config: str, overrides: list[str], impls, steps: int, warmup: int) -> list[dict]:
   """Median training-step time of `config` with each chunk-op impl (the same batches and initial state)."""
-  from chunklm.bench.train import real_batches
+  from chunklm.bench.train import real_batches, time_train_steps
   from chunklm.config import load_config
-  from chunklm.train.step import make_train_step
   from chunklm.train.trainer import setup_state
 
   rows, base = [], None
@@ -142,17 +141,7 @@ def bench_step(config: str, overrides: list[str], impls, steps: int, warmup: int
       raise UserError(f"bench kernels: --step-config {config} is not an H-Net (no chunk ops to compare)")
     graphdef, tx, state, _ = setup_state(cfg)
     batches = real_batches(cfg, steps + warmup + 1)
-    step_fn = make_train_step(graphdef, tx)
-    t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batches[0]).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for i, batch in enumerate(batches):
-      t = time.perf_counter()
-      state, _ = compiled(state, batch)
-      jax.block_until_ready(state)
-      if i > warmup:
-        times.append(time.perf_counter() - t)
+    compile_s, times, _ = time_train_steps(graphdef, tx, state, batches, warmup)
     seconds = statistics.median(times)
     base = seconds if impl == "xla" else base
     window_bytes = cfg.train.batch_size * cfg.data.seq_len

@@ -39,10 +39,8 @@ def real_batches(cfg, count: int) -> list[dict]:
   return [{k: np.stack([windows[i * b + j][k] for j in range(b)]) for k in windows[0]} for i in range(count)]
 
 
-def bench_train(config: str, overrides: list[str], steps: int, warmup: int, show_breakdown: bool = False) -> dict:
-  cfg = load_config(config, overrides)
-  graphdef, tx, state, num_params = setup_state(cfg)
-  batches = real_batches(cfg, steps + warmup + 1)
+def time_train_steps(graphdef, tx, state, batches: list[dict], warmup: int) -> tuple[float, list[float], dict]:
+  """(compile seconds, seconds of each step after the first `warmup` + 1, the last step's metrics)."""
   step_fn = make_train_step(graphdef, tx)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batches[0]).compile()
@@ -54,6 +52,14 @@ def bench_train(config: str, overrides: list[str], steps: int, warmup: int, show
     jax.block_until_ready(state)
     if i > warmup:
       times.append(time.perf_counter() - t)
+  return compile_s, times, metrics
+
+
+def bench_train(config: str, overrides: list[str], steps: int, warmup: int, show_breakdown: bool = False) -> dict:
+  cfg = load_config(config, overrides)
+  graphdef, tx, state, num_params = setup_state(cfg)
+  batches = real_batches(cfg, steps + warmup + 1)
+  compile_s, times, metrics = time_train_steps(graphdef, tx, state, batches, warmup)
   step_s = statistics.median(times)
   window_bytes = float(np.mean([b["target_bytes"].sum() for b in batches]))  # text bytes per step
   per_token = window_bytes / float(np.mean([b["loss_mask"].sum() for b in batches]))  # 1 for byte models
