@@ -514,16 +514,21 @@ def read_yaml(path: Path) -> dict:
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-def resolve_config_path(path: str | os.PathLike) -> Path:
-  """A path, or the name of a bundled config ('hnet_1stage_tiny' or 'hnet_1stage_tiny.yaml')."""
+def resolve_bundled(path: str | os.PathLike, folder: Path, what: str) -> Path:
+  """A path, or the name of a YAML file in `folder` ('x' or 'x.yaml'); else an error listing the bundled ones."""
   p = Path(path)
   if p.is_file():
     return p
-  for candidate in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
+  for candidate in (folder / p.name, folder / f"{p.name}.yaml"):
     if candidate.is_file():
       return candidate
-  bundled = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
-  raise ConfigError(f"config {str(path)!r} not found; bundled configs: {bundled}")
+  bundled = ", ".join(sorted(q.stem for q in folder.glob("*.yaml")))
+  raise ConfigError(f"{what} {str(path)!r} not found; bundled {what}s: {bundled}")
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+  """A path, or the name of a bundled config ('hnet_1stage_tiny' or 'hnet_1stage_tiny.yaml')."""
+  return resolve_bundled(path, CONFIG_DIR, "config")
 
 
 def dump_yaml(cfg: Config) -> str:

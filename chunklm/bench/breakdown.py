@@ -8,13 +8,11 @@ fused step time.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from chunklm.bench.train import median_time
 from chunklm.config import Config
 from chunklm.model import chunking
 from chunklm.model.capacity import capacities
@@ -23,14 +21,7 @@ from chunklm.model.lm import build_model
 
 
 def _time(fn, args, repeats: int) -> float:
-  jitted = jax.jit(fn)
-  jax.block_until_ready(jitted(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(jitted(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  return median_time(jax.jit(fn), args, repeats)
 
 
 def _fwd_bwd(module: nnx.Module, call, wrt_input: bool = True):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chunklm.bench.train import median_time
 from chunklm.errors import UserError
 from chunklm.kernels import api
 
@@ -78,18 +78,6 @@ def traffic_bytes(op: str, b: int, length: int, m: int, d: int, itemsize: int, b
                  "ema_scan": 4 * b * m}[op]
   total = b * d * itemsize * (rows[0] + (rows[1] if backward else 0))
   return total + index_bytes * (2 if backward else 1)
-
-
-def median_time(fn, args, repeats: int, warmup: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def bench_ops(shapes, impls, dtypes, ops, repeats: int, warmup: int, peak: float | None) -> list[dict]:

@@ -39,6 +39,19 @@ def real_batches(cfg, count: int) -> list[dict]:
   return [{k: np.stack([windows[i * b + j][k] for j in range(b)]) for k in windows[0]} for i in range(count)]
 
 
+def median_time(fn, args, repeats: int, warmup: int = 0) -> float:
+  """Median seconds of fn(*args) over `repeats` calls, after one compiling call and `warmup` more."""
+  jax.block_until_ready(fn(*args))
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
 def time_train_steps(graphdef, tx, state, batches: list[dict], warmup: int) -> tuple[float, list[float], dict]:
   """(compile seconds, seconds of each step after the first `warmup` + 1, the last step's metrics)."""
   step_fn = make_train_step(graphdef, tx)

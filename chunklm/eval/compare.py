@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from chunklm.config import Config, load_config, read_yaml, resolve_config_path, to_dict
+from chunklm.config import (CONFIG_DIR, Config, load_config, read_yaml, resolve_bundled, resolve_config_path,
+                            to_dict)
 from chunklm.errors import ConfigError, UserError
 
 # The data settings that decide which bytes are trained and evaluated on: equal for every model of a comparison.
@@ -83,15 +84,7 @@ def load_spec(path: str | Path) -> CompareSpec:
 
 
 def _resolve_spec(path: str | Path) -> Path:
-  p = Path(path)
-  if p.is_file():
-    return p
-  bundled = Path(__file__).parents[1] / "configs" / "compare"
-  for c in (bundled / p.name, bundled / f"{p.name}.yaml"):
-    if c.is_file():
-      return c
-  names = ", ".join(sorted(q.stem for q in bundled.glob("*.yaml")))
-  raise ConfigError(f"compare spec {str(path)!r} not found; bundled specs: {names}")
+  return resolve_bundled(path, CONFIG_DIR / "compare", "spec")
 
 
 def data_identity(cfg: Config) -> dict:
