@@ -105,6 +105,8 @@ class ModelConfig:
   entropy_momentum: float = 0.9  # entropy router: EMA momentum of the running threshold (a quantile per batch)
   delete_gate_scale: float = -30.0  # delete_gate router: k in G = k sigmoid(w LN(h) + b), k < 0
   delete_gate_alpha: float = -1.0  # delete_gate router: regulariser weight; < 0 = PI controller to 1 - 1/N
+  delete_gate_two_sided: bool = True  # delete_gate PI controller: alpha may go negative (push back to keeping);
+  #   false = MrT5's alpha >= 0, which cannot stop over-deletion
   delete_gate_keep_all: bool = False  # delete_gate router: keep every position (evaluate "no deletion")
   target_ratio: tuple[float, ...] = (6.0,)  # target compression N per routing stage (> 1)
   capacity_factor: float = 1.5  # static chunk capacity = ceil(L / N * factor) + room for document starts

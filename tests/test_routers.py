@@ -221,9 +221,10 @@ def test_whitespace_refuses_dna_and_text_without_spaces(tmp_path):
   check_router_data(tiny_config(*HNET1, "model.router=[stride]", data=tmp_path / "dna").model, splits.train)
 
 
-@pytest.mark.parametrize("case", ["entropy", "delete_gate"])
-def test_train_step_updates_router_statistics(case):
-  cfg = tiny_config(*HNET1, *ROUTER_CASES[case])
+@pytest.mark.parametrize("case,extra", [("entropy", ()), ("gumbel", ()), ("delete_gate", ()),
+                                        ("delete_gate", ("model.delete_gate_two_sided=false",))])
+def test_train_step_updates_router_statistics(case, extra):
+  cfg = tiny_config(*HNET1, *ROUTER_CASES[case], *extra)
   graphdef, params = split_model(build_model(cfg, 0))
   tx = make_optimizer(cfg.train, cfg.model, params)
   state = init_train_state(params, tx, 0)
@@ -233,9 +234,11 @@ def test_train_step_updates_router_statistics(case):
   state, m1 = step(state, batch)
   state, m2 = step(state, batch)
   router = state["params"]["backbone"]["router"]
-  if case == "entropy":
+  if case in ("entropy", "gumbel"):
     assert float(router["updates"].value) == 2.0
-    assert np.isfinite(float(router["threshold"].value)) and float(router["threshold"].value) > 0
+    assert np.isfinite(float(router["threshold"].value))
+    if case == "entropy":
+      assert float(router["threshold"].value) > 0
   else:  # MrT5's PI controller, from the deletion rates the two steps achieved
     delta = 1 - 1 / 3
     err1, err2 = (delta - (1 - 1 / float(m["bytes_per_chunk_s0"])) for m in (m1, m2))
@@ -243,5 +246,53 @@ def test_train_step_updates_router_statistics(case):
     i_acc = 1e-5 * (err1 + err2)
     np.testing.assert_allclose(float(router["p_acc"].value), p_acc, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(float(router["i_acc"].value), i_acc, rtol=1e-4, atol=1e-9)
-    np.testing.assert_allclose(float(router["alpha"].value), max(0.0, p_acc + i_acc), rtol=1e-4, atol=1e-7)
+    alpha = p_acc + i_acc if not extra else max(0.0, p_acc + i_acc)
+    np.testing.assert_allclose(float(router["alpha"].value), alpha, rtol=1e-4, atol=1e-7)
     assert err1 != 0
+
+
+def test_delete_gate_controller_pushes_back_both_ways():
+  """Over-deleting drives alpha below 0 (a reward for keeping) unless MrT5's clamp is asked for; under-deleting
+  drives it above 0."""
+  ids = np.stack([np.frombuffer(TEXT[i:i + 32], np.uint8) for i in (0, 17)]).astype(np.int32)
+  seg = jnp.ones(ids.shape, jnp.int32)
+  for two_sided, bias, sign in ((True, 20.0, -1), (False, 20.0, 0), (True, -20.0, 1)):
+    router = build_model(tiny_config(*HNET1, "model.router=[delete_gate]",
+                                     f"model.delete_gate_two_sided={str(two_sided).lower()}"), 0).backbone.router
+    router.c.value = jnp.asarray(bias)  # +20: G ~ k everywhere (delete all); -20: keep all
+    h = jax.random.normal(jax.random.key(0), (*ids.shape, router.w.value.shape[0]))
+    router(h, jnp.asarray(ids), seg, seg > 0, train=True)
+    assert np.sign(float(router.alpha.value)) == sign, (two_sided, bias)
+
+
+def test_running_quantile_threshold():
+  from chunklm.model.routing import RouterStat, update_running_quantile
+  threshold, updates = RouterStat(jnp.zeros(())), RouterStat(jnp.zeros(()))
+  stat = jnp.arange(10.0)[None]
+  decide = jnp.ones((1, 10), bool).at[0, 9].set(False)  # 0..8 decided
+  update_running_quantile(threshold, updates, stat, decide, jnp.float32(0.25), 0.9)
+  first = float(np.quantile(np.arange(9.0), 0.75))
+  assert float(threshold.value) == pytest.approx(first) and float(updates.value) == 1
+  update_running_quantile(threshold, updates, stat + 10, decide, jnp.float32(0.25), 0.9)
+  assert float(threshold.value) == pytest.approx(0.9 * first + 0.1 * (first + 10)) and float(updates.value) == 2
+  update_running_quantile(threshold, updates, stat, jnp.zeros((1, 10), bool), jnp.float32(0.25), 0.9)
+  assert float(threshold.value) == pytest.approx(0.9 * first + 0.1 * (first + 10)) and float(updates.value) == 2
+
+
+def test_gumbel_evaluation_keeps_the_training_rate():
+  """Logits far below 0 everywhere (unpolarised, as in short runs): the sampled training rate is set by the noise,
+  and evaluation must keep about that rate rather than only the document starts."""
+  cfg = tiny_config(*HNET1, "model.router=[gumbel]")
+  router = build_model(cfg, 0).backbone.router
+  router.c.value = jnp.asarray(-1.6)  # sigmoid(-1.6) ~ 1/6
+  d = router.w.value.shape[0]
+  h = jax.random.normal(jax.random.key(1), (8, 256, d))
+  seg = jnp.ones((8, 256), jnp.int32)
+  ids = jnp.zeros((8, 256), jnp.int32)
+  before = float(router(h, ids, seg, seg > 0).b_BxL[:, 1:].mean())
+  trained = []
+  for i in range(20):
+    trained.append(float(router(h, ids, seg, seg > 0, train=True, rng=jax.random.key(i)).b_BxL[:, 1:].mean()))
+  after = float(router(h, ids, seg, seg > 0).b_BxL[:, 1:].mean())
+  assert before < 0.01  # the sigmoid > 1/2 rule: no boundaries
+  assert abs(after - np.mean(trained)) < 0.25 * np.mean(trained)

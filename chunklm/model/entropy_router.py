@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from chunklm.model.layers import Embed, Linear
-from chunklm.model.routing import Router, RouterStat, Routing, document_starts, finalize
+from chunklm.model.routing import Router, RouterStat, Routing, document_starts, finalize, update_running_quantile
 from chunklm.model.stack import Stack
 
 
@@ -73,11 +73,7 @@ class EntropyRouter(Router):
     theta = jnp.where(seen, jax.lax.stop_gradient(self.threshold[...]), jnp.inf)
     b_BxL = stat_BxL > theta
     if train:
-      decide = valid_BxL & ~starts
       n_valid, n_starts = valid_BxL.sum(), (valid_BxL & starts).sum()
       frac = jnp.clip((n_valid * self.rate - n_starts) / jnp.maximum(n_valid - n_starts, 1), 0.0, 1.0)
-      q = jnp.nanquantile(jnp.where(decide, stat_BxL, jnp.nan), 1.0 - frac)
-      q = jnp.where(jnp.isfinite(q), q, self.threshold[...])
-      self.threshold.value = jnp.where(seen, self.momentum * self.threshold[...] + (1 - self.momentum) * q, q)
-      self.updates.value = self.updates[...] + 1.0
+      update_running_quantile(self.threshold, self.updates, stat_BxL, valid_BxL & ~starts, frac, self.momentum)
     return finalize(b_BxL.astype(jnp.float32), b_BxL, segment_ids_BxL, valid_BxL, nll)

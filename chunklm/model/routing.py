@@ -63,6 +63,18 @@ def finalize(p_BxL: jax.Array, b_BxL: jax.Array, segment_ids_BxL: jax.Array, val
   return Routing(p, b, jnp.asarray(aux_loss, jnp.float32), key_bias_BxL)
 
 
+def update_running_quantile(threshold: RouterStat, updates: RouterStat, stat_BxL: jax.Array, decide_BxL: jax.Array,
+                            frac: jax.Array, momentum: float) -> None:
+  """Moves a running threshold towards this batch's level that leaves a fraction `frac` of the decided positions
+  above it: threshold <- momentum * threshold + (1 - momentum) * quantile(stat[decide], 1 - frac); the first update
+  takes the batch's quantile as is. `updates` counts the batches seen (0 = the threshold is still its initial value).
+  A batch with nothing to decide leaves both unchanged."""
+  q = jnp.nanquantile(jnp.where(decide_BxL, stat_BxL.astype(jnp.float32), jnp.nan), 1.0 - frac)
+  moved = jnp.where(updates[...] > 0, momentum * threshold[...] + (1 - momentum) * q, q)
+  threshold.value = jnp.where(jnp.isfinite(q), moved, threshold[...])
+  updates.value = updates[...] + jnp.isfinite(q).astype(jnp.float32)
+
+
 def _identity(key, shape, dtype):
   del key
   return jnp.eye(*shape, dtype=dtype)
