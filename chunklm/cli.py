@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
   _add_data_args(p)
   p.add_argument("--max-bytes", type=int, default=0, help="evaluate only the first ~N bytes (0 = all)")
   p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: eval.batch_size)")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="evaluate with a setting that keeps the trained parameters changed (repeatable), e.g. "
+                      "--set model.delete_gate_keep_all=true (the delete gate's loss without deletion), "
+                      "--set model.capacity_factor=3, --set kernels.impl=xla")
 
   p = sub.add_parser("generate", help="sample bytes from a trained model",
                      description="Sample continuations of one or more prompts (batched) from the latest checkpoint "
@@ -256,7 +260,7 @@ def _data_overrides(args) -> list[str]:
 
 def _cmd_eval(args) -> int:
   from chunklm.eval.report import run_eval
-  run_eval(Path(args.workdir), args.data, args.valid_data, args.max_bytes, args.batch_size)
+  run_eval(Path(args.workdir), args.data, args.valid_data, args.max_bytes, args.batch_size, tuple(args.overrides))
   return 0
 
 

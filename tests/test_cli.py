@@ -93,6 +93,11 @@ def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
   assert code == 2 and "different config (model.n_heads: [2] -> [4])" in err
   code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path / "nothing"))
   assert code == 2 and "not a training run" in err
+  one_doc = ["--data", str(corpus_dir / "doc000.py")]
+  code, out, _ = run_cli(capsys, "eval", "--workdir", str(wd), *one_doc, "--set", "kernels.impl=xla")
+  assert code == 0 and "with kernels.impl=xla on" in out
+  code, _, err = run_cli(capsys, "eval", "--workdir", str(wd), *one_doc, "--set", "model.d_model=[48]")
+  assert code == 2 and "changes the trained model's parameters" in err
   code, _, err = run_cli(capsys, "generate", "--workdir", str(wd), "--top-p", "0")
   assert code == 2 and "--top-p" in err
 

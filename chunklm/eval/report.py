@@ -37,7 +37,8 @@ def print_train_summary(result, cfg: Config) -> None:
   print(f"checkpoint : {wd / 'checkpoints'}")
 
 
-def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: int, batch_size: int | None) -> dict:
+def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: int, batch_size: int | None,
+             overrides: tuple[str, ...] = ()) -> dict:
   from chunklm.data.corpus import load_documents, load_splits
   from chunklm.data.pipeline import leading_documents
   from chunklm.data.tokenizer import tokenize
@@ -45,7 +46,7 @@ def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: i
   from chunklm.train.restore import load_trained, run_tokenizer
   from chunklm.train.step import make_eval_step
 
-  cfg, graphdef, params, step = load_trained(workdir)
+  cfg, graphdef, params, step = load_trained(workdir, overrides=tuple(overrides))
   tok = run_tokenizer(cfg, workdir)
   paths = tuple(data) + tuple(valid_data)
   if paths:
@@ -63,7 +64,8 @@ def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: i
     docs, vocab = tokenize(docs, tok), {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes}
   res = evaluate(make_eval_step(graphdef), params, docs, cfg.data.seq_len, batch_size or cfg.eval.batch_size,
                  progress=True, **vocab)
-  print(f"{workdir} (step {step}) on {what}: {res['bpb']:.4f} bits per byte over {int(res['bytes']):,} bytes")
+  changed = f" with {' '.join(overrides)}" if overrides else ""
+  print(f"{workdir} (step {step}){changed} on {what}: {res['bpb']:.4f} bits per byte over {int(res['bytes']):,} bytes")
   for key in sorted(k for k in res if k.startswith("bytes_per_chunk")):
     print(f"{key}: {res[key]:.2f}")
   return res
