@@ -15,7 +15,8 @@ running statistic (RouterStat, as the entropy router's): an EMA, momentum 0.9, o
 the noise-free logits at the fraction of positions the noisy sample made boundaries. Evaluation then keeps the rate
 the prior enforced in training, at the positions the router ranks highest. Before the first training step theta = 0.
 One threshold serves every script: with `model.script_ratios` the training sample keeps each script's rate, and
-evaluation keeps the overall rate, split between scripts by the logits (exact per script once they polarise).
+evaluation keeps the overall rate, split between scripts by the logits (exact per script once they polarise). A
+threshold per script cannot be causal: a lead byte's script is known only from the bytes after it.
 """
 
 from __future__ import annotations
