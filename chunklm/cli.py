@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "of the given data (default: the run's validation split).")
   p.add_argument("--workdir", required=True, help="run directory of a trained model")
   _add_data_args(p)
-  p.add_argument("--max-bytes", type=int, default=0, help="evaluate only the first ~N bytes (0 = all)")
+  p.add_argument("--max-bytes", type=int, default=0,
+                 help="evaluate only the first N bytes (the last document cut at a character; 0 = all)")
   p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: eval.batch_size)")
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="evaluate with a setting that keeps the trained parameters changed (repeatable), e.g. "
@@ -260,6 +261,8 @@ def _data_overrides(args) -> list[str]:
 
 def _cmd_eval(args) -> int:
   from chunklm.eval.report import run_eval
+  if args.max_bytes < 0 or (args.batch_size is not None and args.batch_size <= 0):
+    raise UserError("--max-bytes must be >= 0 and --batch-size > 0")
   run_eval(Path(args.workdir), args.data, args.valid_data, args.max_bytes, args.batch_size, tuple(args.overrides))
   return 0
 

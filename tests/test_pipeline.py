@@ -88,3 +88,18 @@ def test_eval_batches_have_fixed_shape():
   batches = list(pipeline.eval_batches(docs, 16, 4))
   assert all(b["ids"].shape == (4, 16) for b in batches)
   assert sum(int(b["loss_mask"].sum()) for b in batches) == 107
+
+
+def test_leading_bytes_cuts_the_last_document_at_a_character():
+  docs = make_docs([5, 7, 4])
+  docs = Documents(docs.data % 128, docs.starts, docs.lengths, docs.names)  # ASCII: every byte starts a character
+  assert pipeline.leading_bytes(docs, 0) is docs and pipeline.leading_bytes(docs, 16) is docs
+  first = pipeline.leading_bytes(docs, 9)  # 5 + the first 4 bytes of the second document
+  assert first.lengths.tolist() == [5, 4] and first.starts.tolist() == [0, 5] and first.names == ("d0", "d1")
+  assert pipeline.leading_bytes(docs, 5).lengths.tolist() == [5]  # the cap on a document end: no empty document
+  assert pipeline.leading_bytes(docs, 3).lengths.tolist() == [3]  # one long document is cut too
+  text = "ab€cd".encode()  # € = 3 bytes at positions 2..4
+  utf8 = Documents(np.frombuffer(text, np.uint8), np.array([0]), np.array([len(text)]), ("u",))
+  for cap, kept in [(2, b"ab"), (3, b"ab"), (4, b"ab"), (5, "ab€".encode()), (6, "ab€c".encode())]:
+    cut = pipeline.leading_bytes(utf8, cap)
+    assert cut.doc(0) == kept, cap

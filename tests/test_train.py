@@ -95,3 +95,15 @@ def test_bad_data_writes_nothing(tmp_path):
   with pytest.raises(Exception, match="no such file"):
     trainer.train(cfg, tmp_path / "run", progress=False)
   assert not (tmp_path / "run").exists()
+
+
+def test_periodic_evals_cap_a_single_document_valid_set(tmp_path, corpus_dir):
+  """eval.max_bytes caps the periodic evaluations even when the valid set is one long document (it is cut); the
+  final evaluation reads all of it."""
+  valid = tmp_path / "valid.txt"
+  valid.write_bytes(b"".join((corpus_dir / f"doc{i:03d}.py").read_bytes() for i in range(8)))
+  cfg = tiny_config("train.steps=4", "train.eval_every=2", "eval.max_bytes=700", data=corpus_dir, valid=valid)
+  trainer.train(cfg, tmp_path / "run", progress=False, log=lambda *a, **k: None)
+  evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "valid"]
+  assert [r["step"] for r in evals] == [2, 4]
+  assert evals[0]["bytes"] == 700 and evals[1]["bytes"] == valid.stat().st_size > 2000

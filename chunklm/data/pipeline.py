@@ -117,12 +117,25 @@ def train_dataset(docs: Documents, seq_len: int, batch_size: int, steps: int, se
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
 
 
-def leading_documents(byte_docs: Documents, max_bytes: int) -> np.ndarray:
-  """Mask of the leading documents holding ~`max_bytes` bytes (all when 0). Applied to a token model's copy of the
-  same documents, it selects byte-identical text."""
-  if not max_bytes:
-    return np.ones(len(byte_docs), bool)
-  return np.cumsum(byte_docs.lengths) - byte_docs.lengths < max_bytes
+def leading_bytes(docs: Documents, max_bytes: int) -> Documents:
+  """The first `max_bytes` bytes of `docs` in order (all when 0): the leading documents, the last one cut where the
+  cap falls (moved back to the start of a UTF-8 character, so a token model's copy is the same text). Evaluating a
+  cut document scores its first bytes from their own context, as the full document would."""
+  if not max_bytes or docs.num_bytes <= max_bytes:
+    return docs
+  before = np.cumsum(docs.lengths) - docs.lengths
+  keep = np.flatnonzero(before < max_bytes)
+  lengths = docs.lengths[keep].copy()
+  last = keep[-1]
+  cut = int(max_bytes - before[last])
+  if cut < docs.lengths[last]:
+    start = int(docs.starts[last])
+    while cut > 0 and 0x80 <= int(docs.data[start + cut]) < 0xC0:  # a continuation byte: cut before its character
+      cut -= 1
+    lengths[-1] = cut
+  if lengths[-1] == 0 and len(keep) > 1:
+    keep, lengths = keep[:-1], lengths[:-1]
+  return Documents(docs.data, docs.starts[keep], lengths, tuple(docs.names[i] for i in keep))
 
 
 def eval_batches(docs: Documents, seq_len: int, batch_size: int, bos: int = BOS,

@@ -154,7 +154,7 @@ def run_boundaries(workdir: Path, text: bytes | None, data: tuple[str, ...], max
   """`chunklm boundaries`: picture of one text (terminal, HTML, PNG) and statistics over a corpus."""
   from chunklm.config import load_config
   from chunklm.data.corpus import load_documents, load_splits
-  from chunklm.data.pipeline import leading_documents
+  from chunklm.data.pipeline import leading_bytes
   from chunklm.errors import UserError
   from chunklm.eval.boundaries import corpus_routing, text_routing
   from chunklm.train.restore import load_trained
@@ -180,7 +180,7 @@ def run_boundaries(workdir: Path, text: bytes | None, data: tuple[str, ...], max
     docs = load_documents(tuple(data), cfg.data)
   else:
     docs = load_splits(cfg.data, cache_dir=workdir / "cache").valid
-  docs = docs.select(leading_documents(docs, max_bytes) & (docs.lengths > 0))
+  docs = leading_bytes(docs.select(docs.lengths > 0), max_bytes)
   tok = None
   if tokenizer_path:
     from chunklm.data.tokenizer import Tokenizer

@@ -4,7 +4,7 @@ valid bytes, and report (table + plots).
 A spec (YAML) names the models (a bundled config or a path, `--set`-style overrides, and optionally a model whose
 training FLOPs per byte this one is resized to). Every model gets the spec's data settings, trains for
 ceil(budget_bytes / bytes per step) steps in <out>/<model>/, and is evaluated along the way on the same leading valid
-documents and at the end on all of them. Re-running resumes unfinished runs and reuses finished ones, after checking
+bytes and at the end on all of them. Re-running resumes unfinished runs and reuses finished ones, after checking
 they were trained on the same data. A BPE model's tokenizer is trained once, on the training split, in <out>/.
 """
 
@@ -15,6 +15,7 @@ import math
 import typing
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from chunklm.config import (CONFIG_DIR, Config, load_config, read_yaml, resolve_bundled, resolve_config_path,
@@ -211,7 +212,8 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
                         "remove it or use another --out")
     else:
       tok = train_tokenizer(splits.train, spec.tokenizer_vocab, tok_path, log=log)
-    sample = splits.train.select(np_leading(splits.train, 4_000_000))
+    lengths = splits.train.lengths
+    sample = splits.train.select(np.cumsum(lengths) - lengths < 4_000_000)  # whole leading documents, ~4 MB
     bpt = sample.num_bytes / max(tokenize(sample, tok).num_bytes, 1)
     log(f"tokenizer: {tok_path} ({tok.vocab_size} pieces, {bpt:.3f} bytes per token on the training split)")
   configs, errors = resolve_configs(spec, data_args, str(tok_path) if tok_path else None, bpt)
@@ -238,7 +240,3 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   log(f"report: {md} and {page}")
   return md
 
-
-def np_leading(docs, max_bytes: int):
-  from chunklm.data.pipeline import leading_documents
-  return leading_documents(docs, max_bytes)

@@ -40,7 +40,7 @@ def print_train_summary(result, cfg: Config) -> None:
 def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: int, batch_size: int | None,
              overrides: tuple[str, ...] = ()) -> dict:
   from chunklm.data.corpus import load_documents, load_splits
-  from chunklm.data.pipeline import leading_documents
+  from chunklm.data.pipeline import leading_bytes
   from chunklm.data.tokenizer import tokenize
   from chunklm.eval.bpb import evaluate
   from chunklm.train.restore import load_trained, run_tokenizer
@@ -58,7 +58,7 @@ def run_eval(workdir: Path, data: list[str], valid_data: list[str], max_bytes: i
   else:
     docs = load_splits(cfg.data, cache_dir=workdir / "cache").valid
     what = "the run's validation split"
-  docs = docs.select(leading_documents(docs, max_bytes))
+  docs = leading_bytes(docs, max_bytes)
   vocab = {}
   if tok is not None:
     docs, vocab = tokenize(docs, tok), {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes}

@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 from chunklm.data.corpus import Documents, load_documents, load_splits
-from chunklm.data.pipeline import leading_documents
+from chunklm.data.pipeline import leading_bytes
 from chunklm.errors import DataError, UserError
 from chunklm.eval.perturb import PERTURBATIONS, perturb_documents
 
@@ -53,7 +53,7 @@ def run_robustness(workdirs: list[Path], data: tuple[str, ...], perturbations: l
     if not (workdirs[0] / "config.yaml").exists():
       raise UserError(f"{workdirs[0]} is not a training run (no config.yaml)")
     docs = load_splits(load_config(workdirs[0] / "config.yaml").data).valid
-  docs = docs.select(leading_documents(docs, max_bytes))
+  docs = leading_bytes(docs, max_bytes)
   if docs.num_bytes == 0:
     raise DataError("robustness: no bytes to evaluate")
   texts = {"clean": docs, **{p: perturb_documents(docs, p, strength, seed) for p in perturbations}}

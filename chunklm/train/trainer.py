@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from chunklm.config import Config, differing_fields, dump_yaml, load_config, to_dict
 from chunklm.data.corpus import Splits, load_splits, order0_entropy
-from chunklm.data.pipeline import leading_documents, train_dataset
-from chunklm.data.tokenizer import tokenize_splits
+from chunklm.data.pipeline import leading_bytes, train_dataset
+from chunklm.data.tokenizer import tokenize, tokenize_splits
 from chunklm.errors import CheckpointError, ConfigError, UserError
 from chunklm.eval.boundaries import boundary_levels, picture
 from chunklm.eval.bpb import evaluate
@@ -150,9 +150,18 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   def put_eval(batch):
     return put_batch(local_rows(batch), mesh)
 
+  eval_docs = {}  # max_bytes -> what the model reads: the first max_bytes valid bytes, or their tokens
+
   def run_eval(max_bytes: int, progress: bool = False) -> dict:
-    """Exact BPB on the leading valid documents (the same bytes for byte and token models)."""
-    docs = units.valid.select(leading_documents(splits.valid, max_bytes))
+    """Exact BPB on the first `max_bytes` valid bytes (the same text for byte and token models)."""
+    if max_bytes not in eval_docs:
+      docs = leading_bytes(splits.valid, max_bytes)
+      if docs.num_bytes == splits.valid.num_bytes:
+        docs = units.valid
+      elif tok is not None:
+        docs = tokenize(docs, tok)
+      eval_docs[max_bytes] = docs
+    docs = eval_docs[max_bytes]
     return evaluate(eval_fn, state["params"], docs, cfg.data.seq_len, eval_batch, progress=progress, put=put_eval,
                     **vocab)
   end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
