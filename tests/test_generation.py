@@ -129,3 +129,24 @@ def test_bench_generate_and_python_api(tmp_path, corpus_dir, capsys):
   one = chunklm.generate(wd, "def ", max_bytes=10, temperature=0.0)
   many = chunklm.generate(wd, ["def ", "x"], max_bytes=10, temperature=0.0)
   assert isinstance(one, bytes) and many[0] == one and len(many) == 2
+
+
+@pytest.mark.parametrize("rows", [[], [5], [0, 7], [1, 2, 3], list(range(8))])
+def test_run_rows_matches_masking_every_row(rows):
+  """The main network's row scheduling (skip / gathered few rows / whole batch) computes what running every row
+  with the others masked computes, and leaves the other rows' state untouched."""
+  update = jnp.zeros(8, bool).at[jnp.asarray(rows, jnp.int32)].set(True)
+  x = jax.random.normal(jax.random.key(0), (8, 3))
+  state = {"h": jax.random.normal(jax.random.key(1), (8, 3)), "n": jnp.arange(8)}
+
+  def step(x, state, upd):
+    y = jnp.tanh(x + state["h"])
+    new = {"h": jnp.where(upd[:, None], y, state["h"]), "n": state["n"] + upd}
+    return jnp.where(upd[:, None], y, 0.0), new, {1: upd & (y[:, 0] > 0)}
+
+  y, new, inner = jax.jit(lambda x, s, u: cache.run_rows(step, x, s, u, [1]))(x, state, update)
+  y_ref, new_ref, inner_ref = step(x, state, update)
+  np.testing.assert_array_equal(y, y_ref)
+  jax.tree.map(np.testing.assert_array_equal, new, new_ref)
+  np.testing.assert_array_equal(inner[1], inner_ref[1])
+  assert cache.compact_rows(8) == 2

@@ -3,7 +3,8 @@ Mamba2, and for the H-Net the routing state of each stage.
 
 A step takes one position per row. `update_B` marks the rows that receive a position at this level: every row at
 level 0, and at an H-Net's inner level only the rows whose router just started a chunk, so the main network runs
-(and its caches advance) only when a new chunk starts; other rows keep their state bit for bit. The dechunk EMA
+(and its caches advance) only when a new chunk starts; other rows keep their state bit for bit. In a batch the main
+network runs on the chunk-starting rows only, gathered into a smaller batch when they are few (`run_rows`). The dechunk EMA
 state (the last smoothed chunk vector) is carried between steps, and bytes inside a chunk reuse it. The step
 computes exactly what the full-sequence forward (evaluation capacity) computes at that position. Routers keep their
 own step state (a byte counter, the last bytes); `unsupported` says why a model cannot be stepped (mean pooling, a
@@ -117,6 +118,39 @@ def unsupported(model) -> str:
   return ""
 
 
+def compact_rows(batch: int) -> int:
+  """How many rows the main network runs on when few rows start a chunk (a quarter of the batch, at least 1)."""
+  return max(1, -(-batch // 4))
+
+
+def run_rows(step, x_BxE: jax.Array, state, update_B: jax.Array, levels: list[int]):
+  """step(x, state, update) -> (y, state, {level: boundary}) run only for the rows in `update_B`: not at all when
+  no row starts a chunk (about 5 steps in 6 for one sequence), on those rows gathered into a batch of
+  compact_rows(B) when they fit (a batch of B sequences starts ~B/6 chunks per step), else on the whole batch with
+  the others masked. Rows that do not run keep their state bit for bit; their y is 0."""
+  batch = update_B.shape[0]
+  small = compact_rows(batch)
+
+  def skip(x, state):
+    return jnp.zeros(x.shape, jnp.float32), state, {lv: jnp.zeros_like(update_B) for lv in levels}
+
+  def full(x, state):
+    return step(x, state, update_B)
+
+  def compact(x, state):
+    idx_S = jnp.nonzero(update_B, size=small, fill_value=batch)[0]  # `batch` marks an unused slot
+    take = lambda v: jnp.take(v, idx_S, axis=0, mode="clip")
+    y_S, sub, inner = step(take(x), jax.tree.map(take, state), idx_S < batch)
+    put = lambda whole, part: whole.at[idx_S].set(part.astype(whole.dtype), mode="drop")
+    return (put(jnp.zeros(x.shape, jnp.float32), y_S), jax.tree.map(put, state, sub),
+            {lv: put(jnp.zeros_like(update_B), b) for lv, b in inner.items()})
+
+  count = jnp.sum(update_B)
+  branches = [skip, compact, full] if small < batch else [skip, full]
+  which = jnp.where(count == 0, 0, jnp.where(count <= small, 1, 2)) if small < batch else (count > 0).astype(int)
+  return jax.lax.switch(which, branches, x_BxE, state)
+
+
 def hnet_init(hnet, batch: int, max_len: int) -> dict:
   dim = hnet.residual_proj.kernel.shape[0]
   main = hnet_init(hnet.main, batch, max_len) if _is_hnet(hnet.main) else stack_init(hnet.main, batch, max_len)
@@ -137,20 +171,14 @@ def hnet_step(hnet, x_BxD: jax.Array, state: dict, update_B: jax.Array, ids_B: j
     z_BxE = jnp.concatenate([h_BxD, jnp.broadcast_to(hnet.pad[...].astype(h_BxD.dtype),
                                                      (h_BxD.shape[0], hnet.pad.shape[0]))], axis=-1)
 
-  def run_main(args):
-    z, main_state = args
+  def main_step(z, main_state, update):
     if _is_hnet(hnet.main):
-      zhat, main_state, inner = hnet_step(hnet.main, z, main_state, b_B)
+      zhat, main_state, inner = hnet_step(hnet.main, z, main_state, update)
     else:
-      (zhat, main_state), inner = stack_step(hnet.main, z, main_state, b_B), {}
+      (zhat, main_state), inner = stack_step(hnet.main, z, main_state, update), {}
     return zhat.astype(jnp.float32), main_state, inner
 
-  def skip(args):
-    z, main_state = args
-    return jnp.zeros(z.shape, jnp.float32), main_state, {lv: jnp.zeros_like(b_B) for lv in _levels(hnet.main)}
-
-  # The main network only runs when some row starts a chunk (for one sequence: about once per chunk).
-  zhat_BxE, main, inner = jax.lax.cond(jnp.any(b_B), run_main, skip, (z_BxE, state["main"]))
+  zhat_BxE, main, inner = run_rows(main_step, z_BxE, state["main"], b_B, _levels(hnet.main))
   zhat_BxD = zhat_BxE[:, : h_BxD.shape[-1]]
   p_use = jnp.where(state["has_prev"], jnp.clip(p_B, 1e-4, 1 - 1e-4), 1.0)[:, None]
   zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * state["zbar"], state["zbar"])
