@@ -4,8 +4,8 @@ Mamba2, and for the H-Net the routing state of each stage.
 A step takes one position per row. `update_B` marks the rows that receive a position at this level: every row at
 level 0, and at an H-Net's inner level only the rows whose router just started a chunk, so the main network runs
 (and its caches advance) only when a new chunk starts; other rows keep their state bit for bit. In a batch the main
-network runs on the chunk-starting rows only, gathered into a smaller batch when they are few (`run_rows`). The dechunk EMA
-state (the last smoothed chunk vector) is carried between steps, and bytes inside a chunk reuse it. The step
+network runs on the chunk-starting rows only, gathered into a smaller batch when they are few (`run_rows`). The
+dechunk EMA state (the last smoothed chunk vector) is carried between steps, and bytes inside a chunk reuse it. The step
 computes exactly what the full-sequence forward (evaluation capacity) computes at that position. Routers keep their
 own step state (a byte counter, the last bytes); `unsupported` says why a model cannot be stepped (mean pooling, a
 router without a step form) and `lm_init` refuses such a model.

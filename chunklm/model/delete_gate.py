@@ -15,8 +15,8 @@ only ever pushes towards deleting: in our tiny runs the language-model loss alon
 So alpha may go negative by default (a negative alpha rewards keeping); `model.delete_gate_two_sided: false`
 restores MrT5's clamp. The router also learns through p (the dechunk's confidence STE) and no ratio loss applies.
 w starts with std 1/sqrt(D) and c at the standard-normal quantile of 1 - 1/N, so about 1/N of the positions are
-kept at initialisation. `model.delete_gate_keep_all` keeps
-every position with G = 0 (evaluating the same weights without deletion). No cached generation step (the key bias
+kept at initialisation. `model.delete_gate_keep_all` keeps every position with G = 0 (evaluating the same weights
+without deletion: `chunklm eval --set model.delete_gate_keep_all=true`). No cached generation step (the key bias
 would have to live in the KV caches).
 """
 

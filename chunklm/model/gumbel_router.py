@@ -30,9 +30,9 @@ from flax import nnx
 from chunklm.config import SCRIPTS
 from chunklm.model.layers import constant, normal, param
 from chunklm.model.routing import Router, RouterStat, Routing, document_starts, finalize, update_running_quantile
+from chunklm.model.scripts import script_classes
 
 EVAL_THRESHOLD_MOMENTUM = 0.9
-from chunklm.model.scripts import script_classes
 
 
 def binomial_log_prob(k: jax.Array, n: jax.Array, q: jax.Array) -> jax.Array:
