@@ -8,6 +8,7 @@ exact, independent of the batch size, and comparable between byte and token mode
 from __future__ import annotations
 
 import math
+import sys
 
 import jax
 import numpy as np
@@ -30,7 +31,8 @@ def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, 
   n_windows = len(PackedWindows(docs, seq_len, shuffle=False, pad_last=True))
   n_batches = -(-n_windows // batch_size)
   for batch in tqdm(eval_batches(docs, seq_len, batch_size, bos, piece_bytes), total=n_batches,
-                    disable=not progress, desc="eval", leave=False, unit="batch"):
+                    disable=not progress, desc="eval", leave=False, unit="batch",
+                    mininterval=0.2 if sys.stderr.isatty() else 15.0):  # logs to a file get a line per 15 s
     pending.append(eval_step(params, put(batch)))
     if len(pending) > 4:  # keep a few batches in flight, then fold them into float64 host sums
       _accumulate(totals, pending.pop(0))

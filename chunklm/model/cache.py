@@ -119,36 +119,37 @@ def unsupported(model) -> str:
 
 
 def compact_rows(batch: int) -> int:
-  """How many rows the main network runs on when few rows start a chunk (a quarter of the batch, at least 1)."""
+  """How many rows the main network runs on at a time (a quarter of the batch, at least 1)."""
   return max(1, -(-batch // 4))
 
 
 def run_rows(step, x_BxE: jax.Array, state, update_B: jax.Array, levels: list[int]):
-  """step(x, state, update) -> (y, state, {level: boundary}) run only for the rows in `update_B`: not at all when
-  no row starts a chunk (about 5 steps in 6 for one sequence), on those rows gathered into a batch of
-  compact_rows(B) when they fit (a batch of B sequences starts ~B/6 chunks per step), else on the whole batch with
-  the others masked. Rows that do not run keep their state bit for bit; their y is 0."""
+  """step(x, state, update) -> (y, state, {level: boundary}) run only for the rows in `update_B`, compact_rows(B)
+  rows at a time: not at all when no row starts a chunk (about 5 steps in 6 for one sequence), once when they fit
+  (a batch of B sequences starts ~B/6 chunks per step), more often when many rows start chunks together. The rows
+  are gathered into the small batch and scattered back inside a while loop, whose carried state XLA updates in
+  place. Rows that do not run keep their state bit for bit; their y is 0."""
   batch = update_B.shape[0]
   small = compact_rows(batch)
+  if small == batch:  # one row: run it or not, no gathering
+    skip = lambda x, state: (jnp.zeros(x.shape, jnp.float32), state, {lv: jnp.zeros_like(update_B) for lv in levels})
+    return jax.lax.cond(jnp.any(update_B), lambda x, state: step(x, state, update_B), skip, x_BxE, state)
+  n_groups = -(-batch // small)
+  order_G = jnp.nonzero(update_B, size=n_groups * small, fill_value=batch)[0]  # `batch` marks an unused slot
+  groups = -(-jnp.sum(update_B) // small)
 
-  def skip(x, state):
-    return jnp.zeros(x.shape, jnp.float32), state, {lv: jnp.zeros_like(update_B) for lv in levels}
-
-  def full(x, state):
-    return step(x, state, update_B)
-
-  def compact(x, state):
-    idx_S = jnp.nonzero(update_B, size=small, fill_value=batch)[0]  # `batch` marks an unused slot
+  def body(carry):
+    g, y, state, inner = carry
+    idx_S = jax.lax.dynamic_slice(order_G, (g * small,), (small,))
     take = lambda v: jnp.take(v, idx_S, axis=0, mode="clip")
-    y_S, sub, inner = step(take(x), jax.tree.map(take, state), idx_S < batch)
     put = lambda whole, part: whole.at[idx_S].set(part.astype(whole.dtype), mode="drop")
-    return (put(jnp.zeros(x.shape, jnp.float32), y_S), jax.tree.map(put, state, sub),
-            {lv: put(jnp.zeros_like(update_B), b) for lv, b in inner.items()})
+    y_S, sub, inner_S = step(take(x_BxE), jax.tree.map(take, state), idx_S < batch)
+    return (g + 1, put(y, y_S), jax.tree.map(put, state, sub),
+            {lv: put(inner[lv], b) for lv, b in inner_S.items()})
 
-  count = jnp.sum(update_B)
-  branches = [skip, compact, full] if small < batch else [skip, full]
-  which = jnp.where(count == 0, 0, jnp.where(count <= small, 1, 2)) if small < batch else (count > 0).astype(int)
-  return jax.lax.switch(which, branches, x_BxE, state)
+  init = (jnp.int32(0), jnp.zeros(x_BxE.shape, jnp.float32), state, {lv: jnp.zeros_like(update_B) for lv in levels})
+  _, y, state, inner = jax.lax.while_loop(lambda carry: carry[0] < groups, body, init)
+  return y, state, inner
 
 
 def hnet_init(hnet, batch: int, max_len: int) -> dict:
