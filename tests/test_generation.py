@@ -133,8 +133,8 @@ def test_bench_generate_and_python_api(tmp_path, corpus_dir, capsys):
 
 @pytest.mark.parametrize("rows", [[], [5], [0, 7], [1, 2, 3], list(range(8))])
 def test_run_rows_matches_masking_every_row(rows):
-  """The main network's row scheduling (skip / gathered few rows / whole batch) computes what running every row
-  with the others masked computes, and leaves the other rows' state untouched."""
+  """The main network's row scheduling (no group, one gathered group of 2 rows, or several) computes what running
+  every row with the others masked computes, and leaves the other rows' state untouched."""
   update = jnp.zeros(8, bool).at[jnp.asarray(rows, jnp.int32)].set(True)
   x = jax.random.normal(jax.random.key(0), (8, 3))
   state = {"h": jax.random.normal(jax.random.key(1), (8, 3)), "n": jnp.arange(8)}
