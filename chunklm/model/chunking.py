@@ -41,12 +41,17 @@ def keep_within_capacity(b_BxL: jax.Array, starts_BxL: jax.Array, capacity: int,
 
 
 def chunk(h_BxLxD: jax.Array, routing: Routing, segment_ids_BxL: jax.Array, valid_BxL: jax.Array,
-          capacity: int, doc_slots: int, exact: bool, impl: str = "auto") -> Chunks:
-  """The stage's chunks; `impl` is the chunk-op backend (`kernels.api.IMPLS`)."""
+          capacity: int, doc_slots: int, exact: bool, impl: str = "auto", pooling: str = "select") -> Chunks:
+  """The stage's chunks; `impl` is the chunk-op backend (`kernels.api.IMPLS`). A chunk's vector is the state at its
+  first position (pooling "select") or the mean of its positions' states ("mean")."""
   starts_BxL = document_starts(segment_ids_BxL) & valid_BxL
   keep_BxL = routing.b_BxL if exact else keep_within_capacity(routing.b_BxL, starts_BxL, capacity, doc_slots)
-  z_BxMxD, _, valid_BxM = api.downsample(h_BxLxD, keep_BxL, capacity, impl=impl)
-  positions_BxM, _ = api.chunk_positions(keep_BxL, capacity)
+  chunk_idx_BxL = api.chunk_index(keep_BxL, capacity)
+  positions_BxM, valid_BxM = api.chunk_positions(keep_BxL, capacity)
+  if pooling == "mean":
+    z_BxMxD = api.segment_pool(h_BxLxD, chunk_idx_BxL, capacity, "mean", impl=impl)
+  else:
+    z_BxMxD, _, valid_BxM = api.downsample(h_BxLxD, keep_BxL, capacity, impl=impl)
 
   def at_chunks(v_BxL):
     return jnp.take_along_axis(v_BxL, positions_BxM, axis=1)
@@ -57,7 +62,7 @@ def chunk(h_BxLxD: jax.Array, routing: Routing, segment_ids_BxL: jax.Array, vali
       segment_ids_BxM=jnp.where(valid_BxM, at_chunks(segment_ids_BxL), -1),
       p_BxM=at_chunks(routing.p_BxL),
       starts_BxM=at_chunks(starts_BxL) & valid_BxM,
-      chunk_idx_BxL=api.chunk_index(keep_BxL, capacity),
+      chunk_idx_BxL=chunk_idx_BxL,
       keep_BxL=keep_BxL,
       positions_BxM=positions_BxM,
   )

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from chunklm.config import ModelConfig
-from chunklm.kernels import api
 from chunklm.model import chunking
 from chunklm.model.layers import Linear, param
 from chunklm.model.routers import make_router
@@ -69,10 +68,8 @@ class HNet(nnx.Module):
     routing = self.router(h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL, train=train, rng=rng_here)
     capacity = x_BxLxD.shape[1] if exact else capacities[0]
     chunks = chunking.chunk(h_BxLxD, routing, segment_ids_BxL, valid_BxL, capacity, doc_slots, exact,
-                            impl=self.kernel_impl)
+                            impl=self.kernel_impl, pooling=self.pooling)
     z_BxMxD = chunks.z_BxMxD
-    if self.pooling == "mean":
-      z_BxMxD = api.segment_pool(h_BxLxD, chunks.chunk_idx_BxL, capacity, "mean", impl=self.kernel_impl)
     bias_BxM = None
     if routing.key_bias_BxL is not None:
       bias_BxM = jnp.where(chunks.valid_BxM, jnp.take_along_axis(routing.key_bias_BxL, chunks.positions_BxM, axis=1),

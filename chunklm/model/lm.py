@@ -49,7 +49,8 @@ class CausalLM(nnx.Module):
                                  doc_slots=self.doc_slots, exact=exact, train=train, rng=rng)
     stages = range(self.cfg.num_stages)
     aux = {k: v for k, v in raw.items()
-           if k.endswith("_sum") or k.startswith(("ratio_loss_s", "router_aux_s", "boundaries_s", "probs_s", "chunk_positions_s"))}
+           if k.endswith("_sum")
+           or k.startswith(("ratio_loss_s", "router_aux_s", "boundaries_s", "probs_s", "chunk_positions_s"))}
     aux["ratio_loss"] = (self.cfg.ratio_loss_weight * sum(raw[f"ratio_loss_s{s}"] for s in stages)
                          + sum(raw[f"router_aux_s{s}"] for s in stages))
     aux.update(routing_metrics(raw, self.cfg.num_stages))

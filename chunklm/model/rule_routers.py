@@ -105,6 +105,18 @@ def word_starts(cur, p1, p2, p3, mode: str) -> jax.Array:
   return out
 
 
+def document_word_starts(ids_BxL: jax.Array, segment_ids_BxL: jax.Array, mode: str) -> jax.Array:
+  """word_starts at every byte, reading the 3 bytes before it in its own document."""
+  ids = ids_BxL.astype(jnp.int32)
+
+  def back(k):  # the byte k positions earlier in the same document, else 0
+    shifted = jnp.pad(ids[:, :-k], ((0, 0), (k, 0)))
+    same = jnp.pad(segment_ids_BxL[:, :-k], ((0, 0), (k, 0)), constant_values=-1) == segment_ids_BxL
+    return jnp.where(same, shifted, 0)
+
+  return word_starts(ids, back(1), back(2), back(3), mode)
+
+
 class WhitespaceRouter(Router):
   ratio_loss = False
 
@@ -116,14 +128,7 @@ class WhitespaceRouter(Router):
     del h_BxLxD, train, rng
     if ids_BxL is None:
       raise ValueError("the whitespace router needs the bytes (stage 0 only)")
-    ids = ids_BxL.astype(jnp.int32)
-
-    def back(k):  # the byte k positions earlier in the same document, else 0
-      shifted = jnp.pad(ids[:, :-k], ((0, 0), (k, 0)))
-      same = jnp.pad(segment_ids_BxL[:, :-k], ((0, 0), (k, 0)), constant_values=-1) == segment_ids_BxL
-      return jnp.where(same, shifted, 0)
-
-    b_BxL = word_starts(ids, back(1), back(2), back(3), self.mode)
+    b_BxL = document_word_starts(ids_BxL, segment_ids_BxL, self.mode)
     return finalize((b_BxL & valid_BxL).astype(jnp.float32), b_BxL, segment_ids_BxL, valid_BxL)
 
   def init_step_state(self, batch: int):
@@ -162,9 +167,8 @@ def check_router_data(cfg, docs, sample_bytes: int = 65536) -> None:
                     f" which has no word boundaries: {hint}")
   found = 0
   for p in pieces:
-    ids = jnp.asarray(np.frombuffer(p, np.uint8).astype(np.int32))
-    back = [jnp.pad(ids[:-k], (k, 0)) for k in (1, 2, 3)]
-    found += int(word_starts(ids, *back, cfg.word_boundary)[1:].sum())
+    ids_1xL = jnp.asarray(np.frombuffer(p, np.uint8).astype(np.int32))[None]
+    found += int(document_word_starts(ids_1xL, jnp.ones_like(ids_1xL), cfg.word_boundary)[0, 1:].sum())
   if total and not found:
     raise DataError(f"model.word_boundary={cfg.word_boundary!r} finds no word start in the first {total:,} training "
                     f"bytes besides document starts: {hint}")
