@@ -10,8 +10,9 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 run: install
 	$(BIN)/chunklm train --workdir runs/default
 
-# Install with the dev extras and run the default test suite.
+# Install with the dev extras, check the architecture contracts (pyproject.toml), run the default test suite.
 test: install-dev
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 install: $(VENV)/.installed

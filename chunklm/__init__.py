@@ -1,5 +1,7 @@
 """chunklm: byte-level hierarchical language models (H-Net dynamic chunking) in JAX / Flax NNX."""
 
+from chunklm.eval.generate import generate_from_workdir
+
 
 def generate(workdir, prompts, **kwargs):
   """Continuations from a trained run: `chunklm.generate("runs/default", "def ", max_bytes=100, temperature=0.7)`.
@@ -7,5 +9,4 @@ def generate(workdir, prompts, **kwargs):
   `prompts` is a str/bytes (returns bytes) or a list of them (returns a list, generated as one batch). Keyword
   arguments: max_bytes, temperature, top_k, top_p, stop, seed.
   """
-  from chunklm.eval.generate import generate_from_workdir
   return generate_from_workdir(workdir, prompts, **kwargs)

@@ -3,10 +3,12 @@
 import pytest
 import yaml
 
+from chunklm.cli import main
 from chunklm.config import load_config
 from chunklm.errors import ConfigError, UserError
-from chunklm.eval import compare
+from chunklm.experiments import compare
 from chunklm.model.flops import match_flops, train_flops_per_byte
+from chunklm.run.metrics import read_jsonl
 from conftest import TINY
 from test_hnet import HNET1
 
@@ -64,7 +66,6 @@ def test_flops_matching_is_within_five_percent(other):
 
 
 def test_end_to_end_and_resume(tmp_path, corpus_dir, capsys):
-  from chunklm.cli import main
   spec = write_spec(tmp_path / "tiny.yaml", tiny_models())
   out = tmp_path / "out"
   args = ["compare", "--spec", str(spec), "--out", str(out), "--data", str(corpus_dir), "--no-progress"]
@@ -75,7 +76,6 @@ def test_end_to_end_and_resume(tmp_path, corpus_dir, capsys):
   assert "Lowest valid BPB" in md and (out / "comparison.png").exists() and (out / "tokenizer.model").exists()
   assert "<table>" in (out / "report.html").read_text()
   # the token model is scored on the same bytes: every model's final evaluation covers the same byte count
-  from chunklm.train.metrics import read_jsonl
   finals = {n: [r for r in read_jsonl(out / n / "metrics.jsonl") if r["split"] == "valid"][-1]["bytes"]
             for n in ("hnet", "bytes", "bpe")}
   assert len(set(finals.values())) == 1

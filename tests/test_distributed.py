@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from chunklm.cli import main
-from chunklm.train.restore import load_trained
+from chunklm.run.trained import open_run
 from conftest import TINY
 
 SET = [a for o in TINY + ["train.steps=6", "train.checkpoint_every=3", "eval.sample_bytes=0"] for a in ("--set", o)]
@@ -43,8 +43,8 @@ def test_two_processes_train_like_one(tmp_path, corpus_dir):
   assert "process 0 of 2" in outs[0][0] and "process 1 of 2" in outs[1][0]
   assert "valid bits per byte" in outs[0][0] and "valid bits per byte" not in outs[1][0]  # process 0 reports
   assert bpb(outs[0][0]) == pytest.approx(bpb(single.stdout), rel=1e-4)
-  _, _, p1, s1 = load_trained(tmp_path / "one", log=lambda *a, **k: None)
-  _, _, p2, s2 = load_trained(tmp_path / "two", log=lambda *a, **k: None)
+  one, two = (open_run(tmp_path / name, log=lambda *a, **k: None) for name in ("one", "two"))
+  p1, s1, p2, s2 = one.params, one.step, two.params, two.step
   assert s1 == s2 == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p2)
 

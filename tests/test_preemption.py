@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from chunklm.train.restore import load_trained
+from chunklm.run.trained import open_run
 from conftest import TINY
 
 
@@ -38,7 +38,7 @@ def test_sigterm_saves_and_resume_matches_straight_run(tmp_path, corpus_dir):
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
   assert "received SIGTERM: saved checkpoint at step" in out
-  stopped_at = load_trained(killed, log=lambda *a, **k: None)[3]
+  stopped_at = open_run(killed, log=lambda *a, **k: None).step
   assert 20 <= stopped_at < steps
 
   resumed = subprocess.run(train_cmd(killed, corpus_dir, steps), capture_output=True, text=True, timeout=300)
@@ -47,8 +47,8 @@ def test_sigterm_saves_and_resume_matches_straight_run(tmp_path, corpus_dir):
   straight = subprocess.run(train_cmd(tmp_path / "straight", corpus_dir, steps), capture_output=True, text=True,
                             timeout=300)
   assert straight.returncode == 0, straight.stderr
-  p1 = load_trained(killed, log=lambda *a, **k: None)[2]
-  p2 = load_trained(tmp_path / "straight", log=lambda *a, **k: None)[2]
+  p1 = open_run(killed, log=lambda *a, **k: None).params
+  p2 = open_run(tmp_path / "straight", log=lambda *a, **k: None).params
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
   curve = lambda wd: [(r["step"], round(r["loss"], 5)) for r in map(json.loads, (wd / "metrics.jsonl").open())
                       if r["split"] == "train"]

@@ -37,8 +37,8 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from conftest import tiny_config, write_corpus
     from pathlib import Path
+    from chunklm.run.metrics import read_jsonl
     from chunklm.train import trainer
-    from chunklm.train.metrics import read_jsonl
     root = Path(sys.argv[1])
     corpus = write_corpus(root / "corpus")
     out = {}

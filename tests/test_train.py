@@ -8,14 +8,15 @@ import pytest
 
 from chunklm.errors import CheckpointError
 from chunklm.train import trainer
-from chunklm.train.checkpoint import Checkpointer
-from chunklm.train.metrics import read_jsonl
-from chunklm.train.restore import load_trained
+from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.metrics import read_jsonl
+from chunklm.run.trained import open_run
 from conftest import tiny_config
 
 
 def params_of(workdir):
-  _, _, params, step = load_trained(workdir, log=lambda *a, **k: None)
+  run = open_run(workdir, log=lambda *a, **k: None)
+  params, step = run.params, run.step
   return step, params
 
 
@@ -71,7 +72,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, corpus_dir, capsys):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b"garbage")
   capsys.readouterr()
-  _, _, _, step = load_trained(tmp_path / "run")
+  step = open_run(tmp_path / "run").step
   assert step == 4
   err = capsys.readouterr().err
   assert "checkpoint at step 8 is unreadable" in err and "falling back to step 4" in err

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.bench.train import median_time
+from chunklm.bench.timing import median_time
 from chunklm.config import Config
 from chunklm.model import chunking
 from chunklm.model.capacity import capacities

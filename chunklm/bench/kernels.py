@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chunklm.bench.train import median_time
+from chunklm.bench.timing import median_time, real_batches, time_train_steps
+from chunklm.config import load_config
 from chunklm.errors import UserError
 from chunklm.kernels import api
+from chunklm.train.trainer import setup_state
 
 OPS = ("downsample", "upsample", "segment_pool", "ema_scan")
 DTYPES = ("float32", "bfloat16")
@@ -118,10 +120,6 @@ def _print_row(r: dict) -> None:
 
 def bench_step(config: str, overrides: list[str], impls, steps: int, warmup: int) -> list[dict]:
   """Median training-step time of `config` with each chunk-op impl (the same batches and initial state)."""
-  from chunklm.bench.train import real_batches, time_train_steps
-  from chunklm.config import load_config
-  from chunklm.train.trainer import setup_state
-
   rows, base = [], None
   for impl in impls:
     cfg = load_config(config, [*overrides, f"kernels.impl={impl}"])

@@ -2,70 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import time
 
-import jax
 import numpy as np
 
+from chunklm.bench.breakdown import breakdown
+from chunklm.bench.timing import machine, real_batches, time_train_steps
 from chunklm.config import load_config
-from chunklm.data.corpus import load_splits
-from chunklm.data.pipeline import PackedWindows
 from chunklm.model.flops import train_flops_per_byte
-from chunklm.train.step import make_train_step
 from chunklm.train.trainer import setup_state
-
-
-def machine() -> str:
-  dev = jax.devices()[0]
-  cpu = platform.processor() or platform.machine()
-  kind = dev.device_kind if dev.platform != "cpu" else f"CPU ({os.cpu_count()} cores, {cpu})"
-  return f"{kind}, jax {jax.__version__}"
-
-
-def real_batches(cfg, count: int) -> list[dict]:
-  """Batches of packed windows from the configured training data (the built-in corpus by default)."""
-  from chunklm.data.tokenizer import tokenize
-  from chunklm.train.restore import run_tokenizer
-  docs = load_splits(cfg.data).train
-  tok = run_tokenizer(cfg)
-  vocab = {}
-  if tok is not None:
-    docs, vocab = tokenize(docs, tok), {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes}
-  windows = PackedWindows(docs, cfg.data.seq_len, seed=cfg.data.seed, **vocab)
-  b = cfg.train.batch_size
-  return [{k: np.stack([windows[i * b + j][k] for j in range(b)]) for k in windows[0]} for i in range(count)]
-
-
-def median_time(fn, args, repeats: int, warmup: int = 0) -> float:
-  """Median seconds of fn(*args) over `repeats` calls, after one compiling call and `warmup` more."""
-  jax.block_until_ready(fn(*args))
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
-def time_train_steps(graphdef, tx, state, batches: list[dict], warmup: int) -> tuple[float, list[float], dict]:
-  """(compile seconds, seconds of each step after the first `warmup` + 1, the last step's metrics)."""
-  step_fn = make_train_step(graphdef, tx)
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - t0
-  times, metrics = [], None
-  for i, batch in enumerate(batches):
-    t = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(state)
-    if i > warmup:
-      times.append(time.perf_counter() - t)
-  return compile_s, times, metrics
 
 
 def bench_train(config: str, overrides: list[str], steps: int, warmup: int, show_breakdown: bool = False) -> dict:
@@ -94,7 +39,6 @@ def bench_train(config: str, overrides: list[str], steps: int, warmup: int, show
   print(f"| {config} {out['overrides']} | {num_params / 1e6:.2f} M | {compile_s:.1f} s | {step_s * 1e3:.0f} ms | "
         f"{out['bytes_per_s']:,.0f} | {flops / 1e6:.2f} M | {out['machine']} |")
   if show_breakdown:
-    from chunklm.bench.breakdown import breakdown
     rows = breakdown(cfg)
     total = sum(t for _, t in rows)
     print(f"\nforward+backward of each part alone (sum {total * 1e3:.0f} ms vs fused step {step_s * 1e3:.0f} ms):")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 
 from chunklm.data.corpus import Documents, Splits
 from chunklm.errors import ConfigError, DataError
@@ -24,8 +25,6 @@ _INVALID = re.compile("([\udc80-\udcff]+)")  # bytes that are not UTF-8, after d
 
 class Tokenizer:
   def __init__(self, path: str | Path | None = None, *, model_proto: bytes | None = None):
-    import sentencepiece as spm
-
     self.path = Path(path) if path is not None else None
     if model_proto is None:
       if self.path is None or not self.path.is_file():
@@ -70,6 +69,11 @@ class Tokenizer:
     return b"".join(self._pieces[int(i)] for i in ids)
 
 
+def vocab_kwargs(tok: Tokenizer | None) -> dict:
+  """How a model's vocabulary is described to the windowing pipelines: {} for bytes, else BOS id and bytes per id."""
+  return {} if tok is None else {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes}
+
+
 def _sentences(docs: Documents, max_bytes: int = 8192) -> Iterator[str]:
   """Training text: documents cut at blank lines (so pieces can span newlines), long paragraphs cut further."""
   for i in range(len(docs)):
@@ -83,7 +87,6 @@ def _sentences(docs: Documents, max_bytes: int = 8192) -> Iterator[str]:
 def train_tokenizer(docs: Documents, vocab_size: int, out: str | Path, *, sample_sentences: int = 300_000,
                     log=print) -> Tokenizer:
   """Trains BPE with byte fallback on `docs` and writes the model file atomically."""
-  import sentencepiece as spm
 
   if vocab_size < 300:
     raise ConfigError(f"--vocab-size {vocab_size}: must be at least 300 (256 byte pieces + control pieces + merges)")

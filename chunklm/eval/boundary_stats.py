@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from chunklm.eval.boundaries import ByteRouting, _show, characters, picture
+from chunklm.data.corpus import load_documents
+from chunklm.data.pipeline import leading_bytes
+from chunklm.data.tokenizer import Tokenizer
+from chunklm.errors import UserError
+from chunklm.eval.boundaries import ByteRouting, _show, characters, corpus_routing, picture, text_routing
+from chunklm.plots import figure
+from chunklm.run.trained import open_run
 
 
 def chunk_lengths(starts: np.ndarray) -> np.ndarray:
@@ -77,11 +83,7 @@ def stats_markdown(stats: dict, total_bytes: int) -> str:
 
 
 def histogram_png(stats: dict, path: Path) -> Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, len(stats), figsize=(5 * len(stats), 3.5), squeeze=False)
+  fig, axes = figure(1, len(stats), figsize=(5 * len(stats), 3.5), squeeze=False)
   for ax, (s, st) in zip(axes[0], stats.items()):
     top = int(np.percentile(st["lengths"], 99)) + 1 if len(st["lengths"]) else 1
     ax.hist(np.minimum(st["lengths"], top), bins=range(1, top + 2), color=f"C{s}", align="left")
@@ -90,7 +92,6 @@ def histogram_png(stats: dict, path: Path) -> Path:
     ax.set_ylabel("chunks")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -122,13 +123,10 @@ def text_html(data: bytes, r: ByteRouting, title: str) -> str:
 
 def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64) -> Path:
   """The text in rows, chunk starts marked per stage, with p drawn above each character."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
   spans = characters(data)
   rows = [spans[k:k + per_row] for k in range(0, len(spans), per_row)] or [[]]
-  fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.16 + 1, 1.1 * len(rows) + 0.5), squeeze=False)
+  fig, axes = figure(len(rows), 1, figsize=(per_row * 0.16 + 1, 1.1 * len(rows) + 0.5), squeeze=False)
   for ax, row in zip(axes[:, 0], rows):
     for x, (i, j) in enumerate(row):
       ax.text(x, 0, _show(data[i:j].decode("utf-8", errors="replace")), ha="center", va="center",
@@ -144,7 +142,6 @@ def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64) -> Path
   fig.suptitle("chunk starts (vertical lines; thicker = deeper stage) and boundary probability p (bars)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path
 
 
@@ -152,14 +149,8 @@ def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64) -> Path
 def run_boundaries(workdir: Path, text: bytes | None, data: tuple[str, ...], max_bytes: int, tokenizer_path: str,
                    out: Path | None, log=print) -> dict:
   """`chunklm boundaries`: picture of one text (terminal, HTML, PNG) and statistics over a corpus."""
-  from chunklm.config import load_config
-  from chunklm.data.corpus import load_documents, load_splits
-  from chunklm.data.pipeline import leading_bytes
-  from chunklm.errors import UserError
-  from chunklm.eval.boundaries import corpus_routing, text_routing
-  from chunklm.train.restore import load_trained
-
-  cfg, graphdef, params, step = load_trained(workdir, log=lambda *a, **k: None)
+  run = open_run(workdir, log=lambda *a, **k: None)
+  cfg, graphdef, params, step = run.cfg, run.graphdef, run.params, run.step
   stages = cfg.model.num_stages
   if not stages:
     raise UserError(f"{workdir} holds a plain {cfg.model.layout[0]} stack without routing stages; boundaries "
@@ -179,12 +170,9 @@ def run_boundaries(workdir: Path, text: bytes | None, data: tuple[str, ...], max
   if data:
     docs = load_documents(tuple(data), cfg.data)
   else:
-    docs = load_splits(cfg.data, cache_dir=workdir / "cache").valid
+    docs = run.valid_split()
   docs = leading_bytes(docs.select(docs.lengths > 0), max_bytes)
-  tok = None
-  if tokenizer_path:
-    from chunklm.data.tokenizer import Tokenizer
-    tok = Tokenizer(tokenizer_path)
+  tok = Tokenizer(tokenizer_path) if tokenizer_path else None
   stats = corpus_stats(corpus_routing(graphdef, params, docs, stages, cfg.data.seq_len), stages, tok)
   md = stats_markdown(stats, docs.num_bytes)
   log(md)

@@ -9,6 +9,7 @@ encodes prompts with its tokenizer and decodes what it samples.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from flax import nnx
 
 from chunklm.data.pipeline import BOS
 from chunklm.model import cache
+from chunklm.run.trained import open_run
 
 
 def sample_logits(logits_V: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
@@ -48,7 +50,7 @@ def sample_logits(logits_V: jax.Array, key: jax.Array, temperature: jax.Array, t
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
-def _run(graphdef, params, tokens_BxT, lengths_B, key, top_k, temperature, top_p):
+def sample_batch(graphdef, params, tokens_BxT, lengths_B, key, top_k, temperature, top_p):
   """Fills tokens_BxT past each row's prompt (position 0 = BOS, then lengths_B prompt ids)."""
   model = nnx.merge(graphdef, params)
   b, t = tokens_BxT.shape
@@ -83,7 +85,7 @@ def generate_many(graphdef, params, prompts: list[bytes], *, max_new_bytes: int,
   for r, e in enumerate(encoded):
     tokens[r, 1: len(e) + 1] = e
   lengths = np.array([len(e) for e in encoded], np.int32)
-  out = np.asarray(_run(graphdef, params, tokens, lengths, jax.random.key(seed), int(top_k),
+  out = np.asarray(sample_batch(graphdef, params, tokens, lengths, jax.random.key(seed), int(top_k),
                         jnp.float32(temperature), jnp.float32(top_p)))
   texts = []
   for r, n in enumerate(lengths):
@@ -106,15 +108,11 @@ def generate(graphdef, params, prompt: bytes, *, max_new_bytes: int, temperature
 def generate_from_workdir(workdir, prompts: str | bytes | list, *, max_bytes: int = 200, temperature: float = 0.8,
                           top_k: int = 0, top_p: float = 0.95, stop: bytes | str = b"", seed: int = 0):
   """`chunklm.generate`: continuations from a trained run's newest checkpoint; one prompt in, one out (bytes)."""
-  from pathlib import Path
-
-  from chunklm.train.restore import load_trained, run_tokenizer
-
-  cfg, graphdef, params, _ = load_trained(Path(workdir), log=lambda *a, **k: None)
+  run = open_run(Path(workdir), log=lambda *a, **k: None)
   single = isinstance(prompts, (str, bytes))
   items = [prompts] if single else list(prompts)
   items = [p.encode() if isinstance(p, str) else p for p in items]
-  out = generate_many(graphdef, params, items, max_new_bytes=max_bytes, temperature=temperature, top_k=top_k,
+  out = generate_many(run.graphdef, run.params, items, max_new_bytes=max_bytes, temperature=temperature, top_k=top_k,
                       top_p=top_p, stop=stop.encode() if isinstance(stop, str) else stop, seed=seed,
-                      tokenizer=run_tokenizer(cfg, Path(workdir)))
+                      tokenizer=run.tokenizer)
   return out[0] if single else out

@@ -10,29 +10,26 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
+
+from chunklm.config import load_config
 from chunklm.data.corpus import Documents, load_documents, load_splits
 from chunklm.data.pipeline import leading_bytes
 from chunklm.errors import DataError, UserError
+from chunklm.eval.bpb import evaluate
+from chunklm.train.step import make_eval_step  # MOVE-AFTER-MERGE
 from chunklm.eval.perturb import PERTURBATIONS, perturb_documents
+from chunklm.plots import figure
+from chunklm.run.trained import open_run, read_config
 
 
 def score(workdir: Path, texts: dict[str, Documents], batch_size: int | None = None) -> dict[str, dict]:
   """{text name: evaluate() result} for the model in `workdir`."""
-  from chunklm.data.tokenizer import tokenize
-  from chunklm.eval.bpb import evaluate
-  from chunklm.train.restore import load_trained, run_tokenizer
-  from chunklm.train.step import make_eval_step
-
-  cfg, graphdef, params, _ = load_trained(workdir, log=lambda *a, **k: None)
-  tok = run_tokenizer(cfg, workdir)
-  step = make_eval_step(graphdef)
-  out = {}
-  for name, docs in texts.items():
-    vocab = {}
-    if tok is not None:
-      docs, vocab = tokenize(docs, tok), {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes}
-    out[name] = evaluate(step, params, docs, cfg.data.seq_len, batch_size or cfg.eval.batch_size, **vocab)
-  return out
+  run = open_run(workdir, log=lambda *a, **k: None)
+  step = make_eval_step(run.graphdef)
+  return {name: evaluate(step, run.params, run.units(docs), run.cfg.data.seq_len,
+                         batch_size or run.cfg.eval.batch_size, **run.vocab)
+          for name, docs in texts.items()}
 
 
 def run_robustness(workdirs: list[Path], data: tuple[str, ...], perturbations: list[str], strength: float,
@@ -44,15 +41,12 @@ def run_robustness(workdirs: list[Path], data: tuple[str, ...], perturbations: l
     raise UserError(f"robustness: unknown perturbation(s) {unknown}; available: {', '.join(PERTURBATIONS)}")
   if not 0 <= strength <= 1:
     raise UserError(f"robustness: --strength must be in [0, 1], got {strength}")
-  from chunklm.config import load_config
   names = _names(workdirs)
   if data:
     docs = load_documents(tuple(data), load_config(None).data)
     docs = docs.select(docs.lengths > 0)
   else:
-    if not (workdirs[0] / "config.yaml").exists():
-      raise UserError(f"{workdirs[0]} is not a training run (no config.yaml)")
-    docs = load_splits(load_config(workdirs[0] / "config.yaml").data).valid
+    docs = load_splits(read_config(workdirs[0]).data).valid
   docs = leading_bytes(docs, max_bytes)
   if docs.num_bytes == 0:
     raise DataError("robustness: no bytes to evaluate")
@@ -102,12 +96,7 @@ def _write(out: Path, results: dict, texts: dict, strength: float, seed: int) ->
 
 
 def _plot(path: Path, rows: list[dict], models: list[str]) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-
-  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4))
+  fig, ax = figure(figsize=(max(6, 1.2 * len(rows) + 2), 4))
   x = np.arange(len(rows))
   width = 0.8 / max(len(models), 1)
   for i, m in enumerate(models):
@@ -119,4 +108,3 @@ def _plot(path: Path, rows: list[dict], models: list[str]) -> None:
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)

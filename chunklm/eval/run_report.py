@@ -16,7 +16,13 @@ from pathlib import Path
 
 from chunklm.config import dump_yaml
 from chunklm.errors import UserError
-from chunklm.train.metrics import plot_curves, read_jsonl
+from chunklm.eval.boundaries import picture, text_routing
+from chunklm.eval.generate import generate_many
+from chunklm.eval.summary import show_bytes, snippet_of
+from chunklm.model.describe import describe_config
+from chunklm.plots import figure
+from chunklm.run.metrics import plot_curves, read_jsonl
+from chunklm.run.trained import open_run
 
 SECTIONS = ("config", "size", "curves", "valid", "robustness", "boundaries", "samples")
 
@@ -32,13 +38,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def run_section(workdir: Path, samples: int, sample_bytes: int) -> tuple[str, dict]:
-  from chunklm.eval.boundaries import picture, text_routing
-  from chunklm.eval.generate import generate_many
-  from chunklm.eval.report import describe_config, show_bytes
-  from chunklm.train.restore import load_trained, run_tokenizer
-  from chunklm.train.trainer import snippet_of
-
-  cfg, graphdef, params, step = load_trained(workdir, log=lambda *a, **k: None)
+  run = open_run(workdir, log=lambda *a, **k: None)
+  cfg, graphdef, params, step = run.cfg, run.graphdef, run.params, run.step
   info = describe_config(cfg)
   records = read_jsonl(workdir / "metrics.jsonl")
   valid = [r for r in records if r["split"] == "valid"]
@@ -62,15 +63,14 @@ def run_section(workdir: Path, samples: int, sample_bytes: int) -> tuple[str, di
   else:
     parts.append('<h3 class="robustness">robustness</h3><p>not measured: run <code>chunklm robustness --workdir '
                  f'{html.escape(str(workdir))}</code> first</p>')
-  from chunklm.data.corpus import load_splits
-  snippet = snippet_of(load_splits(cfg.data, cache_dir=workdir / "cache").valid)
+  snippet = snippet_of(run.valid_split())
   if cfg.model.num_stages:
     r = text_routing(graphdef, params, snippet, cfg.model.num_stages, cfg.data.seq_len)
     parts.append('<h3 class="boundaries">chunk boundaries</h3><pre>'
                  f"{html.escape(picture(snippet[:len(r.starts[0])], r.starts))}</pre>")
   prompts = [snippet[: 16 * (i + 1)] for i in range(samples)]
   outs = generate_many(graphdef, params, prompts, max_new_bytes=sample_bytes, temperature=0.8, top_p=0.95,
-                       tokenizer=run_tokenizer(cfg, workdir))
+                       tokenizer=run.tokenizer)
   parts.append('<h3 class="samples">samples</h3>' + "".join(
       f"<pre><b>{html.escape(show_bytes(p))}</b>{html.escape(show_bytes(o))}</pre>" for p, o in zip(prompts, outs)))
   summary = {"run": workdir.name, "params": info["params"], "step": step, "valid_bpb": final.get("bpb"),
@@ -79,11 +79,7 @@ def run_section(workdir: Path, samples: int, sample_bytes: int) -> tuple[str, di
 
 
 def _overlay(summaries: list[dict]) -> bytes:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = figure(figsize=(7, 4))
   for i, s in enumerate(summaries):
     valid = [r for r in s["records"] if r["split"] == "valid"]
     ax.plot([r["step"] for r in valid], [r["bpb"] for r in valid], "o-", color=f"C{i}", label=s["run"])
@@ -94,7 +90,6 @@ def _overlay(summaries: list[dict]) -> bytes:
   buf = io.BytesIO()
   fig.tight_layout()
   fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
   return buf.getvalue()
 
 

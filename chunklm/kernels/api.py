@@ -24,8 +24,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
 
-from chunklm.kernels import reference
+from chunklm.kernels import pallas_gpu, pallas_tpu, reference
 from chunklm.kernels.bookkeeping import chunk_counts, kept_rows
 from chunklm.kernels.tuning import Tiles
 
@@ -48,17 +49,12 @@ class Backend:
 
   @property
   def module(self):
-    if self.kernels == "tpu":
-      from chunklm.kernels import pallas_tpu
-      return pallas_tpu
-    from chunklm.kernels import pallas_gpu
-    return pallas_gpu
+    return pallas_tpu if self.kernels == "tpu" else pallas_gpu
 
   def kwargs(self) -> dict:
     if not self.interpret:
       interpret = False
     elif self.kernels == "tpu":
-      from jax.experimental.pallas import tpu as pltpu
       interpret = pltpu.InterpretParams()
     else:
       interpret = True

@@ -8,6 +8,12 @@ import jax.numpy as jnp
 from chunklm.kernels import reference
 
 
+def check_ndim(x, name: str, ndim: int) -> None:
+  """The one input check of both kernel families: `name` must have `ndim` dimensions."""
+  if x.ndim != ndim:
+    raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+
+
 def kept_rows(keep_BxL: jax.Array, capacity: int) -> jax.Array:
   """The kept positions that got a slot: keep minus the boundaries past `capacity` (overflow)."""
   return keep_BxL & (jnp.cumsum(keep_BxL.astype(jnp.int32), axis=1) <= capacity)

@@ -30,7 +30,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from chunklm.kernels import reference
 from chunklm.kernels.onehot import onehot_matmul
-from chunklm.kernels.bookkeeping import chunk_lens
+from chunklm.kernels.bookkeeping import check_ndim, chunk_lens
 from chunklm.kernels.tuning import GPU, Tiles, fit
 
 ANY = pl.BlockSpec(memory_space=pl.ANY)  # whole array in global memory; programs index it themselves
@@ -44,11 +44,6 @@ def _block(dim: int, block: int, at_least: int = 1) -> int:
   """Triton blocks are powers of two: `block`, or the smallest power of two covering a shorter axis (at least
   `at_least`: a Triton dot needs 16 in every dimension)."""
   return max(at_least, min(block, pl.next_power_of_2(dim)))
-
-
-def _check(x, name: str, ndim: int):
-  if x.ndim != ndim:
-    raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
 
 
 def _cols(j, block_d: int, d: int):
@@ -92,7 +87,7 @@ def _gather(src_BxNxD, idx_BxR, block_r: int, block_d: int, interpret, name: str
 def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, mask_BxL: jax.Array | None = None, *,
              tiles: Tiles = GPU, interpret=False) -> jax.Array:
   """x_BxLxD with x[b, t] = z[b, chunk_idx[b, t]], and zero where mask_BxL (if given) is False."""
-  _check(z_BxMxD, "z_BxMxD", 3)
+  check_ndim(z_BxMxD, "z_BxMxD", 3)
   idx_BxL = chunk_idx_BxL.astype(jnp.int32)
   if mask_BxL is not None:
     idx_BxL = jnp.where(mask_BxL, idx_BxL, -1)
@@ -102,7 +97,7 @@ def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, mask_BxL: jax.Array |
 @functools.partial(jax.jit, static_argnames=("capacity", "tiles", "interpret"))
 def downsample(x_BxLxD: jax.Array, keep_BxL: jax.Array, capacity: int, *, tiles: Tiles = GPU, interpret=False):
   """(z_BxMxD, chunk_lens_BxM, valid_BxM) exactly as `reference.downsample`; z gathers only the kept rows."""
-  _check(x_BxLxD, "x_BxLxD", 3)
+  check_ndim(x_BxLxD, "x_BxLxD", 3)
   positions_BxM, valid_BxM = reference.chunk_positions(keep_BxL, capacity)
   rows_BxM = jnp.where(valid_BxM, positions_BxM, -1)
   z_BxMxD = _gather(x_BxLxD, rows_BxM, tiles.block_m, tiles.block_d, interpret, "chunk_downsample")
@@ -142,7 +137,7 @@ def _pool_kernel(start_ref, idx_ref, x_ref, o_ref, *, d: int, capacity: int, blo
 def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mode: str = "sum", *,
                  tiles: Tiles = GPU, interpret=False) -> jax.Array:
   """z_BxMxD (M = capacity): sum or mean of the rows of each chunk; empty chunks are zero."""
-  _check(x_BxLxD, "x_BxLxD", 3)
+  check_ndim(x_BxLxD, "x_BxLxD", 3)
   if mode not in ("sum", "mean"):
     raise ValueError(f"segment_pool mode must be 'sum' or 'mean', got {mode!r}")
   b, length, d = x_BxLxD.shape
@@ -232,7 +227,7 @@ def _scan_call(kernel, args, out_shape, grid, bd: int, cost, interpret, name: st
 @functools.partial(jax.jit, static_argnames=("tiles", "interpret"))
 def ema_scan(z_BxMxD: jax.Array, p_BxM: jax.Array, *, tiles: Tiles = GPU, interpret=False) -> jax.Array:
   """zbar_BxMxD, zbar_c = p_c z_c + (1 - p_c) zbar_{c-1} (zbar_{-1} = 0), accumulated in float32."""
-  _check(z_BxMxD, "z_BxMxD", 3)
+  check_ndim(z_BxMxD, "z_BxMxD", 3)
   b, m, d = z_BxMxD.shape
   bd, rows = _block(d, tiles.block_d), fit(m, tiles.block_scan)
   n_c = pl.cdiv(m, rows)

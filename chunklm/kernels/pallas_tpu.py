@@ -30,7 +30,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from chunklm.kernels import reference
-from chunklm.kernels.bookkeeping import chunk_lens, kept_rows
+from chunklm.kernels.bookkeeping import check_ndim, chunk_lens, kept_rows
 from chunklm.kernels.onehot import onehot_matmul
 from chunklm.kernels.schedule import ACTIVE, FIRST, LAST, schedule
 from chunklm.kernels.tuning import TPU, Tiles, fit, fit_lanes
@@ -38,11 +38,6 @@ from chunklm.kernels.tuning import TPU, Tiles, fit, fit_lanes
 
 def _flag(flags_ref, flag: int):
   return (flags_ref[pl.program_id(0), pl.program_id(2)] & flag) != 0
-
-
-def _check(x, name: str, ndim: int):
-  if x.ndim != ndim:
-    raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
 
 
 # ----------------------------------------------------------------------------------------------- pool (bytes -> chunks)
@@ -79,7 +74,7 @@ def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mo
                  mask_BxL: jax.Array | None = None, *, tiles: Tiles = TPU, interpret=False) -> jax.Array:
   """z_BxMxD (M = capacity): sum or mean of the rows of each chunk (only rows where mask_BxL, if given, is True);
   empty chunks are zero."""
-  _check(x_BxLxD, "x_BxLxD", 3)
+  check_ndim(x_BxLxD, "x_BxLxD", 3)
   if mode not in ("sum", "mean"):
     raise ValueError(f"segment_pool mode must be 'sum' or 'mean', got {mode!r}")
   b, length, d = x_BxLxD.shape
@@ -137,7 +132,7 @@ def _bcast_kernel(out_ref, in_ref, flags_ref, idx_ref, z_ref, o_ref, acc_ref, *,
 def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, mask_BxL: jax.Array | None = None, *,
              tiles: Tiles = TPU, interpret=False) -> jax.Array:
   """x_BxLxD with x[b, t] = z[b, chunk_idx[b, t]], and zero where mask_BxL (if given) is False."""
-  _check(z_BxMxD, "z_BxMxD", 3)
+  check_ndim(z_BxMxD, "z_BxMxD", 3)
   b, capacity, d = z_BxMxD.shape
   length = chunk_idx_BxL.shape[1]
   bl, bm, bd = fit(length, tiles.block_l), fit(capacity, tiles.block_m), fit_lanes(d, tiles.block_d)
@@ -197,7 +192,7 @@ def gather_rows(x_BxLxD: jax.Array, positions_BxM: jax.Array, count_B: jax.Array
                 tiles: Tiles = TPU, interpret=False) -> jax.Array:
   """z_BxMxD with z[b, m] = x[b, positions[b, m]] for m < count[b] and zero after (count <= M = capacity).
   32-bit rows of a multiple of 128 features only (`row_dma_ok`)."""
-  _check(x_BxLxD, "x_BxLxD", 3)
+  check_ndim(x_BxLxD, "x_BxLxD", 3)
   if not row_dma_ok(x_BxLxD, interpret):
     raise ValueError(f"gather_rows needs 32-bit rows of a multiple of 128 features, got {x_BxLxD.dtype} rows of "
                      f"{x_BxLxD.shape[-1]}; use downsample, which handles any")
@@ -282,7 +277,7 @@ def _ema_tiles(z_BxMxD, tiles: Tiles):
 @functools.partial(jax.jit, static_argnames=("tiles", "interpret"))
 def ema_scan(z_BxMxD: jax.Array, p_BxM: jax.Array, *, tiles: Tiles = TPU, interpret=False) -> jax.Array:
   """zbar_BxMxD, zbar_c = p_c z_c + (1 - p_c) zbar_{c-1} (zbar_{-1} = 0), accumulated in float32."""
-  _check(z_BxMxD, "z_BxMxD", 3)
+  check_ndim(z_BxMxD, "z_BxMxD", 3)
   b, m, d, bm, bd, n_m, n_d = _ema_tiles(z_BxMxD, tiles)
   row = pl.BlockSpec((1, bm, bd), lambda i, j, k: (i, k, j))
   steps = max(1, (bm - 1).bit_length())

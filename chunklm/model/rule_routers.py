@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from chunklm.errors import DataError
 from chunklm.model.routing import Router, Routing, document_starts, finalize
 
 ASCII_WS = (9, 10, 11, 12, 13, 32)
@@ -148,7 +149,6 @@ DNA_ALPHABET = frozenset(b"ACGTNacgtn\r\n")
 def check_router_data(cfg, docs, sample_bytes: int = 65536) -> None:
   """Refuses a word router on data it cannot chunk: a nucleotide alphabet, or no word start besides document starts
   in the first `sample_bytes` bytes of the training documents. Raises DataError."""
-  from chunklm.errors import DataError  # errors are for the trainer's caller; keep this module's imports light
 
   if "whitespace" not in cfg.router[:cfg.num_stages]:
     return

@@ -18,21 +18,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from chunklm.model.functional import merge_model, split_model
 from chunklm.model.routing import RouterStat
 
 LN2 = math.log(2.0)
-
-
-def split_model(model: nnx.Module):
-  """(graphdef, params) in tree mode; the models hold nothing but parameters and router statistics."""
-  graphdef, params, *rest = nnx.split(model, (nnx.Param, RouterStat), ..., graph=False)
-  if rest and jax.tree.leaves(rest[0]):
-    raise ValueError("model holds non-parameter state; the training step only carries nnx.Param and RouterStat")
-  return graphdef, params
-
-
-def merge_model(graphdef, params) -> nnx.Module:
-  return nnx.merge(graphdef, params)
 
 
 def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dict:

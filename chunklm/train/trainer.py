@@ -3,7 +3,9 @@
 Re-running `train` in a workdir that holds a checkpoint resumes exactly: parameters, optimizer, step, RNG and the
 data iterator's position are restored, and metrics past the checkpoint are dropped, so N steps + kill + resume + N
 steps equals 2N straight steps. Metrics are pulled one step behind the dispatched step; a non-finite loss stops
-training with a clear message and leaves the last good checkpoint untouched.
+training with a clear message and leaves the last good checkpoint untouched. Training ends with a checkpoint and an
+evaluation on the valid split, and returns the trained run in memory; what is shown of it (a sample, a boundary
+picture) is the caller's to compose (`chunklm.eval.summary`).
 """
 
 from __future__ import annotations
@@ -22,22 +24,20 @@ import numpy as np
 from tqdm import tqdm
 
 from chunklm.config import Config, differing_fields, dump_yaml, load_config, to_dict
-from chunklm.data.corpus import Splits, load_splits, order0_entropy
+from chunklm.data.corpus import Documents, Splits, load_splits, order0_entropy
 from chunklm.data.pipeline import leading_bytes, train_dataset
-from chunklm.data.tokenizer import tokenize, tokenize_splits
+from chunklm.data.tokenizer import tokenize, tokenize_splits, vocab_kwargs
 from chunklm.errors import CheckpointError, ConfigError, UserError
-from chunklm.eval.boundaries import boundary_levels, picture
 from chunklm.eval.bpb import evaluate
-from chunklm.eval.generate import generate
-from chunklm.model.cache import unsupported
+from chunklm.model.functional import split_model
 from chunklm.model.lm import build_model, count_params
 from chunklm.model.rule_routers import check_router_data
-from chunklm.train.checkpoint import Checkpointer
-from chunklm.train.metrics import MetricsWriter, plot_curves
+from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.metrics import MetricsWriter, plot_curves
+from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, run_tokenizer
 from chunklm.train.optim import lr_schedule, make_optimizer
-from chunklm.train.restore import TOKENIZER_FILE, run_tokenizer
 from chunklm.train.sharding import batch_sharding, batch_shards, local_rows, make_mesh, put_batch, state_shardings
-from chunklm.train.step import init_train_state, make_eval_step, make_train_step, merge_model, split_model
+from chunklm.train.step import init_train_state, make_eval_step, make_train_step
 
 # Changing these in a workdir with checkpoints would make them unusable or the data stream different.
 INCOMPATIBLE_SECTIONS = ("model",)
@@ -50,18 +50,24 @@ class TrainingDiverged(UserError):
 
 @dataclasses.dataclass
 class TrainResult:
-  workdir: Path
-  step: int
+  run: TrainedRun  # the trained model as it is at the last step (the same as its newest checkpoint)
   finished: bool  # reached train.steps (False after --stop-after or SIGTERM)
   valid: dict  # final evaluation ({} when not finished)
-  order0_entropy: float
-  sample: bytes
+  order0_entropy: float  # of the valid split: a unigram byte model's bits per byte, for scale
   num_params: int
-  boundary_picture: str = ""  # H-Net: the valid snippet with its chunk boundaries marked
+  valid_docs: Documents  # the valid split, for summaries
+
+  @property
+  def workdir(self) -> Path:
+    return self.run.workdir
+
+  @property
+  def step(self) -> int:
+    return self.run.step
 
 
 def check_compatible(workdir: Path, cfg: Config) -> None:
-  saved = workdir / "config.yaml"
+  saved = workdir / CONFIG_FILE
   if not saved.exists():
     return
   old = load_config(saved)
@@ -115,7 +121,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
       and (workdir / TOKENIZER_FILE).read_bytes() != tok.path.read_bytes():
     raise CheckpointError(f"{workdir} was trained with another tokenizer than {tok.path}; use another --workdir")
   units = tokenize_splits(splits, tok) if tok is not None else splits  # what the model reads: bytes or tokens
-  vocab = {"bos": tok.bos_id, "piece_bytes": tok.piece_bytes} if tok is not None else {}
+  vocab = vocab_kwargs(tok)
   mesh = make_mesh(cfg.mesh)
   shards = batch_shards(mesh)
   if cfg.train.batch_size % (shards * jax.process_count()):
@@ -135,7 +141,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     start, state, _ = restored
     log(f"resumed from checkpoint at step {start} in {ckpt_dir}")
   if is_main:
-    (workdir / "config.yaml").write_text(dump_yaml(cfg))
+    (workdir / CONFIG_FILE).write_text(dump_yaml(cfg))
     if tok is not None and not (workdir / TOKENIZER_FILE).exists():
       shutil.copyfile(tok.path, workdir / TOKENIZER_FILE)  # the run stays usable if the original moves
   log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))
@@ -228,37 +234,15 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     if sys.exc_info()[0] is not None:
       metrics.close()
   finished = step >= cfg.train.steps
-  valid, sample, pic = {}, b"", ""
+  valid = {}
   if finished:
     valid = run_eval(cfg.eval.final_max_bytes, progress=progress and is_main)
     metrics.write(step, "valid", _valid_record(valid))
-    snippet = snippet_of(splits.valid)
-    why_not = unsupported(merge_model(graphdef, state["params"])) if cfg.eval.sample_bytes else ""
-    if why_not:
-      log(f"no sample: {why_not}")
-    elif cfg.eval.sample_bytes:
-      prompt = cfg.eval.sample_prompt.encode() or snippet[:32]
-      sample = prompt + generate(graphdef, state["params"], prompt, max_new_bytes=cfg.eval.sample_bytes,
-                                 temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.train.seed,
-                                 tokenizer=tok)
-    if cfg.model.num_stages:
-      levels = boundary_levels(graphdef, state["params"], snippet, cfg.model.num_stages, cfg.data.seq_len)
-      pic = picture(snippet[: len(levels[0])], levels)
   metrics.close()
   if is_main:
     plot_curves(workdir, targets=cfg.model.target_ratio if cfg.model.num_stages else ())
-  return TrainResult(workdir, step, finished, valid, entropy, sample, num_params, pic)
-
-
-def snippet_of(docs, size: int = 96) -> bytes:
-  """A readable piece of the first valid documents: from the first line starting a definition, if any."""
-  for i in range(min(len(docs), 50)):
-    text = docs.doc(i)
-    for marker in (b"\ndef ", b"\nclass ", b"\n\n"):
-      at = text.find(marker)
-      if at >= 0:
-        return text[at + 1: at + 1 + size]
-  return docs.doc(0)[:size]
+  run = TrainedRun(workdir, cfg, graphdef, state["params"], step, tok)
+  return TrainResult(run, finished, valid, entropy, num_params, splits.valid)
 
 
 def _valid_record(res: dict) -> dict:

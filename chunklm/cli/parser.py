@@ -1,13 +1,10 @@
-"""`chunklm` command line: parses flags and calls library functions; user errors exit 2 with one line on stderr."""
+"""The `chunklm` argument parser: every subcommand, its options and their help."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from pathlib import Path
 
-from chunklm.errors import UserError
+from chunklm.eval.perturb import PERTURBATIONS
 
 DEFAULT_CONFIG = "hnet_1stage_tiny"
 
@@ -138,9 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data", action="append", default=[], metavar="PATH",
                  help="text to evaluate (repeatable); default: the first run's validation split")
   p.add_argument("--perturbations", default="all",
-                 help="comma-separated subset of: " + ", ".join(
-                     ["random_case", "uppercase", "delete", "insert", "swap", "keyboard", "no_whitespace",
-                      "antspeak", "repeat", "homoglyph"]) + " (default: all)")
+                 help="comma-separated subset of: " + ", ".join(PERTURBATIONS) + " (default: all)")
   p.add_argument("--strength", type=float, default=0.1, help="probability of touching a character (default: 0.1)")
   p.add_argument("--seed", type=int, default=0, help="perturbation seed (default: %(default)s)")
   p.add_argument("--max-bytes", type=int, default=65536, help="leading bytes of the text to use (0 = all; "
@@ -210,175 +205,3 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--no-step", action="store_true", help="skip the training-step comparison")
   b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
   return parser
-
-
-def _cmd_train(args) -> int:
-  from chunklm.config import load_config
-  from chunklm.train.trainer import train
-
-  if args.stop_after is not None and args.stop_after <= 0:
-    raise UserError("--stop-after must be positive")
-  if args.distributed:
-    _init_distributed(args.coordinator, args.num_processes, args.process_id)
-  elif args.coordinator or args.num_processes is not None or args.process_id is not None:
-    raise UserError("--coordinator, --num-processes and --process-id need --distributed")
-  cfg = load_config(args.config, _data_overrides(args))
-  workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
-  result = train(cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress)
-  import jax
-  if jax.process_index() == 0:
-    from chunklm.eval.report import print_train_summary
-    print_train_summary(result, cfg)
-  return 0 if result.finished or args.stop_after else 143
-
-
-def _init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
-  """jax.distributed.initialize(), with its failures turned into one clear line."""
-  import jax
-  if num_processes is not None and num_processes <= 0:
-    raise UserError("--num-processes must be positive")
-  if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
-    raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
-  try:
-    jax.distributed.initialize(coordinator, num_processes, process_id)
-  except (ValueError, TypeError, RuntimeError) as e:
-    raise UserError(f"--distributed: jax.distributed.initialize() failed ({e}); outside TPU pods, SLURM and Open "
-                    "MPI pass --coordinator HOST:PORT --num-processes N --process-id I") from None
-  print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
-        f"{jax.local_device_count()} local / {jax.device_count()} global devices", flush=True)
-
-
-def _data_overrides(args) -> list[str]:
-  """--set overrides plus --data / --valid-data as data.sources / data.valid_sources."""
-  import json
-  overrides = list(args.overrides)
-  if args.data:
-    overrides.append("data.sources=" + json.dumps([os.fspath(i) for i in args.data]))
-  if args.valid_data:
-    overrides.append("data.valid_sources=" + json.dumps([os.fspath(i) for i in args.valid_data]))
-  return overrides
-
-
-def _cmd_eval(args) -> int:
-  from chunklm.eval.report import run_eval
-  if args.max_bytes < 0 or (args.batch_size is not None and args.batch_size <= 0):
-    raise UserError("--max-bytes must be >= 0 and --batch-size > 0")
-  run_eval(Path(args.workdir), args.data, args.valid_data, args.max_bytes, args.batch_size, tuple(args.overrides))
-  return 0
-
-
-def _cmd_generate(args) -> int:
-  from chunklm.eval.report import run_generate
-  if args.max_bytes < 0 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
-    raise UserError("--max-bytes, --temperature and --top-k must be >= 0 and --top-p in (0, 1]")
-  run_generate(Path(args.workdir), args.prompt or [""], args.max_bytes, args.temperature, args.top_k, args.top_p,
-               args.stop, args.seed)
-  return 0
-
-
-def _cmd_compare(args) -> int:
-  from chunklm.eval.compare import run_compare
-  args.overrides = []
-  run_compare(args.spec, args.out, _data_overrides(args), progress=not args.no_progress)
-  return 0
-
-
-def _cmd_boundaries(args) -> int:
-  from chunklm.eval.boundary_stats import run_boundaries
-  text = args.text.encode() if args.text is not None else None
-  if args.file is not None:
-    try:
-      text = Path(args.file).read_bytes()
-    except OSError as e:
-      raise UserError(f"--file {args.file}: {e.strerror}") from None
-  run_boundaries(Path(args.workdir), text, tuple(args.data), args.max_bytes, args.tokenizer,
-                 Path(args.out) if args.out else None)
-  return 0
-
-
-def _cmd_report(args) -> int:
-  from chunklm.eval.run_report import run_report
-  if args.samples < 0:
-    raise UserError("--samples must be >= 0")
-  run_report([Path(w) for w in args.workdir], Path(args.out) if args.out else None, args.samples)
-  return 0
-
-
-def _cmd_robustness(args) -> int:
-  from chunklm.eval.perturb import PERTURBATIONS
-  from chunklm.eval.robustness import run_robustness
-  names = list(PERTURBATIONS) if args.perturbations == "all" else [p.strip() for p in args.perturbations.split(",")]
-  workdirs = [Path(w) for w in args.workdir]
-  run_robustness(workdirs, tuple(args.data), names, args.strength, args.seed, args.max_bytes,
-                 Path(args.out) if args.out else workdirs[0])
-  return 0
-
-
-def _cmd_tokenizer(args) -> int:
-  from chunklm.config import load_config
-  from chunklm.data.corpus import load_splits
-  from chunklm.data.tokenizer import train_tokenizer, tokenize
-
-  cfg = load_config(args.config, _data_overrides(args))
-  splits = load_splits(cfg.data)
-  print(f"data: {splits.description}")
-  tok = train_tokenizer(splits.train, args.vocab_size, args.out)
-  valid = tokenize(splits.valid, tok)
-  exact = all(tok.decode(valid.data[s:s + n]) == splits.valid.doc(i)
-              for i, (s, n) in enumerate(zip(valid.starts, valid.lengths)))
-  print(f"valid split: {splits.valid.num_bytes:,} bytes -> {valid.num_bytes:,} tokens = "
-        f"{splits.valid.num_bytes / max(valid.num_bytes, 1):.3f} bytes per token; exact round trip: {exact}")
-  return 0
-
-
-def _cmd_info(args) -> int:
-  from chunklm.config import load_config
-  from chunklm.eval.report import print_config_info
-  print_config_info(args.config, load_config(args.config, args.overrides))
-  return 0
-
-
-def _cmd_bench(args) -> int:
-  if args.bench == "generate":
-    from chunklm.bench.generate import bench_generate
-    try:
-      sizes = [int(x) for x in args.batch.split(",")]
-    except ValueError:
-      raise UserError(f"--batch {args.batch!r}: expected comma-separated integers") from None
-    if min(sizes) <= 0 or args.units <= 0 or args.repeats <= 0:
-      raise UserError("--batch sizes, --units and --repeats must be positive")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-      raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
-    bench_generate([Path(w) for w in args.workdir], sizes, args.units, args.repeats, args.temperature, args.top_p)
-    return 0
-  if args.bench == "kernels":
-    from chunklm.bench.kernels import bench_kernels
-    step_config = None if args.no_step else (args.step_config or
-                                             ("hnet_1stage_tiny" if args.shapes == "small" else "hnet_1stage_S"))
-    bench_kernels(args.impl, args.shapes, args.dtype, args.ops, args.repeats, args.warmup, step_config,
-                  args.step_overrides, args.step_steps, args.json)
-    return 0
-  from chunklm.bench.train import bench_train
-  if args.config is None:
-    raise UserError("bench train: --config is required")
-  bench_train(args.config, args.overrides, args.steps, args.warmup, args.breakdown)
-  return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  commands = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "compare": _cmd_compare,
-              "boundaries": _cmd_boundaries, "report": _cmd_report, "robustness": _cmd_robustness,
-              "tokenizer": _cmd_tokenizer, "info": _cmd_info, "bench": _cmd_bench}
-  try:
-    return commands[args.command](args)
-  except UserError as e:
-    print(f"chunklm: error: {e}", file=sys.stderr)
-    return getattr(e, "exit_code", 2)
-  except KeyboardInterrupt:
-    print("chunklm: interrupted", file=sys.stderr)
-    return 130
-
-
-if __name__ == "__main__":
-  sys.exit(main())

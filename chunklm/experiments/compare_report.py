@@ -9,7 +9,9 @@ import statistics
 from pathlib import Path
 
 from chunklm.config import Config
-from chunklm.train.metrics import read_jsonl
+from chunklm.plots import figure
+from chunklm.model.flops import train_flops_per_byte
+from chunklm.run.metrics import read_jsonl
 
 
 @dataclasses.dataclass
@@ -27,8 +29,6 @@ class Row:
 
 def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token: float,
             match_error: float | None) -> Row:
-  from chunklm.model.flops import train_flops_per_byte
-
   records = read_jsonl(workdir / "metrics.jsonl")
   train = [r for r in records if r["split"] == "train"]
   valid = [r for r in records if r["split"] == "valid"]
@@ -50,11 +50,7 @@ def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token:
 
 
 def plot(rows: list[Row], out: Path) -> Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  fig, axes = figure(1, 2, figsize=(12, 4.5))
   for i, row in enumerate(rows):
     final_bytes = row.curve[-1][2]
     # Points on the final evaluation's bytes form the curve; evaluations on fewer (leading) bytes are drawn apart.
@@ -73,7 +69,6 @@ def plot(rows: list[Row], out: Path) -> Path:
     ax.legend()
   fig.tight_layout()
   fig.savefig(out, dpi=100)
-  plt.close(fig)
   return out
 
 

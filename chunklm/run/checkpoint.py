@@ -1,4 +1,4 @@
-"""Checkpoints (the only orbax import): train state, grain iterator position and the run's config, saved atomically.
+"""Checkpoints of a run (the only orbax import): train state, grain iterator position and the config, saved atomically.
 
 orbax writes each step to a temporary directory and renames it when complete, so a crash never leaves a half-written
 checkpoint that looks valid. If the newest checkpoint cannot be read (corrupted on disk), `restore_latest` says so
@@ -24,7 +24,11 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+  """Shapes, dtypes and placements of `tree` (arrays, or ShapeDtypeStructs without a sharding: the default device)."""
+  def spec(x):
+    sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(spec, tree)
 
 
 class Checkpointer:
@@ -50,8 +54,16 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore(self, step: int, like_state: dict, data_iter: grain.DatasetIterator | None = None) -> tuple[dict, dict]:
-    """(state, meta) at `step`; `like_state` gives structure, shapes and dtypes; `data_iter` is set in place."""
-    items: dict[str, Any] = {"state": ocp.args.StandardRestore(_abstract(like_state)), "meta": ocp.args.JsonRestore()}
+    """(state, meta) at `step`; `like_state` gives structure, shapes and dtypes; `data_iter` is set in place.
+
+    A `like_state` of only {"params": ...} restores the parameters alone (inference: no optimizer state is read)."""
+    if set(like_state) == {"params"}:
+      item = _abstract(like_state)
+      state_args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                          partial_restore=True)
+    else:
+      state_args = ocp.args.StandardRestore(_abstract(like_state))
+    items: dict[str, Any] = {"state": state_args, "meta": ocp.args.JsonRestore()}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))

@@ -11,6 +11,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+from tensorboardX import SummaryWriter
+
+from chunklm.plots import figure
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -30,7 +33,6 @@ class MetricsWriter:
     self._file = open(self.path, "a")
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # imported lazily: slow, and optional for library users
       self._tb = SummaryWriter(str(self.workdir / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, split: str, values: dict) -> None:
@@ -70,12 +72,9 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tup
   valid = [r for r in records if r["split"] == "valid"]
   if not train:
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
   chunk_keys = sorted({k for r in train for k in r if k.startswith("bytes_per_chunk")})
-  fig, axes = plt.subplots(1, 2 if chunk_keys else 1, figsize=(11 if chunk_keys else 6, 4), squeeze=False)
+  fig, axes = figure(1, 2 if chunk_keys else 1, figsize=(11 if chunk_keys else 6, 4), squeeze=False)
   ax = axes[0, 0]
   steps = [r["step"] for r in train]
   ax.plot(steps, [r["bpb"] for r in train], lw=0.8, alpha=0.35, color="C0")
@@ -105,5 +104,4 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tup
   fig.tight_layout()
   out = Path(out or Path(workdir) / "loss.png")
   fig.savefig(out, dpi=100)
-  plt.close(fig)
   return out

@@ -16,11 +16,18 @@ import typing
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from chunklm.config import (CONFIG_DIR, Config, load_config, read_yaml, resolve_bundled, resolve_config_path,
                             to_dict)
+from chunklm.data.corpus import load_splits
+from chunklm.data.tokenizer import Tokenizer, tokenize, train_tokenizer
 from chunklm.errors import ConfigError, UserError
+from chunklm.experiments import compare_report
+from chunklm.model.describe import describe_config
+from chunklm.model.flops import match_flops, train_flops_per_byte
+from chunklm.run.metrics import read_jsonl
+from chunklm.run.trained import read_config
+from chunklm.train.trainer import train
 
 # The data settings that decide which bytes are trained and evaluated on: equal for every model of a comparison.
 DATA_IDENTITY = ("sources", "valid_sources", "include", "exclude", "jsonl_field", "doc_separator", "valid_fraction",
@@ -138,8 +145,6 @@ def plain_configs(spec: CompareSpec, data_args: list[str]) -> dict[str, Config]:
 def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | None,
                     bytes_per_token: float) -> tuple[dict[str, Config], dict[str, float]]:
   """The final config of every model (data, budget, FLOPs matching applied) and each match's residual error."""
-  from chunklm.model.flops import match_flops, train_flops_per_byte
-
   base = plain_configs(spec, data_args)
   for name, cfg in base.items():
     if cfg.model.vocab_size != 256:  # a token model reads the comparison's own tokenizer
@@ -166,22 +171,17 @@ def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | No
   for name, cfg in final.items():
     bpt = bytes_per_token if cfg.data.tokenizer else 1.0
     steps = steps_for(cfg, spec.budget_bytes, bpt)
-    train = dataclasses.replace(cfg.train, steps=steps, warmup_steps=min(cfg.train.warmup_steps, steps // 10 or 1),
+    train_cfg = dataclasses.replace(cfg.train, steps=steps, warmup_steps=min(cfg.train.warmup_steps, steps // 10 or 1),
                                 eval_every=max(1, steps // spec.evals) if spec.evals else 0,
                                 checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps)))
     ev = dataclasses.replace(cfg.eval, max_bytes=spec.eval_max_bytes, final_max_bytes=0)
-    final[name] = dataclasses.replace(cfg, train=train, eval=ev)
+    final[name] = dataclasses.replace(cfg, train=train_cfg, eval=ev)
   check_same_data(final)
   return final, errors
 
 
-def yaml_of(cfg: Config) -> str:
-  return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
 def finished(workdir: Path, cfg: Config) -> bool:
   """A run that reached its steps and has its final evaluation on disk."""
-  from chunklm.train.metrics import read_jsonl
   records = read_jsonl(workdir / "metrics.jsonl")
   return any(r["split"] == "valid" and r["step"] == cfg.train.steps for r in records) and (workdir / "checkpoints").is_dir()
 
@@ -189,12 +189,6 @@ def finished(workdir: Path, cfg: Config) -> bool:
 def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args: list[str] = (),
                 progress: bool = True, log=print) -> Path:
   """Trains (or reuses) every model of the spec, then writes <out>/report.md and report.html; returns report.md."""
-  from chunklm.data.corpus import load_splits
-  from chunklm.data.tokenizer import Tokenizer, tokenize, train_tokenizer
-  from chunklm.eval import compare_report
-  from chunklm.eval.report import describe_config
-  from chunklm.train.trainer import train
-
   spec = load_spec(spec_path)
   data_args = list(data_args)
   out = Path(out or Path("runs") / "compare" / spec.name)
@@ -220,7 +214,7 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   for i, (name, cfg) in enumerate(configs.items(), 1):
     wd = out / name
     if (wd / "config.yaml").exists():
-      check_same_data({f"{name} (saved run in {wd})": load_config(wd / "config.yaml"), name: cfg})
+      check_same_data({f"{name} (saved run in {wd})": read_config(wd), name: cfg})
     if finished(wd, cfg):
       log(f"[{i}/{len(configs)}] {name}: finished run in {wd}, reused")
       continue

@@ -1,0 +1,185 @@
+"""The bodies of the `chunklm` subcommands: check the flags, call the library, print what a user reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+
+from chunklm.bench.generate import bench_generate
+from chunklm.bench.kernels import bench_kernels
+from chunklm.bench.train import bench_train
+from chunklm.cli.output import print_config_info, print_eval, print_train_summary
+from chunklm.config import load_config
+from chunklm.data.corpus import load_documents, load_splits
+from chunklm.data.pipeline import leading_bytes
+from chunklm.data.tokenizer import tokenize, train_tokenizer
+from chunklm.errors import DataError, UserError
+from chunklm.eval.boundary_stats import run_boundaries
+from chunklm.eval.bpb import evaluate
+from chunklm.eval.generate import generate_from_workdir
+from chunklm.eval.perturb import PERTURBATIONS
+from chunklm.eval.robustness import run_robustness
+from chunklm.eval.run_report import run_report
+from chunklm.eval.summary import show_bytes
+from chunklm.experiments.compare import run_compare
+from chunklm.run.trained import open_run
+from chunklm.train.step import make_eval_step
+from chunklm.train.trainer import train
+
+
+def cmd_train(args) -> int:
+  if args.stop_after is not None and args.stop_after <= 0:
+    raise UserError("--stop-after must be positive")
+  if args.distributed:
+    _init_distributed(args.coordinator, args.num_processes, args.process_id)
+  elif args.coordinator or args.num_processes is not None or args.process_id is not None:
+    raise UserError("--coordinator, --num-processes and --process-id need --distributed")
+  cfg = load_config(args.config, _data_overrides(args))
+  workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
+  result = train(cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress)
+  print_train_summary(result, main_process=jax.process_index() == 0)
+  return 0 if result.finished or args.stop_after else 143
+
+
+def _init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+  """jax.distributed.initialize(), with its failures turned into one clear line."""
+  if num_processes is not None and num_processes <= 0:
+    raise UserError("--num-processes must be positive")
+  if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+    raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+  try:
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  except (ValueError, TypeError, RuntimeError) as e:
+    raise UserError(f"--distributed: jax.distributed.initialize() failed ({e}); outside TPU pods, SLURM and Open "
+                    "MPI pass --coordinator HOST:PORT --num-processes N --process-id I") from None
+  print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.local_device_count()} local / {jax.device_count()} global devices", flush=True)
+
+
+def _data_overrides(args) -> list[str]:
+  """--set overrides plus --data / --valid-data as data.sources / data.valid_sources."""
+  overrides = list(getattr(args, "overrides", []))
+  if args.data:
+    overrides.append("data.sources=" + json.dumps([os.fspath(i) for i in args.data]))
+  if args.valid_data:
+    overrides.append("data.valid_sources=" + json.dumps([os.fspath(i) for i in args.valid_data]))
+  return overrides
+
+
+def cmd_eval(args) -> int:
+  if args.max_bytes < 0 or (args.batch_size is not None and args.batch_size <= 0):
+    raise UserError("--max-bytes must be >= 0 and --batch-size > 0")
+  workdir, overrides = Path(args.workdir), tuple(args.overrides)
+  run = open_run(workdir, overrides)
+  paths = tuple(args.data) + tuple(args.valid_data)
+  if paths:
+    docs = load_documents(paths, run.cfg.data)
+    docs = docs.select(docs.lengths > 0)
+    if docs.num_bytes == 0:
+      raise DataError(f"{', '.join(paths)}: no bytes to evaluate")
+    what = ", ".join(paths)
+  else:
+    docs, what = run.valid_split(), "the run's validation split"
+  docs = run.units(leading_bytes(docs, args.max_bytes))
+  res = evaluate(make_eval_step(run.graphdef), run.params, docs, run.cfg.data.seq_len,
+                 args.batch_size or run.cfg.eval.batch_size, progress=True, **run.vocab)
+  print_eval(run, res, what, overrides)
+  return 0
+
+
+def cmd_generate(args) -> int:
+  if args.max_bytes < 0 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
+    raise UserError("--max-bytes, --temperature and --top-k must be >= 0 and --top-p in (0, 1]")
+  prompts = args.prompt or [""]
+  stop = args.stop.encode().decode("unicode_escape").encode("latin-1")  # '\\n' on the command line = newline
+  outs = generate_from_workdir(Path(args.workdir), [p.encode() for p in prompts], max_bytes=args.max_bytes,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, stop=stop,
+                               seed=args.seed)
+  for prompt, out in zip(prompts, outs):
+    if len(prompts) > 1:
+      print("-" * 60)
+    print(show_bytes(prompt.encode() + out))
+  return 0
+
+
+def cmd_compare(args) -> int:
+  args.overrides = []
+  run_compare(args.spec, args.out, _data_overrides(args), progress=not args.no_progress)
+  return 0
+
+
+def cmd_boundaries(args) -> int:
+  text = args.text.encode() if args.text is not None else None
+  if args.file is not None:
+    try:
+      text = Path(args.file).read_bytes()
+    except OSError as e:
+      raise UserError(f"--file {args.file}: {e.strerror}") from None
+  run_boundaries(Path(args.workdir), text, tuple(args.data), args.max_bytes, args.tokenizer,
+                 Path(args.out) if args.out else None)
+  return 0
+
+
+def cmd_report(args) -> int:
+  if args.samples < 0:
+    raise UserError("--samples must be >= 0")
+  run_report([Path(w) for w in args.workdir], Path(args.out) if args.out else None, args.samples)
+  return 0
+
+
+def cmd_robustness(args) -> int:
+  names = list(PERTURBATIONS) if args.perturbations == "all" else [p.strip() for p in args.perturbations.split(",")]
+  workdirs = [Path(w) for w in args.workdir]
+  run_robustness(workdirs, tuple(args.data), names, args.strength, args.seed, args.max_bytes,
+                 Path(args.out) if args.out else workdirs[0])
+  return 0
+
+
+def cmd_tokenizer(args) -> int:
+  cfg = load_config(args.config, _data_overrides(args))
+  splits = load_splits(cfg.data)
+  print(f"data: {splits.description}")
+  tok = train_tokenizer(splits.train, args.vocab_size, args.out)
+  valid = tokenize(splits.valid, tok)
+  exact = all(tok.decode(valid.data[s:s + n]) == splits.valid.doc(i)
+              for i, (s, n) in enumerate(zip(valid.starts, valid.lengths)))
+  print(f"valid split: {splits.valid.num_bytes:,} bytes -> {valid.num_bytes:,} tokens = "
+        f"{splits.valid.num_bytes / max(valid.num_bytes, 1):.3f} bytes per token; exact round trip: {exact}")
+  return 0
+
+
+def cmd_info(args) -> int:
+  print_config_info(args.config, load_config(args.config, args.overrides))
+  return 0
+
+
+def cmd_bench(args) -> int:
+  if args.bench == "generate":
+    try:
+      sizes = [int(x) for x in args.batch.split(",")]
+    except ValueError:
+      raise UserError(f"--batch {args.batch!r}: expected comma-separated integers") from None
+    if min(sizes) <= 0 or args.units <= 0 or args.repeats <= 0:
+      raise UserError("--batch sizes, --units and --repeats must be positive")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+      raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
+    bench_generate([Path(w) for w in args.workdir], sizes, args.units, args.repeats, args.temperature, args.top_p)
+    return 0
+  if args.bench == "kernels":
+    step_config = None if args.no_step else (args.step_config or
+                                             ("hnet_1stage_tiny" if args.shapes == "small" else "hnet_1stage_S"))
+    bench_kernels(args.impl, args.shapes, args.dtype, args.ops, args.repeats, args.warmup, step_config,
+                  args.step_overrides, args.step_steps, args.json)
+    return 0
+  if args.config is None:
+    raise UserError("bench train: --config is required")
+  bench_train(args.config, args.overrides, args.steps, args.warmup, args.breakdown)
+  return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare,
+            "boundaries": cmd_boundaries, "report": cmd_report, "robustness": cmd_robustness,
+            "tokenizer": cmd_tokenizer, "info": cmd_info, "bench": cmd_bench}

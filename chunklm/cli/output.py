@@ -1,0 +1,66 @@
+"""What the CLI prints after training, evaluation and `info`."""
+
+from __future__ import annotations
+
+import json
+
+from chunklm.config import Config, to_dict
+from chunklm.eval.summary import sample_and_picture, show_bytes
+from chunklm.model.describe import describe_config
+from chunklm.run.trained import TrainedRun
+from chunklm.train.optim import lr_multipliers
+from chunklm.train.trainer import TrainResult
+
+
+def print_train_summary(result: TrainResult, main_process: bool = True) -> None:
+  """After `chunklm train`: final BPB next to the order-0 entropy, bytes per chunk against the targets, the chunk
+  boundaries on a valid snippet, a sample, and where the outputs are. Every process computes the sample (the
+  parameters may be spread over all of them); the main process prints."""
+  run, cfg, wd = result.run, result.run.cfg, result.workdir
+  if not result.finished:
+    if main_process:
+      print(f"\nstopped at step {result.step} of {cfg.train.steps}; checkpoint in {wd / 'checkpoints'}; "
+            "re-run the same command to continue")
+    return
+  sample, pic, why_not = sample_and_picture(run, result.valid_docs)
+  if not main_process:
+    return
+  v = result.valid
+  print(f"\n== {wd.name}: {result.num_params:,} parameters, {result.step} steps ==")
+  print(f"valid bits per byte   : {v['bpb']:.4f}  ({int(v['bytes']):,} bytes)")
+  print(f"order-0 byte entropy  : {result.order0_entropy:.4f}  (bits per byte of a unigram byte model of valid)")
+  target = 1.0
+  for s in range(cfg.model.num_stages):
+    target *= cfg.model.target_ratio[s]
+    print(f"bytes per chunk, stage {s}: {v[f'bytes_per_chunk_s{s}']:.2f}  (target {target:g})")
+  if pic:
+    print(f"boundaries            : {pic}")
+  if why_not:
+    print(f"no sample: {why_not}")
+  if sample:
+    print("sample:\n" + "-" * 60 + "\n" + show_bytes(sample) + "\n" + "-" * 60)
+  print(f"metrics    : {wd / 'metrics.jsonl'} (TensorBoard: {wd / 'tb'})")
+  print(f"loss plot  : {wd / 'loss.png'}")
+  print(f"checkpoint : {wd / 'checkpoints'}")
+
+
+def print_eval(run: TrainedRun, res: dict, what: str, overrides: tuple[str, ...]) -> None:
+  changed = f" with {' '.join(overrides)}" if overrides else ""
+  print(f"{run.workdir} (step {run.step}){changed} on {what}: {res['bpb']:.4f} bits per byte over "
+        f"{int(res['bytes']):,} bytes")
+  for key in sorted(k for k in res if k.startswith("bytes_per_chunk")):
+    print(f"{key}: {res[key]:.2f}")
+
+
+def print_config_info(name: str, cfg: Config) -> dict:
+  """`chunklm info`: parameters, training FLOPs per byte, window, targets, capacities, per-level LR multipliers."""
+  info = describe_config(cfg)
+  info["lr_multipliers"] = lr_multipliers(cfg.model)
+  print(f"{name}: layout {json.dumps(to_dict(cfg.model.layout))}, d_model {list(cfg.model.d_model)}")
+  print(f"  parameters          : {info['params']:,}")
+  print(f"  train FLOPs per byte: {info['flops_per_byte'] / 1e6:.2f} M (at the target chunk ratios)")
+  print(f"  window              : {cfg.data.seq_len} bytes x batch {cfg.train.batch_size}")
+  if cfg.model.num_stages:
+    print(f"  targets N           : {list(cfg.model.target_ratio)}; chunk capacities {list(info['capacities'])}")
+    print(f"  LR multipliers      : {[round(m, 3) for m in info['lr_multipliers']]}")
+  return info

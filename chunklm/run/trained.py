@@ -1,0 +1,122 @@
+"""A trained run: a workdir's resolved config, its tokenizer and vocabulary, and the newest readable checkpoint's
+parameters restored for inference (no optimizer state is read).
+
+`open_run("runs/x")` is the one way eval, bench, experiments and the CLI load a model; training builds the same
+`TrainedRun` in memory when it ends. A byte model reads bytes; a token model (BPE baseline) reads the pieces of the
+tokenizer the run keeps a copy of (`tokenizer.model`), and `units()` turns documents into what the model reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+from flax import nnx
+
+from chunklm.config import Config, load_config
+from chunklm.data.corpus import Documents, load_splits
+from chunklm.data.tokenizer import Tokenizer, check_vocab, tokenize, vocab_kwargs
+from chunklm.errors import CheckpointError, UserError
+from chunklm.model.functional import merge_model, split_model
+from chunklm.model.lm import build_model
+from chunklm.run.checkpoint import Checkpointer
+
+CONFIG_FILE = "config.yaml"  # the resolved config of the run
+TOKENIZER_FILE = "tokenizer.model"  # a token model's run keeps a copy of its tokenizer here
+# Settings that may change after training (they keep every parameter); named in the refusal of the others.
+INFERENCE_SETTINGS = "model.delete_gate_keep_all, model.capacity_factor, kernels.impl"
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  workdir: Path
+  cfg: Config
+  graphdef: Any
+  params: Any  # every model variable (nnx.Param and router statistics) as one pytree
+  step: int
+  tokenizer: Tokenizer | None  # None for byte models
+
+  @property
+  def name(self) -> str:
+    return self.workdir.name
+
+  @property
+  def kind(self) -> str:
+    return "H-Net" if self.cfg.model.num_stages else ("BPE" if self.tokenizer is not None else "bytes")
+
+  @property
+  def vocab(self) -> dict:
+    """The keyword arguments that describe a token model's vocabulary to data pipelines ({} for bytes)."""
+    return vocab_kwargs(self.tokenizer)
+
+  def units(self, docs: Documents) -> Documents:
+    """What the model reads of `docs`: the bytes, or their tokens."""
+    return docs if self.tokenizer is None else tokenize(docs, self.tokenizer)
+
+  def valid_split(self) -> Documents:
+    """The run's validation documents, as its config splits its data."""
+    return load_splits(self.cfg.data, cache_dir=self.workdir / "cache").valid
+
+  def model(self) -> nnx.Module:
+    return merge_model(self.graphdef, self.params)
+
+
+def read_config(workdir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
+  """The resolved config of a run, with `overrides` (KEY=VALUE) applied; a workdir without one is an error."""
+  workdir = Path(workdir)
+  if not (workdir / CONFIG_FILE).exists():
+    raise CheckpointError(f"{workdir} is not a training run (no {CONFIG_FILE}); train one with "
+                          f"`chunklm train --workdir {workdir}`")
+  return load_config(workdir / CONFIG_FILE, list(overrides))
+
+
+def open_run(workdir: str | Path, overrides: tuple[str, ...] = (), log=print) -> TrainedRun:
+  """The newest readable checkpoint of `workdir`, ready for inference.
+
+  `overrides` change the saved config before the model is built, for settings that keep the parameters (e.g.
+  model.delete_gate_keep_all, model.capacity_factor, kernels.impl); one that changes them is a UserError naming the
+  parameters it would change.
+  """
+  workdir = Path(workdir)
+  cfg = read_config(workdir, overrides)
+  graphdef, abstract = abstract_params(cfg)
+  if overrides:
+    _check_same_parameters(abstract_params(read_config(workdir))[1], abstract, overrides)
+  restored = Checkpointer(workdir / "checkpoints", read_only=True).restore_latest({"params": abstract}, log=log)
+  if restored is None:
+    raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}")
+  step, state, _ = restored
+  return TrainedRun(workdir, cfg, graphdef, state["params"], step, run_tokenizer(cfg, workdir))
+
+
+def abstract_params(cfg: Config):
+  """(graphdef, params as ShapeDtypeStructs) of the model of `cfg`, without allocating it."""
+  return split_model(nnx.eval_shape(lambda: build_model(cfg)))
+
+
+def _check_same_parameters(before, after, overrides) -> None:
+  def shapes(params):
+    return {jax.tree_util.keystr(path): (leaf.shape, str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+  a, b = shapes(before), shapes(after)
+  differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+  if differ:
+    raise UserError(f"--set {' '.join(overrides)} changes the trained model's parameters ({len(differ)} differ, "
+                    f"e.g. {differ[0]}); only settings that keep them can change after training, e.g. "
+                    f"{INFERENCE_SETTINGS}")
+
+
+def run_tokenizer(cfg: Config, workdir: Path | None = None) -> Tokenizer | None:
+  """The run's tokenizer (None for byte models): the workdir's copy if it has one, else `data.tokenizer`.
+
+  Raises DataError for a missing/unreadable file and ConfigError when its vocabulary does not fit the model.
+  """
+  if not cfg.data.tokenizer:
+    return None
+  copy = workdir / TOKENIZER_FILE if workdir is not None else None
+  tok = Tokenizer(copy if copy is not None and copy.exists() else cfg.data.tokenizer)
+  check_vocab(tok, cfg.model.vocab_size)
+  return tok
