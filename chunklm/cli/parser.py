@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: eval.batch_size)")
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="evaluate with a setting that keeps the trained parameters changed (repeatable), e.g. "
-                      "--set model.delete_gate_keep_all=true (the delete gate's loss without deletion), "
+                      "--set model.delete_gate.keep_all=true (the delete gate's loss without deletion), "
                       "--set model.capacity_factor=3, --set kernels.impl=xla")
 
   p = sub.add_parser("generate", help="sample bytes from a trained model",

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from chunklm.config import Config, load_config
+from chunklm.config import CONFIG_FORMAT, Config, load_config, read_config_format
 from chunklm.data.corpus import Documents, load_splits
 from chunklm.data.tokenizer import Tokenizer, check_vocab, tokenize, vocab_kwargs
 from chunklm.errors import CheckpointError, UserError
@@ -26,7 +26,7 @@ from chunklm.run.checkpoint import Checkpointer
 CONFIG_FILE = "config.yaml"  # the resolved config of the run
 TOKENIZER_FILE = "tokenizer.model"  # a token model's run keeps a copy of its tokenizer here
 # Settings that may change after training (they keep every parameter); named in the refusal of the others.
-INFERENCE_SETTINGS = "model.delete_gate_keep_all, model.capacity_factor, kernels.impl"
+INFERENCE_SETTINGS = "model.delete_gate.keep_all, model.capacity_factor, kernels.impl"
 
 
 @dataclasses.dataclass
@@ -64,11 +64,17 @@ class TrainedRun:
 
 
 def read_config(workdir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
-  """The resolved config of a run, with `overrides` (KEY=VALUE) applied; a workdir without one is an error."""
+  """The resolved config of a run, with `overrides` (KEY=VALUE) applied; a workdir without one, or one written by a
+  chunklm whose config format differs, is a one-line error."""
   workdir = Path(workdir)
   if not (workdir / CONFIG_FILE).exists():
     raise CheckpointError(f"{workdir} is not a training run (no {CONFIG_FILE}); train one with "
                           f"`chunklm train --workdir {workdir}`")
+  fmt = read_config_format(workdir / CONFIG_FILE)
+  if fmt != CONFIG_FORMAT:
+    written = "chunklm < 0.2.0 (config format 1)" if fmt is None else f"config format {fmt}"
+    raise CheckpointError(f"{workdir} was written by {written}; this chunklm reads config format {CONFIG_FORMAT}: "
+                          "train the run again, or read it with the chunklm version that wrote it")
   return load_config(workdir / CONFIG_FILE, list(overrides))
 
 
@@ -76,7 +82,7 @@ def open_run(workdir: str | Path, overrides: tuple[str, ...] = (), log=print) ->
   """The newest readable checkpoint of `workdir`, ready for inference.
 
   `overrides` change the saved config before the model is built, for settings that keep the parameters (e.g.
-  model.delete_gate_keep_all, model.capacity_factor, kernels.impl); one that changes them is a UserError naming the
+  model.delete_gate.keep_all, model.capacity_factor, kernels.impl); one that changes them is a UserError naming the
   parameters it would change.
   """
   workdir = Path(workdir)

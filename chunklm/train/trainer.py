@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from chunklm.config import Config, differing_fields, dump_yaml, load_config, to_dict
+from chunklm.config import Config, differing_fields, dump_yaml, to_dict
 from chunklm.data.corpus import Documents, Splits, load_splits, order0_entropy
 from chunklm.data.pipeline import leading_bytes, train_dataset
 from chunklm.data.tokenizer import tokenize, tokenize_splits, vocab_kwargs
@@ -34,7 +34,7 @@ from chunklm.model.lm import build_model, count_params
 from chunklm.model.rule_routers import check_router_data
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.metrics import MetricsWriter, plot_curves
-from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, run_tokenizer
+from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, read_config, run_tokenizer
 from chunklm.train.optim import lr_schedule, make_optimizer
 from chunklm.train.sharding import batch_sharding, batch_shards, local_rows, make_mesh, put_batch, state_shardings
 from chunklm.train.step import init_train_state, make_eval_step, make_train_step
@@ -67,10 +67,9 @@ class TrainResult:
 
 
 def check_compatible(workdir: Path, cfg: Config) -> None:
-  saved = workdir / CONFIG_FILE
-  if not saved.exists():
+  if not (workdir / CONFIG_FILE).exists():
     return
-  old = load_config(saved)
+  old = read_config(workdir)
   diffs = differing_fields(old, cfg, INCOMPATIBLE_SECTIONS)
   diffs += [d for d in differing_fields(old, cfg, ("data", "train")) if d.split(":")[0] in INCOMPATIBLE_KEYS]
   if diffs:
