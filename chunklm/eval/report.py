@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chunklm.config import Config
+from chunklm.config import Config, capacities
 from chunklm.errors import DataError
 
 
@@ -90,7 +90,6 @@ def describe_config(cfg: Config) -> dict:
   import jax
   from flax import nnx
 
-  from chunklm.model.capacity import capacities
   from chunklm.model.flops import train_flops_per_byte
   from chunklm.model.lm import build_model
   from chunklm.train.optim import lr_multipliers

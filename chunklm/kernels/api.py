@@ -25,11 +25,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from chunklm.config import KERNEL_IMPLS as IMPLS  # the backend names, defined once (kernels.impl checks them)
 from chunklm.kernels import reference
 from chunklm.kernels.bookkeeping import chunk_counts, kept_rows
 from chunklm.kernels.tuning import Tiles
-
-IMPLS = ("auto", "xla", "pallas", "interpret")
 
 chunk_index = reference.chunk_index  # cheap integer bookkeeping: the same for every backend
 chunk_positions = reference.chunk_positions
