@@ -8,12 +8,9 @@ M_s = input length, which can never overflow.
 from __future__ import annotations
 
 import math
-import typing
 
+from chunklm.config.schema import DataConfig, ModelConfig
 from chunklm.errors import ConfigError
-
-if typing.TYPE_CHECKING:  # annotations only: schema.py imports this file to check the capacities of a Config
-  from chunklm.config.schema import DataConfig, ModelConfig
 
 
 def capacities(model: ModelConfig, length: int, doc_slots: int) -> tuple[int, ...]:

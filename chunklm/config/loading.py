@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from chunklm.config.schema import Config
+from chunklm.config.experiment import Config
 from chunklm.errors import ConfigError
 
 CONFIG_FORMAT = 2  # the layout of config files this version reads and writes; bump when a key is renamed or removed

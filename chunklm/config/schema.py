@@ -1,4 +1,4 @@
-"""The typed, frozen config sections: model, data, train, eval, mesh, kernels, and the Config holding them.
+"""The typed, frozen config sections: model, data, train, eval, mesh, kernels (experiment.py holds them together).
 
 Every field is typed and documented in one line and values are checked once in `__post_init__`. Per-level model
 fields (`d_model`, `n_heads`, ...) hold one value per nesting level of the layout, outermost first; a single value is
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from chunklm.config.capacity import stage_capacities
 from chunklm.config.layout import check_layout, layout_depth, level_layer_strings, uses_mamba
 from chunklm.config.routers import (BYTE_ROUTERS, ROUTERS, DeleteGateConfig, EntropyConfig, GumbelConfig,
                                     WhitespaceConfig)
@@ -275,20 +274,3 @@ class KernelsConfig:
   def __post_init__(self):
     if self.impl not in KERNEL_IMPLS:
       raise ConfigError(f"kernels.impl: {self.impl!r} is not one of {', '.join(KERNEL_IMPLS)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-  model: ModelConfig = ModelConfig()
-  data: DataConfig = DataConfig()
-  train: TrainConfig = TrainConfig()
-  eval: EvalConfig = EvalConfig()
-  mesh: MeshConfig = MeshConfig()
-  kernels: KernelsConfig = KernelsConfig()
-
-  def __post_init__(self):
-    if self.model.vocab_size != 256 and not self.data.tokenizer:
-      raise ConfigError(f"model.vocab_size {self.model.vocab_size} is for a token model: set data.tokenizer to a "
-                        "sentencepiece model (`chunklm tokenizer train`), or use vocab_size 256 for bytes")
-    if self.model.num_stages:
-      stage_capacities(self.model, self.data)  # raises ConfigError when a capacity cannot hold the documents
