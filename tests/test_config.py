@@ -1,7 +1,15 @@
-import pytest
+import typing
 
-from chunklm.config import CONFIG_DIR, Config, load_config, dump_yaml, from_dict, differing_fields
+import pytest
+import yaml
+
+from chunklm.config import (BYTE_ROUTERS, CONFIG_DIR, CONFIG_FORMAT, KERNEL_IMPLS, ROUTERS, Config, ModelConfig,
+                            differing_fields, dump_yaml, from_dict, load_config, read_config_format)
 from chunklm.errors import ConfigError
+from chunklm.kernels import api as kernels_api
+from chunklm.model import routers as model_routers
+
+SECTIONS = ("model", "data", "train", "eval", "mesh", "kernels")
 
 
 def test_every_bundled_config_loads():
@@ -73,3 +81,117 @@ def test_differing_fields():
   a = load_config("byte_transformer_tiny")
   b = load_config("byte_transformer_tiny", ["model.d_model=64", "train.steps=9"])
   assert differing_fields(a, b, ("model",)) == ["model.d_model: [128] -> [64]"]
+
+
+# ----------------------------------------------------------------------------- base: inheritance
+
+
+def test_base_is_deep_merged_under_the_file(tmp_path):
+  (tmp_path / "child.yaml").write_text(
+      "base: hnet_1stage_tiny\nmodel:\n  router: [gumbel]\n  gumbel: {temperature: 0.3}\ntrain: {steps: 7}\n")
+  expected = load_config("hnet_1stage_tiny", ["model.router=[gumbel]", "model.gumbel.temperature=0.3", "train.steps=7"])
+  assert load_config(tmp_path / "child.yaml") == expected
+
+
+def test_base_chain_with_relative_paths_lists_replace(tmp_path):
+  (tmp_path / "a.yaml").write_text("base: hnet_2stage_tiny\ntrain: {steps: 7, lr: 1.0e-3}\n")
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nmodel: {d_model: [128, 192, 240]}\ntrain: {steps: 9}\n")
+  cfg = load_config(tmp_path / "sub" / "b.yaml")
+  assert cfg.model.d_model == (128, 192, 240)  # a list replaces the base's
+  assert cfg.model.layout == load_config("hnet_2stage_tiny").model.layout  # the rest of model is the base's
+  assert (cfg.train.steps, cfg.train.lr) == (9, 1e-3)
+
+
+def test_base_cycle_names_the_files(tmp_path):
+  (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+  (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain: {steps: 3}\n")
+  with pytest.raises(ConfigError, match=r"cycle \(.*a\.yaml -> .*b\.yaml -> .*a\.yaml\)"):
+    load_config(tmp_path / "a.yaml")
+
+
+def test_missing_base_names_both_files(tmp_path):
+  (tmp_path / "a.yaml").write_text("base: nowhere.yaml\n")
+  with pytest.raises(ConfigError, match=r"a\.yaml: base 'nowhere\.yaml' not found next to it .*bundled configs"):
+    load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("router", ["stride", "whitespace", "gumbel", "entropy", "delete_gate"])
+def test_router_tiny_configs_differ_from_their_base_in_the_router_only(router):
+  assert "base: hnet_1stage_tiny" in (CONFIG_DIR / f"hnet_{router}_tiny.yaml").read_text()
+  diffs = differing_fields(load_config("hnet_1stage_tiny"), load_config(f"hnet_{router}_tiny"), SECTIONS)
+  expected = [f"model.router: ['cosine'] -> [{router!r}]"]
+  if router == "entropy":
+    expected.append("model.entropy.d_model: 32 -> 64")
+  assert diffs == expected
+
+
+# ----------------------------------------------------------------------------- router sections and registry
+
+
+def test_router_sections_take_nested_overrides():
+  cfg = load_config("hnet_gumbel_tiny", ["model.gumbel.temperature=0.3", "model.gumbel.script_ratios={latin: 5}"])
+  assert cfg.model.gumbel.temperature == 0.3 and cfg.model.gumbel.prior_weight == 1.0
+  assert cfg.model.script_targets() == {"default": 6.0, "latin": 5.0}
+  cfg = load_config("hnet_delete_gate_tiny", ["model.delete_gate.keep_all=true"])
+  assert cfg.model.delete_gate.keep_all and cfg.model.delete_gate.scale == -30.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.gumbel.temperature=0", r"model\.gumbel\.temperature: must be > 0"),
+    ("model.gumbel.prior_weight=-1", r"model\.gumbel\.prior_weight: must be >= 0"),
+    ("model.entropy.momentum=1", r"model\.entropy\.momentum: must be in \[0, 1\)"),
+    ("model.entropy.layout=X3", r"model\.entropy\.layout: cannot parse layer string"),
+    ("model.entropy.mode=sideways", r"model\.entropy\.mode: 'sideways' is not one of global, jump"),
+    ("model.delete_gate.scale=2", r"model\.delete_gate\.scale: k must be negative"),
+    ("model.whitespace.boundary=tabs", r"model\.whitespace\.boundary: 'tabs' is not one of"),
+    ("model.gumbel.temp=0.3", r"unknown key 'model\.gumbel\.temp'; valid keys in model\.gumbel: temperature, "
+                              r"prior_weight, script_ratios"),
+    ("model.gumbel_temperature=0.3", r"unknown key 'model\.gumbel_temperature'"),
+    ("model.gumbel=0.3", r"model\.gumbel is a section; set one of its keys, e\.g\. model\.gumbel\.temperature="),
+])
+def test_bad_router_settings_are_config_errors(override, message):
+  with pytest.raises(ConfigError, match=message):
+    load_config("hnet_1stage_tiny", [override])
+
+
+def test_router_section_checks_that_need_the_model():
+  with pytest.raises(ConfigError, match=r"model\.entropy\.d_model: must be a multiple of n_heads\[0\]=4, got 30"):
+    load_config("hnet_entropy_tiny", ["model.entropy.d_model=30"])
+  with pytest.raises(ConfigError, match=r"model\.gumbel\.script_ratios: .*gumbel router only"):
+    load_config("hnet_1stage_tiny", ["model.gumbel.script_ratios={latin: 4}"])
+  with pytest.raises(ConfigError, match=r"model\.gumbel\.temp: unknown key; valid keys in model\.gumbel: temperature"):
+    from_dict(Config, {"model": {"gumbel": {"temp": 1.0}}})
+
+
+def test_one_router_registry():
+  assert set(model_routers.ROUTERS) == set(ROUTERS)
+  hints = typing.get_type_hints(ModelConfig)
+  for name, kind in ROUTERS.items():
+    if kind.settings is not None:
+      assert hints[name] is kind.settings  # a router's section is the ModelConfig field of its name
+  assert BYTE_ROUTERS == ("whitespace", "entropy")
+  assert kernels_api.IMPLS is KERNEL_IMPLS
+
+
+# ----------------------------------------------------------------------------- config_format
+
+
+def test_dump_is_resolved_and_starts_with_the_format(tmp_path):
+  text = dump_yaml(load_config("hnet_gumbel_tiny"))
+  assert text.startswith(f"config_format: {CONFIG_FORMAT}\n") and "base" not in yaml.safe_load(text)
+  path = tmp_path / "config.yaml"
+  path.write_text(text)
+  assert read_config_format(path) == CONFIG_FORMAT == 2
+  assert load_config(path) == load_config("hnet_gumbel_tiny")
+
+
+def test_other_config_formats_are_refused(tmp_path):
+  path = tmp_path / "config.yaml"
+  path.write_text("model:\n  layout: [T2]\n  word_boundary: space\n")  # a format-1 file (before the sections)
+  assert read_config_format(path) is None
+  path.write_text("config_format: 3\ntrain: {steps: 5}\n")
+  assert read_config_format(path) == 3
+  with pytest.raises(ConfigError, match=r"config\.yaml was written by another chunklm version \(config format 3; "
+                                        r"this one reads 2\)"):
+    load_config(path)

@@ -24,7 +24,7 @@ ROUTER_CASES = {
     "stride": ["model.router=[stride]"],
     "whitespace": ["model.router=[whitespace]"],
     "gumbel": ["model.router=[gumbel]"],
-    "entropy": ["model.router=[entropy]", "model.entropy_d_model=16", "model.entropy_layout=T1"],
+    "entropy": ["model.router=[entropy]", "model.entropy.d_model=16", "model.entropy.layout=T1"],
     "delete_gate": ["model.router=[delete_gate]"],
     "cosine_mean": ["model.pooling=[mean]"],
 }
@@ -73,7 +73,7 @@ def test_stride_boundaries_restart_at_documents_and_skip_padding():
     ("regex:[\\s,]", "a, b,c", [0, 1, 2, 4]),
 ])
 def test_word_starts_on_fixed_strings(mode, text, expected):
-  got, _ = route("whitespace", text.encode(), None, None, f"model.word_boundary={mode}")
+  got, _ = route("whitespace", text.encode(), None, None, f"model.whitespace.boundary={mode}")
   assert got == expected
 
 
@@ -177,15 +177,15 @@ def test_generation_refuses_what_it_cannot_step(case):
     (["model.router=[sparkle]"], "unknown router 'sparkle'"),
     (["model.router=[stride]", "model.target_ratio=[2.5]"], "integer"),
     (["model.router=[stride]", "model.target_ratio=[0.5]"], "must be > 1"),
-    (["model.router=[whitespace]", "model.word_boundary=tabs"], "word_boundary"),
-    (["model.router=[whitespace]", "model.word_boundary=regex:ab|cd"], "one byte class"),
-    (["model.router=[whitespace]", "model.word_boundary=regex:[a-"], "cannot compile"),
+    (["model.router=[whitespace]", "model.whitespace.boundary=tabs"], "whitespace.boundary"),
+    (["model.router=[whitespace]", "model.whitespace.boundary=regex:ab|cd"], "one byte class"),
+    (["model.router=[whitespace]", "model.whitespace.boundary=regex:[a-"], "cannot compile"),
     (["model.pooling=[max]"], "unknown pooling"),
-    (["model.router=[gumbel]", "model.script_ratios={klingon: 3}"], "unknown script"),
-    (["model.router=[gumbel]", "model.script_ratios={latin: 1}"], "> 1"),
-    (["model.script_ratios={latin: 4}"], "gumbel router only"),
-    (["model.router=[delete_gate]", "model.delete_gate_scale=5"], "negative"),
-    (["model.router=[entropy]", "model.entropy_mode=sideways"], "entropy_mode"),
+    (["model.router=[gumbel]", "model.gumbel.script_ratios={klingon: 3}"], "unknown script"),
+    (["model.router=[gumbel]", "model.gumbel.script_ratios={latin: 1}"], "> 1"),
+    (["model.gumbel.script_ratios={latin: 4}"], "gumbel router only"),
+    (["model.router=[delete_gate]", "model.delete_gate.scale=5"], "negative"),
+    (["model.router=[entropy]", "model.entropy.mode=sideways"], "entropy.mode"),
 ])
 def test_router_configs_that_cannot_work_fail_at_load(override, message):
   with pytest.raises(ConfigError, match=message):
@@ -200,7 +200,7 @@ def test_byte_routers_refuse_inner_stages(router):
 
 
 def test_script_ratios_load_from_a_mapping():
-  cfg = tiny_config(*HNET1, "model.router=[gumbel]", "model.script_ratios={latin: 5, han: 2}").model
+  cfg = tiny_config(*HNET1, "model.router=[gumbel]", "model.gumbel.script_ratios={latin: 5, han: 2}").model
   assert cfg.script_targets() == {"default": 3.0, "latin": 5.0, "han": 2.0}
 
 
@@ -222,7 +222,7 @@ def test_whitespace_refuses_dna_and_text_without_spaces(tmp_path):
 
 
 @pytest.mark.parametrize("case,extra", [("entropy", ()), ("gumbel", ()), ("delete_gate", ()),
-                                        ("delete_gate", ("model.delete_gate_two_sided=false",))])
+                                        ("delete_gate", ("model.delete_gate.two_sided=false",))])
 def test_train_step_updates_router_statistics(case, extra):
   cfg = tiny_config(*HNET1, *ROUTER_CASES[case], *extra)
   graphdef, params = split_model(build_model(cfg, 0))
@@ -258,7 +258,7 @@ def test_delete_gate_controller_pushes_back_both_ways():
   seg = jnp.ones(ids.shape, jnp.int32)
   for two_sided, bias, sign in ((True, 20.0, -1), (False, 20.0, 0), (True, -20.0, 1)):
     router = build_model(tiny_config(*HNET1, "model.router=[delete_gate]",
-                                     f"model.delete_gate_two_sided={str(two_sided).lower()}"), 0).backbone.router
+                                     f"model.delete_gate.two_sided={str(two_sided).lower()}"), 0).backbone.router
     router.c.value = jnp.asarray(bias)  # +20: G ~ k everywhere (delete all); -20: keep all
     h = jax.random.normal(jax.random.key(0), (*ids.shape, router.w.value.shape[0]))
     router(h, jnp.asarray(ids), seg, seg > 0, train=True)

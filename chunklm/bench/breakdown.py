@@ -14,8 +14,8 @@ from flax import nnx
 
 from chunklm.bench.timing import median_time
 from chunklm.config import Config
+from chunklm.config.capacity import capacities
 from chunklm.model import chunking
-from chunklm.model.capacity import capacities
 from chunklm.model.hnet import HNet
 from chunklm.model.lm import build_model
 

@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
+from chunklm.config import KERNEL_IMPLS as IMPLS  # the backend names, defined once (kernels.impl checks them)
 from chunklm.kernels import pallas_gpu, pallas_tpu, reference
 from chunklm.kernels.bookkeeping import chunk_counts, kept_rows
 from chunklm.kernels.tuning import Tiles
-
-IMPLS = ("auto", "xla", "pallas", "interpret")
 
 chunk_index = reference.chunk_index  # cheap integer bookkeeping: the same for every backend
 chunk_positions = reference.chunk_positions

@@ -1,22 +1,22 @@
 """The MrT5 delete gate (Kallini et al. 2025) as a boundary predictor: which positions survive into the main network.
 
-G_t = k sigmoid(w . LN(h_t) + c) with k = `model.delete_gate_scale` < 0: G ~ 0 keeps a position, G ~ k deletes it.
+G_t = k sigmoid(w . LN(h_t) + c) with k = `model.delete_gate.scale` < 0: G ~ 0 keeps a position, G ~ k deletes it.
 p_t = 1 - G_t / k = 1 - sigmoid(.) is the keep probability and b_t = G_t > k/2 (i.e. p_t > 1/2): the kept positions
 are the chunk starts (select pooling), so "deleted" bytes join the previous kept chunk. Soft deletion: every kept
 chunk's G is added as a key bias to the attention logits of every attention layer of the main network (Mamba layers
 cannot take a bias; a nested H-Net main ignores it). The bias is the same in training and evaluation, so the
 hard selection (positions with G < k/2 removed) and the soft bias compute one function. Regulariser (the router's
-aux loss): alpha * mean(G) over the valid positions; alpha is `model.delete_gate_alpha`, or, when that is < 0, a
+aux loss): alpha * mean(G) over the valid positions; alpha is `model.delete_gate.alpha`, or, when that is < 0, a
 PI controller towards the deletion rate delta = 1 - 1/N: err = delta - deleted fraction of the batch,
 p_acc = 0.9 p_acc + 0.1 k_p err, i_acc += k_i err, alpha = p_acc + i_acc (k_p = 0.5, k_i = 1e-5, MrT5's
 defaults), updated by each training step (RouterStat) and used from the next one. MrT5 clamps alpha >= 0, which
 only ever pushes towards deleting: in our tiny runs the language-model loss alone drove the gate past the target
 (0.96 of the bytes deleted at 1200 steps against 0.83 wanted) and the clamped controller could only sit at 0.
-So alpha may go negative by default (a negative alpha rewards keeping); `model.delete_gate_two_sided: false`
+So alpha may go negative by default (a negative alpha rewards keeping); `model.delete_gate.two_sided: false`
 restores MrT5's clamp. The router also learns through p (the dechunk's confidence STE) and no ratio loss applies.
 w starts with std 1/sqrt(D) and c at the standard-normal quantile of 1 - 1/N, so about 1/N of the positions are
-kept at initialisation. `model.delete_gate_keep_all` keeps every position with G = 0 (evaluating the same weights
-without deletion: `chunklm eval --set model.delete_gate_keep_all=true`). No cached generation step (the key bias
+kept at initialisation. `model.delete_gate.keep_all` keeps every position with G = 0 (evaluating the same weights
+without deletion: `chunklm eval --set model.delete_gate.keep_all=true`). No cached generation step (the key bias
 would have to live in the KV caches).
 """
 
@@ -45,10 +45,10 @@ class DeleteGateRouter(Router):
     self.shift_ln = param(None, constant(0.0), (dim,), ("norm",))
     self.w = param(rngs.params(), normal(1.0 / math.sqrt(dim)), (dim,), ("embed",))
     self.c = param(None, constant(statistics.NormalDist().inv_cdf(1.0 - 1.0 / n)), (), ())
-    self.k, self.delta = cfg.delete_gate_scale, 1.0 - 1.0 / n
-    self.fixed_alpha, self.keep_all = cfg.delete_gate_alpha, cfg.delete_gate_keep_all
-    self.alpha_min = -math.inf if cfg.delete_gate_two_sided else 0.0
-    self.alpha = RouterStat(jnp.asarray(max(cfg.delete_gate_alpha, 0.0), jnp.float32))
+    self.k, self.delta = cfg.delete_gate.scale, 1.0 - 1.0 / n
+    self.fixed_alpha, self.keep_all = cfg.delete_gate.alpha, cfg.delete_gate.keep_all
+    self.alpha_min = -math.inf if cfg.delete_gate.two_sided else 0.0
+    self.alpha = RouterStat(jnp.asarray(max(cfg.delete_gate.alpha, 0.0), jnp.float32))
     self.p_acc = RouterStat(jnp.zeros((), jnp.float32))
     self.i_acc = RouterStat(jnp.zeros((), jnp.float32))
 

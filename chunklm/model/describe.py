@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from chunklm.config import Config
-from chunklm.model.capacity import capacities
+from chunklm.config import capacities
 from chunklm.model.flops import train_flops_per_byte
 from chunklm.model.lm import build_model
 

@@ -1,20 +1,18 @@
 """Entropy boundaries (BLT, Pagnoni et al. 2024): a chunk starts where a small byte LM is unsure of the next byte.
 
-The router owns a tiny causal byte LM (`model.entropy_layout` at width `model.entropy_d_model`) trained jointly on
+The router owns a tiny causal byte LM (`model.entropy.layout` at width `model.entropy.d_model`) trained jointly on
 the same bytes: its mean next-byte NLL is the router's aux loss (added to the training loss with weight 1). It
 reads the bytes, not the H-Net's states, so no gradient flows between it and the main model, and the boundary
 decision is a hard threshold (p = b, no ratio loss). H_t is the entropy of its prediction of byte t from bytes < t
 (causal). mode global: b_t = H_t > theta; jump: b_t = H_t - H_{t-1} > theta (0 right after a document start).
 theta is a running statistic (RouterStat, kept in checkpoints, untouched by the optimizer): an EMA, momentum
-`model.entropy_momentum`, of each training batch's quantile of the statistic at the level that leaves a fraction
+`model.entropy.momentum`, of each training batch's quantile of the statistic at the level that leaves a fraction
 1/N of boundaries (document starts counted). The forward uses the stored theta (never the current batch's, which
 would let later bytes move earlier boundaries); before the first update theta is +inf (document starts only).
 No cached generation step yet (the byte LM would need its own caches): `generate` refuses this router.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -25,26 +23,18 @@ from chunklm.model.routing import Router, RouterStat, Routing, document_starts, 
 from chunklm.model.stack import Stack
 
 
-def entropy_lm_config(cfg):
-  """The ModelConfig of the router's byte LM (a plain stack at level 0)."""
-  return dataclasses.replace(cfg, layout=(cfg.entropy_layout,), d_model=(cfg.entropy_d_model,), d_ff=(0,),
-                             n_heads=(cfg.n_heads[0],), window=(cfg.window[0],), lr_multipliers=(),
-                             router=("cosine",), pooling=("select",), target_ratio=(6.0,), capacity=(0,),
-                             script_ratios=())
-
-
 class EntropyRouter(Router):
   ratio_loss = False
   generation = "the entropy router's byte LM has no cached step; use cosine, stride, whitespace or gumbel"
 
   def __init__(self, cfg, level: int, dim: int, *, rngs: nnx.Rngs):
     del dim
-    lm = entropy_lm_config(cfg)
+    lm = cfg.entropy_lm()  # the byte LM: a plain stack at level 0
     d = lm.d_model[0]
     self.embed = Embed(256, d, rngs=rngs)
     self.lm = Stack(lm.layout[0], lm, 0, rngs=rngs)
     self.head = Linear(d, (256,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std)
-    self.mode, self.rate, self.momentum = cfg.entropy_mode, 1.0 / float(cfg.target_ratio[level]), cfg.entropy_momentum
+    self.mode, self.rate, self.momentum = cfg.entropy.mode, 1.0 / float(cfg.target_ratio[level]), cfg.entropy.momentum
     self.threshold = RouterStat(jnp.zeros((), jnp.float32))
     self.updates = RouterStat(jnp.zeros((), jnp.float32))  # how many batches the threshold has seen
 

@@ -63,8 +63,7 @@ def routing_flops(d: int, cfg: ModelConfig | None = None, level: int = 0, length
   if router == "delete_gate":
     return 2 * d + 8 * d + residual
   if router == "entropy":
-    from chunklm.model.entropy_router import entropy_lm_config  # local: the model package imports this file's users
-    lm = entropy_lm_config(cfg)
+    lm = cfg.entropy_lm()
     return stack_flops(lm, lm.layout[0], 0, length) + 2 * lm.d_model[0] * 256 + residual
   return residual
 

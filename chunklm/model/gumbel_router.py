@@ -6,16 +6,16 @@ Training: a relaxed Bernoulli sample s_t = sigmoid((l_t + logistic noise) / tau)
 p_t = b_t + s_t - stop_gradient(s_t) (forward 0/1, gradient of s). The router learns through p (the dechunk's
 confidence STE) and through the prior: aux = weight * sum_g -log Binomial(k_g; n_g, 1/N_g) / positions, where per
 window and script group g, n_g counts the positions the router decides on (not document starts) and k_g = sum of
-their p (soft count, forward = the hard count). With `model.script_ratios` the target N of a byte depends on the
-Unicode script of its character (scripts.py; stage 0 only, inner stages use target_ratio).
+their p (soft count, forward = the hard count). With `model.gumbel.script_ratios` the target N of a byte depends on
+the Unicode script of its character (scripts.py; stage 0 only, inner stages use target_ratio).
 Evaluation and generation have no noise: b_t = l_t > theta. The dynamic-pooling rule theta = 0 (sigmoid(l) > 1/2)
 keeps the training rate only once the logits polarise; in our short runs they do not (at 1200 tiny steps every
 logit stayed below 0, so evaluation kept document starts only: 255 bytes per chunk instead of 6). So theta is a
 running statistic (RouterStat, as the entropy router's): an EMA, momentum 0.9, of each training batch's quantile of
 the noise-free logits at the fraction of positions the noisy sample made boundaries. Evaluation then keeps the rate
 the prior enforced in training, at the positions the router ranks highest. Before the first training step theta = 0.
-One threshold serves every script: with `model.script_ratios` the training sample keeps each script's rate, and
-evaluation keeps the overall rate, split between scripts by the logits (exact per script once they polarise). A
+One threshold serves every script: with `model.gumbel.script_ratios` the training sample keeps each script's rate,
+and evaluation keeps the overall rate, split between scripts by the logits (exact per script once they polarise). A
 threshold per script cannot be causal: a lead byte's script is known only from the bytes after it.
 """
 
@@ -49,10 +49,10 @@ class GumbelRouter(Router):
     n = float(cfg.target_ratio[level])
     self.w = param(rngs.params(), normal(cfg.init_std), (dim,), ("embed",))
     self.c = param(None, constant(math.log(1.0 / (n - 1.0))), (), ())
-    self.temperature, self.prior_weight = cfg.gumbel_temperature, cfg.gumbel_prior_weight
+    self.temperature, self.prior_weight = cfg.gumbel.temperature, cfg.gumbel.prior_weight
     targets = cfg.script_targets() if level == 0 else {"default": n}
     self.rates = tuple(1.0 / targets.get(s, targets["default"]) for s in SCRIPTS)  # per script class
-    self.by_script = level == 0 and bool(cfg.script_ratios)
+    self.by_script = level == 0 and bool(cfg.gumbel.script_ratios)
     self.threshold = RouterStat(jnp.zeros((), jnp.float32))  # the evaluation threshold on the logit
     self.updates = RouterStat(jnp.zeros((), jnp.float32))  # how many training batches it has seen
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from chunklm.config import Config, ModelConfig
-from chunklm.model.capacity import capacities
+from chunklm.config.capacity import capacities
 from chunklm.model.chunking import routing_metrics
 from chunklm.model.layers import Embed, Linear
 from chunklm.model.stack import Stack

@@ -1,4 +1,4 @@
-"""The registry of boundary predictors (config.ROUTERS): name -> class with the routing.py interface."""
+"""Boundary predictor classes: the names of config.routers.ROUTERS -> class with the routing.py interface."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ p = 1 at every boundary the dechunk EMA is the identity up to its clamp P = 1 - 
 chunk's vector, which is causal and computed the same way in generation), and the confidence STE is exactly 1.
 
 stride: a chunk starts every S = target_ratio bytes, counted from each document start.
-whitespace (`model.word_boundary`), decided from bytes <= t only (causal):
+whitespace (`model.whitespace.boundary`), decided from bytes <= t only (causal):
   space  a chunk starts at the first byte after a whitespace character (Unicode White_Space, read from its UTF-8
          bytes: ASCII 09-0D and 20, U+0085, U+00A0, U+1680, U+2000-200A, U+2028/9, U+202F, U+205F, U+3000) that is
          not itself ASCII whitespace or a UTF-8 continuation byte. A multi-byte whitespace character directly after
@@ -123,7 +123,7 @@ class WhitespaceRouter(Router):
 
   def __init__(self, cfg, level: int, dim: int, *, rngs: nnx.Rngs):
     del level, dim, rngs
-    self.mode = cfg.word_boundary
+    self.mode = cfg.whitespace.boundary
 
   def __call__(self, h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL, *, train=False, rng=None) -> Routing:
     del h_BxLxD, train, rng
@@ -168,7 +168,7 @@ def check_router_data(cfg, docs, sample_bytes: int = 65536) -> None:
   found = 0
   for p in pieces:
     ids_1xL = jnp.asarray(np.frombuffer(p, np.uint8).astype(np.int32))[None]
-    found += int(document_word_starts(ids_1xL, jnp.ones_like(ids_1xL), cfg.word_boundary)[0, 1:].sum())
+    found += int(document_word_starts(ids_1xL, jnp.ones_like(ids_1xL), cfg.whitespace.boundary)[0, 1:].sum())
   if total and not found:
-    raise DataError(f"model.word_boundary={cfg.word_boundary!r} finds no word start in the first {total:,} training "
-                    f"bytes besides document starts: {hint}")
+    raise DataError(f"model.whitespace.boundary={cfg.whitespace.boundary!r} finds no word start in the first "
+                    f"{total:,} training bytes besides document starts: {hint}")

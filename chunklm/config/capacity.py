@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from chunklm.config import DataConfig, ModelConfig
+from chunklm.config.schema import DataConfig, ModelConfig
 from chunklm.errors import ConfigError
 
 

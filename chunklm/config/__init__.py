@@ -1,0 +1,27 @@
+"""Typed, frozen experiment configuration: YAML files (with `base:` inheritance) plus `--set a.b=c` overrides.
+
+A config is data: every field is typed and documented in one line, values are checked once in `__post_init__`, and
+unknown keys are errors that list the valid ones. layout.py: layer strings and nested layouts; routers.py: the router
+registry and the routers' settings sections; schema.py: the sections; capacity.py: static chunk capacities;
+experiment.py: Config, the sections together; loading.py: files, overrides, dumps and diffs.
+"""
+
+from chunklm.config.capacity import capacities, stage_capacities
+from chunklm.config.experiment import Config
+from chunklm.config.layout import check_layout, layout_depth, parse_layer_string
+from chunklm.config.loading import (CONFIG_DIR, CONFIG_FORMAT, differing_fields, dump_yaml, flat_items, from_dict,
+                                    load_config, merge_trees, read_config_format, read_config_tree, read_yaml,
+                                    resolve_bundled, resolve_config_path, to_dict)
+from chunklm.config.routers import (BYTE_ROUTERS, ROUTERS, SCRIPTS, DeleteGateConfig, EntropyConfig, GumbelConfig,
+                                    RouterKind, WhitespaceConfig)
+from chunklm.config.schema import (KERNEL_IMPLS, DataConfig, EvalConfig, KernelsConfig, MambaConfig,
+                                   MeshConfig, ModelConfig, TrainConfig)
+
+__all__ = [
+    "BYTE_ROUTERS", "CONFIG_DIR", "CONFIG_FORMAT", "Config", "DataConfig", "DeleteGateConfig", "EntropyConfig",
+    "EvalConfig", "GumbelConfig", "KERNEL_IMPLS", "KernelsConfig", "MambaConfig", "MeshConfig", "ModelConfig",
+    "ROUTERS", "RouterKind", "SCRIPTS", "TrainConfig", "WhitespaceConfig", "capacities", "check_layout",
+    "differing_fields", "dump_yaml", "flat_items", "from_dict", "layout_depth", "load_config", "merge_trees",
+    "parse_layer_string", "read_config_format", "read_config_tree", "read_yaml", "resolve_bundled",
+    "resolve_config_path", "stage_capacities", "to_dict",
+]

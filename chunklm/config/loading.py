@@ -1,0 +1,255 @@
+"""Config files: YAML reading with `base:` inheritance, `--set a.b=c` overrides, typed coercion into the schema,
+bundled-name resolution, the dumped form of a run's config, and flat diffs between two configs.
+
+A config file is a mapping of sections (model, data, train, eval, mesh, kernels). Two top-level keys are not
+sections: `base: <bundled config name or a path relative to this file>` deep-merges the file over its base (mappings
+merge key by key, lists and scalars replace; bases may have bases), and `config_format: N`, which `dump_yaml` writes
+so that a run's saved config.yaml written by another chunklm version is refused with a clear message.
+
+The loader is hand-written rather than built on a dataclass-config library such as draccus (or pyrallis,
+OmegaConf). The schema is already plain frozen dataclasses checked in `__post_init__` (the per-level broadcast
+included), so a library would replace only the coercion, the `--set` walker and the base merge here, about 150
+lines, and not shorten them much: the command line would move to the library's argparse flags (`--model.d_model 256`)
+instead of `--set KEY=VALUE` with each value parsed as YAML and strings kept verbatim (the form the compare specs'
+`set:` lines use too); errors would come from argparse and the library's decoders instead of one line that names the
+key and lists the valid ones; bundled-name resolution, `config_format` and these merge rules would stay ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chunklm.config.experiment import Config
+from chunklm.errors import ConfigError
+
+CONFIG_FORMAT = 2  # the layout of config files this version reads and writes; bump when a key is renamed or removed
+CONFIG_DIR = Path(__file__).parent.parent / "configs"
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+  origin = typing.get_origin(tp)
+  if dataclasses.is_dataclass(tp):
+    if not isinstance(value, dict):
+      raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return from_dict(tp, value, key)
+  if tp is tuple:  # the nested layout
+    return _to_layout(value, key)
+  if origin is tuple:
+    item_tp = typing.get_args(tp)[0]
+    if isinstance(value, dict) and item_tp is str:  # a mapping such as {latin: 5} is kept as ('latin:5',)
+      value = [f"{k}:{v}" for k, v in value.items()]
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(items))
+  if tp is bool:
+    if isinstance(value, bool):
+      return value
+  elif tp is int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    if isinstance(value, float) and value.is_integer():
+      return int(value)
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.0*)?([eE]\+?\d+)?", value.strip()):
+      return int(float(value))
+  elif tp is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    if isinstance(value, str):
+      try:
+        return float(value)
+      except ValueError:
+        pass
+  elif tp is str:
+    if isinstance(value, str):
+      return value
+  name = getattr(tp, "__name__", str(tp))
+  raise ConfigError(f"{key}: expected {name}, got {value!r}")
+
+
+def _to_layout(value: Any, key: str) -> tuple:
+  if isinstance(value, str):
+    return (value,)
+  if isinstance(value, (list, tuple)):
+    return tuple(v if isinstance(v, str) else _to_layout(v, key) for v in value)
+  raise ConfigError(f"{key}: expected a layout such as ['m4', ['T9'], 'm4'], got {value!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+  """Builds dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+  hints = typing.get_type_hints(cls)
+  fields = [f.name for f in dataclasses.fields(cls)]
+  kwargs = {}
+  for key, value in data.items():
+    full = f"{prefix}.{key}" if prefix else str(key)
+    if key not in fields:
+      raise ConfigError(f"{full}: unknown key; valid keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}")
+    kwargs[key] = _coerce(value, hints[key], full)
+  return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+  """Plain nested dicts/lists (YAML- and JSON-friendly)."""
+  if dataclasses.is_dataclass(cfg):
+    return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+  if isinstance(cfg, tuple):
+    return [to_dict(v) for v in cfg]
+  return cfg
+
+
+def _set_path(tree: dict, key: str, raw: str) -> None:
+  parts = key.split(".")
+  cls, node = Config, tree
+  for i, part in enumerate(parts):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    where = ".".join(parts[: i + 1])
+    if part not in names:
+      scope = ".".join(parts[:i]) or "the top level"
+      raise ConfigError(f"--set {key}: unknown key {where!r}; valid keys in {scope}: {', '.join(names)}")
+    tp = typing.get_type_hints(cls)[part]
+    if i == len(parts) - 1:
+      if dataclasses.is_dataclass(tp):
+        first = dataclasses.fields(tp)[0].name
+        raise ConfigError(f"--set {key}: {where} is a section; set one of its keys, e.g. {where}.{first}=...")
+      # Strings stay verbatim; everything else is parsed as YAML so '256', '[1, 2]' and 'true' get their types.
+      if tp is str:
+        node[part] = raw
+      else:
+        try:
+          node[part] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError as e:
+          raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e.problem}") from None
+      return
+    if not dataclasses.is_dataclass(tp):
+      raise ConfigError(f"--set {key}: {where} is not a section")
+    node = node.setdefault(part, {})
+    if not isinstance(node, dict):
+      raise ConfigError(f"--set {key}: {where} is not a mapping in the config file")
+    cls = tp
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+  """Loads YAML at `path` (or the defaults) over its bases, applies `a.b=c` overrides, validates; raises ConfigError."""
+  tree: dict = {}
+  if path is not None:
+    tree = read_config_tree(resolve_config_path(path))
+  for item in overrides:
+    if "=" not in item:
+      raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.d_model=256")
+    key, raw = item.split("=", 1)
+    _set_path(tree, key.strip(), raw)
+  return from_dict(Config, tree)
+
+
+def read_config_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+  """The mapping of sections in config file `path`, merged over its `base` chain; `config_format` is checked."""
+  chain = (*chain, path.resolve())
+  tree = read_yaml(path)
+  _check_format(tree.pop("config_format", None), path)
+  base = tree.pop("base", None)
+  if base is None:
+    return tree
+  if not isinstance(base, str) or not base:
+    raise ConfigError(f"{path}: base must be a bundled config name or a path relative to this file, got {base!r}")
+  base_path = _resolve_base(base, path)
+  if base_path.resolve() in chain:
+    names = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+    raise ConfigError(f"{path}: config bases form a cycle ({names}); remove one of the base keys")
+  return merge_trees(read_config_tree(base_path, chain), tree)
+
+
+def _resolve_base(base: str, including: Path) -> Path:
+  near = including.parent / base
+  if near.is_file():
+    return near
+  for candidate in (CONFIG_DIR / base, CONFIG_DIR / f"{base}.yaml"):
+    if candidate.is_file():
+      return candidate
+  raise ConfigError(f"{including}: base {base!r} not found next to it ({near}) nor among the bundled configs "
+                    f"({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})")
+
+
+def merge_trees(base: dict, over: dict) -> dict:
+  """`over` deep-merged onto `base`: mappings merge key by key; lists and scalars in `over` replace."""
+  out = dict(base)
+  for key, value in over.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      out[key] = merge_trees(out[key], value)
+    else:
+      out[key] = value
+  return out
+
+
+def _check_format(fmt: Any, path: Path) -> None:
+  if fmt is not None and fmt != CONFIG_FORMAT:
+    raise ConfigError(f"{path} was written by another chunklm version (config format {fmt}; this one reads "
+                      f"{CONFIG_FORMAT})")
+
+
+def read_config_format(path: str | os.PathLike) -> int | None:
+  """The `config_format` of a saved config file, without validating the rest; None when it has none (format 1)."""
+  fmt = read_yaml(Path(path)).get("config_format")
+  if fmt is not None and (not isinstance(fmt, int) or isinstance(fmt, bool)):
+    raise ConfigError(f"{path}: config_format must be an integer, got {fmt!r}")
+  return fmt
+
+
+def read_yaml(path: Path) -> dict:
+  try:
+    text = path.read_text()
+  except OSError as e:
+    raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+  try:
+    tree = yaml.safe_load(text)
+  except yaml.YAMLError as e:
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    raise ConfigError(f"invalid YAML in {path}{where}: {getattr(e, 'problem', None) or e}") from None
+  if tree is None:
+    return {}
+  if not isinstance(tree, dict):
+    raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, eval, mesh, kernels) at the "
+                      "top level")
+  return tree
+
+
+def resolve_bundled(path: str | os.PathLike, folder: Path, what: str) -> Path:
+  """A path, or the name of a YAML file in `folder` ('x' or 'x.yaml'); else an error listing the bundled ones."""
+  p = Path(path)
+  if p.is_file():
+    return p
+  for candidate in (folder / p.name, folder / f"{p.name}.yaml"):
+    if candidate.is_file():
+      return candidate
+  bundled = ", ".join(sorted(q.stem for q in folder.glob("*.yaml")))
+  raise ConfigError(f"{what} {str(path)!r} not found; bundled {what}s: {bundled}")
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+  """A path, or the name of a bundled config ('hnet_1stage_tiny' or 'hnet_1stage_tiny.yaml')."""
+  return resolve_bundled(path, CONFIG_DIR, "config")
+
+
+def dump_yaml(cfg: Config) -> str:
+  """The fully resolved config (no `base`) as YAML, `config_format` first."""
+  return yaml.safe_dump({"config_format": CONFIG_FORMAT, **to_dict(cfg)}, sort_keys=False, default_flow_style=None)
+
+
+def flat_items(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(flat_items(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+  return {prefix: tree}
+
+
+def differing_fields(a: Config, b: Config, sections: tuple[str, ...]) -> list[str]:
+  """Dotted keys under `sections` whose values differ, as 'key: a -> b'."""
+  fa, fb = flat_items(to_dict(a)), flat_items(to_dict(b))
+  return [f"{k}: {fa[k]!r} -> {fb[k]!r}" for k in fa if k.split(".")[0] in sections and fa[k] != fb.get(k)]

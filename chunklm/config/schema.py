@@ -1,0 +1,276 @@
+"""The typed, frozen config sections: model, data, train, eval, mesh, kernels (experiment.py holds them together).
+
+Every field is typed and documented in one line and values are checked once in `__post_init__`. Per-level model
+fields (`d_model`, `n_heads`, ...) hold one value per nesting level of the layout, outermost first; a single value is
+broadcast to every level. Per-stage fields (`router`, `pooling`, `target_ratio`, `capacity`) work the same way over
+the routing stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from chunklm.config.layout import check_layout, layout_depth, level_layer_strings, uses_mamba
+from chunklm.config.routers import (BYTE_ROUTERS, ROUTERS, DeleteGateConfig, EntropyConfig, GumbelConfig,
+                                    WhitespaceConfig)
+from chunklm.errors import ConfigError
+
+POOLINGS = ("select", "mean")
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("cosine", "wsd", "constant")
+KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # chunk-op backends (chunklm.kernels.api imports them)
+
+
+@dataclasses.dataclass(frozen=True)
+class MambaConfig:
+  d_state: int = 128  # SSM state size N per head
+  d_conv: int = 4  # depthwise causal convolution width
+  expand: int = 2  # inner width = expand * d_model
+  head_dim: int = 64  # SSD head dimension P
+  chunk_size: int = 64  # block length of the chunked (SSD) parallel scan
+
+  def __post_init__(self):
+    for name in ("d_state", "d_conv", "expand", "head_dim", "chunk_size"):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f"model.mamba.{name}: must be positive, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  layout: tuple = ("T2",)  # nested layer layout: ('T4',) plain stack; ('m4', ('T22',), 'm4') 1-stage H-Net
+  d_model: tuple[int, ...] = (128,)  # width per level, outermost first (inner >= outer)
+  d_ff: tuple[int, ...] = (0,)  # SwiGLU hidden width per level; 0 = 8/3 * d_model rounded up to 64
+  n_heads: tuple[int, ...] = (4,)  # attention heads per level
+  window: tuple[int, ...] = (0,)  # sliding attention window per level (keys back incl. self - 1); 0 = global
+  rotary_fraction: float = 0.5  # fraction of each head's dims rotated by RoPE (partial RoPE)
+  rope_theta: float = 10000.0  # RoPE base
+  vocab_size: int = 256  # 256 for bytes
+  mamba: MambaConfig = MambaConfig()  # Mamba2 (SSD) layer settings, shared by all levels
+  router: tuple[str, ...] = ("cosine",)  # boundary predictor per routing stage (ROUTERS; stride uses target_ratio as S)
+  pooling: tuple[str, ...] = ("select",)  # chunk vector per stage: select (state at the boundary) | mean (shifted)
+  whitespace: WhitespaceConfig = WhitespaceConfig()  # whitespace router settings (word boundary)
+  gumbel: GumbelConfig = GumbelConfig()  # gumbel router settings (temperature, prior, per-script targets)
+  entropy: EntropyConfig = EntropyConfig()  # entropy router settings (its byte LM and threshold)
+  delete_gate: DeleteGateConfig = DeleteGateConfig()  # delete_gate router settings (scale, regulariser)
+  target_ratio: tuple[float, ...] = (6.0,)  # target compression N per routing stage (> 1)
+  capacity_factor: float = 1.5  # static chunk capacity = ceil(L / N * factor) + room for document starts
+  capacity: tuple[int, ...] = (0,)  # explicit chunk capacity per routing stage; 0 = from capacity_factor
+  ratio_loss_weight: float = 0.03  # alpha of the ratio loss
+  lr_multipliers: tuple[float, ...] = ()  # learning-rate multiplier per level; () = paper's formula (App. C)
+  init_std: float = 0.02  # std of linear-layer init; output projections are scaled down by depth
+  dtype: str = "float32"  # compute dtype (params stay float32): float32 | bfloat16
+  remat: bool = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
+  attention_block: int = 0  # queries per attention block (memory ~ block x length instead of length^2); 0 = all
+
+  @property
+  def num_stages(self) -> int:
+    return layout_depth(self.layout)
+
+  @property
+  def num_levels(self) -> int:
+    return self.num_stages + 1
+
+  def level_layout(self, level: int) -> tuple:
+    layout = self.layout
+    for _ in range(level):
+      layout = layout[1]
+    return layout
+
+  def ff_dim(self, level: int) -> int:
+    d_ff = self.d_ff[level]
+    return d_ff if d_ff > 0 else 64 * math.ceil(8 * self.d_model[level] / 3 / 64)
+
+  def __post_init__(self):
+    check_layout(self.layout)
+    levels = self.num_levels
+    for name in ("d_model", "d_ff", "n_heads", "window"):
+      value = getattr(self, name)
+      if len(value) == 1 and levels > 1:
+        object.__setattr__(self, name, value * levels)
+      elif len(value) != levels:
+        raise ConfigError(f"model.{name}: layout has {levels} level(s), got {len(value)} values {list(value)}")
+    stages = self.num_stages
+    for name in ("router", "pooling", "target_ratio", "capacity"):
+      value = getattr(self, name)
+      if stages == 0:
+        continue  # unused by a plain stack
+      if len(value) == 1 and stages > 1:
+        object.__setattr__(self, name, value * stages)
+      elif len(value) != stages:
+        raise ConfigError(f"model.{name}: layout has {stages} routing stage(s), got {len(value)} values")
+    for level in range(levels):
+      d, h = self.d_model[level], self.n_heads[level]
+      if d <= 0 or h <= 0 or self.d_ff[level] < 0 or self.window[level] < 0:
+        raise ConfigError(f"model: sizes must be positive (level {level}: d_model={d}, n_heads={h}, "
+                          f"d_ff={self.d_ff[level]}, window={self.window[level]})")
+      if d % h:
+        raise ConfigError(f"model.n_heads: d_model {d} is not divisible by n_heads {h} at level {level}")
+      if level and d < self.d_model[level - 1]:
+        raise ConfigError(f"model.d_model: inner width {d} (level {level}) is smaller than outer width "
+                          f"{self.d_model[level - 1]}; inner levels must be at least as wide")
+      mamba = any(uses_mamba(spec) for spec in level_layer_strings(self.level_layout(level)))
+      if mamba and (self.mamba.expand * d) % self.mamba.head_dim:
+        raise ConfigError(f"model.mamba.head_dim: {self.mamba.head_dim} must divide expand*d_model = "
+                          f"{self.mamba.expand * d} at level {level}")
+    for r in self.router[:stages]:
+      if r not in ROUTERS:
+        raise ConfigError(f"model.router: unknown router {r!r}; valid: {', '.join(ROUTERS)}")
+    for n in self.target_ratio[:stages]:
+      if not n > 1:
+        raise ConfigError(f"model.target_ratio: target compression N must be > 1, got {n}")
+    if stages:
+      self._check_routers(stages)
+    if any(c < 0 for c in self.capacity):
+      raise ConfigError(f"model.capacity: must be >= 0 (0 = automatic), got {list(self.capacity)}")
+    if self.capacity_factor < 1:
+      raise ConfigError(f"model.capacity_factor: must be >= 1, got {self.capacity_factor}")
+    if self.lr_multipliers and len(self.lr_multipliers) != levels:
+      raise ConfigError(f"model.lr_multipliers: need {levels} values (one per level) or [], "
+                        f"got {list(self.lr_multipliers)}")
+    if self.attention_block < 0:
+      raise ConfigError(f"model.attention_block: must be >= 0 (0 = one block), got {self.attention_block}")
+    if self.vocab_size <= 0 or self.init_std <= 0 or not 0 <= self.rotary_fraction <= 1:
+      raise ConfigError("model: vocab_size and init_std must be positive, rotary_fraction in [0, 1]")
+    if self.dtype not in DTYPES:
+      raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+
+  def _check_routers(self, stages: int) -> None:
+    for s, (r, pool, n) in enumerate(zip(self.router, self.pooling, self.target_ratio)):
+      if pool not in POOLINGS:
+        raise ConfigError(f"model.pooling: unknown pooling {pool!r} at stage {s}; valid: {', '.join(POOLINGS)}")
+      if r in BYTE_ROUTERS and s > 0:
+        inner = ", ".join(name for name, kind in ROUTERS.items() if not kind.reads_bytes)
+        raise ConfigError(f"model.router: {r!r} reads bytes, so it only works at stage 0, not stage {s}; use one of "
+                          f"{inner} for inner stages")
+      if r == "stride" and float(n) != int(n):
+        raise ConfigError(f"model.target_ratio: the stride router uses target_ratio as its stride S (a boundary "
+                          f"every S bytes), so it must be an integer >= 2; got {n} at stage {s}")
+    if self.gumbel.script_ratios and "gumbel" not in self.router[:stages]:
+      raise ConfigError("model.gumbel.script_ratios: per-script targets are used by the gumbel router only; set "
+                        "model.router=[gumbel] or remove model.gumbel.script_ratios")
+    if "entropy" in self.router[:stages]:
+      d = self.entropy.d_model
+      if d % self.n_heads[0]:
+        raise ConfigError(f"model.entropy.d_model: must be a multiple of n_heads[0]={self.n_heads[0]}, got {d}")
+      if uses_mamba(self.entropy.layout) and (self.mamba.expand * d) % self.mamba.head_dim:
+        raise ConfigError(f"model.entropy.d_model: mamba.head_dim {self.mamba.head_dim} must divide expand * "
+                          f"entropy.d_model = {self.mamba.expand * d}")
+
+  def script_targets(self) -> dict[str, float]:
+    """Per-script target N of the gumbel router ('default' falls back to target_ratio[0])."""
+    out = {"default": float(self.target_ratio[0])}
+    out.update({k: float(v) for k, _, v in (item.partition(":") for item in self.gumbel.script_ratios)})
+    return out
+
+  def entropy_lm(self) -> ModelConfig:
+    """The ModelConfig of the entropy router's byte LM: a plain stack at level 0 with the `entropy` section's size."""
+    return dataclasses.replace(self, layout=(self.entropy.layout,), d_model=(self.entropy.d_model,), d_ff=(0,),
+                               n_heads=(self.n_heads[0],), window=(self.window[0],), lr_multipliers=(),
+                               router=("cosine",), pooling=("select",), target_ratio=(6.0,), capacity=(0,),
+                               gumbel=dataclasses.replace(self.gumbel, script_ratios=()))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  sources: tuple[str, ...] = ()  # training paths (files, dirs, .jsonl, FASTA/FASTQ, .gz); () = Python stdlib
+  valid_sources: tuple[str, ...] = ()  # held-out paths; () = split `sources` by document
+  include: tuple[str, ...] = ("*",)  # glob patterns a file inside a directory must match (name or relative path)
+  exclude: tuple[str, ...] = ()  # glob patterns that skip files inside directories
+  jsonl_field: str = "text"  # field holding the text in .jsonl records
+  doc_separator: str = ""  # split text files into documents at this string; "" = one document per file
+  valid_fraction: float = 0.02  # fraction of documents held out when valid_sources is empty
+  split_seed: int = 0  # seed of the document hash that decides the train/valid split
+  seq_len: int = 256  # window length L in bytes
+  min_doc_bytes: int = 16  # shorter documents are skipped (bounds the documents per window)
+  seed: int = 0  # shuffle seed (document order and window order per epoch)
+  mmap_min_mb: int = 256  # corpora larger than this are kept in a memory-mapped cache file, not in RAM
+  prefetch: int = 4  # batches prepared ahead by the grain iterator
+  tokenizer: str = ""  # sentencepiece model of a token-level model (BPE baseline); "" = bytes
+
+  @property
+  def max_docs_per_window(self) -> int:
+    """Upper bound on document starts in one window: each document is BOS + >= min_doc_bytes bytes."""
+    return math.ceil(self.seq_len / (self.min_doc_bytes + 1)) + 1
+
+  def __post_init__(self):
+    if self.seq_len <= 1:
+      raise ConfigError(f"data.seq_len: must be > 1, got {self.seq_len}")
+    if self.min_doc_bytes < 1:
+      raise ConfigError(f"data.min_doc_bytes: must be >= 1, got {self.min_doc_bytes}")
+    if not 0 < self.valid_fraction < 1:
+      raise ConfigError(f"data.valid_fraction: must be in (0, 1), got {self.valid_fraction}")
+    if self.mmap_min_mb < 0 or self.prefetch < 0:
+      raise ConfigError("data.mmap_min_mb and data.prefetch must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 1000  # optimizer steps
+  batch_size: int = 8  # global batch (windows per step)
+  lr: float = 3e-3  # peak learning rate
+  warmup_steps: int = 100  # linear warmup from 0
+  schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay, 1/sqrt decay) | constant
+  min_lr_ratio: float = 0.1  # final lr / peak lr (cosine, wsd)
+  decay_fraction: float = 0.2  # wsd: fraction of steps spent decaying
+  weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norms, embeddings, biases)
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  grad_clip: float = 1.0  # global-norm clipping; 0 disables
+  seed: int = 0  # parameter init and sampling seed
+  log_every: int = 10  # steps between metric records
+  eval_every: int = 0  # steps between evaluations; 0 = only at the end
+  checkpoint_every: int = 200  # steps between checkpoints (one is always written at the end)
+  keep_checkpoints: int = 3  # checkpoints kept on disk
+
+  def __post_init__(self):
+    for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f"train.{name}: must be positive, got {getattr(self, name)}")
+    for name in ("warmup_steps", "eval_every", "weight_decay", "grad_clip"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+    if self.lr <= 0:
+      raise ConfigError(f"train.lr: must be positive, got {self.lr}")
+    if self.schedule not in SCHEDULES:
+      raise ConfigError(f"train.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.decay_fraction <= 1:
+      raise ConfigError("train.min_lr_ratio must be in [0, 1] and train.decay_fraction in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  batch_size: int = 16  # windows per evaluation batch
+  max_bytes: int = 262144  # bytes of the valid split used by periodic evals; 0 = all
+  final_max_bytes: int = 0  # bytes used by the final evaluation; 0 = the whole valid split
+  sample_bytes: int = 160  # bytes generated at the end of training
+  sample_prompt: str = ""  # prompt of the end-of-training sample ("" = start of a valid document)
+  temperature: float = 0.8
+  top_p: float = 0.95
+
+  def __post_init__(self):
+    if self.batch_size <= 0 or self.max_bytes < 0 or self.final_max_bytes < 0 or self.sample_bytes < 0:
+      raise ConfigError("eval: batch_size must be positive and byte counts >= 0")
+    if self.temperature < 0 or not 0 < self.top_p <= 1:
+      raise ConfigError("eval: temperature must be >= 0 and top_p in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1  # data-parallel axis size; -1 = all remaining devices
+  fsdp: int = 1  # parameter-sharding axis size
+  tensor: int = 1  # tensor-parallel axis size
+
+  def __post_init__(self):
+    if self.data == 0 or self.data < -1 or self.fsdp <= 0 or self.tensor <= 0:
+      raise ConfigError("mesh: axis sizes must be positive (data may be -1 for 'all remaining devices')")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelsConfig:
+  impl: str = "auto"  # chunk-op backend: auto (Pallas on GPU/TPU, XLA on CPU) | xla | pallas | interpret
+
+  def __post_init__(self):
+    if self.impl not in KERNEL_IMPLS:
+      raise ConfigError(f"kernels.impl: {self.impl!r} is not one of {', '.join(KERNEL_IMPLS)}")
