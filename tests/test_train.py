@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 
 from chunklm.errors import CheckpointError
-from chunklm.train import trainer
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.metrics import read_jsonl
 from chunklm.run.trained import open_run
+from chunklm.train import trainer
 from conftest import tiny_config
 
 
 def params_of(workdir):
   run = open_run(workdir, log=lambda *a, **k: None)
-  params, step = run.params, run.step
-  return step, params
+  return run.step, run.params
 
 
 def train_records(workdir):
