@@ -1,7 +1,5 @@
 """chunklm: byte-level hierarchical language models (H-Net dynamic chunking) in JAX / Flax NNX."""
 
-from chunklm.eval.generate import generate_from_workdir
-
 
 def generate(workdir, prompts, **kwargs):
   """Continuations from a trained run: `chunklm.generate("runs/default", "def ", max_bytes=100, temperature=0.7)`.
@@ -9,4 +7,6 @@ def generate(workdir, prompts, **kwargs):
   `prompts` is a str/bytes (returns bytes) or a list of them (returns a list, generated as one batch). Keyword
   arguments: max_bytes, temperature, top_k, top_p, stop, seed.
   """
+  # start-up: the package root stays light (importing chunklm.config must not load jax); lint-imports still sees it
+  from chunklm.eval.generate import generate_from_workdir
   return generate_from_workdir(workdir, prompts, **kwargs)

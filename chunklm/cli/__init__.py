@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from chunklm.cli.commands import COMMANDS
 from chunklm.cli.parser import build_parser
 from chunklm.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  # start-up: --help and flag errors answer before the command bodies load jax (seconds); lint-imports still sees it
+  from chunklm.cli.commands import COMMANDS
   try:
     return COMMANDS[args.command](args)
   except UserError as e:

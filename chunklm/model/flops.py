@@ -7,9 +7,12 @@ level 0 on every byte, deeper levels on the chunks, with the chunk ratios measur
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
 from chunklm.config import ModelConfig
+from chunklm.errors import ConfigError
 from chunklm.model.stack import layer_kinds
 
 
@@ -111,11 +114,6 @@ def match_flops(target: float, cfg: ModelConfig, seq_len: int, *, bytes_per_toke
   (the innermost d_model, in steps of 2 x n_heads, never below the next-outer width). Among candidates within 1 % of
   the best match, the one whose width/depth ratio is closest to the original wins.
   """
-  import dataclasses
-  import re
-
-  from chunklm.errors import ConfigError
-
   level = cfg.num_stages
   spec = cfg.level_layout(level)[0]
   single = re.fullmatch(r"([mMtT])(\d+)", spec)
