@@ -88,10 +88,12 @@ def routing_metrics(sums: dict, num_stages: int) -> dict[str, jax.Array]:
 
 
 def stage_metrics(stages: tuple[StageOutput, ...]) -> dict[str, jax.Array]:
-  """Scalar metrics of one batch: each stage's unweighted ratio loss and router loss, then routing_metrics."""
+  """Scalar metrics of one batch: each stage's unweighted ratio loss and router loss, then routing_metrics (none
+  for a plain stack)."""
   out = {}
   for s, st in enumerate(stages):
     out[f"ratio_loss_s{s}"] = st.ratio_loss()
     out[f"router_aux_s{s}"] = st.router_aux
-  out.update(routing_metrics(counts(stages), len(stages)))
+  if stages:
+    out.update(routing_metrics(counts(stages), len(stages)))
   return out
