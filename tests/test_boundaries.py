@@ -36,5 +36,5 @@ def test_boundary_levels_from_a_model():
     ids = np.zeros((1, cfg.data.seq_len), np.int32)
     ids[0, 0], ids[0, 1:len(data) + 1] = 0xFE, list(data)
     seg = (np.arange(cfg.data.seq_len) <= len(data)).astype(np.int32)[None]
-    aux = _routing(graphdef, params, ids, seg)
-    assert int(levels[0].sum()) == int(aux["boundaries_s0"][0, 1:len(data) + 1].sum())
+    stages = _routing(graphdef, params, ids, seg)
+    assert int(levels[0].sum()) == int(stages[0].boundaries_BxL[0, 1:len(data) + 1].sum())

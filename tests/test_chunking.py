@@ -8,6 +8,7 @@ import pytest
 from chunklm.kernels import reference as ref
 from chunklm.model import chunking
 from chunklm.model.routing import Routing, document_starts
+from chunklm.model.stage_output import stage_output
 
 
 def naive_ema(z, p):
@@ -74,8 +75,8 @@ def test_overflow_drops_only_the_last_boundaries_and_keeps_document_starts():
   assert np.flatnonzero(keep[0]).tolist() == [0, 1, 2, 3, 6]
   r = Routing(b.astype(jnp.float32), b, jnp.zeros(()))
   ch = chunking.chunk(jnp.ones((1, 12, 2)), r, seg, seg > 0, capacity=5, doc_slots=2, exact=False)
-  sums = chunking.stage_sums(r, ch, seg > 0)
-  assert float(sums["boundaries"]) == 11 and float(sums["kept"]) == 5
+  st = stage_output(r, ch, seg > 0, learnable_p=True, target_ratio=2.0)
+  assert float(st.boundaries) == 11 and float(st.kept) == 5
   assert ch.chunk_idx_BxL[0].tolist() == [0, 1, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4]
   assert ch.segment_ids_BxM[0].tolist() == [1, 1, 1, 1, 2]
   exact = chunking.chunk(jnp.ones((1, 12, 2)), r, seg, seg > 0, capacity=12, doc_slots=2, exact=True)

@@ -42,12 +42,12 @@ def test_steps_equal_the_full_forward(kind):
   ids = jax.random.randint(jax.random.key(7), (2, length), 0, 256).at[:, 0].set(BOS)
   batch = {"ids": ids, "segment_ids": jnp.ones((2, length), jnp.int32),
            "positions": jnp.broadcast_to(jnp.arange(length), (2, length))}
-  full, aux = jax.jit(lambda p: forward(graphdef, p, batch, exact=True))(params)
+  full, stages = jax.jit(lambda p: forward(graphdef, p, batch, exact=True))(params)
   stepped, bounds, state = step_all(graphdef, params, ids)
   np.testing.assert_allclose(stepped, full, atol=2e-5)
   if kind.startswith("hnet"):
     b0 = np.asarray(bounds[0])
-    np.testing.assert_array_equal(b0, np.asarray(aux["boundaries_s0"]))
+    np.testing.assert_array_equal(b0, np.asarray(stages[0].boundaries_BxL))
     assert 0 < b0.sum() < b0.size, "the test should cross chunk boundaries"
     main = state["main"]
     if kind == "hnet2":  # stage 1 sees one position per stage-0 chunk; its own main one per stage-1 chunk

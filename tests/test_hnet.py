@@ -7,6 +7,7 @@ import pytest
 
 from chunklm.errors import ConfigError
 from chunklm.model.lm import build_model
+from chunklm.model.stage_output import stage_metrics
 from chunklm.train.optim import level_of, multiplier_tree, paper_lr_multipliers
 from chunklm.train.step import forward, loss_fn, split_model
 from conftest import tiny_config
@@ -53,9 +54,9 @@ def test_causality_gradient_and_perturbation(stages, exact):
   # discrete routing decisions must not leak the future either: change every byte after t, compare logits up to t
   graphdef, params = split_model(model)
   run = jax.jit(lambda ids: forward(graphdef, params, make_batch(ids, seg), exact=exact))
-  logits, aux = run(ids)
+  logits, stages = run(ids)
   if not exact:
-    assert float(aux["overflow_s0"]) > 0, "the test should exercise overflow"
+    assert float(stage_metrics(stages)["overflow_s0"]) > 0, "the test should exercise overflow"
   for t in (0, 9, 20):
     future = ids.at[0, t + 1:].set((ids[0, t + 1:] * 7 + 13) % 256)
     logits2, _ = run(future)
@@ -111,6 +112,32 @@ def test_ratio_loss_pulls_the_boundary_rate_down():
   params = jax.tree.map(lambda p, g: p - 2.0 * g, params, g)
   _, m1 = jax.jit(ratio_only)(params)
   assert float(m1["mean_p_s0"]) < float(m0["mean_p_s0"])
+
+
+def test_loss_is_nll_plus_weighted_ratio_losses_plus_router_losses():
+  """The training step's loss, assembled from the stage records by hand: stage 0 (cosine router, learnable p) adds
+  its ratio loss, stage 1 (gumbel router) none but its own prior loss."""
+  cfg = hnet_config(2, "model.router=[cosine, gumbel]", "model.ratio_loss_weight=0.5")
+  graphdef, params = split_model(build_model(cfg, 0))
+  ids = jax.random.randint(jax.random.key(4), (2, 32), 0, 256)
+  seg = jnp.array([[1] * 12 + [2] * 20, [1] * 28 + [0] * 4])
+  batch, rng = make_batch(ids, seg), jax.random.key(5)
+  loss, metrics = jax.jit(loss_fn, static_argnums=1)(params, graphdef, batch, rng)
+  logits, stages = jax.jit(lambda p: forward(graphdef, p, batch, train=True, rng=rng))(params)
+  assert len(stages) == 2 and [st.learnable_p for st in stages] == [True, False]
+  logp = np.asarray(jax.nn.log_softmax(logits), np.float64)
+  mask = np.asarray(seg > 0)
+  nll = -np.take_along_axis(logp, np.asarray(batch["targets"])[..., None], -1)[..., 0][mask].mean()
+  s0, s1 = stages
+  assert float(s0.positions) == mask.sum() and float(s0.boundaries) == np.asarray(s0.boundaries_BxL)[mask].sum()
+  assert float(s1.positions) == float(s0.kept)  # stage 1 runs on stage 0's kept chunks
+  f, g, n = float(s0.boundaries) / float(s0.positions), float(s0.p_sum) / float(s0.positions), s0.target_ratio
+  ratio0 = n / (n - 1) * ((n - 1) * f * g + (1 - f) * (1 - g))
+  assert float(s1.router_aux) != 0.0, "the test should exercise a router loss"
+  expected = nll + 0.5 * ratio0 + float(s0.router_aux) + float(s1.router_aux)
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics["ratio_loss"]) == pytest.approx(0.5 * ratio0 + float(s1.router_aux), rel=1e-5)
+  assert float(metrics["ratio_loss_s0"]) == pytest.approx(ratio0, rel=1e-5) and float(metrics["ratio_loss_s1"]) == 0
 
 
 def test_lr_multipliers_follow_the_paper_and_the_levels():

@@ -13,7 +13,8 @@ from chunklm.errors import ConfigError
 from chunklm.kernels import api
 from chunklm.kernels.onehot import onehot_matmul
 from chunklm.model.lm import build_model
-from chunklm.train.step import forward, split_model
+from chunklm.model.stage_output import stage_metrics
+from chunklm.train.step import forward, routing_loss, split_model
 from conftest import tiny_config
 
 # A 1-stage H-Net of attention blocks only: compiles in seconds, and chunk capacity 12 < 32 positions.
@@ -78,9 +79,10 @@ def hnet_loss_and_grads(impl: str, extra=()):
   batch = {"ids": ids, "segment_ids": seg, "positions": jnp.broadcast_to(jnp.arange(32), (2, 32))}
 
   def loss(params):
-    logits, aux = forward(graphdef, params, batch)
+    logits, stages = forward(graphdef, params, batch)
     logp = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.take_along_axis(logp, jnp.roll(ids, -1, 1)[..., None], -1)) + aux["ratio_loss"], aux
+    nll = -jnp.mean(jnp.take_along_axis(logp, jnp.roll(ids, -1, 1)[..., None], -1))
+    return nll + routing_loss(stages, cfg.model.ratio_loss_weight), stage_metrics(stages)
 
   (value, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   return value, aux, grads

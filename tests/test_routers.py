@@ -112,8 +112,8 @@ def test_causality_gradient_and_perturbation(case):
   dep = np.abs(jac).sum(-1) > 0
   assert not np.triu(dep, 1).any(), "the loss at t depends on a later input"
   run = jax.jit(lambda ids: forward(graphdef, params, make_batch(ids, seg)))
-  logits, aux = run(ids)
-  assert int(np.asarray(aux["boundaries_s0"]).sum()) > 1, "the test should cross chunk boundaries"
+  logits, stages = run(ids)
+  assert int(np.asarray(stages[0].boundaries_BxL).sum()) > 1, "the test should cross chunk boundaries"
   for t in (5, 17):
     future = ids.at[0, t + 1:].set((ids[0, t + 1:] * 7 + 13) % 256)
     np.testing.assert_allclose(logits[0, : t + 1], run(future)[0][0, : t + 1], atol=1e-5)
@@ -143,7 +143,7 @@ def test_gradients_are_finite_and_learned_routers_learn(case):
   for part in LEARNED.get(case, ()):
     a, b = part.split("/")
     assert any(a in k and b in k for k in leaves), part  # the learned part exists and got a gradient above
-  b = np.asarray(forward(graphdef, params, make_batch(ids, seg))[1]["boundaries_s0"])
+  b = np.asarray(forward(graphdef, params, make_batch(ids, seg))[1][0].boundaries_BxL)
   assert b[:, 0].all() and b[1, 20] and not b[2, 28:].any(), "document starts are boundaries, padding never"
   if case != "cosine_mean":  # routers without a learnable p get no H-Net ratio loss
     assert float(metrics["ratio_loss_s0"]) == 0.0
@@ -157,11 +157,11 @@ def test_generation_steps_equal_the_full_forward(case):
   ids = ids.at[:, 0].set(0)
   graphdef, params = primed(case, cfg, ids, jnp.ones_like(ids))
   batch = {"ids": ids, "segment_ids": jnp.ones_like(ids), "positions": jnp.broadcast_to(jnp.arange(length), ids.shape)}
-  full, aux = jax.jit(lambda p: forward(graphdef, p, batch, exact=True))(params)
+  full, stages = jax.jit(lambda p: forward(graphdef, p, batch, exact=True))(params)
   stepped, bounds, _ = step_all(graphdef, params, ids)
   np.testing.assert_allclose(stepped, full, atol=2e-5)
   b0 = np.asarray(bounds[0])
-  np.testing.assert_array_equal(b0, np.asarray(aux["boundaries_s0"]))
+  np.testing.assert_array_equal(b0, np.asarray(stages[0].boundaries_BxL))
   assert 2 < b0.sum() < b0.size - 2
 
 

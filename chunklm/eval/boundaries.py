@@ -25,9 +25,9 @@ MARKS = ("│", "┃", "█")
 @functools.partial(jax.jit, static_argnums=0)
 def _routing(graphdef, params, ids_BxL, segment_ids_BxL):
   positions = jnp.broadcast_to(jnp.arange(ids_BxL.shape[1], dtype=jnp.int32), ids_BxL.shape)
-  _, aux = forward(graphdef, params, {"ids": ids_BxL, "segment_ids": segment_ids_BxL, "positions": positions},
-                   exact=True)
-  return {k: v for k, v in aux.items() if k.startswith(("boundaries_s", "probs_s", "chunk_positions_s"))}
+  _, stages = forward(graphdef, params, {"ids": ids_BxL, "segment_ids": segment_ids_BxL, "positions": positions},
+                      exact=True)
+  return stages
 
 
 @dataclasses.dataclass
@@ -39,13 +39,13 @@ class ByteRouting:
 
 
 def route_bytes(graphdef, params, ids_BxL: np.ndarray, segment_ids_BxL: np.ndarray, num_stages: int) -> ByteRouting:
-  aux = jax.device_get(_routing(graphdef, params, ids_BxL, segment_ids_BxL))
+  stages = jax.device_get(_routing(graphdef, params, ids_BxL, segment_ids_BxL))
   b, length = ids_BxL.shape
   to_byte = np.broadcast_to(np.arange(length), (b, length))  # byte position of every position of the stage
   valid = np.ones((b, length), bool)
   starts, probs = [], []
   for s in range(num_stages):
-    chosen, p = aux[f"boundaries_s{s}"], aux[f"probs_s{s}"]
+    chosen, p = stages[s].boundaries_BxL, stages[s].probs_BxL
     width = to_byte.shape[1]
     at = np.zeros((b, length), bool)
     pb = np.full((b, length), np.nan, np.float32)
@@ -56,7 +56,7 @@ def route_bytes(graphdef, params, ids_BxL: np.ndarray, segment_ids_BxL: np.ndarr
     starts.append(at)
     probs.append(pb)
     counts = chosen[:, :width].sum(axis=1)
-    pos = aux[f"chunk_positions_s{s}"]
+    pos = stages[s].chunk_positions_BxM
     to_byte = np.take_along_axis(to_byte, np.minimum(pos, width - 1), axis=1)
     valid = np.arange(pos.shape[1])[None] < counts[:, None]
   return ByteRouting(starts, probs)

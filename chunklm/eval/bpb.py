@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from chunklm.data.corpus import Documents
 from chunklm.data.pipeline import BOS, PackedWindows, eval_batches
-from chunklm.model.chunking import routing_metrics
+from chunklm.model.stage_output import routing_metrics
 
 
 def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, *, progress: bool = False,

@@ -1,14 +1,11 @@
 """Generation state and one-position steps for every model kind: KV caches for attention, recurrent states for
-Mamba2, and for the H-Net the routing state of each stage.
+Mamba2, layer stacks, and the language model around them (the H-Net's own step, with the routing state of each
+stage, is `HNet.step` in hnet.py, beside the forward it must equal).
 
-A step takes one position per row. `update_B` marks the rows that receive a position at this level: every row at
-level 0, and at an H-Net's inner level only the rows whose router just started a chunk, so the main network runs
-(and its caches advance) only when a new chunk starts; other rows keep their state bit for bit. In a batch the main
-network runs on the chunk-starting rows only, gathered into a smaller batch when they are few (`run_rows`). The
-dechunk EMA state (the last smoothed chunk vector) is carried between steps, and bytes inside a chunk reuse it. The step
-computes exactly what the full-sequence forward (evaluation capacity) computes at that position. Routers keep their
-own step state (a byte counter, the last bytes); `unsupported` says why a model cannot be stepped (mean pooling, a
-router without a step form) and `lm_init` refuses such a model.
+A step takes one position per row. `update_B` marks the rows that receive a position: rows outside it keep their
+state bit for bit (an H-Net's inner level receives a position only on the rows whose router just started a chunk).
+`run_rows` runs a step on the marked rows only, gathered into a smaller batch when they are few. `unsupported` says
+why a model cannot be stepped (mean pooling, a router without a step form) and `lm_init` refuses such a model.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ class KVCache:
   length_B: jax.Array  # positions written so far (= the position of the next entry)
 
 
-def _where(update_B: jax.Array, new, old):
+def select_rows(update_B: jax.Array, new, old):
   """Row-wise select over two state pytrees."""
   def pick(n, o):
     return jnp.where(update_B.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
@@ -50,8 +47,8 @@ def attention_step(att, x_BxD: jax.Array, cache: KVCache, update_B: jax.Array) -
   v = qkv_Bx3xHxK[:, 2]
   rows = jnp.arange(b)
   old_k, old_v = cache.k_BxTxHxK[rows, pos_B], cache.v_BxTxHxK[rows, pos_B]
-  k_cache = cache.k_BxTxHxK.at[rows, pos_B].set(_where(update_B, k.astype(old_k.dtype), old_k))
-  v_cache = cache.v_BxTxHxK.at[rows, pos_B].set(_where(update_B, v.astype(old_v.dtype), old_v))
+  k_cache = cache.k_BxTxHxK.at[rows, pos_B].set(select_rows(update_B, k.astype(old_k.dtype), old_k))
+  v_cache = cache.v_BxTxHxK.at[rows, pos_B].set(select_rows(update_B, v.astype(old_v.dtype), old_v))
   keys_T = jnp.arange(k_cache.shape[1])
   allowed_BxT = keys_T[None] <= pos_B[:, None]
   if att.window:
@@ -77,7 +74,7 @@ def block_step(block, x_BxD: jax.Array, cache, update_B: jax.Array):
     h, cache = attention_step(block.mixer, h, cache, update_B)
   else:
     h, new = block.mixer.step(h, cache, jnp.zeros_like(update_B))
-    cache = _where(update_B, new, cache)
+    cache = select_rows(update_B, new, cache)
   x_BxD = x_BxD + h.astype(jnp.float32)
   if block.kind.isupper():
     x_BxD = x_BxD + block.mlp(block.norm2(x_BxD)).astype(jnp.float32)
@@ -97,25 +94,9 @@ def stack_step(stack, x_BxD: jax.Array, caches: list, update_B: jax.Array) -> tu
   return stack.norm(x_BxD), new_caches
 
 
-def _is_hnet(module) -> bool:
-  return hasattr(module, "router")
-
-
-def _levels(module) -> list[int]:
-  """Routing levels of an H-Net and its nested H-Nets ([] for a stack)."""
-  return [module.level] + _levels(module.main) if _is_hnet(module) else []
-
-
 def unsupported(model) -> str:
   """Why cached generation cannot run this model ("" when it can)."""
-  hnet = getattr(model, "backbone", model)
-  while _is_hnet(hnet):
-    if hnet.pooling != "select":
-      return f"stage {hnet.level} uses {hnet.pooling} pooling, which has no cached step (only select pooling does)"
-    if hnet.router.generation:
-      return f"stage {hnet.level}: {hnet.router.generation}"
-    hnet = hnet.main
-  return ""
+  return model.backbone.step_unsupported() if model.cfg.num_stages else ""
 
 
 def compact_rows(batch: int) -> int:
@@ -152,52 +133,12 @@ def run_rows(step, x_BxE: jax.Array, state, update_B: jax.Array, levels: list[in
   return y, state, inner
 
 
-def hnet_init(hnet, batch: int, max_len: int) -> dict:
-  dim = hnet.residual_proj.kernel.shape[0]
-  main = hnet_init(hnet.main, batch, max_len) if _is_hnet(hnet.main) else stack_init(hnet.main, batch, max_len)
-  return {"enc": stack_init(hnet.encoder, batch, max_len), "dec": stack_init(hnet.decoder, batch, max_len),
-          "main": main, "h_prev": jnp.zeros((batch, dim), jnp.float32), "has_prev": jnp.zeros(batch, bool),
-          "zbar": jnp.zeros((batch, dim), jnp.float32), "router": hnet.router.init_step_state(batch)}
-
-
-def hnet_step(hnet, x_BxD: jax.Array, state: dict, update_B: jax.Array, ids_B: jax.Array | None = None
-              ) -> tuple[jax.Array, dict, dict]:
-  """(y_BxD, new state, {stage: boundary_B}) for one position of the rows in `update_B`; `ids_B` are the bytes
-  (level 0 only)."""
-  h_BxD, enc = stack_step(hnet.encoder, x_BxD, state["enc"], update_B)
-  p_B, chosen_B, router_state = hnet.router.step(h_BxD, state["h_prev"], state["has_prev"], ids_B, state["router"])
-  b_B = chosen_B & update_B
-  z_BxE = h_BxD
-  if hnet.pad is not None:
-    z_BxE = jnp.concatenate([h_BxD, jnp.broadcast_to(hnet.pad[...].astype(h_BxD.dtype),
-                                                     (h_BxD.shape[0], hnet.pad.shape[0]))], axis=-1)
-
-  def main_step(z, main_state, update):
-    if _is_hnet(hnet.main):
-      zhat, main_state, inner = hnet_step(hnet.main, z, main_state, update)
-    else:
-      (zhat, main_state), inner = stack_step(hnet.main, z, main_state, update), {}
-    return zhat.astype(jnp.float32), main_state, inner
-
-  zhat_BxE, main, inner = run_rows(main_step, z_BxE, state["main"], b_B, _levels(hnet.main))
-  zhat_BxD = zhat_BxE[:, : h_BxD.shape[-1]]
-  p_use = jnp.where(state["has_prev"], jnp.clip(p_B, 1e-4, 1 - 1e-4), 1.0)[:, None]
-  zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * state["zbar"], state["zbar"])
-  y_BxD = zbar_BxD + hnet.residual_proj(h_BxD.astype(jnp.float32))
-  out_BxD, dec = stack_step(hnet.decoder, y_BxD, state["dec"], update_B)
-  new_state = {"enc": enc, "dec": dec, "main": main, "h_prev": _where(update_B, h_BxD.astype(jnp.float32),
-                                                                      state["h_prev"]),
-               "has_prev": state["has_prev"] | update_B, "zbar": zbar_BxD,
-               "router": _where(update_B, router_state, state["router"])}
-  return out_BxD, new_state, {hnet.level: b_B, **inner}
-
-
 def lm_init(model, batch: int, max_len: int):
   why = unsupported(model)
   if why:
     raise GenerationUnsupported(f"cannot generate with this model: {why}")
-  if _is_hnet(model.backbone):
-    return hnet_init(model.backbone, batch, max_len)
+  if model.cfg.num_stages:
+    return model.backbone.init_step_state(batch, max_len)
   return stack_init(model.backbone, batch, max_len)
 
 
@@ -205,8 +146,8 @@ def lm_step(model, ids_B: jax.Array, state) -> tuple[jax.Array, object, dict]:
   """(logits_BxV float32, new state, {stage: boundary_B}) for the next id of every row."""
   x_BxD = model.embed(ids_B)
   every = jnp.ones(ids_B.shape[0], bool)
-  if _is_hnet(model.backbone):
-    y_BxD, state, bounds = hnet_step(model.backbone, x_BxD, state, every, ids_B)
+  if model.cfg.num_stages:
+    y_BxD, state, bounds = model.backbone.step(x_BxD, state, every, ids_B)
   else:
     (y_BxD, state), bounds = stack_step(model.backbone, x_BxD, state, every), {}
   return model.head(y_BxD).astype(jnp.float32), state, bounds

@@ -1,4 +1,4 @@
-"""Chunk, dechunk and the ratio loss of one H-Net stage (paper Sec. 2.2; DESIGN §3).
+"""Chunk, dechunk and the ratio loss of one H-Net stage (paper Sec. 2.2).
 
 chunk:   keep the boundary positions (b_t = 1) in order, in a static number of slots M. Document starts are always
          kept; if a window has more boundaries than slots, the *last* other boundaries are dropped (counted as
@@ -87,34 +87,3 @@ def ratio_loss(f: jax.Array, g: jax.Array, target: float) -> jax.Array:
   """N/(N-1) ((N-1) F G + (1-F)(1-G)); minimum 1 at F = G = 1/N."""
   n = float(target)
   return n / (n - 1.0) * ((n - 1.0) * f * g + (1.0 - f) * (1.0 - g))
-
-
-def stage_sums(routing: Routing, chunks: Chunks, valid_BxL: jax.Array) -> dict[str, jax.Array]:
-  """Exact counts of one stage (positions, boundaries, kept chunks, summed p) for metrics and the ratio loss."""
-  v = valid_BxL.astype(jnp.float32)
-  return {
-      "positions": v.sum(),
-      "boundaries": (routing.b_BxL.astype(jnp.float32) * v).sum(),
-      "kept": chunks.valid_BxM.astype(jnp.float32).sum(),
-      "p_sum": (routing.p_BxL * v).sum(),
-  }
-
-
-def routing_metrics(sums: dict, num_stages: int) -> dict[str, jax.Array]:
-  """Readable per-stage figures from summed counts (keys '<name>_s<stage>_sum'; level-0 positions = bytes).
-
-  bytes_per_chunk_s{s}: bytes per boundary chosen by stage s (the paper's 1/F, compounded over stages);
-  bytes_per_position_l{s+1}: bytes per position the next level actually runs on (after overflow);
-  overflow_s{s}: fraction of stage s's boundaries dropped for lack of capacity; mean_p_s{s}: G;
-  reduction_s{s}: sequence reduction of stage s, 1 - kept chunks / its positions (MrT5's deletion rate).
-  """
-  n_bytes = jnp.maximum(sums["positions_s0_sum"], 1.0)
-  out = {}
-  for s in range(num_stages):
-    boundaries = jnp.maximum(sums[f"boundaries_s{s}_sum"], 1.0)
-    out[f"bytes_per_chunk_s{s}"] = n_bytes / boundaries
-    out[f"bytes_per_position_l{s + 1}"] = n_bytes / jnp.maximum(sums[f"kept_s{s}_sum"], 1.0)
-    out[f"overflow_s{s}"] = 1.0 - sums[f"kept_s{s}_sum"] / boundaries
-    out[f"mean_p_s{s}"] = sums[f"p_sum_s{s}_sum"] / jnp.maximum(sums[f"positions_s{s}_sum"], 1.0)
-    out[f"reduction_s{s}"] = 1.0 - sums[f"kept_s{s}_sum"] / jnp.maximum(sums[f"positions_s{s}_sum"], 1.0)
-  return out

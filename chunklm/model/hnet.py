@@ -13,6 +13,17 @@ contains bytes after t, so to stay causal the bytes of chunk c read the main net
 the first chunk of each document a learned "null" vector (dynamic pooling, Nawrot et al. 2023).
 A router may return an attention key bias (the MrT5 delete gate): it is gathered at the chunks and added to the
 key logits of every attention layer of the main stack (Mamba layers cannot take one; a nested H-Net ignores it).
+The innermost main network (`MainStack`) takes the arguments of a nested H-Net and reports no stages, so a stage never
+asks what its main network is. Each stage returns a `StageOutput` record; the training step assembles the loss.
+
+Generation (`HNet.step`, beside the forward it must equal): one position per row. `update_B` marks the rows that
+receive a position at this level: every row at level 0, and at an inner level only the rows whose router just
+started a chunk, so the main network runs (and its caches advance) only when a new chunk starts; other rows keep their
+state bit for bit. In a batch the main network runs on the chunk-starting rows only, gathered into a smaller batch
+when they are few (cache.run_rows). The dechunk EMA state (the last smoothed chunk vector) is carried between steps,
+and bytes inside a chunk reuse it. The step computes exactly what the full-sequence forward (evaluation capacity)
+computes at that position. Routers keep their own step state (a byte counter, the last bytes); `step_unsupported`
+says why a stage cannot be stepped (mean pooling, a router without a step form).
 """
 
 from __future__ import annotations
@@ -23,13 +34,41 @@ from flax import nnx
 
 from chunklm.config import ModelConfig
 from chunklm.model import chunking
+from chunklm.model.cache import run_rows, select_rows, stack_init, stack_step
 from chunklm.model.layers import Linear, param
 from chunklm.model.routers import make_router
 from chunklm.model.stack import Stack, stack_height
+from chunklm.model.stage_output import StageOutput, stage_output
 
 
 def _positions(x_BxLxD: jax.Array) -> jax.Array:
   return jnp.broadcast_to(jnp.arange(x_BxLxD.shape[1], dtype=jnp.int32), x_BxLxD.shape[:2])
+
+
+class MainStack(Stack):
+  """The innermost main network, called like a nested H-Net: (y_BxLxD, no stages). Positions count within its
+  (compressed) sequence; `key_bias_BxL` reaches its attention layers."""
+
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, ids_BxL: jax.Array | None,
+               *, capacities: tuple[int, ...], doc_slots: int, exact: bool, train: bool = False,
+               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+    del valid_BxL, ids_BxL, capacities, doc_slots, exact, train, rng
+    return super().__call__(x_BxLxD, segment_ids_BxL, _positions(x_BxLxD), key_bias_BxL), ()
+
+  def init_step_state(self, batch: int, max_len: int) -> list:
+    return stack_init(self, batch, max_len)
+
+  def step(self, x_BxD: jax.Array, state: list, update_B: jax.Array, ids_B: jax.Array | None = None
+           ) -> tuple[jax.Array, list, dict]:
+    del ids_B
+    y_BxD, state = stack_step(self, x_BxD, state, update_B)
+    return y_BxD, state, {}
+
+  def step_unsupported(self) -> str:
+    return ""
+
+  def stage_levels(self) -> tuple[int, ...]:
+    return ()
 
 
 class HNet(nnx.Module):
@@ -49,7 +88,7 @@ class HNet(nnx.Module):
     self.null = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) if self.pooling == "mean" else None
     self.residual_proj = Linear(dim, (dim,), ("embed", "embed_out"), rngs=rngs, std=0.0)  # zero init
     if len(inner) == 1:
-      self.main = Stack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]))
+      self.main = MainStack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]))
     else:
       self.main = HNet(cfg, level + 1, rngs=rngs, outer_residuals=residuals, kernel_impl=kernel_impl)
     self.pad = param(None, lambda k, s, d: jnp.zeros(s, d), (inner_dim - dim,), ("embed",)) if inner_dim > dim \
@@ -58,10 +97,11 @@ class HNet(nnx.Module):
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, ids_BxL: jax.Array | None,
                *, capacities: tuple[int, ...], doc_slots: int, exact: bool, train: bool = False,
-               rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
-    """y_BxLxD and aux: per-stage sums ('<name>_s<stage>_sum'), unweighted ratio losses ('ratio_loss_s<stage>'),
-    router decisions and probabilities ('boundaries_s<stage>', 'probs_s<stage>', over this stage's positions) and
-    chunk start positions ('chunk_positions_s<stage>'). `train` and `rng` reach the routers (noise, statistics)."""
+               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None
+               ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+    """y_BxLxD and the stage records of this stage and the deeper ones, outermost first. `train` and `rng` reach the
+    routers (noise, statistics); `key_bias_BxL` is ignored (a delete gate's bias is for attention over chunks)."""
+    del key_bias_BxL
     positions_BxL = _positions(x_BxLxD)
     h_BxLxD = self.encoder(x_BxLxD, segment_ids_BxL, positions_BxL)
     rng_here = None if rng is None else jax.random.fold_in(rng, self.level)
@@ -77,11 +117,8 @@ class HNet(nnx.Module):
     if self.pad is not None:
       pad_BxMxE = jnp.broadcast_to(self.pad[...].astype(z_BxMxD.dtype), (*z_BxMxD.shape[:2], self.pad.shape[0]))
       z_BxMxD = jnp.concatenate([z_BxMxD, pad_BxMxE], axis=-1)
-    if isinstance(self.main, HNet):
-      zhat_BxMxD, aux = self.main(z_BxMxD, chunks.segment_ids_BxM, chunks.valid_BxM, None,
-                                  capacities=capacities[1:], doc_slots=doc_slots, exact=exact, train=train, rng=rng)
-    else:
-      zhat_BxMxD, aux = self.main(z_BxMxD, chunks.segment_ids_BxM, _positions(z_BxMxD), key_bias_BxL=bias_BxM), {}
+    zhat_BxMxD, inner = self.main(z_BxMxD, chunks.segment_ids_BxM, chunks.valid_BxM, None, capacities=capacities[1:],
+                                  doc_slots=doc_slots, exact=exact, train=train, rng=rng, key_bias_BxL=bias_BxM)
     zhat_BxMxD = zhat_BxMxD[..., : x_BxLxD.shape[-1]]
     if self.pooling == "mean":  # chunk c reads chunk c - 1 (its own mean holds later bytes); documents start at null
       prev_BxMxD = jnp.pad(zhat_BxMxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
@@ -90,16 +127,54 @@ class HNet(nnx.Module):
     y_BxLxD = (chunking.dechunk(zhat_BxMxD, chunks, routing, impl=self.kernel_impl)
                + self.residual_proj(h_BxLxD.astype(jnp.float32)))
     out_BxLxD = self.decoder(y_BxLxD, segment_ids_BxL, positions_BxL)
-    sums = chunking.stage_sums(routing, chunks, valid_BxL)
-    s = self.level
-    aux = dict(aux, **{f"{k}_s{s}_sum": v for k, v in sums.items()})
-    f = sums["boundaries"] / jnp.maximum(sums["positions"], 1.0)
-    g = sums["p_sum"] / jnp.maximum(sums["positions"], 1.0)
     # routers with no learnable p (stride, word starts, entropy) get no ratio loss: it would have no gradient
-    aux[f"ratio_loss_s{s}"] = chunking.ratio_loss(f, g, self.target_ratio) if self.router.ratio_loss \
-        else jnp.zeros((), jnp.float32)
-    aux[f"router_aux_s{s}"] = routing.aux_loss
-    aux[f"boundaries_s{s}"] = routing.b_BxL  # per-position arrays, for pictures (not metrics)
-    aux[f"probs_s{s}"] = routing.p_BxL
-    aux[f"chunk_positions_s{s}"] = chunks.positions_BxM
-    return out_BxLxD, aux
+    here = stage_output(routing, chunks, valid_BxL, learnable_p=self.router.ratio_loss,
+                        target_ratio=self.target_ratio)
+    return out_BxLxD, (here, *inner)
+
+  def init_step_state(self, batch: int, max_len: int) -> dict:
+    dim = self.residual_proj.kernel.shape[0]
+    return {"enc": stack_init(self.encoder, batch, max_len), "dec": stack_init(self.decoder, batch, max_len),
+            "main": self.main.init_step_state(batch, max_len), "h_prev": jnp.zeros((batch, dim), jnp.float32),
+            "has_prev": jnp.zeros(batch, bool), "zbar": jnp.zeros((batch, dim), jnp.float32),
+            "router": self.router.init_step_state(batch)}
+
+  def step(self, x_BxD: jax.Array, state: dict, update_B: jax.Array, ids_B: jax.Array | None = None
+           ) -> tuple[jax.Array, dict, dict]:
+    """(y_BxD, new state, {stage: boundary_B}) for one position of the rows in `update_B`; `ids_B` are the bytes
+    (level 0 only)."""
+    h_BxD, enc = stack_step(self.encoder, x_BxD, state["enc"], update_B)
+    p_B, chosen_B, router_state = self.router.step(h_BxD, state["h_prev"], state["has_prev"], ids_B, state["router"])
+    b_B = chosen_B & update_B
+    z_BxE = h_BxD
+    if self.pad is not None:
+      z_BxE = jnp.concatenate([h_BxD, jnp.broadcast_to(self.pad[...].astype(h_BxD.dtype),
+                                                       (h_BxD.shape[0], self.pad.shape[0]))], axis=-1)
+
+    def main_step(z, main_state, update):
+      zhat, main_state, inner = self.main.step(z, main_state, update)
+      return zhat.astype(jnp.float32), main_state, inner
+
+    zhat_BxE, main, inner = run_rows(main_step, z_BxE, state["main"], b_B, list(self.main.stage_levels()))
+    zhat_BxD = zhat_BxE[:, : h_BxD.shape[-1]]
+    p_use = jnp.where(state["has_prev"], jnp.clip(p_B, 1e-4, 1 - 1e-4), 1.0)[:, None]
+    zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * state["zbar"], state["zbar"])
+    y_BxD = zbar_BxD + self.residual_proj(h_BxD.astype(jnp.float32))
+    out_BxD, dec = stack_step(self.decoder, y_BxD, state["dec"], update_B)
+    new_state = {"enc": enc, "dec": dec, "main": main,
+                 "h_prev": select_rows(update_B, h_BxD.astype(jnp.float32), state["h_prev"]),
+                 "has_prev": state["has_prev"] | update_B, "zbar": zbar_BxD,
+                 "router": select_rows(update_B, router_state, state["router"])}
+    return out_BxD, new_state, {self.level: b_B, **inner}
+
+  def step_unsupported(self) -> str:
+    """Why this stage or a deeper one has no cached step ("" when every stage has one)."""
+    if self.pooling != "select":
+      return f"stage {self.level} uses {self.pooling} pooling, which has no cached step (only select pooling does)"
+    if self.router.generation:
+      return f"stage {self.level}: {self.router.generation}"
+    return self.main.step_unsupported()
+
+  def stage_levels(self) -> tuple[int, ...]:
+    """Routing levels of this stage and the deeper ones."""
+    return (self.level, *self.main.stage_levels())

@@ -12,9 +12,10 @@ from flax import nnx
 
 from chunklm.config import Config, ModelConfig
 from chunklm.config.capacity import capacities
-from chunklm.model.chunking import routing_metrics
+from chunklm.model.hnet import HNet
 from chunklm.model.layers import Embed, Linear
 from chunklm.model.stack import Stack
+from chunklm.model.stage_output import StageOutput
 
 
 class CausalLM(nnx.Module):
@@ -28,14 +29,13 @@ class CausalLM(nnx.Module):
     if cfg.num_stages == 0:
       self.backbone = Stack(cfg.layout[0], cfg, 0, rngs=rngs)
     else:
-      from chunklm.model.hnet import HNet  # the H-Net pulls in routing and chunking
       self.backbone = HNet(cfg, 0, rngs=rngs, kernel_impl=kernel_impl)
     self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
 
-  def __call__(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
-               *, exact: bool = False, train: bool = False, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
-    """Returns float32 logits_BxLxV and `aux`: per-stage routing statistics and the weighted ratio loss (plus the
-    routers' own losses).
+  def __call__(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array, *, exact: bool = False,
+               train: bool = False, rng: jax.Array | None = None) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+    """Returns float32 logits_BxLxV and the H-Net's stage records, outermost first (() for a plain stack); the
+    training step turns them into the ratio and router losses and the routing metrics.
 
     exact=True gives every H-Net stage a chunk capacity equal to its input length (no overflow), for evaluation.
     train=True (the training step) lets routers add noise from `rng` and update their running statistics.
@@ -43,18 +43,11 @@ class CausalLM(nnx.Module):
     x_BxLxD = self.embed(ids_BxL)
     if self.cfg.num_stages == 0:
       h_BxLxD = self.backbone(x_BxLxD, segment_ids_BxL, positions_BxL)
-      return self.head(h_BxLxD).astype(jnp.float32), {}
+      return self.head(h_BxLxD).astype(jnp.float32), ()
     caps = capacities(self.cfg, ids_BxL.shape[1], self.doc_slots)
-    h_BxLxD, raw = self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
-                                 doc_slots=self.doc_slots, exact=exact, train=train, rng=rng)
-    stages = range(self.cfg.num_stages)
-    aux = {k: v for k, v in raw.items()
-           if k.endswith("_sum")
-           or k.startswith(("ratio_loss_s", "router_aux_s", "boundaries_s", "probs_s", "chunk_positions_s"))}
-    aux["ratio_loss"] = (self.cfg.ratio_loss_weight * sum(raw[f"ratio_loss_s{s}"] for s in stages)
-                         + sum(raw[f"router_aux_s{s}"] for s in stages))
-    aux.update(routing_metrics(raw, self.cfg.num_stages))
-    return self.head(h_BxLxD).astype(jnp.float32), aux
+    h_BxLxD, stages = self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
+                                    doc_slots=self.doc_slots, exact=exact, train=train, rng=rng)
+    return self.head(h_BxLxD).astype(jnp.float32), stages
 
 
 def build_model(cfg: Config, seed: int | None = None) -> CausalLM:

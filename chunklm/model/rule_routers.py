@@ -60,7 +60,7 @@ class StrideRouter(Router):
     return {"count": jnp.zeros(batch, jnp.int32)}
 
   def step(self, h_BxD, h_prev_BxD, has_prev_B, ids_B, state):
-    """`count` = position in the document; it advances only on the rows that receive a position (hnet_step
+    """`count` = position in the document; it advances only on the rows that receive a position (HNet.step
     keeps the old state of the others)."""
     del h_BxD, h_prev_BxD, ids_B
     count_B = jnp.where(has_prev_B, state["count"], 0)

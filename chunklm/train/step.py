@@ -4,8 +4,10 @@ Train state is a dict {step, params, opt_state, rng} so orbax saves and restores
 "params" holds every model variable: the nnx.Params and the routers' running statistics (`RouterStat`: a running
 threshold, a controller state). Statistics get no gradient (the routers read them through stop_gradient), and
 after the optimizer update the training step overwrites them with the values the forward pass computed.
-loss = mean NLL per predicted position (nats; a byte, or a token for the BPE baseline) + the model's weighted ratio
-loss (0 for a plain stack). Bits per byte always divide by text bytes (`target_bytes`), never by positions.
+The model returns logits and its H-Net stage records (model/stage_output.py); the loss is assembled here, as the
+H-Net authors do outside the model: loss = mean NLL per predicted position (nats; a byte, or a token for the BPE
+baseline) + ratio_loss_weight * sum_s L_s (stages whose router has a learnable p) + sum_s router losses (both 0 for a
+plain stack). Bits per byte always divide by text bytes (`target_bytes`), never by positions.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flax import nnx
 
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.routing import RouterStat
+from chunklm.model.stage_output import StageOutput, counts, stage_metrics
 
 LN2 = math.log(2.0)
 
@@ -29,14 +32,24 @@ def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dic
           "rng": jax.random.key_data(jax.random.key(seed))}
 
 
+def _run(model: nnx.Module, batch: dict, **kwargs) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+  return model(batch["ids"], batch["segment_ids"], batch["positions"], **kwargs)
+
+
 def forward(graphdef, params, batch: dict, *, exact: bool = False, train: bool = False, rng=None,
             with_stats: bool = False):
-  """(logits, aux); with_stats adds the routers' updated statistics (an nnx.State) as a third value."""
+  """(logits, stages); with_stats adds the routers' updated statistics (an nnx.State) as a third value."""
   model = merge_model(graphdef, params)
-  logits, aux = model(batch["ids"], batch["segment_ids"], batch["positions"], exact=exact, train=train, rng=rng)
+  logits, stages = _run(model, batch, exact=exact, train=train, rng=rng)
   if with_stats:
-    return logits, aux, nnx.state(model, RouterStat)
-  return logits, aux
+    return logits, stages, nnx.state(model, RouterStat)
+  return logits, stages
+
+
+def routing_loss(stages: tuple[StageOutput, ...], ratio_loss_weight: float) -> jax.Array:
+  """ratio_loss_weight * sum_s L_s over the stages whose router has a learnable p + sum_s router losses."""
+  return (ratio_loss_weight * sum(st.ratio_loss() for st in stages if st.learnable_p)
+          + sum(st.router_aux for st in stages))
 
 
 def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -49,16 +62,20 @@ def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array
 
 
 def loss_fn(params, graphdef, batch: dict, rng=None):
-  """Mean NLL per predicted position (byte or token) + ratio loss + router losses; BPB = total NLL / text bytes.
-  Runs the model in training mode (router noise from `rng`); metrics["stats"] holds the updated router
-  statistics."""
-  logits_BxLxV, aux, stats = forward(graphdef, params, batch, train=True, rng=rng, with_stats=True)
+  """Mean NLL per predicted position (byte or token) + weighted ratio loss + router losses; BPB = total NLL / text
+  bytes. Runs the model in training mode (router noise from `rng`); metrics["stats"] holds the updated router
+  statistics, metrics["ratio_loss"] the loss beyond the NLL (H-Net only)."""
+  model = merge_model(graphdef, params)
+  logits_BxLxV, stages = _run(model, batch, train=True, rng=rng)
+  stats = nnx.state(model, RouterStat)
   total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
   nll = total_nll / jnp.maximum(count, 1.0)
-  ratio_loss = aux.get("ratio_loss", jnp.zeros(()))
-  loss = nll + ratio_loss
+  extra = routing_loss(stages, model.cfg.ratio_loss_weight)
+  loss = nll + extra
   metrics = {"loss": loss, "nll": nll, "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2, "bytes": n_bytes,
-             **{k: v for k, v in aux.items() if v.ndim == 0 and not k.endswith("_sum")}}
+             **stage_metrics(stages)}
+  if stages:
+    metrics["ratio_loss"] = extra
   if jax.tree.leaves(stats):
     metrics["stats"] = stats
   return loss, metrics
@@ -91,10 +108,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, state_sharding=N
 
 def eval_step(graphdef, params, batch: dict) -> dict:
   """Sums (not means) so batches add up exactly; every H-Net stage runs at full capacity (no overflow)."""
-  logits_BxLxV, aux = forward(graphdef, params, batch, exact=True)
+  logits_BxLxV, stages = forward(graphdef, params, batch, exact=True)
   total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
-  return {"nll_sum": total_nll, "predicted": count, "bytes": n_bytes,
-          **{k: v for k, v in aux.items() if k.endswith("_sum")}}
+  return {"nll_sum": total_nll, "predicted": count, "bytes": n_bytes, **counts(stages)}
 
 
 def make_eval_step(graphdef):
