@@ -6,7 +6,7 @@ import pytest
 
 from chunklm.model.flops import attention_flops, mean_keys, train_flops_per_byte
 from chunklm.model.lm import build_model
-from chunklm.train.step import forward, split_model
+from chunklm.model.functional import forward, split_model
 from conftest import tiny_config
 
 

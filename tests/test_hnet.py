@@ -9,7 +9,8 @@ from chunklm.errors import ConfigError
 from chunklm.model.lm import build_model
 from chunklm.model.stage_output import stage_metrics
 from chunklm.train.optim import level_of, multiplier_tree, paper_lr_multipliers
-from chunklm.train.step import forward, loss_fn, split_model
+from chunklm.model.functional import forward, split_model
+from chunklm.train.step import loss_fn
 from conftest import tiny_config
 
 HNET1 = ["model.layout=[m1, [T1], m1]", "model.d_model=[32, 48]", "model.n_heads=[2, 2]",

@@ -14,7 +14,8 @@ from chunklm.kernels import api
 from chunklm.kernels.onehot import onehot_matmul
 from chunklm.model.lm import build_model
 from chunklm.model.stage_output import stage_metrics
-from chunklm.train.step import forward, routing_loss, split_model
+from chunklm.model.functional import forward, split_model
+from chunklm.train.step import routing_loss
 from conftest import tiny_config
 
 # A 1-stage H-Net of attention blocks only: compiles in seconds, and chunk capacity 12 < 32 positions.

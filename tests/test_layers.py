@@ -83,7 +83,8 @@ def test_blockwise_attention_equals_dense_with_gradients():
 
 def test_remat_gives_the_same_gradients():
   from chunklm.model.lm import build_model
-  from chunklm.train.step import loss_fn, split_model
+  from chunklm.model.functional import split_model
+  from chunklm.train.step import loss_fn
   from conftest import tiny_config
   ids = jax.random.randint(jax.random.key(1), (2, 32), 0, 256)
   batch = {"ids": ids, "targets": jnp.roll(ids, -1, 1), "segment_ids": jnp.ones_like(ids),

@@ -7,7 +7,7 @@ from flax import nnx
 from chunklm.config import TrainConfig
 from chunklm.model.lm import build_model
 from chunklm.train.optim import decay_mask, lr_schedule
-from chunklm.train.step import split_model
+from chunklm.model.functional import split_model
 from conftest import tiny_config
 
 

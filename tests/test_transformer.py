@@ -8,7 +8,8 @@ import pytest
 from chunklm.data.pipeline import BOS
 from chunklm.model.lm import build_model
 from chunklm.train.optim import make_optimizer
-from chunklm.train.step import init_train_state, loss_fn, make_train_step, split_model
+from chunklm.model.functional import split_model
+from chunklm.train.step import init_train_state, loss_fn, make_train_step
 from conftest import tiny_config
 
 

@@ -18,7 +18,7 @@ from chunklm.data.pipeline import leading_bytes
 from chunklm.data.tokenizer import tokenize, train_tokenizer
 from chunklm.errors import DataError, UserError
 from chunklm.eval.boundary_stats import run_boundaries
-from chunklm.eval.bpb import evaluate
+from chunklm.eval.bpb import evaluate, make_eval_step
 from chunklm.eval.generate import generate_from_workdir
 from chunklm.eval.perturb import PERTURBATIONS
 from chunklm.eval.robustness import run_robustness
@@ -26,7 +26,6 @@ from chunklm.eval.run_report import run_report
 from chunklm.eval.summary import show_bytes
 from chunklm.experiments.compare import run_compare
 from chunklm.run.trained import open_run
-from chunklm.train.step import make_eval_step
 from chunklm.train.trainer import train
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from chunklm.data.corpus import Documents
 from chunklm.data.pipeline import BOS, PackedWindows
-from chunklm.train.step import forward
+from chunklm.model.functional import forward
 
 MARKS = ("│", "┃", "█")
 

@@ -3,20 +3,46 @@
 Every byte (token) of the evaluated documents is predicted exactly once (the windows tile the packed stream, the last
 one padded and masked), and the divisor is the number of UTF-8 bytes the predictions stand for, so the figure is
 exact, independent of the batch size, and comparable between byte and token models on the same documents.
+`eval_step` returns sums (NLL, predicted positions, text bytes, H-Net stage counts) so batches add up exactly;
+`nll_sums` is also the training loss's NLL.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm import tqdm
 
 from chunklm.data.corpus import Documents
 from chunklm.data.pipeline import BOS, PackedWindows, eval_batches
-from chunklm.model.stage_output import routing_metrics
+from chunklm.model.functional import forward
+from chunklm.model.stage_output import counts, routing_metrics
+
+
+def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(NLL in nats summed over predicted positions, number of predicted positions, text bytes they stand for)."""
+  nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"].astype(jnp.int32))
+  mask = batch["loss_mask"].astype(jnp.float32)
+  # byte batches may leave out target_bytes: each predicted byte stands for itself
+  n_bytes = jnp.sum(batch["target_bytes"].astype(jnp.float32)) if "target_bytes" in batch else jnp.sum(mask)
+  return jnp.sum(nll_BxL * mask), jnp.sum(mask), n_bytes
+
+
+def eval_step(graphdef, params, batch: dict) -> dict:
+  """Sums (not means) so batches add up exactly; every H-Net stage runs at full capacity (no overflow)."""
+  logits_BxLxV, stages = forward(graphdef, params, batch, exact=True)
+  total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
+  return {"nll_sum": total_nll, "predicted": count, "bytes": n_bytes, **counts(stages)}
+
+
+def make_eval_step(graphdef):
+  return jax.jit(functools.partial(eval_step, graphdef))
 
 
 def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, *, progress: bool = False,

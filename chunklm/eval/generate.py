@@ -1,7 +1,7 @@
 """Sampling with caches: batched prompts of different lengths, temperature, top-k, top-p, stop bytes, max bytes.
 
-One jitted `lax.scan` runs the model one position at a time (model/cache.py: KV caches, Mamba2 states, and for an
-H-Net the routing state per stage, so its main network runs only when a new chunk starts). Every row starts with
+One jitted `lax.scan` runs the model one position at a time (model/cache.py: KV caches, Mamba2 states; model/hnet.py:
+an H-Net's routing state per stage, so its main network runs only when a new chunk starts). Every row starts with
 BOS, reads its prompt, then feeds back what it samples. Bytes in, bytes out for every model kind: a token model
 encodes prompts with its tokenizer and decodes what it samples.
 """

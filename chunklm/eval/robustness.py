@@ -16,8 +16,7 @@ from chunklm.config import load_config
 from chunklm.data.corpus import Documents, load_documents, load_splits
 from chunklm.data.pipeline import leading_bytes
 from chunklm.errors import DataError, UserError
-from chunklm.eval.bpb import evaluate
-from chunklm.train.step import make_eval_step  # MOVE-AFTER-MERGE
+from chunklm.eval.bpb import evaluate, make_eval_step
 from chunklm.eval.perturb import PERTURBATIONS, perturb_documents
 from chunklm.plots import figure
 from chunklm.run.trained import open_run, read_config

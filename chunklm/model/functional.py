@@ -10,6 +10,7 @@ import jax
 from flax import nnx
 
 from chunklm.model.routing import RouterStat
+from chunklm.model.stage_output import StageOutput
 
 
 def split_model(model: nnx.Module):
@@ -22,3 +23,18 @@ def split_model(model: nnx.Module):
 
 def merge_model(graphdef, params) -> nnx.Module:
   return nnx.merge(graphdef, params)
+
+
+def apply(model: nnx.Module, batch: dict, **kwargs) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+  """The model on a batch dict (ids, segment_ids, positions): (logits, H-Net stage records)."""
+  return model(batch["ids"], batch["segment_ids"], batch["positions"], **kwargs)
+
+
+def forward(graphdef, params, batch: dict, *, exact: bool = False, train: bool = False, rng=None,
+            with_stats: bool = False):
+  """(logits, stages); with_stats adds the routers' updated statistics (an nnx.State) as a third value."""
+  model = merge_model(graphdef, params)
+  logits, stages = apply(model, batch, exact=exact, train=train, rng=rng)
+  if with_stats:
+    return logits, stages, nnx.state(model, RouterStat)
+  return logits, stages

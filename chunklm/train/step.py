@@ -1,4 +1,5 @@
-"""The pure training and evaluation steps: nnx.split once, then plain functions of (params, batch).
+"""The pure training step: nnx.split once, then plain functions of (params, batch) (the evaluation step, which sums
+rather than averages, is eval/bpb.py's).
 
 Train state is a dict {step, params, opt_state, rng} so orbax saves and restores it as an ordinary pytree.
 "params" holds every model variable: the nnx.Params and the routers' running statistics (`RouterStat`: a running
@@ -7,7 +8,7 @@ after the optimizer update the training step overwrites them with the values the
 The model returns logits and its H-Net stage records (model/stage_output.py); the loss is assembled here, as the
 H-Net authors do outside the model: loss = mean NLL per predicted position (nats; a byte, or a token for the BPE
 baseline) + ratio_loss_weight * sum_s L_s (stages whose router has a learnable p) + sum_s router losses (both 0 for a
-plain stack). Bits per byte always divide by text bytes (`target_bytes`), never by positions.
+plain stack). Bits per byte always divide by text bytes (`target_bytes`), never by positions (`nll_sums`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from chunklm.model.functional import merge_model, split_model
+from chunklm.eval.bpb import nll_sums
+from chunklm.model.functional import apply, merge_model, split_model
 from chunklm.model.routing import RouterStat
-from chunklm.model.stage_output import StageOutput, counts, stage_metrics
+from chunklm.model.stage_output import StageOutput, stage_metrics
 
 LN2 = math.log(2.0)
 
@@ -32,33 +34,10 @@ def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dic
           "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def _run(model: nnx.Module, batch: dict, **kwargs) -> tuple[jax.Array, tuple[StageOutput, ...]]:
-  return model(batch["ids"], batch["segment_ids"], batch["positions"], **kwargs)
-
-
-def forward(graphdef, params, batch: dict, *, exact: bool = False, train: bool = False, rng=None,
-            with_stats: bool = False):
-  """(logits, stages); with_stats adds the routers' updated statistics (an nnx.State) as a third value."""
-  model = merge_model(graphdef, params)
-  logits, stages = _run(model, batch, exact=exact, train=train, rng=rng)
-  if with_stats:
-    return logits, stages, nnx.state(model, RouterStat)
-  return logits, stages
-
-
 def routing_loss(stages: tuple[StageOutput, ...], ratio_loss_weight: float) -> jax.Array:
   """ratio_loss_weight * sum_s L_s over the stages whose router has a learnable p + sum_s router losses."""
   return (ratio_loss_weight * sum(st.ratio_loss() for st in stages if st.learnable_p)
           + sum(st.router_aux for st in stages))
-
-
-def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(NLL in nats summed over predicted positions, number of predicted positions, text bytes they stand for)."""
-  nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"].astype(jnp.int32))
-  mask = batch["loss_mask"].astype(jnp.float32)
-  # byte batches may leave out target_bytes: each predicted byte stands for itself
-  n_bytes = jnp.sum(batch["target_bytes"].astype(jnp.float32)) if "target_bytes" in batch else jnp.sum(mask)
-  return jnp.sum(nll_BxL * mask), jnp.sum(mask), n_bytes
 
 
 def loss_fn(params, graphdef, batch: dict, rng=None):
@@ -66,7 +45,7 @@ def loss_fn(params, graphdef, batch: dict, rng=None):
   bytes. Runs the model in training mode (router noise from `rng`); metrics["stats"] holds the updated router
   statistics, metrics["ratio_loss"] the loss beyond the NLL (H-Net only)."""
   model = merge_model(graphdef, params)
-  logits_BxLxV, stages = _run(model, batch, train=True, rng=rng)
+  logits_BxLxV, stages = apply(model, batch, train=True, rng=rng)
   stats = nnx.state(model, RouterStat)
   total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
   nll = total_nll / jnp.maximum(count, 1.0)
@@ -104,14 +83,3 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, state_sharding=N
     return jax.jit(fn, donate_argnums=0)
   return jax.jit(fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
                  donate_argnums=0)
-
-
-def eval_step(graphdef, params, batch: dict) -> dict:
-  """Sums (not means) so batches add up exactly; every H-Net stage runs at full capacity (no overflow)."""
-  logits_BxLxV, stages = forward(graphdef, params, batch, exact=True)
-  total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
-  return {"nll_sum": total_nll, "predicted": count, "bytes": n_bytes, **counts(stages)}
-
-
-def make_eval_step(graphdef):
-  return jax.jit(functools.partial(eval_step, graphdef))

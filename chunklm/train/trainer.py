@@ -28,7 +28,7 @@ from chunklm.data.corpus import Documents, Splits, load_splits, order0_entropy
 from chunklm.data.pipeline import leading_bytes, train_dataset
 from chunklm.data.tokenizer import tokenize, tokenize_splits, vocab_kwargs
 from chunklm.errors import CheckpointError, ConfigError, UserError
-from chunklm.eval.bpb import evaluate
+from chunklm.eval.bpb import evaluate, make_eval_step
 from chunklm.model.functional import split_model
 from chunklm.model.lm import build_model, count_params
 from chunklm.model.rule_routers import check_router_data
@@ -37,7 +37,7 @@ from chunklm.run.metrics import MetricsWriter, plot_curves
 from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, read_config, run_tokenizer
 from chunklm.train.optim import lr_schedule, make_optimizer
 from chunklm.train.sharding import batch_sharding, batch_shards, local_rows, make_mesh, put_batch, state_shardings
-from chunklm.train.step import init_train_state, make_eval_step, make_train_step
+from chunklm.train.step import init_train_state, make_train_step
 
 # Changing these in a workdir with checkpoints would make them unusable or the data stream different.
 INCOMPATIBLE_SECTIONS = ("model",)
