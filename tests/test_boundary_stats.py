@@ -35,6 +35,17 @@ def test_corpus_routing_matches_single_texts(stages):
       assert np.isnan(alone.probs[s][~alone.starts[s - 1]]).all()
 
 
+def test_corpus_routing_covers_the_last_byte_when_the_stream_fills_whole_windows():
+  cfg = hnet_config(1)
+  graphdef, params = split_model(build_model(cfg, 0))
+  text = bytes(b"ab cd_e(f)  g "[i % 14] for i in range(2 * cfg.data.seq_len))  # BOS + text: 2 windows of inputs
+  routed = corpus_routing(graphdef, params, build([("a", text)]), 1, cfg.data.seq_len)
+  assert len(routed) == 1 and routed[0][0] == text
+  assert routed[0][1].starts[0].shape == (len(text),) and not np.isnan(routed[0][1].probs[0]).any()
+  alone = text_routing(graphdef, params, text, 1, cfg.data.seq_len)  # the first window's bytes
+  np.testing.assert_array_equal(routed[0][1].starts[0][:len(alone.starts[0])], alone.starts[0])
+
+
 def test_boundaries_cli(tmp_path, corpus_dir, capsys):
   from chunklm.cli import main
   from conftest import TINY

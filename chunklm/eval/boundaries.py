@@ -81,7 +81,17 @@ def text_routing(graphdef, params, data: bytes, num_stages: int, seq_len: int) -
 
 def corpus_routing(graphdef, params, docs: Documents, num_stages: int, seq_len: int, batch_size: int = 8,
                    ) -> list[tuple[bytes, ByteRouting]]:
-  """Every document with its routing, computed window by window in order (each window in exact mode)."""
+  """Every document with its routing, computed window by window in order (each window in exact mode).
+
+  The stream's last byte is only ever a target of the windows, never an input, so one byte of a trailing extra
+  document follows it; routing is causal and documents do not see each other, so it changes nothing before it."""
+  if len(docs) and docs.lengths.max() > 0:
+    first = int(np.flatnonzero(docs.lengths > 0)[0])
+    docs = Documents(docs.data, np.append(docs.starts, docs.starts[first]), np.append(docs.lengths, 1),
+                     docs.names + ("<tail>",))
+    n_real = len(docs) - 1
+  else:
+    n_real = len(docs)
   windows = PackedWindows(docs, seq_len, shuffle=False, pad_last=True)
   starts = [[] for _ in range(num_stages)]
   probs = [[] for _ in range(num_stages)]
@@ -96,7 +106,7 @@ def corpus_routing(graphdef, params, docs: Documents, num_stages: int, seq_len: 
   flat_s = [np.concatenate(x) for x in starts]
   flat_p = [np.concatenate(x) for x in probs]
   out, offset = [], 0
-  for i in range(len(docs)):
+  for i in range(n_real):
     n = int(docs.lengths[i])
     cut = slice(offset + 1, offset + 1 + n)  # skip this document's BOS
     out.append((docs.doc(i), ByteRouting([x[cut] for x in flat_s], [x[cut] for x in flat_p])))
