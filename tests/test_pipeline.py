@@ -1,3 +1,5 @@
+import collections
+
 import grain
 import numpy as np
 
@@ -81,6 +83,30 @@ def test_per_process_shards_are_disjoint_and_cover_the_global_batch():
   assert all(p["ids"].shape == (2, 16) for p in parts)
   rows = {tuple(r) for p in parts for r in p["ids"]}
   assert rows == {tuple(r) for r in full["ids"]}
+
+
+def test_pod_hosts_read_every_window_once_per_step_and_none_twice():
+  """Simulated hosts of a pod (2, 4, 8 processes) over 12 steps that cross an epoch: per step, the union of their
+  rows is the one-process global batch (no window skipped or duplicated), and within an epoch no window repeats."""
+  docs = make_docs([37, 61, 90, 23, 77, 45] * 4)
+  steps, batch, seq = 12, 8, 16
+
+  def rows(process_index, process_count):
+    ds = pipeline.train_dataset(docs, seq, batch, steps, seed=3, prefetch=0, process_index=process_index,
+                                process_count=process_count)
+    return [[tuple(r) + tuple(p) for r, p in zip(b["ids"], b["positions"])] for b in ds][:steps]
+
+  single = rows(0, 1)
+  per_epoch = PackedWindows(docs, seq).windows_per_epoch
+  assert steps * batch > per_epoch  # the run crosses an epoch boundary
+  first_epoch = [r for step in single for r in step][:per_epoch]
+  assert len(set(first_epoch)) == per_epoch
+  for count in (2, 4, 8):
+    hosts = [rows(i, count) for i in range(count)]
+    for s in range(steps):
+      assert all(len(h[s]) == batch // count for h in hosts)
+      union = collections.Counter(r for h in hosts for r in h[s])
+      assert union == collections.Counter(single[s]), (count, s)
 
 
 def test_eval_batches_have_fixed_shape():

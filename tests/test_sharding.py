@@ -1,9 +1,14 @@
-"""The mesh: parameter placement rules, and a sharded training run on 8 CPU devices equal to a 1-device run."""
+"""The mesh: parameter placement rules, batch checks against the target's processes, and sharded training on 8 CPU
+devices equal to 1-device training (the trainer with XLA chunk ops; the step with the Pallas kernels interpreted
+inside shard_map, for every model kind in the slow suite)."""
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -67,3 +72,45 @@ def test_sharded_training_matches_single_device(tmp_path):
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["one"]["losses"] == pytest.approx(out["eight"]["losses"], rel=2e-4)
   assert out["one"]["bpb"] == pytest.approx(out["eight"]["bpb"], rel=2e-4)
+
+
+class FakeDevice:
+  def __init__(self, process_index):
+    self.process_index = process_index
+
+
+class FakeProcessMesh:
+  def __init__(self, shape, processes):
+    self.shape = shape
+    self.devices = np.array([FakeDevice(i % processes) for i in range(8)])
+
+
+def test_batch_size_is_checked_against_the_meshs_processes():
+  mesh = FakeProcessMesh({"data": 1, "fsdp": 2, "tensor": 4}, processes=4)  # 2 batch shards fed by 4 hosts
+  sharding.check_batch_size(8, mesh)
+  with pytest.raises(ConfigError, match="not divisible by the 2 batch shards .* and by its 4 process"):
+    sharding.check_batch_size(6, mesh)
+  sharding.check_batch_size(2, FakeProcessMesh({"data": 2, "fsdp": 1, "tensor": 4}, processes=2))
+
+
+EQUIVALENCE = Path(__file__).with_name("mesh_equivalence.py")
+
+
+def _equivalent(cases: list[str]) -> None:
+  proc = subprocess.run([sys.executable, str(EQUIVALENCE), *cases], capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  for case in cases:
+    r = out[case]
+    assert r["mesh"] == pytest.approx(r["one"], rel=1e-4), case
+    assert r["max_param_diff"] < 1e-4, case
+
+
+def test_pallas_kernels_in_shard_map_train_like_one_device():
+  _equivalent(["hnet_1stage_tiny:interpret"])
+
+
+@pytest.mark.slow
+def test_every_model_kind_trains_on_a_mesh_like_one_device():
+  _equivalent([f"{m}:{impl}" for m in ("byte_transformer_tiny", "hnet_1stage_tiny", "hnet_2stage_tiny")
+               for impl in ("xla", "interpret")])

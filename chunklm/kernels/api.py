@@ -3,14 +3,19 @@
 impl (config `kernels.impl`):
   auto       Pallas kernels on GPU and TPU, the XLA reference elsewhere (CPU).
   xla        `reference.py`, differentiated by JAX: the ground truth.
-  pallas     the compiled kernels of this machine's accelerator: `pallas_tpu.py` (Mosaic) on TPU, `pallas_gpu.py`
-             (Triton) on NVIDIA GPUs. An error on CPU, which has no Pallas compiler.
+  pallas     the compiled kernels of the target devices: `pallas_tpu.py` (Mosaic) on TPU, `pallas_gpu.py` (Triton) on
+             NVIDIA GPUs. An error on CPU, which has no Pallas compiler.
+The target is the platform of the mesh the computation is traced under (`jax.set_mesh`), else JAX's default backend:
+compiling for a TPU slice on a CPU host (`chunklm bench compile`) gets the TPU kernels.
   interpret  the same kernels run by the Pallas interpreter, on any backend: on a GPU host the Triton kernels with
              `interpret=True` (they run as plain XLA on the GPU); elsewhere the TPU kernels with
              `pltpu.InterpretParams()` (on CPU: out-of-bounds reads raise, uninitialised memory reads as NaN).
              Slow; for tests and debugging.
 Tests and benchmarks may pass a `Backend` instead (an explicit kernel family, interpret flag and tile sizes).
 
+Under a mesh of several devices every Pallas op runs per shard (`mesh.context.per_shard`: a `shard_map` over the
+batch axes, the feature axis replicated; Mosaic and Triton kernels cannot be partitioned automatically); forward and
+backward kernels both run inside it. The XLA path is partitioned by XLA.
 Every Pallas op is a `jax.custom_vjp` whose backward reuses the kernels: upsample and segment_pool (sum) are each
 other's transpose; downsample's transpose is upsample masked to the kept positions; ema_scan's backward is the reverse
 scan (`ema_scan_bwd`). Integer bookkeeping (`chunk_index`, `chunk_positions`, chunk lengths) is plain JAX for every
@@ -30,6 +35,7 @@ from chunklm.config import KERNEL_IMPLS as IMPLS  # the backend names, defined o
 from chunklm.kernels import pallas_gpu, pallas_tpu, reference
 from chunklm.kernels.bookkeeping import chunk_counts, kept_rows
 from chunklm.kernels.tuning import Tiles
+from chunklm.mesh.context import per_shard, platform as target_platform
 
 chunk_index = reference.chunk_index  # cheap integer bookkeeping: the same for every backend
 chunk_positions = reference.chunk_positions
@@ -61,20 +67,20 @@ class Backend:
 
 
 def resolve(impl: str | Backend) -> Backend | None:
-  """The backend `impl` names on this machine (None: the XLA reference)."""
+  """The backend `impl` names for the target devices (None: the XLA reference)."""
   if isinstance(impl, Backend):
     return impl
   if impl not in IMPLS:
     raise ValueError(f"unknown chunk-op implementation {impl!r}; valid: {', '.join(IMPLS)}")
-  platform = jax.default_backend()
-  family = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}.get(platform)
+  platform = target_platform()
+  family = {"tpu": "tpu", "gpu": "gpu"}.get(platform)
   if impl == "auto":
     impl = "pallas" if family else "xla"
   if impl == "xla":
     return None
   if impl == "pallas":
     if family is None:
-      raise ValueError(f"chunk-op impl 'pallas' needs a GPU or TPU, but JAX's default backend is {platform!r}; "
+      raise ValueError(f"chunk-op impl 'pallas' needs a GPU or TPU, but the target devices are {platform!r}; "
                        "use 'interpret' (the kernels, interpreted) or 'xla'")
     return Backend(family)
   return Backend("gpu" if family == "gpu" else "tpu", interpret=True)
@@ -107,7 +113,8 @@ def downsample(x_BxLxD: jax.Array, keep_BxL: jax.Array, capacity: int, *, impl: 
   backend = resolve(impl)
   if backend is None:
     return reference.downsample(x_BxLxD, keep_BxL, _capacity(capacity))
-  return _downsample(backend, _capacity(capacity), x_BxLxD, keep_BxL.astype(bool))
+  capacity = _capacity(capacity)
+  return per_shard(functools.partial(_downsample, backend, capacity), x_BxLxD, keep_BxL.astype(bool))
 
 
 def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, *, impl: str | Backend = "xla") -> jax.Array:
@@ -117,7 +124,7 @@ def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, *, impl: str | Backen
   backend = resolve(impl)
   if backend is None:
     return reference.upsample(z_BxMxD, chunk_idx_BxL)
-  return _upsample(backend, z_BxMxD.shape[1], z_BxMxD, chunk_idx_BxL.astype(jnp.int32))
+  return per_shard(functools.partial(_upsample, backend, z_BxMxD.shape[1]), z_BxMxD, chunk_idx_BxL.astype(jnp.int32))
 
 
 def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mode: str = "sum", *,
@@ -130,7 +137,8 @@ def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mo
   backend = resolve(impl)
   if backend is None:
     return reference.segment_pool(x_BxLxD, chunk_idx_BxL, _capacity(capacity), mode)
-  return _segment_pool(backend, _capacity(capacity), mode, x_BxLxD, chunk_idx_BxL.astype(jnp.int32))
+  return per_shard(functools.partial(_segment_pool, backend, _capacity(capacity), mode), x_BxLxD,
+                   chunk_idx_BxL.astype(jnp.int32))
 
 
 def ema_scan(z_BxMxD: jax.Array, p_BxM: jax.Array, *, impl: str | Backend = "xla") -> jax.Array:
@@ -141,7 +149,7 @@ def ema_scan(z_BxMxD: jax.Array, p_BxM: jax.Array, *, impl: str | Backend = "xla
   backend = resolve(impl)
   if backend is None:
     return reference.ema_scan(z_BxMxD, p_BxM)
-  return _ema_scan(backend, z_BxMxD, p_BxM)
+  return per_shard(functools.partial(_ema_scan, backend), z_BxMxD, p_BxM)
 
 
 # ------------------------------------------------------------------------------------------- custom VJPs (Pallas only)

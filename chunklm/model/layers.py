@@ -1,9 +1,10 @@
 """Basic layers: parameters with logical axes, Linear, Embed, RMSNorm, SwiGLU MLP, RoPE attention with segment masks.
 
-Logical axis names (mapped to mesh axes by `train/sharding.py`):
+Logical axis names (mapped to mesh axes by `chunklm.mesh.rules`):
   vocab, embed (model width), embed_out (a second model-width axis of a square matrix), mlp (MLP hidden), heads,
   kv (head dim), ssm_inner, ssm_heads, ssm_state, conv, norm.
 Parameters are float32; each layer computes in `dtype` (float32 or bfloat16) and norms/softmax run in float32.
+Under a mesh with an `fsdp` axis, weight matrices are stored sharded and read whole where they are used (`weight`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from chunklm.mesh.context import gather_weight
+
 
 def param(key: jax.Array, init, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
   """A float32 parameter annotated with logical axis names (not sharded until a mesh rule places it)."""
   if len(axes) != len(shape):
     raise ValueError(f"axes {axes} do not match shape {shape}")
   return nnx.Param(init(key, shape, jnp.float32), out_sharding=axes, eager_sharding=False)
+
+
+def weight(var: nnx.Param) -> jax.Array:
+  """A parameter's value as a layer uses it: gathered over the mesh's `fsdp` axis where one is traced (FSDP)."""
+  value = var[...]
+  return gather_weight(value, var.get_metadata().get("out_sharding") or (None,) * value.ndim)
 
 
 def normal(std: float):
@@ -39,7 +48,7 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-    w = self.kernel[...].astype(self.dtype)
+    w = weight(self.kernel).astype(self.dtype)
     return jnp.tensordot(x_BxLxD.astype(self.dtype), w, axes=1)
 
 
@@ -49,7 +58,7 @@ class Embed(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, ids_BxL: jax.Array) -> jax.Array:
-    return jnp.take(self.table[...], ids_BxL.astype(jnp.int32), axis=0).astype(self.dtype)
+    return jnp.take(weight(self.table), ids_BxL.astype(jnp.int32), axis=0).astype(self.dtype)
 
 
 class RMSNorm(nnx.Module):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from chunklm.config import ModelConfig, parse_layer_string
+from chunklm.mesh.context import constrain_batch
 from chunklm.model.layers import Attention, RMSNorm, SwiGLU
 from chunklm.model.mamba2 import Mamba2
 
@@ -81,4 +82,5 @@ class Stack(nnx.Module):
                                                                  key_bias_BxL)
       else:
         x_BxLxD = block(x_BxLxD, segment_ids_BxL, positions_BxL, key_bias_BxL)
+      x_BxLxD = constrain_batch(x_BxLxD)  # the residual stream stays split over the batch axes of the mesh
     return self.norm(x_BxLxD)

@@ -1,12 +1,14 @@
-"""Device mesh and the rules that place parameters and batches on it.
+"""The device mesh of a run, and the placement of its train state and batches on it.
 
-Mesh axes: `data` (batch only), `fsdp` (batch and parameter shards), `tensor` (model dimensions). Every parameter
-carries logical axis names (see model/layers.py); RULES maps each to a mesh axis. A dimension that the mesh axis
-does not divide stays replicated, so any config runs on any mesh. Batches are split over (data, fsdp); on several
-hosts each process supplies its own rows (`jax.make_array_from_process_local_data`).
+Axis names and the logical-axis rules are `chunklm.mesh.rules`'. Parameters are placed by their logical axes;
+optimizer moments like their parameters; batches are split over (data, fsdp), and on several hosts each process
+supplies its own rows (`jax.make_array_from_process_local_data`). Everything here works on an abstract state
+(`jax.ShapeDtypeStruct` leaves) as well, so a step can be compiled for devices that are not there.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
@@ -15,13 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from chunklm.config import MeshConfig
 from chunklm.errors import ConfigError
-
-AXES = ("data", "fsdp", "tensor")
-RULES = {
-    "vocab": "tensor", "embed": "fsdp", "embed_out": None, "mlp": "tensor", "heads": "tensor", "kv": None,
-    "ssm_inner": "tensor", "ssm_heads": None, "ssm_state": None, "conv": None, "norm": None,
-}
-BATCH_AXES = ("data", "fsdp")
+from chunklm.mesh.rules import AXES, BATCH_AXES, mesh_axes_for
 
 
 def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
@@ -36,22 +32,15 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
 
 def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh) -> P:
   """PartitionSpec for a parameter with logical `axes`; mesh axes used twice or not dividing a dim are dropped."""
-  out, used = [], set()
-  for name, dim in zip(axes, shape):
-    mesh_axis = RULES.get(name) if name is not None else None
-    if mesh_axis is None or mesh_axis in used or dim % mesh.shape[mesh_axis]:
-      out.append(None)
-    else:
-      out.append(mesh_axis)
-      used.add(mesh_axis)
-  return P(*out)
+  return P(*mesh_axes_for(axes, shape, mesh.shape))
 
 
 def param_shardings(params: nnx.State, mesh: Mesh):
   """NamedShardings for a params tree (leaves inside nnx.Param carry their logical axes)."""
   def one(var):
-    axes = var.get_metadata().get("out_sharding") or (None,) * np.ndim(var[...])
-    return var.replace(NamedSharding(mesh, spec_for(axes, np.shape(var[...]), mesh)))
+    shape = np.shape(var.get_value())  # a ShapeDtypeStruct in an abstract state: its shape, never its values
+    axes = var.get_metadata().get("out_sharding") or (None,) * len(shape)
+    return var.replace(NamedSharding(mesh, spec_for(axes, shape, mesh)))
   return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
@@ -72,6 +61,11 @@ def state_shardings(state: dict, mesh: Mesh) -> dict:
   return {"step": replicated, "params": p_shard, "opt_state": opt, "rng": replicated}
 
 
+def put_abstract(x, sharding: NamedSharding) -> jax.ShapeDtypeStruct:
+  """The abstract counterpart of `jax.device_put`: x's shape and dtype, placed by `sharding` (nothing allocated)."""
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
@@ -79,6 +73,29 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def batch_shards(mesh: Mesh) -> int:
   """How many ways a batch is split (its size must be a multiple of this)."""
   return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def process_count(mesh: Mesh) -> int:
+  """How many processes (hosts) hold the mesh's devices: jax.process_count() for a run, the target's for a compile."""
+  return len({d.process_index for d in mesh.devices.flat})
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
+  """The global batch must split evenly over the batch shards (data x fsdp) and over the processes feeding them."""
+  shards, procs = batch_shards(mesh), process_count(mesh)
+  if batch_size % shards or batch_size % procs:
+    raise ConfigError(f"{what} {batch_size} is not divisible by the {shards} batch shards of the mesh (data "
+                      f"{mesh.shape['data']} x fsdp {mesh.shape['fsdp']}) and by its {procs} process(es)")
+
+
+def on_mesh(fn, mesh: Mesh):
+  """fn called (and so traced) under `jax.set_mesh(mesh)`: the model's activation constraints, weight gathers and
+  per-shard Pallas kernels read the mesh from there (`chunklm.mesh.context`)."""
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+  return call
 
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:

@@ -11,6 +11,7 @@ picture) is the caller's to compose (`chunklm.eval.summary`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -21,13 +22,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from chunklm.config import Config, differing_fields, dump_yaml, to_dict
 from chunklm.data.corpus import Documents, Splits, load_splits, order0_entropy
 from chunklm.data.pipeline import leading_bytes, train_dataset
 from chunklm.data.tokenizer import tokenize, tokenize_splits, vocab_kwargs
-from chunklm.errors import CheckpointError, ConfigError, UserError
+from chunklm.errors import CheckpointError, UserError
 from chunklm.eval.bpb import evaluate, make_eval_step
 from chunklm.model.functional import split_model
 from chunklm.model.lm import build_model, count_params
@@ -36,7 +38,8 @@ from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.metrics import MetricsWriter, plot_curves
 from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, read_config, run_tokenizer
 from chunklm.train.optim import lr_schedule, make_optimizer
-from chunklm.train.sharding import batch_sharding, batch_shards, local_rows, make_mesh, put_batch, state_shardings
+from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_size, local_rows, make_mesh, on_mesh,
+                                    process_count, put_batch, state_shardings)
 from chunklm.train.step import init_train_state, make_train_step
 
 # Changing these in a workdir with checkpoints would make them unusable or the data stream different.
@@ -77,12 +80,15 @@ def check_compatible(workdir: Path, cfg: Config) -> None:
                           "--workdir or the original settings")
 
 
-def setup_state(cfg: Config):
-  model = build_model(cfg)
+def setup_state(cfg: Config, abstract: bool = False):
+  """(graphdef, optimizer, train state, parameter count); `abstract`: the state's leaves are `jax.ShapeDtypeStruct`s
+  and nothing is allocated (for compiling a step for devices that are not there)."""
+  model = nnx.eval_shape(lambda: build_model(cfg)) if abstract else build_model(cfg)
   num_params = count_params(model)
   graphdef, params = split_model(model)
   tx = make_optimizer(cfg.train, cfg.model, params)
-  return graphdef, tx, init_train_state(params, tx, cfg.train.seed), num_params
+  init = functools.partial(init_train_state, tx=tx, seed=cfg.train.seed)
+  return graphdef, tx, jax.eval_shape(init, params) if abstract else init(params), num_params
 
 
 class _StopFlag:
@@ -123,9 +129,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   vocab = vocab_kwargs(tok)
   mesh = make_mesh(cfg.mesh)
   shards = batch_shards(mesh)
-  if cfg.train.batch_size % (shards * jax.process_count()):
-    raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {shards} batch shards of "
-                      f"the mesh (data x fsdp) times {jax.process_count()} process(es)")
+  check_batch_size(cfg.train.batch_size, mesh)
   graphdef, tx, state, num_params = setup_state(cfg)
   state_sharding = state_shardings(state, mesh)
   state = jax.device_put(state, state_sharding)
@@ -148,9 +152,10 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
       f"d_model {list(cfg.model.d_model)}")
   entropy = order0_entropy(splits.valid)
   metrics = MetricsWriter(workdir, resume_step=start, tensorboard=is_main)
-  step_fn = make_train_step(graphdef, tx, state_sharding, batch_sharding(mesh))
-  eval_fn = make_eval_step(graphdef)
-  eval_batch = -(-cfg.eval.batch_size // (shards * jax.process_count())) * shards * jax.process_count()
+  step_fn = on_mesh(make_train_step(graphdef, tx, state_sharding, batch_sharding(mesh)), mesh)
+  eval_fn = on_mesh(make_eval_step(graphdef), mesh)
+  unit = math.lcm(shards, process_count(mesh))
+  eval_batch = -(-cfg.eval.batch_size // unit) * unit
 
   def put_eval(batch):
     return put_batch(local_rows(batch), mesh)

@@ -1,0 +1,88 @@
+"""The mesh of the computation being traced, and what the model and the kernels do with it.
+
+A sharded computation is traced under `jax.set_mesh(mesh)` (the trainer and `chunklm bench compile` do this); the
+model then reads the mesh here rather than taking it as an argument:
+  - `platform()`: the platform of the mesh's devices, so compiling for a TPU slice on a CPU host picks TPU kernels;
+  - `constrain_batch(x)`: keeps an activation's rows split over the batch axes (data, fsdp);
+  - `gather_weight(w, axes)`: the weight as the layer uses it, gathered over `fsdp` (FSDP: parameters are stored
+    sharded and all-gathered where they are used; their gradients are reduce-scattered back to the shards);
+  - `per_shard(fn, *args)`: runs `fn` on each device's rows (a `shard_map` over the batch axes). Pallas kernels
+    cannot be partitioned automatically, so every Pallas chunk op runs this way; the feature axis is replicated.
+Without a mesh (or inside a `shard_map`, where the axes are manual) each of these is the identity.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+from jax.sharding import AxisType, PartitionSpec as P
+
+from chunklm.mesh.rules import batch_axes_for, mesh_axes_for
+
+
+def traced_mesh():
+  """The (abstract) mesh set by `jax.set_mesh`, or None: no mesh, or inside a manual (`shard_map`) region."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1 or any(t == AxisType.Manual for t in mesh.axis_types):
+    return None
+  return mesh
+
+
+def platform() -> str:
+  """'cpu', 'gpu' or 'tpu': of the devices the computation is placed on (the mesh's, else JAX's default)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  name = device.platform if device is not None else jax.default_backend()
+  return {"cuda": "gpu", "rocm": "gpu"}.get(name, name)
+
+
+def _batch_spec(x: jax.Array, mesh) -> P | None:
+  axes = batch_axes_for(x.shape[0], dict(mesh.shape)) if x.ndim else ()
+  return P(axes) if axes else None
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """x with its leading (batch) dimension split over the batch axes of the traced mesh."""
+  mesh = traced_mesh()
+  spec = _batch_spec(x, mesh) if mesh is not None else None
+  return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
+
+
+def gather_weight(w: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """w (a parameter with logical `axes`) as the layer uses it: whole along `fsdp`, split along `tensor` as stored.
+  Its gradient goes back in the stored layout straight from the layer (a reduce-scatter of the per-chip partial
+  sums), not as a whole gradient summed on every chip (an all-reduce) and sliced afterwards."""
+  mesh = traced_mesh()
+  if mesh is None or dict(mesh.shape).get("fsdp", 1) == 1:
+    return w
+  shape = dict(mesh.shape)
+  return _gathered(P(*mesh_axes_for(axes, w.shape, shape)), P(*mesh_axes_for(axes, w.shape, shape, drop=("fsdp",))),
+                   w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _gathered(stored: P, used: P, w: jax.Array) -> jax.Array:
+  return jax.lax.with_sharding_constraint(w, used)
+
+
+def _gathered_fwd(stored, used, w):
+  return _gathered(stored, used, w), None
+
+
+def _gathered_bwd(stored, used, _, g):
+  return (jax.lax.with_sharding_constraint(g, stored),)
+
+
+_gathered.defvjp(_gathered_fwd, _gathered_bwd)
+
+
+def per_shard(fn: Callable, *args: jax.Array):
+  """fn(*args) run on each device's rows: every argument and output has the batch as its leading dimension. Rows
+  that the batch axes do not divide are replicated (every device computes all of them)."""
+  mesh = traced_mesh()
+  if mesh is None:
+    return fn(*args)
+  spec = _batch_spec(args[0], mesh) or P()
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, check_vma=False)(*args)
