@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 
+from chunklm.bench.compile import bench_compile
 from chunklm.bench.generate import bench_generate
 from chunklm.bench.kernels import bench_kernels
 from chunklm.bench.train import bench_train
@@ -174,7 +175,10 @@ def cmd_bench(args) -> int:
                   args.step_overrides, args.step_steps, args.json)
     return 0
   if args.config is None:
-    raise UserError("bench train: --config is required")
+    raise UserError(f"bench {args.bench}: --config is required")
+  if args.bench == "compile":
+    bench_compile(args.config, args.topology, args.overrides, args.json)
+    return 0
   bench_train(args.config, args.overrides, args.steps, args.warmup, args.breakdown)
   return 0
 

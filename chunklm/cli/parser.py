@@ -21,6 +21,7 @@ EPILOG = """examples:
   chunklm info --config hnet_1stage_L
   chunklm bench train --config byte_transformer_tiny
   chunklm bench kernels --shapes small --impl xla,interpret --no-step
+  chunklm bench compile --config hnet_1stage_L --topology v5p:4x4x4 --set mesh.fsdp=64
 
 exit codes: 0 ok, 2 bad input (paths, configs, data, checkpoints), 3 training diverged, 143 stopped by SIGTERM"""
 
@@ -204,4 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--step-steps", type=int, default=10, help="timed training steps per impl (default: %(default)s)")
   b.add_argument("--no-step", action="store_true", help="skip the training-step comparison")
   b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+  b = bsub.add_parser("compile", help="compile the training step for a TPU slice on this host: memory, FLOPs, "
+                                     "collectives per chip",
+                      description="Lower and compile a config's training step ahead of time for a TPU topology "
+                                  "that is not attached (needs the tpu extra: pip install 'chunklm[tpu]'). Nothing "
+                                  "is allocated: model, optimizer state and batch are abstract, placed with the "
+                                  "trainer's own mesh and shardings. Prints per-chip peak memory against the chip's "
+                                  "HBM, compiled FLOPs against the nominal estimate, code size and every collective "
+                                  "(count, largest). Large configs take minutes to compile.")
+  _add_config_args(b, default_config=None)
+  b.add_argument("--topology", required=True, metavar="KIND:SHAPE",
+                 help="TPU slice, e.g. v5e:2x2, v5p:2x2x1, v5p:4x4x4, v5e:16x16, v4:4x4x4 (set mesh.data/fsdp/"
+                      "tensor to match its chip count)")
+  b.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
   return parser

@@ -1,0 +1,192 @@
+"""`chunklm bench compile`: the project's training step compiled ahead of time for a TPU slice that is not there.
+
+The devices come from `jax.experimental.topologies.get_topology_desc` (libtpu, the `tpu` extra), so a CPU host can
+check what a pod run would do: the model, optimizer and train state are abstract (`jax.ShapeDtypeStruct`, nothing is
+allocated), the batch has the pipeline's fields, the mesh and shardings are the trainer's own, and the step is traced
+under the mesh, so the chunk ops take the target's kernels (TPU Pallas inside `shard_map` for `pallas`/`auto`).
+What XLA reports is per chip: argument / temporary / output / aliased bytes, FLOPs, code size; the collectives are
+counted in the compiled HLO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import re
+import time
+
+import jax
+import numpy as np
+from jax.experimental.topologies import get_topology_desc
+
+from chunklm.config import Config, load_config
+from chunklm.data.corpus import Documents
+from chunklm.data.pipeline import PackedWindows
+from chunklm.errors import ConfigError, UserError
+from chunklm.model.flops import train_flops_per_byte
+from chunklm.train.sharding import (batch_sharding, check_batch_size, make_mesh, process_count, put_abstract,
+                                    state_shardings)
+from chunklm.train.step import make_train_step
+from chunklm.train.trainer import setup_state
+
+GIB = 1024 ** 3
+HBM_GIB = {"v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}  # per chip
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+# a collective in HLO text: "%name = <result shape> all-gather(" (or its asynchronous -start/-done forms)
+_COLLECTIVE = re.compile(r"=\s*(\S.*?)\s+(" + "|".join(COLLECTIVES) + r")(-start|-done)?\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+(.+?)\s*\{\s*$")
+_ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
+
+
+def topology_devices(topology: str) -> list:
+  """The devices of a TPU slice such as 'v5p:4x4x4' or 'v5e:2x2' (compile-only: nothing runs on them)."""
+  kind, sep, shape = topology.partition(":")
+  if not sep or not re.fullmatch(r"\d+(x\d+)*", shape):
+    raise UserError(f"--topology {topology!r}: expected KIND:SHAPE, e.g. v5p:4x4x4 or v5e:16x16")
+  if kind.lower() in ("gpu", "cuda"):  # only where a JAX GPU plugin can describe devices it does not have
+    platform, name, extra = "cuda", shape, {}
+  elif importlib.util.find_spec("libtpu") is None:
+    raise UserError("chunklm bench compile needs libtpu for TPU topologies: pip install 'chunklm[tpu]' (~700 MB)")
+  else:
+    chips = math.prod(int(s) for s in shape.split("x"))
+    platform, name = "tpu", topology
+    extra = {"chips_per_host_bounds": [1, 1, 1]} if chips == 1 else {}  # libtpu's default host has 4 chips
+  try:
+    return list(get_topology_desc(topology_name=name, platform=platform, **extra).devices)
+  except Exception as e:  # libtpu's errors are long C++ status strings: keep their first line
+    raise UserError(f"--topology {topology!r}: JAX {jax.__version__} cannot describe it here: "
+                    f"{str(e).strip().splitlines()[0]}") from None
+
+
+def hbm_gib(topology: str) -> float | None:
+  return HBM_GIB.get(topology.partition(":")[0].lower())
+
+
+def abstract_batch(cfg: Config, sharding) -> dict:
+  """A global batch as `jax.ShapeDtypeStruct`s with the pipeline's fields, shapes and dtypes."""
+  unit = np.int32 if cfg.data.tokenizer else np.uint8
+  docs = Documents(np.zeros(cfg.data.seq_len + 1, unit), np.zeros(1, np.int64),
+                   np.array([cfg.data.seq_len + 1], np.int64), ("probe",))
+  example = PackedWindows(docs, cfg.data.seq_len, shuffle=False)[0]
+  return {k: jax.ShapeDtypeStruct((cfg.train.batch_size, *v.shape), v.dtype, sharding=sharding)
+          for k, v in example.items()}
+
+
+def count_collectives(hlo_text: str) -> dict[str, dict]:
+  """{kind: {count, bytes, max_bytes}} over the compiled HLO: bytes are each op's result, per chip; asynchronous
+  start/done pairs count once, and an op inside a loop body once. The TPU compiler writes a reduce-scatter as an
+  all-reduce + dynamic-slice fused into a computation named `all-reduce-scatter*`: it counts as a reduce-scatter of
+  the computation's result."""
+  out = {k: {"count": 0, "bytes": 0, "max_bytes": 0} for k in COLLECTIVES}
+  computation, result = "", ""
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation, result = header.groups()
+      continue
+    op = _COLLECTIVE.search(line)
+    if op is None or op.group(3) == "-done":
+      continue
+    shape, kind, phase = op.groups()
+    if kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
+      kind, shape, phase = "reduce-scatter", result, ""
+    arrays = [_DTYPE_BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(",") if d)
+              for dt, dims in _ARRAY.findall(shape)]
+    size = arrays[-1] if phase == "-start" and arrays else sum(arrays)  # a start's tuple ends with its result
+    out[kind]["count"] += 1
+    out[kind]["bytes"] += size
+    out[kind]["max_bytes"] = max(out[kind]["max_bytes"], size)
+  return out
+
+
+@dataclasses.dataclass
+class CompileReport:
+  topology: str
+  mesh: dict
+  processes: int
+  params: int
+  lower_s: float
+  compile_s: float
+  memory: dict  # per chip: arguments, temporaries, outputs, aliased, peak (bytes)
+  hbm_bytes: float | None
+  flops_per_chip: float
+  nominal_flops_per_chip: float
+  code_bytes: int
+  collectives: dict
+  largest_param_bytes: int
+
+
+def compile_step(cfg: Config, topology: str, devices: list | None = None) -> CompileReport:
+  """Lowers and compiles cfg's training step for `topology` (devices given, or made with `topology_devices`)."""
+  devices = devices if devices is not None else topology_devices(topology)
+  mesh = make_mesh(cfg.mesh, devices)
+  check_batch_size(cfg.train.batch_size, mesh)
+  graphdef, tx, state, num_params = setup_state(cfg, abstract=True)
+  shardings = state_shardings(state, mesh)
+  state_args = jax.tree.map(put_abstract, state, shardings)
+  batch_args = abstract_batch(cfg, batch_sharding(mesh))
+  step = make_train_step(graphdef, tx, shardings, batch_sharding(mesh))
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    lowered = step.lower(state_args, batch_args)
+  t1 = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:
+    raise ConfigError(f"XLA could not compile the step for {topology}: {str(e).strip().splitlines()[0]}") from None
+  t2 = time.perf_counter()
+  mem = compiled.memory_analysis()
+  memory = {"arguments": mem.argument_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
+            "outputs": mem.output_size_in_bytes, "aliased": mem.alias_size_in_bytes,
+            "peak": getattr(mem, "peak_memory_in_bytes", 0) or (mem.argument_size_in_bytes + mem.temp_size_in_bytes
+                                                                + mem.output_size_in_bytes - mem.alias_size_in_bytes)}
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  nominal = train_flops_per_byte(cfg.model, cfg.data.seq_len) * cfg.train.batch_size * cfg.data.seq_len / len(devices)
+  hbm = hbm_gib(topology)
+  largest = max(math.prod(x.shape) * 2 for x in jax.tree.leaves(state["params"]))  # as bf16, the compute dtype
+  return CompileReport(
+      topology=topology, mesh=dict(mesh.shape), processes=process_count(mesh), params=num_params,
+      lower_s=t1 - t0, compile_s=t2 - t1, memory=memory, hbm_bytes=hbm * GIB if hbm else None,
+      flops_per_chip=float(cost.get("flops", 0.0)), nominal_flops_per_chip=nominal,
+      code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0)),
+      collectives=count_collectives(compiled.as_text()), largest_param_bytes=largest)
+
+
+def print_report(r: CompileReport, name: str, impl: str) -> None:
+  gib = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
+  mesh = " x ".join(f"{k} {v}" for k, v in r.mesh.items())
+  print(f"config           : {name} (kernels.impl {impl})")
+  print(f"target           : {r.topology}, {math.prod(r.mesh.values())} chips, {r.processes} processes; mesh {mesh}")
+  print(f"parameters       : {r.params:,}")
+  print(f"lower / compile  : {r.lower_s:.1f} s / {r.compile_s:.1f} s (on this host)")
+  m = r.memory
+  hbm = f" of {gib(r.hbm_bytes)} HBM ({m['peak'] / r.hbm_bytes:.0%})" if r.hbm_bytes else " (chip HBM unknown)"
+  print(f"memory per chip  : peak {gib(m['peak'])}{hbm}; arguments {gib(m['arguments'])}, temporaries "
+        f"{gib(m['temporaries'])}, outputs {gib(m['outputs'])}, aliased {gib(m['aliased'])}")
+  ratio = r.flops_per_chip / r.nominal_flops_per_chip if r.nominal_flops_per_chip else float("nan")
+  print(f"FLOPs per chip   : {r.flops_per_chip / 1e12:.2f} T compiled vs {r.nominal_flops_per_chip / 1e12:.2f} T "
+        f"nominal (chunklm info at the target ratios): {ratio:.2f}x")
+  print(f"code size        : {r.code_bytes / 2**20:.1f} MiB")
+  print(f"largest weight   : {r.largest_param_bytes / 2**20:.1f} MiB in bf16")
+  for kind, c in r.collectives.items():
+    print(f"{kind:17}: {c['count']:4d} ops, {c['bytes'] / 2**20:9.1f} MiB, largest {c['max_bytes'] / 2**20:.1f} MiB")
+  mib = {k: f"{c['count']} / {c['max_bytes'] / 2**20:.1f}" for k, c in r.collectives.items()}
+  print(f"| {name} | {impl} | {r.topology} | {mesh} | {gib(m['peak'])} | {r.hbm_bytes and m['peak'] / r.hbm_bytes:.0%} | "
+        f"{ratio:.2f}x | {mib['all-gather']} | {mib['reduce-scatter']} | {mib['all-reduce']} | {r.compile_s:.0f} s |")
+
+
+def bench_compile(config: str, topology: str, overrides: list[str], json_path: str | None = None) -> CompileReport:
+  cfg = load_config(config, overrides)
+  devices = topology_devices(topology)  # before any work: a missing extra or a bad name is one line
+  print(f"compiling {config} for {topology} ({len(devices)} chips) on this host; large configs take minutes")
+  report = compile_step(cfg, topology, devices)
+  print_report(report, config, cfg.kernels.impl)
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump({"config": config, "overrides": overrides, **dataclasses.asdict(report)}, f, indent=1)
+  return report
