@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import time
 
@@ -55,6 +56,8 @@ def topology_devices(topology: str) -> list:
     chips = math.prod(int(s) for s in shape.split("x"))
     platform, name = "tpu", topology
     extra = {"chips_per_host_bounds": [1, 1, 1]} if chips == 1 else {}  # libtpu's default host has 4 chips
+  # compile-only devices never open a chip, so several compiles (or a test beside a command) may share libtpu
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     return list(get_topology_desc(topology_name=name, platform=platform, **extra).devices)
   except Exception as e:  # libtpu's errors are long C++ status strings: keep their first line

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import jax
 from jax.sharding import AxisType, PartitionSpec as P
 
-from chunklm.mesh.rules import batch_axes_for, mesh_axes_for
+from chunklm.mesh.rules import BATCH_AXES, batch_axes_for, mesh_axes_for
 
 
 def traced_mesh():
@@ -76,6 +76,29 @@ def _gathered_bwd(stored, used, _, g):
 
 
 _gathered.defvjp(_gathered_fwd, _gathered_bwd)
+
+
+def gathered_apply(fn: Callable, x: jax.Array, w: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """fn(x, w) with w (a parameter with logical `axes`) whole and x batch-first: FSDP. Under a mesh whose `fsdp` axis
+  splits w, the call runs on each device's rows with the weight all-gathered over `fsdp` inside (a `shard_map`,
+  manual over data and fsdp; `tensor` stays automatic), so the weight's gradient leaves as a reduce-scatter of the
+  per-device partial sums. Rows the batch axes do not split fall back to `gather_weight`."""
+  mesh = traced_mesh()
+  shape = dict(mesh.shape) if mesh is not None else {}
+  stored = mesh_axes_for(axes, w.shape, shape) if shape.get("fsdp", 1) > 1 else ()
+  if "fsdp" not in stored:
+    return fn(x, w)
+  rows = batch_axes_for(x.shape[0], shape)
+  if "fsdp" not in rows:
+    return fn(x, gather_weight(w, axes))
+  manual = frozenset(a for a in BATCH_AXES if a in shape)
+  dim = stored.index("fsdp")
+
+  def body(x_local, w_local):
+    return fn(x_local, jax.lax.all_gather(w_local, "fsdp", axis=dim, tiled=True))
+
+  return jax.shard_map(body, mesh=mesh, in_specs=(P(rows), P(*(a if a in manual else None for a in stored))),
+                       out_specs=P(rows), axis_names=manual)(x, w)
 
 
 def per_shard(fn: Callable, *args: jax.Array):

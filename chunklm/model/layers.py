@@ -4,7 +4,7 @@ Logical axis names (mapped to mesh axes by `chunklm.mesh.rules`):
   vocab, embed (model width), embed_out (a second model-width axis of a square matrix), mlp (MLP hidden), heads,
   kv (head dim), ssm_inner, ssm_heads, ssm_state, conv, norm.
 Parameters are float32; each layer computes in `dtype` (float32 or bfloat16) and norms/softmax run in float32.
-Under a mesh with an `fsdp` axis, weight matrices are stored sharded and read whole where they are used (`weight`).
+Under a mesh with an `fsdp` axis, weight matrices are stored sharded and gathered where they are used (`with_weight`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.mesh.context import gather_weight
+from chunklm.mesh.context import gathered_apply
 
 
 def param(key: jax.Array, init, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
@@ -25,10 +25,11 @@ def param(key: jax.Array, init, shape: tuple[int, ...], axes: tuple[str | None, 
   return nnx.Param(init(key, shape, jnp.float32), out_sharding=axes, eager_sharding=False)
 
 
-def weight(var: nnx.Param) -> jax.Array:
-  """A parameter's value as a layer uses it: gathered over the mesh's `fsdp` axis where one is traced (FSDP)."""
-  value = var[...]
-  return gather_weight(value, var.get_metadata().get("out_sharding") or (None,) * value.ndim)
+def with_weight(fn, x: jax.Array, var: nnx.Param, dtype=None) -> jax.Array:
+  """fn(x, w) for the parameter `var` (cast to `dtype` first, so FSDP gathers the compute dtype): under a mesh with
+  an `fsdp` axis the weight is gathered where it is used and its gradient reduce-scattered (`gathered_apply`)."""
+  w = var[...] if dtype is None else var[...].astype(dtype)
+  return gathered_apply(fn, x, w, var.get_metadata().get("out_sharding") or (None,) * w.ndim)
 
 
 def normal(std: float):
@@ -48,8 +49,7 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-    w = weight(self.kernel).astype(self.dtype)
-    return jnp.tensordot(x_BxLxD.astype(self.dtype), w, axes=1)
+    return with_weight(lambda x, w: jnp.tensordot(x, w, axes=1), x_BxLxD.astype(self.dtype), self.kernel, self.dtype)
 
 
 class Embed(nnx.Module):
@@ -58,7 +58,7 @@ class Embed(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, ids_BxL: jax.Array) -> jax.Array:
-    return jnp.take(weight(self.table), ids_BxL.astype(jnp.int32), axis=0).astype(self.dtype)
+    return with_weight(lambda ids, t: jnp.take(t, ids, axis=0), ids_BxL.astype(jnp.int32), self.table).astype(self.dtype)
 
 
 class RMSNorm(nnx.Module):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.model.layers import param, weight
+from chunklm.model.layers import param, with_weight
 
 
 class Routing(NamedTuple):
@@ -92,8 +92,8 @@ class CosineRouter(Router):
                valid_BxL: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> Routing:
     del ids_BxL, train, rng
     h = h_BxLxD.astype(jnp.float32)
-    q_BxLxD = _normalize(h @ weight(self.w_q))
-    k_BxLxD = _normalize(h @ weight(self.w_k))
+    q_BxLxD = _normalize(with_weight(jnp.matmul, h, self.w_q))
+    k_BxLxD = _normalize(with_weight(jnp.matmul, h, self.w_k))
     cos_BxL1 = jnp.sum(q_BxLxD[:, :-1] * k_BxLxD[:, 1:], axis=-1)  # q from t-1, k from t (as in the official code)
     p_BxL = jnp.pad(jnp.clip((1.0 - cos_BxL1) / 2.0, 0.0, 1.0), ((0, 0), (1, 0)), constant_values=1.0)
     return finalize(p_BxL, p_BxL > 0.5, segment_ids_BxL, valid_BxL)
@@ -102,8 +102,8 @@ class CosineRouter(Router):
     """One position of generation: (p_B, b_B, state) from this and the previous encoder state; p = 1 at a
     document start."""
     del ids_B
-    q = _normalize(h_prev_BxD.astype(jnp.float32) @ weight(self.w_q))
-    k = _normalize(h_BxD.astype(jnp.float32) @ weight(self.w_k))
+    q = _normalize(with_weight(jnp.matmul, h_prev_BxD.astype(jnp.float32), self.w_q))
+    k = _normalize(with_weight(jnp.matmul, h_BxD.astype(jnp.float32), self.w_k))
     p = jnp.clip((1.0 - jnp.sum(q * k, axis=-1)) / 2.0, 0.0, 1.0)
     p = jnp.where(has_prev_B, p, 1.0)
     return p, (p > 0.5) | ~has_prev_B, state
