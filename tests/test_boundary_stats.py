@@ -59,6 +59,11 @@ def test_boundaries_cli(tmp_path, corpus_dir, capsys):
   for f in ("boundaries.html", "boundaries.png", "stats.md", "histogram.png"):
     assert (wd / "boundaries" / f).exists()
   assert "heat strip" in (wd / "boundaries" / "boundaries.html").read_text()
+  saved = (wd / "config.yaml").read_text()  # the corpus set the documents per window, and the run keeps it
+  assert "max_docs_per_window: 0" not in saved and "max_docs_per_window:" in saved
+  assert main(["bench", "capacity", "--workdir", str(wd), "--window", "32,64", "--max-bytes", "3000"]) == 0
+  out = capsys.readouterr().out
+  assert "window     32 stage 0" in out and "window     64 stage 0" in out and "overflow by factor" in out
   bt = tmp_path / "b"
   sets_b = [a for o in TINY + ["train.steps=2", "eval.sample_bytes=0"] for a in ("--set", o)]
   assert main(["train", "--config", "byte_transformer_tiny", "--no-progress", "--data", str(corpus_dir),
@@ -66,3 +71,5 @@ def test_boundaries_cli(tmp_path, corpus_dir, capsys):
   capsys.readouterr()
   assert main(["boundaries", "--workdir", str(bt), "--text", "x"]) == 2
   assert "need an H-Net" in capsys.readouterr().err
+  assert main(["bench", "capacity", "--workdir", str(bt)]) == 2
+  assert "needs a byte-level H-Net" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def test_causality_gradient_and_perturbation(stages, exact):
 
   def per_position_nll(emb_1xLxD):
     h, _ = model.backbone(emb_1xLxD, seg, seg > 0, ids, capacities=(10,) if stages == 1 else (12, 10),
-                          doc_slots=cfg.data.max_docs_per_window, exact=exact)
+                          doc_slots=cfg.data.doc_slots, exact=exact)
     logp = jax.nn.log_softmax(model.head(h))
     return -logp[0, jnp.arange(length), jnp.roll(ids, -1, 1)[0]]
 

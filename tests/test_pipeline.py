@@ -2,6 +2,7 @@ import collections
 
 import grain
 import numpy as np
+import pytest
 
 from chunklm.data import pipeline
 from chunklm.data.corpus import Documents
@@ -129,3 +130,51 @@ def test_leading_bytes_cuts_the_last_document_at_a_character():
   for cap, kept in [(2, b"ab"), (3, b"ab"), (4, b"ab"), (5, "ab€".encode()), (6, "ab€c".encode())]:
     cut = pipeline.leading_bytes(utf8, cap)
     assert cut.doc(0) == kept, cap
+
+
+def _mixed_docs(n=400, seed=0):
+  rng = np.random.default_rng(seed)
+  return make_docs(rng.choice([1, 2, 4, 7, 15, 40, 130], size=n), seed=seed)
+
+
+@pytest.mark.parametrize("max_docs", [2, 3, 5])
+def test_the_cap_holds_in_every_window_of_every_epoch(max_docs):
+  w = PackedWindows(_mixed_docs(), 32, seed=5, num_epochs=3, max_docs=max_docs)
+  assert all(w[i]["segment_ids"].max() <= max_docs for i in range(len(w)))
+  assert len(w) > 3 * PackedWindows(_mixed_docs(), 32, seed=5).windows_per_epoch  # padding made epochs longer
+  assert min(w.padding) > 0
+
+
+def test_the_cap_loses_no_byte_and_pads_only_window_ends():
+  docs = _mixed_docs(200)
+  seq = 16
+  w = PackedWindows(docs, seq, shuffle=False, pad_last=True, max_docs=2)
+  stream = b"".join(bytes([BOS]) + docs.doc(i) for i in range(len(docs)))
+  inputs = b"".join(bytes(w[k]["ids"][w[k]["segment_ids"] > 0]) for k in range(len(w)))
+  assert len(inputs) >= len(stream) - 1 and inputs == stream[:len(inputs)]  # every byte once, in order
+  assert sum(int(w[k]["loss_mask"].sum()) for k in range(len(w))) == docs.num_bytes
+  for k in range(len(w)):
+    seg = w[k]["segment_ids"]
+    pads = np.flatnonzero(seg == 0)
+    assert not len(pads) or (pads == np.arange(seq - len(pads), seq)).all()  # padding only at a window's end
+
+
+def test_capped_offsets_move_only_what_overflows():
+  sizes = np.array([5, 3, 3, 3, 20, 2, 2, 2, 2], np.int64)
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  assert list(pipeline.documents_per_window(offsets, sizes, 8)) == [2, 3, 1, 1, 4, 1]
+  capped = pipeline.capped_offsets(offsets, sizes, 8, 2)
+  assert pipeline.documents_per_window(capped, sizes, 8).max() <= 2
+  assert (np.diff(capped) >= sizes[:-1]).all() and capped[0] == 0
+  gaps = np.flatnonzero(capped[1:] > capped[:-1] + sizes[:-1]) + 1
+  assert len(gaps) and all(capped[i] % 8 == 0 for i in gaps)  # padding only before a document that starts a window
+  assert (pipeline.capped_offsets(offsets, sizes, 8, 4) == offsets).all()  # nothing to do under a loose cap
+
+
+def test_doc_cap_is_the_quantile_of_what_windows_touch():
+  docs = _mixed_docs()
+  cap = pipeline.doc_cap(docs, 64, seed=0, quantile=1.0)
+  assert cap.max_docs == cap.most >= 2 and cap.padding == 0
+  loose = pipeline.doc_cap(docs, 64, seed=0, quantile=0.5)
+  assert 2 <= loose.max_docs <= cap.max_docs and loose.padding > 0
+  assert "documents per window" in loose.describe()

@@ -103,7 +103,7 @@ def test_causality_gradient_and_perturbation(case):
 
   def per_position_nll(emb_1xLxD):
     model = nnx.merge(graphdef, jax.tree.map(lambda x: x, params))  # variables of this trace: stats may update
-    h, _ = model.backbone(emb_1xLxD, seg, seg > 0, ids, capacities=(10,), doc_slots=cfg.data.max_docs_per_window,
+    h, _ = model.backbone(emb_1xLxD, seg, seg > 0, ids, capacities=(10,), doc_slots=cfg.data.doc_slots,
                           exact=False, train=train, rng=jax.random.key(3) if train else None)
     logp = jax.nn.log_softmax(model.head(h))
     return -logp[0, jnp.arange(length), jnp.roll(ids, -1, 1)[0]]

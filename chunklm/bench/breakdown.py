@@ -38,7 +38,7 @@ def breakdown(cfg: Config, repeats: int = 5) -> list[tuple[str, float]]:
   """[(part, seconds per forward+backward)] for one training batch of `cfg`."""
   model = build_model(cfg)
   b, length = cfg.train.batch_size, cfg.data.seq_len
-  caps = capacities(cfg.model, length, cfg.data.max_docs_per_window)
+  caps = capacities(cfg.model, length, cfg.data.doc_slots)
   key = jax.random.key(0)
   rows = []
   ids = jax.random.randint(key, (b, length), 0, 256)
@@ -61,7 +61,7 @@ def breakdown(cfg: Config, repeats: int = 5) -> list[tuple[str, float]]:
 
     def route_chunk_dechunk(m, h, cap=caps[level], seg=seg):
       r = m.router(h, None, seg, seg > 0)
-      ch = chunking.chunk(h, r, seg, seg > 0, cap, cfg.data.max_docs_per_window, exact=False)
+      ch = chunking.chunk(h, r, seg, seg > 0, cap, cfg.data.doc_slots, exact=False)
       return chunking.dechunk(ch.z_BxMxD, ch, r) + m.residual_proj(h)
     g, params = _fwd_bwd(net, route_chunk_dechunk)
     rows.append((f"stage {level} route + chunk + dechunk ({seq} -> {caps[level]})",

@@ -24,6 +24,7 @@ from jax.experimental.topologies import get_topology_desc
 
 from chunklm.config import Config, load_config
 from chunklm.data.corpus import Documents
+from chunklm.bench.timing import with_corpus_cap
 from chunklm.data.pipeline import PackedWindows
 from chunklm.errors import ConfigError, UserError
 from chunklm.model.flops import train_flops_per_byte
@@ -184,7 +185,7 @@ def print_report(r: CompileReport, name: str, impl: str) -> None:
 
 
 def bench_compile(config: str, topology: str, overrides: list[str], json_path: str | None = None) -> CompileReport:
-  cfg = load_config(config, overrides)
+  cfg = with_corpus_cap(load_config(config, overrides))  # documents per window as training sets them
   devices = topology_devices(topology)  # before any work: a missing extra or a bad name is one line
   print(f"compiling {config} for {topology} ({len(devices)} chips) on this host; large configs take minutes")
   report = compile_step(cfg, topology, devices)

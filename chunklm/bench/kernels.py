@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chunklm.bench.timing import median_time, real_batches, time_train_steps
+from chunklm.bench.timing import median_time, real_batches, time_train_steps, with_corpus_cap
 from chunklm.config import load_config
 from chunklm.errors import UserError
 from chunklm.kernels import api
@@ -122,7 +122,7 @@ def bench_step(config: str, overrides: list[str], impls, steps: int, warmup: int
   """Median training-step time of `config` with each chunk-op impl (the same batches and initial state)."""
   rows, base = [], None
   for impl in impls:
-    cfg = load_config(config, [*overrides, f"kernels.impl={impl}"])
+    cfg = with_corpus_cap(load_config(config, [*overrides, f"kernels.impl={impl}"]))
     if not cfg.model.num_stages:
       raise UserError(f"bench kernels: --step-config {config} is not an H-Net (no chunk ops to compare)")
     graphdef, tx, state, _ = setup_state(cfg)

@@ -10,8 +10,8 @@ import time
 import jax
 import numpy as np
 
-from chunklm.data.corpus import load_splits
-from chunklm.data.pipeline import PackedWindows
+from chunklm.data.corpus import Documents, load_splits
+from chunklm.data.pipeline import PackedWindows, with_doc_cap
 from chunklm.data.tokenizer import tokenize, vocab_kwargs
 from chunklm.run.trained import run_tokenizer
 from chunklm.train.step import make_train_step
@@ -24,13 +24,24 @@ def machine() -> str:
   return f"{kind}, jax {jax.__version__}"
 
 
-def real_batches(cfg, count: int) -> list[dict]:
-  """Batches of packed windows from the configured training data (the built-in corpus by default)."""
+def training_units(cfg) -> Documents:
+  """What the model reads of the configured training data (the built-in corpus by default): bytes or tokens."""
   docs = load_splits(cfg.data).train
   tok = run_tokenizer(cfg)
-  if tok is not None:
-    docs = tokenize(docs, tok)
-  windows = PackedWindows(docs, cfg.data.seq_len, seed=cfg.data.seed, **vocab_kwargs(tok))
+  return tokenize(docs, tok) if tok is not None else docs
+
+
+def with_corpus_cap(cfg):
+  """cfg with data.max_docs_per_window set from its training data, as `chunklm train` sets it."""
+  return with_doc_cap(cfg, training_units(cfg))[0] if not cfg.data.max_docs_per_window else cfg
+
+
+def real_batches(cfg, count: int) -> list[dict]:
+  """Batches of packed windows from the configured training data (the built-in corpus by default)."""
+  docs = training_units(cfg)
+  tok = run_tokenizer(cfg)
+  windows = PackedWindows(docs, cfg.data.seq_len, seed=cfg.data.seed, max_docs=cfg.data.doc_slots,
+                          **vocab_kwargs(tok))
   b = cfg.train.batch_size
   return [{k: np.stack([windows[i * b + j][k] for j in range(b)]) for k in windows[0]} for i in range(count)]
 

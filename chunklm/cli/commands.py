@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 
+from chunklm.bench.capacity import bench_capacity
 from chunklm.bench.compile import bench_compile
 from chunklm.bench.generate import bench_generate
 from chunklm.bench.kernels import bench_kernels
@@ -15,7 +16,7 @@ from chunklm.bench.train import bench_train
 from chunklm.cli.output import print_config_info, print_eval, print_train_summary
 from chunklm.config import load_config
 from chunklm.data.corpus import load_documents, load_splits
-from chunklm.data.pipeline import leading_bytes
+from chunklm.data.pipeline import leading_bytes, with_doc_cap
 from chunklm.data.tokenizer import tokenize, train_tokenizer
 from chunklm.errors import DataError, UserError
 from chunklm.eval.boundary_stats import run_boundaries
@@ -152,7 +153,11 @@ def cmd_tokenizer(args) -> int:
 
 
 def cmd_info(args) -> int:
-  print_config_info(args.config, load_config(args.config, args.overrides))
+  cfg = load_config(args.config, args.overrides)
+  if not cfg.data.max_docs_per_window:  # as training would set it: from the configured corpus
+    cfg, cap = with_doc_cap(cfg, load_splits(cfg.data).train)
+    print(f"data.max_docs_per_window from the configured corpus: {cap.describe()}")
+  print_config_info(args.config, cfg)
   return 0
 
 
@@ -173,6 +178,15 @@ def cmd_bench(args) -> int:
                                              ("hnet_1stage_tiny" if args.shapes == "small" else "hnet_1stage_S"))
     bench_kernels(args.impl, args.shapes, args.dtype, args.ops, args.repeats, args.warmup, step_config,
                   args.step_overrides, args.step_steps, args.json)
+    return 0
+  if args.bench == "capacity":
+    try:
+      windows = [int(x) for x in args.window.split(",")] if args.window else None
+    except ValueError:
+      raise UserError(f"--window {args.window!r}: expected comma-separated integers") from None
+    if (windows and min(windows) < 2) or args.max_bytes <= 0:
+      raise UserError("--window lengths must be >= 2 and --max-bytes positive")
+    bench_capacity(args.workdir, windows, args.max_bytes, args.split)
     return 0
   if args.config is None:
     raise UserError(f"bench {args.bench}: --config is required")

@@ -58,9 +58,12 @@ def print_config_info(name: str, cfg: Config) -> dict:
   info["lr_multipliers"] = lr_multipliers(cfg.model)
   print(f"{name}: layout {json.dumps(to_dict(cfg.model.layout))}, d_model {list(cfg.model.d_model)}")
   print(f"  parameters          : {info['params']:,}")
-  print(f"  train FLOPs per byte: {info['flops_per_byte'] / 1e6:.2f} M (at the target chunk ratios)")
-  print(f"  window              : {cfg.data.seq_len} bytes x batch {cfg.train.batch_size}")
+  print(f"  train FLOPs per byte: {info['flops_per_byte'] / 1e6:.2f} M nominal (at the target chunk ratios), "
+        f"{info['executed_flops_per_byte'] / 1e6:.2f} M executed (on every chunk slot)")
+  print(f"  window              : {cfg.data.seq_len} bytes x batch {cfg.train.batch_size}; at most "
+        f"{cfg.data.doc_slots} documents per window")
   if cfg.model.num_stages:
-    print(f"  targets N           : {list(cfg.model.target_ratio)}; chunk capacities {list(info['capacities'])}")
+    print(f"  targets N           : {list(cfg.model.target_ratio)}; chunk capacities {list(info['capacities'])} "
+          f"(innermost: {info['executed_ratio']:.2f}x the chunks at the targets)")
     print(f"  LR multipliers      : {[round(m, 3) for m in info['lr_multipliers']]}")
   return info

@@ -21,6 +21,7 @@ EPILOG = """examples:
   chunklm info --config hnet_1stage_L
   chunklm bench train --config byte_transformer_tiny
   chunklm bench kernels --shapes small --impl xla,interpret --no-step
+  chunklm bench capacity --workdir runs/default --window 256,2048,8192
   chunklm bench compile --config hnet_1stage_L --topology v5p:4x4x4 --set mesh.fsdp=64
 
 exit codes: 0 ok, 2 bad input (paths, configs, data, checkpoints), 3 training diverged, 143 stopped by SIGTERM"""
@@ -205,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--step-steps", type=int, default=10, help="timed training steps per impl (default: %(default)s)")
   b.add_argument("--no-step", action="store_true", help="skip the training-step comparison")
   b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+  b = bsub.add_parser("capacity", help="chunk overflow of a trained H-Net for a range of capacity factors",
+                      description="Route text with a trained byte-level H-Net (exact: nothing capped), pack it into "
+                                  "windows as training does, and print per window length and stage the boundaries "
+                                  "per window and the fraction that would overflow the static chunk capacity for "
+                                  "a range of model.capacity_factor values (and the automatic one).")
+  b.add_argument("--workdir", required=True, help="a trained byte-level H-Net run")
+  b.add_argument("--window", default=None, metavar="LIST",
+                 help="comma-separated window lengths in bytes (default: the run's, 2048 and 8192)")
+  b.add_argument("--split", default="valid", choices=("valid", "train"), help="text to route (default: %(default)s)")
+  b.add_argument("--max-bytes", type=int, default=1_000_000, help="route at most this many bytes "
+                                                                  "(default: %(default)s)")
   b = bsub.add_parser("compile", help="compile the training step for a TPU slice on this host: memory, FLOPs, "
                                      "collectives per chip",
                       description="Lower and compile a config's training step ahead of time for a TPU topology "

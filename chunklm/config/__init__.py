@@ -6,7 +6,7 @@ registry and the routers' settings sections; schema.py: the sections; capacity.p
 experiment.py: Config, the sections together; loading.py: files, overrides, dumps and diffs.
 """
 
-from chunklm.config.capacity import capacities, stage_capacities
+from chunklm.config.capacity import auto_capacity_factor, capacities, capacity_factor, stage_capacities
 from chunklm.config.experiment import Config
 from chunklm.config.layout import check_layout, layout_depth, parse_layer_string
 from chunklm.config.loading import (CONFIG_DIR, CONFIG_FORMAT, differing_fields, dump_yaml, flat_items, from_dict,
@@ -20,7 +20,8 @@ from chunklm.config.schema import (KERNEL_IMPLS, DataConfig, EvalConfig, Kernels
 __all__ = [
     "BYTE_ROUTERS", "CONFIG_DIR", "CONFIG_FORMAT", "Config", "DataConfig", "DeleteGateConfig", "EntropyConfig",
     "EvalConfig", "GumbelConfig", "KERNEL_IMPLS", "KernelsConfig", "MambaConfig", "MeshConfig", "ModelConfig",
-    "ROUTERS", "RouterKind", "SCRIPTS", "TrainConfig", "WhitespaceConfig", "capacities", "check_layout",
+    "ROUTERS", "RouterKind", "SCRIPTS", "TrainConfig", "WhitespaceConfig", "auto_capacity_factor", "capacities",
+    "capacity_factor", "check_layout",
     "differing_fields", "dump_yaml", "flat_items", "from_dict", "layout_depth", "load_config", "merge_trees",
     "parse_layer_string", "read_config_format", "read_config_tree", "read_yaml", "resolve_bundled",
     "resolve_config_path", "stage_capacities", "to_dict",

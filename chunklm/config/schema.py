@@ -54,7 +54,7 @@ class ModelConfig:
   entropy: EntropyConfig = EntropyConfig()  # entropy router settings (its byte LM and threshold)
   delete_gate: DeleteGateConfig = DeleteGateConfig()  # delete_gate router settings (scale, regulariser)
   target_ratio: tuple[float, ...] = (6.0,)  # target compression N per routing stage (> 1)
-  capacity_factor: float = 1.5  # static chunk capacity = ceil(L / N * factor) + room for document starts
+  capacity_factor: float = 0.0  # chunk capacity = ceil(L / N * factor) + document starts; 0 = 1 + 4/sqrt(L / N)
   capacity: tuple[int, ...] = (0,)  # explicit chunk capacity per routing stage; 0 = from capacity_factor
   ratio_loss_weight: float = 0.03  # alpha of the ratio loss
   lr_multipliers: tuple[float, ...] = ()  # learning-rate multiplier per level; () = paper's formula (App. C)
@@ -123,8 +123,8 @@ class ModelConfig:
       self._check_routers(stages)
     if any(c < 0 for c in self.capacity):
       raise ConfigError(f"model.capacity: must be >= 0 (0 = automatic), got {list(self.capacity)}")
-    if self.capacity_factor < 1:
-      raise ConfigError(f"model.capacity_factor: must be >= 1, got {self.capacity_factor}")
+    if self.capacity_factor < 1 and self.capacity_factor != 0:
+      raise ConfigError(f"model.capacity_factor: must be >= 1 (or 0: from the window), got {self.capacity_factor}")
     if self.lr_multipliers and len(self.lr_multipliers) != levels:
       raise ConfigError(f"model.lr_multipliers: need {levels} values (one per level) or [], "
                         f"got {list(self.lr_multipliers)}")
@@ -182,15 +182,20 @@ class DataConfig:
   valid_fraction: float = 0.02  # fraction of documents held out when valid_sources is empty
   split_seed: int = 0  # seed of the document hash that decides the train/valid split
   seq_len: int = 256  # window length L in bytes
-  min_doc_bytes: int = 16  # shorter documents are skipped (bounds the documents per window)
+  min_doc_bytes: int = 16  # shorter documents are skipped
+  max_docs_per_window: int = 0  # documents one training window may touch (the packer pads beyond); 0 = from the corpus
   seed: int = 0  # shuffle seed (document order and window order per epoch)
   mmap_min_mb: int = 256  # corpora larger than this are kept in a memory-mapped cache file, not in RAM
   prefetch: int = 4  # batches prepared ahead by the grain iterator
   tokenizer: str = ""  # sentencepiece model of a token-level model (BPE baseline); "" = bytes
 
   @property
-  def max_docs_per_window(self) -> int:
-    """Upper bound on document starts in one window: each document is BOS + >= min_doc_bytes bytes."""
+  def doc_slots(self) -> int:
+    """The documents a training window can touch, so the chunk slots an H-Net reserves for their starts:
+    `max_docs_per_window`, or before the corpus has set it (0) the bound from `min_doc_bytes` (each document is
+    BOS + >= min_doc_bytes bytes)."""
+    if self.max_docs_per_window:
+      return self.max_docs_per_window
     return math.ceil(self.seq_len / (self.min_doc_bytes + 1)) + 1
 
   def __post_init__(self):
@@ -200,6 +205,9 @@ class DataConfig:
       raise ConfigError(f"data.min_doc_bytes: must be >= 1, got {self.min_doc_bytes}")
     if not 0 < self.valid_fraction < 1:
       raise ConfigError(f"data.valid_fraction: must be in (0, 1), got {self.valid_fraction}")
+    if self.max_docs_per_window == 1 or self.max_docs_per_window < 0:
+      raise ConfigError(f"data.max_docs_per_window: must be >= 2 (a window can start inside one document and begin "
+                        f"another) or 0 (from the corpus), got {self.max_docs_per_window}")
     if self.mmap_min_mb < 0 or self.prefetch < 0:
       raise ConfigError("data.mmap_min_mb and data.prefetch must be >= 0")
 

@@ -1,8 +1,12 @@
 """Packed windows of bytes (or tokens) and the grain pipeline that shuffles, shards, batches and prefetches them.
 
-Each document becomes BOS + its bytes (or its token ids, for the BPE baseline). Per epoch, documents are put in a seeded random order and concatenated into
-one stream; window k holds stream bytes [k*L, k*L + L], so inputs are the first L bytes and targets the last L.
-Windows are then visited in a seeded random order. Every example is a pure function of its global index, so the
+Each document becomes BOS + its bytes (or its token ids, for the BPE baseline). Per epoch, documents are put in a
+seeded random order and concatenated into one stream; window k holds stream bytes [k*L, k*L + L], so inputs are the
+first L bytes and targets the last L. With `max_docs` (training: `data.max_docs_per_window`), no window's inputs
+touch more than that many documents: a document that would be one too many starts at the next window instead, and
+the bytes skipped are padding (masked). Nothing is dropped, the epoch gets longer by the padding, and the chunk
+slots an H-Net reserves for document starts are what the data needs. Windows are then visited in a seeded random
+order. Every example is a pure function of its global index, so the
 grain iterator's state is one integer and resume is exact. `segment_ids` number the documents inside a window from 1
 (0 = padding); `loss_mask` is false where the target belongs to another document (or to padding);
 `target_bytes` is the number of text bytes each target stands for (1 per byte, a piece's length for tokens, 0 where
@@ -11,10 +15,13 @@ masked), so bits per byte = total NLL / total target_bytes for every model kind.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import grain
 import numpy as np
 
+from chunklm.config import Config
 from chunklm.data.corpus import Documents
 
 BOS = 0xFE  # never appears in valid UTF-8; marks every document start (as in the H-Net code)
@@ -35,47 +42,69 @@ class PackedWindows:
   """
 
   def __init__(self, docs: Documents, seq_len: int, *, seed: int = 0, shuffle: bool = True, num_epochs: int = 1,
-               pad_last: bool = False, bos: int = BOS, piece_bytes: np.ndarray | None = None):
+               pad_last: bool = False, bos: int = BOS, piece_bytes: np.ndarray | None = None,
+               max_docs: int | None = None):
+    if max_docs is not None and max_docs < 2:
+      raise ValueError(f"max_docs must be >= 2 (a window can start inside one document and begin another), "
+                       f"got {max_docs}")
     self.docs, self.seq_len, self.seed, self.shuffle = docs, seq_len, seed, shuffle
-    self.bos, self.piece_bytes = bos, piece_bytes
-    self.stream_len = int(docs.num_bytes + len(docs))  # each document is preceded by BOS
-    usable = self.stream_len - 1  # the last stream byte is never an input
-    self.windows_per_epoch = -(-usable // seq_len) if pad_last else usable // seq_len
+    self.bos, self.piece_bytes, self.max_docs, self.pad_last = bos, piece_bytes, max_docs, pad_last
     self.num_epochs = num_epochs
-    self._epoch_cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+    unpadded = int(docs.num_bytes + len(docs))  # each document is preceded by BOS
+    lengths = [unpadded] * num_epochs if max_docs is None else [self._layout(e)[3] for e in range(num_epochs)]
+    self.padding = [n - unpadded for n in lengths]  # bytes of padding the cap costs, per epoch
+    self._window_counts = np.array([self._windows(n) for n in lengths], np.int64)
+    self._first_window = np.concatenate([[0], np.cumsum(self._window_counts)])
+    self.windows_per_epoch = int(self._window_counts[0])  # epoch 0's (later epochs differ by their padding)
+    self._cache: tuple | None = None  # (epoch, doc order, BOS offsets, ends, stream length, window order)
+
+  def _windows(self, stream_len: int) -> int:
+    usable = stream_len - 1  # the last stream byte is never an input
+    return -(-usable // self.seq_len) if self.pad_last else usable // self.seq_len
+
+  def _layout(self, epoch: int):
+    """(doc order, BOS offset of each document, its end, stream length) of an epoch, padded to the cap."""
+    n = len(self.docs)
+    doc_order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+    sizes = self.docs.lengths[doc_order] + 1  # BOS + bytes
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    if self.max_docs is not None and n:
+      offsets = capped_offsets(offsets, sizes, self.seq_len, self.max_docs)
+    ends = offsets + sizes
+    return doc_order, offsets, ends, int(ends[-1]) if n else 0
 
   def __len__(self) -> int:
-    return self.windows_per_epoch * self.num_epochs
+    return int(self._first_window[-1])
 
   def _epoch(self, epoch: int):
-    if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-      n = len(self.docs)
-      if self.shuffle:
+    if self._cache is None or self._cache[0] != epoch:
+      layout = self._layout(epoch)
+      count = int(self._window_counts[epoch])
+      order = np.arange(count)
+      if self.shuffle:  # drawn after the document order, from the same per-epoch generator
         rng = np.random.default_rng([self.seed, epoch])
-        doc_order = rng.permutation(n)
-        window_order = rng.permutation(self.windows_per_epoch)
-      else:
-        doc_order, window_order = np.arange(n), np.arange(self.windows_per_epoch)
-      ends = np.cumsum(self.docs.lengths[doc_order] + 1)  # stream end offset of each document (exclusive)
-      self._epoch_cache = (epoch, doc_order, ends, window_order)
-    return self._epoch_cache[1:]
+        rng.permutation(len(self.docs))
+        order = rng.permutation(count)
+      self._cache = (epoch, *layout, order)
+    return self._cache[1:]
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(index)
-    epoch, k = divmod(index, self.windows_per_epoch)
-    doc_order, ends, window_order = self._epoch(epoch)
+    epoch = int(np.searchsorted(self._first_window, index, side="right")) - 1
+    k = index - int(self._first_window[epoch])
+    doc_order, offsets, ends, stream_len, window_order = self._epoch(epoch)
     lo = int(window_order[k]) * self.seq_len
-    hi = min(lo + self.seq_len + 1, self.stream_len)
+    hi = min(lo + self.seq_len + 1, stream_len)
     tokens = np.zeros(self.seq_len + 1, self.docs.data.dtype)
     seg = np.zeros(self.seq_len + 1, np.int32)
     pos = np.zeros(self.seq_len + 1, np.int32)
     j = int(np.searchsorted(ends, lo, side="right"))  # first document overlapping [lo, hi)
     segment = 0
-    while j < len(ends) and ends[j] - (self.docs.lengths[doc_order[j]] + 1) < hi:
+    while j < len(ends) and offsets[j] < hi:
       d = doc_order[j]
-      doc_lo = int(ends[j] - self.docs.lengths[d] - 1)  # stream offset of this document's BOS
+      doc_lo = int(offsets[j])  # stream offset of this document's BOS
       a, b = max(lo, doc_lo), min(hi, int(ends[j]))
       segment += 1
       out = slice(a - lo, b - lo)
@@ -101,10 +130,86 @@ class PackedWindows:
     }
 
 
+def documents_per_window(offsets: np.ndarray, sizes: np.ndarray, seq_len: int) -> np.ndarray:
+  """How many documents the inputs of each window touch (the segments of its `segment_ids`): those whose BOS lies
+  in it, plus the one it starts inside of, if any. `offsets` are the documents' BOS positions, `sizes` BOS + bytes."""
+  if not len(offsets):
+    return np.zeros(0, np.int64)
+  n_windows = max(-(-int(offsets[-1] + sizes[-1] - 1) // seq_len), 1)
+  counts = np.bincount(offsets // seq_len, minlength=n_windows)[:n_windows]
+  window_starts = np.arange(n_windows, dtype=np.int64) * seq_len
+  inside = np.searchsorted(offsets, window_starts, side="right") - 1  # the document covering each window start
+  carried = (inside >= 0) & (offsets[np.maximum(inside, 0)] < window_starts) \
+      & (offsets[np.maximum(inside, 0)] + sizes[np.maximum(inside, 0)] > window_starts)
+  return counts + carried
+
+
+def capped_offsets(offsets: np.ndarray, sizes: np.ndarray, seq_len: int, max_docs: int) -> np.ndarray:
+  """BOS offsets with no window touching more than `max_docs` documents: a document that would be one too many
+  starts at the next window (the gap is padding). The layout before the first full window is kept as it is."""
+  per_window = documents_per_window(offsets, sizes, seq_len)
+  over = np.flatnonzero(per_window > max_docs)
+  if not len(over):
+    return offsets
+  first = int(np.searchsorted(offsets, over[0] * seq_len))  # the first document starting in that window
+  out = offsets.copy()
+  pos = int(offsets[first])
+  window = pos // seq_len
+  count = int(per_window[window] - np.count_nonzero(offsets[first:] // seq_len == window))  # touched before `first`
+  for i in range(first, len(sizes)):
+    w = pos // seq_len
+    if w != window:  # the previous document ended exactly at this window's start
+      window, count = w, 0
+    if count >= max_docs:
+      window, count = w + 1, 0
+      pos = window * seq_len
+    out[i] = pos
+    count += 1
+    pos += int(sizes[i])
+    last = (pos - 1) // seq_len
+    if last > window:  # the document runs into later windows: the last of them starts inside it
+      window, count = last, 1
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DocCap:
+  """The documents per training window a corpus needs, and what capping there costs."""
+  max_docs: int  # the cap: the `quantile` of documents touched per window, at least 2
+  quantile: float
+  most: int  # the most documents any window touches without a cap
+  padding: int  # bytes of padding the cap adds to an epoch
+  stream: int  # bytes of an epoch without padding (BOS included)
+
+  def describe(self) -> str:
+    return (f"at most {self.max_docs} documents per window ({self.quantile:.1%} of windows need no more; the most "
+            f"is {self.most}); padding {self.padding:,} bytes per epoch ({self.padding / max(self.stream, 1):.2%})")
+
+
+def doc_cap(docs: Documents, seq_len: int, seed: int, quantile: float = 0.999) -> DocCap:
+  """The cap on documents per window from the corpus: the `quantile` of what epoch 0's windows touch, unpadded."""
+  n = len(docs)
+  sizes = docs.lengths[np.random.default_rng([seed, 0]).permutation(n)] + 1
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+  per_window = documents_per_window(offsets, sizes, seq_len)
+  cap = max(2, int(np.ceil(np.quantile(per_window, quantile)))) if len(per_window) else 2
+  padded = PackedWindows(docs, seq_len, seed=seed, max_docs=cap)
+  return DocCap(cap, quantile, int(per_window.max(initial=0)), padded.padding[0], int(sizes.sum()))
+
+
+def with_doc_cap(cfg: Config, docs: Documents) -> tuple[Config, DocCap | None]:
+  """cfg with data.max_docs_per_window set from `docs` (the training units) where it is 0, and the cap found."""
+  if cfg.data.max_docs_per_window:
+    return cfg, None
+  cap = doc_cap(docs, cfg.data.seq_len, cfg.data.seed)
+  return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_docs_per_window=cap.max_docs)), cap
+
+
 def train_dataset(docs: Documents, seq_len: int, batch_size: int, steps: int, seed: int, prefetch: int = 4,
                   process_index: int | None = None, process_count: int | None = None, bos: int = BOS,
-                  piece_bytes: np.ndarray | None = None) -> grain.IterDataset:
-  """Shuffled, repeated, per-process batches of packed windows for `steps` steps (global batch `batch_size`)."""
+                  piece_bytes: np.ndarray | None = None, max_docs: int | None = None) -> grain.IterDataset:
+  """Shuffled, repeated, per-process batches of packed windows for `steps` steps (global batch `batch_size`),
+  touching at most `max_docs` documents per window."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if batch_size % process_count:
@@ -112,7 +217,7 @@ def train_dataset(docs: Documents, seq_len: int, batch_size: int, steps: int, se
   probe = PackedWindows(docs, seq_len, seed=seed)
   num_epochs = -(-(steps * batch_size) // max(probe.windows_per_epoch, 1)) + 1
   ds = grain.MapDataset.source(PackedWindows(docs, seq_len, seed=seed, num_epochs=num_epochs, bos=bos,
-                                             piece_bytes=piece_bytes))
+                                             piece_bytes=piece_bytes, max_docs=max_docs))
   ds = ds[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
 

@@ -52,7 +52,7 @@ class CausalLM(nnx.Module):
 
 def build_model(cfg: Config, seed: int | None = None) -> CausalLM:
   seed = cfg.train.seed if seed is None else seed
-  return CausalLM(cfg.model, rngs=nnx.Rngs(params=seed), doc_slots=cfg.data.max_docs_per_window,
+  return CausalLM(cfg.model, rngs=nnx.Rngs(params=seed), doc_slots=cfg.data.doc_slots,
                   kernel_impl=cfg.kernels.impl)
 
 

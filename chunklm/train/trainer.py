@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from chunklm.config import Config, differing_fields, dump_yaml, to_dict
 from chunklm.data.corpus import Documents, Splits, load_splits, order0_entropy
-from chunklm.data.pipeline import leading_bytes, train_dataset
+from chunklm.data.pipeline import leading_bytes, train_dataset, with_doc_cap
 from chunklm.data.tokenizer import tokenize, tokenize_splits, vocab_kwargs
 from chunklm.errors import CheckpointError, UserError
 from chunklm.eval.bpb import evaluate, make_eval_step
@@ -44,7 +44,7 @@ from chunklm.train.step import init_train_state, make_train_step
 
 # Changing these in a workdir with checkpoints would make them unusable or the data stream different.
 INCOMPATIBLE_SECTIONS = ("model",)
-INCOMPATIBLE_KEYS = ("data.seq_len", "data.seed", "train.batch_size", "train.seed")
+INCOMPATIBLE_KEYS = ("data.seq_len", "data.seed", "data.max_docs_per_window", "train.batch_size", "train.seed")
 
 
 class TrainingDiverged(UserError):
@@ -119,13 +119,19 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   splits = splits or load_splits(cfg.data, cache_dir=workdir / "cache")  # bad data fails before anything is written
   check_router_data(cfg.model, splits.train)  # e.g. whitespace routing on DNA
   tok = run_tokenizer(cfg)  # token models only (BPE baseline)
+  units = tokenize_splits(splits, tok) if tok is not None else splits  # what the model reads: bytes or tokens
   ckpt_dir = workdir / "checkpoints"
-  if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+  resuming = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+  cap = None
+  # the corpus decides how many documents a window may touch; a run of chunklm < 0.3 (saved 0) resumes uncapped
+  legacy = resuming and (workdir / CONFIG_FILE).exists() and not read_config(workdir).data.max_docs_per_window
+  if not legacy:
+    cfg, cap = with_doc_cap(cfg, units.train)
+  if resuming:
     check_compatible(workdir, cfg)
   if tok is not None and (workdir / TOKENIZER_FILE).exists() \
       and (workdir / TOKENIZER_FILE).read_bytes() != tok.path.read_bytes():
     raise CheckpointError(f"{workdir} was trained with another tokenizer than {tok.path}; use another --workdir")
-  units = tokenize_splits(splits, tok) if tok is not None else splits  # what the model reads: bytes or tokens
   vocab = vocab_kwargs(tok)
   mesh = make_mesh(cfg.mesh)
   shards = batch_shards(mesh)
@@ -134,7 +140,8 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   state_sharding = state_shardings(state, mesh)
   state = jax.device_put(state, state_sharding)
   data_iter = iter(train_dataset(units.train, cfg.data.seq_len, cfg.train.batch_size, cfg.train.steps,
-                                 cfg.data.seed, cfg.data.prefetch, **vocab))
+                                 cfg.data.seed, cfg.data.prefetch, max_docs=cfg.data.max_docs_per_window or None,
+                                 **vocab))
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
@@ -148,6 +155,8 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     if tok is not None and not (workdir / TOKENIZER_FILE).exists():
       shutil.copyfile(tok.path, workdir / TOKENIZER_FILE)  # the run stays usable if the original moves
   log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))
+  if cap is not None:
+    log(f"windows: {cap.describe()}")
   log(f"model: {num_params:,} parameters, layout {json.dumps(to_dict(cfg.model.layout))}, "
       f"d_model {list(cfg.model.d_model)}")
   entropy = order0_entropy(splits.valid)
