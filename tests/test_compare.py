@@ -65,6 +65,7 @@ def test_flops_matching_is_within_five_percent(other):
   assert train_flops_per_byte(model, cfg.data.seq_len, bytes_per_token=bpt) == pytest.approx(target * (1 + err))
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_end_to_end_and_resume(tmp_path, corpus_dir, capsys):
   spec = write_spec(tmp_path / "tiny.yaml", tiny_models())
   out = tmp_path / "out"

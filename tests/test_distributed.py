@@ -27,6 +27,7 @@ def bpb(stdout: str) -> float:
   return float(re.search(r"valid bits per byte\s*: ([0-9.]+)", stdout).group(1))
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 @pytest.mark.multiprocess
 def test_two_processes_train_like_one(tmp_path, corpus_dir):
   cmd = [sys.executable, "-m", "chunklm.cli", "train", "--config", "byte_transformer_tiny", *SET, "--data",

@@ -72,7 +72,8 @@ def recompute_greedy(graphdef, params, prompt, n, seq_len=64):
   return out.split(bytes([BOS]))[0]  # a generated BOS ends the document
 
 
-@pytest.mark.parametrize("kind", ["transformer", "hnet1", pytest.param("hnet2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["transformer", pytest.param("hnet1", marks=pytest.mark.slow),
+                                  pytest.param("hnet2", marks=pytest.mark.slow)])
 def test_cached_greedy_equals_recompute_and_batches_are_independent(kind):
   cfg = tiny_config(*KINDS[kind])
   graphdef, params = split_model(build_model(cfg, 0))
@@ -114,6 +115,7 @@ def test_sampling_controls():
   assert not set(cut) & set(stops) and a.startswith(cut)
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_bench_generate_and_python_api(tmp_path, corpus_dir, capsys):
   import chunklm
   from chunklm.cli import main

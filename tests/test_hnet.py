@@ -32,8 +32,8 @@ def make_batch(ids, seg):
 
 
 
-@pytest.mark.parametrize("stages", [1, 2])
-@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("stages,exact", [(1, False), (1, True), pytest.param(2, False, marks=pytest.mark.slow),
+                                          (2, True)])
 def test_causality_gradient_and_perturbation(stages, exact):
   cfg = hnet_config(stages, "model.capacity=[10]" if stages == 1 else "model.capacity=[12, 10]")
   model = build_model(cfg, 0)
@@ -77,7 +77,7 @@ def test_documents_do_not_see_each_other(stages):
   assert not np.allclose(a[0, :12], b[0, :12])
 
 
-@pytest.mark.parametrize("stages", [1, 2])
+@pytest.mark.parametrize("stages", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_every_gradient_is_finite_and_nonzero(stages):
   """Including the router's: it learns through the dechunk smoothing, the confidence STE and the ratio loss."""
   cfg = hnet_config(stages)

@@ -104,6 +104,7 @@ def test_hnet_forward_backward_xla_equals_interpreted_kernels(extra):
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g_k))
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_bench_kernels_runs_on_cpu(tmp_path, capsys, corpus_dir):
   out = tmp_path / "bench.json"
   assert main(["bench", "kernels", "--shapes", "small", "--impl", "interpret", "--ops", "upsample", "--dtype",

@@ -1,3 +1,4 @@
+import pytest
 """A real kill: SIGTERM mid-run saves a checkpoint and exits 143; re-running finishes like an uninterrupted run."""
 
 import json
@@ -22,6 +23,7 @@ def train_cmd(workdir, corpus_dir, steps):
           str(corpus_dir), *sets]
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_sigterm_saves_and_resume_matches_straight_run(tmp_path, corpus_dir):
   steps = 400
   killed = tmp_path / "killed"

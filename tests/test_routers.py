@@ -92,7 +92,8 @@ def test_script_classes():
   assert names == expected
 
 
-@pytest.mark.parametrize("case", sorted(ROUTER_CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "entropy" else c
+                                  for c in sorted(ROUTER_CASES)])  # entropy: the slowest, slow suite (CI budget)
 def test_causality_gradient_and_perturbation(case):
   cfg = tiny_config(*HNET1, *ROUTER_CASES[case], "model.capacity=[10]")
   length = 32
@@ -221,8 +222,10 @@ def test_whitespace_refuses_dna_and_text_without_spaces(tmp_path):
   check_router_data(tiny_config(*HNET1, "model.router=[stride]", data=tmp_path / "dna").model, splits.train)
 
 
-@pytest.mark.parametrize("case,extra", [("entropy", ()), ("gumbel", ()), ("delete_gate", ()),
-                                        ("delete_gate", ("model.delete_gate.two_sided=false",))])
+@pytest.mark.parametrize("case,extra", [("entropy", ()), pytest.param("gumbel", (), marks=pytest.mark.slow),
+                                        ("delete_gate", ()),
+                                        pytest.param("delete_gate", ("model.delete_gate.two_sided=false",),
+                                                     marks=pytest.mark.slow)])
 def test_train_step_updates_router_statistics(case, extra):
   cfg = tiny_config(*HNET1, *ROUTER_CASES[case], *extra)
   graphdef, params = split_model(build_model(cfg, 0))

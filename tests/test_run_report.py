@@ -1,3 +1,4 @@
+import pytest
 """`chunklm report` renders every section for a tiny run, and a summary for several runs."""
 
 from chunklm.cli import main
@@ -5,6 +6,7 @@ from conftest import TINY
 from test_hnet import HNET1
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_report_has_every_section(tmp_path, corpus_dir, capsys):
   sets = [a for o in TINY + HNET1 + ["train.steps=3", "eval.sample_bytes=0"] for a in ("--set", o)]
   runs = []
