@@ -10,6 +10,7 @@ from chunklm.bench.capacity import overflow, window_counts
 from chunklm.config import ModelConfig, auto_capacity_factor, capacities, load_config
 from chunklm.data.corpus import Documents
 from chunklm.errors import ConfigError
+from chunklm.model.describe import describe_config
 
 
 def test_automatic_headroom_shrinks_with_the_chunks_per_window():
@@ -48,3 +49,14 @@ def test_window_counts_split_document_starts_from_other_boundaries():
   assert list(doc_starts) == [1, 1, 1]  # BOS, BOS, a window that begins inside document 2
   assert overflow(others, doc_starts, slots=1) == pytest.approx(2 / 8)
   assert overflow(others, doc_starts, slots=2) == 0.0
+
+
+def test_info_reports_executed_beside_nominal_compute():
+  cfg = load_config("hnet_1stage_L", ["data.max_docs_per_window=6"])
+  d = describe_config(cfg)
+  (slots,) = d["capacities"]
+  assert slots == math.ceil(8192 / 6 * auto_capacity_factor(8192 / 6)) + 6
+  assert d["executed_ratio"] == pytest.approx(slots / (8192 / 6))
+  assert d["flops_per_byte"] < d["executed_flops_per_byte"] < d["executed_ratio"] * d["flops_per_byte"]
+  plain = describe_config(load_config("byte_transformer_tiny"))
+  assert plain["executed_ratio"] == 1.0 and plain["executed_flops_per_byte"] == plain["flops_per_byte"]
