@@ -112,6 +112,7 @@ def test_pallas_kernels_in_shard_map_train_like_one_device():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_every_model_kind_trains_on_a_mesh_like_one_device():
   _equivalent([f"{m}:{impl}" for m in ("byte_transformer_tiny", "hnet_1stage_tiny", "hnet_2stage_tiny")
                for impl in ("xla", "interpret")])
