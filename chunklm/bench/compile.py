@@ -185,8 +185,8 @@ def print_report(r: CompileReport, name: str, impl: str) -> None:
 
 
 def bench_compile(config: str, topology: str, overrides: list[str], json_path: str | None = None) -> CompileReport:
-  cfg = with_corpus_cap(load_config(config, overrides))  # documents per window as training sets them
   devices = topology_devices(topology)  # before any work: a missing extra or a bad name is one line
+  cfg = with_corpus_cap(load_config(config, overrides))  # documents per window as training sets them
   print(f"compiling {config} for {topology} ({len(devices)} chips) on this host; large configs take minutes")
   report = compile_step(cfg, topology, devices)
   print_report(report, config, cfg.kernels.impl)

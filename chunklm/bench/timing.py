@@ -13,6 +13,7 @@ import numpy as np
 from chunklm.data.corpus import Documents, load_splits
 from chunklm.data.pipeline import PackedWindows, with_doc_cap
 from chunklm.data.tokenizer import tokenize, vocab_kwargs
+from chunklm.errors import DataError
 from chunklm.run.trained import run_tokenizer
 from chunklm.train.step import make_train_step
 
@@ -33,7 +34,13 @@ def training_units(cfg) -> Documents:
 
 def with_corpus_cap(cfg):
   """cfg with data.max_docs_per_window set from its training data, as `chunklm train` sets it."""
-  return with_doc_cap(cfg, training_units(cfg))[0] if not cfg.data.max_docs_per_window else cfg
+  if cfg.data.max_docs_per_window:
+    return cfg
+  try:
+    docs = training_units(cfg)
+  except DataError as e:
+    raise DataError(f"{e}; or set data.max_docs_per_window (documents per window) to run without the corpus") from None
+  return with_doc_cap(cfg, docs)[0]
 
 
 def real_batches(cfg, count: int) -> list[dict]:

@@ -4,8 +4,9 @@ A sharded computation is traced under `jax.set_mesh(mesh)` (the trainer and `chu
 model then reads the mesh here rather than taking it as an argument:
   - `platform()`: the platform of the mesh's devices, so compiling for a TPU slice on a CPU host picks TPU kernels;
   - `constrain_batch(x)`: keeps an activation's rows split over the batch axes (data, fsdp);
-  - `gather_weight(w, axes)`: the weight as the layer uses it, gathered over `fsdp` (FSDP: parameters are stored
-    sharded and all-gathered where they are used; their gradients are reduce-scattered back to the shards);
+  - `gathered_apply(fn, x, w, axes)`: FSDP. Parameters are stored sharded over `fsdp`; a layer's fn(x, w) runs per
+    batch shard with w all-gathered inside, so the gradient is reduce-scattered back to the shards
+    (`gather_weight`, a sharding constraint with the same intent, serves batches that fsdp does not split);
   - `per_shard(fn, *args)`: runs `fn` on each device's rows (a `shard_map` over the batch axes). Pallas kernels
     cannot be partitioned automatically, so every Pallas chunk op runs this way; the feature axis is replicated.
 Without a mesh (or inside a `shard_map`, where the axes are manual) each of these is the identity.
