@@ -1,6 +1,7 @@
 """Run as a script (8 forced CPU devices): 5 training steps on a (data 2, fsdp 2, tensor 2) mesh and on one device,
 from the same initial state and batches; prints the losses and the largest parameter difference per case as JSON.
-Usage: python tests/mesh_equivalence.py CONFIG:IMPL [CONFIG:IMPL ...]"""
+Usage: python tests/mesh_equivalence.py CONFIG:IMPL [CONFIG:IMPL ...]
+       python tests/mesh_equivalence.py ops:IMPL   (each chunk op and its gradient, jitted under the mesh vs none)"""
 
 import json
 import sys
@@ -11,6 +12,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 import numpy as np  # noqa: E402
 
+from chunklm.bench.kernels import OPS, make_inputs, op_call  # noqa: E402
 from chunklm.bench.timing import real_batches  # noqa: E402
 from chunklm.config import MeshConfig, load_config  # noqa: E402
 from chunklm.train.sharding import (batch_sharding, make_mesh, on_mesh, put_batch,  # noqa: E402
@@ -43,10 +45,31 @@ def run(name: str, impl: str, devices: list, mesh_cfg: MeshConfig):
   return losses, jax.tree.leaves(jax.device_get(state["params"]))
 
 
+def ops(impl: str) -> float:
+  """The largest difference of any chunk op's output or input gradient, under the mesh vs without one."""
+  mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2), jax.devices())
+  worst = 0.0
+  for op in OPS:
+    fn, args, aux = op_call(op, impl, make_inputs(8, 64, 16, "float32"))
+    def both(a, x, f=fn):
+      return f(a, x), jax.grad(lambda a: f(a, x).sum())(a)
+    plain = jax.device_get(jax.jit(both)(args, aux))
+    with jax.set_mesh(mesh):
+      if impl != "xla":  # the Pallas path must run per shard
+        assert "shard_map" in str(jax.make_jaxpr(both)(args, aux)), op
+      sharded = jax.device_get(jax.jit(both)(args, aux))
+    worst = max([worst, *(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                          for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(sharded)))])
+  return worst
+
+
 if __name__ == "__main__":
   out = {}
   for case in sys.argv[1:]:
     name, impl = case.split(":")
+    if name == "ops":
+      out[case] = {"max_diff": ops(impl)}
+      continue
     one_losses, one_params = run(name, impl, jax.devices()[:1], MeshConfig(data=1))
     losses, params = run(name, impl, jax.devices(), MeshConfig(data=2, fsdp=2, tensor=2))
     diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(one_params, params))

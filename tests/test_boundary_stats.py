@@ -46,6 +46,7 @@ def test_corpus_routing_covers_the_last_byte_when_the_stream_fills_whole_windows
   np.testing.assert_array_equal(routed[0][1].starts[0][:len(alone.starts[0])], alone.starts[0])
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_boundaries_cli(tmp_path, corpus_dir, capsys):
   from chunklm.cli import main
   from conftest import TINY

@@ -33,7 +33,7 @@ def make_batch(ids, seg):
 
 
 @pytest.mark.parametrize("stages,exact", [(1, False), (1, True), pytest.param(2, False, marks=pytest.mark.slow),
-                                          (2, True)])
+                                          pytest.param(2, True, marks=pytest.mark.slow)])
 def test_causality_gradient_and_perturbation(stages, exact):
   cfg = hnet_config(stages, "model.capacity=[10]" if stages == 1 else "model.capacity=[12, 10]")
   model = build_model(cfg, 0)
@@ -98,6 +98,7 @@ def test_every_gradient_is_finite_and_nonzero(stages):
   del rng
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_ratio_loss_pulls_the_boundary_rate_down():
   """With only the ratio loss, gradient steps on the router lower the boundary rate towards 1/N."""
   cfg = hnet_config(1, "model.target_ratio=[4]")

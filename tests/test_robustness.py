@@ -42,6 +42,7 @@ def test_specific_properties():
     perturb_text(b"x", "nope", 0.1, 0)
 
 
+@pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_dir, capsys):
   from chunklm.cli import main
   from conftest import TINY

@@ -222,7 +222,8 @@ def test_whitespace_refuses_dna_and_text_without_spaces(tmp_path):
   check_router_data(tiny_config(*HNET1, "model.router=[stride]", data=tmp_path / "dna").model, splits.train)
 
 
-@pytest.mark.parametrize("case,extra", [("entropy", ()), pytest.param("gumbel", (), marks=pytest.mark.slow),
+@pytest.mark.parametrize("case,extra", [pytest.param("entropy", (), marks=pytest.mark.slow),
+                                        pytest.param("gumbel", (), marks=pytest.mark.slow),
                                         ("delete_gate", ()),
                                         pytest.param("delete_gate", ("model.delete_gate.two_sided=false",),
                                                      marks=pytest.mark.slow)])

@@ -107,8 +107,11 @@ def _equivalent(cases: list[str]) -> None:
     assert r["max_param_diff"] < 1e-4, case
 
 
-def test_pallas_kernels_in_shard_map_train_like_one_device():
-  _equivalent(["hnet_1stage_tiny:interpret"])
+def test_pallas_chunk_ops_run_per_shard_under_a_mesh_and_match():
+  proc = subprocess.run([sys.executable, str(EQUIVALENCE), "ops:interpret"], capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout.strip().splitlines()[-1])["ops:interpret"]["max_diff"] < 1e-5
 
 
 @pytest.mark.slow

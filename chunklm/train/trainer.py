@@ -123,9 +123,12 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   ckpt_dir = workdir / "checkpoints"
   resuming = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
   cap = None
-  # the corpus decides how many documents a window may touch; a run of chunklm < 0.3 (saved 0) resumes uncapped
-  legacy = resuming and (workdir / CONFIG_FILE).exists() and not read_config(workdir).data.max_docs_per_window
-  if not legacy:
+  # the corpus decides how many documents a window may touch; a resumed run keeps its own cap, and a run of
+  # chunklm < 0.3 (saved 0) resumes uncapped, as it was trained
+  saved = read_config(workdir).data.max_docs_per_window if resuming and (workdir / CONFIG_FILE).exists() else None
+  if saved and not cfg.data.max_docs_per_window:
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_docs_per_window=saved))
+  elif saved != 0:
     cfg, cap = with_doc_cap(cfg, units.train)
   if resuming:
     check_compatible(workdir, cfg)
