@@ -17,7 +17,7 @@ import numpy as np
 
 from chunklm.config import auto_capacity_factor
 from chunklm.data.corpus import Documents, load_splits
-from chunklm.data.pipeline import capped_offsets, doc_cap, leading_bytes
+from chunklm.data.pipeline import capped_offsets, doc_cap, leading_bytes, packed_offsets
 from chunklm.errors import UserError
 from chunklm.eval.boundaries import corpus_routing
 from chunklm.run.trained import open_run
@@ -30,8 +30,7 @@ def window_counts(starts: list[np.ndarray], docs: Documents, window: int, max_do
   bytes), are packed into windows of `window` bytes touching at most `max_docs` documents each. A document start is
   a BOS, or the window's first byte when the window begins inside a document; training always keeps those."""
   sizes = docs.lengths + 1
-  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-  offsets = capped_offsets(offsets, sizes, window, max_docs)
+  offsets = capped_offsets(packed_offsets(sizes), sizes, window, max_docs)
   n_windows = int(offsets[-1] + sizes[-1] - 1) // window  # whole windows only
   inner = np.concatenate([off + 1 + np.flatnonzero(s) for off, s in zip(offsets, starts)])
   firsts = np.arange(n_windows, dtype=np.int64) * window

@@ -67,7 +67,7 @@ class PackedWindows:
     n = len(self.docs)
     doc_order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
     sizes = self.docs.lengths[doc_order] + 1  # BOS + bytes
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    offsets = packed_offsets(sizes)
     if self.max_docs is not None and n:
       offsets = capped_offsets(offsets, sizes, self.seq_len, self.max_docs)
     ends = offsets + sizes
@@ -130,6 +130,11 @@ class PackedWindows:
     }
 
 
+def packed_offsets(sizes: np.ndarray) -> np.ndarray:
+  """The stream offset of each document's BOS when documents of `sizes` (BOS + bytes) follow one another."""
+  return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
 def documents_per_window(offsets: np.ndarray, sizes: np.ndarray, seq_len: int) -> np.ndarray:
   """How many documents the inputs of each window touch (the segments of its `segment_ids`): those whose BOS lies
   in it, plus the one it starts inside of, if any. `offsets` are the documents' BOS positions, `sizes` BOS + bytes."""
@@ -189,12 +194,12 @@ class DocCap:
 def doc_cap(docs: Documents, seq_len: int, seed: int, quantile: float = 0.999) -> DocCap:
   """The cap on documents per window from the corpus: the `quantile` of what epoch 0's windows touch, unpadded."""
   n = len(docs)
-  sizes = docs.lengths[np.random.default_rng([seed, 0]).permutation(n)] + 1
-  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+  sizes = docs.lengths[np.random.default_rng([seed, 0]).permutation(n)] + 1  # epoch 0's order, as PackedWindows
+  offsets = packed_offsets(sizes)
   per_window = documents_per_window(offsets, sizes, seq_len)
   cap = max(2, int(np.ceil(np.quantile(per_window, quantile)))) if len(per_window) else 2
-  padded = PackedWindows(docs, seq_len, seed=seed, max_docs=cap)
-  return DocCap(cap, quantile, int(per_window.max(initial=0)), padded.padding[0], int(sizes.sum()))
+  padding = int(capped_offsets(offsets, sizes, seq_len, cap)[-1] - offsets[-1]) if n else 0  # the last one moves most
+  return DocCap(cap, quantile, int(per_window.max(initial=0)), padding, int(sizes.sum()))
 
 
 def with_doc_cap(cfg: Config, docs: Documents) -> tuple[Config, DocCap | None]:
