@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from chunklm.bench import compile as bc
+from chunklm.bench.hlo import count_collectives
 from chunklm.config import load_config
 from chunklm.errors import UserError
 from chunklm.train.trainer import setup_state
@@ -37,11 +38,44 @@ ENTRY %main.249_spmd (param: f32[32,580]) -> f32[] {
 
 
 def test_collectives_are_counted_with_their_bytes_and_the_tpu_reduce_scatter_fusion():
-  c = bc.count_collectives(HLO)
-  assert c["all-gather"] == {"count": 2, "bytes": 2 * 1024 * 256 + 2 * 256 * 256, "max_bytes": 2 * 1024 * 256}
-  assert c["reduce-scatter"] == {"count": 1, "bytes": 4 * 32 * 580, "max_bytes": 4 * 32 * 580}
-  assert c["all-reduce"] == {"count": 1, "bytes": 4 + 4 * 4 * 64, "max_bytes": 4 + 4 * 4 * 64}
+  c = count_collectives(HLO)
+  plain = lambda n, total, largest: {"count": n, "bytes": total, "max_bytes": largest, "as_all_reduce": 0}  # noqa: E731
+  assert c["all-gather"] == plain(2, 2 * 1024 * 256 + 2 * 256 * 256, 2 * 1024 * 256)
+  assert c["reduce-scatter"] == plain(1, 4 * 32 * 580, 4 * 32 * 580)
+  assert c["all-reduce"] == plain(1, 4 + 4 * 4 * 64, 4 + 4 * 4 * 64)
   assert c["all-to-all"]["count"] == c["collective-permute"]["count"] == 0
+
+
+# Over a whole v5p:4x4x4 torus the TPU compiler writes FSDP's all-gather and reduce-scatter as all-reduces (cut down
+# from a real compile of a shard_map all_gather over 64 chips); the loss's own sum stays an all-reduce.
+WHOLE_TORUS_HLO = """
+%fused_computation.9 (param_0.17: f32[4096,1024], param_1.18: f32[64,1024], param_2.11: u32[]) -> f32[4096,1024] {
+  ROOT %dynamic-update-slice.1 = f32[4096,1024]{1,0:T(8,128)} dynamic-update-slice(%param_0.17, %param_1.18, %c)
+}
+
+%fused_computation.8 (param_0.16: f32[4096,1024], param_1.17: u32[]) -> f32[64,1024] {
+  ROOT %dynamic-slice.1 = f32[64,1024]{1,0:T(8,128)} dynamic-slice(%param_0.16, %param_1.17, %c), dynamic_slice_sizes={64,1024}
+}
+
+ENTRY %main.4_spmd (param.7: f32[64,1024], param.6: f32[8,4096]) -> (f32[64,1024], f32[]) {
+  %constant_dynamic-update-slice_fusion = f32[4096,1024]{1,0:T(8,128)} fusion(%broadcast.1, %copy-done.1, %multiply.3), kind=kLoop, calls=%fused_computation.9
+  %all-reduce = bf16[4096,1024]{1,0:T(8,128)(2,1)} all-reduce(%constant_dynamic-update-slice_fusion), channel_id=1, replica_groups={{0,1,2,3}}, to_apply=%add
+  %convolution_tanh_fusion = f32[8,1024]{1,0:T(8,128)} fusion(%copy-done, %all-reduce), kind=kOutput, calls=%fused_computation.2
+  %all-reduce.1 = f32[4096,1024]{1,0:T(8,128)} all-reduce(%fusion), channel_id=2, replica_groups={{0,1,2,3}}, to_apply=%add
+  %loss-start = (f32[]{:T(128)}, f32[]{:T(128)}) all-reduce-start(%partial), channel_id=3, replica_groups={{0,1,2,3}}, to_apply=%add
+  %loss = f32[]{:T(128)} all-reduce-done(%loss-start)
+  %log = f32[]{:T(128)} log(%loss)
+  %constant_dynamic-slice_fusion = f32[64,1024]{1,0:T(8,128)} fusion(%all-reduce.1, %multiply.5), kind=kLoop, calls=%fused_computation.8
+  ROOT %out = (f32[64,1024]{1,0:T(8,128)}, f32[]{:T(128)}) tuple(%constant_dynamic-slice_fusion, %log)
+}
+"""
+
+
+def test_gathers_and_scatters_the_compiler_lowers_through_an_all_reduce_count_as_what_they_do():
+  c = count_collectives(WHOLE_TORUS_HLO)
+  assert c["all-gather"] == {"count": 1, "bytes": 2 * 4096 * 1024, "max_bytes": 2 * 4096 * 1024, "as_all_reduce": 1}
+  assert c["reduce-scatter"] == {"count": 1, "bytes": 4 * 64 * 1024, "max_bytes": 4 * 64 * 1024, "as_all_reduce": 1}
+  assert c["all-reduce"] == {"count": 1, "bytes": 4, "max_bytes": 4, "as_all_reduce": 0}  # the loss, kept whole
 
 
 def test_abstract_state_allocates_nothing_and_matches_the_real_one():

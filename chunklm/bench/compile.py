@@ -5,7 +5,7 @@ check what a pod run would do: the model, optimizer and train state are abstract
 allocated), the batch has the pipeline's fields, the mesh and shardings are the trainer's own, and the step is traced
 under the mesh, so the chunk ops take the target's kernels (TPU Pallas inside `shard_map` for `pallas`/`auto`).
 What XLA reports is per chip: argument / temporary / output / aliased bytes, FLOPs, code size; the collectives are
-counted in the compiled HLO.
+counted in the compiled HLO by what they do (`bench/hlo.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from jax.experimental.topologies import get_topology_desc
 
 from chunklm.config import Config, load_config
 from chunklm.data.corpus import Documents
+from chunklm.bench.hlo import count_collectives
 from chunklm.bench.timing import with_corpus_cap
 from chunklm.data.pipeline import PackedWindows
 from chunklm.errors import ConfigError, UserError
@@ -35,13 +36,6 @@ from chunklm.train.trainer import setup_state
 
 GIB = 1024 ** 3
 HBM_GIB = {"v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}  # per chip
-COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-# a collective in HLO text: "%name = <result shape> all-gather(" (or its asynchronous -start/-done forms)
-_COLLECTIVE = re.compile(r"=\s*(\S.*?)\s+(" + "|".join(COLLECTIVES) + r")(-start|-done)?\(")
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+(.+?)\s*\{\s*$")
-_ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
 
 
 def topology_devices(topology: str) -> list:
@@ -80,33 +74,6 @@ def abstract_batch(cfg: Config, sharding) -> dict:
           for k, v in example.items()}
 
 
-def count_collectives(hlo_text: str) -> dict[str, dict]:
-  """{kind: {count, bytes, max_bytes}} over the compiled HLO: bytes are each op's result, per chip; asynchronous
-  start/done pairs count once, and an op inside a loop body once. The TPU compiler writes a reduce-scatter as an
-  all-reduce + dynamic-slice fused into a computation named `all-reduce-scatter*`: it counts as a reduce-scatter of
-  the computation's result."""
-  out = {k: {"count": 0, "bytes": 0, "max_bytes": 0} for k in COLLECTIVES}
-  computation, result = "", ""
-  for line in hlo_text.splitlines():
-    header = _COMPUTATION.match(line)
-    if header:
-      computation, result = header.groups()
-      continue
-    op = _COLLECTIVE.search(line)
-    if op is None or op.group(3) == "-done":
-      continue
-    shape, kind, phase = op.groups()
-    if kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
-      kind, shape, phase = "reduce-scatter", result, ""
-    arrays = [_DTYPE_BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(",") if d)
-              for dt, dims in _ARRAY.findall(shape)]
-    size = arrays[-1] if phase == "-start" and arrays else sum(arrays)  # a start's tuple ends with its result
-    out[kind]["count"] += 1
-    out[kind]["bytes"] += size
-    out[kind]["max_bytes"] = max(out[kind]["max_bytes"], size)
-  return out
-
-
 @dataclasses.dataclass
 class CompileReport:
   topology: str
@@ -124,8 +91,10 @@ class CompileReport:
   largest_param_bytes: int
 
 
-def compile_step(cfg: Config, topology: str, devices: list | None = None) -> CompileReport:
-  """Lowers and compiles cfg's training step for `topology` (devices given, or made with `topology_devices`)."""
+def compile_step(cfg: Config, topology: str, devices: list | None = None, hlo_path: str | None = None
+                 ) -> CompileReport:
+  """Lowers and compiles cfg's training step for `topology` (devices given, or made with `topology_devices`);
+  the compiled HLO text goes to `hlo_path` if one is given."""
   devices = devices if devices is not None else topology_devices(topology)
   mesh = make_mesh(cfg.mesh, devices)
   check_batch_size(cfg.train.batch_size, mesh)
@@ -143,6 +112,10 @@ def compile_step(cfg: Config, topology: str, devices: list | None = None) -> Com
   except Exception as e:
     raise ConfigError(f"XLA could not compile the step for {topology}: {str(e).strip().splitlines()[0]}") from None
   t2 = time.perf_counter()
+  hlo = compiled.as_text()
+  if hlo_path:
+    with open(hlo_path, "w") as f:
+      f.write(hlo)
   mem = compiled.memory_analysis()
   memory = {"arguments": mem.argument_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
             "outputs": mem.output_size_in_bytes, "aliased": mem.alias_size_in_bytes,
@@ -158,7 +131,7 @@ def compile_step(cfg: Config, topology: str, devices: list | None = None) -> Com
       lower_s=t1 - t0, compile_s=t2 - t1, memory=memory, hbm_bytes=hbm * GIB if hbm else None,
       flops_per_chip=float(cost.get("flops", 0.0)), nominal_flops_per_chip=nominal,
       code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0)),
-      collectives=count_collectives(compiled.as_text()), largest_param_bytes=largest)
+      collectives=count_collectives(hlo), largest_param_bytes=largest)
 
 
 def print_report(r: CompileReport, name: str, impl: str) -> None:
@@ -178,17 +151,19 @@ def print_report(r: CompileReport, name: str, impl: str) -> None:
   print(f"code size        : {r.code_bytes / 2**20:.1f} MiB")
   print(f"largest weight   : {r.largest_param_bytes / 2**20:.1f} MiB in bf16")
   for kind, c in r.collectives.items():
-    print(f"{kind:17}: {c['count']:4d} ops, {c['bytes'] / 2**20:9.1f} MiB, largest {c['max_bytes'] / 2**20:.1f} MiB")
+    via = f" ({c['as_all_reduce']} lowered through an all-reduce)" if c.get("as_all_reduce") else ""
+    print(f"{kind:17}: {c['count']:4d} ops, {c['bytes'] / 2**20:9.1f} MiB, largest {c['max_bytes'] / 2**20:.1f} MiB{via}")
   mib = {k: f"{c['count']} / {c['max_bytes'] / 2**20:.1f}" for k, c in r.collectives.items()}
   print(f"| {name} | {impl} | {r.topology} | {mesh} | {gib(m['peak'])} | {r.hbm_bytes and m['peak'] / r.hbm_bytes:.0%} | "
         f"{ratio:.2f}x | {mib['all-gather']} | {mib['reduce-scatter']} | {mib['all-reduce']} | {r.compile_s:.0f} s |")
 
 
-def bench_compile(config: str, topology: str, overrides: list[str], json_path: str | None = None) -> CompileReport:
+def bench_compile(config: str, topology: str, overrides: list[str], json_path: str | None = None,
+                  hlo_path: str | None = None) -> CompileReport:
   devices = topology_devices(topology)  # before any work: a missing extra or a bad name is one line
   cfg = with_corpus_cap(load_config(config, overrides))  # documents per window as training sets them
   print(f"compiling {config} for {topology} ({len(devices)} chips) on this host; large configs take minutes")
-  report = compile_step(cfg, topology, devices)
+  report = compile_step(cfg, topology, devices, hlo_path)
   print_report(report, config, cfg.kernels.impl)
   if json_path:
     with open(json_path, "w") as f:

@@ -191,7 +191,7 @@ def cmd_bench(args) -> int:
   if args.config is None:
     raise UserError(f"bench {args.bench}: --config is required")
   if args.bench == "compile":
-    bench_compile(args.config, args.topology, args.overrides, args.json)
+    bench_compile(args.config, args.topology, args.overrides, args.json, args.hlo)
     return 0
   bench_train(args.config, args.overrides, args.steps, args.warmup, args.breakdown)
   return 0

@@ -224,10 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   "is allocated: model, optimizer state and batch are abstract, placed with the "
                                   "trainer's own mesh and shardings. Prints per-chip peak memory against the chip's "
                                   "HBM, compiled FLOPs against the nominal estimate, code size and every collective "
-                                  "(count, largest). Large configs take minutes to compile.")
+                                  "(count, bytes, largest) by what it does: all-gathers and reduce-scatters that the "
+                                  "TPU compiler lowers through an all-reduce (it does over a whole torus) count as "
+                                  "what they are and are marked so. Large configs take minutes to compile.")
   _add_config_args(b, default_config=None)
   b.add_argument("--topology", required=True, metavar="KIND:SHAPE",
                  help="TPU slice, e.g. v5e:2x2, v5p:2x2x1, v5p:4x4x4, v5e:16x16, v4:4x4x4 (set mesh.data/fsdp/"
                       "tensor to match its chip count)")
   b.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+  b.add_argument("--hlo", default=None, metavar="PATH", help="also write the compiled (optimized) HLO text")
   return parser
