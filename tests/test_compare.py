@@ -6,7 +6,7 @@ import yaml
 from chunklm.cli import main
 from chunklm.config import load_config
 from chunklm.errors import ConfigError, UserError
-from chunklm.experiments import compare
+from chunklm.experiments import compare, compare_report
 from chunklm.model.flops import match_flops, train_flops_per_byte
 from chunklm.run.metrics import read_jsonl
 from conftest import TINY
@@ -65,6 +65,13 @@ def test_flops_matching_is_within_five_percent(other):
   assert train_flops_per_byte(model, cfg.data.seq_len, bytes_per_token=bpt) == pytest.approx(target * (1 + err))
 
 
+def test_report_shows_executed_flops_beside_the_measured_ones():
+  row = lambda executed: compare_report.Row("m", "H-Net (1 stage)", 10**6, 4e6, executed, 100.0, 2.0, 6.0,  # noqa: E731
+                                            [(1.0, 2.0, 3.0)], None)
+  assert compare_report._cells(row(5.2e6))[4] == "5.20 M (1.30x)"
+  assert compare_report._cells(row(4e6))[4] == "4.00 M"
+
+
 @pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_end_to_end_and_resume(tmp_path, corpus_dir, capsys):
   spec = write_spec(tmp_path / "tiny.yaml", tiny_models())
@@ -75,6 +82,9 @@ def test_end_to_end_and_resume(tmp_path, corpus_dir, capsys):
   for name in ("hnet", "bytes", "bpe"):
     assert f"| {name} |" in md and (out / name / "checkpoints").is_dir()
   assert "Lowest valid BPB" in md and (out / "comparison.png").exists() and (out / "tokenizer.model").exists()
+  rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+  column = rows["model"].index("executed FLOPs/byte")
+  assert rows["hnet"][column].endswith("x)") and "x)" not in rows["bytes"][column]  # only chunk slots cost extra
   assert "<table>" in (out / "report.html").read_text()
   # the token model is scored on the same bytes: every model's final evaluation covers the same byte count
   finals = {n: [r for r in read_jsonl(out / n / "metrics.jsonl") if r["split"] == "valid"][-1]["bytes"]

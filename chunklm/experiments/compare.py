@@ -221,7 +221,9 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
     log(f"[{i}/{len(configs)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
         f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}")
     train(cfg, wd, progress=progress, log=log, splits=splits)
-  rows = [compare_report.collect(name, out / name, cfg, describe_config(cfg)["params"], bpt, errors.get(name))
+  described = {name: describe_config(read_config(out / name)) for name in configs}  # with the run's documents cap
+  rows = [compare_report.collect(name, out / name, cfg, described[name]["params"], bpt, errors.get(name),
+                                 described[name]["executed_flops_per_byte"] if cfg.model.num_stages else None)
           for name, cfg in configs.items()]
   notes = [f"spec: {spec.name}; budget {spec.budget_bytes:,} training bytes per model; valid BPB on every byte of "
            f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents), identical for every model",
@@ -230,6 +232,8 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
     notes.append(f"BPE tokenizer: {spec.tokenizer_vocab} pieces trained on the training split, {bpt:.3f} bytes/token")
   notes.append("train FLOPs/byte use the measured chunk ratio (H-Net) or bytes per token (BPE) on the valid split; "
                "models marked 'sized to match' were resized before training at the reference's target ratio")
+  notes.append("executed FLOPs/byte: what an H-Net's static shapes compute (every chunk slot of every stage, with the "
+               "run's documents-per-window cap), and its ratio to the FLOPs at the measured chunk ratio")
   md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes)
   log(f"report: {md} and {page}")
   return md

@@ -20,6 +20,7 @@ class Row:
   kind: str  # "bytes", "BPE tokens" or "H-Net (N stages)"
   params: int
   flops_per_byte: float  # training FLOPs per byte, at the measured chunk ratio / bytes per token
+  executed_flops_per_byte: float  # what the static shapes compute: every chunk slot (= flops_per_byte without chunks)
   bytes_per_s: float  # median training throughput (text bytes per second)
   valid_bpb: float
   unit_bytes: float  # bytes per innermost chunk (H-Net), per token (BPE) or 1
@@ -28,7 +29,9 @@ class Row:
 
 
 def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token: float,
-            match_error: float | None) -> Row:
+            match_error: float | None, executed_flops_per_byte: float | None = None) -> Row:
+  """The row of the run in `workdir`; `executed_flops_per_byte` (from `describe_config` on the run's own config)
+  defaults to the FLOPs at the measured ratio, which is what a model without chunk slots executes."""
   records = read_jsonl(workdir / "metrics.jsonl")
   train = [r for r in records if r["split"] == "train"]
   valid = [r for r in records if r["split"] == "valid"]
@@ -45,7 +48,8 @@ def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token:
   else:
     flops, unit, kind = train_flops_per_byte(cfg.model, cfg.data.seq_len), 1.0, "bytes"
   speeds = [r["bytes_per_sec"] for r in train[1:] if "bytes_per_sec" in r]
-  return Row(name, kind, params, flops, statistics.median(speeds) if speeds else float("nan"), final["bpb"],
+  executed = executed_flops_per_byte if executed_flops_per_byte is not None else flops
+  return Row(name, kind, params, flops, executed, statistics.median(speeds) if speeds else float("nan"), final["bpb"],
              unit, [(r["step"] * per_step, r["bpb"], r["bytes"]) for r in valid], match_error)
 
 
@@ -72,15 +76,19 @@ def plot(rows: list[Row], out: Path) -> Path:
   return out
 
 
-HEADER = ("model", "kind", "params", "train FLOPs/byte", "train bytes/s", "valid BPB", "bytes per chunk/token")
+HEADER = ("model", "kind", "params", "train FLOPs/byte", "executed FLOPs/byte", "train bytes/s", "valid BPB",
+          "bytes per chunk/token")
 
 
 def _cells(row: Row) -> list[str]:
   flops = f"{row.flops_per_byte / 1e6:.2f} M"
   if row.match_error is not None:
     flops += f" (sized to match: {row.match_error:+.1%})"
-  return [row.name, row.kind, f"{row.params / 1e6:.2f} M", flops, f"{row.bytes_per_s:,.0f}", f"{row.valid_bpb:.4f}",
-          f"{row.unit_bytes:.2f}"]
+  executed = f"{row.executed_flops_per_byte / 1e6:.2f} M"
+  if row.executed_flops_per_byte != row.flops_per_byte:
+    executed += f" ({row.executed_flops_per_byte / row.flops_per_byte:.2f}x)"
+  return [row.name, row.kind, f"{row.params / 1e6:.2f} M", flops, executed, f"{row.bytes_per_s:,.0f}",
+          f"{row.valid_bpb:.4f}", f"{row.unit_bytes:.2f}"]
 
 
 def write(out: Path, title: str, rows: list[Row], notes: list[str]) -> tuple[Path, Path]:
