@@ -42,7 +42,7 @@ def test_collectives_are_counted_with_their_bytes_and_the_tpu_reduce_scatter_fus
   plain = lambda n, total, largest: {"count": n, "bytes": total, "max_bytes": largest, "as_all_reduce": 0}  # noqa: E731
   assert c["all-gather"] == plain(2, 2 * 1024 * 256 + 2 * 256 * 256, 2 * 1024 * 256)
   assert c["reduce-scatter"] == plain(1, 4 * 32 * 580, 4 * 32 * 580)
-  assert c["all-reduce"] == plain(1, 4 + 4 * 4 * 64, 4 + 4 * 4 * 64)
+  assert c["all-reduce"] == plain(2, 4 + 4 * 4 * 64, 4 * 4 * 64)  # one op combining two tensors counts two
   assert c["all-to-all"]["count"] == c["collective-permute"]["count"] == 0
 
 
@@ -57,15 +57,32 @@ WHOLE_TORUS_HLO = """
   ROOT %dynamic-slice.1 = f32[64,1024]{1,0:T(8,128)} dynamic-slice(%param_0.16, %param_1.17, %c), dynamic_slice_sizes={64,1024}
 }
 
+%fused_computation.7 (param_0: f32[64,64], param_1: f32[4096,64]) -> f32[64,64] {
+  %param_0 = f32[64,64]{1,0} parameter(0)
+  %param_1 = f32[4096,64]{1,0} parameter(1)
+  %ds = f32[64,64]{1,0} dynamic-slice(%param_1, %o, %c), dynamic_slice_sizes={64,64}
+  ROOT %upd7 = f32[64,64]{1,0} add(%param_0, %ds)
+}
+
 ENTRY %main.4_spmd (param.7: f32[64,1024], param.6: f32[8,4096]) -> (f32[64,1024], f32[]) {
   %constant_dynamic-update-slice_fusion = f32[4096,1024]{1,0:T(8,128)} fusion(%broadcast.1, %copy-done.1, %multiply.3), kind=kLoop, calls=%fused_computation.9
   %all-reduce = bf16[4096,1024]{1,0:T(8,128)(2,1)} all-reduce(%constant_dynamic-update-slice_fusion), channel_id=1, replica_groups={{0,1,2,3}}, to_apply=%add
   %convolution_tanh_fusion = f32[8,1024]{1,0:T(8,128)} fusion(%copy-done, %all-reduce), kind=kOutput, calls=%fused_computation.2
   %all-reduce.1 = f32[4096,1024]{1,0:T(8,128)} all-reduce(%fusion), channel_id=2, replica_groups={{0,1,2,3}}, to_apply=%add
-  %loss-start = (f32[]{:T(128)}, f32[]{:T(128)}) all-reduce-start(%partial), channel_id=3, replica_groups={{0,1,2,3}}, to_apply=%add
+  %loss-start = f32[]{:T(128)} all-reduce-start(%partial), channel_id=3, replica_groups={{0,1,2,3}}, to_apply=%add
   %loss = f32[]{:T(128)} all-reduce-done(%loss-start)
   %log = f32[]{:T(128)} log(%loss)
   %constant_dynamic-slice_fusion = f32[64,1024]{1,0:T(8,128)} fusion(%all-reduce.1, %multiply.5), kind=kLoop, calls=%fused_computation.8
+  %dus = bf16[256,1024]{1,0} dynamic-update-slice(%zeros, %shard, %i, %c)
+  %cs = (bf16[256,1024]{1,0:S(1)}, bf16[256,1024]{1,0}, u32[]{:S(2)}) copy-start(%dus)
+  %cd = bf16[256,1024]{1,0:S(1)} copy-done(%cs)
+  %combined = (bf16[256,1024]{1,0}, f32[512]{0:T(512)}, f32[4096,64]{1,0}) all-reduce(%cd, %norm_grad, %grad), channel_id=4, to_apply=%add
+  %gte0 = bf16[256,1024]{1,0} get-tuple-element(%combined), index=0
+  %gte1 = f32[512]{0:T(512)} get-tuple-element(%combined), index=1
+  %gte2 = f32[4096,64]{1,0} get-tuple-element(%combined), index=2
+  %use0 = f32[8,1024]{1,0} fusion(%x, %gte0), kind=kOutput, calls=%fused_computation.2
+  %upd = f32[512]{0:T(512)} add(%gte1, %p)
+  %adam = f32[64,64]{1,0} fusion(%m, %gte2), kind=kLoop, calls=%fused_computation.7
   ROOT %out = (f32[64,1024]{1,0:T(8,128)}, f32[]{:T(128)}) tuple(%constant_dynamic-slice_fusion, %log)
 }
 """
@@ -73,9 +90,13 @@ ENTRY %main.4_spmd (param.7: f32[64,1024], param.6: f32[8,4096]) -> (f32[64,1024
 
 def test_gathers_and_scatters_the_compiler_lowers_through_an_all_reduce_count_as_what_they_do():
   c = count_collectives(WHOLE_TORUS_HLO)
-  assert c["all-gather"] == {"count": 1, "bytes": 2 * 4096 * 1024, "max_bytes": 2 * 4096 * 1024, "as_all_reduce": 1}
-  assert c["reduce-scatter"] == {"count": 1, "bytes": 4 * 64 * 1024, "max_bytes": 4 * 64 * 1024, "as_all_reduce": 1}
-  assert c["all-reduce"] == {"count": 1, "bytes": 4, "max_bytes": 4, "as_all_reduce": 0}  # the loss, kept whole
+  # and in an op the compiler combined over several tensors, each tensor counts as what it does (here: one gathered
+  # weight moved between memory spaces first, one gradient sliced inside the optimizer's fusion, one real sum)
+  gathered = 2 * 4096 * 1024 + 2 * 256 * 1024
+  assert c["all-gather"] == {"count": 2, "bytes": gathered, "max_bytes": 2 * 4096 * 1024, "as_all_reduce": 2}
+  scattered = 4 * 64 * 1024 + 4 * 64 * 64
+  assert c["reduce-scatter"] == {"count": 2, "bytes": scattered, "max_bytes": 4 * 64 * 1024, "as_all_reduce": 2}
+  assert c["all-reduce"] == {"count": 2, "bytes": 4 + 4 * 512, "max_bytes": 4 * 512, "as_all_reduce": 0}  # kept whole
 
 
 def test_abstract_state_allocates_nothing_and_matches_the_real_one():

@@ -152,7 +152,7 @@ def print_report(r: CompileReport, name: str, impl: str) -> None:
   print(f"largest weight   : {r.largest_param_bytes / 2**20:.1f} MiB in bf16")
   for kind, c in r.collectives.items():
     via = f" ({c['as_all_reduce']} lowered through an all-reduce)" if c.get("as_all_reduce") else ""
-    print(f"{kind:17}: {c['count']:4d} ops, {c['bytes'] / 2**20:9.1f} MiB, largest {c['max_bytes'] / 2**20:.1f} MiB{via}")
+    print(f"{kind:17}: {c['count']:4d} tensors, {c['bytes'] / 2**20:9.1f} MiB, largest {c['max_bytes'] / 2**20:.1f} MiB{via}")
   mib = {k: f"{c['count']} / {c['max_bytes'] / 2**20:.1f}" for k, c in r.collectives.items()}
   print(f"| {name} | {impl} | {r.topology} | {mesh} | {gib(m['peak'])} | {r.hbm_bytes and m['peak'] / r.hbm_bytes:.0%} | "
         f"{ratio:.2f}x | {mib['all-gather']} | {mib['reduce-scatter']} | {mib['all-reduce']} | {r.compile_s:.0f} s |")

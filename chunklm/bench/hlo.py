@@ -3,10 +3,13 @@
 The TPU compiler does not always keep the collective the program asked for:
   - a reduce-scatter may be fused with its slice into a computation named `all-reduce-scatter*`;
   - over a whole torus (every chip of a v5p:4x4x4 in one group) it writes an all-gather as an all-reduce of a
-    zero buffer with this chip's shard written in (a dynamic-update-slice), and a reduce-scatter as an all-reduce
-    whose result is only sliced (a dynamic-slice).
-These count as the all-gather / reduce-scatter they are, with `as_all_reduce` saying how many the compiler lowered
-through an all-reduce. What is left under "all-reduce" is a real one: a sum every chip keeps whole.
+    zero buffer with this chip's shard written in (a dynamic-update-slice, perhaps copied to another memory space
+    first), and a reduce-scatter as an all-reduce whose result is only sliced (a dynamic-slice, perhaps inside the
+    fusion that uses it, e.g. the optimizer update);
+  - it combines many collectives into one op over a tuple of tensors.
+Each tensor counts as the all-gather / reduce-scatter it is, with `as_all_reduce` saying how many the compiler
+lowered through an all-reduce. What is left under "all-reduce" is a real one: a sum every chip keeps whole (the
+loss, metrics, gradients of replicated parameters).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+(.+?)\s*\
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$")
 _NAME = re.compile(r"%([\w.\-]+)")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
+_INDEX = re.compile(r"\bindex=(\d+)")
 _ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
-_PASS_THROUGH = {"get-tuple-element", "bitcast", "copy", "all-reduce-done"}
+_PASS_THROUGH = {"get-tuple-element", "bitcast", "copy", "all-reduce-done", "copy-start", "copy-done"}
 
 
 @dataclasses.dataclass
@@ -36,6 +40,7 @@ class _Instruction:
   operands: list[str]
   computation: str
   calls: str | None
+  index: int | None  # a get-tuple-element's index, a parameter's number
 
 
 def _split_operands(rest: str) -> tuple[str, str]:
@@ -65,9 +70,11 @@ def _parse(hlo_text: str) -> tuple[dict[str, _Instruction], dict[str, str], dict
       continue
     root, name, shape, opcode, rest = m.groups()
     operands, attributes = _split_operands(rest)
-    calls = _CALLS.search(attributes)
+    calls, index = _CALLS.search(attributes), _INDEX.search(attributes)
+    if opcode == "parameter" and operands.strip().isdigit():
+      index = re.match(r"(\d+)", operands.strip())
     instructions[name] = _Instruction(name, shape, opcode, _NAME.findall(operands), computation,
-                                      calls.group(1) if calls else None)
+                                      calls.group(1) if calls else None, int(index.group(1)) if index else None)
     if root:
       roots[computation] = opcode
   return instructions, results, roots
@@ -81,43 +88,74 @@ def _bytes(shape: str, last_only: bool = False) -> int:
   return sum(arrays)
 
 
+def _element_shapes(shape: str) -> list[str]:
+  """The array shapes of a (possibly tuple) HLO shape, in order."""
+  return [m.group(0) for m in _ARRAY.finditer(shape)]
+
+
 def count_collectives(hlo_text: str) -> dict[str, dict]:
-  """{kind: {count, bytes, max_bytes, as_all_reduce}} over the compiled HLO. Bytes are each op's result per chip
-  (for a reduce-scatter, this chip's shard); an asynchronous start/done pair counts once, an op inside a loop body
-  once."""
+  """{kind: {count, bytes, max_bytes, as_all_reduce}} over the compiled HLO. Counts are tensors (an op the compiler
+  combined over k tensors counts k); bytes are each tensor's result per chip (for a reduce-scatter, this chip's
+  shard); an asynchronous start/done pair counts once, an op inside a loop body once."""
   instructions, results, roots = _parse(hlo_text)
   users: dict[str, list[_Instruction]] = {}
   for ins in instructions.values():
     for o in ins.operands:
       users.setdefault(o, []).append(ins)
+  def does(ins: _Instruction | None, opcode: str) -> bool:  # the op itself, or a fusion whose root is that op
+    return ins is not None and (ins.opcode == opcode or (ins.opcode == "fusion" and roots.get(ins.calls) == opcode))
 
-  def does(ins: _Instruction, opcode: str) -> bool:  # the op itself, or a fusion whose root is that op
-    return ins.opcode == opcode or (ins.opcode == "fusion" and roots.get(ins.calls) == opcode)
+  params = {(i.computation, i.index): i for i in instructions.values() if i.opcode == "parameter"}
 
-  def final_users(name: str) -> list[_Instruction]:  # through tuples, bitcasts, copies and async done
+  def origin(name: str) -> _Instruction | None:
+    """What produced `name`, back through copies (also between memory spaces) and bitcasts."""
+    ins = instructions.get(name)
+    while ins is not None and ins.opcode in ("copy", "bitcast", "copy-start", "copy-done") and ins.operands:
+      ins = instructions.get(ins.operands[0])
+    return ins
+
+  def final_users(name: str, element: int | None = None) -> list[_Instruction]:
+    """Users of `name` (of its tuple element `element`), through tuple access, bitcasts, copies, async done and
+    into fusions (the fused computation's parameter's users)."""
     out = []
     for u in users.get(name, []):
-      out += final_users(u.name) if u.opcode in _PASS_THROUGH else [u]
+      if u.opcode == "get-tuple-element":
+        if element is None or u.index == element:
+          out += final_users(u.name)
+      elif u.opcode in _PASS_THROUGH:
+        out += final_users(u.name, element)
+      elif u.opcode == "fusion" and (u.calls, u.operands.index(name)) in params:
+        out += final_users(params[(u.calls, u.operands.index(name))].name)
+      else:
+        out.append(u)
     return out
 
   out = {k: {"count": 0, "bytes": 0, "max_bytes": 0, "as_all_reduce": 0} for k in COLLECTIVES}
+
+  def add(kind: str, size: int, lowered: bool = False) -> None:
+    out[kind]["count"] += 1
+    out[kind]["bytes"] += size
+    out[kind]["max_bytes"] = max(out[kind]["max_bytes"], size)
+    out[kind]["as_all_reduce"] += lowered
+
   for ins in instructions.values():
     kind = ins.opcode.removesuffix("-start")
     if kind not in COLLECTIVES:  # an asynchronous "-done" is counted with its start
       continue
-    size = _bytes(ins.shape, last_only=ins.opcode.endswith("-start"))
-    if kind == "all-reduce":
-      sources = [instructions.get(o) for o in ins.operands]
-      sliced = final_users(ins.name)
-      if ins.computation.startswith("all-reduce-scatter"):  # the fused form: the computation's result is the shard
-        kind, size = "reduce-scatter", _bytes(results[ins.computation])
-      elif sources and all(s is not None and does(s, "dynamic-update-slice") for s in sources):
-        kind = "all-gather"
-        out[kind]["as_all_reduce"] += 1
+    if kind != "all-reduce":
+      add(kind, _bytes(ins.shape, last_only=ins.opcode.endswith("-start")))
+      continue
+    if ins.computation.startswith("all-reduce-scatter"):  # the fused form: the computation's result is the shard
+      add("reduce-scatter", _bytes(results[ins.computation]))
+      continue
+    shapes = _element_shapes(ins.shape)
+    for i, shape in enumerate(shapes):
+      source = origin(ins.operands[i]) if i < len(ins.operands) else None
+      sliced = final_users(ins.name, i if len(shapes) > 1 else None)
+      if does(source, "dynamic-update-slice"):
+        add("all-gather", _bytes(shape), lowered=True)
       elif sliced and all(does(u, "dynamic-slice") for u in sliced):
-        kind, size = "reduce-scatter", sum(_bytes(u.shape) for u in sliced)
-        out[kind]["as_all_reduce"] += 1
-    out[kind]["count"] += 1
-    out[kind]["bytes"] += size
-    out[kind]["max_bytes"] = max(out[kind]["max_bytes"], size)
+        add("reduce-scatter", max(_bytes(u.shape) for u in sliced), lowered=True)
+      else:
+        add("all-reduce", _bytes(shape))
   return out
