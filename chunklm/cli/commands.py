@@ -40,9 +40,10 @@ def cmd_train(args) -> int:
     raise UserError("--coordinator, --num-processes and --process-id need --distributed")
   cfg = load_config(args.config, _data_overrides(args))
   workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
-  result = train(cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress)
+  result = train(cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress,
+                 allow_data_change=args.allow_data_change)
   print_train_summary(result, main_process=jax.process_index() == 0)
-  return 0 if result.finished or args.stop_after else 143
+  return 143 if result.signalled else 0
 
 
 def _init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "default: runs/<config name>")
   p.add_argument("--stop-after", type=int, default=None, metavar="N",
                  help="stop (with a checkpoint) after N more steps; the schedule still spans train.steps")
+  p.add_argument("--allow-data-change", action="store_true",
+                 help="resume although the data stream changed (data.* settings, train.batch_size): the new stream "
+                      "starts from its beginning and metrics.jsonl records the change")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   g = p.add_argument_group("multi-host", "run the same command on every host; each process feeds its share of "
                                          "every batch and process 0 writes logs and reports")

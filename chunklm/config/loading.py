@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import math
 import re
 import typing
 from pathlib import Path
@@ -58,13 +59,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.0*)?([eE]\+?\d+)?", value.strip()):
       return int(float(value))
   elif tp is float:
+    number = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-    if isinstance(value, str):
+      number = float(value)
+    elif isinstance(value, str):
       try:
-        return float(value)
+        number = float(value)
       except ValueError:
         pass
+    if number is not None:
+      if not math.isfinite(number):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+      return number
   elif tp is str:
     if isinstance(value, str):
       return value

@@ -70,27 +70,32 @@ class Checkpointer:
     return restored["state"], restored["meta"]
 
   def restore_latest(self, like_state: dict, data_iter=None, log=print) -> tuple[int, dict, dict] | None:
-    """The newest readable checkpoint as (step, state, meta), or None when there is none at all."""
+    """The newest readable checkpoint as (step, state, meta), or None when there is none at all. Newer unreadable
+    ones are moved aside (so training can write those steps again) only once an older one has been read: when none
+    can be read, nothing is moved and the error says so."""
     steps = self.steps()
-    for i, step in enumerate(reversed(steps)):
+    failed: list[tuple[int, str]] = []
+    for step in reversed(steps):
       try:
         state, meta = self.restore(step, like_state, data_iter)
-        return step, state, meta
       except Exception as e:  # orbax raises many types for damaged files; we only need to know it failed
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        older = steps[-i - 2] if i + 1 < len(steps) else None
-        nxt = f"falling back to step {older}" if older is not None else "no older checkpoint left"
+        failed.append((step, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__))
+        continue
+      for bad, reason in failed:
         moved = ""
-        if not self.read_only:  # move it aside so training can write this step again
-          aside = self.directory.with_name(self.directory.name + "-unreadable") / f"{step}-{time.time_ns()}"
+        if not self.read_only:
+          aside = self.directory.with_name(self.directory.name + "-unreadable") / f"{bad}-{time.time_ns()}"
           aside.parent.mkdir(exist_ok=True)
-          shutil.move(self.directory / str(step), aside)
-          self.manager.reload()
+          shutil.move(self.directory / str(bad), aside)
           moved = f" (moved to {aside})"
-        log(f"warning: checkpoint at step {step} is unreadable ({reason}){moved}; {nxt}", file=sys.stderr)
+        log(f"warning: checkpoint at step {bad} is unreadable ({reason}){moved}; using step {step}", file=sys.stderr)
+      if failed and not self.read_only:
+        self.manager.reload()
+      return step, state, meta
     if steps:
-      raise CheckpointError(f"every checkpoint in {self.directory} is unreadable; move the directory away to "
-                            "start over")
+      newest, reason = failed[0]
+      raise CheckpointError(f"no checkpoint in {self.directory} can be read (newest, step {newest}: {reason}); "
+                            "nothing was moved: restore them from a copy, or move the directory away to start over")
     return None
 
   def wait(self) -> None:

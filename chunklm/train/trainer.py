@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from chunklm.config import Config, differing_fields, dump_yaml, to_dict
+from chunklm.config import Config, dump_yaml, to_dict
 from chunklm.data.corpus import Documents, Splits, load_splits, order0_entropy
 from chunklm.data.pipeline import leading_bytes, train_dataset, with_doc_cap
 from chunklm.data.tokenizer import tokenize, tokenize_splits, vocab_kwargs
@@ -36,16 +37,13 @@ from chunklm.model.lm import build_model, count_params
 from chunklm.model.rule_routers import check_router_data
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.metrics import MetricsWriter, plot_curves
+from chunklm.run.lock import workdir_lock
 from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, read_config, run_tokenizer
 from chunklm.train.optim import lr_schedule, make_optimizer
 from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_size, local_rows, make_mesh, on_mesh,
                                     process_count, put_batch, state_shardings)
+from chunklm.train.resume import check_resume
 from chunklm.train.step import init_train_state, make_train_step
-
-# Changing these in a workdir with checkpoints would make them unusable or the data stream different.
-INCOMPATIBLE_SECTIONS = ("model",)
-INCOMPATIBLE_KEYS = ("data.seq_len", "data.seed", "data.max_docs_per_window", "train.batch_size", "train.seed")
-
 
 class TrainingDiverged(UserError):
   exit_code = 3
@@ -55,6 +53,7 @@ class TrainingDiverged(UserError):
 class TrainResult:
   run: TrainedRun  # the trained model as it is at the last step (the same as its newest checkpoint)
   finished: bool  # reached train.steps (False after --stop-after or SIGTERM)
+  signalled: bool  # stopped by SIGTERM (a checkpoint was written)
   valid: dict  # final evaluation ({} when not finished)
   order0_entropy: float  # of the valid split: a unigram byte model's bits per byte, for scale
   num_params: int
@@ -67,17 +66,6 @@ class TrainResult:
   @property
   def step(self) -> int:
     return self.run.step
-
-
-def check_compatible(workdir: Path, cfg: Config) -> None:
-  if not (workdir / CONFIG_FILE).exists():
-    return
-  old = read_config(workdir)
-  diffs = differing_fields(old, cfg, INCOMPATIBLE_SECTIONS)
-  diffs += [d for d in differing_fields(old, cfg, ("data", "train")) if d.split(":")[0] in INCOMPATIBLE_KEYS]
-  if diffs:
-    raise CheckpointError(f"{workdir} holds checkpoints of a different config ({'; '.join(diffs)}); use another "
-                          "--workdir or the original settings")
 
 
 def setup_state(cfg: Config, abstract: bool = False):
@@ -114,8 +102,16 @@ class _StopFlag:
 
 
 def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, progress: bool = True,
-          log=print, splits: Splits | None = None) -> TrainResult:
+          log=print, splits: Splits | None = None, allow_data_change: bool = False) -> TrainResult:
+  """Trains (or resumes) the run in `workdir`, holding its lock throughout (process 0 of a multi-host run)."""
   workdir = Path(workdir)
+  with workdir_lock(workdir, enabled=jax.process_index() == 0):
+    return _train(cfg, workdir, stop_after=stop_after, progress=progress, log=log, splits=splits,
+                  allow_data_change=allow_data_change)
+
+
+def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool, log, splits: Splits | None,
+           allow_data_change: bool) -> TrainResult:
   splits = splits or load_splits(cfg.data, cache_dir=workdir / "cache")  # bad data fails before anything is written
   check_router_data(cfg.model, splits.train)  # e.g. whitespace routing on DNA
   tok = run_tokenizer(cfg)  # token models only (BPE baseline)
@@ -130,8 +126,10 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_docs_per_window=saved))
   elif saved != 0:
     cfg, cap = with_doc_cap(cfg, units.train)
-  if resuming:
-    check_compatible(workdir, cfg)
+  changes = None  # what differs from the run's saved config, by the resume rule (train/resume.py)
+  if resuming and (workdir / CONFIG_FILE).exists():
+    changes = check_resume(workdir, read_config(workdir), cfg, lambda c: setup_state(c, abstract=True)[2],
+                           allow_data_change)
   if tok is not None and (workdir / TOKENIZER_FILE).exists() \
       and (workdir / TOKENIZER_FILE).read_bytes() != tok.path.read_bytes():
     raise CheckpointError(f"{workdir} was trained with another tokenizer than {tok.path}; use another --workdir")
@@ -148,11 +146,16 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
-  restored = ckpt.restore_latest(state, data_iter, log=log)
+  new_stream = changes is not None and bool(changes.data)
+  restored = ckpt.restore_latest(state, None if new_stream else data_iter, log=log)
   start = 0
   if restored is not None:
     start, state, _ = restored
     log(f"resumed from checkpoint at step {start} in {ckpt_dir}")
+    if changes is not None and (changes.free or changes.data):
+      log(f"changed on resume: {'; '.join(changes.free + changes.data)}")
+    if new_stream:
+      log("--allow-data-change: the new data stream starts from its beginning")
   if is_main:
     (workdir / CONFIG_FILE).write_text(dump_yaml(cfg))
     if tok is not None and not (workdir / TOKENIZER_FILE).exists():
@@ -164,6 +167,8 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
       f"d_model {list(cfg.model.d_model)}")
   entropy = order0_entropy(splits.valid)
   metrics = MetricsWriter(workdir, resume_step=start, tensorboard=is_main)
+  if restored is not None and changes is not None and (changes.free or changes.data):
+    metrics.write(start, "resume", changes.record())
   step_fn = on_mesh(make_train_step(graphdef, tx, state_sharding, batch_sharding(mesh)), mesh)
   eval_fn = on_mesh(make_eval_step(graphdef), mesh)
   unit = math.lcm(shards, process_count(mesh))
@@ -189,7 +194,14 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
   schedule = lr_schedule(cfg.train)  # for the log: the base learning rate (before per-level multipliers)
   meta = {"config": to_dict(cfg)}
-  step, pending, good_step = start, None, start
+  step, pending, good_step = start, None, start if restored is not None else None
+  state_finite = jax.jit(lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)
+                                                      if jnp.issubdtype(x.dtype, jnp.inexact)])))
+
+  def last_good() -> str:
+    if good_step is None:
+      return f"no checkpoint was written yet in {ckpt_dir}"
+    return f"the last good checkpoint is step {good_step} in {ckpt_dir}"
   timer = {"t": time.perf_counter(), "bytes": 0.0}
   bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress or not is_main, unit="step",
              dynamic_ncols=True, file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 15.0)
@@ -199,8 +211,8 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
     loss = float(m["loss"])
     if not math.isfinite(loss):
       raise TrainingDiverged(
-          f"training diverged at step {step_done}: loss={loss} grad_norm={float(m['grad_norm']):.3g}; the last "
-          f"good checkpoint is step {good_step} in {ckpt_dir}; lower train.lr or raise train.warmup_steps")
+          f"training diverged at step {step_done}: loss={loss} grad_norm={float(m['grad_norm']):.3g}; "
+          f"{last_good()}; lower train.lr or raise train.warmup_steps")
     now = time.perf_counter()
     stats = {k: float(np.asarray(v)) for k, v in m.items() if np.ndim(v) == 0}
     timer["bytes"] += stats["bytes"]  # text bytes, for token models too
@@ -233,6 +245,10 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
           pending = (step, m)
         if step % cfg.train.checkpoint_every == 0 or step == end or stop.set:
           flush()
+          if not bool(state_finite(state)):  # the loss is taken before the update: check what would be saved
+            raise TrainingDiverged(f"training diverged at step {step}: the parameters or optimizer state are not "
+                                   f"finite after the update; {last_good()}; lower train.lr or raise "
+                                   "train.warmup_steps")
           ckpt.save(step, state, data_iter, meta)
           good_step = step
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
@@ -258,7 +274,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
   if is_main:
     plot_curves(workdir, targets=cfg.model.target_ratio if cfg.model.num_stages else ())
   run = TrainedRun(workdir, cfg, graphdef, state["params"], step, tok)
-  return TrainResult(run, finished, valid, entropy, num_params, splits.valid)
+  return TrainResult(run, finished, stop.set, valid, entropy, num_params, splits.valid)
 
 
 def _valid_record(res: dict) -> dict:

@@ -1,0 +1,159 @@
+"""Fault injection around training (each case cheap: the tiny config, a few steps). Every case asserts the error
+class (so the CLI's exit code), its one-line message, and that no committed checkpoint was lost or altered.
+kill -9 and SIGTERM at random moments are in test_preemption.py."""
+
+import hashlib
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from chunklm.cli import main
+from chunklm.config import load_config
+from chunklm.errors import CheckpointError, ConfigError, UserError
+from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.lock import WorkdirBusy, workdir_lock
+from chunklm.run.metrics import read_jsonl
+from chunklm.train import trainer
+from chunklm.train.resume import check_resume, field_class
+from conftest import TINY, tiny_config
+
+QUIET = dict(progress=False, log=lambda *a, **k: None)
+
+
+def snapshot(workdir):
+  """{relative path: sha256} of every file of every checkpoint."""
+  root = workdir / "checkpoints"
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus_dir_module):
+  """A 4-step run with checkpoints at 2 and 4, copied fresh for each test that changes it."""
+  run = tmp_path_factory.mktemp("faults") / "run"
+  trainer.train(tiny_config("train.steps=4", "train.checkpoint_every=2", data=corpus_dir_module), run, **QUIET)
+  return run
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+  import shutil
+  dst = tmp_path / "run"
+  shutil.copytree(trained, dst)
+  return dst
+
+
+@pytest.fixture(scope="module")
+def corpus_dir_module(tmp_path_factory):
+  from conftest import write_corpus
+  return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_every_config_field_has_a_resume_class():
+  flat = {}
+  def walk(d, prefix=""):
+    for k, v in d.items():
+      walk(v, f"{prefix}{k}.") if isinstance(v, dict) else flat.setdefault(f"{prefix}{k}", v)
+  from chunklm.config import to_dict
+  walk(to_dict(load_config(None, TINY)))
+  classes = {k: field_class(k) for k in flat}
+  assert classes["model.d_model"] == classes["train.seed"] == "state"
+  assert classes["data.seed"] == classes["data.sources"] == classes["train.batch_size"] == "data"
+  assert classes["train.lr"] == classes["train.steps"] == classes["mesh.fsdp"] == classes["data.prefetch"] == "free"
+  assert set(classes.values()) <= {"state", "data", "free"}
+
+
+def test_a_change_of_optimizer_structure_is_refused_and_moves_nothing(run, corpus_dir_module):
+  before = snapshot(run)
+  cfg = tiny_config("train.steps=6", "train.checkpoint_every=2", "train.grad_clip=0", data=corpus_dir_module)
+  with pytest.raises(CheckpointError, match=r"another model or optimizer state \(train\.grad_clip: 1\.0 -> 0\.0"):
+    trainer.train(cfg, run, **QUIET)
+  assert snapshot(run) == before and not (run / "checkpoints-unreadable").exists()
+  with pytest.raises(CheckpointError):  # and again: a re-run never starts over silently
+    trainer.train(cfg, run, **QUIET)
+  wider = tiny_config("train.steps=6", "model.d_model=48", "data.seq_len=16", data=corpus_dir_module)
+  with pytest.raises(CheckpointError, match=r"another model or optimizer state \(model\.d_model: \[32\] -> \[48\]\)"):
+    trainer.train(wider, run, **QUIET)  # the model's change is named, not the data's
+  assert snapshot(run) == before
+
+
+def test_a_data_change_needs_consent_and_every_change_is_recorded(run, corpus_dir_module):
+  before = snapshot(run)
+  cfg = tiny_config("train.steps=6", "train.checkpoint_every=2", "data.seed=7", "train.lr=0.001",
+                    data=corpus_dir_module)
+  with pytest.raises(CheckpointError, match=r"another data stream \(data\.seed: 0 -> 7\).*--allow-data-change"):
+    trainer.train(cfg, run, **QUIET)
+  assert snapshot(run) == before
+  res = trainer.train(cfg, run, allow_data_change=True, stop_after=1, **QUIET)
+  assert res.step == 5
+  (record,) = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "resume"]
+  assert record["step"] == 4 and record["data_changed"]
+  assert "data.seed: 0 -> 7" in record["changed"] and any(c.startswith("train.lr:") for c in record["changed"])
+
+
+def test_free_changes_pass_the_rule_without_consent(corpus_dir_module, tmp_path):
+  old = tiny_config("train.steps=4", data=corpus_dir_module)
+  new = tiny_config("train.steps=8", "train.lr=0.001", "eval.max_bytes=100", "mesh.data=1", data=corpus_dir_module)
+  changes = check_resume(tmp_path, old, new, lambda c: trainer.setup_state(c, abstract=True)[2])
+  assert not changes.data and not changes.record()["data_changed"]
+  assert {c.split(":")[0] for c in changes.free} == {"train.steps", "train.lr", "eval.max_bytes", "mesh.data"}
+
+
+def test_a_second_writer_is_refused_naming_the_holder(run, corpus_dir_module):
+  before = snapshot(run)
+  cfg = tiny_config("train.steps=6", data=corpus_dir_module)
+  with workdir_lock(run, what="chunklm train"):
+    with pytest.raises(WorkdirBusy, match=rf"in use by chunklm train \(pid {os.getpid()} on .*another --workdir"):
+      trainer.train(cfg, run, **QUIET)
+  assert snapshot(run) == before
+  with workdir_lock(run):  # released when its holder is done
+    pass
+
+
+def test_non_finite_state_after_the_update_is_never_saved(tmp_path, corpus_dir_module, monkeypatch):
+  real = trainer.make_train_step
+
+  def poisoned(*args):
+    step = real(*args)
+    def run(state, batch):
+      state, m = step(state, batch)
+      if int(state["step"]) == 2:  # the loss stays finite (taken before the update); the parameters do not
+        state = dict(state, params=jax.tree.map(lambda v: v * jnp.nan, state["params"]))
+      return state, m
+    return run
+
+  monkeypatch.setattr(trainer, "make_train_step", poisoned)
+  cfg = tiny_config("train.steps=4", "train.checkpoint_every=1", data=corpus_dir_module)
+  with pytest.raises(trainer.TrainingDiverged, match=r"step 2: the parameters or optimizer state are not finite.*"
+                                                     r"last good checkpoint is step 1"):
+    trainer.train(cfg, tmp_path / "run", **QUIET)
+  assert Checkpointer(tmp_path / "run" / "checkpoints", read_only=True).steps() == [1]
+
+
+def test_non_finite_settings_are_refused_at_load():
+  for bad in ("train.lr=inf", "train.lr=nan", "model.target_ratio=[inf]", "eval.temperature=nan"):
+    with pytest.raises(ConfigError, match="finite"):
+      load_config(None, TINY + [bad])
+
+
+def test_when_no_checkpoint_can_be_read_nothing_is_moved(run, corpus_dir_module):
+  for f in (run / "checkpoints").rglob("*"):
+    if f.is_file() and f.parent.name != "meta" and f.stat().st_size > 0:
+      f.write_bytes(b"garbage")
+  damaged = snapshot(run)
+  cfg = tiny_config("train.steps=4", "train.checkpoint_every=2", data=corpus_dir_module)
+  for _ in range(2):  # a second run does not start over either
+    with pytest.raises(CheckpointError, match=r"no checkpoint .* can be read .*nothing was moved"):
+      trainer.train(cfg, run, **QUIET)
+  assert snapshot(run) == damaged
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path, corpus_dir_module, capsys):
+  f = tmp_path / "run"
+  f.write_text("x")
+  code = main(["train", "--config", "hnet_1stage_tiny", "--workdir", str(f), "--data", str(corpus_dir_module),
+               "--no-progress"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and err.count("\n") == 0 and "is a file" in err
