@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from chunklm.cli import main
+from chunklm.errors import UserError
 from conftest import TINY
 
 SET = [a for o in TINY for a in ("--set", o)]
@@ -54,9 +55,16 @@ def _bad(tmp_path, corpus_dir):
   (tmp_path / "empty.txt").write_text("")
   (tmp_path / "short.txt").write_text("short")
   (tmp_path / "bad.yaml").write_text("model: [1, 2\n")
+  deflate = bytearray(gzip.compress(b"some text " * 500))
+  deflate[20:40] = bytes(range(200, 220))  # header and CRC intact, the compressed stream garbled
+  (tmp_path / "deflate.txt.gz").write_bytes(bytes(deflate))
   return {
       "missing data": (["--data", str(tmp_path / "nope")], "no such file or directory"),
+      "missing valid data": (["--valid-data", str(tmp_path / "nope")], "--valid-data " + str(tmp_path / "nope")),
       "unreadable data": (["--data", str(gz)], "cannot read"),
+      "corrupt deflate data": (["--data", str(tmp_path / "deflate.txt.gz")], "cannot read"),
+      "non-finite setting": (["--set", "train.lr=inf"], "train.lr: must be a finite number"),
+      "model too big": (["--set", "model.d_model=65536"], "GiB per device"),
       "no matching files": (["--data", str(empty_dir)], "no files matching"),
       "empty corpus": (["--data", str(tmp_path / "empty.txt"), "--valid-data", str(corpus_dir)], "is empty"),
       "shorter than a window": (["--data", str(tmp_path / "short.txt"), "--valid-data", str(corpus_dir)],
@@ -69,7 +77,8 @@ def _bad(tmp_path, corpus_dir):
   }
 
 
-@pytest.mark.parametrize("case", ["missing data", "unreadable data", "no matching files", "empty corpus",
+@pytest.mark.parametrize("case", ["missing data", "missing valid data", "unreadable data", "corrupt deflate data", "non-finite setting",
+                                  "model too big", "no matching files", "empty corpus",
                                   "shorter than a window", "invalid yaml", "unknown key", "wrong type",
                                   "non-positive size", "bad set syntax"])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, corpus_dir, capsys, case):
@@ -90,7 +99,7 @@ def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
           "--data", str(corpus_dir)] + SET
   assert run_cli(capsys, *base, "--set", "train.steps=2")[0] == 0
   code, _, err = run_cli(capsys, *base, "--set", "model.n_heads=4")
-  assert code == 2 and "different config (model.n_heads: [2] -> [4])" in err
+  assert code == 2 and "another model or optimizer state (model.n_heads: [2] -> [4])" in err
   code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path / "nothing"))
   assert code == 2 and "not a training run" in err
   one_doc = ["--data", str(corpus_dir / "doc000.py")]
@@ -108,3 +117,11 @@ def test_bench_train_prints_its_figures(capsys, corpus_dir):
                "--steps", "2", "--warmup", "0"]) == 0
   out = capsys.readouterr().out
   assert "step (median of 2)" in out and "training bytes/s" in out and "train FLOPs/byte" in out
+
+
+def test_command_line_bytes_and_escapes():
+  from chunklm.cli.commands import _escaped_bytes
+  assert _escaped_bytes(r"\n;", "--stop") == b"\n;"
+  assert _escaped_bytes(r"\u20ac", "--stop") == _escaped_bytes("\u20ac", "--stop") == "\u20ac".encode()
+  with pytest.raises(UserError, match=r"--stop '\\\\x': truncated"):
+    _escaped_bytes("\\x", "--stop")

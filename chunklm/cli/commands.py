@@ -95,16 +95,26 @@ def cmd_eval(args) -> int:
 def cmd_generate(args) -> int:
   if args.max_bytes < 0 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
     raise UserError("--max-bytes, --temperature and --top-k must be >= 0 and --top-p in (0, 1]")
-  prompts = args.prompt or [""]
-  stop = args.stop.encode().decode("unicode_escape").encode("latin-1")  # '\\n' on the command line = newline
-  outs = generate_from_workdir(Path(args.workdir), [p.encode() for p in prompts], max_bytes=args.max_bytes,
-                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, stop=stop,
+  prompts = [os.fsencode(p) for p in args.prompt or [""]]  # the bytes typed, UTF-8 or not
+  outs = generate_from_workdir(Path(args.workdir), prompts, max_bytes=args.max_bytes,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               stop=_escaped_bytes(args.stop, "--stop"),
                                seed=args.seed)
   for prompt, out in zip(prompts, outs):
     if len(prompts) > 1:
       print("-" * 60)
-    print(show_bytes(prompt.encode() + out))
+    print(show_bytes(prompt + out))
   return 0
+
+
+def _escaped_bytes(value: str, option: str) -> bytes:
+  """Bytes from a command-line string with Python escapes ('\\n', '\\x00', '\\u20ac'): a character below 256 is
+  that byte, any other its UTF-8 bytes."""
+  try:
+    text = os.fsencode(value).decode("unicode_escape")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{option} {value!r}: {e.reason}; write bytes as e.g. '\\n', '\\x00' or '\\u20ac'") from None
+  return b"".join(bytes([ord(c)]) if ord(c) < 256 else c.encode("utf-8") for c in text)
 
 
 def cmd_compare(args) -> int:
@@ -114,7 +124,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_boundaries(args) -> int:
-  text = args.text.encode() if args.text is not None else None
+  text = os.fsencode(args.text) if args.text is not None else None
   if args.file is not None:
     try:
       text = Path(args.file).read_bytes()

@@ -106,26 +106,29 @@ def _load_cached(cache_file: Path) -> Documents:
   return _documents(data, np.asarray(meta["lengths"], np.int64), meta["names"])
 
 
-def _fingerprint(paths: tuple[str, ...], cfg: DataConfig) -> str:
+def _fingerprint(paths: tuple[str, ...], cfg: DataConfig, option: str) -> str:
   h = hashlib.sha256()
-  files = src.stdlib_files() if not paths else [f for p in paths for f in src.list_files(p, cfg.include, cfg.exclude)]
+  files = src.stdlib_files() if not paths else [f for p in paths
+                                                for f in src.list_files(p, cfg.include, cfg.exclude, option)]
   for f in files:
     st = f.stat()
-    h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(os.fsencode(f.resolve()) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())  # any file name, as bytes
   h.update(f"{cfg.jsonl_field}|{cfg.doc_separator}".encode())
   return h.hexdigest()[:16]
 
 
-def load_documents(paths: tuple[str, ...], cfg: DataConfig, cache_dir: Path | None = None) -> Documents:
-  """All documents of `paths` (() = the built-in corpus), memory-mapped from `cache_dir` when large."""
+def load_documents(paths: tuple[str, ...], cfg: DataConfig, cache_dir: Path | None = None,
+                   option: str = "--data") -> Documents:
+  """All documents of `paths` (() = the built-in corpus), memory-mapped from `cache_dir` when large; errors name
+  the command-line `option` the paths came from."""
   cache_file = None
   if cache_dir is not None:
-    cache_file = Path(cache_dir) / f"corpus-{_fingerprint(paths, cfg)}.bin"
+    cache_file = Path(cache_dir) / f"corpus-{_fingerprint(paths, cfg, option)}.bin"
     if cache_file.exists() and cache_file.with_suffix(".json").exists():
       return _load_cached(cache_file)
   if paths:
     docs = src.iter_documents(paths, include=cfg.include, exclude=cfg.exclude, jsonl_field=cfg.jsonl_field,
-                              doc_separator=cfg.doc_separator)
+                              doc_separator=cfg.doc_separator, option=option)
   else:
     docs = src.default_documents()
   return build(docs, cache_file, cfg.mmap_min_mb << 20)
@@ -150,7 +153,7 @@ def load_splits(cfg: DataConfig, cache_dir: Path | None = None) -> Splits:
   docs = load_documents(cfg.sources, cfg, cache_dir)
   if cfg.valid_sources:
     train = docs
-    valid = load_documents(cfg.valid_sources, cfg, cache_dir)
+    valid = load_documents(cfg.valid_sources, cfg, cache_dir, option="--valid-data")
     how = f"valid from {', '.join(cfg.valid_sources)}"
   else:
     if len(docs) < 2:

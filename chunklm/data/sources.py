@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sysconfig
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,11 +45,15 @@ def _kind(path: Path) -> str:
   return "text"
 
 
+# what a damaged file raises: unreadable, truncated, a bad gzip header or CRC, corrupt deflate data
+READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error)
+
+
 def _read_all(path: Path) -> bytes:
   try:
     with _open_bytes(path) as f:
       return f.read()
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+  except READ_ERRORS as e:
     raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
@@ -58,7 +63,7 @@ def _lines(path: Path) -> Iterator[bytes]:
     with _open_bytes(path) as f:
       for line in f:
         yield line.rstrip(b"\r\n")
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+  except READ_ERRORS as e:
     raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
@@ -142,17 +147,19 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
   return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(base, p) for p in patterns)
 
 
-def list_files(path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = ()) -> list[Path]:
-  """The files a `--data` path stands for, sorted; raises DataError for missing paths or empty directories."""
+def list_files(path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (),
+               option: str = "--data") -> list[Path]:
+  """The files a path given with `option` stands for, sorted; raises DataError for missing paths or empty
+  directories."""
   p = Path(path)
   if not p.exists():
-    raise DataError(f"--data {path}: no such file or directory")
+    raise DataError(f"{option} {path}: no such file or directory")
   if p.is_file():
     if not os.access(p, os.R_OK):
-      raise DataError(f"--data {path}: permission denied")
+      raise DataError(f"{option} {path}: permission denied")
     return [p]
   if not p.is_dir():
-    raise DataError(f"--data {path}: not a regular file or directory")
+    raise DataError(f"{option} {path}: not a regular file or directory")
   files = []
   for root, dirs, names in os.walk(p):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -163,19 +170,24 @@ def list_files(path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclu
         continue
       files.append(f)
   if not files:
-    raise DataError(f"--data {path}: directory has no files matching include={list(include)} "
+    raise DataError(f"{option} {path}: directory has no files matching include={list(include)} "
                     f"exclude={list(exclude)} (set data.include / data.exclude)")
   return files
 
 
+def printable(name: str) -> str:
+  """A file name as valid text: bytes that are not UTF-8 (kept by Python as surrogates) written as \\xNN."""
+  return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def iter_documents(paths: tuple[str, ...], *, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (),
-                   jsonl_field: str = "text", doc_separator: str = "") -> Iterator[Document]:
+                   jsonl_field: str = "text", doc_separator: str = "", option: str = "--data") -> Iterator[Document]:
   """All documents of `paths` in a deterministic order. Every path is checked before any is read."""
   plan = []
   for path in paths:
     root = Path(path)
-    for f in list_files(path, include, exclude):
-      plan.append((f, f.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}"))
+    for f in list_files(path, include, exclude, option):
+      plan.append((f, printable(f.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}")))
   for f, name in plan:
     yield from file_documents(f, name, jsonl_field=jsonl_field, doc_separator=doc_separator)
 

@@ -40,8 +40,8 @@ from chunklm.run.metrics import MetricsWriter, plot_curves
 from chunklm.run.lock import workdir_lock
 from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, read_config, run_tokenizer
 from chunklm.train.optim import lr_schedule, make_optimizer
-from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_size, local_rows, make_mesh, on_mesh,
-                                    process_count, put_batch, state_shardings)
+from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_size, check_state_fits, local_rows,
+                                    make_mesh, on_mesh, process_count, put_batch, state_shardings)
 from chunklm.train.resume import check_resume
 from chunklm.train.step import init_train_state, make_train_step
 
@@ -137,6 +137,8 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
   mesh = make_mesh(cfg.mesh)
   shards = batch_shards(mesh)
   check_batch_size(cfg.train.batch_size, mesh)
+  _, _, abstract, num_params = setup_state(cfg, abstract=True)
+  check_state_fits(abstract, state_shardings(abstract, mesh), num_params)  # before allocating any of it
   graphdef, tx, state, num_params = setup_state(cfg)
   state_sharding = state_shardings(state, mesh)
   state = jax.device_put(state, state_sharding)
