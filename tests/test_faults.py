@@ -157,3 +157,22 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path, corpus_dir_module, capsys)
                "--no-progress"])
   err = capsys.readouterr().err.strip()
   assert code == 2 and err.count("\n") == 0 and "is a file" in err
+
+
+def test_a_full_disk_is_one_line_naming_the_last_complete_checkpoint(tmp_path, monkeypatch):
+  """A patched writer (CI cannot mount a small filesystem): the failure of the write, started in the background,
+  surfaces as one CheckpointError at the next save, not as a traceback one save later."""
+  ckpt = Checkpointer(tmp_path / "checkpoints")
+  state = {"w": jnp.ones((4,))}
+  ckpt.save(1, state, None, {})
+  ckpt.wait()
+  real = ckpt.manager.wait_until_finished
+  monkeypatch.setattr(ckpt.manager, "wait_until_finished", lambda: (_ for _ in ()).throw(ValueError(
+      "RESOURCE_EXHAUSTED: Error writing ...: Failed to write 3821568 bytes to file 9: No space left on device")))
+  ckpt._pending = 2  # as if step 2 were being written
+  with pytest.raises(CheckpointError, match=r"cannot write the checkpoint of step 2 .*no space left on device "
+                                            r"\(.* MiB free\); the newest complete checkpoint is step 1"):
+    ckpt.save(3, state, None, {})
+  monkeypatch.setattr(ckpt.manager, "wait_until_finished", real)
+  ckpt.close()
+  assert Checkpointer(tmp_path / "checkpoints", read_only=True).steps() == [1]

@@ -20,7 +20,13 @@ import orbax.checkpoint as ocp
 
 from chunklm.errors import CheckpointError
 
-logging.getLogger("absl").setLevel(logging.ERROR)
+# orbax logs a failed background write (with tracebacks) from each of its threads; `save`/`close` raise it once,
+# as one line, so those logs are silenced
+logging.getLogger("absl").setLevel(logging.CRITICAL)
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+# what a checkpoint write that fails for lack of room or rights says (orbax/tensorstore wrap the OS error in text)
+_STORAGE_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied")
 
 
 def _abstract(tree):
@@ -40,15 +46,45 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                            enable_async_checkpointing=asynchronous)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._pending: int | None = None  # the step being written in the background
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: dict, data_iter: grain.DatasetIterator | None, meta: dict) -> None:
+    """Starts writing `step` in the background, after the previous write has finished (its failure surfaces
+    here, at once, not one save later)."""
+    self._finish(self._pending)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:
+      raise self._storage_error(e, step) or e
+    self._pending = step
+
+  def _finish(self, step: int | None) -> None:
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise self._storage_error(e, step) or e
+    self._pending = None
+
+  def _storage_error(self, e: Exception, step: int | None) -> CheckpointError | None:
+    """One line for a write that failed for lack of space or rights (None for anything else)."""
+    reason = next((r for r in _STORAGE_ERRORS if r in str(e)), None)
+    if reason is None:
+      return None
+    where = self.directory
+    while not where.exists():
+      where = where.parent
+    free = shutil.disk_usage(where).free
+    done = [s for s in self.manager.all_steps(read=True) if s != step]
+    return CheckpointError(
+        f"cannot write the checkpoint of step {step} in {self.directory}: {reason.lower()} ({free / 2**20:,.0f} MiB "
+        f"free); the newest complete checkpoint is {f'step {max(done)}' if done else 'none'}; free some space (or "
+        "use another --workdir) and re-run to resume")
 
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -99,8 +135,8 @@ class Checkpointer:
     return None
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    self._finish(self._pending)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self._finish(self._pending)  # after a failed write the manager is left as it is: the process is ending
     self.manager.close()
