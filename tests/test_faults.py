@@ -15,6 +15,7 @@ from chunklm.errors import CheckpointError, ConfigError, UserError
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.lock import WorkdirBusy, workdir_lock
 from chunklm.run.metrics import read_jsonl
+from chunklm.run.trained import open_run
 from chunklm.train import trainer
 from chunklm.train.resume import check_resume, field_class
 from conftest import TINY, tiny_config
@@ -176,3 +177,16 @@ def test_a_full_disk_is_one_line_naming_the_last_complete_checkpoint(tmp_path, m
   monkeypatch.setattr(ckpt.manager, "wait_until_finished", real)
   ckpt.close()
   assert Checkpointer(tmp_path / "checkpoints", read_only=True).steps() == [1]
+
+
+def test_flipped_bytes_fail_their_checksum_and_the_previous_checkpoint_is_used(run, capsys):
+  newest = run / "checkpoints" / "4"
+  assert (newest / "checksums.json").exists() and (run / "checkpoints" / "2" / "checksums.json").exists()
+  victim = max((p for p in (newest / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  data[len(data) // 2] ^= 0xFF  # one bit-rotted byte in the middle of the largest array file
+  victim.write_bytes(bytes(data))
+  capsys.readouterr()
+  assert open_run(run).step == 2
+  err = capsys.readouterr().err
+  assert "checkpoint at step 4 is unreadable (checksum mismatch: state/" in err and "using step 2" in err

@@ -1,8 +1,9 @@
 """Checkpoints of a run (the only orbax import): train state, grain iterator position and the config, saved atomically.
 
 orbax writes each step to a temporary directory and renames it when complete, so a crash never leaves a half-written
-checkpoint that looks valid. If the newest checkpoint cannot be read (corrupted on disk), `restore_latest` says so
-and falls back to the previous one.
+checkpoint that looks valid. Once a write has completed, the checksums of its files are recorded beside them
+(`integrity.py`) and checked before a restore. If the newest checkpoint cannot be read (corrupted on disk, or bytes
+that no longer match their checksums), `restore_latest` says so and falls back to the previous one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from chunklm.errors import CheckpointError
+from chunklm.run.integrity import verify, write_manifest
 
 # orbax logs a failed background write (with tracebacks) from each of its threads; `save`/`close` raise it once,
 # as one line, so those logs are silenced
@@ -65,8 +67,11 @@ class Checkpointer:
     self._pending = step
 
   def _finish(self, step: int | None) -> None:
+    """Waits for the write of `step` (if any) and records its checksums once it is complete."""
     try:
       self.manager.wait_until_finished()
+      if step is not None and jax.process_index() == 0 and (self.directory / str(step)).is_dir():
+        write_manifest(self.directory / str(step))
     except Exception as e:
       raise self._storage_error(e, step) or e
     self._pending = None
@@ -93,6 +98,9 @@ class Checkpointer:
     """(state, meta) at `step`; `like_state` gives structure, shapes and dtypes; `data_iter` is set in place.
 
     A `like_state` of only {"params": ...} restores the parameters alone (inference: no optimizer state is read)."""
+    damage = verify(self.directory / str(step))
+    if damage:
+      raise CheckpointError(f"checksum mismatch: {damage}")
     if set(like_state) == {"params"}:
       item = _abstract(like_state)
       state_args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
