@@ -63,6 +63,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_dir, monkeypa
   assert Checkpointer(tmp_path / "run" / "checkpoints", read_only=True).steps() == [3]
 
 
+@pytest.mark.slow  # CI budget: test_faults.py's bit-flip case covers the fallback in the default suite
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, corpus_dir, capsys):
   cfg = tiny_config("train.steps=8", "train.checkpoint_every=4", data=corpus_dir)
   trainer.train(cfg, tmp_path / "run", stop_after=8, progress=False)
