@@ -116,8 +116,8 @@ def test_a_second_writer_is_refused_naming_the_holder(run, corpus_dir_module):
 def test_non_finite_state_after_the_update_is_never_saved(tmp_path, corpus_dir_module, monkeypatch):
   real = trainer.make_train_step
 
-  def poisoned(*args):
-    step = real(*args)
+  def poisoned(*args, **kwargs):
+    step = real(*args, **kwargs)
     def run(state, batch):
       state, m = step(state, batch)
       if int(state["step"]) == 2:  # the loss stays finite (taken before the update); the parameters do not
@@ -190,3 +190,21 @@ def test_flipped_bytes_fail_their_checksum_and_the_previous_checkpoint_is_used(r
   assert open_run(run).step == 2
   err = capsys.readouterr().err
   assert "checkpoint at step 4 is unreadable (checksum mismatch: state/" in err and "using step 2" in err
+
+
+def test_nan_policy_skip_drops_updates_and_stops_after_the_limit(tmp_path, corpus_dir_module, monkeypatch):
+  from chunklm.train import step as step_module
+  real = step_module.loss_fn
+  monkeypatch.setattr(step_module, "loss_fn", lambda *a, **k: (lambda lm: (lm[0] * jnp.nan, lm[1]))(real(*a, **k)))
+  cfg = tiny_config("train.steps=8", "train.checkpoint_every=1", "train.nan_policy=skip", "train.nan_skip_limit=3",
+                    "train.log_every=1", data=corpus_dir_module)
+  init = trainer.setup_state(cfg)[2]["params"]
+  with pytest.raises(trainer.TrainingDiverged, match=r"step 3: 3 steps in a row had a non-finite loss or gradient "
+                                                     r"and were skipped.*last good checkpoint is step 2"):
+    trainer.train(cfg, tmp_path / "run", **QUIET)
+  saved = Checkpointer(tmp_path / "run" / "checkpoints", read_only=True)
+  assert saved.steps() == [1, 2]
+  restored, _ = saved.restore(2, {"params": init})
+  assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(init)))
+  records = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+  assert [r["skipped_total"] for r in records] == [1.0, 2.0]

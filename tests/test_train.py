@@ -48,8 +48,8 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_dir, monkeypa
   cfg = tiny_config("train.steps=10", "train.checkpoint_every=3", data=corpus_dir)
   real = trainer.make_train_step
 
-  def poisoned(*args):
-    step = real(*args)
+  def poisoned(*args, **kwargs):
+    step = real(*args, **kwargs)
     def run(state, batch):
       state, m = step(state, batch)
       if int(state["step"]) >= 5:

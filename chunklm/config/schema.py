@@ -19,6 +19,7 @@ from chunklm.errors import ConfigError
 POOLINGS = ("select", "mean")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
+NAN_POLICIES = ("stop", "skip")
 KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # chunk-op backends (chunklm.kernels.api imports them)
 
 
@@ -231,9 +232,11 @@ class TrainConfig:
   eval_every: int = 0  # steps between evaluations; 0 = only at the end
   checkpoint_every: int = 200  # steps between checkpoints (one is always written at the end)
   keep_checkpoints: int = 3  # checkpoints kept on disk
+  nan_policy: str = "stop"  # a step with a non-finite loss or gradient: stop (exit 3) | skip (drop its update)
+  nan_skip_limit: int = 10  # nan_policy=skip: stop after this many skipped steps in a row
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+    for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "nan_skip_limit"):
       if getattr(self, name) <= 0:
         raise ConfigError(f"train.{name}: must be positive, got {getattr(self, name)}")
     for name in ("warmup_steps", "eval_every", "weight_decay", "grad_clip"):
@@ -243,6 +246,8 @@ class TrainConfig:
       raise ConfigError(f"train.lr: must be positive, got {self.lr}")
     if self.schedule not in SCHEDULES:
       raise ConfigError(f"train.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if self.nan_policy not in NAN_POLICIES:
+      raise ConfigError(f"train.nan_policy: {self.nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
     if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.decay_fraction <= 1:
       raise ConfigError("train.min_lr_ratio must be in [0, 1] and train.decay_fraction in (0, 1]")
 

@@ -60,7 +60,11 @@ def loss_fn(params, graphdef, batch: dict, rng=None):
   return loss, metrics
 
 
-def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: dict) -> tuple[dict, dict]:
+def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: dict, skip_nonfinite: bool = False
+               ) -> tuple[dict, dict]:
+  """One optimizer step. `skip_nonfinite` (train.nan_policy=skip): a step whose loss, gradient or updated
+  parameters are not finite keeps the old parameters and optimizer state (the step counter and RNG still advance)
+  and reports metrics["skipped"] = 1."""
   rng, noise = jax.random.split(jax.random.wrap_key_data(state["rng"]))
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], graphdef, batch, noise)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -71,14 +75,26 @@ def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: d
     nnx.update(model, stats)
     params = split_model(model)[1]
   metrics["grad_norm"] = optax.global_norm(grads)
+  if skip_nonfinite:
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & all_finite(params)
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
+                                     (state["params"], state["opt_state"]))
+    metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
   new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                "rng": jax.random.key_data(rng)}
   return new_state, metrics
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, state_sharding=None, batch_sharding=None):
+def all_finite(tree) -> jax.Array:
+  """True when every float leaf of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, state_sharding=None, batch_sharding=None,
+                    skip_nonfinite: bool = False):
   """The jitted step; with shardings, state and batch are laid out on the mesh and the state stays there."""
-  fn = functools.partial(train_step, graphdef, tx)
+  fn = functools.partial(train_step, graphdef, tx, skip_nonfinite=skip_nonfinite)
   if state_sharding is None:
     return jax.jit(fn, donate_argnums=0)
   return jax.jit(fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -43,7 +42,7 @@ from chunklm.train.optim import lr_schedule, make_optimizer
 from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_size, check_state_fits, local_rows,
                                     make_mesh, on_mesh, process_count, put_batch, state_shardings)
 from chunklm.train.resume import check_resume
-from chunklm.train.step import init_train_state, make_train_step
+from chunklm.train.step import all_finite, init_train_state, make_train_step
 
 class TrainingDiverged(UserError):
   exit_code = 3
@@ -171,7 +170,8 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
   metrics = MetricsWriter(workdir, resume_step=start, tensorboard=is_main)
   if restored is not None and changes is not None and (changes.free or changes.data):
     metrics.write(start, "resume", changes.record())
-  step_fn = on_mesh(make_train_step(graphdef, tx, state_sharding, batch_sharding(mesh)), mesh)
+  skip = cfg.train.nan_policy == "skip"
+  step_fn = on_mesh(make_train_step(graphdef, tx, state_sharding, batch_sharding(mesh), skip_nonfinite=skip), mesh)
   eval_fn = on_mesh(make_eval_step(graphdef), mesh)
   unit = math.lcm(shards, process_count(mesh))
   eval_batch = -(-cfg.eval.batch_size // unit) * unit
@@ -197,8 +197,8 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
   schedule = lr_schedule(cfg.train)  # for the log: the base learning rate (before per-level multipliers)
   meta = {"config": to_dict(cfg)}
   step, pending, good_step = start, None, start if restored is not None else None
-  state_finite = jax.jit(lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)
-                                                      if jnp.issubdtype(x.dtype, jnp.inexact)])))
+  state_finite = jax.jit(all_finite)
+  skipped = {"in_a_row": 0, "total": 0}  # nan_policy=skip
 
   def last_good() -> str:
     if good_step is None:
@@ -211,12 +211,24 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
   def record(step_done: int, m: dict) -> None:
     m = jax.device_get(m)
     loss = float(m["loss"])
-    if not math.isfinite(loss):
+    if skip and float(m["skipped"]):
+      skipped["in_a_row"] += 1
+      skipped["total"] += 1
+      if skipped["in_a_row"] >= cfg.train.nan_skip_limit:
+        raise TrainingDiverged(
+            f"training diverged at step {step_done}: {skipped['in_a_row']} steps in a row had a non-finite loss or "
+            f"gradient and were skipped (train.nan_skip_limit); {last_good()}; lower train.lr or raise "
+            "train.warmup_steps")
+    elif skip:
+      skipped["in_a_row"] = 0
+    if not math.isfinite(loss) and not skip:
       raise TrainingDiverged(
           f"training diverged at step {step_done}: loss={loss} grad_norm={float(m['grad_norm']):.3g}; "
           f"{last_good()}; lower train.lr or raise train.warmup_steps")
     now = time.perf_counter()
     stats = {k: float(np.asarray(v)) for k, v in m.items() if np.ndim(v) == 0}
+    if skip:
+      stats["skipped_total"] = float(skipped["total"])  # every skipped step since this process started
     timer["bytes"] += stats["bytes"]  # text bytes, for token models too
     rate = timer["bytes"] / max(now - timer["t"], 1e-9)
     postfix = {"loss": f"{loss:.3f}", "bpb": f"{stats['bpb']:.3f}", "B/s": f"{rate:,.0f}"}
