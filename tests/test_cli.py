@@ -125,3 +125,21 @@ def test_command_line_bytes_and_escapes():
   assert _escaped_bytes(r"\u20ac", "--stop") == _escaped_bytes("\u20ac", "--stop") == "\u20ac".encode()
   with pytest.raises(UserError, match=r"--stop '\\\\x': truncated"):
     _escaped_bytes("\\x", "--stop")
+
+
+@pytest.mark.parametrize("sub", [["train"], ["eval"], ["generate"], ["compare"], ["boundaries"], ["report"],
+                                 ["robustness"], ["tokenizer", "train"], ["info"], ["bench", "train"],
+                                 ["bench", "kernels"], ["bench", "generate"], ["bench", "capacity"],
+                                 ["bench", "compile"]])
+def test_every_bad_argument_is_one_line(capsys, sub):
+  with pytest.raises(SystemExit) as e:
+    main([*sub, "--no-such-flag"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count("\n") == 1, err
+  assert err.startswith(f"chunklm {' '.join(sub)}: error: ") and err.rstrip().endswith("--help)")
+
+
+def test_version(capsys):
+  with pytest.raises(SystemExit) as e:
+    main(["--version"])
+  assert e.value.code == 0 and capsys.readouterr().out.startswith("chunklm 0.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 
 from chunklm.eval.perturb import PERTURBATIONS
 
@@ -24,7 +25,31 @@ EPILOG = """examples:
   chunklm bench capacity --workdir runs/default --window 256,2048,8192
   chunklm bench compile --config hnet_1stage_L --topology v5p:4x4x4 --set mesh.fsdp=64
 
-exit codes: 0 ok, 2 bad input (paths, configs, data, checkpoints), 3 training diverged, 143 stopped by SIGTERM"""
+exit codes: 0 ok, 2 bad input (arguments, paths, configs, data, checkpoints, a busy workdir), 3 training diverged,
+130 interrupted, 143 stopped by SIGTERM"""
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse with one-line errors: `chunklm train: error: ... (chunklm train --help)`, exit 2, no usage block."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+  def parse_args(self, args=None, namespace=None):
+    """As argparse's, but an unknown flag is reported by the subcommand it was given to."""
+    ns, extras = self.parse_known_args(args, namespace)
+    if extras:
+      chain = [getattr(ns, dest) for dest in ("command", "tokenizer", "bench") if getattr(ns, dest, None)]
+      prog = " ".join([self.prog, *chain])
+      self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
+    return ns
+
+
+def version() -> str:
+  try:
+    return importlib.metadata.version("chunklm")
+  except importlib.metadata.PackageNotFoundError:
+    return "unknown (not installed)"
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_config: str | None = DEFAULT_CONFIG) -> None:
@@ -44,8 +69,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="chunklm", description="Byte-level hierarchical language models in JAX.",
-                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = Parser(prog="chunklm", description="Byte-level hierarchical language models in JAX.",
+                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--version", action="version", version=f"chunklm {version()}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   p = sub.add_parser("train", help="train a model (resumes automatically from the workdir's checkpoint)",
