@@ -80,15 +80,18 @@ def test_a_change_of_optimizer_structure_is_refused_and_moves_nothing(run, corpu
   assert snapshot(run) == before
 
 
-def test_a_data_change_needs_consent_and_every_change_is_recorded(run, corpus_dir_module):
+def test_a_data_change_needs_consent_and_every_change_is_recorded(run, corpus_dir_module, capsys):
   before = snapshot(run)
   cfg = tiny_config("train.steps=6", "train.checkpoint_every=2", "data.seed=7", "train.lr=0.001",
                     data=corpus_dir_module)
   with pytest.raises(CheckpointError, match=r"another data stream \(data\.seed: 0 -> 7\).*--allow-data-change"):
     trainer.train(cfg, run, **QUIET)
   assert snapshot(run) == before
-  res = trainer.train(cfg, run, allow_data_change=True, stop_after=1, **QUIET)
+  capsys.readouterr()
+  res = trainer.train(cfg, run, allow_data_change=True, stop_after=1, progress=True, log=lambda *a, **k: None)
   assert res.step == 5
+  err = capsys.readouterr().err  # not a terminal: plain progress lines, no carriage returns
+  assert "\r" not in err and any(line.startswith("step 5/6 loss ") for line in err.splitlines()), err
   (record,) = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "resume"]
   assert record["step"] == 4 and record["data_changed"]
   assert "data.seed: 0 -> 7" in record["changed"] and any(c.startswith("train.lr:") for c in record["changed"])

@@ -44,6 +44,9 @@ from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_si
 from chunklm.train.resume import check_resume
 from chunklm.train.step import all_finite, init_train_state, make_train_step
 
+PROGRESS_EVERY = 15.0  # seconds between progress lines when stderr is not a terminal
+
+
 class TrainingDiverged(UserError):
   exit_code = 3
 
@@ -205,8 +208,11 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
       return f"no checkpoint was written yet in {ckpt_dir}"
     return f"the last good checkpoint is step {good_step} in {ckpt_dir}"
   timer = {"t": time.perf_counter(), "bytes": 0.0}
-  bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress or not is_main, unit="step",
-             dynamic_ncols=True, file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 15.0)
+  # on a terminal a progress bar; in a log file (CI, nohup, SLURM) a plain line every PROGRESS_EVERY seconds
+  on_terminal = sys.stderr.isatty()
+  bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress or not is_main or not on_terminal,
+             unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
+  lines = {"last": time.perf_counter(), "t0": None, "step0": start}  # t0: clock after the compiling first step
 
   def record(step_done: int, m: dict) -> None:
     m = jax.device_get(m)
@@ -236,6 +242,14 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
                     if k.startswith("bytes_per_chunk")})
     bar.set_postfix(postfix, refresh=False)
     bar.update(step_done - bar.n)
+    if progress and is_main and not on_terminal and (now - lines["last"] >= PROGRESS_EVERY or step_done == end):
+      lines["last"] = now
+      eta = ""
+      if lines["t0"] is not None and step_done > lines["step0"]:
+        per_step = (now - lines["t0"]) / (step_done - lines["step0"])
+        eta = " ETA " + time.strftime("%H:%M:%S", time.gmtime(per_step * (cfg.train.steps - step_done)))
+      print(f"step {step_done}/{cfg.train.steps} " + " ".join(f"{k} {v}" for k, v in postfix.items()) + eta,
+            file=sys.stderr, flush=True)
     if step_done % cfg.train.log_every == 0 or step_done == end:
       metrics.write(step_done, "train", {**stats, "bytes_per_sec": rate, "lr": float(schedule(step_done - 1))})
 
@@ -254,6 +268,7 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
         if pending is None and step == start + 1:
           record(step, m)  # the first step includes compilation: restart the clock after it
           timer.update(t=time.perf_counter(), bytes=0.0)
+          lines.update(t0=time.perf_counter(), step0=step)
         else:
           flush()
           pending = (step, m)
