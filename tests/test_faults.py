@@ -95,6 +95,12 @@ def test_a_data_change_needs_consent_and_every_change_is_recorded(run, corpus_di
   (record,) = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "resume"]
   assert record["step"] == 4 and record["data_changed"]
   assert "data.seed: 0 -> 7" in record["changed"] and any(c.startswith("train.lr:") for c in record["changed"])
+  # every start records what produced the run: versions, commit, devices (config.yaml as comments, so it loads)
+  made = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "run"]
+  assert made[-1]["step"] == 4 and made[-1]["jax"] == jax.__version__ and "devices" in made[-1]
+  text = (run / "config.yaml").read_text()
+  assert text.startswith("# written by chunklm train\n# chunklm: ") and f"# jax: {jax.__version__}" in text
+  assert load_config(str(run / "config.yaml")).data.seed == 7
 
 
 def test_free_changes_pass_the_rule_without_consent(corpus_dir_module, tmp_path):

@@ -36,6 +36,7 @@ from chunklm.model.lm import build_model, count_params
 from chunklm.model.rule_routers import check_router_data
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.metrics import MetricsWriter, plot_curves
+from chunklm.run.provenance import header, provenance
 from chunklm.run.lock import workdir_lock
 from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, read_config, run_tokenizer
 from chunklm.train.optim import lr_schedule, make_optimizer
@@ -160,8 +161,9 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
       log(f"changed on resume: {'; '.join(changes.free + changes.data)}")
     if new_stream:
       log("--allow-data-change: the new data stream starts from its beginning")
+  made_by = provenance()
   if is_main:
-    (workdir / CONFIG_FILE).write_text(dump_yaml(cfg))
+    (workdir / CONFIG_FILE).write_text("# written by chunklm train\n" + header(made_by) + dump_yaml(cfg))
     if tok is not None and not (workdir / TOKENIZER_FILE).exists():
       shutil.copyfile(tok.path, workdir / TOKENIZER_FILE)  # the run stays usable if the original moves
   log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))
@@ -171,6 +173,7 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
       f"d_model {list(cfg.model.d_model)}")
   entropy = order0_entropy(splits.valid)
   metrics = MetricsWriter(workdir, resume_step=start, tensorboard=is_main)
+  metrics.write(start, "run", made_by)
   if restored is not None and changes is not None and (changes.free or changes.data):
     metrics.write(start, "resume", changes.record())
   skip = cfg.train.nan_policy == "skip"

@@ -1,0 +1,44 @@
+"""What produced a run: the chunklm version and git commit, the library versions and the devices, recorded at the top
+of its config.yaml (as comments, so the config reads the same) and as a `"split": "run"` record in metrics.jsonl."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+from pathlib import Path
+
+import jax
+
+PACKAGES = ("chunklm", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain")
+
+
+def _version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def git_commit(where: Path = Path(__file__).parent) -> str | None:
+  """The commit of the checkout chunklm runs from (with '+dirty' for local changes), or None outside git."""
+  try:
+    run = lambda *a: subprocess.run(["git", *a], cwd=where, capture_output=True, text=True, timeout=5)  # noqa: E731
+    head = run("rev-parse", "--short=12", "HEAD")
+    if head.returncode:
+      return None
+    dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def provenance() -> dict:
+  devices = jax.devices()
+  return {**{p: _version(p) for p in PACKAGES}, "git": git_commit(),
+          "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
+          "processes": jax.process_count()}
+
+
+def header(p: dict) -> str:
+  """YAML comment lines for the top of a run's config.yaml."""
+  return "".join(f"# {k}: {v}\n" for k, v in p.items())
