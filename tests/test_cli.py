@@ -103,7 +103,7 @@ def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
   code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path / "nothing"))
   assert code == 2 and "not a training run" in err
   one_doc = ["--data", str(corpus_dir / "doc000.py")]
-  code, out, _ = run_cli(capsys, "eval", "--workdir", str(wd), *one_doc, "--set", "kernels.impl=xla")
+  code, out, _ = run_cli(capsys, "eval", "--workdir", str(wd), *one_doc, "--no-progress", "--set", "kernels.impl=xla")
   assert code == 0 and "with kernels.impl=xla on" in out
   code, _, err = run_cli(capsys, "eval", "--workdir", str(wd), *one_doc, "--set", "model.d_model=[48]")
   assert code == 2 and "changes the trained model's parameters" in err

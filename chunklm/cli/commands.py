@@ -87,7 +87,7 @@ def cmd_eval(args) -> int:
     docs, what = run.valid_split(), "the run's validation split"
   docs = run.units(leading_bytes(docs, args.max_bytes))
   res = evaluate(make_eval_step(run.graphdef), run.params, docs, run.cfg.data.seq_len,
-                 args.batch_size or run.cfg.eval.batch_size, progress=True, **run.vocab)
+                 args.batch_size or run.cfg.eval.batch_size, progress=not args.no_progress, **run.vocab)
   print_eval(run, res, what, overrides)
   return 0
 

@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-bytes", type=int, default=0,
                  help="evaluate only the first N bytes (the last document cut at a character; 0 = all)")
   p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: eval.batch_size)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="evaluate with a setting that keeps the trained parameters changed (repeatable), e.g. "
                       "--set model.delete_gate.keep_all=true (the delete gate's loss without deletion), "
