@@ -74,3 +74,21 @@ def test_boundaries_cli(tmp_path, corpus_dir, capsys):
   assert "need an H-Net" in capsys.readouterr().err
   assert main(["bench", "capacity", "--workdir", str(bt)]) == 2
   assert "needs a byte-level H-Net" in capsys.readouterr().err
+
+
+def test_the_boundary_picture_is_as_wide_as_its_text(tmp_path):
+  from PIL import Image
+
+  from chunklm.eval.boundaries import ByteRouting
+  from chunklm.eval.boundary_stats import text_png
+
+  def width(text: bytes) -> int:
+    n = len(text)
+    starts = np.zeros(n, bool)
+    starts[::4] = True
+    r = ByteRouting(starts=[starts], probs=[np.linspace(0, 1, n)])
+    return Image.open(text_png(text, r, tmp_path / f"{n}.png")).size[0]
+
+  short, line, long = width(b"def f(x): pass"), width(b"x" * 48), width(b"y = 1\n" * 40)
+  assert short < line < long  # 14 characters: the minimum width; 48: one row as wide as it; 240: rows of 64
+  assert long == width(b"z" * 64)  # long texts wrap at 64 characters instead of growing

@@ -7,6 +7,7 @@ Against reference segmentations (whitespace, word starts, BPE token starts) a st
 from __future__ import annotations
 
 import html
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +122,15 @@ def text_html(data: bytes, r: ByteRouting, title: str) -> str:
           "(white 0 … red 1; grey: not seen by this stage)</p></body></html>")
 
 
-def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64) -> Path:
-  """The text in rows, chunk starts marked per stage, with p drawn above each character."""
+def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64, min_columns: int = 24) -> Path:
+  """The text in rows of at most `per_row` characters (the picture as wide as the text needs, at least
+  `min_columns`), chunk starts marked per stage, with p drawn above each character."""
 
   spans = characters(data)
   rows = [spans[k:k + per_row] for k in range(0, len(spans), per_row)] or [[]]
-  fig, axes = figure(len(rows), 1, figsize=(per_row * 0.16 + 1, 1.1 * len(rows) + 0.5), squeeze=False)
+  columns = max(min_columns, min(per_row, len(spans)))
+  width = columns * 0.16 + 1
+  fig, axes = figure(len(rows), 1, figsize=(width, 1.1 * len(rows) + 0.5), squeeze=False)
   for ax, row in zip(axes[:, 0], rows):
     for x, (i, j) in enumerate(row):
       ax.text(x, 0, _show(data[i:j].decode("utf-8", errors="replace")), ha="center", va="center",
@@ -136,10 +140,11 @@ def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64) -> Path
         ax.bar(x, 0.5 * pv, bottom=0.35 + 0.55 * s, width=0.8, color=f"C{s}", alpha=0.6)
         if st[i:j].any():
           ax.axvline(x - 0.5, ymin=0.05, ymax=0.95, color=f"C{s}", lw=1 + s)
-    ax.set_xlim(-0.7, per_row - 0.3)
+    ax.set_xlim(-0.7, columns - 0.3)
     ax.set_ylim(-0.4, 0.4 + 0.55 * len(r.starts) + 0.4)
     ax.axis("off")
-  fig.suptitle("chunk starts (vertical lines; thicker = deeper stage) and boundary probability p (bars)", fontsize=9)
+  fig.suptitle(textwrap.fill("chunk starts (vertical lines; thicker = deeper stage) and boundary probability p "
+                             "(bars)", width=int(width * 13)), fontsize=9)  # ~13 characters per inch at 9 pt
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   return path
