@@ -102,6 +102,7 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
   for ins in instructions.values():
     for o in ins.operands:
       users.setdefault(o, []).append(ins)
+
   def does(ins: _Instruction | None, opcode: str) -> bool:  # the op itself, or a fusion whose root is that op
     return ins is not None and (ins.opcode == opcode or (ins.opcode == "fusion" and roots.get(ins.calls) == opcode))
 
@@ -125,7 +126,8 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
       elif u.opcode in _PASS_THROUGH:
         out += final_users(u.name, element)
       elif u.opcode == "fusion" and (u.calls, u.operands.index(name)) in params:
-        out += final_users(params[(u.calls, u.operands.index(name))].name)
+        inside = final_users(params[(u.calls, u.operands.index(name))].name)
+        out += inside or [u]  # passed straight to the fusion's result: the fusion itself is the use
       else:
         out.append(u)
     return out
