@@ -217,3 +217,21 @@ def test_nan_policy_skip_drops_updates_and_stops_after_the_limit(tmp_path, corpu
   assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(init)))
   records = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
   assert [r["skipped_total"] for r in records] == [1.0, 2.0]
+
+
+def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
+  from collections import namedtuple
+
+  from chunklm.run import checkpoint as checkpoint_module
+  ckpt = Checkpointer(tmp_path / "checkpoints")
+  state = {"w": jnp.ones((1024, 1024))}  # 4 MiB
+  ckpt.save(1, state, None, {})
+  ckpt.wait()
+  usage = namedtuple("usage", "total used free")
+  monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage(10 << 20, 9 << 20, 2 << 20))
+  with pytest.raises(CheckpointError, match=r"step 2 .*no space left on device \(needs 5 MiB, 2 MiB free\); the "
+                                            r"newest complete checkpoint is step 1"):
+    ckpt.save(2, state, None, {})
+  monkeypatch.undo()
+  ckpt.close()
+  assert Checkpointer(tmp_path / "checkpoints", read_only=True).steps() == [1]

@@ -57,6 +57,7 @@ class Checkpointer:
     """Starts writing `step` in the background, after the previous write has finished (its failure surfaces
     here, at once, not one save later)."""
     self._finish(self._pending)
+    self._check_room(step, state)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -76,20 +77,33 @@ class Checkpointer:
       raise self._storage_error(e, step) or e
     self._pending = None
 
+  def _check_room(self, step: int, state: dict) -> None:
+    """Refuses a write that cannot fit in the free space before it starts (so the disk is not filled and nothing
+    half-written is left to clean up); a write that fails anyway is reported by `_storage_error`."""
+    need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) + (1 << 20)
+    free = shutil.disk_usage(self._existing_dir()).free
+    if free < need:
+      raise CheckpointError(self._storage_message(step, "no space left on device", free,
+                                                  f"needs {need / 2**20:,.0f} MiB"))
+
+  def _existing_dir(self) -> Path:
+    where = self.directory
+    while not where.exists():
+      where = where.parent
+    return where
+
+  def _storage_message(self, step: int | None, reason: str, free: int, need: str = "") -> str:
+    done = [s for s in self.manager.all_steps(read=True) if s != step]
+    return (f"cannot write the checkpoint of step {step} in {self.directory}: {reason} ({need + ', ' if need else ''}"
+            f"{free / 2**20:,.0f} MiB free); the newest complete checkpoint is "
+            f"{f'step {max(done)}' if done else 'none'}; free some space (or use another --workdir) and re-run to resume")
+
   def _storage_error(self, e: Exception, step: int | None) -> CheckpointError | None:
     """One line for a write that failed for lack of space or rights (None for anything else)."""
     reason = next((r for r in _STORAGE_ERRORS if r in str(e)), None)
     if reason is None:
       return None
-    where = self.directory
-    while not where.exists():
-      where = where.parent
-    free = shutil.disk_usage(where).free
-    done = [s for s in self.manager.all_steps(read=True) if s != step]
-    return CheckpointError(
-        f"cannot write the checkpoint of step {step} in {self.directory}: {reason.lower()} ({free / 2**20:,.0f} MiB "
-        f"free); the newest complete checkpoint is {f'step {max(done)}' if done else 'none'}; free some space (or "
-        "use another --workdir) and re-run to resume")
+    return CheckpointError(self._storage_message(step, reason.lower(), shutil.disk_usage(self._existing_dir()).free))
 
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
