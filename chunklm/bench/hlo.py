@@ -29,7 +29,8 @@ _NAME = re.compile(r"%([\w.\-]+)")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _INDEX = re.compile(r"\bindex=(\d+)")
 _ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
-_PASS_THROUGH = {"get-tuple-element", "bitcast", "copy", "all-reduce-done", "copy-start", "copy-done"}
+_COPIES = ("copy", "bitcast", "copy-start", "copy-done")  # the same values, in another layout or memory space
+_PASS_THROUGH = {"get-tuple-element", "all-reduce-done", *_COPIES}
 
 
 @dataclasses.dataclass
@@ -111,7 +112,7 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
   def origin(name: str) -> _Instruction | None:
     """What produced `name`, back through copies (also between memory spaces) and bitcasts."""
     ins = instructions.get(name)
-    while ins is not None and ins.opcode in ("copy", "bitcast", "copy-start", "copy-done") and ins.operands:
+    while ins is not None and ins.opcode in _COPIES and ins.operands:
       ins = instructions.get(ins.operands[0])
     return ins
 
