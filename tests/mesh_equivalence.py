@@ -50,7 +50,7 @@ def ops(impl: str) -> float:
   mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2), jax.devices())
   worst = 0.0
   for op in OPS:
-    fn, args, aux = op_call(op, impl, make_inputs(8, 64, 16, "float32"))
+    fn, args, aux = op_call(op, impl, make_inputs(4, 32, 8, "float32"))
     def both(a, x, f=fn):
       return f(a, x), jax.grad(lambda a: f(a, x).sum())(a)
     plain = jax.device_get(jax.jit(both)(args, aux))
