@@ -1,6 +1,7 @@
 """The command line: an end-to-end smoke test through the real entry point, and every bad input."""
 
 import gzip
+import json
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ def run_cli(capsys, *argv):
   return code, out, err
 
 
+@pytest.mark.slow  # CI budget: CI runs the README's train/eval/generate lines through the same entry (pytest -m readme)
 def test_smoke_train_eval_generate(tmp_path, corpus_dir):
   wd = tmp_path / "run"
   cmd = [sys.executable, "-m", "chunklm.cli"]
@@ -111,12 +113,61 @@ def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
   assert code == 2 and "--top-p" in err
 
 
-def test_bench_train_prints_its_figures(capsys, corpus_dir):
+def test_bench_train_prints_its_figures(capsys, corpus_dir, tmp_path):
   assert main(["bench", "train", "--config", "byte_transformer_tiny", "--set", "model.d_model=32", "--set",
                "data.seq_len=32", "--set", "data.min_doc_bytes=4", "--set", f"data.sources=[{corpus_dir}]",
-               "--steps", "2", "--warmup", "0"]) == 0
+               "--steps", "2", "--warmup", "0", "--json", str(tmp_path / "out" / "bench.json")]) == 0
   out = capsys.readouterr().out
   assert "step (median of 2)" in out and "training bytes/s" in out and "train FLOPs/byte" in out
+  figures = json.loads((tmp_path / "out" / "bench.json").read_text())  # what was printed, for scripts
+  assert figures["params"] > 0 and figures["bytes_per_s"] > 0 and "machine" in figures
+
+
+# One grammar: each shared option means the same on every command that can use it.
+SHARED = {
+    "--set": ["train", "eval", "generate", "compare", "boundaries", "robustness", "tokenizer train", "info",
+              "bench train", "bench generate", "bench capacity", "bench compile"],
+    "--data": ["train", "eval", "compare", "boundaries", "robustness", "tokenizer train"],
+    "--max-bytes": ["eval", "generate", "boundaries", "robustness", "bench capacity"],
+    "--seed": ["generate", "report", "robustness", "bench generate"],
+    "--out": ["compare", "boundaries", "report", "robustness", "tokenizer train"],
+    "--json": ["eval", "compare", "boundaries", "robustness", "bench train", "bench generate", "bench kernels",
+               "bench capacity", "bench compile"],
+    "--no-progress": ["train", "eval", "compare", "robustness"],
+    "--progress-every": ["train", "eval", "compare", "robustness"],
+}
+
+
+def _option_groups(sub: str) -> dict[str, str]:
+  """{option: the title of its help group} of a subcommand."""
+  from chunklm.cli.parser import build_parser
+  p = build_parser()
+  for word in sub.split():
+    p = next(a for a in p._actions if a.dest in ("command", "tokenizer", "bench")).choices[word]
+  return {o: g.title for g in p._action_groups for a in g._group_actions for o in a.option_strings}
+
+
+@pytest.mark.parametrize("option", list(SHARED))
+def test_shared_options_are_offered_alike(option):
+  groups = {sub: _option_groups(sub).get(option) for sub in SHARED[option]}
+  missing = [sub for sub, g in groups.items() if g is None]
+  assert not missing, f"{option} missing from: {missing}"
+  if option != "--seed":  # sampling/perturbation seeds stay beside the options they go with
+    assert len(set(groups.values())) == 1, groups  # the same help section everywhere
+
+
+def test_progress_interval_setting(monkeypatch):
+  from chunklm import progress
+  monkeypatch.setenv("CHUNKLM_PROGRESS_EVERY", "2.5")
+  assert progress.every() == 2.5
+  progress.set_every(7)
+  assert progress.every() == 7
+  progress.set_every(None)
+  monkeypatch.setenv("CHUNKLM_PROGRESS_EVERY", "soon")
+  with pytest.raises(UserError, match="CHUNKLM_PROGRESS_EVERY='soon'"):
+    progress.every()
+  with pytest.raises(UserError, match="--progress-every must be a positive"):
+    progress.set_every(0)
 
 
 def test_command_line_bytes_and_escapes():

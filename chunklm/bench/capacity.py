@@ -45,8 +45,9 @@ def overflow(others: np.ndarray, doc_starts: np.ndarray, slots: int) -> float:
   return float(np.maximum(others - slots, 0).sum() / max(others.sum() + doc_starts.sum(), 1))
 
 
-def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: int, split: str = "valid") -> list[dict]:
-  run = open_run(workdir, log=lambda *a, **k: None)
+def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: int, split: str = "valid",
+                   overrides: tuple[str, ...] = ()) -> list[dict]:
+  run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
   model = run.cfg.model
   if not model.num_stages or run.tokenizer is not None:
     raise UserError(f"{workdir}: bench capacity needs a byte-level H-Net run (this one has no routing stages)")

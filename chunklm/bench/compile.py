@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import re
@@ -158,14 +157,10 @@ def print_report(r: CompileReport, name: str, impl: str) -> None:
         f"{ratio:.2f}x | {mib['all-gather']} | {mib['reduce-scatter']} | {mib['all-reduce']} | {r.compile_s:.0f} s |")
 
 
-def bench_compile(config: str, topology: str, overrides: list[str], json_path: str | None = None,
-                  hlo_path: str | None = None) -> CompileReport:
+def bench_compile(config: str, topology: str, overrides: list[str], hlo_path: str | None = None) -> CompileReport:
   devices = topology_devices(topology)  # before any work: a missing extra or a bad name is one line
   cfg = with_corpus_cap(load_config(config, overrides))  # documents per window as training sets them
   print(f"compiling {config} for {topology} ({len(devices)} chips) on this host; large configs take minutes")
   report = compile_step(cfg, topology, devices, hlo_path)
   print_report(report, config, cfg.kernels.impl)
-  if json_path:
-    with open(json_path, "w") as f:
-      json.dump({"config": config, "overrides": overrides, **dataclasses.asdict(report)}, f, indent=1)
   return report

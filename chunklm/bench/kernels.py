@@ -10,10 +10,8 @@ segment sum reads L and writes M, the EMA scan reads and writes M (its backward 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -150,7 +148,7 @@ def _split(value: str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 def bench_kernels(impls: str | None = None, shapes: str = "full", dtypes: str = "float32,bfloat16",
                   ops: str = ",".join(OPS), repeats: int = 20, warmup: int = 3, step_config: str | None = None,
-                  step_overrides=(), step_steps: int = 10, json_path: str | None = None) -> dict:
+                  step_overrides=(), step_steps: int = 10) -> dict:
   """Runs the benchmark and prints it; `step_config` None skips the training-step part."""
   impl_list = _split(impls, api.IMPLS, "impl") if impls else default_impls()
   if "xla" not in impl_list:
@@ -180,8 +178,6 @@ def bench_kernels(impls: str | None = None, shapes: str = "full", dtypes: str = 
     print(f"\ntraining step ({' '.join([step_config, *step_overrides])}), median of {step_steps}:")
     print(f"{'config':22s} {'impl':9s} {'compile':>10s} {'step':>13s} {'bytes/s':>14s} {'vs XLA':>7s}")
     out["step"] = bench_step(step_config, list(step_overrides), impl_list, step_steps, warmup=2)
-  if json_path:
-    Path(json_path).write_text(json.dumps(out, indent=1))
   return out
 
 

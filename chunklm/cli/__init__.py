@@ -12,7 +12,9 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   # start-up: --help and flag errors answer before the command bodies load jax (seconds); lint-imports still sees it
   from chunklm.cli.commands import COMMANDS
+  from chunklm import progress
   try:
+    progress.set_every(getattr(args, "progress_every", None))
     return COMMANDS[args.command](args)
   except UserError as e:
     print(f"chunklm: error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from chunklm.bench.compile import bench_compile
 from chunklm.bench.generate import bench_generate
 from chunklm.bench.kernels import bench_kernels
 from chunklm.bench.train import bench_train
-from chunklm.cli.output import print_config_info, print_eval, print_train_summary
+from chunklm.cli.output import print_config_info, print_eval, print_train_summary, write_json
 from chunklm.config import load_config
 from chunklm.data.corpus import load_documents, load_splits
 from chunklm.data.pipeline import leading_bytes, with_doc_cap
@@ -89,6 +90,7 @@ def cmd_eval(args) -> int:
   res = evaluate(make_eval_step(run.graphdef), run.params, docs, run.cfg.data.seq_len,
                  args.batch_size or run.cfg.eval.batch_size, progress=not args.no_progress, **run.vocab)
   print_eval(run, res, what, overrides)
+  write_json(args.json, {"workdir": str(workdir), "step": run.step, "data": what, "overrides": list(overrides), **res})
   return 0
 
 
@@ -99,7 +101,7 @@ def cmd_generate(args) -> int:
   outs = generate_from_workdir(Path(args.workdir), prompts, max_bytes=args.max_bytes,
                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                stop=_escaped_bytes(args.stop, "--stop"),
-                               seed=args.seed)
+                               seed=args.seed, overrides=tuple(args.overrides))
   for prompt, out in zip(prompts, outs):
     if len(prompts) > 1:
       print("-" * 60)
@@ -118,8 +120,9 @@ def _escaped_bytes(value: str, option: str) -> bytes:
 
 
 def cmd_compare(args) -> int:
-  args.overrides = []
-  run_compare(args.spec, args.out, _data_overrides(args), progress=not args.no_progress)
+  _, rows = run_compare(args.spec, args.out, _data_overrides(args), progress=not args.no_progress,
+                        budget_bytes=args.budget_bytes)
+  write_json(args.json, [dataclasses.asdict(r) for r in rows])
   return 0
 
 
@@ -130,23 +133,26 @@ def cmd_boundaries(args) -> int:
       text = Path(args.file).read_bytes()
     except OSError as e:
       raise UserError(f"--file {args.file}: {e.strerror}") from None
-  run_boundaries(Path(args.workdir), text, tuple(args.data), args.max_bytes, args.tokenizer,
-                 Path(args.out) if args.out else None)
+  stats = run_boundaries(Path(args.workdir), text, tuple(args.data), args.max_bytes, args.tokenizer,
+                         Path(args.out) if args.out else None, tuple(args.overrides))
+  write_json(args.json, stats)
   return 0
 
 
 def cmd_report(args) -> int:
   if args.samples < 0:
     raise UserError("--samples must be >= 0")
-  run_report([Path(w) for w in args.workdir], Path(args.out) if args.out else None, args.samples)
+  run_report([Path(w) for w in args.workdir], Path(args.out) if args.out else None, args.samples, seed=args.seed)
   return 0
 
 
 def cmd_robustness(args) -> int:
   names = list(PERTURBATIONS) if args.perturbations == "all" else [p.strip() for p in args.perturbations.split(",")]
   workdirs = [Path(w) for w in args.workdir]
-  run_robustness(workdirs, tuple(args.data), names, args.strength, args.seed, args.max_bytes,
-                 Path(args.out) if args.out else workdirs[0])
+  results = run_robustness(workdirs, tuple(args.data), names, args.strength, args.seed, args.max_bytes,
+                           Path(args.out) if args.out else workdirs[0], tuple(args.overrides),
+                           progress=not args.no_progress)
+  write_json(args.json, {"strength": args.strength, "seed": args.seed, "results": results})
   return 0
 
 
@@ -182,13 +188,15 @@ def cmd_bench(args) -> int:
       raise UserError("--batch sizes, --units and --repeats must be positive")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
       raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
-    bench_generate([Path(w) for w in args.workdir], sizes, args.units, args.repeats, args.temperature, args.top_p)
+    write_json(args.json, bench_generate([Path(w) for w in args.workdir], sizes, args.units, args.repeats,
+                                         args.temperature, args.top_p, args.seed, tuple(args.overrides)))
     return 0
   if args.bench == "kernels":
+    shapes = args.shapes if args.shapes != "auto" else ("small" if jax.default_backend() == "cpu" else "full")
     step_config = None if args.no_step else (args.step_config or
-                                             ("hnet_1stage_tiny" if args.shapes == "small" else "hnet_1stage_S"))
-    bench_kernels(args.impl, args.shapes, args.dtype, args.ops, args.repeats, args.warmup, step_config,
-                  args.step_overrides, args.step_steps, args.json)
+                                             ("hnet_1stage_tiny" if shapes == "small" else "hnet_1stage_S"))
+    write_json(args.json, bench_kernels(args.impl, shapes, args.dtype, args.ops, args.repeats, args.warmup,
+                                        step_config, args.step_overrides, args.step_steps))
     return 0
   if args.bench == "capacity":
     try:
@@ -197,14 +205,15 @@ def cmd_bench(args) -> int:
       raise UserError(f"--window {args.window!r}: expected comma-separated integers") from None
     if (windows and min(windows) < 2) or args.max_bytes <= 0:
       raise UserError("--window lengths must be >= 2 and --max-bytes positive")
-    bench_capacity(args.workdir, windows, args.max_bytes, args.split)
+    write_json(args.json, bench_capacity(args.workdir, windows, args.max_bytes, args.split, tuple(args.overrides)))
     return 0
   if args.config is None:
     raise UserError(f"bench {args.bench}: --config is required")
   if args.bench == "compile":
-    bench_compile(args.config, args.topology, args.overrides, args.json, args.hlo)
+    report = bench_compile(args.config, args.topology, args.overrides, args.hlo)
+    write_json(args.json, {"config": args.config, "overrides": args.overrides, **dataclasses.asdict(report)})
     return 0
-  bench_train(args.config, args.overrides, args.steps, args.warmup, args.breakdown)
+  write_json(args.json, bench_train(args.config, args.overrides, args.steps, args.warmup, args.breakdown))
   return 0
 
 

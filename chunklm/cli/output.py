@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from chunklm.config import Config, to_dict
+from chunklm.errors import UserError
 from chunklm.eval.summary import sample_and_picture, show_bytes
 from chunklm.model.describe import describe_config
 from chunklm.run.trained import TrainedRun
@@ -67,3 +69,20 @@ def print_config_info(name: str, cfg: Config) -> dict:
           f"(innermost: {info['executed_ratio']:.2f}x the chunks at the targets)")
     print(f"  LR multipliers      : {[round(m, 3) for m in info['lr_multipliers']]}")
   return info
+
+
+def write_json(path: str | None, obj) -> None:
+  """`obj` as indented JSON at `path` (nothing when None): NumPy/JAX scalars and arrays become numbers and lists,
+  paths and other objects their text. A path that cannot be written is one line."""
+  if path is None:
+    return
+  def plain(x):
+    if hasattr(x, "tolist"):
+      return x.tolist()
+    return str(x)
+  try:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=1, default=plain) + "\n")
+  except OSError as e:
+    raise UserError(f"--json {path}: {e.strerror}") from None
+  print(f"wrote {path}")

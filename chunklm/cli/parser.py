@@ -52,20 +52,65 @@ def version() -> str:
     return "unknown (not installed)"
 
 
+def _group(p: argparse.ArgumentParser, title: str, description: str | None = None):
+  """The option group `title` of `p`, made on first use (so every command lists its shared options alike)."""
+  for g in p._action_groups:  # argparse keeps no public lookup by title
+    if g.title == title:
+      return g
+  return p.add_argument_group(title, description)
+
+
 def _add_config_args(p: argparse.ArgumentParser, default_config: str | None = DEFAULT_CONFIG) -> None:
-  p.add_argument("--config", default=default_config,
+  g = _group(p, "config")
+  g.add_argument("--config", default=default_config,
                  help="YAML config: a path or a bundled name (see configs/); default: %(default)s")
-  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+  g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field, e.g. --set model.d_model=256 --set train.steps=500 (repeatable)")
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--data", action="append", default=[], metavar="PATH",
-                 help="training data (repeatable): text files, directories (recursive; filter with data.include/"
-                      "data.exclude globs), .jsonl (field data.jsonl_field), FASTA/FASTQ (sequences only), and .gz "
-                      "of each; default: the built-in corpus")
-  p.add_argument("--valid-data", action="append", default=[], metavar="PATH",
-                 help="held-out data (repeatable); default: split --data by document (data.valid_fraction)")
+def _add_run_overrides(p: argparse.ArgumentParser) -> None:
+  """--set for commands that read trained runs: settings that keep the trained parameters."""
+  _group(p, "config").add_argument(
+      "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+      help="use the run with a setting that keeps its trained parameters changed (repeatable), e.g. "
+           "--set model.delete_gate.keep_all=true (no deletion), --set model.capacity_factor=3, "
+           "--set kernels.impl=xla")
+
+
+def _add_data_args(p: argparse.ArgumentParser, what: str = "", valid: bool = True) -> None:
+  g = _group(p, "data")
+  g.add_argument("--data", action="append", default=[], metavar="PATH",
+                 help=what or "training data (repeatable): text files, directories (recursive; filter with "
+                      "data.include/data.exclude globs), .jsonl (field data.jsonl_field), FASTA/FASTQ (sequences "
+                      "only), and .gz of each; default: the built-in corpus")
+  if valid:
+    g.add_argument("--valid-data", action="append", default=[], metavar="PATH",
+                   help="held-out data (repeatable); default: split --data by document (data.valid_fraction)")
+
+
+def _add_max_bytes(p: argparse.ArgumentParser, default: int, what: str) -> None:
+  _group(p, "data").add_argument("--max-bytes", type=int, default=default,
+                                            help=f"{what} (default: %(default)s)")
+
+
+def _add_seed(p: argparse.ArgumentParser, what: str) -> None:
+  p.add_argument("--seed", type=int, default=0, help=f"{what} seed (default: %(default)s)")
+
+
+def _add_output(p: argparse.ArgumentParser, out: str | None = None, json_what: str = "the figures") -> None:
+  """--out (where files go; `out` says the default) and --json (the figures, for scripts)."""
+  g = _group(p, "output")
+  if out is not None:
+    g.add_argument("--out", default=None, metavar="PATH", help=out)
+  g.add_argument("--json", default=None, metavar="PATH", help=f"also write {json_what} as JSON")
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+  g = _group(p, "progress", "a bar on a terminal; in a log file (CI, nohup, SLURM) one line every "
+                               "--progress-every seconds")
+  g.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+  g.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
+                 help="seconds between progress lines off a terminal (default: $CHUNKLM_PROGRESS_EVERY or 15)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--allow-data-change", action="store_true",
                  help="resume although the data stream changed (data.* settings, train.batch_size): the new stream "
                       "starts from its beginning and metrics.jsonl records the change")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  _add_progress(p)
   g = p.add_argument_group("multi-host", "run the same command on every host; each process feeds its share of "
                                          "every batch and process 0 writes logs and reports")
   g.add_argument("--distributed", action="store_true",
@@ -101,15 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Evaluate the latest checkpoint of a workdir: exact bits per byte over every byte "
                                  "of the given data (default: the run's validation split).")
   p.add_argument("--workdir", required=True, help="run directory of a trained model")
-  _add_data_args(p)
-  p.add_argument("--max-bytes", type=int, default=0,
-                 help="evaluate only the first N bytes (the last document cut at a character; 0 = all)")
   p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: eval.batch_size)")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                 help="evaluate with a setting that keeps the trained parameters changed (repeatable), e.g. "
-                      "--set model.delete_gate.keep_all=true (the delete gate's loss without deletion), "
-                      "--set model.capacity_factor=3, --set kernels.impl=xla")
+  _add_run_overrides(p)
+  _add_data_args(p, "text to evaluate (repeatable; files, directories, .jsonl, FASTA, .gz as for train); default: "
+                    "the run's validation split")
+  _add_max_bytes(p, 0, "evaluate only the first N bytes (the last document cut at a character; 0 = all)")
+  _add_output(p, json_what="the result (bpb, bytes, routing statistics)")
+  _add_progress(p)
 
   p = sub.add_parser("generate", help="sample bytes from a trained model",
                      description="Sample continuations of one or more prompts (batched) from the latest checkpoint "
@@ -117,12 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="run directory of a trained model")
   p.add_argument("--prompt", action="append", default=None,
                  help="text to continue, as the start of a document (repeatable: prompts run as one batch)")
-  p.add_argument("--max-bytes", type=int, default=200, help="bytes to generate per prompt (default: %(default)s)")
   p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
   p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely ids; 0 = all (default)")
   p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
   p.add_argument("--stop", default="", help="stop before any of these bytes, e.g. '\\n' (default: none)")
-  p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+  _add_seed(p, "sampling")
+  _add_run_overrides(p)
+  _add_max_bytes(p, 200, "bytes to generate per prompt")
 
   p = sub.add_parser("compare", help="train several models on the same bytes and compare them (report + plots)",
                      description="Train (or reuse) every model of a comparison spec on the same training bytes with "
@@ -130,9 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
                                  "report.html with a table and BPB curves vs training bytes and FLOPs. Re-running "
                                  "resumes where it stopped.")
   p.add_argument("--spec", required=True, help="comparison spec: a path or a bundled name (configs/compare/)")
-  _add_data_args(p)
-  p.add_argument("--out", default=None, help="output directory (default: runs/compare/<spec name>)")
-  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p.add_argument("--budget-bytes", type=int, default=None, metavar="N",
+                 help="training bytes per model instead of the spec's budget_bytes (e.g. a quick trial run)")
+  _group(p, "config").add_argument(
+      "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+      help="override a config field of every model, after the spec's own settings (repeatable), e.g. "
+           "--set train.lr=1e-3; data.* fields must leave every model on the same bytes")
+  _add_data_args(p, "training data for every model (repeatable; as for train); default: the spec's data, else the "
+                    "built-in corpus")
+  _add_output(p, "output directory (default: runs/compare/<spec name>)", "the result table")
+  _add_progress(p)
 
   p = sub.add_parser("boundaries", help="where an H-Net puts chunk boundaries: pictures and statistics",
                      description="Show the chunk boundaries of a trained H-Net on a text (terminal, HTML with the "
@@ -143,36 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
   src = p.add_mutually_exclusive_group()
   src.add_argument("--text", default=None, help="text to draw")
   src.add_argument("--file", default=None, help="file whose first window of bytes to draw")
-  p.add_argument("--data", action="append", default=[], metavar="PATH",
-                 help="corpus for the statistics (repeatable); default: the run's validation split")
-  p.add_argument("--max-bytes", type=int, default=65536, help="leading corpus bytes for the statistics "
-                                                              "(0 = all; default: %(default)s)")
   p.add_argument("--tokenizer", default="", help="a sentencepiece model to compare boundaries with BPE token starts")
-  p.add_argument("--out", default=None, help="output directory (default: <workdir>/boundaries)")
+  _add_run_overrides(p)
+  _add_data_args(p, "corpus for the statistics (repeatable); default: the run's validation split", valid=False)
+  _add_max_bytes(p, 65536, "leading corpus bytes for the statistics (0 = all)")
+  _add_output(p, "output directory (default: <workdir>/boundaries)", "the statistics")
 
   p = sub.add_parser("report", help="one HTML page per run, or one comparing several",
                      description="Write an HTML report of one or more runs: config, parameters, loss/BPB and "
                                  "chunk-ratio curves, final valid figures, the robustness table (if `chunklm "
                                  "robustness` was run there), a boundary picture and generated samples.")
   p.add_argument("--workdir", action="append", required=True, help="a trained run (repeatable)")
-  p.add_argument("--out", default=None, help="HTML file (default: <workdir>/report.html, or runs/report.html for "
-                                             "several runs)")
   p.add_argument("--samples", type=int, default=2, help="generated samples per run (default: %(default)s)")
+  _add_seed(p, "sampling")
+  g = _group(p, "output")
+  g.add_argument("--out", default=None, metavar="PATH",
+                 help="HTML file (default: <workdir>/report.html, or runs/report.html for several runs)")
 
   p = sub.add_parser("robustness", help="BPB of trained models on clean and character-perturbed text",
                      description="Score one or more trained models on clean text and on perturbed copies of it "
                                  "(case flips, deletions, typos, AntSpeak, ...); every model sees the same bytes. "
                                  "Writes robustness.md, robustness.csv and robustness.png.")
   p.add_argument("--workdir", action="append", required=True, help="a trained run (repeatable)")
-  p.add_argument("--data", action="append", default=[], metavar="PATH",
-                 help="text to evaluate (repeatable); default: the first run's validation split")
   p.add_argument("--perturbations", default="all",
                  help="comma-separated subset of: " + ", ".join(PERTURBATIONS) + " (default: all)")
   p.add_argument("--strength", type=float, default=0.1, help="probability of touching a character (default: 0.1)")
-  p.add_argument("--seed", type=int, default=0, help="perturbation seed (default: %(default)s)")
-  p.add_argument("--max-bytes", type=int, default=65536, help="leading bytes of the text to use (0 = all; "
-                                                              "default: %(default)s)")
-  p.add_argument("--out", default=None, help="output directory (default: the first workdir)")
+  _add_seed(p, "perturbation")
+  _add_run_overrides(p)
+  _add_data_args(p, "text to evaluate (repeatable); default: the first run's validation split", valid=False)
+  _add_max_bytes(p, 65536, "leading bytes of the text to use (0 = all)")
+  _add_output(p, "output directory (default: the first workdir)", "the scores")
+  _add_progress(p)
 
   p = sub.add_parser("tokenizer", help="train the BPE tokenizer of the token-level baseline",
                      description="Tokenizers for the BPE baseline (sentencepiece BPE with byte fallback).")
@@ -184,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_config_args(t)
   _add_data_args(t)
   t.add_argument("--vocab-size", type=int, default=4096, help="number of pieces (default: %(default)s)")
-  t.add_argument("--out", required=True, help="where to write the model file, e.g. runs/tok/bpe4096.model")
+  _group(t, "output").add_argument("--out", required=True, metavar="PATH",
+                                              help="where to write the model file, e.g. runs/tok/bpe4096.model")
 
   p = sub.add_parser("info", help="parameters, FLOPs per byte and chunk capacities of a config",
                      description="Describe a config without training: parameter count, training FLOPs per byte "
@@ -202,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation (default: %(default)s)")
   b.add_argument("--breakdown", action="store_true",
                  help="also time each part of an H-Net (stacks, routing/chunking, main network) on its own")
+  _add_output(b)
   b = bsub.add_parser("generate", help="generated bytes/s of trained runs (with caches) at several batch sizes",
                       description="Generate --units new bytes (tokens for a BPE run) after a short prompt with each "
                                   "run, per batch size; report decoded text bytes per second (median of --repeats, "
@@ -212,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--repeats", type=int, default=3, help="timed runs (default: %(default)s)")
   b.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
   b.add_argument("--top-p", type=float, default=0.95, help="nucleus mass; 1 = no nucleus sort (default: %(default)s)")
+  _add_seed(b, "sampling")
+  _add_run_overrides(b)
+  _add_output(b)
   b = bsub.add_parser("kernels", help="chunk-op kernels vs the XLA reference: time, GB/s, %% of peak bandwidth",
                       description="Time every chunk op (downsample, upsample, segment_pool, ema_scan), forward and "
                                   "forward+backward, with each chunk-op impl: median time, achieved GB/s, fraction "
@@ -220,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--impl", default=None, metavar="LIST",
                  help="comma-separated impls among auto, xla, pallas, interpret (xla is always included as the "
                       "baseline); default: xla,pallas on GPU/TPU, xla,interpret on CPU")
-  b.add_argument("--shapes", default="full", choices=("full", "small"),
-                 help="full: B in {8, 32}, L in {4096, 8192}, D in {512, 1024, 2048}; small: a CPU-sized check "
-                      "(default: %(default)s)")
+  b.add_argument("--shapes", default="auto", choices=("auto", "full", "small"),
+                 help="full: B in {8, 32}, L in {4096, 8192}, D in {512, 1024, 2048}; small: a CPU-sized check; "
+                      "auto: full on a GPU/TPU, small on a CPU (default)")
   b.add_argument("--dtype", default="float32,bfloat16", metavar="LIST", help="comma-separated (default: %(default)s)")
   b.add_argument("--ops", default="downsample,upsample,segment_pool,ema_scan", metavar="LIST",
                  help="comma-separated ops (default: all)")
@@ -235,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="override a field of the step config (repeatable)")
   b.add_argument("--step-steps", type=int, default=10, help="timed training steps per impl (default: %(default)s)")
   b.add_argument("--no-step", action="store_true", help="skip the training-step comparison")
-  b.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+  _add_output(b)
   b = bsub.add_parser("capacity", help="chunk overflow of a trained H-Net for a range of capacity factors",
                       description="Route text with a trained byte-level H-Net (exact: nothing capped), pack it into "
                                   "windows as training does, and print per window length and stage the boundaries "
@@ -245,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--window", default=None, metavar="LIST",
                  help="comma-separated window lengths in bytes (default: the run's, 2048 and 8192)")
   b.add_argument("--split", default="valid", choices=("valid", "train"), help="text to route (default: %(default)s)")
-  b.add_argument("--max-bytes", type=int, default=1_000_000, help="route at most this many bytes "
-                                                                  "(default: %(default)s)")
+  _add_run_overrides(b)
+  _add_max_bytes(b, 1_000_000, "route at most this many bytes")
+  _add_output(b)
   b = bsub.add_parser("compile", help="compile the training step for a TPU slice on this host: memory, FLOPs, "
                                      "collectives per chip",
                       description="Lower and compile a config's training step ahead of time for a TPU topology "
@@ -261,6 +319,6 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--topology", required=True, metavar="KIND:SHAPE",
                  help="TPU slice, e.g. v5e:2x2, v5p:2x2x1, v5p:4x4x4, v5e:16x16, v4:4x4x4 (set mesh.data/fsdp/"
                       "tensor to match its chip count)")
-  b.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+  _add_output(b, json_what="the report")
   b.add_argument("--hlo", default=None, metavar="PATH", help="also write the compiled (optimized) HLO text")
   return parser

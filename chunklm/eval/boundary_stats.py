@@ -152,9 +152,9 @@ def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64, min_col
 
 
 def run_boundaries(workdir: Path, text: bytes | None, data: tuple[str, ...], max_bytes: int, tokenizer_path: str,
-                   out: Path | None, log=print) -> dict:
+                   out: Path | None, overrides: tuple[str, ...] = (), log=print) -> dict:
   """`chunklm boundaries`: picture of one text (terminal, HTML, PNG) and statistics over a corpus."""
-  run = open_run(workdir, log=lambda *a, **k: None)
+  run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
   cfg, graphdef, params, step = run.cfg, run.graphdef, run.params, run.step
   stages = cfg.model.num_stages
   if not stages:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from chunklm.data.corpus import Documents
 from chunklm.data.pipeline import BOS, PackedWindows, eval_batches
 from chunklm.model.functional import forward
 from chunklm.model.stage_output import counts, routing_metrics
+from chunklm.progress import bar
 
 
 def nll_sums(logits_BxLxV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -46,7 +45,8 @@ def make_eval_step(graphdef):
 
 
 def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, *, progress: bool = False,
-             put=lambda batch: batch, bos: int = BOS, piece_bytes: np.ndarray | None = None) -> dict[str, float]:
+             desc: str = "eval", put=lambda batch: batch, bos: int = BOS,
+             piece_bytes: np.ndarray | None = None) -> dict[str, float]:
   """{'bpb', 'bytes', 'predicted', 'nll_sum', and summed routing statistics} over all of `docs`.
 
   `put` places each (global, host-side) batch on devices, e.g. split over a mesh; `bos` and `piece_bytes` describe a
@@ -56,9 +56,8 @@ def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, 
   pending = []
   n_windows = len(PackedWindows(docs, seq_len, shuffle=False, pad_last=True))
   n_batches = -(-n_windows // batch_size)
-  for batch in tqdm(eval_batches(docs, seq_len, batch_size, bos, piece_bytes), total=n_batches,
-                    disable=not progress, desc="eval", leave=False, unit="batch",
-                    mininterval=0.2 if sys.stderr.isatty() else 15.0):  # logs to a file get a line per 15 s
+  for batch in bar(eval_batches(docs, seq_len, batch_size, bos, piece_bytes), total=n_batches, enabled=progress,
+                   desc=desc, unit="batch"):
     pending.append(eval_step(params, put(batch)))
     if len(pending) > 4:  # keep a few batches in flight, then fold them into float64 host sums
       _accumulate(totals, pending.pop(0))

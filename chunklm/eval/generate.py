@@ -106,9 +106,10 @@ def generate(graphdef, params, prompt: bytes, *, max_new_bytes: int, temperature
 
 
 def generate_from_workdir(workdir, prompts: str | bytes | list, *, max_bytes: int = 200, temperature: float = 0.8,
-                          top_k: int = 0, top_p: float = 0.95, stop: bytes | str = b"", seed: int = 0):
+                          top_k: int = 0, top_p: float = 0.95, stop: bytes | str = b"", seed: int = 0,
+                          overrides: tuple[str, ...] = ()):
   """`chunklm.generate`: continuations from a trained run's newest checkpoint; one prompt in, one out (bytes)."""
-  run = open_run(Path(workdir), log=lambda *a, **k: None)
+  run = open_run(Path(workdir), tuple(overrides), log=lambda *a, **k: None)
   single = isinstance(prompts, (str, bytes))
   items = [prompts] if single else list(prompts)
   items = [p.encode() if isinstance(p, str) else p for p in items]

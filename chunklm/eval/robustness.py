@@ -22,17 +22,21 @@ from chunklm.plots import figure
 from chunklm.run.trained import open_run, read_config
 
 
-def score(workdir: Path, texts: dict[str, Documents], batch_size: int | None = None) -> dict[str, dict]:
-  """{text name: evaluate() result} for the model in `workdir`."""
-  run = open_run(workdir, log=lambda *a, **k: None)
+def score(workdir: Path, texts: dict[str, Documents], batch_size: int | None = None, overrides: tuple[str, ...] = (),
+          progress: bool = False) -> dict[str, dict]:
+  """{text name: evaluate() result} for the model in `workdir` (with `overrides`, settings that keep its
+  parameters)."""
+  run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
   step = make_eval_step(run.graphdef)
   return {name: evaluate(step, run.params, run.units(docs), run.cfg.data.seq_len,
-                         batch_size or run.cfg.eval.batch_size, **run.vocab)
+                         batch_size or run.cfg.eval.batch_size, progress=progress, desc=f"{workdir.name}: {name}",
+                         **run.vocab)
           for name, docs in texts.items()}
 
 
 def run_robustness(workdirs: list[Path], data: tuple[str, ...], perturbations: list[str], strength: float,
-                   seed: int, max_bytes: int, out: Path, log=print) -> dict[str, dict[str, dict]]:
+                   seed: int, max_bytes: int, out: Path, overrides: tuple[str, ...] = (), progress: bool = False,
+                   log=print) -> dict[str, dict[str, dict]]:
   if not workdirs:
     raise UserError("robustness: give at least one --workdir")
   unknown = [p for p in perturbations if p not in PERTURBATIONS]
@@ -55,7 +59,7 @@ def run_robustness(workdirs: list[Path], data: tuple[str, ...], perturbations: l
   results = {}
   for name, wd in zip(names, workdirs):
     log(f"scoring {name} ({wd})...")
-    results[name] = score(wd, texts)
+    results[name] = score(wd, texts, overrides=overrides, progress=progress)
   out.mkdir(parents=True, exist_ok=True)
   _write(out, results, texts, strength, seed)
   log(f"wrote {out / 'robustness.md'}, robustness.csv and robustness.png")

@@ -37,7 +37,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
   return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def run_section(workdir: Path, samples: int, sample_bytes: int) -> tuple[str, dict]:
+def run_section(workdir: Path, samples: int, sample_bytes: int, seed: int = 0) -> tuple[str, dict]:
   run = open_run(workdir, log=lambda *a, **k: None)
   cfg, graphdef, params, step = run.cfg, run.graphdef, run.params, run.step
   info = describe_config(cfg)
@@ -70,7 +70,7 @@ def run_section(workdir: Path, samples: int, sample_bytes: int) -> tuple[str, di
                  f"{html.escape(picture(snippet[:len(r.starts[0])], r.starts))}</pre>")
   prompts = [snippet[: 16 * (i + 1)] for i in range(samples)]
   outs = generate_many(graphdef, params, prompts, max_new_bytes=sample_bytes, temperature=0.8, top_p=0.95,
-                       tokenizer=run.tokenizer)
+                       seed=seed, tokenizer=run.tokenizer)
   parts.append('<h3 class="samples">samples</h3>' + "".join(
       f"<pre><b>{html.escape(show_bytes(p))}</b>{html.escape(show_bytes(o))}</pre>" for p, o in zip(prompts, outs)))
   summary = {"run": workdir.name, "params": info["params"], "step": step, "valid_bpb": final.get("bpb"),
@@ -94,13 +94,13 @@ def _overlay(summaries: list[dict]) -> bytes:
 
 
 def run_report(workdirs: list[Path], out: Path | None = None, samples: int = 2, sample_bytes: int = 160,
-               log=print) -> Path:
+               seed: int = 0, log=print) -> Path:
   if not workdirs:
     raise UserError("report: give at least one --workdir")
   sections, summaries = [], []
   for wd in workdirs:
     log(f"report: {wd}")
-    body, summary = run_section(wd, samples, sample_bytes)
+    body, summary = run_section(wd, samples, sample_bytes, seed)
     sections.append(body)
     summaries.append(summary)
   head = ""

@@ -187,9 +187,16 @@ def finished(workdir: Path, cfg: Config) -> bool:
 
 
 def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args: list[str] = (),
-                progress: bool = True, log=print) -> Path:
-  """Trains (or reuses) every model of the spec, then writes <out>/report.md and report.html; returns report.md."""
+                progress: bool = True, budget_bytes: int | None = None,
+                log=print) -> tuple[Path, list[compare_report.Row]]:
+  """Trains (or reuses) every model of the spec, then writes <out>/report.md and report.html; returns report.md
+  and the table's rows. `data_args` are KEY=VALUE overrides for every model (after the spec's own); `budget_bytes`
+  replaces the spec's."""
   spec = load_spec(spec_path)
+  if budget_bytes is not None:
+    if budget_bytes <= 0:
+      raise UserError(f"--budget-bytes must be positive, got {budget_bytes}")
+    spec = dataclasses.replace(spec, budget_bytes=budget_bytes)
   data_args = list(data_args)
   out = Path(out or Path("runs") / "compare" / spec.name)
   plain = plain_configs(spec, data_args)
@@ -236,5 +243,5 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
                "run's documents-per-window cap), and its ratio to the FLOPs at the measured chunk ratio")
   md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes)
   log(f"report: {md} and {page}")
-  return md
+  return md, rows
 

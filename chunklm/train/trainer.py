@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from chunklm import progress as progress_lines
 from chunklm.config import Config, dump_yaml, to_dict
 from chunklm.data.corpus import Documents, Splits, load_splits, order0_entropy
 from chunklm.data.pipeline import leading_bytes, train_dataset, with_doc_cap
@@ -44,9 +45,6 @@ from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_si
                                     make_mesh, on_mesh, process_count, put_batch, state_shardings)
 from chunklm.train.resume import check_resume
 from chunklm.train.step import all_finite, init_train_state, make_train_step
-
-PROGRESS_EVERY = 15.0  # seconds between progress lines when stderr is not a terminal
-
 
 class TrainingDiverged(UserError):
   exit_code = 3
@@ -211,8 +209,8 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
       return f"no checkpoint was written yet in {ckpt_dir}"
     return f"the last good checkpoint is step {good_step} in {ckpt_dir}"
   timer = {"t": time.perf_counter(), "bytes": 0.0}
-  # on a terminal a progress bar; in a log file (CI, nohup, SLURM) a plain line every PROGRESS_EVERY seconds
-  on_terminal = sys.stderr.isatty()
+  # on a terminal a progress bar; in a log file (CI, nohup, SLURM) a plain line every progress.every() seconds
+  on_terminal, line_every = progress_lines.on_terminal(), progress_lines.every()
   bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress or not is_main or not on_terminal,
              unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
   lines = {"last": time.perf_counter(), "t0": None, "step0": start}  # t0: clock after the compiling first step
@@ -245,7 +243,7 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
                     if k.startswith("bytes_per_chunk")})
     bar.set_postfix(postfix, refresh=False)
     bar.update(step_done - bar.n)
-    if progress and is_main and not on_terminal and (now - lines["last"] >= PROGRESS_EVERY or step_done == end):
+    if progress and is_main and not on_terminal and (now - lines["last"] >= line_every or step_done == end):
       lines["last"] = now
       eta = ""
       if lines["t0"] is not None and step_done > lines["step0"]:
