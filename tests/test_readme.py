@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from chunklm.cli import main
 from chunklm.cli.parser import build_parser
 from chunklm.config import load_config
 from chunklm.experiments.compare import load_spec
@@ -54,3 +55,99 @@ def test_a_broken_line_fails(capsys):
     check(["train", "--confg", "hnet_1stage_tiny"])
   with pytest.raises(Exception, match="not found"):
     check(["train", "--config", "hnet_3stage_tiny"])
+
+
+# --- Every usage line, run (marker `readme`: CI runs these after the default suite; `pytest -m readme` here) ---
+#
+# Each line runs in README order through the real entry point, in one workspace that holds what the lines name: a
+# corpus/ (train.txt, valid.txt and .py files), held_out.txt, configs/, and runs/default made first as `make run`
+# makes it. The substitutions keep every command itself: the built-in corpus is a few standard-library modules
+# instead of all of them, and each subcommand gets flags that only make it small (FAST); nothing else changes.
+
+STDLIB = Path(__import__("sysconfig").get_paths()["stdlib"])
+BUILTIN = ["argparse.py", "ast.py", "calendar.py", "csv.py", "difflib.py", "fractions.py", "heapq.py", "inspect.py",
+           "pathlib.py", "shutil.py", "string.py", "textwrap.py", "typing.py"]
+TRAIN_FAST = ["--set", "train.steps=2", "--set", "train.warmup_steps=1", "--set", "train.checkpoint_every=2",
+              "--set", "eval.max_bytes=2048", "--set", "eval.final_max_bytes=2048", "--set", "eval.sample_bytes=16",
+              "--no-progress"]
+FAST = {
+    "train": TRAIN_FAST,
+    "eval": ["--max-bytes", "2048", "--no-progress"],
+    "generate": ["--max-bytes", "8"],
+    "compare": ["--budget-bytes", "8192", "--no-progress"],
+    "robustness": ["--max-bytes", "1024", "--no-progress"],
+    "boundaries": ["--max-bytes", "2048"],
+    "report": ["--samples", "1"],
+    "bench train": ["--steps", "1", "--warmup", "0"],
+    "bench generate": ["--units", "4", "--repeats", "1"],
+    "bench kernels": ["--no-step", "--repeats", "1", "--warmup", "0", "--dtype", "float32"],
+    "bench capacity": ["--max-bytes", "8192"],
+}
+
+
+def _key(words: list[str]) -> str:
+  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer") else words[0]
+
+
+def promised_files(words: list[str]) -> list[Path]:
+  """The files a line says it writes (relative to the workspace)."""
+  args = build_parser().parse_args(words)
+  key = _key(words)
+  if key == "train":
+    wd = Path(args.workdir)
+    return [wd / "config.yaml", wd / "metrics.jsonl", wd / "loss.png", wd / "checkpoints"]
+  if key == "compare":
+    out = Path(args.out or Path("runs") / "compare" / Path(args.spec).stem)
+    return [out / "report.md", out / "report.html"]
+  if key == "tokenizer train":
+    return [Path(args.out)]
+  if key == "robustness":
+    return [Path(args.out or args.workdir[0]) / f"robustness.{ext}" for ext in ("md", "csv", "png")]
+  if key == "boundaries":
+    return [Path(args.out or Path(args.workdir) / "boundaries")]
+  if key == "report":
+    return [Path(args.out or Path(args.workdir[0]) / "report.html")]
+  return []
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+  root = tmp_path_factory.mktemp("readme")
+  builtin = root / "stdlib"
+  builtin.mkdir()
+  for name in BUILTIN:
+    (builtin / name).write_bytes((STDLIB / name).read_bytes())
+  corpus = root / "corpus"
+  corpus.mkdir()
+  (corpus / "train.txt").write_bytes(b"".join((STDLIB / n).read_bytes() for n in BUILTIN[:9]))
+  (corpus / "valid.txt").write_bytes((STDLIB / "textwrap.py").read_bytes())
+  for name in ("heapq.py", "string.py", "csv.py", "fractions.py"):
+    (corpus / name).write_bytes((STDLIB / name).read_bytes())
+  (root / "held_out.txt").write_bytes((STDLIB / "shutil.py").read_bytes())
+  (root / "configs").symlink_to(ROOT / "configs")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr("chunklm.data.sources.stdlib_dir", lambda: builtin)
+    mp.chdir(root)
+    assert main(["train", "--workdir", "runs/default", *TRAIN_FAST]) == 0  # the README's `make run`
+    yield root
+
+
+RUNNABLE = [c for c in COMMANDS if c and c[0] != "--help"]
+
+
+@pytest.mark.readme
+@pytest.mark.parametrize("words", RUNNABLE, ids=lambda w: " ".join(w[:4]))
+def test_every_usage_line_runs_and_writes_what_it_promises(words, workspace, capsys):
+  if _key(words) == "bench compile":
+    pytest.importorskip("libtpu", reason="bench compile needs the tpu extra (pip install 'chunklm[tpu]')")
+  code = main([*words, *FAST.get(_key(words), [])])
+  out, err = capsys.readouterr()
+  assert code == 0, f"exit {code}: {err[-2000:]}"
+  assert out.strip(), "printed nothing"
+  missing = [str(p) for p in promised_files(words) if not (workspace / p).exists()]
+  assert not missing, f"promised but not written: {missing}"
+
+
+def test_the_runner_covers_every_line_but_help():
+  assert len(RUNNABLE) == len(COMMANDS) - 1
+  assert {_key(w) for w in RUNNABLE} - set(FAST) <= {"tokenizer train", "info", "bench compile"}
