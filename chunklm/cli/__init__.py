@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from chunklm import progress
 from chunklm.cli.parser import build_parser
 from chunklm.errors import UserError
 
@@ -12,7 +13,6 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   # start-up: --help and flag errors answer before the command bodies load jax (seconds); lint-imports still sees it
   from chunklm.cli.commands import COMMANDS
-  from chunklm import progress
   try:
     progress.set_every(getattr(args, "progress_every", None))
     return COMMANDS[args.command](args)
