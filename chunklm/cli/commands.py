@@ -28,7 +28,7 @@ from chunklm.eval.robustness import run_robustness
 from chunklm.eval.run_report import run_report
 from chunklm.eval.summary import show_bytes
 from chunklm.experiments.compare import run_compare
-from chunklm.run.trained import open_run
+from chunklm.run.trained import open_run, read_config
 from chunklm.train.trainer import train
 
 
@@ -63,8 +63,10 @@ def _init_distributed(coordinator: str | None, num_processes: int | None, proces
 
 
 def _data_overrides(args) -> list[str]:
-  """--set overrides plus --data / --valid-data as data.sources / data.valid_sources."""
+  """--set overrides plus --data / --valid-data as data.sources / data.valid_sources (and train's --init-from)."""
   overrides = list(getattr(args, "overrides", []))
+  if getattr(args, "init_from", None):
+    overrides.append("train.init_from=" + json.dumps(os.fspath(args.init_from)))
   if args.data:
     overrides.append("data.sources=" + json.dumps([os.fspath(i) for i in args.data]))
   if args.valid_data:
@@ -170,11 +172,14 @@ def cmd_tokenizer(args) -> int:
 
 
 def cmd_info(args) -> int:
-  cfg = load_config(args.config, args.overrides)
+  if args.workdir:
+    cfg, name = read_config(Path(args.workdir), tuple(args.overrides)), args.workdir
+  else:
+    cfg, name = load_config(args.config, args.overrides), args.config
   if not cfg.data.max_docs_per_window:  # as training would set it: from the configured corpus
     cfg, cap = with_doc_cap(cfg, load_splits(cfg.data).train)
     print(f"data.max_docs_per_window from the configured corpus: {cap.describe()}")
-  print_config_info(args.config, cfg)
+  print_config_info(name, cfg, list_params=args.params)
   return 0
 
 

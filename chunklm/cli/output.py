@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
+
 from chunklm.config import Config, to_dict
 from chunklm.errors import UserError
 from chunklm.eval.summary import sample_and_picture, show_bytes
 from chunklm.model.describe import describe_config
-from chunklm.run.trained import TrainedRun
+from chunklm.run.trained import TrainedRun, abstract_params
 from chunklm.train.optim import lr_multipliers
+from chunklm.train.parts import check_selectors, count_frozen, frozen_mask, matches, named_parts, path_name
 from chunklm.train.trainer import TrainResult
 
 
@@ -54,7 +57,7 @@ def print_eval(run: TrainedRun, res: dict, what: str, overrides: tuple[str, ...]
     print(f"{key}: {res[key]:.2f}")
 
 
-def print_config_info(name: str, cfg: Config) -> dict:
+def print_config_info(name: str, cfg: Config, list_params: bool = False) -> dict:
   """`chunklm info`: parameters, training FLOPs per byte, window, targets, capacities, per-level LR multipliers."""
   info = describe_config(cfg)
   info["lr_multipliers"] = lr_multipliers(cfg.model)
@@ -68,6 +71,21 @@ def print_config_info(name: str, cfg: Config) -> dict:
     print(f"  targets N           : {list(cfg.model.target_ratio)}; chunk capacities {list(info['capacities'])} "
           f"(innermost: {info['executed_ratio']:.2f}x the chunks at the targets)")
     print(f"  LR multipliers      : {[round(m, 3) for m in info['lr_multipliers']]}")
+  params = abstract_params(cfg)[1]
+  check_selectors(cfg.train.freeze, params, cfg.model, "train.freeze")
+  info["trainable"], info["frozen"] = count_frozen(params, cfg.model, cfg.train.freeze)
+  print(f"  trained / frozen    : {info['trainable']:,} / {info['frozen']:,} model variables"
+        + (f" (train.freeze {list(cfg.train.freeze)})" if cfg.train.freeze else ""))
+  if cfg.train.lr_scale:
+    print(f"  LR factors per part : {', '.join(cfg.train.lr_scale)}")
+  if cfg.train.init_from:
+    print(f"  starts from         : {cfg.train.init_from}")
+  if list_params:  # the paths that train.freeze / train.lr_scale globs match
+    parts, frozen = named_parts(cfg.model), jax.tree.leaves(frozen_mask(params, cfg.model, cfg.train.freeze))
+    for (path, leaf), f in zip(jax.tree_util.tree_flatten_with_path(params)[0], frozen):
+      name = path_name(path)
+      part = next((p for p in parts if matches(name, p, parts)), "-")
+      print(f"    {name:60s} {str(tuple(leaf.shape)):16s} {part:12s}{' frozen' if f else ''}")
   return info
 
 

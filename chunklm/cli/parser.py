@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "default: runs/<config name>")
   p.add_argument("--stop-after", type=int, default=None, metavar="N",
                  help="stop (with a checkpoint) after N more steps; the schedule still spans train.steps")
+  p.add_argument("--init-from", default=None, metavar="RUN",
+                 help="start from the parameters of another run (its newest checkpoint) or of one checkpoint "
+                      "(RUN/checkpoints/STEP): fine-tuning; the optimizer, step and data start fresh (train.init_from)")
   p.add_argument("--allow-data-change", action="store_true",
                  help="resume although the data stream changed (data.* settings, train.batch_size): the new stream "
                       "starts from its beginning and metrics.jsonl records the change")
@@ -239,10 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
   _group(t, "output").add_argument("--out", required=True, metavar="PATH",
                                               help="where to write the model file, e.g. runs/tok/bpe4096.model")
 
-  p = sub.add_parser("info", help="parameters, FLOPs per byte and chunk capacities of a config",
-                     description="Describe a config without training: parameter count, training FLOPs per byte "
-                                 "(at the target chunk ratios), chunk capacities and per-level LR multipliers.")
+  p = sub.add_parser("info", help="parameters, FLOPs per byte and chunk capacities of a config or a run",
+                     description="Describe a config (or a run's saved config) without training: parameter count, "
+                                 "training FLOPs per byte (at the target chunk ratios), chunk capacities, per-level LR "
+                                 "multipliers, and trained/frozen counts of a fine-tuning setup.")
   _add_config_args(p)
+  p.add_argument("--workdir", default=None, help="describe this run's saved config instead of --config")
+  p.add_argument("--params", action="store_true",
+                 help="also list every parameter: path, shape, named part and whether train.freeze freezes it")
 
   p = sub.add_parser("bench", help="benchmarks (training throughput, generation, chunk-op kernels)",
                      description="Benchmarks that print measured figures with the machine they ran on.")

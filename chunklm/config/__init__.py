@@ -14,11 +14,11 @@ from chunklm.config.loading import (CONFIG_DIR, CONFIG_FORMAT, differing_fields,
                                     resolve_bundled, resolve_config_path, to_dict)
 from chunklm.config.routers import (BYTE_ROUTERS, ROUTERS, SCRIPTS, DeleteGateConfig, EntropyConfig, GumbelConfig,
                                     RouterKind, WhitespaceConfig)
-from chunklm.config.schema import (KERNEL_IMPLS, DataConfig, EvalConfig, KernelsConfig, MambaConfig,
+from chunklm.config.schema import (KERNEL_IMPLS, DataConfig, DnaConfig, EvalConfig, KernelsConfig, MambaConfig,
                                    MeshConfig, ModelConfig, TrainConfig)
 
 __all__ = [
-    "BYTE_ROUTERS", "CONFIG_DIR", "CONFIG_FORMAT", "Config", "DataConfig", "DeleteGateConfig", "EntropyConfig",
+    "BYTE_ROUTERS", "CONFIG_DIR", "CONFIG_FORMAT", "Config", "DataConfig", "DeleteGateConfig", "DnaConfig", "EntropyConfig",
     "EvalConfig", "GumbelConfig", "KERNEL_IMPLS", "KernelsConfig", "MambaConfig", "MeshConfig", "ModelConfig",
     "ROUTERS", "RouterKind", "SCRIPTS", "TrainConfig", "WhitespaceConfig", "auto_capacity_factor", "capacities",
     "capacity_factor", "check_layout",

@@ -173,6 +173,29 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DnaConfig:
+  case: str = "keep"  # keep | upper | lower: fold soft-masked (lower-case) bases, or keep the mask
+  iupac: str = "keep"  # keep | n: ambiguity codes (R, Y, S, W, K, M, B, D, H, V) kept or written as N
+  n_runs: str = "keep"  # keep | drop | split: runs of >= n_run_min N kept, removed, or split into documents
+  n_run_min: int = 1  # the shortest run of N that n_runs acts on
+  reverse_complement: float = 0.0  # probability that training reads a document as its reverse complement
+
+  def is_default(self) -> bool:
+    """True when reading leaves the sequences as they are (reverse_complement acts later, in training)."""
+    return (self.case, self.iupac, self.n_runs) == ("keep", "keep", "keep")
+
+  def __post_init__(self):
+    for name, valid in (("case", ("keep", "upper", "lower")), ("iupac", ("keep", "n")),
+                        ("n_runs", ("keep", "drop", "split"))):
+      if getattr(self, name) not in valid:
+        raise ConfigError(f"data.dna.{name}: {getattr(self, name)!r} is not one of {', '.join(valid)}")
+    if self.n_run_min < 1:
+      raise ConfigError(f"data.dna.n_run_min: must be >= 1, got {self.n_run_min}")
+    if not 0 <= self.reverse_complement <= 1:
+      raise ConfigError(f"data.dna.reverse_complement: a probability in [0, 1], got {self.reverse_complement}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
   sources: tuple[str, ...] = ()  # training paths (files, dirs, .jsonl, FASTA/FASTQ, .gz); () = Python stdlib
   valid_sources: tuple[str, ...] = ()  # held-out paths; () = split `sources` by document
@@ -189,6 +212,7 @@ class DataConfig:
   mmap_min_mb: int = 256  # corpora larger than this are kept in a memory-mapped cache file, not in RAM
   prefetch: int = 4  # batches prepared ahead by the grain iterator
   tokenizer: str = ""  # sentencepiece model of a token-level model (BPE baseline); "" = bytes
+  dna: DnaConfig = DnaConfig()  # DNA cleaning (case, IUPAC codes, N runs) and reverse-complement augmentation
 
   @property
   def doc_slots(self) -> int:
@@ -234,8 +258,26 @@ class TrainConfig:
   keep_checkpoints: int = 3  # checkpoints kept on disk
   nan_policy: str = "stop"  # a step with a non-finite loss or gradient: stop (exit 3) | skip (drop its update)
   nan_skip_limit: int = 10  # nan_policy=skip: stop after this many skipped steps in a row
+  init_from: str = ""  # a run or one of its checkpoints whose parameters start this run (fine-tuning); "" = random
+  freeze: tuple[str, ...] = ()  # parameters left as they are: named parts (embed, main, encoder.s0, ...) or globs
+  lr_scale: tuple[str, ...] = ()  # learning-rate factor per part, {main: 0.1} (PART:FACTOR); the last match wins
+
+  def lr_scales(self) -> list[tuple[str, float]]:
+    """`lr_scale` as (selector, factor) pairs."""
+    out = []
+    for item in self.lr_scale:
+      sel, sep, raw = item.rpartition(":")
+      try:
+        factor = float(raw)
+      except ValueError:
+        factor = float("nan")
+      if not sep or not sel or not 0 < factor < float("inf"):
+        raise ConfigError(f"train.lr_scale: {item!r} is not PART:FACTOR with a positive factor, e.g. main:0.1")
+      out.append((sel, factor))
+    return out
 
   def __post_init__(self):
+    self.lr_scales()
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "nan_skip_limit"):
       if getattr(self, name) <= 0:
         raise ConfigError(f"train.{name}: must be positive, got {getattr(self, name)}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from chunklm.config import DataConfig
 from chunklm.data import sources as src
+from chunklm.data.dna import clean
 from chunklm.errors import DataError
 
 
@@ -113,7 +114,8 @@ def _fingerprint(paths: tuple[str, ...], cfg: DataConfig, option: str) -> str:
   for f in files:
     st = f.stat()
     h.update(os.fsencode(f.resolve()) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())  # any file name, as bytes
-  h.update(f"{cfg.jsonl_field}|{cfg.doc_separator}".encode())
+  h.update(f"{cfg.jsonl_field}|{cfg.doc_separator}|{cfg.dna.case}|{cfg.dna.iupac}|{cfg.dna.n_runs}|"
+           f"{cfg.dna.n_run_min}".encode())
   return h.hexdigest()[:16]
 
 
@@ -131,7 +133,7 @@ def load_documents(paths: tuple[str, ...], cfg: DataConfig, cache_dir: Path | No
                               doc_separator=cfg.doc_separator, option=option)
   else:
     docs = src.default_documents()
-  return build(docs, cache_file, cfg.mmap_min_mb << 20)
+  return build(clean(docs, cfg.dna), cache_file, cfg.mmap_min_mb << 20)
 
 
 def _split_hash(name: str, seed: int) -> float:

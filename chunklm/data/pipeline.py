@@ -23,6 +23,7 @@ import numpy as np
 
 from chunklm.config import Config
 from chunklm.data.corpus import Documents
+from chunklm.data.dna import reverse_complement
 
 BOS = 0xFE  # never appears in valid UTF-8; marks every document start (as in the H-Net code)
 
@@ -39,17 +40,20 @@ class PackedWindows:
     pad_last: keep a final partial window (zero-padded, masked) so every byte is predicted once (evaluation).
     bos: id that starts every document (BOS for bytes, the tokenizer's BOS for tokens).
     piece_bytes: text bytes per token id (token models); None for bytes.
+    reverse_complement: probability that an epoch reads a document as its reverse complement (DNA augmentation;
+      drawn per document and epoch, so every window of it agrees).
   """
 
   def __init__(self, docs: Documents, seq_len: int, *, seed: int = 0, shuffle: bool = True, num_epochs: int = 1,
                pad_last: bool = False, bos: int = BOS, piece_bytes: np.ndarray | None = None,
-               max_docs: int | None = None):
+               max_docs: int | None = None, reverse_complement: float = 0.0):
     if max_docs is not None and max_docs < 2:
       raise ValueError(f"max_docs must be >= 2 (a window can start inside one document and begin another), "
                        f"got {max_docs}")
     self.docs, self.seq_len, self.seed, self.shuffle = docs, seq_len, seed, shuffle
     self.bos, self.piece_bytes, self.max_docs, self.pad_last = bos, piece_bytes, max_docs, pad_last
     self.num_epochs = num_epochs
+    self.reverse_complement = reverse_complement
     unpadded = int(docs.num_bytes + len(docs))  # each document is preceded by BOS
     lengths = [unpadded] * num_epochs if max_docs is None else [self._layout(e)[3] for e in range(num_epochs)]
     self.padding = [n - unpadded for n in lengths]  # bytes of padding the cap costs, per epoch
@@ -85,7 +89,8 @@ class PackedWindows:
         rng = np.random.default_rng([self.seed, epoch])
         rng.permutation(len(self.docs))
         order = rng.permutation(count)
-      self._cache = (epoch, *layout, order)
+      flip = np.random.default_rng([self.seed, epoch, 1]).random(len(self.docs)) < self.reverse_complement
+      self._cache = (epoch, *layout, order, flip)
     return self._cache[1:]
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -94,7 +99,7 @@ class PackedWindows:
       raise IndexError(index)
     epoch = int(np.searchsorted(self._first_window, index, side="right")) - 1
     k = index - int(self._first_window[epoch])
-    doc_order, offsets, ends, stream_len, window_order = self._epoch(epoch)
+    doc_order, offsets, ends, stream_len, window_order, flip = self._epoch(epoch)
     lo = int(window_order[k]) * self.seq_len
     hi = min(lo + self.seq_len + 1, stream_len)
     tokens = np.zeros(self.seq_len + 1, self.docs.data.dtype)
@@ -109,16 +114,24 @@ class PackedWindows:
       segment += 1
       out = slice(a - lo, b - lo)
       body_lo = max(a - doc_lo - 1, 0)  # offset inside the document's bytes
-      start = self.docs.starts[d]
-      if a == doc_lo:  # the window contains this document's BOS
+      first = a - lo + 1 if a == doc_lo else a - lo  # the window contains this document's BOS at a - lo
+      if a == doc_lo:
         tokens[a - lo] = self.bos
-        tokens[a - lo + 1: b - lo] = self.docs.data[start: start + (b - a - 1)]
-      else:
-        tokens[out] = self.docs.data[start + body_lo: start + body_lo + (b - a)]
+      tokens[first: b - lo] = self._body(d, body_lo, b - lo - first, bool(flip[d]))
       seg[out] = segment
       pos[out] = np.arange(a - doc_lo, b - doc_lo, dtype=np.int32)
       j += 1
     mask = (seg[1:] == seg[:-1]) & (seg[1:] > 0)
+    return self._example(tokens, seg, pos, mask)
+
+  def _body(self, d: int, at: int, n: int, flipped: bool) -> np.ndarray:
+    """Bytes [at, at + n) of document d, read as its reverse complement when `flipped`."""
+    start, length = int(self.docs.starts[d]), int(self.docs.lengths[d])
+    if not flipped:
+      return self.docs.data[start + at: start + at + n]
+    return reverse_complement(self.docs.data[start + length - at - n: start + length - at])
+
+  def _example(self, tokens, seg, pos, mask) -> dict[str, np.ndarray]:
     per_target = 1 if self.piece_bytes is None else self.piece_bytes[tokens[1:]]
     return {
         "ids": tokens[:-1],
@@ -212,7 +225,8 @@ def with_doc_cap(cfg: Config, docs: Documents) -> tuple[Config, DocCap | None]:
 
 def train_dataset(docs: Documents, seq_len: int, batch_size: int, steps: int, seed: int, prefetch: int = 4,
                   process_index: int | None = None, process_count: int | None = None, bos: int = BOS,
-                  piece_bytes: np.ndarray | None = None, max_docs: int | None = None) -> grain.IterDataset:
+                  piece_bytes: np.ndarray | None = None, max_docs: int | None = None,
+                  reverse_complement: float = 0.0) -> grain.IterDataset:
   """Shuffled, repeated, per-process batches of packed windows for `steps` steps (global batch `batch_size`),
   touching at most `max_docs` documents per window."""
   process_index = jax.process_index() if process_index is None else process_index
@@ -222,7 +236,8 @@ def train_dataset(docs: Documents, seq_len: int, batch_size: int, steps: int, se
   probe = PackedWindows(docs, seq_len, seed=seed)
   num_epochs = -(-(steps * batch_size) // max(probe.windows_per_epoch, 1)) + 1
   ds = grain.MapDataset.source(PackedWindows(docs, seq_len, seed=seed, num_epochs=num_epochs, bos=bos,
-                                             piece_bytes=piece_bytes, max_docs=max_docs))
+                                             piece_bytes=piece_bytes, max_docs=max_docs,
+                                             reverse_complement=reverse_complement))
   ds = ds[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
 

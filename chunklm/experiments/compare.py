@@ -31,7 +31,7 @@ from chunklm.train.trainer import train
 
 # The data settings that decide which bytes are trained and evaluated on: equal for every model of a comparison.
 DATA_IDENTITY = ("sources", "valid_sources", "include", "exclude", "jsonl_field", "doc_separator", "valid_fraction",
-                 "split_seed", "min_doc_bytes", "seed")
+                 "split_seed", "min_doc_bytes", "seed", "dna")
 
 
 @dataclasses.dataclass(frozen=True)

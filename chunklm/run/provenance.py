@@ -42,3 +42,16 @@ def provenance() -> dict:
 def header(p: dict) -> str:
   """YAML comment lines for the top of a run's config.yaml."""
   return "".join(f"# {k}: {v}\n" for k, v in p.items())
+
+
+def header_value(config_file: Path, key: str) -> str | None:
+  """The value of `# key: value` in the header comments of a run's config.yaml (None if absent)."""
+  if not config_file.exists():
+    return None
+  for line in config_file.read_text().splitlines():
+    if not line.startswith("#"):
+      break
+    name, sep, value = line[1:].strip().partition(": ")
+    if sep and name == key:
+      return value
+  return None

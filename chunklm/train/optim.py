@@ -1,4 +1,5 @@
-"""The optimizer: AdamW with warmup + cosine / WSD, global-norm clipping, a weight-decay mask and per-level LR multipliers.
+"""The optimizer: AdamW with warmup + cosine / WSD, global-norm clipping, a weight-decay mask, per-level LR multipliers,
+per-part LR factors (`train.lr_scale`) and frozen parts (`train.freeze`, see parts.py).
 
 Per-level multipliers (H-Net paper, App. C) scale the whole AdamW update of each parameter, i.e. they act as a
 per-parameter learning rate. A parameter's level is the number of `main` modules on its path (embedding and LM head
@@ -14,6 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from chunklm.config import ModelConfig, TrainConfig
+from chunklm.errors import ConfigError
+from chunklm.train.parts import check_selectors, frozen_mask, matches, named_parts, path_name
 
 BPE_BYTES_PER_TOKEN = 4.6  # N^GPT in the paper's Eq. 11 (GPT-2 BPE on FineWeb-Edu)
 
@@ -71,14 +74,16 @@ def multiplier_tree(params, multipliers: tuple[float, ...]):
                                           params)
 
 
-def scale_by_tree(factors) -> optax.GradientTransformation:
+def scale_by_path(factor_of) -> optax.GradientTransformation:
+  """Scales each update by `factor_of(tree path)`: computed from the path of the tree it is given, so it works
+  inside `optax.multi_transform`, whose branches see the other branch's leaves as empty nodes."""
   def init(params):
     del params
     return optax.EmptyState()
 
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, f: u * f, updates, factors), state
+    return jax.tree_util.tree_map_with_path(lambda path, u: u * factor_of(path), updates), state
 
   return optax.GradientTransformation(init, update)
 
@@ -88,12 +93,29 @@ def lr_multipliers(cfg: ModelConfig) -> tuple[float, ...]:
 
 
 def make_optimizer(train: TrainConfig, model: ModelConfig, params) -> optax.GradientTransformation:
+  """AdamW (clipping, decay mask) x per-level multipliers x `train.lr_scale`; parameters that `train.freeze` selects
+  get no update and no optimizer state."""
   parts = []
   if train.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(train.grad_clip))
+    parts.append(optax.clip_by_global_norm(train.grad_clip))  # over the trained parameters only
   parts.append(optax.adamw(lr_schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
-                           weight_decay=train.weight_decay, mask=decay_mask(params)))
+                           weight_decay=train.weight_decay, mask=decay_mask))
   multipliers = lr_multipliers(model)
-  if any(m != 1.0 for m in multipliers):
-    parts.append(scale_by_tree(multiplier_tree(params, multipliers)))
-  return optax.chain(*parts)
+  named, scales = named_parts(model), train.lr_scales()
+  check_selectors([sel for sel, _ in scales], params, model, "train.lr_scale")
+
+  def factor_of(path) -> float:
+    name = path_name(path)
+    scale = next((f for sel, f in reversed(scales) if matches(name, sel, named)), 1.0)
+    return multipliers[min(level_of(path), len(multipliers) - 1)] * scale
+
+  if scales or any(m != 1.0 for m in multipliers):
+    parts.append(scale_by_path(factor_of))
+  tx = optax.chain(*parts)
+  if not train.freeze:
+    return tx
+  check_selectors(train.freeze, params, model, "train.freeze")
+  labels = jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(params, model, train.freeze))
+  if "trained" not in jax.tree.leaves(labels):
+    raise ConfigError(f"train.freeze: {list(train.freeze)} selects every parameter; nothing would train")
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)

@@ -37,9 +37,10 @@ from chunklm.model.lm import build_model, count_params
 from chunklm.model.rule_routers import check_router_data
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.metrics import MetricsWriter, plot_curves
-from chunklm.run.provenance import header, provenance
+from chunklm.run.provenance import header, header_value, provenance
 from chunklm.run.lock import workdir_lock
 from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, read_config, run_tokenizer
+from chunklm.train.init_from import load_init
 from chunklm.train.optim import lr_schedule, make_optimizer
 from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_size, check_state_fits, local_rows,
                                     make_mesh, on_mesh, process_count, put_batch, state_shardings)
@@ -116,6 +117,8 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
   splits = splits or load_splits(cfg.data, cache_dir=workdir / "cache")  # bad data fails before anything is written
   check_router_data(cfg.model, splits.train)  # e.g. whitespace routing on DNA
   tok = run_tokenizer(cfg)  # token models only (BPE baseline)
+  if tok is not None and cfg.data.dna.reverse_complement:
+    raise UserError("data.dna.reverse_complement: a token model reads tokens, not bases; use it with byte models")
   units = tokenize_splits(splits, tok) if tok is not None else splits  # what the model reads: bytes or tokens
   ckpt_dir = workdir / "checkpoints"
   resuming = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
@@ -145,13 +148,20 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
   state = jax.device_put(state, state_sharding)
   data_iter = iter(train_dataset(units.train, cfg.data.seq_len, cfg.train.batch_size, cfg.train.steps,
                                  cfg.data.seed, cfg.data.prefetch, max_docs=cfg.data.max_docs_per_window or None,
-                                 **vocab))
+                                 reverse_complement=cfg.data.dna.reverse_complement, **vocab))
+  init = None
+  if not resuming and cfg.train.init_from:  # a fine-tuning run's first start: another run's parameters
+    params, init = load_init(cfg.train.init_from, cfg, state["params"],
+                             tok.path.read_bytes() if tok is not None else None)
+    state = {**state, "params": jax.device_put(params, state_sharding["params"])}
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
   new_stream = changes is not None and bool(changes.data)
   restored = ckpt.restore_latest(state, None if new_stream else data_iter, log=log)
   start = 0
+  if init is not None:
+    log(f"initialised from {init.describe()}")
   if restored is not None:
     start, state, _ = restored
     log(f"resumed from checkpoint at step {start} in {ckpt_dir}")
@@ -160,6 +170,10 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
     if new_stream:
       log("--allow-data-change: the new data stream starts from its beginning")
   made_by = provenance()
+  if init is not None:
+    made_by["init_from"] = init.describe()
+  elif restored is not None and cfg.train.init_from:  # a resumed fine-tuning run keeps saying where it started
+    made_by["init_from"] = header_value(workdir / CONFIG_FILE, "init_from") or cfg.train.init_from
   if is_main:
     (workdir / CONFIG_FILE).write_text("# written by chunklm train\n" + header(made_by) + dump_yaml(cfg))
     if tok is not None and not (workdir / TOKENIZER_FILE).exists():
