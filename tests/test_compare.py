@@ -41,7 +41,9 @@ def test_spec_errors(tmp_path):
     compare.load_spec(write_spec(tmp_path / "d.yaml", [{"name": "x", "config": "byte_transformer_tiny"}], budget=3))
   with pytest.raises(ConfigError, match="bundled specs: .*tiny_code"):
     compare.load_spec("no_such_spec")
-  for name in ("tiny_code", "tiny_english", "small_english", "small_dna"):
+  with pytest.raises(ConfigError, match="efficiency_reference 'z' is not one of its models"):
+    compare.CompareSpec("s", (compare.ModelSpec("x", "byte_transformer_tiny"),), efficiency_reference="z")
+  for name in ("tiny_code", "tiny_english", "small_english", "small_dna", "tiny_dna", "transfer_tiny"):
     compare.plain_configs(compare.load_spec(name), ["data.sources=[x]", "data.valid_sources=[y]"])
 
 
@@ -70,6 +72,18 @@ def test_report_shows_executed_flops_beside_the_measured_ones():
                                             [(1.0, 2.0, 3.0)], None)
   assert compare_report._cells(row(5.2e6))[4] == "5.20 M (1.30x)"
   assert compare_report._cells(row(4e6))[4] == "4.00 M"
+
+
+def test_data_efficiency_is_read_off_the_curves_on_the_same_bytes():
+  curve = lambda *pts: [(b, bpb, 100.0) for b, bpb in pts]  # noqa: E731
+  assert compare_report.bytes_to_reach(curve((10, 3.0), (20, 2.0), (30, 1.5)), 1.75) == pytest.approx(25.0)
+  assert compare_report.bytes_to_reach(curve((10, 3.0), (20, 2.0)), 1.0) is None
+  leading = [(10, 1.0, 50.0), (20, 2.2, 100.0), (30, 1.8, 100.0)]  # the first point is on fewer bytes: not used
+  assert compare_report.bytes_to_reach(leading, 2.0) == pytest.approx(25.0)
+  row = lambda name, c: compare_report.Row(name, "k", 1, 1.0, 1.0, 1.0, c[-1][1], 1.0, c, None)  # noqa: E731
+  lines = compare_report.efficiency([row("ref", curve((10, 3.0), (40, 2.0))), row("h", curve((10, 2.5), (20, 1.9))),
+                                     row("slow", curve((10, 3.5), (40, 2.5)))], "ref")
+  assert lines[1] == "h: 18 bytes, 2.18x fewer" and lines[2].startswith("slow: not reached within its 40 bytes")
 
 
 @pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores

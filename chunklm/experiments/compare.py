@@ -52,6 +52,7 @@ class CompareSpec:
   eval_max_bytes: int = 65536  # leading valid bytes used by the evaluations during training
   tokenizer_vocab: int = 4096  # pieces of the BPE tokenizer trained for token models
   data: tuple[str, ...] = ()  # data.* overrides for every model, as KEY=VALUE (e.g. data.seq_len is per model)
+  efficiency_reference: str = ""  # report the bytes each model needs to reach this model's final valid BPB
 
   def __post_init__(self):
     names = [m.name for m in self.models]
@@ -64,6 +65,9 @@ class CompareSpec:
         raise ConfigError(f"compare spec {self.name}: model {m.name} matches FLOPs of unknown model {m.match_flops!r}")
       if m.match_flops == m.name:
         raise ConfigError(f"compare spec {self.name}: model {m.name} cannot match its own FLOPs")
+    if self.efficiency_reference and self.efficiency_reference not in names:
+      raise ConfigError(f"compare spec {self.name}: efficiency_reference {self.efficiency_reference!r} is not one of "
+                        f"its models {names}")
     if self.budget_bytes <= 0 or self.evals < 0 or self.eval_max_bytes < 0:
       raise ConfigError("compare spec: budget_bytes must be positive, evals and eval_max_bytes >= 0")
 
@@ -241,7 +245,7 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
                "models marked 'sized to match' were resized before training at the reference's target ratio")
   notes.append("executed FLOPs/byte: what an H-Net's static shapes compute (every chunk slot of every stage, with the "
                "run's documents-per-window cap), and its ratio to the FLOPs at the measured chunk ratio")
-  md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes)
+  md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes, spec.efficiency_reference)
   log(f"report: {md} and {page}")
   return md, rows
 

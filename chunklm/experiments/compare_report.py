@@ -91,8 +91,38 @@ def _cells(row: Row) -> list[str]:
           f"{row.valid_bpb:.4f}", f"{row.unit_bytes:.2f}"]
 
 
-def write(out: Path, title: str, rows: list[Row], notes: list[str]) -> tuple[Path, Path]:
-  """report.md and report.html (with the plot embedded) in `out`."""
+def bytes_to_reach(curve: list[tuple[float, float, float]], target: float) -> float | None:
+  """Training bytes at which a curve first reaches valid BPB `target` (linear between evaluations), using only the
+  evaluations on the same bytes as its last one; None when it never does."""
+  same = [(b, bpb) for b, bpb, n in curve if n == curve[-1][2]]
+  for i, (b, bpb) in enumerate(same):
+    if bpb <= target:
+      if i == 0:
+        return b
+      b0, bpb0 = same[i - 1]
+      return b0 + (b - b0) * (bpb0 - target) / (bpb0 - bpb)
+  return None
+
+
+def efficiency(rows: list[Row], reference: str) -> list[str]:
+  """Lines: the training bytes each model needs to reach the reference model's final valid BPB, and the ratio."""
+  ref = next(r for r in rows if r.name == reference)
+  target, ref_bytes = ref.valid_bpb, ref.curve[-1][0]
+  lines = [f"Data efficiency: training bytes to reach {ref.name}'s final valid BPB ({target:.4f}, after "
+           f"{ref_bytes:,.0f} bytes)"]
+  for r in rows:
+    if r is ref:
+      continue
+    need = bytes_to_reach(r.curve, target)
+    lines.append(f"{r.name}: " + (f"{need:,.0f} bytes, {ref_bytes / need:.2f}x fewer" if need else
+                                  f"not reached within its {r.curve[-1][0]:,.0f} bytes (final {r.valid_bpb:.4f})"))
+  return lines
+
+
+def write(out: Path, title: str, rows: list[Row], notes: list[str],
+          efficiency_reference: str = "") -> tuple[Path, Path]:
+  """report.md and report.html (with the plot embedded) in `out`; with `efficiency_reference`, the bytes every
+  other model needs to reach that model's final valid BPB."""
   png = plot(rows, out / "comparison.png")
   best = min(rows, key=lambda r: r.valid_bpb)
   lines = [f"# {title}", "", *[f"- {n}" for n in notes], "",
@@ -103,7 +133,9 @@ def write(out: Path, title: str, rows: list[Row], notes: list[str]) -> tuple[Pat
   if others:
     verdict += "; " + ", ".join(f"{r.name} +{r.valid_bpb - best.valid_bpb:.4f} ({(r.valid_bpb / best.valid_bpb - 1):+.1%})"
                                 for r in others)
-  lines += ["", verdict + ".", "", f"![valid BPB vs training bytes and FLOPs]({png.name})", ""]
+  extra = efficiency(rows, efficiency_reference) if efficiency_reference else []
+  lines += ["", verdict + ".", "", *[f"- {e}" if i else e for i, e in enumerate(extra)], "",
+            f"![valid BPB vs training bytes and FLOPs]({png.name})", ""]
   md = out / "report.md"
   md.write_text("\n".join(lines))
   img = base64.b64encode(png.read_bytes()).decode()
@@ -113,7 +145,7 @@ def write(out: Path, title: str, rows: list[Row], notes: list[str]) -> tuple[Pat
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}</style>
 </head><body><h1>{html.escape(title)}</h1><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
 <table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{table}</table>
-<p>{html.escape(verdict.replace('**', ''))}.</p><img alt="valid BPB curves" src="data:image/png;base64,{img}">
+<p>{html.escape(verdict.replace('**', ''))}.</p>{''.join(f'<p>{html.escape(e)}</p>' for e in extra)}<img alt="valid BPB curves" src="data:image/png;base64,{img}">
 </body></html>"""
   page_path = out / "report.html"
   page_path.write_text(page)
