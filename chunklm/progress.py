@@ -46,8 +46,26 @@ def on_terminal() -> bool:
   return sys.stderr.isatty()
 
 
+class _Lines:
+  """A file for tqdm off a terminal: each redraw becomes one plain line (no carriage returns, no blank redraws)."""
+
+  def __init__(self, stream):
+    self.stream = stream
+
+  def write(self, text: str) -> None:
+    for piece in text.replace("\r", "\n").split("\n"):
+      if piece.strip():
+        self.stream.write(piece.rstrip() + "\n")
+
+  def flush(self) -> None:
+    self.stream.flush()
+
+
 def bar(iterable=None, *, enabled: bool, desc: str, total: int | None = None, unit: str = "it",
         leave: bool = False) -> tqdm:
   """A tqdm bar on stderr: redrawn on a terminal, one line per `every()` seconds elsewhere."""
-  return tqdm(iterable, total=total, disable=not enabled, desc=desc, unit=unit, leave=leave, file=sys.stderr,
-              dynamic_ncols=True, mininterval=0.2 if on_terminal() else every())
+  if on_terminal():
+    return tqdm(iterable, total=total, disable=not enabled, desc=desc, unit=unit, leave=leave, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.2)
+  return tqdm(iterable, total=total, disable=not enabled, desc=desc, unit=unit, leave=False,
+              file=_Lines(sys.stderr), ncols=100, mininterval=every())

@@ -170,6 +170,18 @@ def test_progress_interval_setting(monkeypatch):
     progress.set_every(0)
 
 
+def test_progress_off_a_terminal_is_plain_lines(capsys):
+  from chunklm import progress
+  progress.set_every(1e-9)
+  try:
+    for _ in progress.bar(range(3), enabled=True, desc="eval", total=3):
+      pass
+  finally:
+    progress.set_every(None)
+  err = capsys.readouterr().err
+  assert "\r" not in err and err.splitlines()[0].startswith("eval:   0%") and len(err.splitlines()) >= 3
+
+
 def test_command_line_bytes_and_escapes():
   from chunklm.cli.commands import _escaped_bytes
   assert _escaped_bytes(r"\n;", "--stop") == b"\n;"
