@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from chunklm.config import Config, differing_fields
 from chunklm.errors import CheckpointError
@@ -40,9 +41,12 @@ class InitSource:
 
 
 def params_sha256(params) -> str:
+  """Of every leaf's bytes in tree order; leaves spread over several hosts are gathered first (same on every host)."""
   h = hashlib.sha256()
-  for leaf in jax.tree.leaves(jax.device_get(params)):
-    h.update(np.ascontiguousarray(leaf).tobytes())
+  for leaf in jax.tree.leaves(params):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
   return h.hexdigest()
 
 

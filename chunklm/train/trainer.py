@@ -47,6 +47,7 @@ from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_si
 from chunklm.train.resume import check_resume
 from chunklm.train.step import all_finite, init_train_state, make_train_step
 
+
 class TrainingDiverged(UserError):
   exit_code = 3
 
