@@ -82,3 +82,25 @@ def test_windows_read_whole_documents_reverse_complemented():
     np.testing.assert_array_equal(half[k]["ids"], again[k]["ids"])
   flips = half._epoch(0)[-1]
   assert 0 < flips.sum() < len(seqs) or len(seqs) < 4
+
+
+def test_boundary_rate_after_each_kmer():
+  from chunklm.data.dna import looks_like_dna
+  from chunklm.eval.boundaries import ByteRouting
+  from chunklm.eval.kmer_boundaries import kmer_markdown, kmer_rates
+  data = b"ACGTACGTacgtNACGT"
+  starts = np.zeros(len(data), bool)
+  starts[[4, 8, 12]] = True  # after each "GT"/"gt" (position 12 is N: after "gt" too)
+  routed = [(data, ByteRouting([starts], [np.zeros(len(data))]))]
+  for k in (1, 2, 3):  # against a plain loop
+    expected = {}
+    for i in range(k, len(data)):
+      kmer = data[i - k:i].upper().decode()
+      if set(kmer) <= set("ACGT"):
+        seen, hit = expected.get(kmer, (0, 0))
+        expected[kmer] = (seen + 1, hit + int(starts[i]))
+    got = {m: (n, round(rate * n)) for m, (rate, n) in kmer_rates(routed, 0, k).items() if n}
+    assert got == expected
+  assert kmer_rates(routed, 0, 2)["GT"] == (1.0, 3)
+  assert "stage 0, after each 2-mer: AC 0.000" in kmer_markdown(routed, 1)
+  assert looks_like_dna(arr(data)) and not looks_like_dna(arr(b"def main(): pass"))

@@ -63,3 +63,12 @@ def clean(documents: Iterator[tuple[str, bytes]], cfg: DnaConfig) -> Iterator[tu
         continue
       seq = pieces[0] if pieces else b""
     yield name, seq
+
+
+def looks_like_dna(data: np.ndarray, share: float = 0.99) -> bool:
+  """True when at least `share` of the bytes are nucleotide letters (ACGTN or IUPAC codes, either case)."""
+  if not len(data):
+    return False
+  letters = np.zeros(256, bool)
+  letters[list(b"ACGTN" + IUPAC_AMBIGUOUS + b"acgtn" + IUPAC_AMBIGUOUS.lower())] = True
+  return float(letters[data].mean()) >= share

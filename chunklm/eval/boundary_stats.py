@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from chunklm.data.corpus import load_documents
+from chunklm.data.dna import looks_like_dna
 from chunklm.data.pipeline import leading_bytes
 from chunklm.data.tokenizer import Tokenizer
 from chunklm.errors import UserError
 from chunklm.eval.boundaries import ByteRouting, _show, characters, corpus_routing, picture, text_routing
+from chunklm.eval.kmer_boundaries import kmer_markdown
 from chunklm.plots import figure
 from chunklm.run.trained import open_run
 
@@ -178,8 +180,11 @@ def run_boundaries(workdir: Path, text: bytes | None, data: tuple[str, ...], max
     docs = run.valid_split()
   docs = leading_bytes(docs.select(docs.lengths > 0), max_bytes)
   tok = Tokenizer(tokenizer_path) if tokenizer_path else None
-  stats = corpus_stats(corpus_routing(graphdef, params, docs, stages, cfg.data.seq_len), stages, tok)
+  routed = corpus_routing(graphdef, params, docs, stages, cfg.data.seq_len)
+  stats = corpus_stats(routed, stages, tok)
   md = stats_markdown(stats, docs.num_bytes)
+  if looks_like_dna(docs.data[docs.starts[0]:docs.starts[0] + 65536] if len(docs) else docs.data):
+    md += "\n\n" + kmer_markdown(routed, stages)
   log(md)
   (out / "stats.md").write_text(md + "\n")
   histogram_png(stats, out / "histogram.png")
