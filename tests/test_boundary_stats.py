@@ -54,9 +54,12 @@ def test_boundaries_cli(tmp_path, corpus_dir, capsys):
   wd = tmp_path / "h"
   assert main(["train", "--no-progress", "--data", str(corpus_dir), "--workdir", str(wd), *sets]) == 0
   capsys.readouterr()
-  assert main(["boundaries", "--workdir", str(wd), "--text", "def main(args):", "--max-bytes", "2000"]) == 0
+  assert main(["boundaries", "--workdir", str(wd), "--text", "def main(args):", "--max-bytes", "2000",
+               "--json", str(tmp_path / "b.json")]) == 0
   out = capsys.readouterr().out
   assert "stage 0:" in out and "precision" in out and "bytes per chunk" in out
+  figures = __import__("json").loads((tmp_path / "b.json").read_text())["stage 0"]
+  assert figures["chunks"] == sum(figures["chunks_by_length"]) and 0 <= figures["precision"]["word"] <= 1
   for f in ("boundaries.html", "boundaries.png", "stats.md", "histogram.png"):
     assert (wd / "boundaries" / f).exists()
   assert "heat strip" in (wd / "boundaries" / "boundaries.html").read_text()
