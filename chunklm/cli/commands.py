@@ -67,7 +67,7 @@ def _data_overrides(args) -> list[str]:
   """--set overrides plus --data / --valid-data as data.sources / data.valid_sources (and train's --init-from)."""
   overrides = list(getattr(args, "overrides", []))
   if getattr(args, "init_from", None):
-    overrides.append("train.init_from=" + json.dumps(os.fspath(args.init_from)))
+    overrides.append("train.init_from=" + os.fspath(args.init_from))  # a str field: kept verbatim
   if args.data:
     overrides.append("data.sources=" + json.dumps([os.fspath(i) for i in args.data]))
   if args.valid_data:
