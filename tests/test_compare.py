@@ -84,6 +84,9 @@ def test_data_efficiency_is_read_off_the_curves_on_the_same_bytes():
   lines = compare_report.efficiency([row("ref", curve((10, 3.0), (40, 2.0))), row("h", curve((10, 2.5), (20, 1.9))),
                                      row("slow", curve((10, 3.5), (40, 2.5)))], "ref")
   assert lines[1] == "h: 18 bytes, 2.18x fewer" and lines[2].startswith("slow: not reached within its 40 bytes")
+  early = compare_report.efficiency([row("ref", curve((10, 3.0), (40, 2.0))), row("e", curve((10, 1.9), (40, 1.8)))],
+                                    "ref")
+  assert early[1] == "e: at most 10 bytes (already at its first evaluation), at least 4.00x fewer"
 
 
 @pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores

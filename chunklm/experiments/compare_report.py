@@ -114,8 +114,14 @@ def efficiency(rows: list[Row], reference: str) -> list[str]:
     if r is ref:
       continue
     need = bytes_to_reach(r.curve, target)
-    lines.append(f"{r.name}: " + (f"{need:,.0f} bytes, {ref_bytes / need:.2f}x fewer" if need else
-                                  f"not reached within its {r.curve[-1][0]:,.0f} bytes (final {r.valid_bpb:.4f})"))
+    first = next(b for b, _, n in r.curve if n == r.curve[-1][2])
+    if need is None:
+      lines.append(f"{r.name}: not reached within its {r.curve[-1][0]:,.0f} bytes (final {r.valid_bpb:.4f})")
+    elif need == first:  # reached before the first evaluation: only a bound
+      lines.append(f"{r.name}: at most {need:,.0f} bytes (already at its first evaluation), at least "
+                   f"{ref_bytes / need:.2f}x fewer")
+    else:
+      lines.append(f"{r.name}: {need:,.0f} bytes, {ref_bytes / need:.2f}x fewer")
   return lines
 
 
