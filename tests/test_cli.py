@@ -128,7 +128,7 @@ SHARED = {
     "--set": ["train", "eval", "generate", "compare", "boundaries", "robustness", "tokenizer train", "info",
               "bench train", "bench generate", "bench capacity", "bench compile"],
     "--data": ["train", "eval", "compare", "boundaries", "robustness", "tokenizer train"],
-    "--max-bytes": ["eval", "generate", "boundaries", "robustness", "bench capacity"],
+    "--max-bytes": ["eval", "boundaries", "robustness", "bench capacity"],  # leading data bytes (generate's: output)
     "--seed": ["generate", "report", "robustness", "bench generate"],
     "--out": ["compare", "boundaries", "report", "robustness", "tokenizer train"],
     "--json": ["eval", "compare", "boundaries", "robustness", "bench train", "bench generate", "bench kernels",

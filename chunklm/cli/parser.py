@@ -167,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely ids; 0 = all (default)")
   p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
   p.add_argument("--stop", default="", help="stop before any of these bytes, e.g. '\\n' (default: none)")
+  p.add_argument("--max-bytes", type=int, default=200, help="bytes to generate per prompt (default: %(default)s)")
   _add_seed(p, "sampling")
   _add_run_overrides(p)
-  _add_max_bytes(p, 200, "bytes to generate per prompt")
 
   p = sub.add_parser("compare", help="train several models on the same bytes and compare them (report + plots)",
                      description="Train (or reuse) every model of a comparison spec on the same training bytes with "
