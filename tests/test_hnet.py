@@ -8,7 +8,7 @@ import pytest
 from chunklm.errors import ConfigError
 from chunklm.model.lm import build_model
 from chunklm.model.stage_output import stage_metrics
-from chunklm.train.optim import level_of, multiplier_tree, paper_lr_multipliers
+from chunklm.train.optim import level_multiplier, level_of, paper_lr_multipliers
 from chunklm.model.functional import forward, split_model
 from chunklm.train.step import loss_fn
 from conftest import tiny_config
@@ -151,7 +151,7 @@ def test_lr_multipliers_follow_the_paper_and_the_levels():
   levels = {jax.tree_util.keystr(p): level_of(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
   assert all(v == 0 for k, v in levels.items() if "embed" in k or "head" in k or "encoder" in k.split("main")[0])
   assert any(v == 2 for v in levels.values()) and any(v == 1 for v in levels.values())
-  mult = multiplier_tree(params, (3.0, 2.0, 1.0))
+  mult = jax.tree_util.tree_map_with_path(lambda p, _: level_multiplier(p, (3.0, 2.0, 1.0)), params)
   flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mult)}
   assert {flat[k] for k in flat if "'main']['main']" in k} == {1.0}
 

@@ -123,6 +123,8 @@ def _escaped_bytes(value: str, option: str) -> bytes:
 
 
 def cmd_compare(args) -> int:
+  if args.budget_bytes is not None and args.budget_bytes <= 0:
+    raise UserError(f"--budget-bytes must be positive, got {args.budget_bytes}")
   _, rows = run_compare(args.spec, args.out, _data_overrides(args), progress=not args.no_progress,
                         budget_bytes=args.budget_bytes)
   write_json(args.json, [dataclasses.asdict(r) for r in rows])

@@ -89,7 +89,8 @@ class PackedWindows:
         rng = np.random.default_rng([self.seed, epoch])
         rng.permutation(len(self.docs))
         order = rng.permutation(count)
-      flip = np.random.default_rng([self.seed, epoch, 1]).random(len(self.docs)) < self.reverse_complement
+      flip = (np.random.default_rng([self.seed, epoch, 1]).random(len(self.docs)) < self.reverse_complement
+              if self.reverse_complement else np.zeros(len(self.docs), bool))
       self._cache = (epoch, *layout, order, flip)
     return self._cache[1:]
 

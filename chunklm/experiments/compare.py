@@ -198,9 +198,7 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   replaces the spec's."""
   spec = load_spec(spec_path)
   if budget_bytes is not None:
-    if budget_bytes <= 0:
-      raise UserError(f"--budget-bytes must be positive, got {budget_bytes}")
-    spec = dataclasses.replace(spec, budget_bytes=budget_bytes)
+    spec = dataclasses.replace(spec, budget_bytes=budget_bytes)  # checked again by CompareSpec
   data_args = list(data_args)
   out = Path(out or Path("runs") / "compare" / spec.name)
   plain = plain_configs(spec, data_args)

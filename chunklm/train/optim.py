@@ -69,9 +69,9 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def multiplier_tree(params, multipliers: tuple[float, ...]):
-  return jax.tree_util.tree_map_with_path(lambda path, x: multipliers[min(level_of(path), len(multipliers) - 1)],
-                                          params)
+def level_multiplier(path: tuple, multipliers: tuple[float, ...]) -> float:
+  """The per-level learning-rate multiplier of the parameter at `path`."""
+  return multipliers[min(level_of(path), len(multipliers) - 1)]
 
 
 def scale_by_path(factor_of) -> optax.GradientTransformation:
@@ -107,7 +107,7 @@ def make_optimizer(train: TrainConfig, model: ModelConfig, params) -> optax.Grad
   def factor_of(path) -> float:
     name = path_name(path)
     scale = next((f for sel, f in reversed(scales) if matches(name, sel, named)), 1.0)
-    return multipliers[min(level_of(path), len(multipliers) - 1)] * scale
+    return level_multiplier(path, multipliers) * scale
 
   if scales or any(m != 1.0 for m in multipliers):
     parts.append(scale_by_path(factor_of))
