@@ -138,6 +138,22 @@ def bench_step(config: str, overrides: list[str], impls, steps: int, warmup: int
   return rows
 
 
+def parse_shapes(value: str) -> tuple[tuple[int, int, int], ...]:
+  """A named set of SHAPES, or a comma-separated list of BxLxD (e.g. `8x8192x1024,32x4096x512`)."""
+  if value in SHAPES:
+    return SHAPES[value]
+  shapes = []
+  for item in (v.strip() for v in value.split(",") if v.strip()):
+    dims = item.lower().split("x")
+    if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
+      raise UserError(f"bench kernels: --shapes {item!r} is not BxLxD with positive integers (e.g. 8x8192x1024); "
+                      f"or one of {', '.join(SHAPES)}")
+    shapes.append(tuple(int(d) for d in dims))
+  if not shapes:
+    raise UserError(f"bench kernels: --shapes is empty; give one of {', '.join(SHAPES)} or a list of BxLxD")
+  return tuple(shapes)
+
+
 def _split(value: str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
   items = tuple(v.strip() for v in value.split(",") if v.strip())
   bad = [v for v in items if v not in valid]
@@ -158,8 +174,7 @@ def bench_kernels(impls: str | None = None, shapes: str = "full", dtypes: str = 
       api.resolve(impl)
     except ValueError as e:
       raise UserError(f"bench kernels: {e}") from None
-  if shapes not in SHAPES:
-    raise UserError(f"bench kernels: unknown --shapes {shapes!r}; valid: {', '.join(SHAPES)}")
+  shape_list = parse_shapes(shapes)
   if repeats < 1 or warmup < 0 or step_steps < 1:
     raise UserError("bench kernels: --repeats and --step-steps must be >= 1 and --warmup >= 0")
   dev = jax.devices()[0]
@@ -171,7 +186,7 @@ def bench_kernels(impls: str | None = None, shapes: str = "full", dtypes: str = 
         "vs XLA = XLA time / this time\n")
   print(f"{'op':13s} {'B':>3s} {'L':>6s} {'M':>5s} {'D':>5s} {'dtype':9s} {'impl':9s} {'pass':8s} {'ms':>10s} "
         f"{'GB/s':>9s} {'% peak':>7s} {'vs XLA':>8s}")
-  rows = bench_ops(SHAPES[shapes], impl_list, _split(dtypes, DTYPES, "dtype"), _split(ops, OPS, "op"), repeats,
+  rows = bench_ops(shape_list, impl_list, _split(dtypes, DTYPES, "dtype"), _split(ops, OPS, "op"), repeats,
                    warmup, peak)
   out = {"device": dev.device_kind, "platform": dev.platform, "peak_gbps": peak, "ops": rows, "step": []}
   if step_config:

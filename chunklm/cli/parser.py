@@ -284,9 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--impl", default=None, metavar="LIST",
                  help="comma-separated impls among auto, xla, pallas, interpret (xla is always included as the "
                       "baseline); default: xla,pallas on GPU/TPU, xla,interpret on CPU")
-  b.add_argument("--shapes", default="auto", choices=("auto", "full", "small"),
+  b.add_argument("--shapes", default="auto", metavar="SET|BxLxD,...",
                  help="full: B in {8, 32}, L in {4096, 8192}, D in {512, 1024, 2048}; small: a CPU-sized check; "
-                      "auto: full on a GPU/TPU, small on a CPU (default)")
+                      "auto: full on a GPU/TPU, small on a CPU (default); or a comma-separated list of BxLxD, "
+                      "e.g. 8x8192x1024,32x4096x512")
   b.add_argument("--dtype", default="float32,bfloat16", metavar="LIST", help="comma-separated (default: %(default)s)")
   b.add_argument("--ops", default="downsample,upsample,segment_pool,ema_scan", metavar="LIST",
                  help="comma-separated ops (default: all)")
