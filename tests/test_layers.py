@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from chunklm.model.layers import Attention, RMSNorm, attention_mask, rope
@@ -79,6 +80,48 @@ def test_blockwise_attention_equals_dense_with_gradients():
     g1 = jax.grad(lambda q: jnp.sum(dense(q) ** 2))(q)
     g2 = jax.grad(lambda q: jnp.sum(blocked(q) ** 2))(q)
     np.testing.assert_allclose(g1, g2, atol=1e-5)
+
+
+def test_fused_attention_form_equals_the_masked_one_with_gradients():
+  """The arguments cuDNN gets (causal and window as flags, the document mask as an array), run through XLA here,
+  give the plain masked attention, with gradients; the auto backend is XLA off a GPU, an impossible cudnn an error."""
+  from chunklm.model.layers import attention_backend, fused_attention, masked_attention
+  key = jax.random.split(jax.random.key(1), 3)
+  q, k, v = (jax.random.normal(kk, (2, 13, 2, 8)) for kk in key)
+  seg = jnp.array([[1] * 5 + [2] * 6 + [3] * 2, [1] * 13])
+  for window in (0, 3):
+    plain = lambda q, k, v: masked_attention(q, k, v, seg, window, 0)
+    fused = lambda q, k, v: fused_attention(q, k, v, seg, window, "xla")
+    np.testing.assert_allclose(fused(q, k, v), plain(q, k, v), atol=1e-5)
+    g1 = jax.grad(lambda *a: jnp.sum(jnp.sin(plain(*a))), argnums=(0, 1, 2))(q, k, v)
+    g2 = jax.grad(lambda *a: jnp.sum(jnp.sin(fused(*a))), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g1, g2):
+      np.testing.assert_allclose(a, b, atol=1e-5)
+  gpu = jax.default_backend() == "gpu"
+  assert attention_backend("auto", jnp.bfloat16, 64, 256, False) == ("cudnn" if gpu else "xla")
+  for args in ((jnp.float32, 64, 256, False), (jnp.bfloat16, 64, 255, False), (jnp.bfloat16, 64, 256, True)):
+    assert attention_backend("auto", *args) == "xla"
+    with pytest.raises(ValueError, match="attention_impl cudnn needs"):
+      attention_backend("cudnn", *args)
+  assert attention_backend("xla", jnp.bfloat16, 64, 256, False) == "xla"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (cuDNN flash attention)")
+def test_cudnn_attention_equals_xla_on_gpu():
+  from chunklm.model.layers import masked_attention
+  key = jax.random.split(jax.random.key(2), 3)
+  q, k, v = (jax.random.normal(kk, (2, 256, 4, 64), jnp.bfloat16) for kk in key)
+  seg = jnp.concatenate([jnp.ones((2, 100), jnp.int32), 2 * jnp.ones((2, 156), jnp.int32)], 1)
+  for window in (0, 63):
+    outs = {impl: jax.jit(lambda q, k, v, impl=impl: masked_attention(q, k, v, seg, window, 0, None, impl))
+            for impl in ("xla", "cudnn")}
+    np.testing.assert_allclose(np.asarray(outs["cudnn"](q, k, v), np.float32),
+                               np.asarray(outs["xla"](q, k, v), np.float32), atol=2e-2, rtol=2e-2)
+    grads = {impl: jax.grad(lambda *a, f=f: jnp.sum(f(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2))(q, k, v)
+             for impl, f in outs.items()}
+    for a, b in zip(grads["cudnn"], grads["xla"]):
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=5e-2, rtol=5e-2)
 
 
 def test_remat_gives_the_same_gradients():

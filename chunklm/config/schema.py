@@ -21,6 +21,7 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
 NAN_POLICIES = ("stop", "skip")
 KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # chunk-op backends (chunklm.kernels.api imports them)
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")  # softmax-attention backends (model.attention_impl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype (params stay float32): float32 | bfloat16
   remat: bool = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
   attention_block: int = 0  # queries per attention block (memory ~ block x length instead of length^2); 0 = all
+  attention_impl: str = "auto"  # auto (cuDNN flash attention on a GPU where it applies, else XLA) | xla | cudnn
 
   @property
   def num_stages(self) -> int:
@@ -129,6 +131,8 @@ class ModelConfig:
     if self.lr_multipliers and len(self.lr_multipliers) != levels:
       raise ConfigError(f"model.lr_multipliers: need {levels} values (one per level) or [], "
                         f"got {list(self.lr_multipliers)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ConfigError(f"model.attention_impl: {self.attention_impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
     if self.attention_block < 0:
       raise ConfigError(f"model.attention_block: must be >= 0 (0 = one block), got {self.attention_block}")
     if self.vocab_size <= 0 or self.init_std <= 0 or not 0 <= self.rotary_fraction <= 1:

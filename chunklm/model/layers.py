@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.mesh.context import gathered_apply
+from chunklm.mesh.context import gathered_apply, platform
 
 
 def param(key: jax.Array, init, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
@@ -112,13 +112,47 @@ def attention_mask(segment_ids_BxL: jax.Array, window: int = 0, rows: jax.Array 
   return (same_BxQxL & allowed_QxL)[:, None]
 
 
+def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias: bool) -> str:
+  """'cudnn' or 'xla' for `model.attention_impl`: auto takes cuDNN's flash attention on a GPU when it applies
+  (bfloat16/float16, head_dim a multiple of 8 up to 128, an even length, as cuDNN needs with a mask; no learned key
+  bias: its gradient would be a full B x 1 x L x L bias gradient), else XLA; an explicit 'cudnn' that does not apply
+  is an error."""
+  fits = (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+          and length % 2 == 0)
+  if impl == "cudnn":
+    if not fits or has_key_bias or platform() != "gpu":
+      raise ValueError(f"model.attention_impl cudnn needs a GPU, bfloat16 or float16 (got {jnp.dtype(dtype)}), "
+                       f"head_dim a multiple of 8 up to 128 (got {head_dim}), an even length (got {length}) and "
+                       "no key bias (delete_gate)")
+    return "cudnn"
+  if impl == "auto" and fits and not has_key_bias and platform() == "gpu":
+    return "cudnn"
+  return "xla"
+
+
+def fused_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, segment_ids_BxL: jax.Array,
+                    window: int, implementation: str) -> jax.Array:
+  """The attention of `masked_attention` in the form a fused kernel takes: causal mask and window as flags (so the
+  kernel skips the masked blocks), only the document mask as an array (cuDNN adds it as a bias). With
+  implementation 'xla' it runs anywhere, which is how the CPU tests check this form against the plain one."""
+  same_doc_Bx1xLxL = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
+  return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=same_doc_Bx1xLxL,
+                                      scale=1.0 / math.sqrt(q_BxLxHxK.shape[-1]), is_causal=True,
+                                      local_window_size=(window, 0) if window else None,
+                                      implementation=implementation)
+
+
 def masked_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, segment_ids_BxL: jax.Array,
-                     window: int, block: int = 0, key_bias_BxL: jax.Array | None = None) -> jax.Array:
+                     window: int, block: int = 0, key_bias_BxL: jax.Array | None = None, impl: str = "xla") -> jax.Array:
   """Softmax attention with the causal/document/window mask; with `block`, queries go `block` at a time (each block
   recomputed in the backward pass), so memory grows as block x L instead of L x L. `key_bias_BxL` is added to the
-  logits of each key (every head and query)."""
+  logits of each key (every head and query). impl 'cudnn' (see attention_backend) runs cuDNN's flash attention with
+  the causal mask and window as its own mask type and the document mask as an additive bias; `block` is moot there
+  (flash attention never holds L x L scores)."""
   length, head_dim = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1]
   scale = 1.0 / math.sqrt(head_dim)
+  if impl == "cudnn":
+    return fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, window, "cudnn")
   bias = None if key_bias_BxL is None else key_bias_BxL.astype(q_BxLxHxK.dtype)[:, None, None, :]
   if not block or block >= length:
     mask = attention_mask(segment_ids_BxL, window)
@@ -143,9 +177,10 @@ class Attention(nnx.Module):
   """Multi-head causal self-attention with partial RoPE and document (segment) masking."""
 
   def __init__(self, dim: int, n_heads: int, *, rngs: nnx.Rngs, rotary_fraction: float, rope_theta: float,
-               window: int, std: float, out_std: float, dtype=jnp.float32, block: int = 0):
+               window: int, std: float, out_std: float, dtype=jnp.float32, block: int = 0, impl: str = "auto"):
     head_dim = dim // n_heads
     self.n_heads, self.head_dim, self.window, self.rope_theta, self.block = n_heads, head_dim, window, rope_theta, block
+    self.impl = impl
     self.rotary_dim = 2 * int(head_dim * rotary_fraction // 2)
     self.w_qkv = Linear(dim, (3, n_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, std=std, dtype=dtype)
     self.w_out = Linear(n_heads * head_dim, (dim,), ("heads", "embed"), rngs=rngs, std=out_std, dtype=dtype)
@@ -156,6 +191,7 @@ class Attention(nnx.Module):
     q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
     q = rope(q, positions_BxL, self.rotary_dim, self.rope_theta)
     k = rope(k, positions_BxL, self.rotary_dim, self.rope_theta)
-    out_BxLxHxK = masked_attention(q, k, v, segment_ids_BxL, self.window, self.block, key_bias_BxL)
+    backend = attention_backend(self.impl, q.dtype, self.head_dim, q.shape[1], key_bias_BxL is not None)
+    out_BxLxHxK = masked_attention(q, k, v, segment_ids_BxL, self.window, self.block, key_bias_BxL, backend)
     b, length = x_BxLxD.shape[:2]
     return self.w_out(out_BxLxHxK.reshape(b, length, -1))

@@ -36,7 +36,8 @@ class Block(nnx.Module):
     if kind in "tT":
       self.mixer = Attention(dim, cfg.n_heads[level], rngs=rngs, rotary_fraction=cfg.rotary_fraction,
                              rope_theta=cfg.rope_theta, window=cfg.window[level], std=cfg.init_std,
-                             out_std=out_std, dtype=dtype, block=cfg.attention_block)
+                             out_std=out_std, dtype=dtype, block=cfg.attention_block,
+                             impl=cfg.attention_impl)
     else:
       m = cfg.mamba
       self.mixer = Mamba2(dim, rngs=rngs, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, head_dim=m.head_dim,
