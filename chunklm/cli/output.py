@@ -63,8 +63,11 @@ def print_config_info(name: str, cfg: Config, list_params: bool = False) -> dict
   info["lr_multipliers"] = lr_multipliers(cfg.model)
   print(f"{name}: layout {json.dumps(to_dict(cfg.model.layout))}, d_model {list(cfg.model.d_model)}")
   print(f"  parameters          : {info['params']:,}")
-  print(f"  train FLOPs per byte: {info['flops_per_byte'] / 1e6:.2f} M nominal (at the target chunk ratios), "
-        f"{info['executed_flops_per_byte'] / 1e6:.2f} M executed (on every chunk slot)")
+  if cfg.data.tokenizer:  # per byte depends on the tokenizer's bytes per token, which `bench train` measures
+    print(f"  train FLOPs per token: {info['flops_per_byte'] / 1e6:.2f} M (divide by the bytes per token for per byte)")
+  else:
+    print(f"  train FLOPs per byte: {info['flops_per_byte'] / 1e6:.2f} M nominal (at the target chunk ratios), "
+          f"{info['executed_flops_per_byte'] / 1e6:.2f} M executed (on every chunk slot)")
   print(f"  window              : {cfg.data.seq_len} bytes x batch {cfg.train.batch_size}; at most "
         f"{cfg.data.doc_slots} documents per window")
   if cfg.model.num_stages:
