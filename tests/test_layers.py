@@ -101,7 +101,7 @@ def test_fused_attention_form_equals_the_masked_one_with_gradients():
   assert attention_backend("auto", jnp.bfloat16, 64, 256, False) == ("cudnn" if gpu else "xla")
   for args in ((jnp.float32, 64, 256, False), (jnp.bfloat16, 64, 255, False), (jnp.bfloat16, 64, 256, True)):
     assert attention_backend("auto", *args) == "xla"
-    with pytest.raises(ValueError, match="attention_impl cudnn needs"):
+    with pytest.raises(ValueError, match="kernels.attention cudnn needs"):
       attention_backend("cudnn", *args)
   assert attention_backend("xla", jnp.bfloat16, 64, 256, False) == "xla"
 

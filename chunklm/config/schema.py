@@ -21,7 +21,7 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
 NAN_POLICIES = ("stop", "skip")
 KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # chunk-op backends (chunklm.kernels.api imports them)
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")  # softmax-attention backends (model.attention_impl)
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")  # softmax-attention backends (kernels.attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,6 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype (params stay float32): float32 | bfloat16
   remat: bool = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
   attention_block: int = 0  # queries per attention block (memory ~ block x length instead of length^2); 0 = all
-  attention_impl: str = "auto"  # auto (cuDNN flash attention on a GPU where it applies, else XLA) | xla | cudnn
 
   @property
   def num_stages(self) -> int:
@@ -131,8 +130,6 @@ class ModelConfig:
     if self.lr_multipliers and len(self.lr_multipliers) != levels:
       raise ConfigError(f"model.lr_multipliers: need {levels} values (one per level) or [], "
                         f"got {list(self.lr_multipliers)}")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ConfigError(f"model.attention_impl: {self.attention_impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
     if self.attention_block < 0:
       raise ConfigError(f"model.attention_block: must be >= 0 (0 = one block), got {self.attention_block}")
     if self.vocab_size <= 0 or self.init_std <= 0 or not 0 <= self.rotary_fraction <= 1:
@@ -329,7 +326,11 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class KernelsConfig:
   impl: str = "auto"  # chunk-op backend: auto (Pallas on GPU/TPU, XLA on CPU) | xla | pallas | interpret
+  attention: str = "auto"  # softmax attention: auto (cuDNN flash attention on a GPU where it applies, else XLA),
+  #                          xla or cudnn
 
   def __post_init__(self):
     if self.impl not in KERNEL_IMPLS:
       raise ConfigError(f"kernels.impl: {self.impl!r} is not one of {', '.join(KERNEL_IMPLS)}")
+    if self.attention not in ATTENTION_IMPLS:
+      raise ConfigError(f"kernels.attention: {self.attention!r} is not one of {', '.join(ATTENTION_IMPLS)}")

@@ -73,27 +73,32 @@ class MainStack(Stack):
 
 class HNet(nnx.Module):
   """One routing stage at `level`; `outer_residuals` counts the residual adds of the enclosing stacks;
-  `kernel_impl` is the chunk-op backend of every stage (`kernels.api.IMPLS`)."""
+  `kernel_impl` is the chunk-op backend of every stage (`kernels.api.IMPLS`), `attention_impl` the softmax attention's
+  (`kernels.attention`)."""
 
   def __init__(self, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, outer_residuals: int = 0,
-               kernel_impl: str = "auto"):
+               kernel_impl: str = "auto", attention_impl: str = "auto"):
     enc, inner, dec = cfg.level_layout(level)
     dim, inner_dim = cfg.d_model[level], cfg.d_model[level + 1]
     self.level, self.target_ratio = level, cfg.target_ratio[level]
     self.kernel_impl = kernel_impl
     residuals = outer_residuals + stack_height(enc) + stack_height(dec)
-    self.encoder = Stack(enc, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(enc))
+    self.encoder = Stack(enc, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(enc),
+                         attention_impl=attention_impl)
     self.router = make_router(cfg, level, dim, rngs=rngs)
     self.pooling = cfg.pooling[level]
     self.null = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) if self.pooling == "mean" else None
     self.residual_proj = Linear(dim, (dim,), ("embed", "embed_out"), rngs=rngs, std=0.0)  # zero init
     if len(inner) == 1:
-      self.main = MainStack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]))
+      self.main = MainStack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]),
+                            attention_impl=attention_impl)
     else:
-      self.main = HNet(cfg, level + 1, rngs=rngs, outer_residuals=residuals, kernel_impl=kernel_impl)
+      self.main = HNet(cfg, level + 1, rngs=rngs, outer_residuals=residuals, kernel_impl=kernel_impl,
+                       attention_impl=attention_impl)
     self.pad = param(None, lambda k, s, d: jnp.zeros(s, d), (inner_dim - dim,), ("embed",)) if inner_dim > dim \
         else None
-    self.decoder = Stack(dec, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(dec))
+    self.decoder = Stack(dec, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(dec),
+                         attention_impl=attention_impl)
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, ids_BxL: jax.Array | None,
                *, capacities: tuple[int, ...], doc_slots: int, exact: bool, train: bool = False,

@@ -113,7 +113,7 @@ def attention_mask(segment_ids_BxL: jax.Array, window: int = 0, rows: jax.Array 
 
 
 def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias: bool) -> str:
-  """'cudnn' or 'xla' for `model.attention_impl`: auto takes cuDNN's flash attention on a GPU when it applies
+  """'cudnn' or 'xla' for `kernels.attention`: auto takes cuDNN's flash attention on a GPU when it applies
   (bfloat16/float16, head_dim a multiple of 8 up to 128, an even length, as cuDNN needs with a mask; no learned key
   bias: its gradient would be a full B x 1 x L x L bias gradient), else XLA; an explicit 'cudnn' that does not apply
   is an error."""
@@ -121,7 +121,7 @@ def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias
           and length % 2 == 0)
   if impl == "cudnn":
     if not fits or has_key_bias or platform() != "gpu":
-      raise ValueError(f"model.attention_impl cudnn needs a GPU, bfloat16 or float16 (got {jnp.dtype(dtype)}), "
+      raise ValueError(f"kernels.attention cudnn needs a GPU, bfloat16 or float16 (got {jnp.dtype(dtype)}), "
                        f"head_dim a multiple of 8 up to 128 (got {head_dim}), an even length (got {length}) and "
                        "no key bias (delete_gate)")
     return "cudnn"
@@ -143,7 +143,8 @@ def fused_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.A
 
 
 def masked_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, segment_ids_BxL: jax.Array,
-                     window: int, block: int = 0, key_bias_BxL: jax.Array | None = None, impl: str = "xla") -> jax.Array:
+                     window: int, block: int = 0, key_bias_BxL: jax.Array | None = None,
+                     impl: str = "xla") -> jax.Array:
   """Softmax attention with the causal/document/window mask; with `block`, queries go `block` at a time (each block
   recomputed in the backward pass), so memory grows as block x L instead of L x L. `key_bias_BxL` is added to the
   logits of each key (every head and query). impl 'cudnn' (see attention_backend) runs cuDNN's flash attention with

@@ -20,16 +20,18 @@ from chunklm.model.stage_output import StageOutput
 
 class CausalLM(nnx.Module):
   """`doc_slots` bounds the documents in one training window (chunk slots reserved for document starts);
-  `kernel_impl` picks the H-Net's chunk-op backend (config `kernels.impl`)."""
+  `kernel_impl` picks the H-Net's chunk-op backend (config `kernels.impl`), `attention_impl` the softmax attention's
+  (`kernels.attention`)."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1, kernel_impl: str = "auto"):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1, kernel_impl: str = "auto",
+               attention_impl: str = "auto"):
     self.cfg, self.doc_slots = cfg, doc_slots
     dim, dtype = cfg.d_model[0], jnp.dtype(cfg.dtype)
     self.embed = Embed(cfg.vocab_size, dim, rngs=rngs, dtype=dtype)
     if cfg.num_stages == 0:
-      self.backbone = Stack(cfg.layout[0], cfg, 0, rngs=rngs)
+      self.backbone = Stack(cfg.layout[0], cfg, 0, rngs=rngs, attention_impl=attention_impl)
     else:
-      self.backbone = HNet(cfg, 0, rngs=rngs, kernel_impl=kernel_impl)
+      self.backbone = HNet(cfg, 0, rngs=rngs, kernel_impl=kernel_impl, attention_impl=attention_impl)
     self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
 
   def __call__(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array, *, exact: bool = False,
@@ -53,7 +55,7 @@ class CausalLM(nnx.Module):
 def build_model(cfg: Config, seed: int | None = None) -> CausalLM:
   seed = cfg.train.seed if seed is None else seed
   return CausalLM(cfg.model, rngs=nnx.Rngs(params=seed), doc_slots=cfg.data.doc_slots,
-                  kernel_impl=cfg.kernels.impl)
+                  kernel_impl=cfg.kernels.impl, attention_impl=cfg.kernels.attention)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -29,7 +29,8 @@ def stack_height(spec: str) -> int:
 
 
 class Block(nnx.Module):
-  def __init__(self, kind: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, out_std: float):
+  def __init__(self, kind: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, out_std: float,
+               attention_impl: str = "auto"):
     dim, dtype = cfg.d_model[level], jnp.dtype(cfg.dtype)
     self.kind = kind
     self.norm1 = RMSNorm(dim)
@@ -37,7 +38,7 @@ class Block(nnx.Module):
       self.mixer = Attention(dim, cfg.n_heads[level], rngs=rngs, rotary_fraction=cfg.rotary_fraction,
                              rope_theta=cfg.rope_theta, window=cfg.window[level], std=cfg.init_std,
                              out_std=out_std, dtype=dtype, block=cfg.attention_block,
-                             impl=cfg.attention_impl)
+                             impl=attention_impl)
     else:
       m = cfg.mamba
       self.mixer = Mamba2(dim, rngs=rngs, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, head_dim=m.head_dim,
@@ -66,10 +67,12 @@ class Stack(nnx.Module):
   encoders and decoders); output projections are initialised with std init_std / sqrt(n_residuals).
   """
 
-  def __init__(self, spec: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, n_residuals: int | None = None):
+  def __init__(self, spec: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, n_residuals: int | None = None,
+               attention_impl: str = "auto"):
     n_residuals = n_residuals or stack_height(spec)
     out_std = cfg.init_std / math.sqrt(n_residuals)
-    self.blocks = nnx.List([Block(k, cfg, level, rngs=rngs, out_std=out_std) for k in layer_kinds(spec)])
+    self.blocks = nnx.List([Block(k, cfg, level, rngs=rngs, out_std=out_std, attention_impl=attention_impl)
+                            for k in layer_kinds(spec)])
     self.norm = RMSNorm(cfg.d_model[level])
     self.remat = cfg.remat
 

@@ -26,7 +26,7 @@ from chunklm.run.checkpoint import Checkpointer
 CONFIG_FILE = "config.yaml"  # the resolved config of the run
 TOKENIZER_FILE = "tokenizer.model"  # a token model's run keeps a copy of its tokenizer here
 # Settings that may change after training (they keep every parameter); named in the refusal of the others.
-INFERENCE_SETTINGS = "model.delete_gate.keep_all, model.capacity_factor, kernels.impl"
+INFERENCE_SETTINGS = "model.delete_gate.keep_all, model.capacity_factor, kernels.impl, kernels.attention"
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ def open_run(workdir: str | Path, overrides: tuple[str, ...] = (), log=print) ->
   """The newest readable checkpoint of `workdir`, ready for inference.
 
   `overrides` change the saved config before the model is built, for settings that keep the parameters (e.g.
-  model.delete_gate.keep_all, model.capacity_factor, kernels.impl); one that changes them is a UserError naming the
+  model.delete_gate.keep_all, model.capacity_factor, kernels.impl, kernels.attention); one that changes them is a UserError naming the
   parameters it would change.
   """
   workdir = Path(workdir)
