@@ -15,6 +15,10 @@ from chunklm.bench.compile import bench_compile
 from chunklm.bench.generate import bench_generate
 from chunklm.bench.kernels import bench_kernels
 from chunklm.bench.train import bench_train
+from chunklm.classify.metrics import confusion_png, print_report
+from chunklm.classify.records import read_records
+from chunklm.classify.trainer import ClassifySettings, evaluate as evaluate_classifier, load_classifier, \
+    predict_probs, train_classifier
 from chunklm.cli.output import print_config_info, print_eval, print_train_summary, write_json
 from chunklm.config import load_config
 from chunklm.data.corpus import load_documents, load_splits
@@ -230,6 +234,47 @@ def cmd_bench(args) -> int:
   return 0
 
 
+def cmd_classify(args) -> int:
+  if args.classify == "train":
+    if not args.out:
+      raise UserError("classify train: --out DIR is required (where the classifier is saved)")
+    settings = ClassifySettings(pooling=args.pooling, head=args.head, hidden=args.hidden, steps=args.steps,
+                                batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
+                                freeze_backbone=args.freeze_backbone, seq_len=args.seq_len,
+                                eval_every=args.eval_every, seed=args.seed)
+    settings.check()
+    train_records = read_records(args.data, args.label_regex)
+    test_records = read_records(args.test, args.label_regex)
+    report = train_classifier(train_records, test_records, Path(args.out), settings, init_from=args.init_from,
+                              config=args.config, overrides=args.overrides, progress=not args.no_progress)
+    print(f"test set ({args.test}):")
+    print_report(report)
+    confusion_png(report, Path(args.out) / "confusion.png")
+    print(f"wrote {Path(args.out) / 'confusion.png'}")
+    write_json(args.json, report)
+    return 0
+  graphdef, params, classes, settings, _ = load_classifier(args.workdir)
+  if args.classify == "eval":
+    records = read_records(args.data, args.label_regex)
+    report = evaluate_classifier(graphdef, params, records, classes, settings)
+    print_report(report)
+    if args.plot:
+      confusion_png(report, args.plot)
+      print(f"wrote {args.plot}")
+    write_json(args.json, report)
+    return 0
+  records = read_records(args.data, args.label_regex, labelled=False)
+  probs = predict_probs(graphdef, params, records, settings)
+  lines = [json.dumps({"label": classes[int(p.argmax())], "probs": {c: round(float(x), 6) for c, x in zip(classes, p)}})
+           for p in probs]
+  if args.out:
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {len(lines):,} predictions to {args.out}")
+  else:
+    print("\n".join(lines))
+  return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare,
             "boundaries": cmd_boundaries, "report": cmd_report, "robustness": cmd_robustness,
-            "tokenizer": cmd_tokenizer, "info": cmd_info, "bench": cmd_bench}
+            "tokenizer": cmd_tokenizer, "info": cmd_info, "bench": cmd_bench, "classify": cmd_classify}

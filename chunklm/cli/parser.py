@@ -20,6 +20,7 @@ EPILOG = """examples:
   chunklm robustness --workdir runs/default --workdir runs/x --strength 0.1
   chunklm tokenizer train --vocab-size 4096 --out runs/tok/bpe4096.model
   chunklm info --config hnet_1stage_L
+  chunklm classify train --init-from runs/default --data train.jsonl --test test.jsonl --out runs/cls
   chunklm bench train --config byte_transformer_tiny
   chunklm bench kernels --shapes small --impl xla,interpret --no-step
   chunklm bench capacity --workdir runs/default --window 256,2048,8192
@@ -39,7 +40,7 @@ class Parser(argparse.ArgumentParser):
     """As argparse's, but an unknown flag is reported by the subcommand it was given to."""
     ns, extras = self.parse_known_args(args, namespace)
     if extras:
-      chain = [getattr(ns, dest) for dest in ("command", "tokenizer", "bench") if getattr(ns, dest, None)]
+      chain = [getattr(ns, dest) for dest in ("command", "tokenizer", "bench", "classify") if getattr(ns, dest, None)]
       prog = " ".join([self.prog, *chain])
       self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
     return ns
@@ -111,6 +112,17 @@ def _add_progress(p: argparse.ArgumentParser) -> None:
   g.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
   g.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
                  help="seconds between progress lines off a terminal (default: $CHUNKLM_PROGRESS_EVERY or 15)")
+
+
+def _add_classify_data(p: argparse.ArgumentParser, test: bool, labelled: bool = True) -> None:
+  g = _group(p, "data")
+  g.add_argument("--data", required=True, metavar="PATH",
+                 help="records: .jsonl with \"text\"" + (" and \"label\"" if labelled else "") + " per line, or "
+                      "FASTA (.fa/.fasta/.fna)" + (" with --label-regex" if labelled else ""))
+  if test:
+    g.add_argument("--test", required=True, metavar="PATH", help="held-out records, same format")
+  g.add_argument("--label-regex", default=None, metavar="REGEX",
+                 help="FASTA: the label is this expression's first group in each header, e.g. 'species=(\\w+)'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +262,52 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", default=None, help="describe this run's saved config instead of --config")
   p.add_argument("--params", action="store_true",
                  help="also list every parameter: path, shape, named part and whether train.freeze freezes it")
+
+  p = sub.add_parser("classify", help="downstream classification: fine-tune a trained model with a class head",
+                     description="Classify records (JSONL {\"text\": ..., \"label\": ...}, or FASTA with the label "
+                                 "in each header) with a byte-level model: its states pooled per record, then a "
+                                 "linear or MLP head; the backbone trained too or frozen.")
+  csub = p.add_subparsers(dest="classify", required=True, metavar="WHAT")
+  c = csub.add_parser("train", help="train a classifier (from a trained run, or from scratch) and test it",
+                      description="Train a classifier on --data and report its accuracy on --test: start from a "
+                                  "trained run (--init-from) or from a fresh model of a config (--config).")
+  start = _group(c, "backbone")
+  start.add_argument("--init-from", default=None, metavar="RUN", help="a trained byte-level run to fine-tune")
+  start.add_argument("--config", default=None, help="or a config to train from scratch (a path or bundled name)")
+  start.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="config field override (with --init-from: settings that keep the parameters)")
+  start.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+  _add_classify_data(c, test=True)
+  h = _group(c, "classifier")
+  h.add_argument("--pooling", default="mean", choices=("mean", "last"),
+                 help="mean: over the innermost main network's chunk states (a plain stack: over its byte states); "
+                      "last: the last byte's final state (default: %(default)s)")
+  h.add_argument("--head", default="linear", choices=("linear", "mlp"), help="default: %(default)s")
+  h.add_argument("--hidden", type=int, default=256, help="the MLP head's width (default: %(default)s)")
+  h.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
+  h.add_argument("--batch-size", type=int, default=16, help="records per step (default: %(default)s)")
+  h.add_argument("--lr", type=float, default=1e-3, help="the head's peak learning rate (default: %(default)s)")
+  h.add_argument("--backbone-lr", type=float, default=3e-4,
+                 help="the backbone's peak learning rate (default: %(default)s)")
+  h.add_argument("--seq-len", type=int, default=512, help="bytes per record; longer ones are cut (default: "
+                                                          "%(default)s)")
+  h.add_argument("--eval-every", type=int, default=100, help="test accuracy every N steps (default: %(default)s)")
+  _add_seed(c, "initialisation and shuffling")
+  _add_output(c, out="directory of the classifier (required)", json_what="the final test figures")
+  _add_progress(c)
+  c = csub.add_parser("eval", help="accuracy, per-class F1 and a confusion matrix of a classifier on labelled data",
+                      description="Evaluate a trained classifier on labelled records: accuracy, per-class "
+                                  "precision/recall/F1, macro F1 and the confusion matrix (--plot PNG).")
+  c.add_argument("--workdir", required=True, help="the classifier's directory (chunklm classify train --out)")
+  _add_classify_data(c, test=False)
+  _group(c, "output").add_argument("--plot", default=None, metavar="PNG", help="write the confusion matrix here")
+  _add_output(c, json_what="the figures")
+  c = csub.add_parser("predict", help="label records with a trained classifier (JSONL out)",
+                      description="Write one JSON line per input record: the predicted label and every class's "
+                                  "probability (input labels, if any, are ignored).")
+  c.add_argument("--workdir", required=True, help="the classifier's directory")
+  _add_classify_data(c, test=False, labelled=False)
+  _add_output(c, out="JSONL file to write (default: stdout)")
 
   p = sub.add_parser("bench", help="benchmarks (training throughput, generation, chunk-op kernels)",
                      description="Benchmarks that print measured figures with the machine they ran on.")

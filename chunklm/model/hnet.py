@@ -51,8 +51,9 @@ class MainStack(Stack):
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, ids_BxL: jax.Array | None,
                *, capacities: tuple[int, ...], doc_slots: int, exact: bool, train: bool = False,
-               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None) -> tuple[jax.Array, tuple]:
-    del valid_BxL, ids_BxL, capacities, doc_slots, exact, train, rng
+               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None, collect: dict | None = None
+               ) -> tuple[jax.Array, tuple]:
+    del valid_BxL, ids_BxL, capacities, doc_slots, exact, train, rng, collect
     return super().__call__(x_BxLxD, segment_ids_BxL, _positions(x_BxLxD), key_bias_BxL), ()
 
   def init_step_state(self, batch: int, max_len: int) -> list:
@@ -102,10 +103,12 @@ class HNet(nnx.Module):
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, ids_BxL: jax.Array | None,
                *, capacities: tuple[int, ...], doc_slots: int, exact: bool, train: bool = False,
-               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None
+               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None, collect: dict | None = None
                ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
     """y_BxLxD and the stage records of this stage and the deeper ones, outermost first. `train` and `rng` reach the
-    routers (noise, statistics); `key_bias_BxL` is ignored (a delete gate's bias is for attention over chunks)."""
+    routers (noise, statistics); `key_bias_BxL` is ignored (a delete gate's bias is for attention over chunks).
+    `collect` (a dict, or None) receives {level: (main network output zhat_BxMxD, chunk mask valid_BxM)} of this
+    stage and the deeper ones: the chunk states a classifier pools (chunklm classify)."""
     del key_bias_BxL
     positions_BxL = _positions(x_BxLxD)
     h_BxLxD = self.encoder(x_BxLxD, segment_ids_BxL, positions_BxL)
@@ -123,8 +126,11 @@ class HNet(nnx.Module):
       pad_BxMxE = jnp.broadcast_to(self.pad[...].astype(z_BxMxD.dtype), (*z_BxMxD.shape[:2], self.pad.shape[0]))
       z_BxMxD = jnp.concatenate([z_BxMxD, pad_BxMxE], axis=-1)
     zhat_BxMxD, inner = self.main(z_BxMxD, chunks.segment_ids_BxM, chunks.valid_BxM, None, capacities=capacities[1:],
-                                  doc_slots=doc_slots, exact=exact, train=train, rng=rng, key_bias_BxL=bias_BxM)
+                                  doc_slots=doc_slots, exact=exact, train=train, rng=rng, key_bias_BxL=bias_BxM,
+                                  collect=collect)
     zhat_BxMxD = zhat_BxMxD[..., : x_BxLxD.shape[-1]]
+    if collect is not None:
+      collect[self.level] = (zhat_BxMxD, chunks.valid_BxM)
     if self.pooling == "mean":  # chunk c reads chunk c - 1 (its own mean holds later bytes); documents start at null
       prev_BxMxD = jnp.pad(zhat_BxMxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
       null_BxMxD = jnp.broadcast_to(self.null[...].astype(zhat_BxMxD.dtype), zhat_BxMxD.shape)

@@ -42,14 +42,20 @@ class CausalLM(nnx.Module):
     exact=True gives every H-Net stage a chunk capacity equal to its input length (no overflow), for evaluation.
     train=True (the training step) lets routers add noise from `rng` and update their running statistics.
     """
+    h_BxLxD, stages = self.hidden(ids_BxL, segment_ids_BxL, positions_BxL, exact=exact, train=train, rng=rng)
+    return self.head(h_BxLxD).astype(jnp.float32), stages
+
+  def hidden(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array, *, exact: bool = False,
+             train: bool = False, rng: jax.Array | None = None, collect: dict | None = None
+             ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+    """The last hidden states h_BxLxD (before the output head) and the stage records, as `__call__`; `collect`
+    (a dict) receives each H-Net stage's main-network output and chunk mask by level (see HNet)."""
     x_BxLxD = self.embed(ids_BxL)
     if self.cfg.num_stages == 0:
-      h_BxLxD = self.backbone(x_BxLxD, segment_ids_BxL, positions_BxL)
-      return self.head(h_BxLxD).astype(jnp.float32), ()
+      return self.backbone(x_BxLxD, segment_ids_BxL, positions_BxL), ()
     caps = capacities(self.cfg, ids_BxL.shape[1], self.doc_slots)
-    h_BxLxD, stages = self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
-                                    doc_slots=self.doc_slots, exact=exact, train=train, rng=rng)
-    return self.head(h_BxLxD).astype(jnp.float32), stages
+    return self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
+                         doc_slots=self.doc_slots, exact=exact, train=train, rng=rng, collect=collect)
 
 
 def build_model(cfg: Config, seed: int | None = None) -> CausalLM:

@@ -1,0 +1,65 @@
+"""A classifier over a byte-level language model: the model's states pooled into one vector per record, then a
+linear or small MLP head.
+
+Pooling:
+  - `mean`: the mean over the main network's chunk states of the innermost H-Net stage (the states the main
+    network computes for each kept chunk, before dechunking); for a plain stack, the mean of the last hidden
+    states over the record's bytes.
+  - `last`: the last hidden state (the decoder's, after its final norm) at the record's last byte.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from chunklm.model.layers import Linear, param
+from chunklm.model.lm import CausalLM
+from chunklm.model.stage_output import StageOutput
+
+POOLINGS = ("mean", "last")
+HEADS = ("linear", "mlp")
+
+
+class Classifier(nnx.Module):
+  def __init__(self, lm: CausalLM, n_classes: int, *, pooling: str, head: str, hidden: int, rngs: nnx.Rngs):
+    cfg = lm.cfg
+    self.lm, self.pooling, self.head_kind = lm, pooling, head
+    # mean pools the innermost stage's chunk states (width of that stage's outer level), last the byte states
+    dim = cfg.d_model[max(cfg.num_stages - 1, 0)] if pooling == "mean" else cfg.d_model[0]
+    std = cfg.init_std
+    if head == "mlp":
+      self.hidden = Linear(dim, (hidden,), ("embed", "mlp"), rngs=rngs, std=std)
+      self.out = Linear(hidden, (n_classes,), ("mlp", None), rngs=rngs, std=std)
+    else:
+      self.hidden = None
+      self.out = Linear(dim, (n_classes,), ("embed", None), rngs=rngs, std=std)
+    self.bias = param(None, lambda k, s, d: jnp.zeros(s, d), (n_classes,), (None,))
+
+  def features(self, ids_BxL: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+    """(pooled features_BxD in float32, the H-Net stage records) of records padded to L with their byte counts."""
+    length = ids_BxL.shape[1]
+    valid_BxL = jnp.arange(length)[None, :] < lengths_B[:, None]
+    segment_ids_BxL = valid_BxL.astype(jnp.int32)  # one document per row; 0 marks padding
+    positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), ids_BxL.shape)
+    collect: dict = {}
+    h_BxLxD, stages = self.lm.hidden(ids_BxL, segment_ids_BxL, positions_BxL, collect=collect)
+    h_BxLxD = h_BxLxD.astype(jnp.float32)
+    if self.pooling == "last":
+      last_B = jnp.maximum(lengths_B - 1, 0)
+      return jnp.take_along_axis(h_BxLxD, last_B[:, None, None], axis=1)[:, 0], stages
+    if collect:
+      states_BxMxD, mask_BxM = collect[max(collect)]  # the innermost stage's main network
+    else:
+      states_BxMxD, mask_BxM = h_BxLxD, valid_BxL
+    mask_BxMx1 = mask_BxM[..., None].astype(jnp.float32)
+    total_BxD = jnp.sum(states_BxMxD.astype(jnp.float32) * mask_BxMx1, axis=1)
+    return total_BxD / jnp.maximum(jnp.sum(mask_BxMx1, axis=1), 1.0), stages
+
+  def __call__(self, ids_BxL: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+    """(float32 class logits_BxC, the H-Net stage records)."""
+    x_BxD, stages = self.features(ids_BxL, lengths_B)
+    if self.hidden is not None:
+      x_BxD = jax.nn.gelu(self.hidden(x_BxD))
+    return self.out(x_BxD).astype(jnp.float32) + self.bias[...], stages

@@ -1,0 +1,95 @@
+"""Labelled records for `chunklm classify`: JSONL lines {"text": ..., "label": ...}, or FASTA whose headers carry
+the label (the first group of a regular expression, e.g. `species=(\\w+)`). Text is classified as UTF-8 bytes."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunklm.errors import UserError
+
+
+@dataclass(frozen=True)
+class Record:
+  data: bytes
+  label: str | None  # None for unlabelled input to `classify predict`
+
+
+def read_records(path: str | Path, label_regex: str | None = None, labelled: bool = True) -> list[Record]:
+  """The records of a .jsonl file, or of a FASTA file (.fa, .fasta, .fna) with `label_regex` on the headers.
+  Every problem is a one-line UserError naming the file and the line."""
+  path = Path(path)
+  if not path.is_file():
+    raise UserError(f"{path}: no such file")
+  if path.suffix.lower() in (".fa", ".fasta", ".fna"):
+    records = _read_fasta(path, label_regex, labelled)
+  else:
+    records = _read_jsonl(path, labelled)
+  if not records:
+    raise UserError(f"{path}: no records")
+  return records
+
+
+def _read_jsonl(path: Path, labelled: bool) -> list[Record]:
+  records = []
+  with path.open(encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
+      if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise UserError(f"{path}:{n}: each line needs a string field \"text\"")
+      label = obj.get("label")
+      if labelled and (label is None or isinstance(label, (dict, list))):
+        raise UserError(f"{path}:{n}: each line needs a field \"label\" (a string or number)")
+      records.append(Record(obj["text"].encode("utf-8"), None if label is None else str(label)))
+  return records
+
+
+def _read_fasta(path: Path, label_regex: str | None, labelled: bool) -> list[Record]:
+  if labelled and not label_regex:
+    raise UserError(f"{path}: FASTA records need --label-regex to read each label from its header")
+  try:
+    pattern = re.compile(label_regex) if label_regex else None
+  except re.error as e:
+    raise UserError(f"--label-regex {label_regex!r}: {e}") from None
+  if pattern is not None and pattern.groups < 1:
+    raise UserError(f"--label-regex {label_regex!r} needs one group, e.g. 'species=(\\w+)'")
+  records, header, parts, line_no = [], None, [], 0
+
+  def flush():
+    if header is None:
+      return
+    label = None
+    if pattern is not None:
+      m = pattern.search(header)
+      if m is None and labelled:
+        raise UserError(f"{path}:{line_no}: --label-regex {label_regex!r} does not match the header {header!r}")
+      label = m.group(1) if m else None
+    records.append(Record(b"".join(parts), label))
+
+  with path.open("rb") as f:
+    for n, raw in enumerate(f, 1):
+      line = raw.strip()
+      if line.startswith(b">"):
+        flush()
+        header, parts, line_no = line[1:].decode("utf-8", "replace"), [], n
+      elif line:
+        if header is None:
+          raise UserError(f"{path}:{n}: sequence before the first '>' header")
+        parts.append(line)
+  flush()
+  return records
+
+
+def class_list(records: list[Record]) -> list[str]:
+  """The sorted labels; fewer than two is an error (nothing to tell apart)."""
+  classes = sorted({r.label for r in records if r.label is not None})
+  if len(classes) < 2:
+    raise UserError(f"need at least 2 classes to classify, found {len(classes)}: {classes}")
+  return classes

@@ -1,0 +1,218 @@
+"""Training, evaluating and applying a `chunklm classify` model.
+
+A classifier's directory holds `classify.json` (its settings, classes and where its backbone came from),
+`config.yaml` (the language model's config), `checkpoints/` (the classifier's parameters, backbone included) and
+`metrics.jsonl` (loss and test accuracy as it trains).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from chunklm.classify.classifier import HEADS, POOLINGS, Classifier
+from chunklm.classify.records import Record, class_list
+from chunklm.config import Config, dump_yaml, load_config
+from chunklm.errors import UserError
+from chunklm.model.functional import merge_model, split_model
+from chunklm.model.lm import build_model
+from chunklm.progress import bar
+from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.trained import open_run
+from chunklm.train.optim import decay_mask
+
+SETTINGS_FILE = "classify.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifySettings:
+  pooling: str = "mean"  # POOLINGS
+  head: str = "linear"  # HEADS
+  hidden: int = 256  # width of the MLP head's hidden layer
+  steps: int = 300  # optimizer steps
+  batch_size: int = 16
+  lr: float = 1e-3  # the head's peak learning rate (warm-up, then cosine to 10 %)
+  backbone_lr: float = 3e-4  # the language model's; ignored with freeze_backbone
+  freeze_backbone: bool = False  # train the head only
+  seq_len: int = 512  # bytes per record (longer records are cut, their count reported)
+  warmup_steps: int = 30
+  eval_every: int = 100  # test accuracy every so many steps (and at the end)
+  seed: int = 0
+
+  def check(self) -> None:
+    if self.pooling not in POOLINGS:
+      raise UserError(f"--pooling {self.pooling!r}: one of {', '.join(POOLINGS)}")
+    if self.head not in HEADS:
+      raise UserError(f"--head {self.head!r}: one of {', '.join(HEADS)}")
+    for name in ("hidden", "steps", "batch_size", "seq_len", "eval_every"):
+      if getattr(self, name) < 1:
+        raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+    if not (self.lr > 0 and self.backbone_lr >= 0 and math.isfinite(self.lr) and math.isfinite(self.backbone_lr)):
+      raise UserError("--lr must be > 0 and --backbone-lr >= 0")
+
+
+def batch_arrays(records: list[Record], seq_len: int, classes: list[str] | None = None) -> dict:
+  """ids_BxL (bytes, zero-padded), lengths_B (bytes kept, >= 1) and, with `classes`, labels_B."""
+  ids = np.zeros((len(records), seq_len), np.int32)
+  lengths = np.zeros(len(records), np.int32)
+  for i, r in enumerate(records):
+    data = r.data[:seq_len] or b"\0"  # an empty record is one NUL byte: every row needs a position to pool
+    ids[i, :len(data)] = np.frombuffer(data, np.uint8)
+    lengths[i] = len(data)
+  out = {"ids": ids, "lengths": lengths}
+  if classes is not None:
+    index = {c: k for k, c in enumerate(classes)}
+    unknown = sorted({r.label for r in records if r.label not in index})
+    if unknown:
+      raise UserError(f"labels not among the classifier's classes {classes}: {unknown[:5]}")
+    out["labels"] = np.array([index[r.label] for r in records], np.int32)
+  return out
+
+
+def _base_model(init_from: str | None, config: str | None, overrides: list[str], seed: int, log):
+  """(Config, CausalLM, description of the start): a trained run's model, or a fresh one of a config."""
+  if (init_from is None) == (config is None):
+    raise UserError("classify train: give either --init-from RUN (fine-tune a trained model) or --config C "
+                    "(train from scratch)")
+  if init_from is not None:
+    run = open_run(init_from, tuple(overrides), log=log)
+    cfg, lm, start = run.cfg, merge_model(run.graphdef, run.params), f"{init_from} (step {run.step})"
+  else:
+    cfg = load_config(config, overrides)
+    lm, start = build_model(cfg, seed), f"{config} from scratch (seed {seed})"
+  if cfg.data.tokenizer:
+    raise UserError("chunklm classify takes byte-level models; this one reads tokens "
+                    f"(data.tokenizer {cfg.data.tokenizer})")
+  return cfg, lm, start
+
+
+def _optimizer(params, s: ClassifySettings) -> optax.GradientTransformation:
+  def schedule(peak):
+    return optax.warmup_cosine_decay_schedule(0.0, peak, min(s.warmup_steps, s.steps - 1) or 1, s.steps,
+                                              end_value=0.1 * peak)
+
+  def adamw(peak):
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule(peak), weight_decay=0.01,
+                                                                   mask=decay_mask))
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: "backbone" if getattr(path[0], "key", None) == "lm" else "head", params)
+  backbone = optax.set_to_zero() if s.freeze_backbone or s.backbone_lr == 0 else adamw(s.backbone_lr)
+  return optax.multi_transform({"head": adamw(s.lr), "backbone": backbone}, labels)
+
+
+def _loss_fn(graphdef, ratio_loss_weight: float):
+  def loss(params, batch):
+    logits_BxC, stages = merge_model(graphdef, params)(batch["ids"], batch["lengths"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["labels"]).mean()
+    aux = sum((ratio_loss_weight * s.ratio_loss() + s.router_aux for s in stages), jnp.zeros(()))
+    return ce + aux, ce
+  return loss
+
+
+def train_classifier(train_records: list[Record], test_records: list[Record], out: Path, settings: ClassifySettings,
+                     *, init_from: str | None = None, config: str | None = None, overrides: list[str] = (),
+                     progress: bool = True, log=print) -> dict:
+  """Trains and saves a classifier in `out`; returns its final test evaluation (see evaluate)."""
+  settings.check()
+  out = Path(out)
+  if (out / SETTINGS_FILE).exists():
+    raise UserError(f"{out} already holds a classifier; give another --out")
+  classes = class_list(train_records)
+  cfg, lm, start = _base_model(init_from, config, list(overrides), settings.seed, log)
+  clf = Classifier(lm, len(classes), pooling=settings.pooling, head=settings.head, hidden=settings.hidden,
+                   rngs=nnx.Rngs(params=settings.seed + 1))
+  graphdef, params = split_model(clf)
+  tx = _optimizer(params, settings)
+  opt_state = tx.init(params)
+  loss = _loss_fn(graphdef, cfg.model.ratio_loss_weight)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    (total, ce), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, total, ce
+
+  train = batch_arrays(train_records, settings.seq_len, classes)
+  cut = sum(len(r.data) > settings.seq_len for r in train_records)
+  out.mkdir(parents=True, exist_ok=True)
+  meta = {"settings": dataclasses.asdict(settings), "classes": classes, "start": start,
+          "train_records": len(train_records), "test_records": len(test_records), "records_cut": cut}
+  (out / "config.yaml").write_text(dump_yaml(cfg))
+  log(f"classify: {len(classes)} classes {classes}; {len(train_records):,} training records "
+      f"({cut:,} cut to {settings.seq_len} bytes), {len(test_records):,} test records; backbone {start}"
+      f"{', frozen' if settings.freeze_backbone else ''}; pooling {settings.pooling}, {settings.head} head")
+  rng = np.random.default_rng(settings.seed)
+  order, pos, t0 = rng.permutation(len(train_records)), 0, time.time()
+  with (out / "metrics.jsonl").open("w") as metrics, bar(total=settings.steps, enabled=progress, desc="classify",
+                                                         unit="step") as pbar:
+    for k in range(1, settings.steps + 1):
+      if pos + settings.batch_size > len(order):
+        order, pos = rng.permutation(len(train_records)), 0
+      take = order[pos:pos + settings.batch_size]
+      pos += settings.batch_size
+      params, opt_state, total, ce = step(params, opt_state, {key: v[take] for key, v in train.items()})
+      pbar.update(1)
+      if k % settings.eval_every == 0 or k == settings.steps:
+        row = {"step": k, "loss": float(total), "ce": float(ce), "seconds": round(time.time() - t0, 1)}
+        row["test_accuracy"] = evaluate(graphdef, params, test_records, classes, settings)["accuracy"]
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+        pbar.set_postfix(loss=f"{row['loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
+  ckpt = Checkpointer(out / "checkpoints", keep=1, asynchronous=False)
+  ckpt.save(settings.steps, {"params": params}, None, {"step": settings.steps})
+  ckpt.close()
+  (out / SETTINGS_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+  return evaluate(graphdef, params, test_records, classes, settings)
+
+
+def load_classifier(workdir: str | Path, log=print):
+  """(graphdef, params, classes, settings, meta) of a saved classifier."""
+  workdir = Path(workdir)
+  if not (workdir / SETTINGS_FILE).is_file():
+    raise UserError(f"{workdir} holds no classifier ({SETTINGS_FILE} missing); train one with `chunklm classify "
+                    "train`")
+  meta = json.loads((workdir / SETTINGS_FILE).read_text())
+  settings = ClassifySettings(**meta["settings"])
+  cfg: Config = load_config(workdir / "config.yaml")
+  classes = meta["classes"]
+  abstract = nnx.eval_shape(lambda: Classifier(build_model(cfg, 0), len(classes), pooling=settings.pooling,
+                                               head=settings.head, hidden=settings.hidden, rngs=nnx.Rngs(params=0)))
+  graphdef, like = split_model(abstract)
+  restored = Checkpointer(workdir / "checkpoints", read_only=True).restore_latest({"params": like}, log=log)
+  if restored is None:
+    raise UserError(f"no checkpoint in {workdir / 'checkpoints'}")
+  return graphdef, restored[1]["params"], classes, settings, meta
+
+
+def predict_probs(graphdef, params, records: list[Record], settings: ClassifySettings,
+                  batch_size: int = 64) -> np.ndarray:
+  """Class probabilities, records x classes."""
+  @jax.jit
+  def probs(params, ids, lengths):
+    return jax.nn.softmax(merge_model(graphdef, params)(ids, lengths)[0], axis=-1)
+
+  arrays = batch_arrays(records, settings.seq_len)
+  n = len(records)
+  pad = -n % batch_size  # one compiled shape: the last batch is padded with copies of the first record
+  ids = np.concatenate([arrays["ids"], np.repeat(arrays["ids"][:1], pad, 0)])
+  lengths = np.concatenate([arrays["lengths"], np.repeat(arrays["lengths"][:1], pad, 0)])
+  out = [np.asarray(probs(params, ids[i:i + batch_size], lengths[i:i + batch_size]))
+         for i in range(0, len(ids), batch_size)]
+  return np.concatenate(out)[:n]
+
+
+def evaluate(graphdef, params, records: list[Record], classes: list[str], settings: ClassifySettings) -> dict:
+  """Accuracy, per-class precision/recall/F1, macro F1 and the confusion matrix (rows: true, columns: predicted)."""
+  from chunklm.classify.metrics import classification_report
+  labels = batch_arrays(records, settings.seq_len, classes)["labels"]
+  predicted = predict_probs(graphdef, params, records, settings).argmax(-1)
+  return classification_report(labels, predicted, classes)
