@@ -109,3 +109,21 @@ def test_bad_sources_are_one_line(source, corpus, tmp_path):
     check_compatible("runs/x", cfg, cfg, b"a tokenizer", None)
   with pytest.raises(CheckpointError, match="reads another tokenizer"):
     check_compatible("runs/x", cfg, cfg, b"one tokenizer", b"another")
+
+
+def test_grad_norm_is_over_the_trained_parameters(source, corpus):
+  """With train.freeze the reported grad_norm leaves the frozen parameters' gradients out."""
+  from chunklm.train.step import loss_fn, train_step
+  from chunklm.train.trainer import setup_state
+  from chunklm.bench.timing import real_batches
+  cfg = tiny_config(*SMALL, "train.freeze=[main, embed]", data=corpus)
+  graphdef, tx, state, _ = setup_state(cfg)
+  batch = real_batches(cfg, 1)[0]
+  frozen = frozen_mask(state["params"], cfg.model, cfg.train.freeze)
+  grads = jax.grad(lambda p: loss_fn(p, graphdef, batch, jax.random.key(0))[0])(state["params"])
+  trained = [g for g, f in zip(jax.tree.leaves(grads), jax.tree.leaves(frozen)) if not f]
+  _, metrics = jax.jit(lambda s, b: train_step(graphdef, tx, s, b, frozen=frozen))(state, batch)
+  _, unmasked = jax.jit(lambda s, b: train_step(graphdef, tx, s, b))(state, batch)
+  want = np.sqrt(sum(float(np.sum(np.square(g))) for g in trained))
+  np.testing.assert_allclose(float(metrics["grad_norm"]), want, rtol=1e-4)
+  assert float(unmasked["grad_norm"]) > float(metrics["grad_norm"])

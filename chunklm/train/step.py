@@ -60,11 +60,12 @@ def loss_fn(params, graphdef, batch: dict, rng=None):
   return loss, metrics
 
 
-def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: dict, skip_nonfinite: bool = False
-               ) -> tuple[dict, dict]:
+def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: dict, skip_nonfinite: bool = False,
+               frozen=None) -> tuple[dict, dict]:
   """One optimizer step. `skip_nonfinite` (train.nan_policy=skip): a step whose loss, gradient or updated
   parameters are not finite keeps the old parameters and optimizer state (the step counter and RNG still advance)
-  and reports metrics["skipped"] = 1."""
+  and reports metrics["skipped"] = 1. `frozen` (a pytree of bools like the parameters, or None): parameters that
+  train.freeze leaves as they are; metrics["grad_norm"] is over the others (and XLA need not compute the rest)."""
   rng, noise = jax.random.split(jax.random.wrap_key_data(state["rng"]))
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], graphdef, batch, noise)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -74,7 +75,8 @@ def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: d
     model = merge_model(graphdef, params)
     nnx.update(model, stats)
     params = split_model(model)[1]
-  metrics["grad_norm"] = optax.global_norm(grads)
+  trained = grads if frozen is None else [g for g, f in zip(jax.tree.leaves(grads), jax.tree.leaves(frozen)) if not f]
+  metrics["grad_norm"] = optax.global_norm(trained)
   if skip_nonfinite:
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & all_finite(params)
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
@@ -92,9 +94,9 @@ def all_finite(tree) -> jax.Array:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, state_sharding=None, batch_sharding=None,
-                    skip_nonfinite: bool = False):
+                    skip_nonfinite: bool = False, frozen=None):
   """The jitted step; with shardings, state and batch are laid out on the mesh and the state stays there."""
-  fn = functools.partial(train_step, graphdef, tx, skip_nonfinite=skip_nonfinite)
+  fn = functools.partial(train_step, graphdef, tx, skip_nonfinite=skip_nonfinite, frozen=frozen)
   if state_sharding is None:
     return jax.jit(fn, donate_argnums=0)
   return jax.jit(fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),

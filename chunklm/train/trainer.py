@@ -42,6 +42,7 @@ from chunklm.run.lock import workdir_lock
 from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, TrainedRun, read_config, run_tokenizer
 from chunklm.train.init_from import load_init
 from chunklm.train.optim import lr_schedule, make_optimizer
+from chunklm.train.parts import frozen_mask
 from chunklm.train.sharding import (batch_sharding, batch_shards, check_batch_size, check_state_fits, local_rows,
                                     make_mesh, on_mesh, process_count, put_batch, state_shardings)
 from chunklm.train.resume import check_resume
@@ -190,7 +191,9 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
   if restored is not None and changes is not None and (changes.free or changes.data):
     metrics.write(start, "resume", changes.record())
   skip = cfg.train.nan_policy == "skip"
-  step_fn = on_mesh(make_train_step(graphdef, tx, state_sharding, batch_sharding(mesh), skip_nonfinite=skip), mesh)
+  frozen = frozen_mask(state["params"], cfg.model, cfg.train.freeze) if cfg.train.freeze else None
+  step_fn = on_mesh(make_train_step(graphdef, tx, state_sharding, batch_sharding(mesh), skip_nonfinite=skip,
+                                    frozen=frozen), mesh)
   eval_fn = on_mesh(make_eval_step(graphdef), mesh)
   unit = math.lcm(shards, process_count(mesh))
   eval_batch = -(-cfg.eval.batch_size // unit) * unit
