@@ -2,6 +2,7 @@
 argument parser, and every config and comparison spec it names exists (what it costs to run each is in the other
 tests; this one catches a renamed flag, subcommand, config or spec in milliseconds)."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -82,11 +83,12 @@ FAST = {
     "bench generate": ["--units", "4", "--repeats", "1"],
     "bench kernels": ["--no-step", "--repeats", "1", "--warmup", "0", "--dtype", "float32"],
     "bench capacity": ["--max-bytes", "8192"],
+    "classify train": ["--steps", "2", "--eval-every", "2", "--seq-len", "64", "--no-progress"],
 }
 
 
 def _key(words: list[str]) -> str:
-  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer") else words[0]
+  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer", "classify") else words[0]
 
 
 def promised_files(words: list[str]) -> list[Path]:
@@ -107,6 +109,10 @@ def promised_files(words: list[str]) -> list[Path]:
     return [Path(args.out or Path(args.workdir) / "boundaries")]
   if key == "report":
     return [Path(args.out or Path(args.workdir[0]) / "report.html")]
+  if key == "classify train":
+    return [Path(args.out) / "classify.json", Path(args.out) / "confusion.png"]
+  if key == "classify eval":
+    return [Path(args.plot)]
   return []
 
 
@@ -124,6 +130,12 @@ def workspace(tmp_path_factory):
   for name in ("heapq.py", "string.py", "csv.py", "fractions.py"):
     (corpus / name).write_bytes((STDLIB / name).read_bytes())
   (root / "held_out.txt").write_bytes((STDLIB / "shutil.py").read_bytes())
+  for name, files in (("train.jsonl", BUILTIN[::2]), ("test.jsonl", BUILTIN[1::2])):  # both hold both classes
+    with (root / name).open("w") as f:  # label: the module name's first letter
+      for n in files:
+        text = (STDLIB / n).read_text()
+        f.writelines(json.dumps({"text": text[i:i + 64], "label": "a-h" if n < "i" else "i-z"}) + "\n"
+                     for i in range(0, 640, 64))
   (root / "configs").symlink_to(ROOT / "configs")
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr("chunklm.data.sources.stdlib_dir", lambda: builtin)
@@ -150,4 +162,4 @@ def test_every_usage_line_runs_and_writes_what_it_promises(words, workspace, cap
 
 def test_the_runner_covers_every_line_but_help():
   assert len(RUNNABLE) == len(COMMANDS) - 1
-  assert {_key(w) for w in RUNNABLE} - set(FAST) <= {"tokenizer train", "info", "bench compile"}
+  assert {_key(w) for w in RUNNABLE} - set(FAST) <= {"tokenizer train", "info", "bench compile", "classify eval"}
