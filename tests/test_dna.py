@@ -104,3 +104,26 @@ def test_boundary_rate_after_each_kmer():
   assert kmer_rates(routed, 0, 2)["GT"] == (1.0, 3)
   assert "stage 0, after each 2-mer: AC 0.000" in kmer_markdown(routed, 1)
   assert looks_like_dna(arr(data)) and not looks_like_dna(arr(b"def main(): pass"))
+
+
+def test_eval_on_dna_says_bits_per_base(tmp_path, capsys):
+  import json
+  import random
+  from chunklm.cli import main
+  from chunklm.train import trainer
+  from conftest import tiny_config
+  rng = random.Random(0)
+  fasta = tmp_path / "g.fa"
+  fasta.write_text("".join(f">r{i}\n{''.join(rng.choice('ACGT') for _ in range(300))}\n" for i in range(8)))
+  (tmp_path / "t.txt").write_text("def f(x):\n    return x\n" * 20)
+  run = tmp_path / "run"
+  trainer.train(tiny_config("train.steps=2", "train.checkpoint_every=2", data=fasta), run, progress=False,
+                log=lambda *a, **k: None)
+  capsys.readouterr()
+  assert main(["eval", "--workdir", str(run), "--data", str(fasta), "--json", str(tmp_path / "d.json"),
+               "--no-progress"]) == 0
+  assert "bits per byte (= bits per base: DNA, one byte per base)" in capsys.readouterr().out
+  res = json.loads((tmp_path / "d.json").read_text())
+  assert res["bits_per_base"] == res["bpb"]
+  assert main(["eval", "--workdir", str(run), "--data", str(tmp_path / "t.txt"), "--no-progress"]) == 0
+  assert "bits per base" not in capsys.readouterr().out

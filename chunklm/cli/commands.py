@@ -22,6 +22,7 @@ from chunklm.classify.trainer import ClassifySettings, evaluate as evaluate_clas
 from chunklm.cli.output import print_config_info, print_eval, print_train_summary, write_json
 from chunklm.config import load_config
 from chunklm.data.corpus import load_documents, load_splits
+from chunklm.data.dna import looks_like_dna
 from chunklm.data.pipeline import leading_bytes, with_doc_cap
 from chunklm.data.tokenizer import tokenize, train_tokenizer
 from chunklm.errors import DataError, UserError
@@ -93,9 +94,12 @@ def cmd_eval(args) -> int:
     what = ", ".join(paths)
   else:
     docs, what = run.valid_split(), "the run's validation split"
-  docs = run.units(leading_bytes(docs, args.max_bytes))
-  res = evaluate(make_eval_step(run.graphdef), run.params, docs, run.cfg.data.seq_len,
+  docs = leading_bytes(docs, args.max_bytes)
+  dna = not run.cfg.data.tokenizer and looks_like_dna(docs.data[:1 << 20])  # one byte per base: BPB = bits per base
+  res = evaluate(make_eval_step(run.graphdef), run.params, run.units(docs), run.cfg.data.seq_len,
                  args.batch_size or run.cfg.eval.batch_size, progress=not args.no_progress, **run.vocab)
+  if dna:
+    res["bits_per_base"] = res["bpb"]
   print_eval(run, res, what, overrides)
   write_json(args.json, {"workdir": str(workdir), "step": run.step, "data": what, "overrides": list(overrides), **res})
   return 0

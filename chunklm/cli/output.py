@@ -51,7 +51,8 @@ def print_train_summary(result: TrainResult, main_process: bool = True) -> None:
 
 def print_eval(run: TrainedRun, res: dict, what: str, overrides: tuple[str, ...]) -> None:
   changed = f" with {' '.join(overrides)}" if overrides else ""
-  print(f"{run.workdir} (step {run.step}){changed} on {what}: {res['bpb']:.4f} bits per byte over "
+  per_base = " (= bits per base: DNA, one byte per base)" if "bits_per_base" in res else ""
+  print(f"{run.workdir} (step {run.step}){changed} on {what}: {res['bpb']:.4f} bits per byte{per_base} over "
         f"{int(res['bytes']):,} bytes")
   for key in sorted(k for k in res if k.startswith("bytes_per_chunk")):
     print(f"{key}: {res[key]:.2f}")
