@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from chunklm.classify.classifier import HEADS, POOLINGS, Classifier
+from chunklm.classify.metrics import classification_report
 from chunklm.classify.records import Record, class_list
 from chunklm.config import Config, dump_yaml, load_config
 from chunklm.errors import UserError
@@ -212,7 +213,6 @@ def predict_probs(graphdef, params, records: list[Record], settings: ClassifySet
 
 def evaluate(graphdef, params, records: list[Record], classes: list[str], settings: ClassifySettings) -> dict:
   """Accuracy, per-class precision/recall/F1, macro F1 and the confusion matrix (rows: true, columns: predicted)."""
-  from chunklm.classify.metrics import classification_report
   labels = batch_arrays(records, settings.seq_len, classes)["labels"]
   predicted = predict_probs(graphdef, params, records, settings).argmax(-1)
   return classification_report(labels, predicted, classes)
