@@ -99,6 +99,13 @@ def test_ste_is_one_forward_identity_backward():
   assert g.tolist() == [1.0, 2.0, 3.0]
 
 
+def test_ste_is_exactly_one_for_every_confidence():
+  # (1 + x) - x rounds away from 1 for many x in float32 (e.g. 1 +- 6e-8); 1 + (x - x) never does
+  c = jnp.linspace(0.5, 1.0, 10001, dtype=jnp.float32)
+  assert bool(jnp.all(chunking.ste_one(c) == 1.0))
+  assert not bool(jnp.all((1.0 + c) - c == 1.0))  # the form it replaces: the test above can fail
+
+
 def test_dechunk_restarts_at_document_starts():
   """A chunk that starts a document ignores earlier chunks entirely (no leak across documents)."""
   seg = jnp.array([[1, 1, 1, 2, 2, 2]])

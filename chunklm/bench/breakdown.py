@@ -62,7 +62,7 @@ def breakdown(cfg: Config, repeats: int = 5) -> list[tuple[str, float]]:
     def route_chunk_dechunk(m, h, cap=caps[level], seg=seg):
       r = m.router(h, None, seg, seg > 0)
       ch = chunking.chunk(h, r, seg, seg > 0, cap, cfg.data.doc_slots, exact=False)
-      return chunking.dechunk(ch.z_BxMxD, ch, r) + m.residual_proj(h)
+      return chunking.dechunk(ch.z_BxMxD, ch, r, compat=m.compat) + m.residual(h)
     g, params = _fwd_bwd(net, route_chunk_dechunk)
     rows.append((f"stage {level} route + chunk + dechunk ({seq} -> {caps[level]})",
                  _time(lambda p, x: g(p, x), (params, x), repeats)))

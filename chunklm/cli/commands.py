@@ -34,6 +34,8 @@ from chunklm.eval.robustness import run_robustness
 from chunklm.eval.run_report import run_report
 from chunklm.eval.summary import show_bytes
 from chunklm.experiments.compare import run_compare
+from chunklm.interop.convert import from_hnet, to_hnet
+from chunklm.interop.weights import export_weights, import_weights
 from chunklm.run.trained import open_run, read_config
 from chunklm.train.trainer import train
 
@@ -279,6 +281,36 @@ def cmd_classify(args) -> int:
   return 0
 
 
+def cmd_convert(args) -> int:
+  if args.convert == "from-hnet":
+    bad = [o for o in args.overrides if o.split("=", 1)[0].startswith("model.")]
+    if bad:
+      raise UserError(f"convert from-hnet: --set {bad[0]}: the model comes from the official config; change "
+                      "model settings when fine-tuning (train --init-from)")
+    out = from_hnet(args.checkpoint, args.config, args.out, load_config(None, args.overrides))
+    cfg = read_config(out)
+    print(f"wrote {out}: {cfg.model.num_stages}-stage H-Net, layout {list(cfg.model.layout)}, widths "
+          f"{list(cfg.model.d_model)} (model.compat official); try: chunklm eval --workdir {out}")
+    return 0
+  pt, js = to_hnet(args.workdir, args.out, args.dtype)
+  print(f"wrote {pt} and {js}")
+  return 0
+
+
+def cmd_export(args) -> int:
+  tensors, step = export_weights(args.workdir, args.out)
+  print(f"wrote {args.out}: {tensors} tensors of step {step}, config in the metadata")
+  return 0
+
+
+def cmd_import(args) -> int:
+  out = import_weights(args.weights, args.out)
+  print(f"wrote {out}; fine-tune it with: chunklm train --init-from {out} --config {out}/config.yaml "
+        "--workdir NEW_DIR")
+  return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare,
             "boundaries": cmd_boundaries, "report": cmd_report, "robustness": cmd_robustness,
-            "tokenizer": cmd_tokenizer, "info": cmd_info, "bench": cmd_bench, "classify": cmd_classify}
+            "tokenizer": cmd_tokenizer, "info": cmd_info, "bench": cmd_bench, "classify": cmd_classify,
+            "convert": cmd_convert, "export": cmd_export, "import": cmd_import}

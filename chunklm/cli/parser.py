@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 
+from chunklm.cli.weights_parser import add_weights_commands
 from chunklm.eval.perturb import PERTURBATIONS
 
 DEFAULT_CONFIG = "hnet_1stage_tiny"
@@ -21,6 +22,8 @@ EPILOG = """examples:
   chunklm tokenizer train --vocab-size 4096 --out runs/tok/bpe4096.model
   chunklm info --config hnet_1stage_L
   chunklm classify train --init-from runs/default --data train.jsonl --test test.jsonl --out runs/cls
+  chunklm convert from-hnet --checkpoint hnet_2stage_XL.pt --config hnet_2stage_XL.json --out runs/hnet_2stage_XL
+  chunklm export --workdir runs/default --out default.safetensors
   chunklm bench train --config byte_transformer_tiny
   chunklm bench kernels --shapes small --impl xla,interpret --no-step
   chunklm bench capacity --workdir runs/default --window 256,2048,8192
@@ -40,7 +43,8 @@ class Parser(argparse.ArgumentParser):
     """As argparse's, but an unknown flag is reported by the subcommand it was given to."""
     ns, extras = self.parse_known_args(args, namespace)
     if extras:
-      chain = [getattr(ns, dest) for dest in ("command", "tokenizer", "bench", "classify") if getattr(ns, dest, None)]
+      chain = [getattr(ns, dest) for dest in ("command", "tokenizer", "bench", "classify", "convert")
+               if getattr(ns, dest, None)]
       prog = " ".join([self.prog, *chain])
       self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
     return ns
@@ -308,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--workdir", required=True, help="the classifier's directory")
   _add_classify_data(c, test=False, labelled=False)
   _add_output(c, out="JSONL file to write (default: stdout)")
+
+  add_weights_commands(sub)
 
   p = sub.add_parser("bench", help="benchmarks (training throughput, generation, chunk-op kernels)",
                      description="Benchmarks that print measured figures with the machine they ran on.")

@@ -22,6 +22,7 @@ SCHEDULES = ("cosine", "wsd", "constant")
 NAN_POLICIES = ("stop", "skip")
 KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # chunk-op backends (chunklm.kernels.api imports them)
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")  # softmax-attention backends (kernels.attention)
+COMPATS = ("chunklm", "official")  # H-Net numerics: chunklm's own, or the official code's (converted weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype (params stay float32): float32 | bfloat16
   remat: bool = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
   attention_block: int = 0  # queries per attention block (memory ~ block x length instead of length^2); 0 = all
+  compat: str = "chunklm"  # official = the official H-Net code's numerics (residual bias, dechunk clamp, bf16 EMA)
 
   @property
   def num_stages(self) -> int:
@@ -136,6 +138,12 @@ class ModelConfig:
       raise ConfigError("model: vocab_size and init_std must be positive, rotary_fraction in [0, 1]")
     if self.dtype not in DTYPES:
       raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+    if self.compat not in COMPATS:
+      raise ConfigError(f"model.compat: {self.compat!r} is not one of {', '.join(COMPATS)}")
+    if self.compat == "official" and (not stages or set(self.router[:stages]) != {"cosine"}
+                                      or set(self.pooling[:stages]) != {"select"}):
+      raise ConfigError("model.compat: official is the official H-Net's computation, which needs an H-Net with "
+                        "the cosine router and select pooling at every stage")
 
   def _check_routers(self, stages: int) -> None:
     for s, (r, pool, n) in enumerate(zip(self.router, self.pooling, self.target_ratio)):

@@ -69,15 +69,36 @@ def chunk(h_BxLxD: jax.Array, routing: Routing, segment_ids_BxL: jax.Array, vali
 
 
 def ste_one(x: jax.Array) -> jax.Array:
-  """Exactly 1 in the forward pass, identity gradient (the paper's STE on the confidence)."""
-  return 1.0 + x - jax.lax.stop_gradient(x)
+  """Exactly 1 in the forward pass (x - x is exactly 0), identity gradient (the paper's STE on the confidence)."""
+  return 1.0 + (x - jax.lax.stop_gradient(x))
 
 
-def dechunk(zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing, impl: str = "auto") -> jax.Array:
-  """Smoothed, upsampled main-network output, scaled by STE(confidence): y_BxLxD in float32; `impl` as for chunk."""
+def official_ema_inputs(zhat_BxMxD: jax.Array, p_BxM: jax.Array, restart_BxM: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+  """(z, p) for `api.ema_scan` that reproduce the official DeChunkLayer, which runs the EMA through Mamba2's scan
+  kernel in bfloat16: p clamped to [1e-4, 1 - 1e-4] at every chunk (document starts too), dt = log(1 / (1 - p)) and
+  x = zhat / dt and B = p rounded to bfloat16, then zbar_c = exp(-dt_c) zbar_{c-1} + dt_c B_c x_c (state reset at a
+  document start). In the form zbar_c = q_c z'_c + (1 - q_c) zbar_{c-1}: q_c = 1 - exp(-dt_c), z'_c = dt_c B_c x_c / q_c
+  (q = 1 and z' = dt B x at a restart). The caller rounds zbar to bfloat16, as the kernel's output is."""
+  bf16 = lambda v: v.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+  p = jnp.clip(p_BxM, 1e-4, 1 - 1e-4)
+  dt_BxM = bf16(jnp.log(1.0 / (1.0 - p)))
+  u_BxMxD = (dt_BxM * bf16(p))[..., None] * bf16(zhat_BxMxD.astype(jnp.float32) / dt_BxM[..., None])
+  q_BxM = jnp.where(restart_BxM, 1.0, -jnp.expm1(-dt_BxM))
+  return u_BxMxD / q_BxM[..., None], q_BxM
+
+
+def dechunk(zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing, impl: str = "auto",
+            compat: str = "chunklm") -> jax.Array:
+  """Smoothed, upsampled main-network output, scaled by STE(confidence): y_BxLxD in float32; `impl` as for chunk.
+  compat "official" smooths as the official code does (`official_ema_inputs`)."""
   restart_BxM = chunks.starts_BxM | ~chunks.valid_BxM
-  p_BxM = jnp.where(restart_BxM, 1.0, jnp.clip(chunks.p_BxM, 1e-4, 1 - 1e-4))
-  zbar_BxMxD = api.ema_scan(zhat_BxMxD.astype(jnp.float32), p_BxM, impl=impl)
+  if compat == "official":
+    z_BxMxD, p_BxM = official_ema_inputs(zhat_BxMxD, chunks.p_BxM, restart_BxM)
+    zbar_BxMxD = api.ema_scan(z_BxMxD, p_BxM, impl=impl).astype(jnp.bfloat16).astype(jnp.float32)
+  else:
+    p_BxM = jnp.where(restart_BxM, 1.0, jnp.clip(chunks.p_BxM, 1e-4, 1 - 1e-4))
+    zbar_BxMxD = api.ema_scan(zhat_BxMxD.astype(jnp.float32), p_BxM, impl=impl)
   up_BxLxD = api.upsample(zbar_BxMxD, chunks.chunk_idx_BxL, impl=impl)
   confidence_BxL = jnp.where(routing.b_BxL, routing.p_BxL, 1.0 - routing.p_BxL)
   return up_BxLxD * ste_one(confidence_BxL)[..., None]

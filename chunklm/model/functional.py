@@ -21,6 +21,40 @@ def split_model(model: nnx.Module):
   return graphdef, params
 
 
+def path_name(path: tuple) -> str:
+  """The dotted name of a parameter from its tree path (without the trailing `.value` of an nnx variable), e.g.
+  `backbone.encoder.blocks.0.mixer.in_proj.kernel`: the names weight files and freeze globs use."""
+  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  if names and names[-1] == "value":
+    names = names[:-1]
+  return ".".join(names)
+
+
+def named_leaves(params) -> dict:
+  """{dotted name: leaf} of a params pytree, in tree order."""
+  return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def params_from_named(like, named: dict, where: str):
+  """The params pytree shaped as `like` (arrays or ShapeDtypeStructs) from {dotted name: array}: every name of
+  `like` must be there with its shape (cast to its dtype), and nothing else; else a ValueError naming the tensors
+  (`where` says what was read)."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+  names = [path_name(p) for p, _ in flat]
+  missing, extra = [n for n in names if n not in named], sorted(set(named) - set(names))
+  if missing or extra:
+    raise ValueError(f"{where} does not fit this model: {len(missing)} tensors missing ({', '.join(missing[:3]) or '-'}"
+                     f"{', ...' if len(missing) > 3 else ''}), {len(extra)} unexpected ({', '.join(extra[:3]) or '-'}"
+                     f"{', ...' if len(extra) > 3 else ''})")
+  leaves = []
+  for name, (_, want) in zip(names, flat):
+    got = named[name]
+    if tuple(got.shape) != tuple(want.shape):
+      raise ValueError(f"{where}: tensor {name} has shape {list(got.shape)}, the model needs {list(want.shape)}")
+    leaves.append(jax.numpy.asarray(got, dtype=want.dtype))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def merge_model(graphdef, params) -> nnx.Module:
   return nnx.merge(graphdef, params)
 

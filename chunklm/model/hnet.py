@@ -90,6 +90,10 @@ class HNet(nnx.Module):
     self.pooling = cfg.pooling[level]
     self.null = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) if self.pooling == "mean" else None
     self.residual_proj = Linear(dim, (dim,), ("embed", "embed_out"), rngs=rngs, std=0.0)  # zero init
+    # the official code's residual_proj has a bias (PyTorch's default init there; zeros here: converted weights set it)
+    self.compat = cfg.compat
+    self.residual_bias = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) \
+        if cfg.compat == "official" else None
     if len(inner) == 1:
       self.main = MainStack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]),
                             attention_impl=attention_impl)
@@ -135,13 +139,18 @@ class HNet(nnx.Module):
       prev_BxMxD = jnp.pad(zhat_BxMxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
       null_BxMxD = jnp.broadcast_to(self.null[...].astype(zhat_BxMxD.dtype), zhat_BxMxD.shape)
       zhat_BxMxD = jnp.where(chunks.starts_BxM[..., None], null_BxMxD, prev_BxMxD)
-    y_BxLxD = (chunking.dechunk(zhat_BxMxD, chunks, routing, impl=self.kernel_impl)
-               + self.residual_proj(h_BxLxD.astype(jnp.float32)))
+    y_BxLxD = (chunking.dechunk(zhat_BxMxD, chunks, routing, impl=self.kernel_impl, compat=self.compat)
+               + self.residual(h_BxLxD))
     out_BxLxD = self.decoder(y_BxLxD, segment_ids_BxL, positions_BxL)
     # routers with no learnable p (stride, word starts, entropy) get no ratio loss: it would have no gradient
     here = stage_output(routing, chunks, valid_BxL, learnable_p=self.router.ratio_loss,
                         target_ratio=self.target_ratio)
     return out_BxLxD, (here, *inner)
+
+  def residual(self, h: jax.Array) -> jax.Array:
+    """W_res h (+ b_res under compat official), in float32."""
+    r = self.residual_proj(h.astype(jnp.float32))
+    return r if self.residual_bias is None else r + self.residual_bias[...]
 
   def init_step_state(self, batch: int, max_len: int) -> dict:
     dim = self.residual_proj.kernel.shape[0]
@@ -168,9 +177,12 @@ class HNet(nnx.Module):
 
     zhat_BxE, main, inner = run_rows(main_step, z_BxE, state["main"], b_B, list(self.main.stage_levels()))
     zhat_BxD = zhat_BxE[:, : h_BxD.shape[-1]]
-    p_use = jnp.where(state["has_prev"], jnp.clip(p_B, 1e-4, 1 - 1e-4), 1.0)[:, None]
-    zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * state["zbar"], state["zbar"])
-    y_BxD = zbar_BxD + self.residual_proj(h_BxD.astype(jnp.float32))
+    # at a document start the average restarts; the official code clamps p = 1 there too, as its step does
+    start_p = 1 - 1e-4 if self.compat == "official" else 1.0
+    p_use = jnp.where(state["has_prev"], jnp.clip(p_B, 1e-4, 1 - 1e-4), start_p)[:, None]
+    prev_BxD = jnp.where(state["has_prev"][:, None], state["zbar"], 0.0)
+    zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * prev_BxD, state["zbar"])
+    y_BxD = zbar_BxD + self.residual(h_BxD)
     out_BxD, dec = stack_step(self.decoder, y_BxD, state["dec"], update_B)
     new_state = {"enc": enc, "dec": dec, "main": main,
                  "h_prev": select_rows(update_B, h_BxD.astype(jnp.float32), state["h_prev"]),

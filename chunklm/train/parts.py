@@ -17,14 +17,7 @@ import jax
 
 from chunklm.config import ModelConfig
 from chunklm.errors import ConfigError
-
-
-def path_name(path: tuple) -> str:
-  """The dotted name of a parameter from its tree path (without the trailing `.value` of an nnx variable)."""
-  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-  if names and names[-1] == "value":
-    names = names[:-1]
-  return ".".join(names)
+from chunklm.model.functional import path_name  # noqa: F401  (re-exported: optim, cli)
 
 
 def named_parts(model: ModelConfig) -> dict[str, tuple[str, ...]]:
@@ -35,7 +28,7 @@ def named_parts(model: ModelConfig) -> dict[str, tuple[str, ...]]:
     parts[f"encoder.s{s}"] = (stage + "encoder.*",)
     parts[f"decoder.s{s}"] = (stage + "decoder.*",)
     parts[f"router.s{s}"] = (stage + "router.*",)
-    parts[f"residual.s{s}"] = (stage + "residual_proj.*", stage + "pad")
+    parts[f"residual.s{s}"] = (stage + "residual_proj.*", stage + "residual_bias", stage + "pad")
   parts["main"] = ("backbone." + "main." * model.num_stages + "*",)
   return parts
 

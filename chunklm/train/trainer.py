@@ -36,6 +36,7 @@ from chunklm.model.functional import split_model
 from chunklm.model.lm import build_model, count_params
 from chunklm.model.rule_routers import check_router_data
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.imported import refuse_resume
 from chunklm.run.metrics import MetricsWriter, plot_curves
 from chunklm.run.provenance import header, header_value, provenance
 from chunklm.run.lock import workdir_lock
@@ -116,6 +117,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, pr
 
 def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool, log, splits: Splits | None,
            allow_data_change: bool) -> TrainResult:
+  refuse_resume(workdir)  # converted or imported weights: parameters only, fine-tuned with --init-from
   splits = splits or load_splits(cfg.data, cache_dir=workdir / "cache")  # bad data fails before anything is written
   check_router_data(cfg.model, splits.train)  # e.g. whitespace routing on DNA
   tok = run_tokenizer(cfg)  # token models only (BPE baseline)

@@ -1,0 +1,68 @@
+"""`chunklm convert from-hnet | to-hnet`: official H-Net checkpoints (PyTorch state dict + config JSON) to a chunklm
+run directory and back, bit for bit (float32 weights round-trip exactly; bfloat16 ones are widened to float32 and
+narrowed back exactly).
+
+A converted run has `model.compat: official` (the official code's numerics, see the README) and the paper's
+training targets (6-DC for 1 stage, (3,3)-DC for 2); every command that reads a trained run accepts it, and
+`chunklm train --init-from` fine-tunes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from chunklm.config import Config, load_config
+from chunklm.errors import UserError
+from chunklm.interop.hnet_official import check_exportable, model_from_official, official_config, to_chunklm, \
+    to_official
+from chunklm.interop.torch_files import load_state_dict, save_state_dict
+from chunklm.model.functional import named_leaves, params_from_named
+from chunklm.run.imported import write_params_run
+from chunklm.run.trained import abstract_params, open_run
+
+
+def read_official_config(path: str | Path) -> dict:
+  path = Path(path)
+  if not path.is_file():
+    raise UserError(f"{path}: no such config file")
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: not JSON ({e})") from None
+
+
+def official_params(state: dict[str, np.ndarray], js: dict, base: Config, where: str):
+  """(config, params) of the chunklm model holding an official state dict with config `js`."""
+  cfg = dataclasses.replace(base, model=model_from_official(js, where))
+  _, like = abstract_params(cfg)
+  named = to_chunklm(state, cfg.model, {k: v.shape for k, v in named_leaves(like).items()}, where)
+  return cfg, params_from_named(like, named, where)
+
+
+def from_hnet(checkpoint: str | Path, config: str | Path, out: str | Path, base: Config | None = None) -> Path:
+  """Writes the run directory `out` from an official checkpoint; returns it."""
+  js = read_official_config(config)
+  model_from_official(js, str(config))  # a bad config fails before the (large) checkpoint is read
+  state, dtype = load_state_dict(checkpoint)
+  cfg, params = official_params(state, js, base or load_config(None), str(checkpoint))
+  digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+  origin = {"what": f"converted from the official H-Net checkpoint {checkpoint}", "checkpoint": str(checkpoint),
+            "checkpoint_sha256": digest, "checkpoint_dtype": dtype, "official_config": js}
+  return write_params_run(out, cfg, params, 0, origin)
+
+
+def to_hnet(workdir: str | Path, out: str | Path, dtype: str = "float32") -> tuple[Path, Path]:
+  """Writes `out`/model.pt and `out`/config.json for the official code from a chunklm H-Net run; returns both."""
+  run = open_run(workdir, log=lambda *a, **k: None)
+  check_exportable(run.cfg.model)
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  named = {k: np.asarray(v) for k, v in named_leaves(run.params).items()}
+  pt, js = out / "model.pt", out / "config.json"
+  save_state_dict(pt, to_official(named, run.cfg.model), dtype)
+  js.write_text(json.dumps(official_config(run.cfg.model), indent=4) + "\n")
+  return pt, js

@@ -1,0 +1,52 @@
+"""A run made from parameters alone: weights converted from the official H-Net code (`chunklm convert from-hnet`) or
+imported from a safetensors file (`chunklm import`).
+
+It is a run directory like any other for the commands that read a trained model (eval, generate, boundaries,
+robustness, classify, `train --init-from`): `config.yaml`, one checkpoint holding the parameters only, and
+`origin.json` saying where they came from. It has no optimizer state or data position, so it cannot be resumed:
+`chunklm train --workdir` on it is refused with a one-line error pointing to `--init-from`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chunklm.config import Config, dump_yaml
+from chunklm.errors import CheckpointError
+from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE
+
+ORIGIN_FILE = "origin.json"
+
+
+def write_params_run(workdir: str | Path, cfg: Config, params, step: int, origin: dict,
+                     tokenizer_bytes: bytes | None = None) -> Path:
+  """Writes the run directory `workdir` (which must not exist or be empty) holding `params` at `step`."""
+  workdir = Path(workdir)
+  if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+    raise CheckpointError(f"{workdir} already exists and is not empty; choose a new directory for the run")
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / CONFIG_FILE).write_text(dump_yaml(cfg))
+  if tokenizer_bytes is not None:
+    (workdir / TOKENIZER_FILE).write_bytes(tokenizer_bytes)
+  ckpt = Checkpointer(workdir / "checkpoints", keep=1, asynchronous=False)
+  ckpt.save(step, {"params": params}, None, {"step": step, "params_only": True})
+  ckpt.close()
+  (workdir / ORIGIN_FILE).write_text(json.dumps(origin, indent=1) + "\n")
+  return workdir
+
+
+def read_origin(workdir: str | Path) -> dict | None:
+  """Where a parameters-only run's weights came from (None for a trained run)."""
+  path = Path(workdir) / ORIGIN_FILE
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
+def refuse_resume(workdir: str | Path) -> None:
+  """A one-line CheckpointError when `workdir` holds parameters only (it cannot continue training)."""
+  origin = read_origin(workdir)
+  if origin is not None:
+    raise CheckpointError(f"{workdir} holds parameters only ({origin.get('what', 'imported')}), no optimizer state "
+                          f"or data position, so it cannot be resumed; fine-tune it in a new run: chunklm train "
+                          f"--init-from {workdir} --config {Path(workdir) / CONFIG_FILE} --workdir NEW_DIR")

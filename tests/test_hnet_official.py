@@ -1,0 +1,166 @@
+"""Official H-Net weights in and out (chunklm convert): names, shapes, bit-exact round trips, bad input, the bundled
+configs against the released layouts, and (with torch) the whole model against a plain-torch reference of the
+official forward under model.compat official."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chunklm import cli
+from chunklm.config import load_config
+from chunklm.errors import UserError
+from chunklm.interop.convert import official_params
+from chunklm.interop.hnet_official import model_from_official, official_config, to_official
+from chunklm.model.functional import merge_model, named_leaves
+from chunklm.run.trained import abstract_params
+from hnet_torch_reference import Reference, official_state_dict
+
+SSM = {"chunk_size": 16, "d_conv": 4, "d_state": 16, "expand": 2}
+ONE_STAGE = {"arch_layout": ["m2", ["T2"], "m2"], "d_model": [64, 96], "d_intermediate": [0, 256],
+             "vocab_size": 256, "ssm_cfg": SSM,
+             "attn_cfg": {"num_heads": [2, 2], "rotary_emb_dim": [16, 24], "window_size": [15, -1]},
+             "tie_embeddings": False}
+TWO_STAGE = {"arch_layout": ["m2", ["T1m2", ["T2"], "m2T1"], "m2"], "d_model": [64, 96, 128],
+             "d_intermediate": [0, 256, 256], "vocab_size": 256, "ssm_cfg": SSM,
+             "attn_cfg": {"num_heads": [2, 2, 2], "rotary_emb_dim": [16, 24, 32], "window_size": [15, 15, -1]},
+             "tie_embeddings": False}
+LAYOUTS = {"1stage": ONE_STAGE, "2stage": TWO_STAGE}
+RELEASED_SSM = {"chunk_size": 256, "d_conv": 4, "d_state": 128, "expand": 2}
+RELEASED = {  # the official configs/*.json of the released models
+    "hnet_1stage_L": {"arch_layout": ["m4", ["T22"], "m4"], "d_model": [1024, 1536], "d_intermediate": [0, 4096],
+                      "attn_cfg": {"num_heads": [16, 16], "rotary_emb_dim": [32, 48], "window_size": [1023, -1]}},
+    "hnet_1stage_XL": {"arch_layout": ["m4", ["T24"], "m4"], "d_model": [1024, 2048], "d_intermediate": [0, 5504],
+                       "attn_cfg": {"num_heads": [16, 16], "rotary_emb_dim": [32, 64], "window_size": [1023, -1]}},
+    "hnet_2stage_L": {"arch_layout": ["m4", ["T1m4", ["T26"], "m4T1"], "m4"], "d_model": [1024, 1024, 1536],
+                      "d_intermediate": [0, 2816, 4096],
+                      "attn_cfg": {"num_heads": [16, 16, 16], "rotary_emb_dim": [32, 32, 48],
+                                   "window_size": [1023, 1023, -1]}},
+    "hnet_2stage_XL": {"arch_layout": ["m4", ["T1m4", ["T27"], "m4T1"], "m4"], "d_model": [1024, 1536, 2048],
+                       "d_intermediate": [0, 4096, 5504],
+                       "attn_cfg": {"num_heads": [16, 16, 16], "rotary_emb_dim": [32, 48, 64],
+                                    "window_size": [1023, 1023, -1]}},
+}
+ARCH_FIELDS = ("layout", "d_model", "n_heads", "window", "rotary_fraction", "vocab_size", "mamba")
+
+
+def _released(name):
+  return {**RELEASED[name], "vocab_size": 256, "ssm_cfg": RELEASED_SSM, "tie_embeddings": False}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_round_trip_is_bit_exact(name):
+  js = LAYOUTS[name]
+  state = official_state_dict(js, seed=1)
+  cfg, params = official_params(state, js, load_config(None), "synthetic")
+  assert cfg.model.compat == "official" and official_config(cfg.model) == js
+  back = to_official({k: np.asarray(v) for k, v in named_leaves(params).items()}, cfg.model)
+  assert sorted(back) == sorted(state)
+  for key, value in state.items():
+    assert back[key].dtype == np.float32 and back[key].tobytes() == value.tobytes(), key
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_bundled_configs_match_the_released_layouts_and_counts(name):
+  js = _released(name)
+  converted = model_from_official(js, name)
+  bundled = load_config(name).model
+  for field in ARCH_FIELDS:
+    assert getattr(bundled, field) == getattr(converted, field), field
+  assert [bundled.ff_dim(lv) for lv in range(bundled.num_levels) if lv] == js["d_intermediate"][1:]
+  official = sum(math.prod(s) for s in official_state_dict(js, shapes_only=True).values())
+  ours = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(load_config(name))[1]))
+  biases = sum(js["d_model"][:-1])  # compat chunklm has no residual_proj bias (one D-vector per routing stage)
+  assert ours + biases == official
+
+
+def _state_file(tmp_path, js, state):
+  import torch
+  pt, cj = tmp_path / "model.pt", tmp_path / "config.json"
+  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pt)
+  cj.write_text(json.dumps(js))
+  return pt, cj
+
+
+def test_bad_state_dicts_and_configs_are_one_line_errors():
+  js = ONE_STAGE
+  state = official_state_dict(js)
+  base = load_config(None)
+  missing = dict(state)
+  del missing["backbone.routing_module.q_proj_layer.weight"]
+  with pytest.raises(UserError, match=r"1 keys missing \(backbone.routing_module.q_proj_layer.weight\)"):
+    official_params(missing, js, base, "f.pt")
+  with pytest.raises(UserError, match=r"1 unexpected \(backbone.extra\)"):
+    official_params({**state, "backbone.extra": np.zeros(3, np.float32)}, js, base, "f.pt")
+  bad = {**state, "lm_head.weight": np.zeros((256, 65), np.float32)}
+  with pytest.raises(UserError, match=r"lm_head.weight has shape \[256, 65\], the config needs \[256, 64\]"):
+    official_params(bad, js, base, "f.pt")
+  with pytest.raises(UserError, match="unknown field attn_cfg.softcap"):
+    model_from_official({**js, "attn_cfg": {**js["attn_cfg"], "softcap": 1}}, "c.json")
+  with pytest.raises(UserError, match="unknown field d_embed"):
+    model_from_official({**js, "d_embed": 3}, "c.json")
+  assert model_from_official({**js, "d_intermediate": [0, 129]}, "c.json").d_ff == (0, 256)  # rounded as official
+  with pytest.raises(UserError, match="tie_embeddings"):
+    model_from_official({**js, "tie_embeddings": True}, "c.json")
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_compat_official_equals_a_torch_reference_of_the_official_forward(name):
+  pytest.importorskip("torch")
+  js = LAYOUTS[name]
+  state = official_state_dict(js, seed=2)
+  cfg, params = official_params(state, js, load_config(None), "synthetic")
+  graphdef, _ = abstract_params(cfg)
+  model = merge_model(graphdef, params)
+  rng = np.random.default_rng(0)
+  text = b"The quick brown fox jumps over the lazy dog; 12345 bytes, spaces and   runs!!!! "
+  rows = [np.frombuffer(text[:64], np.uint8), rng.integers(32, 127, 64).astype(np.uint8)]
+  ids = jnp.asarray(np.stack(rows).astype(np.int32))
+  seg = jnp.ones_like(ids)
+  pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  logits, stages = model(ids, seg, pos, exact=True)
+  reference = Reference(state, js)
+  for row in range(len(rows)):
+    want_logits, want_stages = reference.forward(rows[row])
+    assert len(want_stages) == len(stages)
+    for stage, (p, b) in zip(stages, want_stages):
+      n = len(p)
+      np.testing.assert_allclose(np.asarray(stage.probs_BxL[row, :n]), p, atol=1e-6)
+      assert 0 < b.sum() < n  # the weights give real routing decisions, neither all nor none
+      assert (np.asarray(stage.boundaries_BxL[row, :n]) == b).all()
+    scale = np.abs(want_logits).max()
+    np.testing.assert_allclose(np.asarray(logits[row]), want_logits, atol=1e-5 * scale)  # measured: 6e-7 * scale
+
+
+def test_convert_cli_round_trip_and_refusals(tmp_path, capsys):
+  torch = pytest.importorskip("torch")
+  js = TWO_STAGE
+  state = official_state_dict(js, seed=3)
+  pt, cj = _state_file(tmp_path, js, state)
+  run = tmp_path / "run"
+  assert cli.main(["convert", "from-hnet", "--checkpoint", str(pt), "--config", str(cj), "--out", str(run)]) == 0
+  assert cli.main(["eval", "--workdir", str(run), "--max-bytes", "2048", "--json", str(tmp_path / "e.json")]) == 0
+  assert json.loads((tmp_path / "e.json").read_text())["bpb"] > 0
+  assert cli.main(["train", "--workdir", str(run), "--set", "train.steps=1"]) == 2
+  assert "holds parameters only" in capsys.readouterr().err
+  out = tmp_path / "back"
+  assert cli.main(["convert", "to-hnet", "--workdir", str(run), "--out", str(out)]) == 0
+  back = torch.load(out / "model.pt", weights_only=True)
+  assert sorted(back) == sorted(state)
+  assert all(back[k].numpy().tobytes() == v.tobytes() for k, v in state.items())
+  assert json.loads((out / "config.json").read_text()) == js
+  # a pickle of anything but tensors is refused, never run
+  evil = tmp_path / "evil.pt"
+  torch.save({"model": state["lm_head.weight"], "note": object.__new__(_Unpicklable)}, evil)
+  capsys.readouterr()
+  assert cli.main(["convert", "from-hnet", "--checkpoint", str(evil), "--config", str(cj), "--out",
+                   str(tmp_path / "r2")]) == 2
+  err = capsys.readouterr().err
+  assert "not a file of tensors only" in err and len(err.strip().splitlines()) == 1
+
+
+class _Unpicklable:
+  """A class instance in a .pt file: weights_only loading must refuse it."""
