@@ -1,6 +1,15 @@
 """chunklm: byte-level hierarchical language models (H-Net dynamic chunking) in JAX / Flax NNX."""
 
 
+def load(workdir, overrides=()):
+  """A trained, converted or imported run as a `chunklm.api.Model`: `m = chunklm.load("runs/default")`, then
+  `m.score(texts)` (bits per byte), `m.generate(prompts, max_bytes=...)`, `m.boundaries(text)`, `m.config`,
+  `m.params`."""
+  # start-up: the package root stays light (importing chunklm.config must not load jax); lint-imports still sees it
+  from chunklm.api import load as load_run
+  return load_run(workdir, overrides)
+
+
 def generate(workdir, prompts, **kwargs):
   """Continuations from a trained run: `chunklm.generate("runs/default", "def ", max_bytes=100, temperature=0.7)`.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "chunklm"
 MAX_LINES = 400
 OPTIONAL_EXTRAS = {"torch", "libtpu"}  # may be imported where used, with a comment saying why
-STARTUP_DEFERRED = {"__init__.py": {"chunklm.eval.generate"}, "cli/__init__.py": {"chunklm.cli.commands"}}
+STARTUP_DEFERRED = {"__init__.py": {"chunklm.eval.generate", "chunklm.api"}, "cli/__init__.py": {"chunklm.cli.commands"}}
 
 
 def _modules():

@@ -31,9 +31,10 @@ def source(tmp_path_factory, corpus):
 
 
 @pytest.mark.parametrize("config, stages", [("hnet_1stage_tiny", 1), ("hnet_2stage_tiny", 2),
-                                            ("byte_transformer_tiny", 0)])
+                                            ("byte_transformer_tiny", 0), ("hnet_2stage_tiny compat", 2)])
 def test_named_parts_own_every_parameter_exactly_once(config, stages):
-  cfg = load_config(config)
+  name, _, compat = config.partition(" ")
+  cfg = load_config(name, ["model.compat=official"] if compat else [])
   params = abstract_params(cfg)[1]
   parts = named_parts(cfg.model)
   expected = {"embed", "head", "main"} | {f"{k}.s{s}" for k in ("encoder", "decoder", "router", "residual")
@@ -43,7 +44,9 @@ def test_named_parts_own_every_parameter_exactly_once(config, stages):
   assert all(len(v) == 1 for v in owners.values()), {n: v for n, v in owners.items() if len(v) != 1}
   inner = "backbone." + "main." * stages
   assert all(o == ["main"] for n, o in owners.items() if n.startswith(inner) and "router" not in n[len(inner):]
-             and not n[len(inner):].startswith(("encoder.", "decoder.", "residual_proj.", "pad")))
+             and not n[len(inner):].startswith(("encoder.", "decoder.", "residual_proj.", "residual_bias", "pad")))
+  if compat:
+    assert sorted(o for n, o in owners.items() if n.endswith("residual_bias")) == [["residual.s0"], ["residual.s1"]]
 
 
 def test_init_from_is_exact_freezing_keeps_parts_and_resume_is_exact(source, corpus, tmp_path):

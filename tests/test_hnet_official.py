@@ -164,3 +164,18 @@ def test_convert_cli_round_trip_and_refusals(tmp_path, capsys):
 
 class _Unpicklable:
   """A class instance in a .pt file: weights_only loading must refuse it."""
+
+
+def test_convert_cli_bad_config_and_model_overrides_are_one_line(tmp_path, capsys):
+  cj = tmp_path / "c.json"
+  cj.write_text(json.dumps({**ONE_STAGE, "d_embed": 3}))
+  args = ["convert", "from-hnet", "--checkpoint", str(tmp_path / "none.pt"), "--config", str(cj), "--out",
+          str(tmp_path / "r")]
+  assert cli.main(args) == 2  # the config is checked before the checkpoint is read (or torch is needed)
+  err = capsys.readouterr().err
+  assert "unknown field d_embed" in err and len(err.strip().splitlines()) == 1
+  cj.write_text("{not json")
+  assert cli.main(args) == 2 and "not JSON" in capsys.readouterr().err
+  cj.write_text(json.dumps(ONE_STAGE))
+  assert cli.main([*args, "--set", "model.d_model=[8, 8]"]) == 2
+  assert "the model comes from the official config" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""The Python API: a trained (or converted, or imported) run as one object.
+
+    import chunklm
+    m = chunklm.load("runs/default")
+    m.score("def main():\\n    pass\\n")          # bits per byte of the text (one document)
+    m.score(["text one", "text two"])              # one figure per text
+    m.generate("def ", max_bytes=80)              # bytes
+    b = m.boundaries("def main(args):")           # chunk starts per stage, probabilities, the text in chunks
+    print(b.picture)                               # def│ main│(args│):
+    m.config, m.params, m.step                     # the resolved config, the parameter pytree, its step
+
+Everything runs at evaluation capacity (nothing dropped), on the default device, as `chunklm eval`, `generate` and
+`boundaries` do; `overrides` are the settings that may change after training (e.g. kernels.impl=xla).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from chunklm.config import Config
+from chunklm.data.corpus import Documents
+from chunklm.errors import UserError
+from chunklm.eval.boundaries import picture, text_routing
+from chunklm.eval.bpb import evaluate, make_eval_step
+from chunklm.eval.generate import generate_many
+from chunklm.run.trained import TrainedRun, open_run
+
+
+@dataclasses.dataclass(frozen=True)
+class Boundaries:
+  text: bytes
+  starts: list[np.ndarray]  # per stage (outermost first): a bool per byte, True where a chunk starts
+  probs: list[np.ndarray]  # per stage: the router's boundary probability at each byte
+  picture: str  # the text with '│' before every stage-0 chunk start ('┃' where a deeper stage starts one too)
+
+  def chunks(self, stage: int = 0) -> list[bytes]:
+    """The text cut into the chunks of `stage` (the first piece is the rest of the chunk that the document's BOS
+    starts, unless the first byte starts one of its own)."""
+    cuts = [int(i) for i in np.flatnonzero(self.starts[stage])] + [len(self.text)]
+    cuts = cuts if cuts[0] == 0 else [0, *cuts]
+    return [self.text[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class Model:
+  """A trained model; see the module docstring."""
+
+  def __init__(self, run: TrainedRun):
+    self.run = run
+    self._eval_step = None
+
+  @property
+  def config(self) -> Config:
+    return self.run.cfg
+
+  @property
+  def params(self):
+    return self.run.params
+
+  @property
+  def step(self) -> int:
+    return self.run.step
+
+  def __repr__(self) -> str:
+    return f"chunklm.Model({str(self.run.workdir)!r}, {self.run.kind}, step {self.step})"
+
+  def score(self, texts: str | bytes | list, *, batch_size: int = 8) -> float | list[float]:
+    """Bits per byte of each text, read as one document from its start (a str is encoded as UTF-8)."""
+    single = isinstance(texts, (str, bytes))
+    items = [_as_bytes(t, "score") for t in ([texts] if single else list(texts))]
+    if any(not t for t in items):
+      raise UserError("score: empty text (no bytes to predict)")
+    if self._eval_step is None:
+      self._eval_step = make_eval_step(self.run.graphdef)
+    out = []
+    for text in items:
+      docs = Documents(np.frombuffer(text, np.uint8), np.array([0]), np.array([len(text)]), ("text",))
+      res = evaluate(self._eval_step, self.params, self.run.units(docs), self.config.data.seq_len, batch_size,
+                     **self.run.vocab)
+      out.append(res["bpb"] if math.isfinite(res["bpb"]) else float("nan"))
+    return out[0] if single else out
+
+  def generate(self, prompts: str | bytes | list, *, max_bytes: int = 200, temperature: float = 0.8, top_k: int = 0,
+               top_p: float = 0.95, stop: str | bytes = b"", seed: int = 0) -> bytes | list[bytes]:
+    """Continuations (bytes) of one prompt or a batch of them, as `chunklm generate`."""
+    single = isinstance(prompts, (str, bytes))
+    items = [_as_bytes(p, "generate") for p in ([prompts] if single else list(prompts))]
+    if max_bytes < 1:
+      raise UserError(f"generate: max_bytes must be >= 1, got {max_bytes}")
+    out = generate_many(self.run.graphdef, self.params, items, max_new_bytes=max_bytes, temperature=temperature,
+                        top_k=top_k, top_p=top_p, stop=_as_bytes(stop, "stop"), seed=seed,
+                        tokenizer=self.run.tokenizer)
+    return out[0] if single else out
+
+  def boundaries(self, text: str | bytes) -> Boundaries:
+    """Where each stage of an H-Net starts its chunks in `text` (one document, up to data.seq_len - 1 bytes)."""
+    stages = self.config.model.num_stages
+    if not stages:
+      raise UserError(f"boundaries: {self.run.workdir} is a {self.run.kind} model, not an H-Net (no chunks)")
+    data = _as_bytes(text, "boundaries")
+    if len(data) > self.config.data.seq_len - 1:
+      raise UserError(f"boundaries: the text has {len(data):,} bytes; this model reads up to "
+                      f"{self.config.data.seq_len - 1:,} at once")
+    r = text_routing(self.run.graphdef, self.params, data, stages, self.config.data.seq_len)
+    return Boundaries(data, list(r.starts), list(r.probs), picture(data, list(r.starts)))
+
+
+def _as_bytes(value, what: str) -> bytes:
+  if isinstance(value, str):
+    return value.encode("utf-8")
+  if isinstance(value, (bytes, bytearray)):
+    return bytes(value)
+  raise UserError(f"{what}: expected str or bytes, got {type(value).__name__}")
+
+
+def load(workdir: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Model:
+  """The newest readable checkpoint of a run directory (trained, converted or imported) as a Model."""
+  return Model(open_run(Path(workdir), tuple(overrides), log=lambda *a, **k: None))
