@@ -289,7 +289,8 @@ def cmd_convert(args) -> int:
                       "model settings when fine-tuning (train --init-from)")
     out = from_hnet(args.checkpoint, args.config, args.out, load_config(None, args.overrides))
     cfg = read_config(out)
-    print(f"wrote {out}: {cfg.model.num_stages}-stage H-Net, layout {list(cfg.model.layout)}, widths "
+    layout = json.dumps(cfg.model.layout).replace('"', "'")  # tuples as the lists of the config file
+    print(f"wrote {out}: {cfg.model.num_stages}-stage H-Net, layout {layout}, widths "
           f"{list(cfg.model.d_model)} (model.compat official); try: chunklm eval --workdir {out}")
     return 0
   pt, js = to_hnet(args.workdir, args.out, args.dtype)
