@@ -3,6 +3,7 @@ the train / eval / predict commands end to end on a task a tiny model learns in 
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 
@@ -39,11 +40,13 @@ def test_records_jsonl_and_fasta(tmp_path):
   (tmp_path / "a.jsonl").write_text('{"text": "héllo", "label": 3}\n\n{"text": "x", "label": "b"}\n')
   records = read_records(tmp_path / "a.jsonl")
   assert [(r.data, r.label) for r in records] == [("héllo".encode(), "3"), (b"x", "b")]
+  (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress((tmp_path / "a.jsonl").read_bytes()))  # the corpus reader's
+  assert read_records(tmp_path / "a.jsonl.gz") == records
   (tmp_path / "a.fa").write_text(">r1 species=ecoli\nACGT\nAC\n>r2 species=saur x\nGG\n")
   records = read_records(tmp_path / "a.fa", r"species=(\w+)")
   assert [(r.data, r.label) for r in records] == [(b"ACGTAC", "ecoli"), (b"GG", "saur")]
   for text, regex, message in [('{"label": 1}\n', None, 'string field "text"'),
-                               ('{"text": "a"}\n', None, 'field "label"'), ("not json\n", None, "not JSON"),
+                               ('{"text": "a"}\n', None, 'field "label"'), ("not json\n", None, "invalid JSON"),
                                (">r1 x\nAC\n", r"species=(\w+)", "does not match the header"),
                                (">r1 x\nAC\n", None, "need --label-regex"), (">r1 x\nAC\n", "x", "needs one group")]:
     path = tmp_path / ("b.fa" if text.startswith(">") else "b.jsonl")

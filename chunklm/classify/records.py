@@ -1,13 +1,13 @@
-"""Labelled records for `chunklm classify`: JSONL lines {"text": ..., "label": ...}, or FASTA whose headers carry
+"""Labelled records for `chunklm classify`: JSONL lines {"text": ..., "label": ...} (plain or .gz), or FASTA whose headers carry
 the label (the first group of a regular expression, e.g. `species=(\\w+)`). Text is classified as UTF-8 bytes."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from chunklm.data.sources import jsonl_objects
 from chunklm.errors import UserError
 
 
@@ -34,20 +34,13 @@ def read_records(path: str | Path, label_regex: str | None = None, labelled: boo
 
 def _read_jsonl(path: Path, labelled: bool) -> list[Record]:
   records = []
-  with path.open(encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
-      if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        raise UserError(f"{path}:{n}: each line needs a string field \"text\"")
-      label = obj.get("label")
-      if labelled and (label is None or isinstance(label, (dict, list))):
-        raise UserError(f"{path}:{n}: each line needs a field \"label\" (a string or number)")
-      records.append(Record(obj["text"].encode("utf-8"), None if label is None else str(label)))
+  for n, obj in jsonl_objects(path):
+    if not isinstance(obj.get("text"), str):
+      raise UserError(f"{path}:{n}: each line needs a string field \"text\"")
+    label = obj.get("label")
+    if labelled and (label is None or isinstance(label, (dict, list))):
+      raise UserError(f"{path}:{n}: each line needs a field \"label\" (a string or number)")
+    records.append(Record(obj["text"].encode("utf-8"), None if label is None else str(label)))
   return records
 
 

@@ -76,7 +76,9 @@ def _text_documents(path: Path, name: str, separator: bytes) -> Iterator[Documen
     yield f"{name}#{i}", part
 
 
-def _jsonl_documents(path: Path, name: str, field: str) -> Iterator[Document]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+  """(line number, object) for every non-blank line of a JSONL file (plain or .gz), streamed; a line that is not a
+  JSON object is a one-line DataError naming the file and line."""
   for lineno, line in enumerate(_lines(path), 1):
     if not line.strip():
       continue
@@ -84,7 +86,14 @@ def _jsonl_documents(path: Path, name: str, field: str) -> Iterator[Document]:
       record = json.loads(line)
     except json.JSONDecodeError as e:
       raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(record, dict) or field not in record:
+    if not isinstance(record, dict):
+      raise DataError(f"{path}:{lineno}: not a JSON object")
+    yield lineno, record
+
+
+def _jsonl_documents(path: Path, name: str, field: str) -> Iterator[Document]:
+  for lineno, record in jsonl_objects(path):
+    if field not in record:
       raise DataError(f"{path}:{lineno}: record has no field {field!r} (set data.jsonl_field)")
     text = record[field]
     if not isinstance(text, str):
