@@ -35,6 +35,25 @@ from chunklm.model.routing import Router, RouterStat, Routing, finalize
 K_P, K_I = 0.5, 1e-5
 
 
+def gate_values(h_BxLxD: jax.Array, scale_ln: jax.Array, shift_ln: jax.Array, w: jax.Array, c: jax.Array,
+                k: float) -> jax.Array:
+  """G = k sigmoid(w . LN(h) + c) in float32 (LayerNorm eps 1e-5)."""
+  h = h_BxLxD.astype(jnp.float32)
+  mu = h.mean(-1, keepdims=True)
+  var = ((h - mu) ** 2).mean(-1, keepdims=True)
+  ln = (h - mu) * jax.lax.rsqrt(var + 1e-5) * scale_ln + shift_ln
+  return k * jax.nn.sigmoid(ln @ w + c)
+
+
+def pi_update(p_acc: jax.Array, i_acc: jax.Array, err: jax.Array, k_p: float = K_P, k_i: float = K_I,
+              alpha_min: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """MrT5's PI controller: err = target deletion - measured deletion; returns (p_acc, i_acc, alpha) with
+  p_acc = 0.9 p_acc + 0.1 k_p err, i_acc += k_i err, alpha = max(alpha_min, p_acc + i_acc)."""
+  p_acc = 0.9 * p_acc + 0.1 * k_p * err
+  i_acc = i_acc + k_i * err
+  return p_acc, i_acc, jnp.maximum(alpha_min, p_acc + i_acc)
+
+
 class DeleteGateRouter(Router):
   ratio_loss = False
   generation = "the delete gate's attention key bias has no cached step; use cosine, stride, whitespace or gumbel"
@@ -53,11 +72,7 @@ class DeleteGateRouter(Router):
     self.i_acc = RouterStat(jnp.zeros((), jnp.float32))
 
   def gate(self, h_BxLxD: jax.Array) -> jax.Array:
-    h = h_BxLxD.astype(jnp.float32)
-    mu = h.mean(-1, keepdims=True)
-    var = ((h - mu) ** 2).mean(-1, keepdims=True)
-    ln = (h - mu) * jax.lax.rsqrt(var + 1e-5) * self.scale_ln[...] + self.shift_ln[...]
-    return self.k * jax.nn.sigmoid(ln @ self.w[...] + self.c[...])
+    return gate_values(h_BxLxD, self.scale_ln[...], self.shift_ln[...], self.w[...], self.c[...], self.k)
 
   def __call__(self, h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL, *, train=False, rng=None) -> Routing:
     del ids_BxL, rng
@@ -72,8 +87,6 @@ class DeleteGateRouter(Router):
     routing = finalize(p_BxL, b_BxL, segment_ids_BxL, valid_BxL, alpha * mean_g, key_bias_BxL=g_BxL)
     if train and self.fixed_alpha < 0:
       deleted = 1.0 - jnp.sum(routing.b_BxL * v) / jnp.maximum(v.sum(), 1.0)
-      err = self.delta - deleted
-      self.p_acc.value = 0.9 * self.p_acc[...] + 0.1 * K_P * err
-      self.i_acc.value = self.i_acc[...] + K_I * err
-      self.alpha.value = jnp.maximum(self.alpha_min, self.p_acc[...] + self.i_acc[...])
+      self.p_acc.value, self.i_acc.value, self.alpha.value = pi_update(
+          self.p_acc[...], self.i_acc[...], self.delta - deleted, alpha_min=self.alpha_min)
     return routing

@@ -1,0 +1,184 @@
+"""MrT5 (Kallini et al. 2025): a byte encoder-decoder whose encoder learns to delete positions.
+
+Encoder: pre-norm blocks of bidirectional self-attention + SwiGLU over the input bytes. After `gate_layer` blocks the
+delete gate scores every position, G_t = k sigmoid(w . LN(h_t) + c) in [k, 0] (k = `gate_scale` < 0; MrT5 writes
+k sigmoid(-(w h + b)), the same function with w, b negated): G ~ 0 keeps a position, G ~ k deletes it.
+  soft deletion (training): G is added to the attention logits of every key in the later encoder blocks and in the
+    decoder's cross-attention, so deleted positions fade out while everything stays differentiable;
+  hard deletion (inference): positions with G < k/2 are removed and the kept ones compacted into the smallest of a
+    few static lengths (`buckets` x input length) that holds every row's kept count, so the later encoder blocks
+    and the cross-attention run on fewer positions. Kept positions keep their original RoPE indices and their own
+    G as a key bias, so hard deletion equals soft deletion with the deleted positions' G at -inf.
+Decoder: causal self-attention, cross-attention over the encoder output, SwiGLU. Embedding shared by encoder and
+decoder inputs, separate LM head. Attention may use the off-by-one softmax exp(x_i) / (1 + sum_j exp(x_j))
+(`softmax1`). Everything is float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from chunklm.config.mrt5 import MrT5Config
+from chunklm.model.delete_gate import gate_values
+from chunklm.model.layers import Embed, Linear, RMSNorm, SwiGLU, constant, normal, param, rope
+
+GATE_INIT_BIAS = -3.0  # sigmoid(-3 + w.LN(h)) is small for most positions: the gate starts by keeping them
+
+
+def attend(q_BxQxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, allowed_BxQxS: jax.Array,
+           bias_BxS: jax.Array | None, softmax1: bool) -> jax.Array:
+  """Softmax attention over the allowed keys (a query with none gets 0), `bias_BxS` added to each key's logits;
+  softmax1 adds an implicit zero logit to every row (exp(x_i) / (1 + sum_j exp(x_j)))."""
+  logits = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxHxK) / math.sqrt(q_BxQxHxK.shape[-1])
+  if bias_BxS is not None:
+    logits = logits + bias_BxS[:, None, None, :]
+  allowed = allowed_BxQxS[:, None]
+  logits = jnp.where(allowed, logits, -jnp.inf)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  top = jnp.maximum(top, 0.0) if softmax1 else jnp.where(jnp.isfinite(top), top, 0.0)
+  e = jnp.where(allowed, jnp.exp(logits - top), 0.0)
+  denom = jnp.sum(e, axis=-1, keepdims=True) + (jnp.exp(-top) if softmax1 else 0.0)
+  probs = e / jnp.where(denom > 0, denom, 1.0)
+  return jnp.einsum("bhqs,bshk->bqhk", probs, v_BxSxHxK)
+
+
+class Attention(nnx.Module):
+  """Self-attention (RoPE on queries and keys) or cross-attention (no positions)."""
+
+  def __init__(self, cfg: MrT5Config, *, rngs: nnx.Rngs, out_std: float, cross: bool = False):
+    d, h = cfg.d_model, cfg.n_heads
+    self.cross, self.theta, self.softmax1 = cross, cfg.rope_theta, cfg.softmax1
+    self.w_q = Linear(d, (h, d // h), ("embed", "heads", "kv"), rngs=rngs, std=cfg.init_std)
+    self.w_kv = Linear(d, (2, h, d // h), ("embed", None, "heads", "kv"), rngs=rngs, std=cfg.init_std)
+    self.w_out = Linear(d, (d,), ("heads", "embed"), rngs=rngs, std=out_std)
+
+  def __call__(self, x_BxQxD, pos_BxQ, ctx_BxSxD, pos_BxS, allowed_BxQxS, bias_BxS=None) -> jax.Array:
+    q = self.w_q(x_BxQxD)
+    kv = self.w_kv(ctx_BxSxD)
+    k, v = kv[:, :, 0], kv[:, :, 1]
+    if not self.cross:
+      q = rope(q, pos_BxQ, q.shape[-1], self.theta)
+      k = rope(k, pos_BxS, k.shape[-1], self.theta)
+    out = attend(q, k, v, allowed_BxQxS, bias_BxS, self.softmax1)
+    return self.w_out(out.reshape(*out.shape[:2], -1))
+
+
+class Block(nnx.Module):
+  """Pre-norm: self-attention, [cross-attention,] SwiGLU."""
+
+  def __init__(self, cfg: MrT5Config, *, rngs: nnx.Rngs, out_std: float, decoder: bool):
+    d = cfg.d_model
+    self.norm1 = RMSNorm(d)
+    self.attn = Attention(cfg, rngs=rngs, out_std=out_std)
+    self.norm_x = RMSNorm(d) if decoder else None
+    self.cross = Attention(cfg, rngs=rngs, out_std=out_std, cross=True) if decoder else None
+    self.norm2 = RMSNorm(d)
+    self.mlp = SwiGLU(d, cfg.ff_dim(), rngs=rngs, std=cfg.init_std, out_std=out_std)
+
+  def __call__(self, x, pos, allowed, bias=None, enc=None):
+    h = self.norm1(x)
+    x = x + self.attn(h, pos, h, pos, allowed, bias)
+    if self.cross is not None:
+      enc_h, enc_allowed, enc_bias = enc
+      x = x + self.cross(self.norm_x(x), pos, enc_h, None, enc_allowed, enc_bias)
+    return x + self.mlp(self.norm2(x))
+
+
+class Encoded(NamedTuple):
+  h_BxCxD: jax.Array  # encoder output (C = input length, or the bucket after hard deletion)
+  valid_BxC: jax.Array  # positions that hold an (undeleted) input byte
+  bias_BxC: jax.Array | None  # key bias for cross-attention (G; None without a gate)
+  g_BxL: jax.Array  # the gate over every input position (k at padding)
+  keep_BxL: jax.Array  # positions the gate keeps (G > k/2), valid ones only
+
+
+def _pairs(valid_BxL: jax.Array) -> jax.Array:
+  return valid_BxL[:, :, None] & valid_BxL[:, None, :]
+
+
+class MrT5(nnx.Module):
+  def __init__(self, cfg: MrT5Config, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d = cfg.d_model
+    self.embed = Embed(cfg.vocab_size, d, rngs=rngs)
+    enc_std = cfg.init_std / math.sqrt(2 * cfg.enc_layers)
+    dec_std = cfg.init_std / math.sqrt(3 * cfg.dec_layers)
+    self.encoder = nnx.List([Block(cfg, rngs=rngs, out_std=enc_std, decoder=False) for _ in range(cfg.enc_layers)])
+    self.enc_norm = RMSNorm(d)
+    self.gate_scale_ln = param(None, constant(1.0), (d,), ("norm",))
+    self.gate_shift_ln = param(None, constant(0.0), (d,), ("norm",))
+    self.gate_w = param(rngs.params(), normal(1.0 / math.sqrt(d)), (d,), ("embed",))
+    self.gate_c = param(None, constant(GATE_INIT_BIAS), (), ())
+    self.decoder = nnx.List([Block(cfg, rngs=rngs, out_std=dec_std, decoder=True) for _ in range(cfg.dec_layers)])
+    self.dec_norm = RMSNorm(d)
+    self.head = Linear(d, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std)
+
+  def encode_front(self, ids_BxL: jax.Array, valid_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(h_BxLxD after the first gate_layer blocks, G_BxL with k at padding)."""
+    pos = jnp.broadcast_to(jnp.arange(ids_BxL.shape[1]), ids_BxL.shape)
+    x = self.embed(ids_BxL).astype(jnp.float32)
+    for block in self.encoder[: self.cfg.gate_layer]:
+      x = block(x, pos, _pairs(valid_BxL))
+    g = gate_values(x, self.gate_scale_ln[...], self.gate_shift_ln[...], self.gate_w[...], self.gate_c[...],
+                    self.cfg.gate_scale)
+    return x, jnp.where(valid_BxL, g, self.cfg.gate_scale)
+
+  def encode_back(self, x_BxCxD, pos_BxC, valid_BxC, bias_BxC) -> jax.Array:
+    for block in self.encoder[self.cfg.gate_layer:]:
+      x_BxCxD = block(x_BxCxD, pos_BxC, _pairs(valid_BxC), bias_BxC)
+    return self.enc_norm(x_BxCxD)
+
+  def encode(self, ids_BxL: jax.Array, valid_BxL: jax.Array, mode: str = "soft", capacity: int | None = None
+             ) -> Encoded:
+    """mode: 'soft' (G as key bias), 'none' (the gate computed but not applied: a plain encoder), 'hard' (deleted
+    positions removed, the rest compacted into `capacity` slots, which must hold every row's kept count), 'mask'
+    (soft with the deleted positions' bias at -inf: what hard deletion computes, at full length)."""
+    x, g = self.encode_front(ids_BxL, valid_BxL)
+    keep = (g > self.cfg.gate_scale / 2) & valid_BxL
+    pos = jnp.broadcast_to(jnp.arange(ids_BxL.shape[1]), ids_BxL.shape)
+    if mode == "none":
+      return Encoded(self.encode_back(x, pos, valid_BxL, None), valid_BxL, None, g, keep)
+    if mode == "soft":
+      return Encoded(self.encode_back(x, pos, valid_BxL, g), valid_BxL, g, g, keep)
+    if mode == "mask":
+      bias = jnp.where(keep, g, -jnp.inf)
+      return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep)
+    if mode != "hard":
+      raise ValueError(f"unknown encoder mode {mode!r}")
+    capacity = capacity or ids_BxL.shape[1]
+    length = ids_BxL.shape[1]
+    order = jnp.argsort(jnp.where(keep, pos, length + pos), axis=1)[:, :capacity]  # kept positions first, in order
+    kept = jnp.take_along_axis(keep, order, axis=1)
+    xk = jnp.take_along_axis(x, order[..., None], axis=1)
+    gk = jnp.where(kept, jnp.take_along_axis(g, order, axis=1), 0.0)
+    return Encoded(self.encode_back(xk, order, kept, gk), kept, gk, g, keep)
+
+  def decode(self, enc: Encoded, dec_in_BxT: jax.Array, dec_valid_BxT: jax.Array) -> jax.Array:
+    """float32 logits_BxTxV of the next byte at every decoder position (teacher forcing)."""
+    t = dec_in_BxT.shape[1]
+    pos = jnp.broadcast_to(jnp.arange(t), dec_in_BxT.shape)
+    causal = jnp.tril(jnp.ones((t, t), bool))[None] & _pairs(dec_valid_BxT)
+    cross_allowed = dec_valid_BxT[:, :, None] & enc.valid_BxC[:, None, :]
+    x = self.embed(dec_in_BxT).astype(jnp.float32)
+    for block in self.decoder:
+      x = block(x, pos, causal, None, (enc.h_BxCxD, cross_allowed, enc.bias_BxC))
+    return self.head(self.dec_norm(x)).astype(jnp.float32)
+
+  def __call__(self, ids_BxL, valid_BxL, dec_in_BxT, dec_valid_BxT, mode: str = "soft", capacity: int | None = None
+               ) -> tuple[jax.Array, Encoded]:
+    enc = self.encode(ids_BxL, valid_BxL, mode, capacity)
+    return self.decode(enc, dec_in_BxT, dec_valid_BxT), enc
+
+
+def bucket_capacity(kept_max: int, length: int, buckets: tuple[float, ...]) -> int:
+  """The smallest static kept length (a bucket fraction of `length`, at least 1) that holds `kept_max`."""
+  for frac in buckets:
+    cap = max(1, math.ceil(frac * length))
+    if cap >= kept_max:
+      return cap
+  return length
