@@ -19,6 +19,7 @@ from chunklm.classify.metrics import confusion_png, print_report
 from chunklm.classify.records import read_records
 from chunklm.classify.trainer import ClassifySettings, evaluate as evaluate_classifier, load_classifier, \
     predict_probs, train_classifier
+from chunklm.cli.mrt5_commands import cmd_mrt5
 from chunklm.cli.output import print_config_info, print_eval, print_train_summary, write_json
 from chunklm.config import load_config
 from chunklm.data.corpus import load_documents, load_splits
@@ -314,4 +315,4 @@ def cmd_import(args) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare,
             "boundaries": cmd_boundaries, "report": cmd_report, "robustness": cmd_robustness,
             "tokenizer": cmd_tokenizer, "info": cmd_info, "bench": cmd_bench, "classify": cmd_classify,
-            "convert": cmd_convert, "export": cmd_export, "import": cmd_import}
+            "convert": cmd_convert, "export": cmd_export, "import": cmd_import, "mrt5": cmd_mrt5}

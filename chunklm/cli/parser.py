@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 
+from chunklm.cli.mrt5_parser import add_mrt5_command
 from chunklm.cli.weights_parser import add_weights_commands
 from chunklm.eval.perturb import PERTURBATIONS
 
@@ -43,7 +44,7 @@ class Parser(argparse.ArgumentParser):
     """As argparse's, but an unknown flag is reported by the subcommand it was given to."""
     ns, extras = self.parse_known_args(args, namespace)
     if extras:
-      chain = [getattr(ns, dest) for dest in ("command", "tokenizer", "bench", "classify", "convert")
+      chain = [getattr(ns, dest) for dest in ("command", "tokenizer", "bench", "classify", "convert", "mrt5")
                if getattr(ns, dest, None)]
       prog = " ".join([self.prog, *chain])
       self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_output(c, out="JSONL file to write (default: stdout)")
 
   add_weights_commands(sub)
+  add_mrt5_command(sub, _add_output, _add_progress)
 
   p = sub.add_parser("bench", help="benchmarks (training throughput, generation, chunk-op kernels)",
                      description="Benchmarks that print measured figures with the machine they ran on.")

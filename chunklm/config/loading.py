@@ -108,9 +108,9 @@ def to_dict(cfg: Any) -> Any:
   return cfg
 
 
-def _set_path(tree: dict, key: str, raw: str) -> None:
+def _set_path(tree: dict, key: str, raw: str, root: type = Config) -> None:
   parts = key.split(".")
-  cls, node = Config, tree
+  cls, node = root, tree
   for i, part in enumerate(parts):
     names = {f.name: f for f in dataclasses.fields(cls)}
     where = ".".join(parts[: i + 1])
@@ -139,17 +139,20 @@ def _set_path(tree: dict, key: str, raw: str) -> None:
     cls = tp
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-  """Loads YAML at `path` (or the defaults) over its bases, applies `a.b=c` overrides, validates; raises ConfigError."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+                root: type = Config, folder: Path | None = None):
+  """Loads YAML at `path` (or the defaults) over its bases, applies `a.b=c` overrides, validates; raises ConfigError.
+  `root` is the config class (Config; MrT5Run for `chunklm mrt5`), `folder` where its bundled files are named."""
   tree: dict = {}
   if path is not None:
-    tree = read_config_tree(resolve_config_path(path))
+    tree = read_config_tree(resolve_config_path(path) if folder is None
+                            else resolve_bundled(path, folder, "config"))
   for item in overrides:
     if "=" not in item:
       raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.d_model=256")
     key, raw = item.split("=", 1)
-    _set_path(tree, key.strip(), raw)
-  return from_dict(Config, tree)
+    _set_path(tree, key.strip(), raw, root)
+  return from_dict(root, tree)
 
 
 def read_config_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
@@ -241,7 +244,7 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
   return resolve_bundled(path, CONFIG_DIR, "config")
 
 
-def dump_yaml(cfg: Config) -> str:
+def dump_yaml(cfg) -> str:
   """The fully resolved config (no `base`) as YAML, `config_format` first."""
   return yaml.safe_dump({"config_format": CONFIG_FORMAT, **to_dict(cfg)}, sort_keys=False, default_flow_style=None)
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from chunklm.config.schema import DataConfig, TrainConfig
 from chunklm.errors import ConfigError
+
+OBJECTIVES = ("span", "seq2seq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,3 +58,40 @@ class MrT5Config:
       raise ConfigError(f"mrt5.buckets: increasing fractions in (0, 1] ending with 1.0, got {list(self.buckets)}")
     if self.k_p < 0 or self.k_i < 0 or self.regularizer_delay < 0:
       raise ConfigError("mrt5: k_p, k_i and regularizer_delay must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqConfig:
+  objective: str = "span"  # span: ByT5 span corruption of the data.* corpus | seq2seq: JSONL {"input", "target"}
+  train_file: str = ""  # seq2seq: training records (JSONL)
+  test_file: str = ""  # seq2seq: held-out records (JSONL); exact-match accuracy is measured on them
+  noise_density: float = 0.15  # span: fraction of each window's bytes replaced by sentinels
+  mean_span: float = 20.0  # span: mean noise-span length in bytes
+  target_len: int = 64  # decoder length in bytes (targets end with EOS; longer ones are an error)
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ConfigError(f"seq2seq.objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if self.objective == "seq2seq" and not (self.train_file and self.test_file):
+      raise ConfigError("seq2seq.objective seq2seq needs seq2seq.train_file and seq2seq.test_file (JSONL with "
+                        "\"input\" and \"target\")")
+    if not 0 < self.noise_density < 1 or self.mean_span < 1 or self.target_len < 2:
+      raise ConfigError("seq2seq: noise_density in (0, 1), mean_span >= 1, target_len >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class MrT5Run:
+  """The config of a `chunklm mrt5` run: the model, the byte data (data.seq_len is the encoder length), the
+  objective, and the optimizer (train.*, as for every chunklm run)."""
+  mrt5: MrT5Config = MrT5Config()
+  data: DataConfig = DataConfig()
+  seq2seq: Seq2SeqConfig = Seq2SeqConfig()
+  train: TrainConfig = TrainConfig()
+
+  def __post_init__(self):
+    s = self.seq2seq
+    if s.objective == "span":
+      need = round(self.data.seq_len * s.noise_density) + 9 + 1  # noise bytes, at most 9 sentinels, EOS
+      if s.target_len < need:
+        raise ConfigError(f"seq2seq.target_len: {s.target_len} cannot hold the targets of a {self.data.seq_len}-byte "
+                          f"window at noise_density {s.noise_density} (needs {need})")

@@ -150,13 +150,8 @@ class MrT5(nnx.Module):
       return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep)
     if mode != "hard":
       raise ValueError(f"unknown encoder mode {mode!r}")
-    capacity = capacity or ids_BxL.shape[1]
-    length = ids_BxL.shape[1]
-    order = jnp.argsort(jnp.where(keep, pos, length + pos), axis=1)[:, :capacity]  # kept positions first, in order
-    kept = jnp.take_along_axis(keep, order, axis=1)
-    xk = jnp.take_along_axis(x, order[..., None], axis=1)
-    gk = jnp.where(kept, jnp.take_along_axis(g, order, axis=1), 0.0)
-    return Encoded(self.encode_back(xk, order, kept, gk), kept, gk, g, keep)
+    h, kept, gk, order = compact(x, g, keep, capacity or ids_BxL.shape[1])
+    return Encoded(self.encode_back(h, order, kept, gk), kept, gk, g, keep)
 
   def decode(self, enc: Encoded, dec_in_BxT: jax.Array, dec_valid_BxT: jax.Array) -> jax.Array:
     """float32 logits_BxTxV of the next byte at every decoder position (teacher forcing)."""
@@ -173,6 +168,19 @@ class MrT5(nnx.Module):
                ) -> tuple[jax.Array, Encoded]:
     enc = self.encode(ids_BxL, valid_BxL, mode, capacity)
     return self.decode(enc, dec_in_BxT, dec_valid_BxT), enc
+
+
+def compact(x_BxLxD: jax.Array, g_BxL: jax.Array, keep_BxL: jax.Array, capacity: int
+            ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Hard deletion: (states, slot holds a kept position, its G, its original position), the kept positions first
+  and in order, in `capacity` slots (which must hold every row's kept count)."""
+  length = keep_BxL.shape[1]
+  pos = jnp.arange(length)[None]
+  order = jnp.argsort(jnp.where(keep_BxL, pos, length + pos), axis=1)[:, :capacity]
+  kept = jnp.take_along_axis(keep_BxL, order, axis=1)
+  h = jnp.take_along_axis(x_BxLxD, order[..., None], axis=1)
+  gk = jnp.where(kept, jnp.take_along_axis(g_BxL, order, axis=1), 0.0)
+  return h, kept, gk, order
 
 
 def bucket_capacity(kept_max: int, length: int, buckets: tuple[float, ...]) -> int:

@@ -1,0 +1,47 @@
+"""`chunklm mrt5 train | eval | bench`: the MrT5 encoder-decoder's command bodies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chunklm.cli.output import write_json
+from chunklm.seq2seq.bench import bench_encoder
+from chunklm.seq2seq.trainer import Data, evaluate_mrt5, load_mrt5_config, open_mrt5, train_mrt5
+
+
+def _print_eval(res: dict) -> None:
+  print(f"bits per target byte : {res['bits_per_target_byte']:.4f} with hard deletion "
+        f"({res['bits_per_target_byte_soft']:.4f} soft)")
+  print(f"deletion rate        : {res['deletion_rate']:.3f} of the input positions "
+        f"(encoder slots after the gate: {res['encoder_slots_per_input']:.2f} of the input length)")
+  if "exact_match" in res:
+    print(f"exact match          : {res['exact_match']:.3f}")
+
+
+def cmd_mrt5(args) -> int:
+  if args.mrt5 == "train":
+    cfg = load_mrt5_config(args.config, args.overrides)
+    res = train_mrt5(cfg, args.workdir, progress=not args.no_progress)
+    _print_eval(res)
+    print(f"run: {args.workdir} (metrics.jsonl, eval.json, checkpoints)")
+    write_json(args.json, res)
+    return 0
+  if args.mrt5 == "eval":
+    cfg, graphdef, params, step = open_mrt5(args.workdir)
+    res = {"workdir": args.workdir, "step": step,
+           **evaluate_mrt5(cfg, graphdef, params, Data(cfg, Path(args.workdir) / "cache"), args.batch_size,
+                           progress=not args.no_progress)}
+    _print_eval(res)
+    write_json(args.json, res)
+    return 0
+  rows = [bench_encoder(w, args.batch_size, args.repeats) for w in args.workdir]
+  print(f"{'run':<28} {'delta':>5} {'deleted':>7} {'slots':>5} {'hard B/s':>10} {'full B/s':>10} {'speed-up':>8}")
+  for r in rows:
+    print(f"{Path(r['workdir']).name:<28} {r['target_deletion']:>5.2f} {r['deletion_rate']:>7.3f} "
+          f"{r['slots_per_input']:>5.2f} {r['hard_bytes_per_s']:>10,.0f} {r['full_bytes_per_s']:>10,.0f} "
+          f"{r['hard_bytes_per_s'] / r['full_bytes_per_s']:>7.2f}x")
+  if len(rows) > 1:
+    print(f"hard-deletion encoder bytes/s, last / first run: "
+          f"{rows[-1]['hard_bytes_per_s'] / rows[0]['hard_bytes_per_s']:.2f}x")
+  write_json(args.json, rows)
+  return 0

@@ -1,0 +1,38 @@
+"""The arguments of `chunklm mrt5`: the MrT5 byte encoder-decoder (train, eval, encoder benchmark)."""
+
+from __future__ import annotations
+
+
+def add_mrt5_command(sub, add_output, add_progress) -> None:
+  """Adds `mrt5` to the subcommand action `sub` (add_output / add_progress: the parser's shared option groups)."""
+  p = sub.add_parser("mrt5", help="MrT5: a byte encoder-decoder whose encoder learns to delete positions",
+                     description="Train and evaluate MrT5 (Kallini et al.): the delete gate after mrt5.gate_layer "
+                                 "encoder blocks removes positions (soft in training, hard at evaluation), a PI "
+                                 "controller holds the deletion rate at mrt5.target_deletion. Objectives: ByT5 "
+                                 "span corruption of a corpus (data.*), or JSONL {\"input\", \"target\"} tasks "
+                                 "(seq2seq.objective=seq2seq, e.g. from scripts/make_mrt5_tasks.py).")
+  msub = p.add_subparsers(dest="mrt5", required=True, metavar="WHAT")
+  m = msub.add_parser("train", help="train (or resume) an MrT5 run, then evaluate it",
+                      description="Train an MrT5 run in --workdir (re-running resumes exactly), then report bits "
+                                  "per target byte, the deletion rate with hard deletion and, for seq2seq tasks, "
+                                  "exact-match accuracy.")
+  m.add_argument("--config", default="mrt5_tiny", help="a config file or bundled name (mrt5_tiny, mrt5_S; "
+                                                       "default: %(default)s)")
+  m.add_argument("--workdir", required=True, help="the run's directory")
+  m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override, e.g. mrt5.target_deletion=0.7 (repeatable)")
+  add_output(m, json_what="the final evaluation")
+  add_progress(m)
+  m = msub.add_parser("eval", help="bits per target byte, deletion rate and accuracy of a trained MrT5 run")
+  m.add_argument("--workdir", required=True, help="the run")
+  m.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
+  add_output(m, json_what="the figures")
+  add_progress(m)
+  m = msub.add_parser("bench", help="encoder bytes/s with hard deletion vs no deletion, per run",
+                      description="Encoder throughput of each run on its held-out windows: hard deletion (later "
+                                  "blocks on the kept positions, bucketed) against the same encoder at full length; "
+                                  "with several runs, the last run's hard-deletion bytes/s over the first's.")
+  m.add_argument("--workdir", action="append", required=True, help="an MrT5 run (repeatable)")
+  m.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
+  m.add_argument("--repeats", type=int, default=5, help="timed passes (median; default: %(default)s)")
+  add_output(m, json_what="the rows")

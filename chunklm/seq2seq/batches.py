@@ -1,0 +1,87 @@
+"""Batches for the MrT5 encoder-decoder: span-corrupted windows of a byte corpus, or JSONL `{"input", "target"}`
+records. A training batch is a pure function of (seed, step), so a resumed run reads exactly the batches it would
+have read; evaluation batches are a fixed set.
+
+Arrays (numpy): ids_BxL and valid_BxL (encoder input), dec_in_BxT = [BOS] + target[:-1], targets_BxT and
+dec_valid_BxT (decoder). Every target ends with EOS (0xFF).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from chunklm.data.corpus import Documents
+from chunklm.data.pipeline import BOS
+from chunklm.data.sources import jsonl_objects
+from chunklm.data.span_corruption import EOS, corrupt
+from chunklm.errors import DataError, UserError
+
+Pair = tuple[bytes, bytes]
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+  """(input, target + EOS) of every record of a JSONL file; a record without string `input` and `target` fields is
+  a one-line error naming the line."""
+  path = Path(path)
+  if not path.is_file():
+    raise UserError(f"{path}: no such file")
+  pairs = []
+  for n, obj in jsonl_objects(path):
+    if not (isinstance(obj.get("input"), str) and isinstance(obj.get("target"), str)):
+      raise UserError(f"{path}:{n}: each line needs string fields \"input\" and \"target\"")
+    pairs.append((obj["input"].encode("utf-8"), obj["target"].encode("utf-8") + bytes([EOS])))
+  if not pairs:
+    raise UserError(f"{path}: no records")
+  return pairs
+
+
+def pack(pairs: list[Pair], seq_len: int, target_len: int, where: str = "data") -> dict:
+  b = len(pairs)
+  out = {"ids": np.zeros((b, seq_len), np.int32), "valid": np.zeros((b, seq_len), bool),
+         "dec_in": np.zeros((b, target_len), np.int32), "targets": np.zeros((b, target_len), np.int32),
+         "dec_valid": np.zeros((b, target_len), bool)}
+  for r, (inp, tgt) in enumerate(pairs):
+    if len(inp) > seq_len or len(tgt) > target_len:
+      raise UserError(f"{where}: a record has {len(inp)} input / {len(tgt)} target bytes (with EOS); the model takes "
+                      f"{seq_len} / {target_len} (data.seq_len, seq2seq.target_len)")
+    out["ids"][r, :len(inp)] = list(inp)
+    out["valid"][r, :len(inp)] = True
+    out["dec_in"][r, 0] = BOS
+    out["dec_in"][r, 1:len(tgt)] = list(tgt[:-1])
+    out["targets"][r, :len(tgt)] = list(tgt)
+    out["dec_valid"][r, :len(tgt)] = True
+  return out
+
+
+def _windows(docs: Documents, rng: np.random.Generator, count: int, seq_len: int) -> list[bytes]:
+  lengths = docs.lengths.astype(np.float64)
+  usable = lengths >= 2
+  if not usable.any():
+    raise DataError("no document of >= 2 bytes to corrupt")
+  p = np.where(usable, lengths, 0.0) / lengths[usable].sum()
+  out = []
+  for i in rng.choice(len(docs), size=count, p=p):
+    n = int(docs.lengths[i])
+    start = int(rng.integers(0, max(n - seq_len, 0) + 1))
+    out.append(docs.doc(i)[start:start + seq_len])
+  return out
+
+
+def span_batch(docs: Documents, seed: int, step: int, batch_size: int, seq_len: int, target_len: int,
+               noise_density: float, mean_span: float) -> dict:
+  """Batch `step`: windows drawn with probability by document length, each span-corrupted."""
+  rng = np.random.default_rng([seed, step])
+  pairs = [corrupt(w, rng, noise_density, mean_span, "the corpus") for w in _windows(docs, rng, batch_size, seq_len)]
+  return pack(pairs, seq_len, target_len)
+
+
+def pair_batch(pairs: list[Pair], seed: int, step: int, batch_size: int, seq_len: int, target_len: int,
+               where: str) -> dict:
+  rng = np.random.default_rng([seed, step])
+  return pack([pairs[i] for i in rng.integers(0, len(pairs), batch_size)], seq_len, target_len, where)
+
+
+def chunks(pairs: list[Pair], batch_size: int) -> list[list[Pair]]:
+  return [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]

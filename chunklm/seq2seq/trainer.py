@@ -1,0 +1,272 @@
+"""`chunklm mrt5 train | eval`: the MrT5 encoder-decoder trained with soft deletion, evaluated with hard deletion.
+
+Loss = cross-entropy over the target bytes + alpha * mean(G) over the valid input positions. alpha is
+`mrt5.alpha`, or (alpha < 0) MrT5's PI controller towards the deletion rate `mrt5.target_deletion` (k_p, k_i,
+alpha >= 0 as MrT5 clamps it), updated from each batch's hard deletion rate and used from the next step; nothing
+before `mrt5.regularizer_delay`. The workdir holds config.yaml, metrics.jsonl and orbax checkpoints (parameters,
+optimizer, controller); batches are a function of (seed, step), so re-running `train` resumes exactly.
+Evaluation: cross-entropy per target byte (bits), the deletion rate and the mean kept length with hard deletion
+(each batch compacted into the smallest bucket that holds it), and for seq2seq tasks exact-match accuracy of greedy
+decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from chunklm.config import dump_yaml, load_config
+from chunklm.config.mrt5 import MrT5Run
+from chunklm.data.corpus import load_splits
+from chunklm.data.pipeline import BOS
+from chunklm.data.span_corruption import EOS
+from chunklm.errors import CheckpointError
+from chunklm.model.delete_gate import pi_update
+from chunklm.model.functional import split_model
+from chunklm.model.mrt5 import MrT5, bucket_capacity
+from chunklm.progress import bar
+from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.lock import workdir_lock
+from chunklm.seq2seq.batches import chunks, pack, pair_batch, read_pairs, span_batch
+from chunklm.train.optim import decay_mask, lr_schedule
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mrt5"
+EVAL_WINDOWS = 64  # span objective: held-out windows evaluated (a fixed set)
+
+
+def load_mrt5_config(path, overrides=()) -> MrT5Run:
+  return load_config(path, list(overrides), root=MrT5Run, folder=CONFIG_DIR)
+
+
+def build(cfg: MrT5Run):
+  return split_model(MrT5(cfg.mrt5, rngs=nnx.Rngs(params=cfg.train.seed)))
+
+
+def _optimizer(cfg: MrT5Run, params):
+  t = cfg.train
+  adamw = optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                      mask=decay_mask(params))
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw) if t.grad_clip else adamw
+
+
+def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = None) -> dict:
+  logits, enc = model(batch["ids"], batch["valid"], batch["dec_in"], batch["dec_valid"], mode, capacity)
+  dv = batch["dec_valid"].astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+  v = batch["valid"].astype(jnp.float32)
+  return {"ce_sum": jnp.sum(ce * dv), "targets": dv.sum(), "g_mean": jnp.sum(enc.g_BxL * v) / jnp.maximum(v.sum(), 1),
+          "kept": jnp.sum(enc.keep_BxL * v), "positions": v.sum()}
+
+
+def make_train_step(cfg: MrT5Run, graphdef, tx):
+  m = cfg.mrt5
+
+  @jax.jit
+  def step(params, opt_state, pi, batch, step_idx):
+    active = step_idx >= m.regularizer_delay
+    alpha = jnp.where(active, pi["alpha"] if m.alpha < 0 else m.alpha, 0.0)
+
+    def loss_fn(p):
+      out = losses(nnx.merge(graphdef, p), batch)
+      ce = out["ce_sum"] / jnp.maximum(out["targets"], 1)
+      return ce + jax.lax.stop_gradient(alpha) * out["g_mean"], (ce, out)
+
+    (loss, (ce, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    deleted = 1.0 - out["kept"] / jnp.maximum(out["positions"], 1)
+    if m.alpha < 0:
+      p_acc, i_acc, new_alpha = pi_update(pi["p_acc"], pi["i_acc"], m.target_deletion - deleted, m.k_p, m.k_i)
+      pi = jax.tree.map(lambda new, old: jnp.where(active, new, old),
+                        {"p_acc": p_acc, "i_acc": i_acc, "alpha": new_alpha}, pi)
+    return params, opt_state, pi, {"loss": loss, "ce": ce, "deleted": deleted, "alpha": alpha,
+                                   "g_mean": out["g_mean"]}
+
+  return step
+
+
+class Data:
+  """The run's batches: training batch `step`, and the fixed evaluation batches."""
+
+  def __init__(self, cfg: MrT5Run, cache_dir: Path):
+    self.cfg = cfg
+    s, d = cfg.seq2seq, cfg.data
+    if s.objective == "span":
+      splits = load_splits(d, cache_dir=cache_dir)
+      self.train_docs, self.valid_docs = splits.train, splits.valid
+    else:
+      self.train_pairs, self.test_pairs = read_pairs(s.train_file), read_pairs(s.test_file)
+      for pairs, where in ((self.train_pairs, s.train_file), (self.test_pairs, s.test_file)):
+        pack(pairs, d.seq_len, s.target_len, where)  # every record fits, or a one-line error now
+
+  def train_batch(self, step: int) -> dict:
+    c, s = self.cfg, self.cfg.seq2seq
+    if s.objective == "span":
+      return span_batch(self.train_docs, c.data.seed, step, c.train.batch_size, c.data.seq_len, s.target_len,
+                        s.noise_density, s.mean_span)
+    return pair_batch(self.train_pairs, c.data.seed, step, c.train.batch_size, c.data.seq_len, s.target_len,
+                      s.train_file)
+
+  def eval_batches(self, batch_size: int) -> list[dict]:
+    c, s = self.cfg, self.cfg.seq2seq
+    if s.objective == "span":
+      n = -(-EVAL_WINDOWS // batch_size)
+      return [span_batch(self.valid_docs, c.data.seed + 1, i, batch_size, c.data.seq_len, s.target_len,
+                         s.noise_density, s.mean_span) for i in range(n)]
+    return [pack(p, c.data.seq_len, s.target_len) for p in chunks(self.test_pairs, batch_size)]
+
+
+def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=print) -> dict:
+  workdir = Path(workdir)
+  with workdir_lock(workdir, "chunklm mrt5 train"):
+    saved = workdir / "config.yaml"
+    if saved.exists():
+      old = load_config(saved, root=MrT5Run)
+      if (old.mrt5, old.data, old.seq2seq, old.train.seed, old.train.batch_size) != \
+          (cfg.mrt5, cfg.data, cfg.seq2seq, cfg.train.seed, cfg.train.batch_size):
+        raise CheckpointError(f"{workdir} holds an MrT5 run with other model, data or objective settings; resume "
+                              "with the same config, or use another --workdir")
+    data = Data(cfg, workdir / "cache")
+    graphdef, params = build(cfg)
+    tx = _optimizer(cfg, params)
+    state = {"params": params, "opt": tx.init(params),
+             "pi": {k: jnp.asarray(max(cfg.mrt5.alpha, 0.0) if k == "alpha" else 0.0, jnp.float32)
+                    for k in ("p_acc", "i_acc", "alpha")}}
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(state, log=log)
+    start = 0
+    if restored is not None:
+      start, state, _ = restored
+      log(f"resumed from step {start}")
+    saved.write_text(dump_yaml(cfg))
+    step_fn = make_train_step(cfg, graphdef, tx)
+    params, opt, pi = state["params"], state["opt"], state["pi"]
+    t0 = time.time()
+    with (workdir / "metrics.jsonl").open("a") as metrics, bar(total=cfg.train.steps, enabled=progress,
+                                                                desc="mrt5", unit="step") as pbar:
+      pbar.update(start)
+      for k in range(start, cfg.train.steps):
+        batch = jax.tree.map(jnp.asarray, data.train_batch(k))
+        params, opt, pi, out = step_fn(params, opt, pi, batch, jnp.int32(k))
+        pbar.update(1)
+        done = k + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+          row = {"step": done, **{key: float(v) for key, v in out.items()}, "seconds": round(time.time() - t0, 1)}
+          if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"non-finite loss at step {done}")
+          metrics.write(json.dumps(row) + "\n")
+          metrics.flush()
+          pbar.set_postfix(ce=f"{row['ce']:.3f}", deleted=f"{row['deleted']:.2f}", alpha=f"{row['alpha']:.3g}")
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+          ckpt.save(done, {"params": params, "opt": opt, "pi": pi}, None, {"step": done})
+    ckpt.close()
+    result = evaluate_mrt5(cfg, graphdef, params, data)
+    (workdir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def open_mrt5(workdir: str | Path, log=print):
+  """(cfg, graphdef, params, step) of the newest checkpoint of an MrT5 run."""
+  workdir = Path(workdir)
+  if not (workdir / "config.yaml").exists():
+    raise CheckpointError(f"{workdir} is not an MrT5 run (no config.yaml); train one with `chunklm mrt5 train`")
+  cfg = load_config(workdir / "config.yaml", root=MrT5Run)
+  graphdef, like = build(cfg)
+  restored = Checkpointer(workdir / "checkpoints", read_only=True).restore_latest({"params": like}, log=log)
+  if restored is None:
+    raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}")
+  return cfg, graphdef, restored[1]["params"], restored[0]
+
+
+def hard_capacity(graphdef, params, batch: dict, buckets) -> int:
+  """The bucket that holds every row's kept positions (the gate's front half run once, on the host's request)."""
+  keep = _front(graphdef, params, batch["ids"], batch["valid"])
+  return bucket_capacity(int(keep.sum(axis=1).max()), batch["ids"].shape[1], buckets)
+
+
+@jax.jit
+def _front_jit(graphdef, params, ids, valid):
+  m = nnx.merge(graphdef, params)
+  _, g = m.encode_front(ids, valid)
+  return (g > m.cfg.gate_scale / 2) & valid
+
+
+def _front(graphdef, params, ids, valid):
+  return np.asarray(_front_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(valid)))
+
+
+def _eval_losses(graphdef, params, batch, mode, capacity):
+  return losses(nnx.merge(graphdef, params), batch, mode, capacity)
+
+
+_eval_jit = jax.jit(_eval_losses, static_argnums=(0, 3, 4))
+
+
+def greedy_decode(graphdef, params, batch: dict, mode: str, capacity: int | None) -> list[bytes]:
+  """Greedy continuations from BOS until EOS or the decoder length (the decoder rerun each step: no cache)."""
+  ids, valid = jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"])
+  b, t = batch["dec_in"].shape
+  dec = np.zeros((b, t), np.int32)
+  dec[:, 0] = BOS
+  done = np.zeros(b, bool)
+  out = np.zeros((b, t), np.int32)
+  for i in range(t):
+    logits = _decode_jit(graphdef, params, ids, valid, jnp.asarray(dec), mode, capacity)
+    nxt = np.asarray(jnp.argmax(logits[:, i], axis=-1))
+    out[:, i] = nxt
+    done |= nxt == EOS
+    if done.all() or i + 1 == t:
+      break
+    dec[:, i + 1] = nxt
+  texts = []
+  for row in out:
+    row = row.tolist()
+    texts.append(bytes(row[:row.index(EOS)] if EOS in row else row))
+  return texts
+
+
+def _decode(graphdef, params, ids, valid, dec, mode, capacity):
+  m = nnx.merge(graphdef, params)
+  enc = m.encode(ids, valid, mode, capacity)
+  return m.decode(enc, dec, jnp.ones(dec.shape, bool))
+
+
+_decode_jit = jax.jit(_decode, static_argnums=(0, 5, 6))
+
+
+def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 16, progress: bool = False) -> dict:
+  sums = {"ce_sum": 0.0, "targets": 0.0, "kept": 0.0, "positions": 0.0, "slots": 0.0, "soft_ce_sum": 0.0,
+          "inputs": 0.0}
+  correct = total = 0
+  for batch in bar(data.eval_batches(batch_size), enabled=progress, desc="eval", unit="batch"):
+    cap = hard_capacity(graphdef, params, batch, cfg.mrt5.buckets)
+    jb = jax.tree.map(jnp.asarray, batch)
+    hard = jax.device_get(_eval_jit(graphdef, params, jb, "hard", cap))
+    soft = jax.device_get(_eval_jit(graphdef, params, jb, "soft", None))
+    for key in ("ce_sum", "targets", "kept", "positions"):
+      sums[key] += float(hard[key])
+    sums["soft_ce_sum"] += float(soft["ce_sum"])
+    sums["slots"] += cap * batch["ids"].shape[0]
+    sums["inputs"] += batch["ids"].size
+    if cfg.seq2seq.objective == "seq2seq":
+      got = greedy_decode(graphdef, params, batch, "hard", cap)
+      for r, text in enumerate(got):
+        want = bytes(batch["targets"][r][batch["dec_valid"][r]].tolist())[:-1]
+        correct += text == want
+        total += 1
+  n = max(sums["targets"], 1.0)
+  out = {"bits_per_target_byte": sums["ce_sum"] / n / math.log(2),
+         "bits_per_target_byte_soft": sums["soft_ce_sum"] / n / math.log(2),
+         "deletion_rate": 1 - sums["kept"] / max(sums["positions"], 1.0),
+         "encoder_slots_per_input": sums["slots"] / max(sums["inputs"], 1.0)}
+  if total:
+    out["exact_match"] = correct / total
+  return out
