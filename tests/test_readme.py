@@ -13,6 +13,7 @@ from chunklm.cli import main
 from chunklm.cli.parser import build_parser
 from chunklm.config import load_config
 from chunklm.experiments.compare import load_spec
+from chunklm.seq2seq.trainer import load_mrt5_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,9 @@ def usage_commands(readme: str) -> list[str]:
 
 def check(words: list[str]) -> None:
   args = build_parser().parse_args(words)
-  if getattr(args, "config", None) and not str(args.config).startswith("configs/"):
+  if words[0] == "mrt5" and getattr(args, "config", None):
+    load_mrt5_config(args.config)
+  elif getattr(args, "config", None) and not str(args.config).startswith("configs/"):
     load_config(args.config, [])
   elif getattr(args, "config", None):
     load_config(str(ROOT / args.config), [])
@@ -84,11 +87,13 @@ FAST = {
     "bench kernels": ["--no-step", "--repeats", "1", "--warmup", "0", "--dtype", "float32"],
     "bench capacity": ["--max-bytes", "8192"],
     "classify train": ["--steps", "2", "--eval-every", "2", "--seq-len", "64", "--no-progress"],
+    "mrt5 train": ["--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--no-progress"],
+    "mrt5 bench": ["--repeats", "1"],
 }
 
 
 def _key(words: list[str]) -> str:
-  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer", "classify") else words[0]
+  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer", "classify", "mrt5") else words[0]
 
 
 def promised_files(words: list[str]) -> list[Path]:
