@@ -30,6 +30,8 @@ class MrT5Config:
   alpha: float = -1.0  # regulariser weight of mean(G); < 0 = set by the PI controller towards target_deletion
   k_p: float = 0.5  # PI controller's proportional gain (MrT5's default)
   k_i: float = 1e-5  # PI controller's integral gain (MrT5's default)
+  two_sided: bool = True  # alpha may go negative (rewarding keeping) when the gate deletes too much; false = MrT5's
+  #                          alpha >= 0, which can only push towards deleting
   regularizer_delay: int = 0  # steps before the regulariser starts (the gate still trains through attention)
   softmax1: bool = True  # off-by-one softmax in attention (a query may attend to nothing, as MrT5 uses)
   rope_theta: float = 10000.0  # RoPE base (every head dimension rotated)

@@ -164,6 +164,42 @@ class MrT5(nnx.Module):
       x = block(x, pos, causal, None, (enc.h_BxCxD, cross_allowed, enc.bias_BxC))
     return self.head(self.dec_norm(x)).astype(jnp.float32)
 
+  def init_cache(self, enc: Encoded, max_len: int) -> list[dict]:
+    """Decoding state per decoder block: self-attention keys/values for `max_len` positions (filled as bytes are
+    decoded) and the cross-attention keys/values of the encoder output (computed once)."""
+    b, h, kd = enc.h_BxCxD.shape[0], self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads
+    caches = []
+    for block in self.decoder:
+      kv = block.cross.w_kv(enc.h_BxCxD)
+      caches.append({"k": jnp.zeros((b, max_len, h, kd)), "v": jnp.zeros((b, max_len, h, kd)),
+                     "ck": kv[:, :, 0], "cv": kv[:, :, 1]})
+    return caches
+
+  def decode_step(self, enc: Encoded, token_B: jax.Array, t: jax.Array, caches: list[dict]
+                  ) -> tuple[jax.Array, list[dict]]:
+    """(logits_BxV of the byte after position t, caches) for decoder input `token_B` at position t: the cached form
+    of `decode`, equal to its row t."""
+    b = token_B.shape[0]
+    pos = jnp.full((b, 1), t)
+    x = self.embed(token_B[:, None]).astype(jnp.float32)
+    new = []
+    for block, cache in zip(self.decoder, caches):
+      h = block.norm1(x)
+      q = rope(block.attn.w_q(h), pos, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_theta)
+      kv = block.attn.w_kv(h)
+      k = rope(kv[:, :, 0], pos, q.shape[-1], self.cfg.rope_theta)
+      cache = {**cache, "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k, t, axis=1),
+               "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], kv[:, :, 1], t, axis=1)}
+      seen = jnp.broadcast_to(jnp.arange(cache["k"].shape[1])[None, None] <= t, (b, 1, cache["k"].shape[1]))
+      out = attend(q, cache["k"], cache["v"], seen, None, self.cfg.softmax1)
+      x = x + block.attn.w_out(out.reshape(b, 1, -1))
+      qc = block.cross.w_q(block.norm_x(x))
+      out = attend(qc, cache["ck"], cache["cv"], enc.valid_BxC[:, None, :], enc.bias_BxC, self.cfg.softmax1)
+      x = x + block.cross.w_out(out.reshape(b, 1, -1))
+      x = x + block.mlp(block.norm2(x))
+      new.append(cache)
+    return self.head(self.dec_norm(x))[:, 0].astype(jnp.float32), new
+
   def __call__(self, ids_BxL, valid_BxL, dec_in_BxT, dec_valid_BxT, mode: str = "soft", capacity: int | None = None
                ) -> tuple[jax.Array, Encoded]:
     enc = self.encode(ids_BxL, valid_BxL, mode, capacity)

@@ -1,9 +1,11 @@
 """`chunklm mrt5 train | eval`: the MrT5 encoder-decoder trained with soft deletion, evaluated with hard deletion.
 
 Loss = cross-entropy over the target bytes + alpha * mean(G) over the valid input positions. alpha is
-`mrt5.alpha`, or (alpha < 0) MrT5's PI controller towards the deletion rate `mrt5.target_deletion` (k_p, k_i,
-alpha >= 0 as MrT5 clamps it), updated from each batch's hard deletion rate and used from the next step; nothing
-before `mrt5.regularizer_delay`. The workdir holds config.yaml, metrics.jsonl and orbax checkpoints (parameters,
+`mrt5.alpha`, or (alpha < 0) MrT5's PI controller towards the deletion rate `mrt5.target_deletion` (k_p, k_i),
+updated from each batch's hard deletion rate and used from the next step; nothing before `mrt5.regularizer_delay`.
+MrT5 clamps alpha >= 0; here it may go negative (`mrt5.two_sided`, default): in tiny runs from scratch the
+cross-entropy alone drove the gate to delete 0.69 of the bytes against a 0.5 target, and a clamped controller can
+only sit at 0 then. The workdir holds config.yaml, metrics.jsonl and orbax checkpoints (parameters,
 optimizer, controller); batches are a function of (seed, step), so re-running `train` resumes exactly.
 Evaluation: cross-entropy per target byte (bits), the deletion rate and the mean kept length with hard deletion
 (each batch compacted into the smallest bucket that holds it), and for seq2seq tasks exact-match accuracy of greedy
@@ -84,7 +86,8 @@ def make_train_step(cfg: MrT5Run, graphdef, tx):
     params = optax.apply_updates(params, updates)
     deleted = 1.0 - out["kept"] / jnp.maximum(out["positions"], 1)
     if m.alpha < 0:
-      p_acc, i_acc, new_alpha = pi_update(pi["p_acc"], pi["i_acc"], m.target_deletion - deleted, m.k_p, m.k_i)
+      p_acc, i_acc, new_alpha = pi_update(pi["p_acc"], pi["i_acc"], m.target_deletion - deleted, m.k_p, m.k_i,
+                                          -jnp.inf if m.two_sided else 0.0)
       pi = jax.tree.map(lambda new, old: jnp.where(active, new, old),
                         {"p_acc": p_acc, "i_acc": i_acc, "alpha": new_alpha}, pi)
     return params, opt_state, pi, {"loss": loss, "ce": ce, "deleted": deleted, "alpha": alpha,
@@ -211,35 +214,32 @@ _eval_jit = jax.jit(_eval_losses, static_argnums=(0, 3, 4))
 
 
 def greedy_decode(graphdef, params, batch: dict, mode: str, capacity: int | None) -> list[bytes]:
-  """Greedy continuations from BOS until EOS or the decoder length (the decoder rerun each step: no cache)."""
-  ids, valid = jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"])
-  b, t = batch["dec_in"].shape
-  dec = np.zeros((b, t), np.int32)
-  dec[:, 0] = BOS
-  done = np.zeros(b, bool)
-  out = np.zeros((b, t), np.int32)
-  for i in range(t):
-    logits = _decode_jit(graphdef, params, ids, valid, jnp.asarray(dec), mode, capacity)
-    nxt = np.asarray(jnp.argmax(logits[:, i], axis=-1))
-    out[:, i] = nxt
-    done |= nxt == EOS
-    if done.all() or i + 1 == t:
-      break
-    dec[:, i + 1] = nxt
+  """Greedy continuations from BOS, cut at EOS, up to the decoder length (cached decoding: the encoder runs once,
+  each decoder step reads its key/value caches)."""
+  out = np.asarray(_greedy_jit(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]),
+                               batch["dec_in"].shape[1], mode, capacity))
   texts = []
-  for row in out:
-    row = row.tolist()
+  for row in out.tolist():
     texts.append(bytes(row[:row.index(EOS)] if EOS in row else row))
   return texts
 
 
-def _decode(graphdef, params, ids, valid, dec, mode, capacity):
+def _greedy(graphdef, params, ids, valid, length, mode, capacity):
   m = nnx.merge(graphdef, params)
   enc = m.encode(ids, valid, mode, capacity)
-  return m.decode(enc, dec, jnp.ones(dec.shape, bool))
+
+  def body(carry, t):
+    token, caches = carry
+    logits, caches = m.decode_step(enc, token, t, caches)
+    nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return (nxt, caches), nxt
+
+  start = jnp.full((ids.shape[0],), BOS, jnp.int32)
+  _, tokens_TxB = jax.lax.scan(body, (start, m.init_cache(enc, length)), jnp.arange(length))
+  return tokens_TxB.T
 
 
-_decode_jit = jax.jit(_decode, static_argnums=(0, 5, 6))
+_greedy_jit = jax.jit(_greedy, static_argnums=(0, 4, 5, 6))
 
 
 def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 16, progress: bool = False) -> dict:
