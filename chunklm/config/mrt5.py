@@ -33,6 +33,7 @@ class MrT5Config:
   two_sided: bool = True  # alpha may go negative (rewarding keeping) when the gate deletes too much; false = MrT5's
   #                          alpha >= 0, which can only push towards deleting
   regularizer_delay: int = 0  # steps before the regulariser starts (the gate still trains through attention)
+  gate_lr_scale: float = 0.1  # the gate's learning rate relative to train.lr (a fast gate flips all-keep/all-delete)
   softmax1: bool = True  # off-by-one softmax in attention (a query may attend to nothing, as MrT5 uses)
   rope_theta: float = 10000.0  # RoPE base (every head dimension rotated)
   buckets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # hard deletion: kept lengths as fractions of the input
@@ -58,8 +59,8 @@ class MrT5Config:
     if not self.buckets or sorted(self.buckets) != list(self.buckets) or self.buckets[-1] != 1.0 \
         or self.buckets[0] <= 0:
       raise ConfigError(f"mrt5.buckets: increasing fractions in (0, 1] ending with 1.0, got {list(self.buckets)}")
-    if self.k_p < 0 or self.k_i < 0 or self.regularizer_delay < 0:
-      raise ConfigError("mrt5: k_p, k_i and regularizer_delay must be >= 0")
+    if self.k_p < 0 or self.k_i < 0 or self.regularizer_delay < 0 or not self.gate_lr_scale > 0:
+      raise ConfigError("mrt5: k_p, k_i and regularizer_delay must be >= 0, gate_lr_scale > 0")
 
 
 @dataclasses.dataclass(frozen=True)

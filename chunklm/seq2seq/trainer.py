@@ -3,6 +3,9 @@
 Loss = cross-entropy over the target bytes + alpha * mean(G) over the valid input positions. alpha is
 `mrt5.alpha`, or (alpha < 0) MrT5's PI controller towards the deletion rate `mrt5.target_deletion` (k_p, k_i),
 updated from each batch's hard deletion rate and used from the next step; nothing before `mrt5.regularizer_delay`.
+The gate's parameters learn at `mrt5.gate_lr_scale` x the learning rate (default 0.1: 1e-4 at the tiny config's
+1e-3, MrT5's own rate): at the full rate a tiny run's gate flipped between deleting everything and nothing within
+ten steps and then saturated (G ~ 0 everywhere, no gradient left) with the controller unable to move it back.
 MrT5 clamps alpha >= 0; here it may go negative (`mrt5.two_sided`, default): in tiny runs from scratch the
 cross-entropy alone drove the gate to delete 0.69 of the bytes against a 0.5 target, and a clamped controller can
 only sit at 0 then. The workdir holds config.yaml, metrics.jsonl and orbax checkpoints (parameters,
@@ -32,7 +35,7 @@ from chunklm.data.pipeline import BOS
 from chunklm.data.span_corruption import EOS
 from chunklm.errors import CheckpointError
 from chunklm.model.delete_gate import pi_update
-from chunklm.model.functional import split_model
+from chunklm.model.functional import path_name, split_model
 from chunklm.model.mrt5 import MrT5, bucket_capacity
 from chunklm.progress import bar
 from chunklm.run.checkpoint import Checkpointer
@@ -83,6 +86,8 @@ def make_train_step(cfg: MrT5Run, graphdef, tx):
 
     (loss, (ce, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree_util.tree_map_with_path(
+        lambda path, u: u * m.gate_lr_scale if path_name(path).startswith("gate_") else u, updates)
     params = optax.apply_updates(params, updates)
     deleted = 1.0 - out["kept"] / jnp.maximum(out["positions"], 1)
     if m.alpha < 0:
