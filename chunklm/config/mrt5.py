@@ -32,7 +32,7 @@ class MrT5Config:
   k_i: float = 1e-5  # PI controller's integral gain (MrT5's default)
   two_sided: bool = True  # alpha may go negative (rewarding keeping) when the gate deletes too much; false = MrT5's
   #                          alpha >= 0, which can only push towards deleting
-  regularizer_delay: int = 0  # steps before the regulariser starts (the gate still trains through attention)
+  regularizer_delay: int = 0  # steps before the gate is switched on (applied, trained, regularised)
   gate_lr_scale: float = 0.1  # the gate's learning rate relative to train.lr (a fast gate flips all-keep/all-delete)
   softmax1: bool = True  # off-by-one softmax in attention (a query may attend to nothing, as MrT5 uses)
   rope_theta: float = 10000.0  # RoPE base (every head dimension rotated)

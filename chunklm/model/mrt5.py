@@ -133,18 +133,20 @@ class MrT5(nnx.Module):
       x_BxCxD = block(x_BxCxD, pos_BxC, _pairs(valid_BxC), bias_BxC)
     return self.enc_norm(x_BxCxD)
 
-  def encode(self, ids_BxL: jax.Array, valid_BxL: jax.Array, mode: str = "soft", capacity: int | None = None
-             ) -> Encoded:
+  def encode(self, ids_BxL: jax.Array, valid_BxL: jax.Array, mode: str = "soft", capacity: int | None = None,
+             gate_on: jax.Array | float = 1.0) -> Encoded:
     """mode: 'soft' (G as key bias), 'none' (the gate computed but not applied: a plain encoder), 'hard' (deleted
     positions removed, the rest compacted into `capacity` slots, which must hold every row's kept count), 'mask'
-    (soft with the deleted positions' bias at -inf: what hard deletion computes, at full length)."""
+    (soft with the deleted positions' bias at -inf: what hard deletion computes, at full length). `gate_on` scales
+    the soft bias (0: the gate is computed but neither applied nor trained, as before the gate is switched on)."""
     x, g = self.encode_front(ids_BxL, valid_BxL)
     keep = (g > self.cfg.gate_scale / 2) & valid_BxL
     pos = jnp.broadcast_to(jnp.arange(ids_BxL.shape[1]), ids_BxL.shape)
     if mode == "none":
       return Encoded(self.encode_back(x, pos, valid_BxL, None), valid_BxL, None, g, keep)
     if mode == "soft":
-      return Encoded(self.encode_back(x, pos, valid_BxL, g), valid_BxL, g, g, keep)
+      bias = g * gate_on
+      return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep)
     if mode == "mask":
       bias = jnp.where(keep, g, -jnp.inf)
       return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep)
@@ -200,9 +202,9 @@ class MrT5(nnx.Module):
       new.append(cache)
     return self.head(self.dec_norm(x))[:, 0].astype(jnp.float32), new
 
-  def __call__(self, ids_BxL, valid_BxL, dec_in_BxT, dec_valid_BxT, mode: str = "soft", capacity: int | None = None
-               ) -> tuple[jax.Array, Encoded]:
-    enc = self.encode(ids_BxL, valid_BxL, mode, capacity)
+  def __call__(self, ids_BxL, valid_BxL, dec_in_BxT, dec_valid_BxT, mode: str = "soft", capacity: int | None = None,
+               gate_on: jax.Array | float = 1.0) -> tuple[jax.Array, Encoded]:
+    enc = self.encode(ids_BxL, valid_BxL, mode, capacity, gate_on)
     return self.decode(enc, dec_in_BxT, dec_valid_BxT), enc
 
 

@@ -2,7 +2,10 @@
 
 Loss = cross-entropy over the target bytes + alpha * mean(G) over the valid input positions. alpha is
 `mrt5.alpha`, or (alpha < 0) MrT5's PI controller towards the deletion rate `mrt5.target_deletion` (k_p, k_i),
-updated from each batch's hard deletion rate and used from the next step; nothing before `mrt5.regularizer_delay`.
+updated from each batch's hard deletion rate and used from the next step. For the first `mrt5.regularizer_delay`
+steps the gate is off (computed, not applied, not trained), as MrT5 adds its gate to a trained ByT5: switched on
+from the start, a tiny run's gate learned to delete every byte within 50 steps without any regulariser (attending
+to nothing beats attending to a still-useless encoder) and then saturated, out of reach of its gradient.
 The gate's parameters learn at `mrt5.gate_lr_scale` x the learning rate (default 0.1: 1e-4 at the tiny config's
 1e-3, MrT5's own rate): at the full rate a tiny run's gate flipped between deleting everything and nothing within
 ten steps and then saturated (G ~ 0 everywhere, no gradient left) with the controller unable to move it back.
@@ -62,8 +65,8 @@ def _optimizer(cfg: MrT5Run, params):
   return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw) if t.grad_clip else adamw
 
 
-def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = None) -> dict:
-  logits, enc = model(batch["ids"], batch["valid"], batch["dec_in"], batch["dec_valid"], mode, capacity)
+def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = None, gate_on=1.0) -> dict:
+  logits, enc = model(batch["ids"], batch["valid"], batch["dec_in"], batch["dec_valid"], mode, capacity, gate_on)
   dv = batch["dec_valid"].astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   v = batch["valid"].astype(jnp.float32)
@@ -80,7 +83,7 @@ def make_train_step(cfg: MrT5Run, graphdef, tx):
     alpha = jnp.where(active, pi["alpha"] if m.alpha < 0 else m.alpha, 0.0)
 
     def loss_fn(p):
-      out = losses(nnx.merge(graphdef, p), batch)
+      out = losses(nnx.merge(graphdef, p), batch, gate_on=active.astype(jnp.float32))
       ce = out["ce_sum"] / jnp.maximum(out["targets"], 1)
       return ce + jax.lax.stop_gradient(alpha) * out["g_mean"], (ce, out)
 
