@@ -95,6 +95,7 @@ class Encoded(NamedTuple):
   bias_BxC: jax.Array | None  # key bias for cross-attention (G; None without a gate)
   g_BxL: jax.Array  # the gate over every input position (k at padding)
   keep_BxL: jax.Array  # positions the gate keeps (G > k/2), valid ones only
+  g_reg_BxL: jax.Array | None = None  # G with the encoder states held fixed: what the regulariser trains
 
 
 def _pairs(valid_BxL: jax.Array) -> jax.Array:
@@ -118,15 +119,18 @@ class MrT5(nnx.Module):
     self.dec_norm = RMSNorm(d)
     self.head = Linear(d, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std)
 
+  def gate(self, x_BxLxD: jax.Array, valid_BxL: jax.Array) -> jax.Array:
+    g = gate_values(x_BxLxD, self.gate_scale_ln[...], self.gate_shift_ln[...], self.gate_w[...], self.gate_c[...],
+                    self.cfg.gate_scale)
+    return jnp.where(valid_BxL, g, self.cfg.gate_scale)
+
   def encode_front(self, ids_BxL: jax.Array, valid_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(h_BxLxD after the first gate_layer blocks, G_BxL with k at padding)."""
     pos = jnp.broadcast_to(jnp.arange(ids_BxL.shape[1]), ids_BxL.shape)
     x = self.embed(ids_BxL).astype(jnp.float32)
     for block in self.encoder[: self.cfg.gate_layer]:
       x = block(x, pos, _pairs(valid_BxL))
-    g = gate_values(x, self.gate_scale_ln[...], self.gate_shift_ln[...], self.gate_w[...], self.gate_c[...],
-                    self.cfg.gate_scale)
-    return x, jnp.where(valid_BxL, g, self.cfg.gate_scale)
+    return x, self.gate(x, valid_BxL)
 
   def encode_back(self, x_BxCxD, pos_BxC, valid_BxC, bias_BxC) -> jax.Array:
     for block in self.encoder[self.cfg.gate_layer:]:
@@ -146,7 +150,8 @@ class MrT5(nnx.Module):
       return Encoded(self.encode_back(x, pos, valid_BxL, None), valid_BxL, None, g, keep)
     if mode == "soft":
       bias = g * gate_on
-      return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep)
+      return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep,
+                     self.gate(jax.lax.stop_gradient(x), valid_BxL))
     if mode == "mask":
       bias = jnp.where(keep, g, -jnp.inf)
       return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep)

@@ -9,7 +9,9 @@ to nothing beats attending to a still-useless encoder) and then saturated, out o
 The gate's parameters learn at `mrt5.gate_lr_scale` x the learning rate (default 0.1: 1e-4 at the tiny config's
 1e-3, MrT5's own rate): at the full rate a tiny run's gate flipped between deleting everything and nothing within
 ten steps and then saturated (G ~ 0 everywhere, no gradient left) with the controller unable to move it back.
-MrT5 clamps alpha >= 0; here it may go negative (`mrt5.two_sided`, default): in tiny runs from scratch the
+The regulariser's gradient reaches the gate's own parameters only (G recomputed on the encoder states held fixed):
+through the encoder states it moved every position's G at once, at the encoder's full rate. MrT5 clamps alpha >= 0;
+here it may go negative (`mrt5.two_sided`, default): in tiny runs from scratch the
 cross-entropy alone drove the gate to delete 0.69 of the bytes against a 0.5 target, and a clamped controller can
 only sit at 0 then. The workdir holds config.yaml, metrics.jsonl and orbax checkpoints (parameters,
 optimizer, controller); batches are a function of (seed, step), so re-running `train` resumes exactly.
@@ -70,7 +72,8 @@ def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = 
   dv = batch["dec_valid"].astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   v = batch["valid"].astype(jnp.float32)
-  return {"ce_sum": jnp.sum(ce * dv), "targets": dv.sum(), "g_mean": jnp.sum(enc.g_BxL * v) / jnp.maximum(v.sum(), 1),
+  g = enc.g_BxL if enc.g_reg_BxL is None else enc.g_reg_BxL  # the regulariser trains the gate, not the encoder
+  return {"ce_sum": jnp.sum(ce * dv), "targets": dv.sum(), "g_mean": jnp.sum(g * v) / jnp.maximum(v.sum(), 1),
           "kept": jnp.sum(enc.keep_BxL * v), "positions": v.sum()}
 
 
