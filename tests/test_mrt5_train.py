@@ -29,6 +29,7 @@ def _tasks():
   return module
 
 
+@pytest.mark.slow  # CI budget: three short trainings and evaluations (~1.5 min); the README test trains mrt5 too
 def test_span_corruption_training_resumes_exactly(tmp_path):
   corpus = write_corpus(tmp_path / "corpus")
   cfg = lambda steps: load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", f"train.steps={steps}"])  # noqa
@@ -43,7 +44,7 @@ def test_span_corruption_training_resumes_exactly(tmp_path):
   assert res["bits_per_target_byte"] > 0 and 0 <= res["deletion_rate"] <= 1
 
 
-def test_diagnostic_tasks_and_seq2seq_training(tmp_path, capsys):
+def test_diagnostic_tasks_are_what_the_paper_defines(tmp_path):
   tasks = _tasks()
   rng = random.Random(0)
   assert tasks.vowel_removal("bAnanaX", rng) == ("bAnanaX", "bnnX")
@@ -53,6 +54,13 @@ def test_diagnostic_tasks_and_seq2seq_training(tmp_path, capsys):
   inp, tgt = tasks.sequence_merge("q" * 40, rng)
   assert "ABC" in inp and tgt == inp.replace("ABC", "D") and len(tgt) < len(inp)
   assert tasks.main(["--out", str(tmp_path / "t"), "--length", "16", "--train", "40", "--test", "8"]) == 0
+  rows = [json.loads(x) for x in (tmp_path / "t" / "sequence_merge_test.jsonl").read_text().splitlines()]
+  assert len(rows) == 8 and all(r["target"] == r["input"].replace("ABC", "D") for r in rows)
+
+
+@pytest.mark.slow  # CI budget: a short seq2seq training with cached greedy decoding (~1 min)
+def test_seq2seq_training_reports_exact_match(tmp_path, capsys):
+  assert _tasks().main(["--out", str(tmp_path / "t"), "--length", "16", "--train", "40", "--test", "8"]) == 0
   capsys.readouterr()
   args = ["mrt5", "train", "--workdir", str(tmp_path / "run"), "--no-progress", "--json", str(tmp_path / "r.json")]
   for s in [*TINY, "seq2seq.objective=seq2seq", f"seq2seq.train_file={tmp_path}/t/vowel_removal_train.jsonl",
