@@ -180,8 +180,7 @@ class HNet(nnx.Module):
     # at a document start the average restarts; the official code clamps p = 1 there too, as its step does
     start_p = 1 - 1e-4 if self.compat == "official" else 1.0
     p_use = jnp.where(state["has_prev"], jnp.clip(p_B, 1e-4, 1 - 1e-4), start_p)[:, None]
-    prev_BxD = jnp.where(state["has_prev"][:, None], state["zbar"], 0.0)
-    zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * prev_BxD, state["zbar"])
+    zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * state["zbar"], state["zbar"])
     y_BxD = zbar_BxD + self.residual(h_BxD)
     out_BxD, dec = stack_step(self.decoder, y_BxD, state["dec"], update_B)
     new_state = {"enc": enc, "dec": dec, "main": main,

@@ -18,13 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from chunklm.model.mrt5 import bucket_capacity, compact
-from chunklm.seq2seq.trainer import Data, open_mrt5
-
-
-def _front(graphdef, params, ids, valid):
-  m = nnx.merge(graphdef, params)
-  x, g = m.encode_front(ids, valid)
-  return x, g, (g > m.cfg.gate_scale / 2) & valid
+from chunklm.seq2seq.trainer import Data, front, open_mrt5
 
 
 def _back(graphdef, params, x, g, keep, capacity):
@@ -37,8 +31,7 @@ def _full(graphdef, params, ids, valid):
   return nnx.merge(graphdef, params).encode(ids, valid, "none").h_BxCxD
 
 
-FRONT, BACK, FULL = jax.jit(_front, static_argnums=0), jax.jit(_back, static_argnums=(0, 5)), \
-    jax.jit(_full, static_argnums=0)
+BACK, FULL = jax.jit(_back, static_argnums=(0, 5)), jax.jit(_full, static_argnums=0)
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -61,7 +54,7 @@ def bench_encoder(workdir: str | Path, batch_size: int = 16, repeats: int = 5) -
     nonlocal kept, positions, slots
     kept = positions = slots = 0
     for b in batches:
-      x, g, keep = FRONT(graphdef, params, b["ids"], b["valid"])
+      x, g, keep = front(graphdef, params, b["ids"], b["valid"])
       counts = keep.sum(axis=1)
       cap = bucket_capacity(int(counts.max()), b["ids"].shape[1], cfg.mrt5.buckets)
       BACK(graphdef, params, x, g, keep, cap).block_until_ready()

@@ -202,19 +202,18 @@ def open_mrt5(workdir: str | Path, log=print):
 
 def hard_capacity(graphdef, params, batch: dict, buckets) -> int:
   """The bucket that holds every row's kept positions (the gate's front half run once, on the host's request)."""
-  keep = _front(graphdef, params, batch["ids"], batch["valid"])
-  return bucket_capacity(int(keep.sum(axis=1).max()), batch["ids"].shape[1], buckets)
-
-
-@jax.jit
-def _front_jit(graphdef, params, ids, valid):
-  m = nnx.merge(graphdef, params)
-  _, g = m.encode_front(ids, valid)
-  return (g > m.cfg.gate_scale / 2) & valid
+  _, _, keep = front(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]))
+  return bucket_capacity(int(np.asarray(keep).sum(axis=1).max()), batch["ids"].shape[1], buckets)
 
 
 def _front(graphdef, params, ids, valid):
-  return np.asarray(_front_jit(graphdef, params, jnp.asarray(ids), jnp.asarray(valid)))
+  """(states after the gate's blocks, G, kept positions): the part of the encoder before hard deletion."""
+  m = nnx.merge(graphdef, params)
+  x, g = m.encode_front(ids, valid)
+  return x, g, (g > m.cfg.gate_scale / 2) & valid
+
+
+front = jax.jit(_front, static_argnums=0)
 
 
 def _eval_losses(graphdef, params, batch, mode, capacity):
