@@ -6,7 +6,7 @@ import yaml
 from chunklm.cli import main
 from chunklm.config import load_config
 from chunklm.errors import ConfigError, UserError
-from chunklm.experiments import compare, compare_report
+from chunklm.experiments import compare, compare_report, sweep as sweeps
 from chunklm.model.flops import match_flops, train_flops_per_byte
 from chunklm.run.metrics import read_jsonl
 from conftest import TINY
@@ -120,3 +120,87 @@ def test_end_to_end_and_resume(tmp_path, corpus_dir, capsys):
   (tmp_path / "elsewhere" / "y.txt").write_text("more text " * 200)
   code = main(other)
   assert code == 2 and "different data (data.sources" in capsys.readouterr().err
+
+
+def test_sweep_values_and_expansion():
+  assert sweeps.parse_sweep("train.lr=1e-3, 2e-3") == ("train.lr", ("1e-3", "2e-3"))
+  assert sweeps.parse_sweep("model.pooling=[mean],[max, 1]") == ("model.pooling", ("[mean]", "[max, 1]"))
+  for bad in ("train.lr", "=1,2", "train.lr=", "train.lr=1,,2"):
+    with pytest.raises(UserError, match="expected KEY=V1,V2"):
+      sweeps.parse_sweep(bad)
+  with pytest.raises(ConfigError, match="distinct"):
+    sweeps.parse_sweep("train.lr=1,1")
+  runs = sweeps.expand(["a", "b"], {"train.lr": ("1", "2")}, 2)
+  assert [r.name for r in runs[:4]] == ["a@train.lr=1", "a@train.lr=1@seed1", "a@train.lr=2", "a@train.lr=2@seed1"]
+  assert len(runs) == 8 and sweeps.overrides(runs[1], 3, 5) == ["train.lr=1", "train.seed=4", "data.seed=6"]
+  assert [r.name for r in sweeps.expand(["a"], {}, 1)] == ["a"]  # no sweep, one seed: the spec's own names
+
+
+def test_spec_sweep_expands_into_runs_with_their_flops_references(tmp_path):
+  models = [{"name": "h", "config": "hnet_1stage_tiny"},
+            {"name": "t", "config": "byte_transformer_tiny", "match_flops": "h"}]
+  spec = compare.load_spec(write_spec(tmp_path / "s.yaml", models, sweep={"train.lr": [1e-3, 4e-3]}, seeds=2))
+  assert spec.sweep == (("train.lr", ("0.001", "0.004")), ) and spec.seeds == 2
+  expanded, runs = compare.expand_spec(spec, compare.plain_configs(spec, []))
+  by_name = {m.name: m for m in expanded.models}
+  assert by_name["t@train.lr=0.004@seed1"].match_flops == "h@train.lr=0.004@seed1"
+  configs = compare.plain_configs(expanded, [])
+  assert configs["t@train.lr=0.004@seed1"].train.lr == 0.004
+  assert configs["t@train.lr=0.004@seed1"].data.seed == 1 and configs["t@train.lr=0.004"].data.seed == 0
+  compare.check_same_data(configs, runs=runs)  # the seeds differ in order only: each seed's runs agree
+  with pytest.raises(UserError, match="different data"):
+    compare.check_same_data(configs)
+  for bad, match in (({"sweep": {"train.lr": 3}}, "sweep must map"), ({"seeds": 0}, "at least 1"),
+                     ({"sweep": {"train.lr": ["a/b"]}}, "may not contain")):
+    with pytest.raises(ConfigError, match=match):
+      compare.load_spec(write_spec(tmp_path / "b.yaml", models, **bad))
+
+
+def test_summary_mean_spread_and_best_point(tmp_path):
+  runs = sweeps.expand(["h", "t"], {"train.lr": ("1", "2", "4")}, 2)
+  bpb = {r.name: v for r, v in zip(runs, [2.0, 2.2, 1.5, 1.7, 1.8, 1.8, 3.0, 3.0, 2.9, 2.9, 2.5, 2.7])}
+  summaries = sweeps.summarise(runs, bpb)
+  assert len(summaries) == 6 and summaries[1].mean == pytest.approx(1.6)
+  assert summaries[1].std == pytest.approx(0.1414, abs=1e-4)
+  best = sweeps.best_per_model(summaries, {"train.lr": ("1", "2", "4")})
+  assert best["h"][0].point == (("train.lr", "2"),) and best["h"][1] == ""
+  assert best["t"][0].point == (("train.lr", "4"),) and "edge of the swept train.lr range" in best["t"][1]
+  text = "\n".join(sweeps.lines(summaries, {"train.lr": ("1", "2", "4")}, 2))
+  assert "| h | train.lr=2 | 1.6000 ± 0.1414 (1.5000–1.7000) |" in text
+  assert "**h** (1.6000); t +1.0000 (+62.5%)" in text
+  assert sweeps.plot(summaries, {"train.lr": ("1", "2", "4")}, tmp_path / "s.png").exists()
+  partial = sweeps.summarise(runs, {runs[0].name: 2.0})  # a run not trained yet is left out, not counted
+  assert [s.bpbs for s in partial] == [[2.0]]
+
+
+def test_sweep_command_line_errors(tmp_path, capsys):
+  spec = write_spec(tmp_path / "s.yaml", [{"name": "t", "config": "byte_transformer_tiny", "set": SMALL}])
+  base = ["compare", "--spec", str(spec), "--out", str(tmp_path / "o"), "--no-progress"]
+  for extra, message in ((["--sweep", "train.lr"], "expected KEY=V1,V2"), (["--seeds", "0"], "at least 1"),
+                         (["--models", "x"], "--models x: not in spec"),
+                         (["--sweep", "train.lr=1e-3,2e-3", "--set", "train.lr=1e-3"], "swept and also set")):
+    assert main(base + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_over_seeds_end_to_end(tmp_path, corpus_dir, capsys):
+  models = [{"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},
+            {"name": "u", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]}]
+  spec = write_spec(tmp_path / "s.yaml", models, budget_bytes=1024, evals=1)
+  out = tmp_path / "out"
+  args = ["compare", "--spec", str(spec), "--out", str(out), "--data", str(corpus_dir), "--no-progress",
+          "--sweep", "train.lr=1e-2", "--seeds", "2", "--models", "t"]  # two runs: the unit tests cover the grid
+  assert main(args) == 0
+  names = ["t@train.lr=1e-2", "t@train.lr=1e-2@seed1"]
+  assert all((out / n / "checkpoints").is_dir() for n in names) and not (out / "u@train.lr=1e-2").exists()
+  finals = {n: [r for r in read_jsonl(out / n / "metrics.jsonl") if r["split"] == "valid"][-1]["bpb"] for n in names}
+  assert finals[names[0]] != finals[names[1]]  # another seed is another run
+  md = (out / "report.md").read_text()
+  assert "## Over seeds and sweep points" in md and "2 of 4 runs not trained yet" in md
+  mean = sum(finals.values()) / 2
+  assert f"| t | train.lr=1e-2 | {mean:.4f} ± " in md and (out / "sweep.png").exists()
+  assert "- best of t: train.lr=1e-2" in md
+  summary = yaml.safe_load((out / "summary.json").read_text())  # JSON is YAML
+  assert summary[0]["valid_bpb"] == [finals[n] for n in names]
+  capsys.readouterr()
+  assert main(args) == 0 and capsys.readouterr().out.count("reused") == 2

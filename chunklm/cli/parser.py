@@ -196,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--spec", required=True, help="comparison spec: a path or a bundled name (configs/compare/)")
   p.add_argument("--budget-bytes", type=int, default=None, metavar="N",
                  help="training bytes per model instead of the spec's budget_bytes (e.g. a quick trial run)")
+  p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                 help="train every model at each value of a config field, e.g. --sweep train.lr=1e-3,2e-3,4e-3,8e-3 "
+                      "(repeat for a grid; replaces the spec's sweep); the report adds each model's best value and "
+                      "sweep.png")
+  p.add_argument("--seeds", type=int, default=None, metavar="N",
+                 help="train every model and sweep point N times (seed k adds k to train.seed and data.seed); the "
+                      "report adds mean ± std and min-max over seeds (default: the spec's seeds, else 1)")
+  p.add_argument("--models", default="", metavar="NAME,...",
+                 help="train only these models of the spec (their FLOPs references are still sized); the report "
+                      "shows every run of the spec that has finished")
   _group(p, "config").add_argument(
       "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
       help="override a config field of every model, after the spec's own settings (repeatable), e.g. "

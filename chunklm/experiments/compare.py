@@ -6,11 +6,14 @@ training FLOPs per byte this one is resized to). Every model gets the spec's dat
 ceil(budget_bytes / bytes per step) steps in <out>/<model>/, and is evaluated along the way on the same leading valid
 bytes and at the end on all of them. Re-running resumes unfinished runs and reuses finished ones, after checking
 they were trained on the same data. A BPE model's tokenizer is trained once, on the training split, in <out>/.
+A spec (or the command line) may sweep config fields and repeat every run over seeds (experiments/sweep.py); the
+report then adds mean ± spread over seeds and each model's best point.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from pathlib import Path
@@ -22,7 +25,7 @@ from chunklm.config import (CONFIG_DIR, Config, load_config, read_yaml, resolve_
 from chunklm.data.corpus import load_splits
 from chunklm.data.tokenizer import Tokenizer, tokenize, train_tokenizer
 from chunklm.errors import ConfigError, UserError
-from chunklm.experiments import compare_report
+from chunklm.experiments import compare_report, sweep as sweeps
 from chunklm.model.describe import describe_config
 from chunklm.model.flops import match_flops, train_flops_per_byte
 from chunklm.run.metrics import read_jsonl
@@ -53,6 +56,8 @@ class CompareSpec:
   tokenizer_vocab: int = 4096  # pieces of the BPE tokenizer trained for token models
   data: tuple[str, ...] = ()  # data.* overrides for every model, as KEY=VALUE (e.g. data.seq_len is per model)
   efficiency_reference: str = ""  # report the bytes each model needs to reach this model's final valid BPB
+  sweep: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (KEY, values): a run per model and grid point
+  seeds: int = 1  # runs per model and point; seed k shifts train.seed and data.seed by k
 
   def __post_init__(self):
     names = [m.name for m in self.models]
@@ -70,6 +75,13 @@ class CompareSpec:
                         f"its models {names}")
     if self.budget_bytes <= 0 or self.evals < 0 or self.eval_max_bytes < 0:
       raise ConfigError("compare spec: budget_bytes must be positive, evals and eval_max_bytes >= 0")
+    if self.seeds < 1:
+      raise ConfigError(f"compare spec {self.name}: seeds must be at least 1, got {self.seeds}")
+    keys = [k for k, _ in self.sweep]
+    if len(set(keys)) != len(keys):
+      raise ConfigError(f"compare spec {self.name}: a sweep key appears twice: {keys}")
+    for key, values in self.sweep:
+      sweeps.check_values(key, values)
 
 
 def load_spec(path: str | Path) -> CompareSpec:
@@ -87,11 +99,16 @@ def load_spec(path: str | Path) -> CompareSpec:
     if extra:
       raise ConfigError(f"{path}: models[{i}] has unknown key(s) {sorted(extra)}")
     models.append(ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}))
-  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in tree.items() if k != "models"}
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in tree.items() if k not in ("models", "sweep")}
   for key, value in fields.items():
     tp = typing.get_type_hints(CompareSpec)[key]
     if tp is int and not isinstance(value, int):
       raise ConfigError(f"{path}: {key} must be an integer, got {value!r}")
+  if "sweep" in tree:
+    sweep = tree["sweep"]
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+      raise ConfigError(f"{path}: sweep must map config keys to lists of values, e.g. sweep: {{train.lr: [1e-3, 2e-3]}}")
+    fields["sweep"] = tuple((str(k), sweeps.check_values(str(k), v)) for k, v in sweep.items())
   return CompareSpec(models=tuple(models), **{"name": path.stem, **fields})
 
 
@@ -104,8 +121,13 @@ def data_identity(cfg: Config) -> dict:
   return {k: d[k] for k in DATA_IDENTITY}
 
 
-def check_same_data(configs: dict[str, Config], where: str = "") -> None:
-  """Refuses models whose training/valid bytes would differ, naming the models and the settings."""
+def check_same_data(configs: dict[str, Config], where: str = "", runs: list[sweeps.Run] | None = None) -> None:
+  """Refuses models whose training/valid bytes would differ, naming the models and the settings; with `runs`, only
+  the runs of the same seed must agree (another seed reads the same documents in another order)."""
+  if runs is not None:
+    for seed in sorted({r.seed for r in runs}):
+      check_same_data({r.name: configs[r.name] for r in runs if r.seed == seed and r.name in configs}, where)
+    return
   items = list(configs.items())
   ref_name, ref = items[0]
   ref_id = data_identity(ref)
@@ -146,8 +168,8 @@ def plain_configs(spec: CompareSpec, data_args: list[str]) -> dict[str, Config]:
   return out
 
 
-def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | None,
-                    bytes_per_token: float) -> tuple[dict[str, Config], dict[str, float]]:
+def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | None, bytes_per_token: float,
+                    runs: list[sweeps.Run] | None = None) -> tuple[dict[str, Config], dict[str, float]]:
   """The final config of every model (data, budget, FLOPs matching applied) and each match's residual error."""
   base = plain_configs(spec, data_args)
   for name, cfg in base.items():
@@ -180,8 +202,23 @@ def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | No
                                 checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps)))
     ev = dataclasses.replace(cfg.eval, max_bytes=spec.eval_max_bytes, final_max_bytes=0)
     final[name] = dataclasses.replace(cfg, train=train_cfg, eval=ev)
-  check_same_data(final)
+  check_same_data(final, runs=runs)
   return final, errors
+
+
+def expand_spec(spec: CompareSpec, plain: dict[str, Config]) -> tuple[CompareSpec, list[sweeps.Run]]:
+  """The spec with one model per run of its sweep and seeds (`plain`: each model's config, for its base seeds);
+  without a sweep and with one seed, the spec itself."""
+  runs = sweeps.expand([m.name for m in spec.models], dict(spec.sweep), spec.seeds)
+  models = []
+  for r in runs:
+    m = _spec_model(spec, r.model)
+    extra = sweeps.overrides(r, plain[m.name].train.seed, plain[m.name].data.seed)
+    ref = sweeps.run_name(m.match_flops, r.point, r.seed) if m.match_flops else ""
+    models.append(dataclasses.replace(m, name=r.name, set=tuple(m.set) + tuple(extra), match_flops=ref))
+  names = {r.name for r in runs}
+  reference = spec.efficiency_reference if spec.efficiency_reference in names else ""
+  return dataclasses.replace(spec, models=tuple(models), efficiency_reference=reference), runs
 
 
 def finished(workdir: Path, cfg: Config) -> bool:
@@ -191,18 +228,33 @@ def finished(workdir: Path, cfg: Config) -> bool:
 
 
 def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args: list[str] = (),
-                progress: bool = True, budget_bytes: int | None = None,
-                log=print) -> tuple[Path, list[compare_report.Row]]:
-  """Trains (or reuses) every model of the spec, then writes <out>/report.md and report.html; returns report.md
+                progress: bool = True, budget_bytes: int | None = None, sweep: list[str] = (),
+                seeds: int | None = None, only: list[str] = (), log=print) -> tuple[Path, list[compare_report.Row]]:
+  """Trains (or reuses) every run of the spec, then writes <out>/report.md and report.html; returns report.md
   and the table's rows. `data_args` are KEY=VALUE overrides for every model (after the spec's own); `budget_bytes`
-  replaces the spec's."""
+  replaces the spec's; `sweep` ("KEY=V1,V2", repeatable) and `seeds` replace the spec's; `only` trains just these
+  models' runs (the report still shows every finished run of the spec)."""
   spec = load_spec(spec_path)
   if budget_bytes is not None:
     spec = dataclasses.replace(spec, budget_bytes=budget_bytes)  # checked again by CompareSpec
+  if sweep:
+    spec = dataclasses.replace(spec, sweep=tuple(sweeps.parse_sweep(s) for s in sweep))
+  if seeds is not None:
+    spec = dataclasses.replace(spec, seeds=seeds)
   data_args = list(data_args)
+  unknown = [n for n in only if n not in {m.name for m in spec.models}]
+  if unknown:
+    raise UserError(f"--models {','.join(unknown)}: not in spec {spec.name} (its models: "
+                    f"{', '.join(m.name for m in spec.models)})")
+  for key, _ in spec.sweep:
+    clash = [a for a in list(spec.data) + data_args if a.split("=", 1)[0].strip() == key]
+    if clash:
+      raise UserError(f"{key} is swept and also set ({clash[0]}); drop one of them")
   out = Path(out or Path("runs") / "compare" / spec.name)
   plain = plain_configs(spec, data_args)
   check_same_data(plain)
+  spec, runs = expand_spec(spec, plain)
+  plain = plain_configs(spec, data_args)  # each run's own settings validated before anything trains
   splits = load_splits(next(iter(plain.values())).data, cache_dir=out / "cache")  # bad data fails before writing
   log(f"data: {splits.description}")
   tok_path, bpt = None, 1.0
@@ -219,17 +271,23 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
     sample = splits.train.select(np.cumsum(lengths) - lengths < 4_000_000)  # whole leading documents, ~4 MB
     bpt = sample.num_bytes / max(tokenize(sample, tok).num_bytes, 1)
     log(f"tokenizer: {tok_path} ({tok.vocab_size} pieces, {bpt:.3f} bytes per token on the training split)")
-  configs, errors = resolve_configs(spec, data_args, str(tok_path) if tok_path else None, bpt)
-  for i, (name, cfg) in enumerate(configs.items(), 1):
-    wd = out / name
+  configs, errors = resolve_configs(spec, data_args, str(tok_path) if tok_path else None, bpt, runs)
+  todo = [r.name for r in runs if not only or r.model in only]
+  for i, name in enumerate(todo, 1):
+    cfg, wd = configs[name], out / name
     if (wd / "config.yaml").exists():
       check_same_data({f"{name} (saved run in {wd})": read_config(wd), name: cfg})
     if finished(wd, cfg):
-      log(f"[{i}/{len(configs)}] {name}: finished run in {wd}, reused")
+      log(f"[{i}/{len(todo)}] {name}: finished run in {wd}, reused")
       continue
-    log(f"[{i}/{len(configs)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
+    log(f"[{i}/{len(todo)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
         f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}")
     train(cfg, wd, progress=progress, log=log, splits=splits)
+  done = {name: cfg for name, cfg in configs.items() if finished(out / name, cfg)}
+  missing = [n for n in configs if n not in done]
+  if missing:
+    log(f"not trained yet (left out of the report): {', '.join(missing)}")
+  configs = done
   described = {name: describe_config(read_config(out / name)) for name in configs}  # with the run's documents cap
   rows = [compare_report.collect(name, out / name, cfg, described[name]["params"], bpt, errors.get(name),
                                  described[name]["executed_flops_per_byte"] if cfg.model.num_stages else None)
@@ -243,7 +301,18 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
                "models marked 'sized to match' were resized before training at the reference's target ratio")
   notes.append("executed FLOPs/byte: what an H-Net's static shapes compute (every chunk slot of every stage, with the "
                "run's documents-per-window cap), and its ratio to the FLOPs at the measured chunk ratio")
-  md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes, spec.efficiency_reference)
+  summary = []
+  if spec.sweep or spec.seeds > 1:
+    swept = dict(spec.sweep)
+    summaries = sweeps.summarise(runs, {r.name: r.valid_bpb for r in rows})
+    summary = sweeps.lines(summaries, swept, spec.seeds)
+    sweeps.plot(summaries, swept, out / "sweep.png")
+    (out / "summary.json").write_text(json.dumps(
+        [{"model": s.model, "point": dict(s.point), "valid_bpb": s.bpbs, "mean": s.mean,
+          "std": None if math.isnan(s.std) else s.std} for s in summaries], indent=1) + "\n")
+    if missing:
+      notes.append(f"{len(missing)} of {len(runs)} runs not trained yet: {', '.join(missing)}")
+  md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes, spec.efficiency_reference, summary)
   log(f"report: {md} and {page}")
   return md, rows
 

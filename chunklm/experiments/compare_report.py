@@ -126,13 +126,19 @@ def efficiency(rows: list[Row], reference: str) -> list[str]:
 
 
 def write(out: Path, title: str, rows: list[Row], notes: list[str],
-          efficiency_reference: str = "") -> tuple[Path, Path]:
+          efficiency_reference: str = "", summary: list[str] = ()) -> tuple[Path, Path]:
   """report.md and report.html (with the plot embedded) in `out`; with `efficiency_reference`, the bytes every
-  other model needs to reach that model's final valid BPB."""
+  other model needs to reach that model's final valid BPB; `summary` (markdown lines: the sweep's and seeds'
+  table, experiments/sweep.py) goes first, with out/sweep.png when there is one."""
   png = plot(rows, out / "comparison.png")
   best = min(rows, key=lambda r: r.valid_bpb)
-  lines = [f"# {title}", "", *[f"- {n}" for n in notes], "",
-           "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+  sweep_png = out / "sweep.png"
+  lines = [f"# {title}", "", *[f"- {n}" for n in notes], ""]
+  if summary:
+    lines += ["## Over seeds and sweep points", "", *summary, ""]
+    lines += [f"![final valid BPB vs the swept value]({sweep_png.name})", ""] if sweep_png.exists() else []
+    lines += ["## Every run", ""]
+  lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
   lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
   others = sorted((r for r in rows if r is not best), key=lambda r: r.valid_bpb)
   verdict = f"Lowest valid BPB: **{best.name}** ({best.valid_bpb:.4f})"
@@ -145,12 +151,18 @@ def write(out: Path, title: str, rows: list[Row], notes: list[str],
   md = out / "report.md"
   md.write_text("\n".join(lines))
   img = base64.b64encode(png.read_bytes()).decode()
+  top = ""
+  if summary:
+    top = f"<h2>Over seeds and sweep points</h2><pre>{html.escape(chr(10).join(summary))}</pre>"
+    if sweep_png.exists():
+      top += f'<img alt="sweep" src="data:image/png;base64,{base64.b64encode(sweep_png.read_bytes()).decode()}">'
+    top += "<h2>Every run</h2>"
   table = "".join(f"<tr>{''.join(f'<td>{html.escape(c)}</td>' for c in _cells(r))}</tr>" for r in rows)
   page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}</style>
 </head><body><h1>{html.escape(title)}</h1><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
-<table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{table}</table>
+{top}<table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{table}</table>
 <p>{html.escape(verdict.replace('**', ''))}.</p>{''.join(f'<p>{html.escape(e)}</p>' for e in extra)}<img alt="valid BPB curves" src="data:image/png;base64,{img}">
 </body></html>"""
   page_path = out / "report.html"

@@ -1,0 +1,177 @@
+"""Sweeps and seeds for `chunklm compare`: a spec expanded into one run per model x sweep point x seed, and the
+runs' final valid BPBs summarised per model and point (mean and spread over seeds, each model's best point).
+
+Seed k > 0 adds k to the model's `train.seed` (parameter init) and `data.seed` (document and window order); seed 0 is
+the config as it is, so an earlier single-seed run is reused as seed 0. Within one seed every model trains on the
+same bytes; across seeds only the order differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import statistics
+
+from chunklm.errors import ConfigError, UserError
+from chunklm.plots import figure
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str  # row and workdir name, e.g. "hnet-1stage@train.lr=0.004@seed1"
+  model: str  # the spec's model
+  point: tuple[tuple[str, str], ...]  # the sweep's (key, value) pairs
+  seed: int  # seed index; 0 = the config's own seeds
+
+
+def split_values(text: str) -> list[str]:
+  """Comma-separated values, commas inside brackets kept: "[mean],[max]" -> ["[mean]", "[max]"]."""
+  out, depth, cur = [], 0, ""
+  for ch in text:
+    depth += (ch in "[{") - (ch in "]}")
+    if ch == "," and depth == 0:
+      out.append(cur.strip())
+      cur = ""
+    else:
+      cur += ch
+  out.append(cur.strip())
+  return out
+
+
+def parse_sweep(text: str) -> tuple[str, tuple[str, ...]]:
+  """"KEY=V1,V2,..." -> (KEY, values); one clear error for anything else."""
+  key, sep, rest = text.partition("=")
+  values = split_values(rest) if sep else []
+  if not key.strip() or not values or any(not v for v in values):
+    raise UserError(f"--sweep {text!r}: expected KEY=V1,V2,... e.g. --sweep train.lr=1e-3,2e-3,4e-3")
+  return key.strip(), check_values(key.strip(), values)
+
+
+def check_values(key: str, values) -> tuple[str, ...]:
+  values = tuple(str(v) for v in values)
+  if len(values) < 1 or len(set(values)) != len(values):
+    raise ConfigError(f"sweep {key}: needs distinct values, got {list(values)}")
+  for v in values:
+    if "/" in v or "@" in v:  # values name workdirs
+      raise ConfigError(f"sweep {key}: value {v!r} may not contain '/' or '@'")
+  return values
+
+
+def run_name(model: str, point: tuple[tuple[str, str], ...], seed: int) -> str:
+  return "@".join([model] + [f"{k}={v}" for k, v in point] + ([f"seed{seed}"] if seed else []))
+
+
+def expand(models: list[str], sweep: dict[str, tuple[str, ...]], seeds: int) -> list[Run]:
+  """Every model x sweep point (the grid of all keys' values) x seed, model-major."""
+  if seeds < 1:
+    raise ConfigError(f"seeds must be at least 1, got {seeds}")
+  points = [tuple(zip(sweep, values)) for values in itertools.product(*sweep.values())]
+  return [Run(run_name(m, p, s), m, p, s) for m in models for p in points for s in range(seeds)]
+
+
+def overrides(run: Run, train_seed: int, data_seed: int) -> list[str]:
+  """The run's KEY=VALUE settings on top of its model's: the sweep point, then the shifted seeds."""
+  out = [f"{k}={v}" for k, v in run.point]
+  if run.seed:
+    out += [f"train.seed={train_seed + run.seed}", f"data.seed={data_seed + run.seed}"]
+  return out
+
+
+@dataclasses.dataclass
+class Summary:
+  model: str
+  point: tuple[tuple[str, str], ...]
+  bpbs: list[float]  # final valid BPB of each seed, in seed order
+
+  @property
+  def mean(self) -> float:
+    return statistics.fmean(self.bpbs)
+
+  @property
+  def std(self) -> float:  # sample standard deviation over seeds; nan with one seed
+    return statistics.stdev(self.bpbs) if len(self.bpbs) > 1 else math.nan
+
+  def cell(self) -> str:
+    if len(self.bpbs) == 1:
+      return f"{self.mean:.4f}"
+    return f"{self.mean:.4f} ± {self.std:.4f} ({min(self.bpbs):.4f}–{max(self.bpbs):.4f})"
+
+
+def summarise(runs: list[Run], bpb: dict[str, float]) -> list[Summary]:
+  """One summary per (model, point) over the seeds that have a result in `bpb`, in run order."""
+  out: dict[tuple, Summary] = {}
+  for r in runs:
+    if r.name in bpb:
+      out.setdefault((r.model, r.point), Summary(r.model, r.point, [])).bpbs.append(bpb[r.name])
+  return list(out.values())
+
+
+def best_per_model(summaries: list[Summary], sweep: dict[str, tuple[str, ...]]) -> dict[str, tuple[Summary, str]]:
+  """Each model's point with the lowest mean BPB, and a warning when that point sits at the edge of a swept range
+  (the optimum may lie outside it)."""
+  best: dict[str, tuple[Summary, str]] = {}
+  for model in dict.fromkeys(s.model for s in summaries):
+    mine = [s for s in summaries if s.model == model]
+    top = min(mine, key=lambda s: s.mean)
+    edges = [k for k, v in top.point if len(sweep[k]) > 2 and v in (sweep[k][0], sweep[k][-1])
+             and _numeric(sweep[k])]
+    warn = f"at the edge of the swept {', '.join(edges)} range: the best may lie outside it" if edges else ""
+    best[model] = (top, warn)
+  return best
+
+
+def _numeric(values) -> bool:
+  try:
+    return all(math.isfinite(float(v)) for v in values)
+  except ValueError:
+    return False
+
+
+def point_label(point: tuple[tuple[str, str], ...]) -> str:
+  return ", ".join(f"{k}={v}" for k, v in point) or "-"
+
+
+def lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], seeds: int) -> list[str]:
+  """Markdown: a table of mean ± std (min–max) per model and point, then each model's best and the ranking."""
+  head = "valid BPB" + (f", mean ± std over {seeds} seeds (min–max)" if seeds > 1 else "")
+  out = [f"| model | {point_label(()) if not sweep else ', '.join(sweep)} | {head} |", "|---|---|---|"]
+  out += [f"| {s.model} | {point_label(s.point)} | {s.cell()} |" for s in summaries]
+  best = best_per_model(summaries, sweep)
+  ranked = sorted(best.values(), key=lambda b: b[0].mean)
+  out.append("")
+  if sweep:
+    for s, warn in ranked:
+      out.append(f"- best of {s.model}: {point_label(s.point)}, {s.cell()}" + (f" ({warn})" if warn else ""))
+  lead = ranked[0][0]
+  rest = ", ".join(f"{s.model} {s.mean - lead.mean:+.4f} ({s.mean / lead.mean - 1:+.1%})" for s, _ in ranked[1:])
+  out.append(f"- lowest {'mean ' if seeds > 1 else ''}valid BPB{' at its best point' if sweep else ''}: "
+             f"**{lead.model}** ({lead.mean:.4f})" + (f"; {rest}" if rest else ""))
+  return out
+
+
+def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path) -> object | None:
+  """Mean valid BPB (error bars: std over seeds) against the swept value, a line per model; one swept key only."""
+  if len(sweep) != 1:
+    return None
+  (key, values), = sweep.items()
+  numeric = _numeric(values)
+  xs = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+  fig, ax = figure(figsize=(6.5, 4.5))
+  for i, model in enumerate(dict.fromkeys(s.model for s in summaries)):
+    mine = [s for s in summaries if s.model == model]
+    x = [xs[s.point[0][1]] for s in mine]
+    y = [s.mean for s in mine]
+    err = [0.0 if math.isnan(s.std) else s.std for s in mine]
+    ax.errorbar(x, y, yerr=err, fmt="o-", color=f"C{i}", label=model, capsize=3)
+  if numeric and min(xs.values()) > 0 and max(xs.values()) / min(xs.values()) >= 4:
+    ax.set_xscale("log")
+  if not numeric:
+    ax.set_xticks(list(xs.values()), list(xs))
+  ax.set_xlabel(key)
+  ax.set_ylabel("final valid bits per byte")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
