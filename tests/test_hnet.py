@@ -7,7 +7,7 @@ import pytest
 
 from chunklm.errors import ConfigError
 from chunklm.model.lm import build_model
-from chunklm.model.stage_output import stage_metrics
+from chunklm.model.stage_output import StageOutput, stage_metrics
 from chunklm.train.optim import level_multiplier, level_of, paper_lr_multipliers
 from chunklm.model.functional import forward, split_model
 from chunklm.train.step import loss_fn
@@ -116,10 +116,13 @@ def test_ratio_loss_pulls_the_boundary_rate_down():
   assert float(m1["mean_p_s0"]) < float(m0["mean_p_s0"])
 
 
-def test_loss_is_nll_plus_weighted_ratio_losses_plus_router_losses():
+@pytest.mark.parametrize("kind,confidence", [("hnet", 0.0), ("hinge", 0.2)])
+def test_loss_is_nll_plus_weighted_ratio_losses_plus_router_losses(kind, confidence):
   """The training step's loss, assembled from the stage records by hand: stage 0 (cosine router, learnable p) adds
-  its ratio loss, stage 1 (gumbel router) none but its own prior loss."""
-  cfg = hnet_config(2, "model.router=[cosine, gumbel]", "model.ratio_loss_weight=0.5")
+  its ratio loss (under hinge only while F > 1/N) and the confidence term, stage 1 (gumbel router) none but its own
+  prior loss."""
+  cfg = hnet_config(2, "model.router=[cosine, gumbel]", "model.ratio_loss_weight=0.5", f"model.ratio_loss={kind}",
+                    f"model.confidence_loss_weight={confidence}")
   graphdef, params = split_model(build_model(cfg, 0))
   ids = jax.random.randint(jax.random.key(4), (2, 32), 0, 256)
   seg = jnp.array([[1] * 12 + [2] * 20, [1] * 28 + [0] * 4])
@@ -134,12 +137,28 @@ def test_loss_is_nll_plus_weighted_ratio_losses_plus_router_losses():
   assert float(s0.positions) == mask.sum() and float(s0.boundaries) == np.asarray(s0.boundaries_BxL)[mask].sum()
   assert float(s1.positions) == float(s0.kept)  # stage 1 runs on stage 0's kept chunks
   f, g, n = float(s0.boundaries) / float(s0.positions), float(s0.p_sum) / float(s0.positions), s0.target_ratio
-  ratio0 = n / (n - 1) * ((n - 1) * f * g + (1 - f) * (1 - g))
+  ratio0 = n / (n - 1) * ((n - 1) * f * g + (1 - f) * (1 - g)) * (kind == "hnet" or f > 1 / n)
+  p0 = np.asarray(s0.probs_BxL, np.float64)[mask]
+  u0 = (4 * p0 * (1 - p0)).mean()
   assert float(s1.router_aux) != 0.0, "the test should exercise a router loss"
-  expected = nll + 0.5 * ratio0 + float(s0.router_aux) + float(s1.router_aux)
-  assert float(loss) == pytest.approx(expected, rel=1e-5)
-  assert float(metrics["ratio_loss"]) == pytest.approx(0.5 * ratio0 + float(s1.router_aux), rel=1e-5)
+  extra = 0.5 * ratio0 + confidence * u0 + float(s1.router_aux)
+  assert float(loss) == pytest.approx(nll + float(s0.router_aux) + extra, rel=1e-5)
+  assert float(metrics["ratio_loss"]) == pytest.approx(extra, rel=1e-5)
   assert float(metrics["ratio_loss_s0"]) == pytest.approx(ratio0, rel=1e-5) and float(metrics["ratio_loss_s1"]) == 0
+  assert float(metrics["uncertainty_s0"]) == pytest.approx(u0, rel=1e-5)
+
+
+def test_hinge_ratio_loss_is_one_sided():
+  """Under hinge the ratio loss and its gradient vanish while the router splits at most once per N positions."""
+  def record(boundaries, p_sum, kind):
+    return StageOutput(jnp.zeros((1, 1), bool), jnp.zeros((1, 1)), jnp.zeros((1, 1), jnp.int32), jnp.float32(60.0),
+                       jnp.float32(boundaries), jnp.float32(0.0), p_sum, jnp.float32(0.0), jnp.float32(0.0),
+                       learnable_p=True, target_ratio=6.0, ratio_loss_kind=kind)
+  for boundaries, active in ((20.0, True), (10.0, False), (6.0, False)):  # F = 1/3 > 1/6; F = 1/6; F = 1/10
+    hnet = jax.value_and_grad(lambda g: record(boundaries, g, "hnet").ratio_loss())(jnp.float32(15.0))
+    hinge = jax.value_and_grad(lambda g: record(boundaries, g, "hinge").ratio_loss())(jnp.float32(15.0))
+    assert float(hnet[1]) != 0.0
+    assert (float(hinge[0]), float(hinge[1])) == ((float(hnet[0]), float(hnet[1])) if active else (0.0, 0.0))
 
 
 def test_lr_multipliers_follow_the_paper_and_the_levels():
@@ -166,3 +185,10 @@ def test_lr_multipliers_follow_the_paper_and_the_levels():
 def test_configs_that_cannot_work_fail_at_load(override, message):
   with pytest.raises(ConfigError, match=message):
     hnet_config(1, override)
+
+
+def test_routing_loss_settings_are_checked():
+  with pytest.raises(ConfigError, match="model.ratio_loss: 'nope' is not one of hnet, hinge"):
+    hnet_config(1, "model.ratio_loss=nope")
+  with pytest.raises(ConfigError, match="must be >= 0"):
+    hnet_config(1, "model.confidence_loss_weight=-1")

@@ -83,7 +83,7 @@ def hnet_loss_and_grads(impl: str, extra=()):
     logits, stages = forward(graphdef, params, batch)
     logp = jax.nn.log_softmax(logits)
     nll = -jnp.mean(jnp.take_along_axis(logp, jnp.roll(ids, -1, 1)[..., None], -1))
-    return nll + routing_loss(stages, cfg.model.ratio_loss_weight), stage_metrics(stages)
+    return nll + routing_loss(stages, cfg.model), stage_metrics(stages)
 
   (value, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   return value, aux, grads

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -22,7 +21,7 @@ from flax import nnx
 from chunklm.classify.classifier import HEADS, POOLINGS, Classifier
 from chunklm.classify.metrics import classification_report
 from chunklm.classify.records import Record, class_list
-from chunklm.config import Config, dump_yaml, load_config
+from chunklm.config import Config, ModelConfig, dump_yaml, load_config
 from chunklm.errors import UserError
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
@@ -30,6 +29,7 @@ from chunklm.progress import bar
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.trained import open_run
 from chunklm.train.optim import decay_mask
+from chunklm.train.step import routing_loss
 
 SETTINGS_FILE = "classify.json"
 
@@ -110,12 +110,11 @@ def _optimizer(params, s: ClassifySettings) -> optax.GradientTransformation:
   return optax.multi_transform({"head": adamw(s.lr), "backbone": backbone}, labels)
 
 
-def _loss_fn(graphdef, ratio_loss_weight: float):
+def _loss_fn(graphdef, model_cfg: ModelConfig):
   def loss(params, batch):
     logits_BxC, stages = merge_model(graphdef, params)(batch["ids"], batch["lengths"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["labels"]).mean()
-    aux = sum((ratio_loss_weight * s.ratio_loss() + s.router_aux for s in stages), jnp.zeros(()))
-    return ce + aux, ce
+    return ce + routing_loss(stages, model_cfg), ce
   return loss
 
 
@@ -134,7 +133,7 @@ def train_classifier(train_records: list[Record], test_records: list[Record], ou
   graphdef, params = split_model(clf)
   tx = _optimizer(params, settings)
   opt_state = tx.init(params)
-  loss = _loss_fn(graphdef, cfg.model.ratio_loss_weight)
+  loss = _loss_fn(graphdef, cfg.model)
 
   @jax.jit
   def step(params, opt_state, batch):

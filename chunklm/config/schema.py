@@ -22,6 +22,7 @@ SCHEDULES = ("cosine", "wsd", "constant")
 NAN_POLICIES = ("stop", "skip")
 KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # chunk-op backends (chunklm.kernels.api imports them)
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")  # softmax-attention backends (kernels.attention)
+RATIO_LOSSES = ("hnet", "hinge")  # H-Net's two-sided ratio loss | a one-sided bound (FLEXITOKENS' idea)
 COMPATS = ("chunklm", "official")  # H-Net numerics: chunklm's own, or the official code's (converted weights)
 
 
@@ -60,6 +61,8 @@ class ModelConfig:
   capacity_factor: float = 0.0  # chunk capacity = ceil(L / N * factor) + document starts; 0 = 1 + 4/sqrt(L / N)
   capacity: tuple[int, ...] = (0,)  # explicit chunk capacity per routing stage; 0 = from capacity_factor
   ratio_loss_weight: float = 0.03  # alpha of the ratio loss
+  ratio_loss: str = "hnet"  # hnet (the paper's, two-sided) | hinge (only while splitting more often than 1/N)
+  confidence_loss_weight: float = 0.0  # weight of mean 4p(1-p): pushes boundary probabilities away from 0.5
   lr_multipliers: tuple[float, ...] = ()  # learning-rate multiplier per level; () = paper's formula (App. C)
   init_std: float = 0.02  # std of linear-layer init; output projections are scaled down by depth
   dtype: str = "float32"  # compute dtype (params stay float32): float32 | bfloat16
@@ -138,6 +141,10 @@ class ModelConfig:
       raise ConfigError("model: vocab_size and init_std must be positive, rotary_fraction in [0, 1]")
     if self.dtype not in DTYPES:
       raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+    if self.ratio_loss not in RATIO_LOSSES:
+      raise ConfigError(f"model.ratio_loss: {self.ratio_loss!r} is not one of {', '.join(RATIO_LOSSES)}")
+    if self.ratio_loss_weight < 0 or self.confidence_loss_weight < 0:
+      raise ConfigError("model.ratio_loss_weight and model.confidence_loss_weight must be >= 0")
     if self.compat not in COMPATS:
       raise ConfigError(f"model.compat: {self.compat!r} is not one of {', '.join(COMPATS)}")
     if self.compat == "official" and (not stages or set(self.router[:stages]) != {"cosine"}

@@ -92,6 +92,7 @@ class HNet(nnx.Module):
     self.residual_proj = Linear(dim, (dim,), ("embed", "embed_out"), rngs=rngs, std=0.0)  # zero init
     # the official code's residual_proj has a bias (PyTorch's default init there; zeros here: converted weights set it)
     self.compat = cfg.compat
+    self.ratio_loss_kind = cfg.ratio_loss
     self.residual_bias = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) \
         if cfg.compat == "official" else None
     if len(inner) == 1:
@@ -144,7 +145,7 @@ class HNet(nnx.Module):
     out_BxLxD = self.decoder(y_BxLxD, segment_ids_BxL, positions_BxL)
     # routers with no learnable p (stride, word starts, entropy) get no ratio loss: it would have no gradient
     here = stage_output(routing, chunks, valid_BxL, learnable_p=self.router.ratio_loss,
-                        target_ratio=self.target_ratio)
+                        target_ratio=self.target_ratio, ratio_loss_kind=self.ratio_loss_kind)
     return out_BxLxD, (here, *inner)
 
   def residual(self, h: jax.Array) -> jax.Array:

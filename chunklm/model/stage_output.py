@@ -3,9 +3,12 @@
 Per stage s (over the stage's own positions: bytes at s = 0, stage-(s-1) chunks deeper):
   F_s = boundaries / positions (the router's own decisions, before overflow), G_s = p_sum / positions (mean p);
   ratio loss L_s = N/(N-1) ((N-1) F G + (1-F)(1-G)) with the stage's target N (chunking.ratio_loss), for routers
-  with a learnable p only (for the others it would have no gradient; it reads as 0);
+  with a learnable p only (for the others it would have no gradient; it reads as 0); with model.ratio_loss hinge
+  only while F > 1/N (compressing more than N is free: a one-sided bound, the idea of FLEXITOKENS);
+  uncertainty U_s = mean 4 p (1 - p) over valid positions (1 when every p is 0.5, 0 when all are 0 or 1);
   router_aux: the predictor's own loss (0 for the H-Net router).
-The training step assembles loss = NLL + ratio_loss_weight * sum_s L_s + sum_s router_aux_s from these records.
+The training step assembles loss = NLL + ratio_loss_weight * sum_s L_s + confidence_loss_weight * sum_s U_s
++ sum_s router_aux_s from these records (the U_s term for learnable-p routers only).
 
 Counts are sums (not means) so batches add up exactly. On disk (metrics.jsonl, eval outputs) they keep their string
 names '<name>_s<stage>_sum'; `counts` writes them and `routing_metrics` turns (summed) counts into readable figures.
@@ -33,21 +36,27 @@ class StageOutput:
   kept: jax.Array  # chunks kept (boundaries minus overflow)
   p_sum: jax.Array  # summed p over valid positions
   router_aux: jax.Array  # the router's own loss (scalar)
+  uncertainty: jax.Array  # mean 4 p (1 - p) over valid positions (scalar)
   learnable_p: bool = struct.field(pytree_node=False)  # the ratio loss applies
   target_ratio: float = struct.field(pytree_node=False)  # N
+  ratio_loss_kind: str = struct.field(pytree_node=False, default="hnet")  # hnet | hinge (RATIO_LOSSES)
 
   def ratio_loss(self) -> jax.Array:
-    """The unweighted ratio loss L_s (0 when the router has no learnable p)."""
+    """The unweighted ratio loss L_s (0 when the router has no learnable p; under hinge, 0 while F <= 1/N)."""
     if not self.learnable_p:
       return jnp.zeros((), jnp.float32)
     f = self.boundaries / jnp.maximum(self.positions, 1.0)
     g = self.p_sum / jnp.maximum(self.positions, 1.0)
-    return chunking.ratio_loss(f, g, self.target_ratio)
+    loss = chunking.ratio_loss(f, g, self.target_ratio)
+    if self.ratio_loss_kind == "hinge":
+      loss = jnp.where(f > 1.0 / self.target_ratio, loss, 0.0)
+    return loss
 
 
 def stage_output(routing: Routing, chunks: chunking.Chunks, valid_BxL: jax.Array, *, learnable_p: bool,
-                 target_ratio: float) -> StageOutput:
+                 target_ratio: float, ratio_loss_kind: str = "hnet") -> StageOutput:
   v = valid_BxL.astype(jnp.float32)
+  p_BxL = routing.p_BxL.astype(jnp.float32)
   return StageOutput(
       boundaries_BxL=routing.b_BxL,
       probs_BxL=routing.p_BxL,
@@ -57,8 +66,10 @@ def stage_output(routing: Routing, chunks: chunking.Chunks, valid_BxL: jax.Array
       kept=chunks.valid_BxM.astype(jnp.float32).sum(),
       p_sum=(routing.p_BxL * v).sum(),
       router_aux=routing.aux_loss,
+      uncertainty=(4.0 * p_BxL * (1.0 - p_BxL) * v).sum() / jnp.maximum(v.sum(), 1.0),
       learnable_p=learnable_p,
       target_ratio=target_ratio,
+      ratio_loss_kind=ratio_loss_kind,
   )
 
 
@@ -94,6 +105,7 @@ def stage_metrics(stages: tuple[StageOutput, ...]) -> dict[str, jax.Array]:
   for s, st in enumerate(stages):
     out[f"ratio_loss_s{s}"] = st.ratio_loss()
     out[f"router_aux_s{s}"] = st.router_aux
+    out[f"uncertainty_s{s}"] = st.uncertainty
   if stages:
     out.update(routing_metrics(counts(stages), len(stages)))
   return out

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from chunklm.config import ModelConfig
 from chunklm.eval.bpb import nll_sums
 from chunklm.model.functional import apply, merge_model, split_model
 from chunklm.model.routing import RouterStat
@@ -34,10 +35,13 @@ def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dic
           "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def routing_loss(stages: tuple[StageOutput, ...], ratio_loss_weight: float) -> jax.Array:
-  """ratio_loss_weight * sum_s L_s over the stages whose router has a learnable p + sum_s router losses."""
-  return (ratio_loss_weight * sum(st.ratio_loss() for st in stages if st.learnable_p)
-          + sum(st.router_aux for st in stages))
+def routing_loss(stages: tuple[StageOutput, ...], cfg: ModelConfig) -> jax.Array:
+  """ratio_loss_weight * sum_s L_s + confidence_loss_weight * sum_s U_s over the stages whose router has a learnable
+  p, + sum_s router losses (model/stage_output.py)."""
+  learned = [st for st in stages if st.learnable_p]
+  return (cfg.ratio_loss_weight * sum(st.ratio_loss() for st in learned)
+          + cfg.confidence_loss_weight * sum(st.uncertainty for st in learned)
+          + sum((st.router_aux for st in stages), jnp.zeros((), jnp.float32)))
 
 
 def loss_fn(params, graphdef, batch: dict, rng=None):
@@ -49,7 +53,7 @@ def loss_fn(params, graphdef, batch: dict, rng=None):
   stats = nnx.state(model, RouterStat)
   total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
   nll = total_nll / jnp.maximum(count, 1.0)
-  extra = routing_loss(stages, model.cfg.ratio_loss_weight)
+  extra = routing_loss(stages, model.cfg)
   loss = nll + extra
   metrics = {"loss": loss, "nll": nll, "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2, "bytes": n_bytes,
              **stage_metrics(stages)}
