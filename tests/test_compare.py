@@ -43,7 +43,8 @@ def test_spec_errors(tmp_path):
     compare.load_spec("no_such_spec")
   with pytest.raises(ConfigError, match="efficiency_reference 'z' is not one of its models"):
     compare.CompareSpec("s", (compare.ModelSpec("x", "byte_transformer_tiny"),), efficiency_reference="z")
-  for name in ("tiny_code", "tiny_english", "small_english", "small_dna", "tiny_dna", "transfer_tiny"):
+  for name in ("tiny_code", "tiny_english", "small_english", "small_dna", "tiny_dna", "transfer_tiny", "tune_tiny",
+               "levers_tiny"):
     compare.plain_configs(compare.load_spec(name), ["data.sources=[x]", "data.valid_sources=[y]"])
 
 

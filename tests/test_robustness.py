@@ -62,6 +62,23 @@ def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_
   assert res["bytes"]["antspeak"]["bytes"] > 1.8 * res["bytes"]["clean"]["bytes"]
   md = (tmp_path / "out" / "robustness.md").read_text()
   assert "| antspeak |" in md and (tmp_path / "out" / "robustness.png").exists()
+  row = lambda name: next(l for l in md.splitlines() if l.startswith(f"| {name} |"))  # noqa: E731
+  deltas = [float(row(t).split("|")[3].split("(")[1].split(",")[0]) for t in ("uppercase", "delete", "antspeak")]
+  assert float(row("mean").split("|")[3].split("(")[1].split(",")[0]) == pytest.approx(sum(deltas) / 3, abs=2e-4)
+  assert "- bpe: mean relative increase" in md
   assert (tmp_path / "out" / "robustness.csv").read_text().startswith("perturbation,bytes,bytes BPB")
   code = main(["robustness", "--workdir", str(tmp_path / "bytes"), "--perturbations", "nope"])
   assert code == 2 and "unknown perturbation" in capsys.readouterr().err
+
+
+def test_report_ends_with_the_mean_over_perturbations(tmp_path):
+  from types import SimpleNamespace
+  from chunklm.eval import robustness
+  bpb = {"h": (2.0, 2.5, 3.0), "t": (1.8, 2.7, 3.6)}  # clean, a, b
+  results = {m: {t: {"bpb": v} for t, v in zip(("clean", "a", "b"), vals)} for m, vals in bpb.items()}
+  texts = {t: SimpleNamespace(num_bytes=n) for t, n in (("clean", 100), ("a", 100), ("b", 120))}
+  robustness._write(tmp_path, results, texts, 0.1, 0)
+  md = (tmp_path / "robustness.md").read_text()
+  assert "| mean | 110 | 2.7500 (+0.7500, +37.5%) | 3.1500 (+1.3500, +75.0%) |" in md
+  assert "- t: mean relative increase +75.0% vs h's +37.5% (2.00x of it)" in md
+  assert (tmp_path / "robustness.csv").read_text().splitlines()[-1].startswith("mean,110,2.75,0.75,37.5,")

@@ -2,7 +2,9 @@
 
 Each perturbation is applied once to the evaluation documents; every model (byte, H-Net or BPE) is scored on those
 same bytes (a token model tokenizes them), so degradations are comparable. Outputs robustness.md, robustness.csv
-and robustness.png (grouped bars: degradation per perturbation, one bar per model).
+and robustness.png (grouped bars: degradation per perturbation, one bar per model). The last row is the mean over
+the perturbations (of BPB, of the increase and of the relative increase), and with several models the report says
+how each model's mean relative increase compares with the first model's.
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ def _write(out: Path, results: dict, texts: dict, strength: float, seed: int) ->
       row[f"{m} delta"] = bpb - clean
       row[f"{m} delta %"] = 100 * (bpb / clean - 1)
     rows.append(row)
+  perturbed = rows[1:]
+  if perturbed:
+    mean = {"perturbation": "mean", "bytes": round(float(np.mean([r["bytes"] for r in perturbed])))}
+    mean.update({k: float(np.mean([r[k] for r in perturbed])) for k in rows[0] if k not in mean})
+    rows.append(mean)
   with open(out / "robustness.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -93,9 +100,18 @@ def _write(out: Path, results: dict, texts: dict, strength: float, seed: int) ->
     cells = [r["perturbation"], f"{r['bytes']:,}"]
     cells += [f"{r[f'{m} BPB']:.4f} ({r[f'{m} delta']:+.4f}, {r[f'{m} delta %']:+.1f}%)" for m in models]
     lines.append("| " + " | ".join(cells) + " |")
+  if perturbed and len(models) > 1:
+    ref = models[0]
+    lines += [""] + [f"- {m}: mean relative increase {rows[-1][f'{m} delta %']:+.1f}% vs {ref}'s "
+                     f"{rows[-1][f'{ref} delta %']:+.1f}% ({_ratio(rows[-1][f'{m} delta %'], rows[-1][f'{ref} delta %'])})"
+                     for m in models[1:]]
   lines += ["", "![degradation per perturbation](robustness.png)", ""]
   (out / "robustness.md").write_text("\n".join(lines))
-  _plot(out / "robustness.png", rows[1:], models)
+  _plot(out / "robustness.png", perturbed, models)
+
+
+def _ratio(value: float, ref: float) -> str:
+  return f"{value / ref:.2f}x of it" if ref > 0 else "the reference did not degrade"
 
 
 def _plot(path: Path, rows: list[dict], models: list[str]) -> None:
