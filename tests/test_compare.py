@@ -124,13 +124,13 @@ def test_end_to_end_and_resume(tmp_path, corpus_dir, capsys):
 
 
 def test_sweep_values_and_expansion():
-  assert sweeps.parse_sweep("train.lr=1e-3, 2e-3") == ("train.lr", ("1e-3", "2e-3"))
-  assert sweeps.parse_sweep("model.pooling=[mean],[max, 1]") == ("model.pooling", ("[mean]", "[max, 1]"))
+  assert sweeps.parse_sweep("train.lr=1e-3, 2.0e-3") == ("train.lr", ("0.001", "0.002"))  # one name per value
+  assert sweeps.parse_sweep("model.pooling=[mean],[max, 1]") == ("model.pooling", ("[mean]", "[max,1]"))
   for bad in ("train.lr", "=1,2", "train.lr=", "train.lr=1,,2"):
     with pytest.raises(UserError, match="expected KEY=V1,V2"):
       sweeps.parse_sweep(bad)
   with pytest.raises(ConfigError, match="distinct"):
-    sweeps.parse_sweep("train.lr=1,1")
+    sweeps.parse_sweep("train.lr=1e-3,0.001")
   runs = sweeps.expand(["a", "b"], {"train.lr": ("1", "2")}, 2)
   assert [r.name for r in runs[:4]] == ["a@train.lr=1", "a@train.lr=1@seed1", "a@train.lr=2", "a@train.lr=2@seed1"]
   assert len(runs) == 8 and sweeps.overrides(runs[1], 3, 5) == ["train.lr=1", "train.seed=4", "data.seed=6"]
@@ -149,6 +149,10 @@ def test_spec_sweep_expands_into_runs_with_their_flops_references(tmp_path):
   assert configs["t@train.lr=0.004@seed1"].train.lr == 0.004
   assert configs["t@train.lr=0.004@seed1"].data.seed == 1 and configs["t@train.lr=0.004"].data.seed == 0
   compare.check_same_data(configs, runs=runs)  # the seeds differ in order only: each seed's runs agree
+  expanded, _ = compare.expand_spec(spec, compare.plain_configs(spec, ["train.seed=7", "data.seed=3"]))
+  shifted = compare.plain_configs(expanded, ["train.seed=7", "data.seed=3"])
+  assert (shifted["h@train.lr=0.001@seed1"].train.seed, shifted["h@train.lr=0.001@seed1"].data.seed) == (8, 4)
+  assert (shifted["h@train.lr=0.001"].train.seed, shifted["h@train.lr=0.001"].data.seed) == (7, 3)
   with pytest.raises(UserError, match="different data"):
     compare.check_same_data(configs)
   for bad, match in (({"sweep": {"train.lr": 3}}, "sweep must map"), ({"seeds": 0}, "at least 1"),
@@ -170,8 +174,16 @@ def test_summary_mean_spread_and_best_point(tmp_path):
   assert "| h | train.lr=2 | 1.6000 ± 0.1414 (1.5000–1.7000) |" in text
   assert "**h** (1.6000); t +1.0000 (+62.5%)" in text
   assert sweeps.plot(summaries, {"train.lr": ("1", "2", "4")}, tmp_path / "s.png").exists()
-  partial = sweeps.summarise(runs, {runs[0].name: 2.0})  # a run not trained yet is left out, not counted
-  assert [s.bpbs for s in partial] == [[2.0]]
+  unsorted = {"train.lr": ("4", "1", "2")}  # the edges are the lowest and highest values, not the first and last
+  best = sweeps.best_per_model(sweeps.summarise(sweeps.expand(["t"], unsorted, 1),
+                                                {"t@train.lr=4": 2.5, "t@train.lr=1": 3.0, "t@train.lr=2": 2.0}),
+                               unsorted)
+  assert best["t"][0].point == (("train.lr", "2"),) and best["t"][1] == ""
+  partial = sweeps.summarise(runs, {runs[0].name: 2.0, runs[2].name: 1.0, runs[3].name: 1.4})
+  assert [s.bpbs for s in partial] == [[2.0], [1.0, 1.4]]  # a run not trained yet is left out, not counted
+  assert partial[0].cell() == "2.0000 [1 of 2 seeds]"
+  lone = sweeps.summarise(runs, {runs[0].name: 0.9, runs[2].name: 1.0, runs[3].name: 1.4})
+  assert sweeps.best_per_model(lone, {"train.lr": ("1", "2", "4")})["h"][0].point == (("train.lr", "2"),)
 
 
 def test_sweep_command_line_errors(tmp_path, capsys):
@@ -179,7 +191,9 @@ def test_sweep_command_line_errors(tmp_path, capsys):
   base = ["compare", "--spec", str(spec), "--out", str(tmp_path / "o"), "--no-progress"]
   for extra, message in ((["--sweep", "train.lr"], "expected KEY=V1,V2"), (["--seeds", "0"], "at least 1"),
                          (["--models", "x"], "--models x: not in spec"),
-                         (["--sweep", "train.lr=1e-3,2e-3", "--set", "train.lr=1e-3"], "swept and also set")):
+                         (["--sweep", "train.lr=1e-3,2e-3", "--set", "train.lr=1e-3"], "swept and also set"),
+                         (["--sweep", "data.split_seed=1,2"], "every run of a comparison reads the same bytes"),
+                         (["--sweep", "train.seed=1,2", "--seeds", "2"], "the seeds already shift train.seed")):
     assert main(base + extra) == 2
     assert message in capsys.readouterr().err
 
@@ -192,15 +206,15 @@ def test_sweep_over_seeds_end_to_end(tmp_path, corpus_dir, capsys):
   args = ["compare", "--spec", str(spec), "--out", str(out), "--data", str(corpus_dir), "--no-progress",
           "--sweep", "train.lr=1e-2", "--seeds", "2", "--models", "t"]  # two runs: the unit tests cover the grid
   assert main(args) == 0
-  names = ["t@train.lr=1e-2", "t@train.lr=1e-2@seed1"]
-  assert all((out / n / "checkpoints").is_dir() for n in names) and not (out / "u@train.lr=1e-2").exists()
+  names = ["t@train.lr=0.01", "t@train.lr=0.01@seed1"]
+  assert all((out / n / "checkpoints").is_dir() for n in names) and not (out / "u@train.lr=0.01").exists()
   finals = {n: [r for r in read_jsonl(out / n / "metrics.jsonl") if r["split"] == "valid"][-1]["bpb"] for n in names}
   assert finals[names[0]] != finals[names[1]]  # another seed is another run
   md = (out / "report.md").read_text()
   assert "## Over seeds and sweep points" in md and "2 of 4 runs not trained yet" in md
   mean = sum(finals.values()) / 2
-  assert f"| t | train.lr=1e-2 | {mean:.4f} ± " in md and (out / "sweep.png").exists()
-  assert "- best of t: train.lr=1e-2" in md
+  assert f"| t | train.lr=0.01 | {mean:.4f} ± " in md and (out / "sweep.png").exists()
+  assert "- best of t: train.lr=0.01" in md
   summary = yaml.safe_load((out / "summary.json").read_text())  # JSON is YAML
   assert summary[0]["valid_bpb"] == [finals[n] for n in names]
   capsys.readouterr()

@@ -30,7 +30,7 @@ from chunklm.model.describe import describe_config
 from chunklm.model.flops import match_flops, train_flops_per_byte
 from chunklm.run.metrics import read_jsonl
 from chunklm.run.trained import read_config
-from chunklm.train.trainer import train
+from chunklm.train.trainer import TrainingDiverged, train
 
 # The data settings that decide which bytes are trained and evaluated on: equal for every model of a comparison.
 DATA_IDENTITY = ("sources", "valid_sources", "include", "exclude", "jsonl_field", "doc_separator", "valid_fraction",
@@ -44,6 +44,7 @@ class ModelSpec:
   set: tuple[str, ...] = ()  # KEY=VALUE overrides, as with --set
   match_flops: str = ""  # resize this model's innermost stack to that model's training FLOPs per byte
   vary: tuple[str, ...] = ("layers", "width")  # what match_flops may change
+  run_set: tuple[str, ...] = ()  # a run's own settings (sweep point, shifted seeds), applied after every other
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,11 @@ def spec_overrides(spec: CompareSpec, data_args: list[str]) -> list[str]:
   return list(spec.data) + data_args
 
 
+def model_overrides(spec: CompareSpec, m: ModelSpec, data_args: list[str]) -> list[str]:
+  """A model's settings in the order they apply: its own, the spec's data, the command line's, then the run's."""
+  return list(m.set) + spec_overrides(spec, data_args) + list(m.run_set)
+
+
 def _spec_model(spec: CompareSpec, name: str) -> ModelSpec:
   return next(m for m in spec.models if m.name == name)
 
@@ -158,10 +164,10 @@ def plain_configs(spec: CompareSpec, data_args: list[str]) -> dict[str, Config]:
   for m in spec.models:
     resolve_config_path(m.config)  # a clear error naming the bundled configs
     try:
-      out[m.name] = load_config(m.config, list(m.set) + spec_overrides(spec, data_args))
+      out[m.name] = load_config(m.config, model_overrides(spec, m, data_args))
     except ConfigError as e:
       if "token model" in str(e):  # tokenizer comes later; validate the rest with a placeholder
-        out[m.name] = load_config(m.config, list(m.set) + spec_overrides(spec, data_args)
+        out[m.name] = load_config(m.config, model_overrides(spec, m, data_args)
                                   + ["data.tokenizer=<compare tokenizer>"])
       else:
         raise ConfigError(f"model {m.name}: {e}") from None
@@ -176,8 +182,8 @@ def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | No
     if cfg.model.vocab_size != 256:  # a token model reads the comparison's own tokenizer
       if tokenizer is None:
         raise ConfigError(f"model {name} is a token model but no tokenizer was given")
-      base[name] = load_config(_spec_model(spec, name).config, list(_spec_model(spec, name).set)
-                               + spec_overrides(spec, data_args)
+      m = _spec_model(spec, name)
+      base[name] = load_config(m.config, model_overrides(spec, m, data_args)
                                + [f"data.tokenizer={tokenizer}", f"model.vocab_size={spec.tokenizer_vocab}"])
 
   def flops_of(cfg: Config) -> float:
@@ -215,16 +221,75 @@ def expand_spec(spec: CompareSpec, plain: dict[str, Config]) -> tuple[CompareSpe
     m = _spec_model(spec, r.model)
     extra = sweeps.overrides(r, plain[m.name].train.seed, plain[m.name].data.seed)
     ref = sweeps.run_name(m.match_flops, r.point, r.seed) if m.match_flops else ""
-    models.append(dataclasses.replace(m, name=r.name, set=tuple(m.set) + tuple(extra), match_flops=ref))
-  names = {r.name for r in runs}
-  reference = spec.efficiency_reference if spec.efficiency_reference in names else ""
-  return dataclasses.replace(spec, models=tuple(models), efficiency_reference=reference), runs
+    models.append(dataclasses.replace(m, name=r.name, run_set=tuple(extra), match_flops=ref))
+  return dataclasses.replace(spec, models=tuple(models)), runs
 
 
 def finished(workdir: Path, cfg: Config) -> bool:
   """A run that reached its steps and has its final evaluation on disk."""
   records = read_jsonl(workdir / "metrics.jsonl")
   return any(r["split"] == "valid" and r["step"] == cfg.train.steps for r in records) and (workdir / "checkpoints").is_dir()
+
+
+def check_sweep(spec: CompareSpec, data_args: list[str]) -> None:
+  """One clear line for a sweep that cannot work: a key also set elsewhere, a data key that decides which bytes are
+  read, or a seed swept while --seeds shifts it."""
+  for key, _ in spec.sweep:
+    clash = [a for a in list(spec.data) + data_args if a.split("=", 1)[0].strip() == key]
+    if clash:
+      raise UserError(f"{key} is swept and also set ({clash[0]}); to try other values give --sweep {key}=V1,V2,...")
+    if key.startswith("data.") and key[5:] in DATA_IDENTITY:
+      raise UserError(f"--sweep {key}: every run of a comparison reads the same bytes; {key} decides which "
+                      "(use --seeds N to vary the order of the training bytes)")
+    if key in ("train.seed",) and spec.seeds > 1:
+      raise UserError("--sweep train.seed with --seeds: the seeds already shift train.seed; use one of them")
+
+
+def with_references(spec: CompareSpec, names: set[str]) -> set[str]:
+  """`names` and, transitively, the models whose FLOPs they are sized to."""
+  refs = {m.name: m.match_flops for m in spec.models}
+  out, todo = set(names), list(names)
+  while todo:
+    ref = refs[todo.pop()]
+    if ref and ref not in out:
+      out.add(ref)
+      todo.append(ref)
+  return out
+
+
+def without(spec: CompareSpec, runs: list[sweeps.Run], drop: set[str]) -> tuple[CompareSpec, list[sweeps.Run]]:
+  """The spec and runs without `drop` and without every model sized to one of them."""
+  drop = set(drop)
+  while True:
+    more = {m.name for m in spec.models if m.match_flops in drop} - drop
+    if not more:
+      break
+    drop |= more
+  models = tuple(m for m in spec.models if m.name not in drop)
+  if not models:
+    raise UserError(f"compare spec {spec.name}: nothing left to run")
+  return dataclasses.replace(spec, models=models), [r for r in runs if r.name not in drop]
+
+
+def _tokenizer(out: Path, tok_path: Path, vocab: int, splits, log) -> float:
+  """Trains the comparison's BPE tokenizer (or checks the one in `out`); returns its bytes per token on ~4 MB of
+  the training split."""
+  if tok_path.exists():
+    tok = Tokenizer(tok_path)
+    if tok.vocab_size != vocab:
+      raise UserError(f"{tok_path} has {tok.vocab_size} pieces but the spec asks for {vocab}; "
+                      "remove it or use another --out")
+  else:
+    tok = train_tokenizer(splits.train, vocab, tok_path, log=log)
+  lengths = splits.train.lengths
+  sample = splits.train.select(np.cumsum(lengths) - lengths < 4_000_000)  # whole leading documents, ~4 MB
+  bpt = sample.num_bytes / max(tokenize(sample, tok).num_bytes, 1)
+  log(f"tokenizer: {tok_path} ({tok.vocab_size} pieces, {bpt:.3f} bytes per token on the training split)")
+  return bpt
+
+
+def _finite(x: float) -> float | None:
+  return x if math.isfinite(x) else None
 
 
 def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args: list[str] = (),
@@ -246,48 +311,49 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   if unknown:
     raise UserError(f"--models {','.join(unknown)}: not in spec {spec.name} (its models: "
                     f"{', '.join(m.name for m in spec.models)})")
-  for key, _ in spec.sweep:
-    clash = [a for a in list(spec.data) + data_args if a.split("=", 1)[0].strip() == key]
-    if clash:
-      raise UserError(f"{key} is swept and also set ({clash[0]}); drop one of them")
+  check_sweep(spec, data_args)
   out = Path(out or Path("runs") / "compare" / spec.name)
   plain = plain_configs(spec, data_args)
   check_same_data(plain)
   spec, runs = expand_spec(spec, plain)
   plain = plain_configs(spec, data_args)  # each run's own settings validated before anything trains
+  check_same_data(plain, runs=runs)
   splits = load_splits(next(iter(plain.values())).data, cache_dir=out / "cache")  # bad data fails before writing
   log(f"data: {splits.description}")
-  tok_path, bpt = None, 1.0
-  if any(c.model.vocab_size != 256 for c in plain.values()):
-    tok_path = (out / "tokenizer.model").absolute()
-    if tok_path.exists():
-      tok = Tokenizer(tok_path)
-      if tok.vocab_size != spec.tokenizer_vocab:
-        raise UserError(f"{tok_path} has {tok.vocab_size} pieces but the spec asks for {spec.tokenizer_vocab}; "
-                        "remove it or use another --out")
-    else:
-      tok = train_tokenizer(splits.train, spec.tokenizer_vocab, tok_path, log=log)
-    lengths = splits.train.lengths
-    sample = splits.train.select(np.cumsum(lengths) - lengths < 4_000_000)  # whole leading documents, ~4 MB
-    bpt = sample.num_bytes / max(tokenize(sample, tok).num_bytes, 1)
-    log(f"tokenizer: {tok_path} ({tok.vocab_size} pieces, {bpt:.3f} bytes per token on the training split)")
-  configs, errors = resolve_configs(spec, data_args, str(tok_path) if tok_path else None, bpt, runs)
-  todo = [r.name for r in runs if not only or r.model in only]
+  selected = {r.name for r in runs if not only or r.model in only}
+  tok_path, bpt = (out / "tokenizer.model").absolute(), 1.0
+  token_runs = {n for n, c in plain.items() if c.model.vocab_size != 256}
+  if token_runs and not tok_path.exists() and not token_runs & with_references(spec, selected):
+    spec, runs = without(spec, runs, token_runs)  # no tokenizer to train for runs nobody asked for
+    log("token models left out: none is selected and no tokenizer was trained in this --out yet")
+    token_runs = set()
+  if token_runs:
+    bpt = _tokenizer(out, tok_path, spec.tokenizer_vocab, splits, log)
+  configs, errors = resolve_configs(spec, data_args, str(tok_path) if token_runs else None, bpt, runs)
+  for name, cfg in configs.items():  # every saved run, trained now or not, must have read the same bytes
+    if (out / name / "config.yaml").exists():
+      check_same_data({f"{name} (saved run in {out / name})": read_config(out / name), name: cfg})
+  todo = [r.name for r in runs if r.name in selected]
+  diverged = []
   for i, name in enumerate(todo, 1):
     cfg, wd = configs[name], out / name
-    if (wd / "config.yaml").exists():
-      check_same_data({f"{name} (saved run in {wd})": read_config(wd), name: cfg})
     if finished(wd, cfg):
       log(f"[{i}/{len(todo)}] {name}: finished run in {wd}, reused")
       continue
     log(f"[{i}/{len(todo)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
         f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}")
-    train(cfg, wd, progress=progress, log=log, splits=splits)
+    try:
+      train(cfg, wd, progress=progress, log=log, splits=splits)
+    except TrainingDiverged as e:  # one bad point (a learning rate too high) does not end the comparison
+      log(f"{name} diverged, left out of the report: {e}")
+      diverged.append(name)
   done = {name: cfg for name, cfg in configs.items() if finished(out / name, cfg)}
-  missing = [n for n in configs if n not in done]
+  missing = [n for n in configs if n not in done and n not in diverged]
   if missing:
     log(f"not trained yet (left out of the report): {', '.join(missing)}")
   configs = done
+  if not configs:
+    raise UserError(f"no finished run to report in {out}" + (f" ({len(diverged)} diverged)" if diverged else ""))
   described = {name: describe_config(read_config(out / name)) for name in configs}  # with the run's documents cap
   rows = [compare_report.collect(name, out / name, cfg, described[name]["params"], bpt, errors.get(name),
                                  described[name]["executed_flops_per_byte"] if cfg.model.num_stages else None)
@@ -295,24 +361,31 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   notes = [f"spec: {spec.name}; budget {spec.budget_bytes:,} training bytes per model; valid BPB on every byte of "
            f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents), identical for every model",
            f"data: {splits.description}"]
-  if tok_path:
+  if token_runs:
     notes.append(f"BPE tokenizer: {spec.tokenizer_vocab} pieces trained on the training split, {bpt:.3f} bytes/token")
   notes.append("train FLOPs/byte use the measured chunk ratio (H-Net) or bytes per token (BPE) on the valid split; "
                "models marked 'sized to match' were resized before training at the reference's target ratio")
   notes.append("executed FLOPs/byte: what an H-Net's static shapes compute (every chunk slot of every stage, with the "
                "run's documents-per-window cap), and its ratio to the FLOPs at the measured chunk ratio")
+  if diverged:
+    notes.append(f"diverged (training stopped on a non-finite loss; not in the tables): {', '.join(diverged)}")
+  if missing:
+    notes.append(f"{len(missing)} of {len(runs)} runs not trained yet: {', '.join(missing)}")
+  reference = spec.efficiency_reference
+  if reference and reference not in configs:
+    notes.append(f"data efficiency against {reference} left out: no finished run of that name")
+    reference = ""
   summary = []
+  (out / "sweep.png").unlink(missing_ok=True)  # a plot from an earlier sweep must not stand for this one
   if spec.sweep or spec.seeds > 1:
     swept = dict(spec.sweep)
     summaries = sweeps.summarise(runs, {r.name: r.valid_bpb for r in rows})
     summary = sweeps.lines(summaries, swept, spec.seeds)
     sweeps.plot(summaries, swept, out / "sweep.png")
     (out / "summary.json").write_text(json.dumps(
-        [{"model": s.model, "point": dict(s.point), "valid_bpb": s.bpbs, "mean": s.mean,
-          "std": None if math.isnan(s.std) else s.std} for s in summaries], indent=1) + "\n")
-    if missing:
-      notes.append(f"{len(missing)} of {len(runs)} runs not trained yet: {', '.join(missing)}")
-  md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes, spec.efficiency_reference, summary)
+        [{"model": s.model, "point": dict(s.point), "valid_bpb": [_finite(v) for v in s.bpbs], "mean": _finite(s.mean),
+          "std": _finite(s.std), "seeds": len(s.bpbs)} for s in summaries], indent=1, allow_nan=False) + "\n")
+  md, page = compare_report.write(out, f"Comparison: {spec.name}", rows, notes, reference, summary)
   log(f"report: {md} and {page}")
   return md, rows
 

@@ -48,8 +48,26 @@ def parse_sweep(text: str) -> tuple[str, tuple[str, ...]]:
   return key.strip(), check_values(key.strip(), values)
 
 
+def normal(value) -> str:
+  """One text per value, whether it came from YAML or the command line (it names the run's workdir): numbers as
+  Python writes them (1e-3, 1.0e-3 and 0.001 are all "0.001"), lists as [a,b] without spaces."""
+  if isinstance(value, (list, tuple)):
+    return "[" + ",".join(normal(v) for v in value) + "]"
+  if isinstance(value, bool):
+    return str(value).lower()
+  text = str(value).strip()
+  for kind in (int, float):
+    try:
+      return repr(kind(text))
+    except ValueError:
+      pass
+  if text.startswith("[") and text.endswith("]"):
+    return "[" + ",".join(normal(v) for v in split_values(text[1:-1])) + "]"
+  return text
+
+
 def check_values(key: str, values) -> tuple[str, ...]:
-  values = tuple(str(v) for v in values)
+  values = tuple(normal(v) for v in values)
   if len(values) < 1 or len(set(values)) != len(values):
     raise ConfigError(f"sweep {key}: needs distinct values, got {list(values)}")
   for v in values:
@@ -82,7 +100,8 @@ def overrides(run: Run, train_seed: int, data_seed: int) -> list[str]:
 class Summary:
   model: str
   point: tuple[tuple[str, str], ...]
-  bpbs: list[float]  # final valid BPB of each seed, in seed order
+  bpbs: list[float]  # final valid BPB of each finished seed, in seed order
+  seeds: int = 1  # seeds asked for
 
   @property
   def mean(self) -> float:
@@ -92,32 +111,41 @@ class Summary:
   def std(self) -> float:  # sample standard deviation over seeds; nan with one seed
     return statistics.stdev(self.bpbs) if len(self.bpbs) > 1 else math.nan
 
+  @property
+  def complete(self) -> bool:
+    return len(self.bpbs) == self.seeds
+
   def cell(self) -> str:
-    if len(self.bpbs) == 1:
-      return f"{self.mean:.4f}"
-    return f"{self.mean:.4f} ± {self.std:.4f} ({min(self.bpbs):.4f}–{max(self.bpbs):.4f})"
+    text = f"{self.mean:.4f}"
+    if len(self.bpbs) > 1:
+      text += f" ± {self.std:.4f} ({min(self.bpbs):.4f}–{max(self.bpbs):.4f})"
+    return text if self.complete else f"{text} [{len(self.bpbs)} of {self.seeds} seeds]"
 
 
 def summarise(runs: list[Run], bpb: dict[str, float]) -> list[Summary]:
   """One summary per (model, point) over the seeds that have a result in `bpb`, in run order."""
+  seeds = max((r.seed for r in runs), default=0) + 1
   out: dict[tuple, Summary] = {}
   for r in runs:
     if r.name in bpb:
-      out.setdefault((r.model, r.point), Summary(r.model, r.point, [])).bpbs.append(bpb[r.name])
+      out.setdefault((r.model, r.point), Summary(r.model, r.point, [], seeds)).bpbs.append(bpb[r.name])
   return list(out.values())
 
 
 def best_per_model(summaries: list[Summary], sweep: dict[str, tuple[str, ...]]) -> dict[str, tuple[Summary, str]]:
-  """Each model's point with the lowest mean BPB, and a warning when that point sits at the edge of a swept range
-  (the optimum may lie outside it)."""
+  """Each model's point with the lowest mean BPB among its points with every seed finished (among all when none
+  is), and a warning when that point is the lowest or highest of three or more numeric values swept (the optimum
+  may lie outside the range) or lacks seeds."""
   best: dict[str, tuple[Summary, str]] = {}
   for model in dict.fromkeys(s.model for s in summaries):
     mine = [s for s in summaries if s.model == model]
-    top = min(mine, key=lambda s: s.mean)
-    edges = [k for k, v in top.point if len(sweep[k]) > 2 and v in (sweep[k][0], sweep[k][-1])
-             and _numeric(sweep[k])]
-    warn = f"at the edge of the swept {', '.join(edges)} range: the best may lie outside it" if edges else ""
-    best[model] = (top, warn)
+    top = min([s for s in mine if s.complete] or mine, key=lambda s: s.mean)
+    edges = [k for k, v in top.point if len(sweep[k]) > 2 and _numeric(sweep[k])
+             and float(v) in (min(map(float, sweep[k])), max(map(float, sweep[k])))]
+    warns = [f"at the edge of the swept {', '.join(edges)} range: the best may lie outside it"] if edges else []
+    if not top.complete:
+      warns.append("not every seed has finished")
+    best[model] = (top, "; ".join(warns))
   return best
 
 
@@ -157,6 +185,7 @@ def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path) -> o
   (key, values), = sweep.items()
   numeric = _numeric(values)
   xs = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+  summaries = sorted(summaries, key=lambda s: xs[s.point[0][1]])
   fig, ax = figure(figsize=(6.5, 4.5))
   for i, model in enumerate(dict.fromkeys(s.model for s in summaries)):
     mine = [s for s in summaries if s.model == model]

@@ -7,8 +7,9 @@ threshold, a controller state). Statistics get no gradient (the routers read the
 after the optimizer update the training step overwrites them with the values the forward pass computed.
 The model returns logits and its H-Net stage records (model/stage_output.py); the loss is assembled here, as the
 H-Net authors do outside the model: loss = mean NLL per predicted position (nats; a byte, or a token for the BPE
-baseline) + ratio_loss_weight * sum_s L_s (stages whose router has a learnable p) + sum_s router losses (both 0 for a
-plain stack). Bits per byte always divide by text bytes (`target_bytes`), never by positions (`nll_sums`).
+baseline) + ratio_loss_weight * sum_s L_s + confidence_loss_weight * sum_s U_s (stages whose router has a learnable
+p) + sum_s router losses (all 0 for a plain stack); metrics["ratio_loss"] is that whole routing term. Bits per byte
+always divide by text bytes (`target_bytes`), never by positions (`nll_sums`).
 """
 
 from __future__ import annotations
