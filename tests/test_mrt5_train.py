@@ -84,3 +84,29 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert message in err and len(err.strip().splitlines()) == 1, err
   with pytest.raises(SystemExit):
     main(["mrt5", "fly"])
+
+
+@pytest.mark.slow  # CI budget: two short trainings, evaluations and encoder timings (~50 s)
+def test_mrt5_compare_trains_each_target_reports_and_reuses(tmp_path, capsys):
+  corpus = write_corpus(tmp_path / "corpus")
+  sets = [a for o in [*TINY, f"data.sources=[{corpus}]", "train.steps=2", "train.checkpoint_every=2"]
+          for a in ("--set", o)]
+  args = ["mrt5", "compare", "--sweep", "mrt5.target_deletion=0,0.5", "--out", str(tmp_path / "cmp"),
+          "--bench-repeats", "1", "--no-progress", *sets]
+  assert main(args) == 0
+  md = (tmp_path / "cmp" / "report.md").read_text()
+  names = ["mrt5_tiny@mrt5.target_deletion=0", "mrt5_tiny@mrt5.target_deletion=0.5"]
+  evals = [json.loads((tmp_path / "cmp" / n / "eval.json").read_text()) for n in names]
+  for n, e in zip(names, evals):  # the table holds each run's own final evaluation
+    assert f"| {n} | " in md and f"{e['bits_per_target_byte']:.4f}" in md
+  assert "over δ = 0 (seed 0)" in md and "bits per target byte, mean" not in md
+  summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+  assert [r["target_deletion"] for r in summary] == [0.0, 0.5] and all(r["bench"]["hard_bytes_per_s"] > 0
+                                                                       for r in summary)
+  capsys.readouterr()
+  assert main(args) == 0 and capsys.readouterr().out.count("reused") == 2
+  for bad, message in ((["--sweep", "mrt5.target_deletion=0,1.5"], "delta must be in [0, 1)"),
+                       (["--sweep", "mrt5.target_deletion=0", "--set", "mrt5.target_deletion=0.5"], "swept and also"),
+                       ([], "give at least one --sweep")):
+    assert main(["mrt5", "compare", "--out", str(tmp_path / "bad"), *bad]) == 2
+    assert message in capsys.readouterr().err

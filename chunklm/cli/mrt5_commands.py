@@ -1,10 +1,12 @@
-"""`chunklm mrt5 train | eval | bench`: the MrT5 encoder-decoder's command bodies."""
+"""`chunklm mrt5 train | eval | bench | compare`: the MrT5 encoder-decoder's command bodies."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from chunklm.cli.output import write_json
+from chunklm.errors import UserError
+from chunklm.experiments.mrt5_compare import run_mrt5_compare
 from chunklm.seq2seq.bench import bench_encoder
 from chunklm.seq2seq.trainer import Data, evaluate_mrt5, load_mrt5_config, open_mrt5, train_mrt5
 
@@ -25,6 +27,13 @@ def cmd_mrt5(args) -> int:
     _print_eval(res)
     print(f"run: {args.workdir} (metrics.jsonl, eval.json, checkpoints)")
     write_json(args.json, res)
+    return 0
+  if args.mrt5 == "compare":
+    if not args.out:
+      raise UserError("mrt5 compare: --out DIR is required (the runs and report.md go there)")
+    _, rows = run_mrt5_compare(args.config, args.overrides, args.sweep, args.seeds, args.out,
+                               bench_repeats=args.bench_repeats, progress=not args.no_progress)
+    write_json(args.json, [{k: v for k, v in r.items() if k != "cells"} for r in rows])
     return 0
   if args.mrt5 == "eval":
     cfg, graphdef, params, step = open_mrt5(args.workdir)

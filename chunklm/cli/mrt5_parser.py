@@ -36,3 +36,19 @@ def add_mrt5_command(sub, add_output, add_progress) -> None:
   m.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
   m.add_argument("--repeats", type=int, default=5, help="timed passes (median; default: %(default)s)")
   add_output(m, json_what="the rows")
+  m = msub.add_parser("compare", help="train, evaluate and time MrT5 runs at several settings (e.g. deletion targets)",
+                      description="Train (or reuse) one MrT5 run per value of each --sweep key (a grid) and seed in "
+                                  "--out, on the same data; evaluate each with hard deletion and time its encoder; "
+                                  "write report.md (deletion reached vs target, bits per target byte, exact match, "
+                                  "encoder bytes/s hard vs full), summary.json and sweep.png. Re-running resumes.")
+  m.add_argument("--config", default="mrt5_tiny", help="a config file or bundled name (default: %(default)s)")
+  m.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                 help="values to train at, e.g. mrt5.target_deletion=0,0.5,0.7 (repeatable: a grid; required)")
+  m.add_argument("--seeds", type=int, default=1, metavar="N",
+                 help="runs per value; seed k adds k to train.seed and data.seed (default: %(default)s)")
+  m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override for every run (repeatable)")
+  m.add_argument("--bench-repeats", type=int, default=3, help="timed encoder passes per run (median; default: "
+                                                               "%(default)s)")
+  add_output(m, "the comparison's directory (required): one run directory per value and seed", json_what="the rows")
+  add_progress(m)

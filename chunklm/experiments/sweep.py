@@ -160,9 +160,11 @@ def point_label(point: tuple[tuple[str, str], ...]) -> str:
   return ", ".join(f"{k}={v}" for k, v in point) or "-"
 
 
-def lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], seeds: int) -> list[str]:
-  """Markdown: a table of mean ± std (min–max) per model and point, then each model's best and the ranking."""
-  head = "valid BPB" + (f", mean ± std over {seeds} seeds (min–max)" if seeds > 1 else "")
+def lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], seeds: int,
+          metric: str = "valid BPB") -> list[str]:
+  """Markdown: a table of mean ± std (min–max) of `metric` (lower is better) per model and point, then each model's
+  best and the ranking."""
+  head = metric + (f", mean ± std over {seeds} seeds (min–max)" if seeds > 1 else "")
   out = [f"| model | {point_label(()) if not sweep else ', '.join(sweep)} | {head} |", "|---|---|---|"]
   out += [f"| {s.model} | {point_label(s.point)} | {s.cell()} |" for s in summaries]
   best = best_per_model(summaries, sweep)
@@ -171,15 +173,18 @@ def lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], seeds: in
   if sweep:
     for s, warn in ranked:
       out.append(f"- best of {s.model}: {point_label(s.point)}, {s.cell()}" + (f" ({warn})" if warn else ""))
+  if len(ranked) == 1:
+    return out
   lead = ranked[0][0]
   rest = ", ".join(f"{s.model} {s.mean - lead.mean:+.4f} ({s.mean / lead.mean - 1:+.1%})" for s, _ in ranked[1:])
-  out.append(f"- lowest {'mean ' if seeds > 1 else ''}valid BPB{' at its best point' if sweep else ''}: "
+  out.append(f"- lowest {'mean ' if seeds > 1 else ''}{metric}{' at its best point' if sweep else ''}: "
              f"**{lead.model}** ({lead.mean:.4f})" + (f"; {rest}" if rest else ""))
   return out
 
 
-def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path) -> object | None:
-  """Mean valid BPB (error bars: std over seeds) against the swept value, a line per model; one swept key only."""
+def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path,
+         ylabel: str = "final valid bits per byte") -> object | None:
+  """The mean (error bars: std over seeds) against the swept value, a line per model; one swept key only."""
   if len(sweep) != 1:
     return None
   (key, values), = sweep.items()
@@ -198,7 +203,7 @@ def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path) -> o
   if not numeric:
     ax.set_xticks(list(xs.values()), list(xs))
   ax.set_xlabel(key)
-  ax.set_ylabel("final valid bits per byte")
+  ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
