@@ -175,9 +175,11 @@ def plain_configs(spec: CompareSpec, data_args: list[str]) -> dict[str, Config]:
 
 
 def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | None, bytes_per_token: float,
-                    runs: list[sweeps.Run] | None = None) -> tuple[dict[str, Config], dict[str, float]]:
-  """The final config of every model (data, budget, FLOPs matching applied) and each match's residual error."""
-  base = plain_configs(spec, data_args)
+                    runs: list[sweeps.Run] | None = None,
+                    plain: dict[str, Config] | None = None) -> tuple[dict[str, Config], dict[str, float]]:
+  """The final config of every model (data, budget, FLOPs matching applied) and each match's residual error;
+  `plain`: plain_configs(spec, data_args) when the caller has them already."""
+  base = {m.name: plain[m.name] for m in spec.models} if plain is not None else plain_configs(spec, data_args)
   for name, cfg in base.items():
     if cfg.model.vocab_size != 256:  # a token model reads the comparison's own tokenizer
       if tokenizer is None:
@@ -234,14 +236,12 @@ def finished(workdir: Path, cfg: Config) -> bool:
 def check_sweep(spec: CompareSpec, data_args: list[str]) -> None:
   """One clear line for a sweep that cannot work: a key also set elsewhere, a data key that decides which bytes are
   read, or a seed swept while --seeds shifts it."""
+  sweeps.check_unset([k for k, _ in spec.sweep], list(spec.data) + data_args)
   for key, _ in spec.sweep:
-    clash = [a for a in list(spec.data) + data_args if a.split("=", 1)[0].strip() == key]
-    if clash:
-      raise UserError(f"{key} is swept and also set ({clash[0]}); to try other values give --sweep {key}=V1,V2,...")
     if key.startswith("data.") and key[5:] in DATA_IDENTITY:
       raise UserError(f"--sweep {key}: every run of a comparison reads the same bytes; {key} decides which "
                       "(use --seeds N to vary the order of the training bytes)")
-    if key in ("train.seed",) and spec.seeds > 1:
+    if key == "train.seed" and spec.seeds > 1:
       raise UserError("--sweep train.seed with --seeds: the seeds already shift train.seed; use one of them")
 
 
@@ -303,7 +303,7 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   if budget_bytes is not None:
     spec = dataclasses.replace(spec, budget_bytes=budget_bytes)  # checked again by CompareSpec
   if sweep:
-    spec = dataclasses.replace(spec, sweep=tuple(sweeps.parse_sweep(s) for s in sweep))
+    spec = dataclasses.replace(spec, sweep=tuple(sweeps.parse_sweeps(sweep).items()))
   if seeds is not None:
     spec = dataclasses.replace(spec, seeds=seeds)
   data_args = list(data_args)
@@ -329,7 +329,7 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
     token_runs = set()
   if token_runs:
     bpt = _tokenizer(out, tok_path, spec.tokenizer_vocab, splits, log)
-  configs, errors = resolve_configs(spec, data_args, str(tok_path) if token_runs else None, bpt, runs)
+  configs, errors = resolve_configs(spec, data_args, str(tok_path) if token_runs else None, bpt, runs, plain)
   for name, cfg in configs.items():  # every saved run, trained now or not, must have read the same bytes
     if (out / name / "config.yaml").exists():
       check_same_data({f"{name} (saved run in {out / name})": read_config(out / name), name: cfg})

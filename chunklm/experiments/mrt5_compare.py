@@ -47,13 +47,8 @@ def run_mrt5_compare(config: str, overrides: list[str], sweep: list[str], seeds:
     raise UserError("mrt5 compare: give at least one --sweep KEY=V1,V2,..., e.g. mrt5.target_deletion=0,0.5,0.7")
   if seeds < 1 or bench_repeats < 1:
     raise UserError(f"mrt5 compare: --seeds and --bench-repeats must be at least 1, got {seeds} and {bench_repeats}")
-  swept = dict(sweeps.parse_sweep(s) for s in sweep)
-  if len(swept) != len(sweep):
-    raise UserError("mrt5 compare: a key is swept twice")
-  for key in swept:
-    clash = [o for o in overrides if o.split("=", 1)[0].strip() == key]
-    if clash:
-      raise UserError(f"{key} is swept and also set ({clash[0]}); to try other values give --sweep {key}=V1,V2,...")
+  swept = sweeps.parse_sweeps(sweep)
+  sweeps.check_unset(swept, overrides)
   base = load_mrt5_config(config, overrides)
   model = Path(config).stem
   runs = sweeps.expand([model], swept, seeds)

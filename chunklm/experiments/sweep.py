@@ -66,6 +66,25 @@ def normal(value) -> str:
   return text
 
 
+def parse_sweeps(texts: list[str]) -> dict[str, tuple[str, ...]]:
+  """The grid of several --sweep arguments; one clear line for a key swept twice."""
+  swept: dict[str, tuple[str, ...]] = {}
+  for text in texts:
+    key, values = parse_sweep(text)
+    if key in swept:
+      raise UserError(f"--sweep {key} is given twice; put all its values in one --sweep {key}=V1,V2,...")
+    swept[key] = values
+  return swept
+
+
+def check_unset(keys, overrides: list[str]) -> None:
+  """A swept key may not also be set (KEY=VALUE in `overrides`): one of the two would silently win."""
+  for key in keys:
+    clash = [o for o in overrides if o.split("=", 1)[0].strip() == key]
+    if clash:
+      raise UserError(f"{key} is swept and also set ({clash[0]}); to try other values give --sweep {key}=V1,V2,...")
+
+
 def check_values(key: str, values) -> tuple[str, ...]:
   values = tuple(normal(v) for v in values)
   if len(values) < 1 or len(set(values)) != len(values):
