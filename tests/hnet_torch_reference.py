@@ -89,13 +89,15 @@ def official_state_dict(js: dict, seed: int = 0, shapes_only: bool = False) -> d
 
 
 class Reference:
-  """forward(ids (L,) int) -> (logits (L, V), [(p, b) per stage, outermost first]) in float32 torch."""
+  """forward(ids (L,) int) -> (logits (L, V), [(p, b) per stage, outermost first]) in float32 torch. bf16=False
+  skips the dechunk's bfloat16 roundings (everything else unchanged)."""
 
-  def __init__(self, state: dict, js: dict):
+  def __init__(self, state: dict, js: dict, bf16: bool = True):
     import torch
     self.torch = torch
     self.w = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in state.items()}
     self.js = js
+    self.bf16 = bf16
 
   def rmsnorm(self, x, w):
     return x * self.torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-5) * w
@@ -178,7 +180,7 @@ class Reference:
     z = self.hnet(f"{prefix}.main_network", h[b], s + 1, stages)
     # dechunk: the official EMA through Mamba2's scan kernel in bfloat16 (dt, x, B rounded; state in float32)
     pc = t.clamp(p, 1e-4, 1 - 1e-4)[b]
-    bf16 = lambda v: v.to(t.bfloat16).to(t.float32)  # noqa: E731
+    bf16 = (lambda v: v.to(t.bfloat16).to(t.float32)) if self.bf16 else (lambda v: v)  # noqa: E731
     dt = bf16(t.log(1 / (1 - pc)))
     xs, bs = bf16(z / dt[:, None]), bf16(pc)
     state, outs = t.zeros(z.shape[-1]), []

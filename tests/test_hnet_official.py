@@ -15,6 +15,7 @@ from chunklm.config import load_config
 from chunklm.errors import UserError
 from chunklm.interop.convert import official_params
 from chunklm.interop.hnet_official import model_from_official, official_config, to_official
+from chunklm.model import chunking
 from chunklm.model.functional import merge_model, named_leaves
 from chunklm.run.trained import abstract_params
 from hnet_torch_reference import Reference, official_state_dict
@@ -107,9 +108,17 @@ def test_bad_state_dicts_and_configs_are_one_line_errors():
     model_from_official({**js, "tie_embeddings": True}, "c.json")
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-rounding"])
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_compat_official_equals_a_torch_reference_of_the_official_forward(name):
+def test_compat_official_equals_a_torch_reference_of_the_official_forward(name, bf16, monkeypatch):
+  """The official dechunk rounds its inputs and output to bfloat16. Torch and XLA reach float32 values that differ by
+  ~1e-7 relative, and the few that straddle a bfloat16 rounding midpoint round one ulp (2^-8 relative) apart, which
+  then flows into every later logit (measured: up to 1.9e-3 x the logits' scale). So the exact comparison (1e-5 x
+  scale) runs with that rounding skipped on both sides; with it, the logits must be much closer to the rounding
+  reference than to the one without rounding (which is 4e-3 to 8e-3 x scale away) and within 4e-3 x scale."""
   pytest.importorskip("torch")
+  if not bf16:
+    monkeypatch.setattr(chunking, "round_bf16", lambda x: x)
   js = LAYOUTS[name]
   state = official_state_dict(js, seed=2)
   cfg, params = official_params(state, js, load_config(None), "synthetic")
@@ -122,7 +131,7 @@ def test_compat_official_equals_a_torch_reference_of_the_official_forward(name):
   seg = jnp.ones_like(ids)
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
   logits, stages = model(ids, seg, pos, exact=True)
-  reference = Reference(state, js)
+  reference, unrounded = Reference(state, js, bf16=bf16), Reference(state, js, bf16=False)
   for row in range(len(rows)):
     want_logits, want_stages = reference.forward(rows[row])
     assert len(want_stages) == len(stages)
@@ -132,7 +141,12 @@ def test_compat_official_equals_a_torch_reference_of_the_official_forward(name):
       assert 0 < b.sum() < n  # the weights give real routing decisions, neither all nor none
       assert (np.asarray(stage.boundaries_BxL[row, :n]) == b).all()
     scale = np.abs(want_logits).max()
-    np.testing.assert_allclose(np.asarray(logits[row]), want_logits, atol=1e-5 * scale)  # measured: 6e-7 * scale
+    if not bf16:
+      np.testing.assert_allclose(np.asarray(logits[row]), want_logits, atol=1e-5 * scale)  # measured: 3e-6 x scale
+      continue
+    err = np.abs(np.asarray(logits[row]) - want_logits).max()
+    err_unrounded = np.abs(np.asarray(logits[row]) - unrounded.forward(rows[row])[0]).max()
+    assert err < 4e-3 * scale and err < 0.5 * err_unrounded, (err / scale, err_unrounded / scale)
 
 
 def test_convert_cli_round_trip_and_refusals(tmp_path, capsys):

@@ -73,6 +73,11 @@ def ste_one(x: jax.Array) -> jax.Array:
   return 1.0 + (x - jax.lax.stop_gradient(x))
 
 
+def round_bf16(x: jax.Array) -> jax.Array:
+  """x rounded to bfloat16 and widened back to float32 (the official dechunk's precision)."""
+  return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
 def official_ema_inputs(zhat_BxMxD: jax.Array, p_BxM: jax.Array, restart_BxM: jax.Array
                         ) -> tuple[jax.Array, jax.Array]:
   """(z, p) for `api.ema_scan` that reproduce the official DeChunkLayer, which runs the EMA through Mamba2's scan
@@ -80,10 +85,9 @@ def official_ema_inputs(zhat_BxMxD: jax.Array, p_BxM: jax.Array, restart_BxM: ja
   x = zhat / dt and B = p rounded to bfloat16, then zbar_c = exp(-dt_c) zbar_{c-1} + dt_c B_c x_c (state reset at a
   document start). In the form zbar_c = q_c z'_c + (1 - q_c) zbar_{c-1}: q_c = 1 - exp(-dt_c), z'_c = dt_c B_c x_c / q_c
   (q = 1 and z' = dt B x at a restart). The caller rounds zbar to bfloat16, as the kernel's output is."""
-  bf16 = lambda v: v.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
   p = jnp.clip(p_BxM, 1e-4, 1 - 1e-4)
-  dt_BxM = bf16(jnp.log(1.0 / (1.0 - p)))
-  u_BxMxD = (dt_BxM * bf16(p))[..., None] * bf16(zhat_BxMxD.astype(jnp.float32) / dt_BxM[..., None])
+  dt_BxM = round_bf16(jnp.log(1.0 / (1.0 - p)))
+  u_BxMxD = (dt_BxM * round_bf16(p))[..., None] * round_bf16(zhat_BxMxD.astype(jnp.float32) / dt_BxM[..., None])
   q_BxM = jnp.where(restart_BxM, 1.0, -jnp.expm1(-dt_BxM))
   return u_BxMxD / q_BxM[..., None], q_BxM
 
@@ -95,7 +99,7 @@ def dechunk(zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing, impl: str =
   restart_BxM = chunks.starts_BxM | ~chunks.valid_BxM
   if compat == "official":
     z_BxMxD, p_BxM = official_ema_inputs(zhat_BxMxD, chunks.p_BxM, restart_BxM)
-    zbar_BxMxD = api.ema_scan(z_BxMxD, p_BxM, impl=impl).astype(jnp.bfloat16).astype(jnp.float32)
+    zbar_BxMxD = round_bf16(api.ema_scan(z_BxMxD, p_BxM, impl=impl))
   else:
     p_BxM = jnp.where(restart_BxM, 1.0, jnp.clip(chunks.p_BxM, 1e-4, 1 - 1e-4))
     zbar_BxMxD = api.ema_scan(zhat_BxMxD.astype(jnp.float32), p_BxM, impl=impl)
