@@ -219,8 +219,8 @@ def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path,
     ax.errorbar(x, y, yerr=err, fmt="o-", color=f"C{i}", label=model, capsize=3)
   if numeric and min(xs.values()) > 0 and max(xs.values()) / min(xs.values()) >= 4:
     ax.set_xscale("log")
-  if not numeric:
-    ax.set_xticks(list(xs.values()), list(xs))
+    ax.minorticks_off()  # the swept values are the ticks (log minor labels would crowd them)
+  ax.set_xticks(list(xs.values()), list(xs))
   ax.set_xlabel(key)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
