@@ -33,7 +33,7 @@ class MrT5Config:
   two_sided: bool = True  # alpha may go negative (rewarding keeping) when the gate deletes too much; false = MrT5's
   #                          alpha >= 0, which can only push towards deleting
   regularizer_delay: int = 0  # steps before the gate is switched on (applied, trained, regularised)
-  gate_lr_scale: float = 0.1  # the gate's learning rate relative to train.lr (a fast gate flips all-keep/all-delete)
+  gate_lr_scale: float = 1.0  # the gate's learning rate relative to train.lr (1 = MrT5's)
   softmax1: bool = True  # off-by-one softmax in attention (a query may attend to nothing, as MrT5 uses)
   rope_theta: float = 10000.0  # RoPE base (every head dimension rotated)
   buckets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # hard deletion: kept lengths as fractions of the input

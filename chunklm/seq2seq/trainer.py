@@ -6,15 +6,18 @@ updated from each batch's hard deletion rate and used from the next step. For th
 steps the gate is off (computed, not applied, not trained), as MrT5 adds its gate to a trained ByT5: switched on
 from the start, a tiny run's gate learned to delete every byte within 50 steps without any regulariser (attending
 to nothing beats attending to a still-useless encoder) and then saturated, out of reach of its gradient.
-The gate's parameters learn at `mrt5.gate_lr_scale` x the learning rate (default 0.1: 1e-4 at the tiny config's
-1e-3, MrT5's own rate): at the full rate a tiny run's gate flipped between deleting everything and nothing within
-ten steps and then saturated (G ~ 0 everywhere, no gradient left) with the controller unable to move it back.
 The regulariser's gradient reaches the gate's own parameters only (G recomputed on the encoder states held fixed):
-through the encoder states it moved every position's G at once, at the encoder's full rate. MrT5 clamps alpha >= 0;
+through the encoder states it moved every position's G at once, at the encoder's full rate, and the gate flipped
+between deleting everything and nothing within ten steps. The gate's parameters learn at `mrt5.gate_lr_scale` x the
+learning rate (default 1, as in MrT5; at 0.1 a tiny run's gate had not moved off "keep all" 150 steps after the
+delay). When the gate is switched on, G hardly differs between positions (g_std in metrics.jsonl: the encoder's
+states are still alike), so nothing is deleted until the regulariser has pushed the common level to the threshold
+(about 200 steps in the tiny runs) while the CE spreads the positions apart. MrT5 clamps alpha >= 0;
 here it may go negative (`mrt5.two_sided`, default): in tiny runs from scratch the
 cross-entropy alone drove the gate to delete 0.69 of the bytes against a 0.5 target, and a clamped controller can
-only sit at 0 then. The workdir holds config.yaml, metrics.jsonl and orbax checkpoints (parameters,
-optimizer, controller); batches are a function of (seed, step), so re-running `train` resumes exactly.
+only sit at 0 then. The workdir holds config.yaml, orbax checkpoints (parameters, optimizer, controller) and
+metrics.jsonl (ce, deletion rate, alpha, mean and spread of G every log_every steps); batches are a function of
+(seed, step), so re-running `train` resumes exactly.
 Evaluation: cross-entropy per target byte (bits), the deletion rate and the mean kept length with hard deletion
 (each batch compacted into the smallest bucket that holds it), and for seq2seq tasks exact-match accuracy of greedy
 decoding.
@@ -49,7 +52,7 @@ from chunklm.seq2seq.batches import chunks, pack, pair_batch, read_pairs, span_b
 from chunklm.train.optim import decay_mask, lr_schedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mrt5"
-EVAL_WINDOWS = 64  # span objective: held-out windows evaluated (a fixed set)
+EVAL_WINDOWS = 256  # span objective: held-out windows evaluated (a fixed set)
 
 
 def load_mrt5_config(path, overrides=()) -> MrT5Run:
@@ -73,7 +76,10 @@ def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = 
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   v = batch["valid"].astype(jnp.float32)
   g = enc.g_BxL if enc.g_reg_BxL is None else enc.g_reg_BxL  # the regulariser trains the gate, not the encoder
-  return {"ce_sum": jnp.sum(ce * dv), "targets": dv.sum(), "g_mean": jnp.sum(g * v) / jnp.maximum(v.sum(), 1),
+  n = jnp.maximum(v.sum(), 1)
+  g_mean = jnp.sum(g * v) / n
+  g_std = jnp.sqrt(jnp.maximum(jnp.sum(jax.lax.stop_gradient(g - g_mean) ** 2 * v) / n, 0.0))
+  return {"ce_sum": jnp.sum(ce * dv), "targets": dv.sum(), "g_mean": g_mean, "g_std": g_std,
           "kept": jnp.sum(enc.keep_BxL * v), "positions": v.sum()}
 
 
@@ -102,7 +108,7 @@ def make_train_step(cfg: MrT5Run, graphdef, tx):
       pi = jax.tree.map(lambda new, old: jnp.where(active, new, old),
                         {"p_acc": p_acc, "i_acc": i_acc, "alpha": new_alpha}, pi)
     return params, opt_state, pi, {"loss": loss, "ce": ce, "deleted": deleted, "alpha": alpha,
-                                   "g_mean": out["g_mean"]}
+                                   "g_mean": out["g_mean"], "g_std": out["g_std"]}
 
   return step
 
