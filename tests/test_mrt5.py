@@ -13,6 +13,7 @@ from chunklm.data.span_corruption import EOS, SENTINELS, corrupt, noise_spans, r
 from chunklm.errors import ConfigError, DataError
 from chunklm.model.delete_gate import pi_update
 from chunklm.model.mrt5 import MrT5, attend, bucket_capacity
+from chunklm.seq2seq.byte_classes import CLASS_NAMES, class_counts
 
 CFG = MrT5Config(d_model=32, n_heads=2, enc_layers=3, dec_layers=2, gate_layer=1)
 
@@ -131,3 +132,14 @@ def test_cached_decoding_equals_the_full_decoder():
   for t in range(dec.shape[1]):
     logits, caches = model.decode_step(enc, dec[:, t], jnp.asarray(t), caches)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, t]), atol=2e-5)
+
+
+def test_deletion_by_byte_class_counts_each_kind():
+  text = "bAe 1!\u00e9x"  # consonant, vowel, vowel, space, digit, punctuation, two bytes of e-acute, consonant
+  ids = np.frombuffer(text.encode(), np.uint8).astype(np.int32)[None]
+  valid = np.ones_like(ids, bool)
+  valid[0, -1] = False  # padding is not counted
+  keep = np.array([[True, False, True, False, True, False, False, True, True]])
+  counts = dict(zip(CLASS_NAMES, class_counts(ids, valid, keep).tolist()))
+  assert counts == {"vowel": [2, 1], "consonant": [1, 0], "digit": [1, 0], "whitespace": [1, 1],
+                    "punctuation": [1, 1], "other": [2, 1]}

@@ -99,6 +99,9 @@ def test_mrt5_compare_trains_each_target_reports_and_reuses(tmp_path, capsys):
   evals = [json.loads((tmp_path / "cmp" / n / "eval.json").read_text()) for n in names]
   for n, e in zip(names, evals):  # the table holds each run's own final evaluation
     assert f"| {n} | " in md and f"{e['bits_per_target_byte']:.4f}" in md
+    by_class = e["deleted_by_class"].values()  # the per-kind rates add up to the overall one
+    total = sum(c["positions"] for c in by_class)
+    assert sum(c["positions"] * c["deletion_rate"] for c in by_class) / total == pytest.approx(e["deletion_rate"])
   assert "over δ = 0 (seed 0)" in md and "bits per target byte, mean" not in md
   summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
   assert [r["target_deletion"] for r in summary] == [0.0, 0.5] and all(r["bench"]["hard_bytes_per_s"] > 0

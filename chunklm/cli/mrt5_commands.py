@@ -18,6 +18,10 @@ def _print_eval(res: dict) -> None:
         f"(encoder slots after the gate: {res['encoder_slots_per_input']:.2f} of the input length)")
   if "exact_match" in res:
     print(f"exact match          : {res['exact_match']:.3f}")
+  if res.get("deleted_by_class"):
+    print("deleted by byte class: " + ", ".join(
+        f"{name} {c['deletion_rate']:.3f} ({c['share_of_deleted']:.0%} of deleted)"
+        for name, c in res["deleted_by_class"].items()))
 
 
 def cmd_mrt5(args) -> int:

@@ -49,6 +49,7 @@ from chunklm.progress import bar
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.lock import workdir_lock
 from chunklm.seq2seq.batches import chunks, pack, pair_batch, read_pairs, span_batch
+from chunklm.seq2seq.byte_classes import CLASS_NAMES, class_counts
 from chunklm.train.optim import decay_mask, lr_schedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mrt5"
@@ -206,10 +207,12 @@ def open_mrt5(workdir: str | Path, log=print):
   return cfg, graphdef, restored[1]["params"], restored[0]
 
 
-def hard_capacity(graphdef, params, batch: dict, buckets) -> int:
-  """The bucket that holds every row's kept positions (the gate's front half run once, on the host's request)."""
+def hard_keep(graphdef, params, batch: dict, buckets) -> tuple[int, np.ndarray]:
+  """(the bucket that holds every row's kept positions, keep_BxL): the gate's front half run once, on the host's
+  request."""
   _, _, keep = front(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]))
-  return bucket_capacity(int(np.asarray(keep).sum(axis=1).max()), batch["ids"].shape[1], buckets)
+  keep = np.asarray(keep)
+  return bucket_capacity(int(keep.sum(axis=1).max()), batch["ids"].shape[1], buckets), keep
 
 
 def _front(graphdef, params, ids, valid):
@@ -262,8 +265,10 @@ def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 
   sums = {"ce_sum": 0.0, "targets": 0.0, "kept": 0.0, "positions": 0.0, "slots": 0.0, "soft_ce_sum": 0.0,
           "inputs": 0.0}
   correct = total = 0
+  by_class = np.zeros((len(CLASS_NAMES), 2), np.int64)
   for batch in bar(data.eval_batches(batch_size), enabled=progress, desc="eval", unit="batch"):
-    cap = hard_capacity(graphdef, params, batch, cfg.mrt5.buckets)
+    cap, keep = hard_keep(graphdef, params, batch, cfg.mrt5.buckets)
+    by_class += class_counts(batch["ids"], np.asarray(batch["valid"], bool), keep)
     jb = jax.tree.map(jnp.asarray, batch)
     hard = jax.device_get(_eval_jit(graphdef, params, jb, "hard", cap))
     soft = jax.device_get(_eval_jit(graphdef, params, jb, "soft", None))
@@ -282,7 +287,10 @@ def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 
   out = {"bits_per_target_byte": sums["ce_sum"] / n / math.log(2),
          "bits_per_target_byte_soft": sums["soft_ce_sum"] / n / math.log(2),
          "deletion_rate": 1 - sums["kept"] / max(sums["positions"], 1.0),
-         "encoder_slots_per_input": sums["slots"] / max(sums["inputs"], 1.0)}
+         "encoder_slots_per_input": sums["slots"] / max(sums["inputs"], 1.0),
+         "deleted_by_class": {name: {"positions": int(n), "deletion_rate": int(d) / int(n),
+                                     "share_of_deleted": int(d) / max(int(by_class[:, 1].sum()), 1)}
+                              for name, (n, d) in zip(CLASS_NAMES, by_class.tolist()) if n}}
   if total:
     out["exact_match"] = correct / total
   return out
