@@ -1,17 +1,21 @@
 """chunklm mrt5: training with span corruption resumes exactly, seq2seq tasks train and report exact match, the
-diagnostic-task builder writes what the paper's tasks define, and bad input is one line."""
+evaluation's deletion by byte class adds up, the diagnostic-task builder writes what the paper's tasks define, and
+bad input is one line."""
 
 import importlib.util
 import json
 import random
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from chunklm.cli import main
-from chunklm.model.functional import named_leaves
-from chunklm.seq2seq.trainer import load_mrt5_config, open_mrt5, train_mrt5
+from chunklm.model.functional import named_leaves, split_model
+from chunklm.model.mrt5 import MrT5
+from chunklm.seq2seq.trainer import Data, evaluate_mrt5, load_mrt5_config, open_mrt5, train_mrt5
 from conftest import write_corpus
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
@@ -42,6 +46,21 @@ def test_span_corruption_training_resumes_exactly(tmp_path):
   rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(0 <= r["deleted"] <= 1 for r in rows)
   assert res["bits_per_target_byte"] > 0 and 0 <= res["deletion_rate"] <= 1
+
+
+def test_evaluation_counts_what_the_gate_deletes_by_byte_class(tmp_path):
+  cfg = load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{write_corpus(tmp_path / 'corpus')}]"])
+  model = MrT5(cfg.mrt5, rngs=nnx.Rngs(params=0))
+  model.gate_w.value = model.gate_w.value * 50.0  # gate scores far apart around 0: some positions deleted, some kept
+  model.gate_c.value = jnp.zeros(())
+  data = Data(cfg, tmp_path / "cache")
+  res = evaluate_mrt5(cfg, *split_model(model), data)
+  assert 0.05 < res["deletion_rate"] < 0.95
+  by_class = res["deleted_by_class"].values()
+  total = sum(c["positions"] for c in by_class)
+  assert total == sum(int(b["valid"].sum()) for b in data.eval_batches(16))  # every valid input position, once
+  assert sum(c["positions"] * c["deletion_rate"] for c in by_class) / total == pytest.approx(res["deletion_rate"])
+  assert sum(c["share_of_deleted"] for c in by_class) == pytest.approx(1.0)
 
 
 def test_diagnostic_tasks_are_what_the_paper_defines(tmp_path):

@@ -19,8 +19,9 @@ only sit at 0 then. The workdir holds config.yaml, orbax checkpoints (parameters
 metrics.jsonl (ce, deletion rate, alpha, mean and spread of G every log_every steps); batches are a function of
 (seed, step), so re-running `train` resumes exactly.
 Evaluation: cross-entropy per target byte (bits), the deletion rate and the mean kept length with hard deletion
-(each batch compacted into the smallest bucket that holds it), and for seq2seq tasks exact-match accuracy of greedy
-decoding.
+(each batch compacted into the smallest bucket that holds it), the deletion rate per kind of input byte
+(`deleted_by_class`: vowels, consonants, digits, whitespace, punctuation, other; kinds absent from the input are left
+out), and for seq2seq tasks exact-match accuracy of greedy decoding.
 """
 
 from __future__ import annotations
@@ -210,9 +211,9 @@ def open_mrt5(workdir: str | Path, log=print):
 def hard_keep(graphdef, params, batch: dict, buckets) -> tuple[int, np.ndarray]:
   """(the bucket that holds every row's kept positions, keep_BxL): the gate's front half run once, on the host's
   request."""
-  _, _, keep = front(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]))
-  keep = np.asarray(keep)
-  return bucket_capacity(int(keep.sum(axis=1).max()), batch["ids"].shape[1], buckets), keep
+  _, _, keep_BxL = front(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]))
+  keep_BxL = np.asarray(keep_BxL)
+  return bucket_capacity(int(keep_BxL.sum(axis=1).max()), batch["ids"].shape[1], buckets), keep_BxL
 
 
 def _front(graphdef, params, ids, valid):
@@ -267,8 +268,8 @@ def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 
   correct = total = 0
   by_class = np.zeros((len(CLASS_NAMES), 2), np.int64)
   for batch in bar(data.eval_batches(batch_size), enabled=progress, desc="eval", unit="batch"):
-    cap, keep = hard_keep(graphdef, params, batch, cfg.mrt5.buckets)
-    by_class += class_counts(batch["ids"], np.asarray(batch["valid"], bool), keep)
+    cap, keep_BxL = hard_keep(graphdef, params, batch, cfg.mrt5.buckets)
+    by_class += class_counts(batch["ids"], batch["valid"], keep_BxL)
     jb = jax.tree.map(jnp.asarray, batch)
     hard = jax.device_get(_eval_jit(graphdef, params, jb, "hard", cap))
     soft = jax.device_get(_eval_jit(graphdef, params, jb, "soft", None))
@@ -284,13 +285,14 @@ def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 
         correct += text == want
         total += 1
   n = max(sums["targets"], 1.0)
+  deleted_total = max(int(by_class[:, 1].sum()), 1)
   out = {"bits_per_target_byte": sums["ce_sum"] / n / math.log(2),
          "bits_per_target_byte_soft": sums["soft_ce_sum"] / n / math.log(2),
          "deletion_rate": 1 - sums["kept"] / max(sums["positions"], 1.0),
          "encoder_slots_per_input": sums["slots"] / max(sums["inputs"], 1.0),
-         "deleted_by_class": {name: {"positions": int(n), "deletion_rate": int(d) / int(n),
-                                     "share_of_deleted": int(d) / max(int(by_class[:, 1].sum()), 1)}
-                              for name, (n, d) in zip(CLASS_NAMES, by_class.tolist()) if n}}
+         "deleted_by_class": {name: {"positions": count, "deletion_rate": deleted / count,
+                                     "share_of_deleted": deleted / deleted_total}
+                              for name, (count, deleted) in zip(CLASS_NAMES, by_class.tolist()) if count}}
   if total:
     out["exact_match"] = correct / total
   return out
