@@ -5,9 +5,15 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import jax
 import pytest
 
 from chunklm.config import load_config
+
+# Synchronous CPU dispatch (set before the CPU client exists). The interpreted Pallas TPU kernels run their body in
+# io_callbacks that dispatch JAX ops themselves; with asynchronous dispatch such an op can queue behind an op the
+# test dispatched meanwhile, which waits for the kernel: the suite hung there once (test_kernels_interpret fuzz).
+jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 TINY = [
     "model.layout=[T2]", "model.d_model=32", "model.n_heads=2", "data.seq_len=32", "data.min_doc_bytes=4",
