@@ -44,7 +44,7 @@ def test_spec_errors(tmp_path):
   with pytest.raises(ConfigError, match="efficiency_reference 'z' is not one of its models"):
     compare.CompareSpec("s", (compare.ModelSpec("x", "byte_transformer_tiny"),), efficiency_reference="z")
   for name in ("tiny_code", "tiny_english", "small_english", "small_dna", "tiny_dna", "transfer_tiny", "tune_tiny",
-               "levers_tiny"):
+               "levers_tiny", "budget_tiny"):
     compare.plain_configs(compare.load_spec(name), ["data.sources=[x]", "data.valid_sources=[y]"])
 
 
@@ -186,6 +186,43 @@ def test_summary_mean_spread_and_best_point(tmp_path):
   assert sweeps.best_per_model(lone, {"train.lr": ("1", "2", "4")})["h"][0].point == (("train.lr", "2"),)
 
 
+def test_budget_sweep_trains_each_run_on_its_own_budget(tmp_path):
+  models = [{"name": "h", "config": "byte_transformer_tiny", "set": SMALL},
+            {"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=32"], "match_flops": "h"}]
+  spec = compare.load_spec(write_spec(tmp_path / "s.yaml", models, sweep={"budget_bytes": [1000, 4000]}))
+  expanded, runs = compare.expand_spec(spec, compare.plain_configs(spec, []))
+  by_name = {m.name: m for m in expanded.models}
+  assert [r.name for r in runs] == ["h@budget_bytes=1000", "h@budget_bytes=4000", "t@budget_bytes=1000",
+                                    "t@budget_bytes=4000"]
+  big = by_name["t@budget_bytes=4000"]
+  assert big.budget_bytes == 4000 and big.match_flops == "h@budget_bytes=4000"
+  assert not any("budget" in o for m in expanded.models for o in m.run_set)  # not a config field
+  configs, _ = compare.resolve_configs(expanded, [], None, 1.0, runs)
+  per_step = configs["h@budget_bytes=1000"].train.batch_size * configs["h@budget_bytes=1000"].data.seq_len
+  for name, budget in (("h@budget_bytes=1000", 1000), ("h@budget_bytes=4000", 4000), ("t@budget_bytes=4000", 4000)):
+    assert configs[name].train.steps == -(-budget // per_step)
+  assert configs["t@budget_bytes=4000"].model == configs["t@budget_bytes=1000"].model  # sized the same at both
+
+
+def test_budget_curve_lines_and_plot(tmp_path):
+  sweep = {"budget_bytes": ("1000", "4000")}
+  runs = sweeps.expand(["hnet", "bpe"], sweep, 2)
+  bpb = dict(zip([r.name for r in runs], [2.2, 2.4, 1.9, 2.1, 2.0, 2.0, 1.8, 1.8]))  # means 2.3, 2.0 | 2.0, 1.8
+  summaries = sweeps.summarise(runs, bpb)
+  text = "\n".join(sweeps.budget_lines(summaries, sweep))
+  assert "| model | 1,000 bytes | 4,000 bytes |" in text
+  assert "| hnet | 2.3000 ± 0.1414 (2.2000–2.4000) | 2.0000 ± 0.1414 (1.9000–2.1000) |" in text
+  # +15.0 % at 1,000 bytes, +11.1 % at 4,000 (two doublings): the gap narrows by 1.94 points per doubling
+  assert "- hnet vs bpe: +15.0% at 1,000 bytes, +11.1% at 4,000: the gap narrows by 1.94 points per doubling" in text
+  assert "best of" not in "\n".join(sweeps.lines(summaries, sweep, 2, best=False))
+  assert sweeps.plot_budget(summaries, {"hnet": 5e6, "bpe": 5e6}, tmp_path / "b.png").exists()
+  grid = {"budget_bytes": ("1000", "4000"), "train.lr": ("1", "2")}  # with another key: each model's best per budget
+  runs = sweeps.expand(["hnet", "bpe"], grid, 1)
+  text = "\n".join(sweeps.budget_lines(sweeps.summarise(runs, dict(zip([r.name for r in runs],
+                                                                        [2.5, 2.3, 2.0, 2.1, 2.0, 2.2, 1.8, 1.9]))), grid))
+  assert "| hnet | 2.3000 (train.lr=2) | 2.0000 (train.lr=1) |" in text and "+15.0% at 1,000 bytes, +11.1% at 4,000" in text
+
+
 def test_sweep_command_line_errors(tmp_path, capsys):
   spec = write_spec(tmp_path / "s.yaml", [{"name": "t", "config": "byte_transformer_tiny", "set": SMALL}])
   base = ["compare", "--spec", str(spec), "--out", str(tmp_path / "o"), "--no-progress"]
@@ -193,7 +230,9 @@ def test_sweep_command_line_errors(tmp_path, capsys):
                          (["--models", "x"], "--models x: not in spec"),
                          (["--sweep", "train.lr=1e-3,2e-3", "--set", "train.lr=1e-3"], "swept and also set"),
                          (["--sweep", "data.split_seed=1,2"], "every run of a comparison reads the same bytes"),
-                         (["--sweep", "train.seed=1,2", "--seeds", "2"], "the seeds already shift train.seed")):
+                         (["--sweep", "train.seed=1,2", "--seeds", "2"], "the seeds already shift train.seed"),
+                         (["--sweep", "budget_bytes=2.5e6"], "budgets are whole positive numbers of training bytes"),
+                         (["--sweep", "budget_bytes=1000,2000", "--budget-bytes", "500"], "in one of them")):
     assert main(base + extra) == 2
     assert message in capsys.readouterr().err
 
@@ -219,3 +258,18 @@ def test_sweep_over_seeds_end_to_end(tmp_path, corpus_dir, capsys):
   assert summary[0]["valid_bpb"] == [finals[n] for n in names]
   capsys.readouterr()
   assert main(args) == 0 and capsys.readouterr().out.count("reused") == 2
+
+
+def test_budget_sweep_end_to_end(tmp_path, corpus_dir):
+  models = [{"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},
+            {"name": "u", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16", "train.lr=3e-2"]}]
+  spec = write_spec(tmp_path / "s.yaml", models, evals=1, sweep={"budget_bytes": [512, 1536]})
+  out = tmp_path / "out"
+  assert main(["compare", "--spec", str(spec), "--out", str(out), "--data", str(corpus_dir), "--no-progress"]) == 0
+  steps = {n: max(r["step"] for r in read_jsonl(out / n / "metrics.jsonl"))
+           for n in ("t@budget_bytes=512", "t@budget_bytes=1536", "u@budget_bytes=1536")}
+  assert steps["t@budget_bytes=1536"] == steps["u@budget_bytes=1536"] == 3 * steps["t@budget_bytes=512"]
+  md = (out / "report.md").read_text()
+  assert "| model | 512 bytes | 1,536 bytes |" in md and "points per doubling of the budget" in md
+  assert "the swept budget_bytes training bytes per run" in md and "best of" not in md
+  assert (out / "sweep.png").exists()

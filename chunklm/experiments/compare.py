@@ -7,7 +7,8 @@ ceil(budget_bytes / bytes per step) steps in <out>/<model>/, and is evaluated al
 bytes and at the end on all of them. Re-running resumes unfinished runs and reuses finished ones, after checking
 they were trained on the same data. A BPE model's tokenizer is trained once, on the training split, in <out>/.
 A spec (or the command line) may sweep config fields and repeat every run over seeds (experiments/sweep.py); the
-report then adds mean ± spread over seeds and each model's best point.
+report then adds mean ± spread over seeds and each model's best point. Sweeping `budget_bytes` (the spec's own
+field, e.g. --sweep budget_bytes=2500000,10000000) trains every model at each budget and reports budget curves.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import typing
 from pathlib import Path
 
@@ -45,6 +47,7 @@ class ModelSpec:
   match_flops: str = ""  # resize this model's innermost stack to that model's training FLOPs per byte
   vary: tuple[str, ...] = ("layers", "width")  # what match_flops may change
   run_set: tuple[str, ...] = ()  # a run's own settings (sweep point, shifted seeds), applied after every other
+  budget_bytes: int = 0  # a run's own training bytes (a point of a budget_bytes sweep); 0 = the spec's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +207,7 @@ def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | No
       errors[m.name] = err
   for name, cfg in final.items():
     bpt = bytes_per_token if cfg.data.tokenizer else 1.0
-    steps = steps_for(cfg, spec.budget_bytes, bpt)
+    steps = steps_for(cfg, _spec_model(spec, name).budget_bytes or spec.budget_bytes, bpt)
     train_cfg = dataclasses.replace(cfg.train, steps=steps, warmup_steps=min(cfg.train.warmup_steps, steps // 10 or 1),
                                 eval_every=max(1, steps // spec.evals) if spec.evals else 0,
                                 checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps)))
@@ -221,9 +224,11 @@ def expand_spec(spec: CompareSpec, plain: dict[str, Config]) -> tuple[CompareSpe
   models = []
   for r in runs:
     m = _spec_model(spec, r.model)
-    extra = sweeps.overrides(r, plain[m.name].train.seed, plain[m.name].data.seed)
+    settings = dataclasses.replace(r, point=tuple(kv for kv in r.point if kv[0] != sweeps.BUDGET_KEY))
+    extra = sweeps.overrides(settings, plain[m.name].train.seed, plain[m.name].data.seed)
     ref = sweeps.run_name(m.match_flops, r.point, r.seed) if m.match_flops else ""
-    models.append(dataclasses.replace(m, name=r.name, run_set=tuple(extra), match_flops=ref))
+    budget = int(dict(r.point).get(sweeps.BUDGET_KEY, 0))
+    models.append(dataclasses.replace(m, name=r.name, run_set=tuple(extra), match_flops=ref, budget_bytes=budget))
   return dataclasses.replace(spec, models=tuple(models)), runs
 
 
@@ -233,11 +238,17 @@ def finished(workdir: Path, cfg: Config) -> bool:
   return any(r["split"] == "valid" and r["step"] == cfg.train.steps for r in records) and (workdir / "checkpoints").is_dir()
 
 
-def check_sweep(spec: CompareSpec, data_args: list[str]) -> None:
+def check_sweep(spec: CompareSpec, data_args: list[str], budget_given: bool = False) -> None:
   """One clear line for a sweep that cannot work: a key also set elsewhere, a data key that decides which bytes are
-  read, or a seed swept while --seeds shifts it."""
+  read, a seed swept while --seeds shifts it, or budgets that are not whole positive numbers of bytes."""
   sweeps.check_unset([k for k, _ in spec.sweep], list(spec.data) + data_args)
-  for key, _ in spec.sweep:
+  for key, values in spec.sweep:
+    if key == sweeps.BUDGET_KEY:
+      if budget_given:
+        raise UserError(f"--sweep {key} and --budget-bytes: give the budgets in one of them")
+      if not all(v.isdigit() and int(v) > 0 for v in values):
+        raise UserError(f"--sweep {key}={','.join(values)}: budgets are whole positive numbers of training bytes, "
+                        "e.g. --sweep budget_bytes=2500000,10000000")
     if key.startswith("data.") and key[5:] in DATA_IDENTITY:
       raise UserError(f"--sweep {key}: every run of a comparison reads the same bytes; {key} decides which "
                       "(use --seeds N to vary the order of the training bytes)")
@@ -311,7 +322,7 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   if unknown:
     raise UserError(f"--models {','.join(unknown)}: not in spec {spec.name} (its models: "
                     f"{', '.join(m.name for m in spec.models)})")
-  check_sweep(spec, data_args)
+  check_sweep(spec, data_args, budget_given=budget_bytes is not None)
   out = Path(out or Path("runs") / "compare" / spec.name)
   plain = plain_configs(spec, data_args)
   check_same_data(plain)
@@ -358,7 +369,10 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   rows = [compare_report.collect(name, out / name, cfg, described[name]["params"], bpt, errors.get(name),
                                  described[name]["executed_flops_per_byte"] if cfg.model.num_stages else None)
           for name, cfg in configs.items()]
-  notes = [f"spec: {spec.name}; budget {spec.budget_bytes:,} training bytes per model; valid BPB on every byte of "
+  swept = dict(spec.sweep)
+  budget = ("the swept budget_bytes training bytes per run" if sweeps.BUDGET_KEY in swept
+            else f"budget {spec.budget_bytes:,} training bytes per model")
+  notes = [f"spec: {spec.name}; {budget}; valid BPB on every byte of "
            f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents), identical for every model",
            f"data: {splits.description}"]
   if token_runs:
@@ -378,10 +392,17 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   summary = []
   (out / "sweep.png").unlink(missing_ok=True)  # a plot from an earlier sweep must not stand for this one
   if spec.sweep or spec.seeds > 1:
-    swept = dict(spec.sweep)
     summaries = sweeps.summarise(runs, {r.name: r.valid_bpb for r in rows})
-    summary = sweeps.lines(summaries, swept, spec.seeds)
-    sweeps.plot(summaries, swept, out / "sweep.png")
+    if sweeps.BUDGET_KEY in swept:  # the largest budget is always "best": curves and gaps instead
+      summary = sweeps.lines(summaries, swept, spec.seeds, best=False) + [""] + sweeps.budget_lines(summaries, swept)
+      run_model = {r.name: r.model for r in runs}
+      flops = {}
+      for row in rows:
+        flops.setdefault(run_model[row.name], []).append(row.flops_per_byte)
+      sweeps.plot_budget(summaries, {m: statistics.fmean(v) for m, v in flops.items()}, out / "sweep.png")
+    else:
+      summary = sweeps.lines(summaries, swept, spec.seeds)
+      sweeps.plot(summaries, swept, out / "sweep.png")
     (out / "summary.json").write_text(json.dumps(
         [{"model": s.model, "point": dict(s.point), "valid_bpb": [_finite(v) for v in s.bpbs], "mean": _finite(s.mean),
           "std": _finite(s.std), "seeds": len(s.bpbs)} for s in summaries], indent=1, allow_nan=False) + "\n")

@@ -1,6 +1,10 @@
 """Sweeps and seeds for `chunklm compare`: a spec expanded into one run per model x sweep point x seed, and the
 runs' final valid BPBs summarised per model and point (mean and spread over seeds, each model's best point).
 
+A sweep over `budget_bytes` (BUDGET_KEY, not a config field: the compare spec's training bytes per model) gives
+budget curves: each model's best at each budget, its gap to the lowest model there and how the gap moves per
+doubling of the budget (`budget_lines`), and BPB against training bytes and training FLOPs (`plot_budget`).
+
 Seed k > 0 adds k to the model's `train.seed` (parameter init) and `data.seed` (document and window order); seed 0 is
 the config as it is, so an earlier single-seed run is reused as seed 0. Within one seed every model trains on the
 same bytes; across seeds only the order differs.
@@ -15,6 +19,8 @@ import statistics
 
 from chunklm.errors import ConfigError, UserError
 from chunklm.plots import figure
+
+BUDGET_KEY = "budget_bytes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,14 +186,15 @@ def point_label(point: tuple[tuple[str, str], ...]) -> str:
 
 
 def lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], seeds: int,
-          metric: str = "valid BPB") -> list[str]:
-  """Markdown: a table of mean ± std (min–max) of `metric` (lower is better) per model and point, then each model's
-  best and the ranking."""
+          metric: str = "valid BPB", best: bool = True) -> list[str]:
+  """Markdown: a table of mean ± std (min–max) of `metric` (lower is better) per model and point, then (`best`) each
+  model's best and the ranking."""
   head = metric + (f", mean ± std over {seeds} seeds (min–max)" if seeds > 1 else "")
   out = [f"| model | {point_label(()) if not sweep else ', '.join(sweep)} | {head} |", "|---|---|---|"]
   out += [f"| {s.model} | {point_label(s.point)} | {s.cell()} |" for s in summaries]
-  best = best_per_model(summaries, sweep)
-  ranked = sorted(best.values(), key=lambda b: b[0].mean)
+  if not best:
+    return out
+  ranked = sorted(best_per_model(summaries, sweep).values(), key=lambda b: b[0].mean)
   out.append("")
   if sweep:
     for s, warn in ranked:
@@ -225,6 +232,69 @@ def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path,
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def best_per_budget(summaries: list[Summary]) -> dict[str, dict[int, Summary]]:
+  """model -> budget -> its lowest-mean point at that budget (over the other swept keys)."""
+  out: dict[str, dict[int, Summary]] = {}
+  for s in summaries:
+    budget = int(dict(s.point)[BUDGET_KEY])
+    mine = out.setdefault(s.model, {})
+    if budget not in mine or s.mean < mine[budget].mean:
+      mine[budget] = s
+  return out
+
+
+def budget_lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]]) -> list[str]:
+  """Markdown for a budget sweep: each model's best BPB per budget (and at which point of the other swept keys),
+  then each model's gap to the lowest model at the largest budget, at the smallest and largest budget both
+  reached, and its change in percentage points per doubling of the budget."""
+  budgets = sorted(int(b) for b in sweep[BUDGET_KEY])
+  others = [k for k in sweep if k != BUDGET_KEY]
+  best = best_per_budget(summaries)
+
+  def cell(s: Summary | None) -> str:
+    if s is None:
+      return "–"
+    rest = point_label(tuple(kv for kv in s.point if kv[0] != BUDGET_KEY))
+    return s.cell() + (f" ({rest})" if others else "")
+
+  out = ["| model | " + " | ".join(f"{b:,} bytes" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+  out += [f"| {model} | " + " | ".join(cell(mine.get(b)) for b in budgets) + " |" for model, mine in best.items()]
+  top = max(b for mine in best.values() for b in mine)
+  leader = min((mine[top].mean, model) for model, mine in best.items() if top in mine)[1]
+  out.append("")
+  for model, mine in best.items():
+    shared = [b for b in budgets if b in mine and b in best[leader]]
+    if model == leader or len(shared) < 2:
+      continue
+    gap = {b: mine[b].mean / best[leader][b].mean - 1 for b in (shared[0], shared[-1])}
+    per = (gap[shared[-1]] - gap[shared[0]]) / math.log2(shared[-1] / shared[0])
+    way = "narrows" if abs(gap[shared[-1]]) < abs(gap[shared[0]]) else "widens"
+    out.append(f"- {model} vs {leader}: {gap[shared[0]]:+.1%} at {shared[0]:,} bytes, {gap[shared[-1]]:+.1%} at "
+               f"{shared[-1]:,}: the gap {way} by {abs(per) * 100:.2f} points per doubling of the budget")
+  return out
+
+
+def plot_budget(summaries: list[Summary], flops_per_byte: dict[str, float], path) -> object:
+  """Each model's best BPB (error bars: std over seeds) against its training bytes and its training FLOPs
+  (budget x `flops_per_byte[model]`), log axes."""
+  fig, axes = figure(1, 2, figsize=(12, 4.5))
+  for i, (model, mine) in enumerate(best_per_budget(summaries).items()):
+    budgets = sorted(mine)
+    y = [mine[b].mean for b in budgets]
+    err = [0.0 if math.isnan(mine[b].std) else mine[b].std for b in budgets]
+    for ax, scale in zip(axes, (1.0, flops_per_byte.get(model, math.nan))):
+      ax.errorbar([b * scale for b in budgets], y, yerr=err, fmt="o-", color=f"C{i}", label=model, capsize=3)
+  for ax, label in zip(axes, ("training bytes", "training FLOPs (budget x FLOPs per byte)")):
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("final valid bits per byte")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   return path
