@@ -213,14 +213,26 @@ def test_budget_curve_lines_and_plot(tmp_path):
   assert "| model | 1,000 bytes | 4,000 bytes |" in text
   assert "| hnet | 2.3000 ± 0.1414 (2.2000–2.4000) | 2.0000 ± 0.1414 (1.9000–2.1000) |" in text
   # +15.0 % at 1,000 bytes, +11.1 % at 4,000 (two doublings): the gap narrows by 1.94 points per doubling
-  assert "- hnet vs bpe: +15.0% at 1,000 bytes, +11.1% at 4,000: the gap narrows by 1.94 points per doubling" in text
+  assert "- hnet vs bpe: +15.0% at 1,000 bytes, +11.1% at 4,000: the gap narrows by 1.94 percentage points per doubling" in text
   assert "best of" not in "\n".join(sweeps.lines(summaries, sweep, 2, best=False))
-  assert sweeps.plot_budget(summaries, {"hnet": 5e6, "bpe": 5e6}, tmp_path / "b.png").exists()
+  flops = {(s.model, s.point): 5e6 for s in summaries}
+  assert sweeps.plot_budget(summaries, flops, tmp_path / "b.png").exists()
   grid = {"budget_bytes": ("1000", "4000"), "train.lr": ("1", "2")}  # with another key: each model's best per budget
   runs = sweeps.expand(["hnet", "bpe"], grid, 1)
   text = "\n".join(sweeps.budget_lines(sweeps.summarise(runs, dict(zip([r.name for r in runs],
                                                                         [2.5, 2.3, 2.0, 2.1, 2.0, 2.2, 1.8, 1.9]))), grid))
   assert "| hnet | 2.3000 (train.lr=2) | 2.0000 (train.lr=1) |" in text and "+15.0% at 1,000 bytes, +11.1% at 4,000" in text
+  runs = sweeps.expand(["hnet", "bpe", "new"], sweep, 1)  # hnet ahead, then behind; "new" only at the small budget
+  text = "\n".join(sweeps.budget_lines(sweeps.summarise(runs, {"hnet@budget_bytes=1000": 1.9, "hnet@budget_bytes=4000": 1.89,
+                                                                "bpe@budget_bytes=1000": 2.0, "bpe@budget_bytes=4000": 1.8,
+                                                                "new@budget_bytes=1000": 2.5}), sweep))
+  assert "- hnet vs bpe: -5.0% at 1,000 bytes, +5.0% at 4,000: ahead at the smaller budget, behind at the larger " \
+         "(+5.00 percentage points per doubling of the budget)" in text
+  assert "| new | 2.5000 | – |" in text and "- new vs bpe: fewer than two budgets finished by both" in text
+  partial = sweeps.summarise(sweeps.expand(["bpe"], grid, 2), {"bpe@budget_bytes=1000@train.lr=1": 2.0,
+                                                                 "bpe@budget_bytes=1000@train.lr=2": 1.5,
+                                                                 "bpe@budget_bytes=1000@train.lr=1@seed1": 2.1})
+  assert sweeps.best_per_budget(partial)["bpe"][1000].point == (("budget_bytes", "1000"), ("train.lr", "1"))
 
 
 def test_sweep_command_line_errors(tmp_path, capsys):
@@ -232,6 +244,7 @@ def test_sweep_command_line_errors(tmp_path, capsys):
                          (["--sweep", "data.split_seed=1,2"], "every run of a comparison reads the same bytes"),
                          (["--sweep", "train.seed=1,2", "--seeds", "2"], "the seeds already shift train.seed"),
                          (["--sweep", "budget_bytes=2.5e6"], "budgets are whole positive numbers of training bytes"),
+                         (["--sweep", "budget_bytes=1000,²"], "budgets are whole positive numbers of training bytes"),
                          (["--sweep", "budget_bytes=1000,2000", "--budget-bytes", "500"], "in one of them")):
     assert main(base + extra) == 2
     assert message in capsys.readouterr().err
@@ -271,5 +284,5 @@ def test_budget_sweep_end_to_end(tmp_path, corpus_dir):
   assert steps["t@budget_bytes=1536"] == steps["u@budget_bytes=1536"] == 3 * steps["t@budget_bytes=512"]
   md = (out / "report.md").read_text()
   assert "| model | 512 bytes | 1,536 bytes |" in md and "points per doubling of the budget" in md
-  assert "the swept budget_bytes training bytes per run" in md and "best of" not in md
+  assert "budget_bytes swept over 512, 1,536" in md and "best of" not in md
   assert (out / "sweep.png").exists()

@@ -16,8 +16,9 @@ def add_compare_command(sub, group, add_data_args, add_output, add_progress) -> 
   p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                  help="train every model at each value of a config field, e.g. --sweep train.lr=1e-3,2e-3,4e-3,8e-3 "
                       "(repeat for a grid; replaces the spec's sweep); the report adds each model's best value and "
-                      "sweep.png. --sweep budget_bytes=2500000,10000000 trains at each budget instead and reports "
-                      "budget curves (BPB vs training bytes and FLOPs, the gap per doubling of the data)")
+                      "sweep.png. --sweep budget_bytes=2500000,10000000 trains at each budget (instead of the spec's "
+                      "budget_bytes) and reports budget curves (BPB vs training bytes and FLOPs, the gap per "
+                      "doubling of the data)")
   p.add_argument("--seeds", type=int, default=None, metavar="N",
                  help="train every model and sweep point N times (seed k adds k to train.seed and data.seed); the "
                       "report adds mean ± std and min-max over seeds (default: the spec's seeds, else 1)")

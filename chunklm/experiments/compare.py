@@ -246,7 +246,7 @@ def check_sweep(spec: CompareSpec, data_args: list[str], budget_given: bool = Fa
     if key == sweeps.BUDGET_KEY:
       if budget_given:
         raise UserError(f"--sweep {key} and --budget-bytes: give the budgets in one of them")
-      if not all(v.isdigit() and int(v) > 0 for v in values):
+      if not all(v.isdecimal() and v.isascii() and int(v) > 0 for v in values):
         raise UserError(f"--sweep {key}={','.join(values)}: budgets are whole positive numbers of training bytes, "
                         "e.g. --sweep budget_bytes=2500000,10000000")
     if key.startswith("data.") and key[5:] in DATA_IDENTITY:
@@ -370,8 +370,8 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
                                  described[name]["executed_flops_per_byte"] if cfg.model.num_stages else None)
           for name, cfg in configs.items()]
   swept = dict(spec.sweep)
-  budget = ("the swept budget_bytes training bytes per run" if sweeps.BUDGET_KEY in swept
-            else f"budget {spec.budget_bytes:,} training bytes per model")
+  budget = (f"training bytes per run: budget_bytes swept over {', '.join(f'{int(b):,}' for b in swept[sweeps.BUDGET_KEY])}"
+            if sweeps.BUDGET_KEY in swept else f"budget {spec.budget_bytes:,} training bytes per model")
   notes = [f"spec: {spec.name}; {budget}; valid BPB on every byte of "
            f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents), identical for every model",
            f"data: {splits.description}"]
@@ -395,11 +395,11 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
     summaries = sweeps.summarise(runs, {r.name: r.valid_bpb for r in rows})
     if sweeps.BUDGET_KEY in swept:  # the largest budget is always "best": curves and gaps instead
       summary = sweeps.lines(summaries, swept, spec.seeds, best=False) + [""] + sweeps.budget_lines(summaries, swept)
-      run_model = {r.name: r.model for r in runs}
-      flops = {}
-      for row in rows:
-        flops.setdefault(run_model[row.name], []).append(row.flops_per_byte)
-      sweeps.plot_budget(summaries, {m: statistics.fmean(v) for m, v in flops.items()}, out / "sweep.png")
+      point_of = {r.name: (r.model, r.point) for r in runs}
+      flops: dict[tuple, list[float]] = {}
+      for row in rows:  # a point's FLOPs per byte over its seeds (an H-Net's measured ratio varies a little)
+        flops.setdefault(point_of[row.name], []).append(row.flops_per_byte)
+      sweeps.plot_budget(summaries, {k: statistics.fmean(v) for k, v in flops.items()}, out / "sweep.png")
     else:
       summary = sweeps.lines(summaries, swept, spec.seeds)
       sweeps.plot(summaries, swept, out / "sweep.png")

@@ -238,20 +238,19 @@ def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path,
 
 
 def best_per_budget(summaries: list[Summary]) -> dict[str, dict[int, Summary]]:
-  """model -> budget -> its lowest-mean point at that budget (over the other swept keys)."""
-  out: dict[str, dict[int, Summary]] = {}
+  """model -> budget -> its lowest-mean point at that budget over the other swept keys, among the points with every
+  seed finished (among all when none is)."""
+  groups: dict[str, dict[int, list[Summary]]] = {}
   for s in summaries:
-    budget = int(dict(s.point)[BUDGET_KEY])
-    mine = out.setdefault(s.model, {})
-    if budget not in mine or s.mean < mine[budget].mean:
-      mine[budget] = s
-  return out
+    groups.setdefault(s.model, {}).setdefault(int(dict(s.point)[BUDGET_KEY]), []).append(s)
+  return {model: {b: min([s for s in mine if s.complete] or mine, key=lambda s: s.mean) for b, mine in per.items()}
+          for model, per in groups.items()}
 
 
 def budget_lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]]) -> list[str]:
   """Markdown for a budget sweep: each model's best BPB per budget (and at which point of the other swept keys),
-  then each model's gap to the lowest model at the largest budget, at the smallest and largest budget both
-  reached, and its change in percentage points per doubling of the budget."""
+  then each model's gap to the lowest model at the largest budget reached, at the smallest and largest budget both
+  reached, and its change in percentage points per doubling of the budget (averaged between those two)."""
   budgets = sorted(int(b) for b in sweep[BUDGET_KEY])
   others = [k for k in sweep if k != BUDGET_KEY]
   best = best_per_budget(summaries)
@@ -268,28 +267,38 @@ def budget_lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]]) ->
   leader = min((mine[top].mean, model) for model, mine in best.items() if top in mine)[1]
   out.append("")
   for model, mine in best.items():
-    shared = [b for b in budgets if b in mine and b in best[leader]]
-    if model == leader or len(shared) < 2:
+    if model == leader:
       continue
-    gap = {b: mine[b].mean / best[leader][b].mean - 1 for b in (shared[0], shared[-1])}
-    per = (gap[shared[-1]] - gap[shared[0]]) / math.log2(shared[-1] / shared[0])
-    way = "narrows" if abs(gap[shared[-1]]) < abs(gap[shared[0]]) else "widens"
-    out.append(f"- {model} vs {leader}: {gap[shared[0]]:+.1%} at {shared[0]:,} bytes, {gap[shared[-1]]:+.1%} at "
-               f"{shared[-1]:,}: the gap {way} by {abs(per) * 100:.2f} points per doubling of the budget")
+    shared = [b for b in budgets if b in mine and b in best[leader]]
+    if len(shared) < 2:
+      out.append(f"- {model} vs {leader}: fewer than two budgets finished by both, no trend yet")
+      continue
+    lo, hi = shared[0], shared[-1]
+    gap = {b: mine[b].mean / best[leader][b].mean - 1 for b in (lo, hi)}
+    per = (gap[hi] - gap[lo]) / math.log2(hi / lo) * 100
+    text = f"- {model} vs {leader}: {gap[lo]:+.1%} at {lo:,} bytes, {gap[hi]:+.1%} at {hi:,}"
+    if gap[lo] * gap[hi] < 0:
+      text += f": {'ahead' if gap[lo] < 0 else 'behind'} at the smaller budget, {'ahead' if gap[hi] < 0 else 'behind'} " \
+              f"at the larger ({per:+.2f} percentage points per doubling of the budget)"
+    else:
+      way = "narrows" if abs(gap[hi]) < abs(gap[lo]) else "widens"
+      text += f": the gap {way} by {abs(per):.2f} percentage points per doubling of the budget"
+    out.append(text)
   return out
 
 
-def plot_budget(summaries: list[Summary], flops_per_byte: dict[str, float], path) -> object:
-  """Each model's best BPB (error bars: std over seeds) against its training bytes and its training FLOPs
-  (budget x `flops_per_byte[model]`), log axes."""
+def plot_budget(summaries: list[Summary], flops_per_byte: dict[tuple, float], path) -> object:
+  """Each model's best BPB (error bars: std over seeds) against its training bytes and its training FLOPs (budget x
+  `flops_per_byte[(model, point)]`, the point's training FLOPs per byte), log axes."""
   fig, axes = figure(1, 2, figsize=(12, 4.5))
   for i, (model, mine) in enumerate(best_per_budget(summaries).items()):
     budgets = sorted(mine)
     y = [mine[b].mean for b in budgets]
     err = [0.0 if math.isnan(mine[b].std) else mine[b].std for b in budgets]
-    for ax, scale in zip(axes, (1.0, flops_per_byte.get(model, math.nan))):
-      ax.errorbar([b * scale for b in budgets], y, yerr=err, fmt="o-", color=f"C{i}", label=model, capsize=3)
-  for ax, label in zip(axes, ("training bytes", "training FLOPs (budget x FLOPs per byte)")):
+    flops = [b * flops_per_byte.get((model, mine[b].point), math.nan) for b in budgets]
+    for ax, x in zip(axes, (budgets, flops)):
+      ax.errorbar(x, y, yerr=err, fmt="o-", color=f"C{i}", label=model, capsize=3)
+  for ax, label in zip(axes, ("training bytes", "training FLOPs (budget x training FLOPs per byte)")):
     ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel("final valid bits per byte")
