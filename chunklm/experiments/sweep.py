@@ -298,12 +298,15 @@ def plot_budget(summaries: list[Summary], flops_per_byte: dict[tuple, float], pa
     flops = [b * flops_per_byte.get((model, mine[b].point), math.nan) for b in budgets]
     for ax, x in zip(axes, (budgets, flops)):
       ax.errorbar(x, y, yerr=err, fmt="o-", color=f"C{i}", label=model, capsize=3)
+  budgets = sorted({b for mine in best_per_budget(summaries).values() for b in mine})
   for ax, label in zip(axes, ("training bytes", "training FLOPs (budget x training FLOPs per byte)")):
     ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel("final valid bits per byte")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+  axes[0].minorticks_off()  # the budgets are the ticks
+  axes[0].set_xticks(budgets, [f"{b / 1e6:g} MB" for b in budgets])
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   return path
