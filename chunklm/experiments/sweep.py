@@ -2,8 +2,8 @@
 runs' final valid BPBs summarised per model and point (mean and spread over seeds, each model's best point).
 
 A sweep over `budget_bytes` (BUDGET_KEY, not a config field: the compare spec's training bytes per model) gives
-budget curves: each model's best at each budget, its gap to the lowest model there and how the gap moves per
-doubling of the budget (`budget_lines`), and BPB against training bytes and training FLOPs (`plot_budget`).
+budget curves: each model's best at each budget, its gap to the model lowest at the largest budget and how the gap
+moves per doubling of the budget (`budget_lines`), and BPB against training bytes and training FLOPs (`plot_budget`).
 
 Seed k > 0 adds k to the model's `train.seed` (parameter init) and `data.seed` (document and window order); seed 0 is
 the config as it is, so an earlier single-seed run is reused as seed 0. Within one seed every model trains on the
@@ -291,14 +291,15 @@ def plot_budget(summaries: list[Summary], flops_per_byte: dict[tuple, float], pa
   """Each model's best BPB (error bars: std over seeds) against its training bytes and its training FLOPs (budget x
   `flops_per_byte[(model, point)]`, the point's training FLOPs per byte), log axes."""
   fig, axes = figure(1, 2, figsize=(12, 4.5))
-  for i, (model, mine) in enumerate(best_per_budget(summaries).items()):
+  best = best_per_budget(summaries)
+  for i, (model, mine) in enumerate(best.items()):
     budgets = sorted(mine)
     y = [mine[b].mean for b in budgets]
     err = [0.0 if math.isnan(mine[b].std) else mine[b].std for b in budgets]
     flops = [b * flops_per_byte.get((model, mine[b].point), math.nan) for b in budgets]
     for ax, x in zip(axes, (budgets, flops)):
       ax.errorbar(x, y, yerr=err, fmt="o-", color=f"C{i}", label=model, capsize=3)
-  budgets = sorted({b for mine in best_per_budget(summaries).values() for b in mine})
+  budgets = sorted({b for mine in best.values() for b in mine})
   for ax, label in zip(axes, ("training bytes", "training FLOPs (budget x training FLOPs per byte)")):
     ax.set_xscale("log")
     ax.set_xlabel(label)
