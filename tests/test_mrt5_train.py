@@ -46,6 +46,7 @@ def test_span_corruption_training_resumes_exactly(tmp_path):
   rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(0 <= r["deleted"] <= 1 for r in rows)
   assert res["bits_per_target_byte"] > 0 and 0 <= res["deletion_rate"] <= 1
+  assert json.loads((tmp_path / "resumed" / "eval.json").read_text())["step"] == res["step"] == 6
 
 
 def test_evaluation_counts_what_the_gate_deletes_by_byte_class(tmp_path):

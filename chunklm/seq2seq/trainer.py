@@ -190,7 +190,7 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
           ckpt.save(done, {"params": params, "opt": opt, "pi": pi}, None, {"step": done})
     ckpt.close()
-    result = evaluate_mrt5(cfg, graphdef, params, data)
+    result = {"workdir": str(workdir), "step": cfg.train.steps, **evaluate_mrt5(cfg, graphdef, params, data)}
     (workdir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
