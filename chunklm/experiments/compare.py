@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import statistics
 import typing
 from pathlib import Path
 
@@ -244,11 +243,7 @@ def check_sweep(spec: CompareSpec, data_args: list[str], budget_given: bool = Fa
   sweeps.check_unset([k for k, _ in spec.sweep], list(spec.data) + data_args)
   for key, values in spec.sweep:
     if key == sweeps.BUDGET_KEY:
-      if budget_given:
-        raise UserError(f"--sweep {key} and --budget-bytes: give the budgets in one of them")
-      if not all(v.isdecimal() and v.isascii() and int(v) > 0 for v in values):
-        raise UserError(f"--sweep {key}={','.join(values)}: budgets are whole positive numbers of training bytes, "
-                        "e.g. --sweep budget_bytes=2500000,10000000")
+      sweeps.check_budgets(values, budget_given)
     if key.startswith("data.") and key[5:] in DATA_IDENTITY:
       raise UserError(f"--sweep {key}: every run of a comparison reads the same bytes; {key} decides which "
                       "(use --seeds N to vary the order of the training bytes)")
@@ -392,17 +387,8 @@ def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args:
   summary = []
   (out / "sweep.png").unlink(missing_ok=True)  # a plot from an earlier sweep must not stand for this one
   if spec.sweep or spec.seeds > 1:
-    summaries = sweeps.summarise(runs, {r.name: r.valid_bpb for r in rows})
-    if sweeps.BUDGET_KEY in swept:  # the largest budget is always "best": curves and gaps instead
-      summary = sweeps.lines(summaries, swept, spec.seeds, best=False) + [""] + sweeps.budget_lines(summaries, swept)
-      point_of = {r.name: (r.model, r.point) for r in runs}
-      flops: dict[tuple, list[float]] = {}
-      for row in rows:  # a point's FLOPs per byte over its seeds (an H-Net's measured ratio varies a little)
-        flops.setdefault(point_of[row.name], []).append(row.flops_per_byte)
-      sweeps.plot_budget(summaries, {k: statistics.fmean(v) for k, v in flops.items()}, out / "sweep.png")
-    else:
-      summary = sweeps.lines(summaries, swept, spec.seeds)
-      sweeps.plot(summaries, swept, out / "sweep.png")
+    summaries, summary = sweeps.report(runs, {r.name: r.valid_bpb for r in rows},
+                                       {r.name: r.flops_per_byte for r in rows}, swept, spec.seeds, out / "sweep.png")
     (out / "summary.json").write_text(json.dumps(
         [{"model": s.model, "point": dict(s.point), "valid_bpb": [_finite(v) for v in s.bpbs], "mean": _finite(s.mean),
           "std": _finite(s.std), "seeds": len(s.bpbs)} for s in summaries], indent=1, allow_nan=False) + "\n")

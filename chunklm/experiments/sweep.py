@@ -237,6 +237,32 @@ def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path,
   return path
 
 
+def check_budgets(values, budget_given: bool) -> None:
+  """One clear line for budgets that are not whole positive numbers of bytes, or that clash with --budget-bytes."""
+  if budget_given:
+    raise UserError(f"--sweep {BUDGET_KEY} and --budget-bytes: give the budgets in one of them")
+  if not all(v.isdecimal() and v.isascii() and int(v) > 0 for v in values):
+    raise UserError(f"--sweep {BUDGET_KEY}={','.join(values)}: budgets are whole positive numbers of training bytes, "
+                    "e.g. --sweep budget_bytes=2500000,10000000")
+
+
+def report(runs: list[Run], bpb: dict[str, float], flops_per_byte: dict[str, float], sweep: dict[str, tuple[str, ...]],
+           seeds: int, path) -> tuple[list[Summary], list[str]]:
+  """The summaries of the finished runs (`bpb`: final valid BPB by run name), the report's markdown lines, and the
+  plot at `path`: against the swept value, or for a budget sweep (whose largest budget would always be "best")
+  budget curves, with each point's training FLOPs per byte averaged over its seeds (`flops_per_byte` by run name)."""
+  summaries = summarise(runs, bpb)
+  if BUDGET_KEY not in sweep:
+    plot(summaries, sweep, path)
+    return summaries, lines(summaries, sweep, seeds)
+  per_point: dict[tuple, list[float]] = {}
+  for r in runs:
+    if r.name in flops_per_byte:
+      per_point.setdefault((r.model, r.point), []).append(flops_per_byte[r.name])
+  plot_budget(summaries, {k: statistics.fmean(v) for k, v in per_point.items()}, path)
+  return summaries, lines(summaries, sweep, seeds, best=False) + [""] + budget_lines(summaries, sweep)
+
+
 def best_per_budget(summaries: list[Summary]) -> dict[str, dict[int, Summary]]:
   """model -> budget -> its lowest-mean point at that budget over the other swept keys, among the points with every
   seed finished (among all when none is)."""
