@@ -223,8 +223,7 @@ def expand_spec(spec: CompareSpec, plain: dict[str, Config]) -> tuple[CompareSpe
   models = []
   for r in runs:
     m = _spec_model(spec, r.model)
-    settings = dataclasses.replace(r, point=tuple(kv for kv in r.point if kv[0] != sweeps.BUDGET_KEY))
-    extra = sweeps.overrides(settings, plain[m.name].train.seed, plain[m.name].data.seed)
+    extra = sweeps.overrides(r, plain[m.name].train.seed, plain[m.name].data.seed)
     ref = sweeps.run_name(m.match_flops, r.point, r.seed) if m.match_flops else ""
     budget = int(dict(r.point).get(sweeps.BUDGET_KEY, 0))
     models.append(dataclasses.replace(m, name=r.name, run_set=tuple(extra), match_flops=ref, budget_bytes=budget))

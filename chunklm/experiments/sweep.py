@@ -114,8 +114,9 @@ def expand(models: list[str], sweep: dict[str, tuple[str, ...]], seeds: int) -> 
 
 
 def overrides(run: Run, train_seed: int, data_seed: int) -> list[str]:
-  """The run's KEY=VALUE settings on top of its model's: the sweep point, then the shifted seeds."""
-  out = [f"{k}={v}" for k, v in run.point]
+  """The run's KEY=VALUE settings on top of its model's: the sweep point's config fields (not its budget), then the
+  shifted seeds."""
+  out = [f"{k}={v}" for k, v in run.point if k != BUDGET_KEY]
   if run.seed:
     out += [f"train.seed={train_seed + run.seed}", f"data.seed={data_seed + run.seed}"]
   return out
