@@ -105,7 +105,7 @@ def test_span_corruption_masks_the_fraction_and_is_recoverable(length):
 def test_bad_settings_are_one_line_errors():
   for kwargs, message in [({"target_deletion": 1.0}, "target_deletion"), ({"target_deletion": -0.1}, r"\[0, 1\)"),
                           ({"gate_layer": 3}, "gate_layer"), ({"gate_scale": 1.0}, "negative"),
-                          ({"buckets": (0.5,)}, "buckets")]:
+                          ({"buckets": (0.5,)}, "buckets"), ({"gate_ema": 1.0}, "gate_ema")]:
     with pytest.raises(ConfigError, match=message):
       MrT5Config(**{**vars(CFG), **kwargs})
 

@@ -7,15 +7,18 @@ import json
 import random
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from chunklm.cli import main
+from chunklm.config import dump_yaml
 from chunklm.model.functional import named_leaves, split_model
 from chunklm.model.mrt5 import MrT5
-from chunklm.seq2seq.trainer import Data, evaluate_mrt5, load_mrt5_config, open_mrt5, train_mrt5
+from chunklm.seq2seq.trainer import (Data, _optimizer, build, evaluate_mrt5, gate_leaves, load_mrt5_config,
+                                     make_train_step, open_mrt5, train_mrt5, with_gate)
 from conftest import write_corpus
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
@@ -62,6 +65,52 @@ def test_evaluation_counts_what_the_gate_deletes_by_byte_class(tmp_path):
   assert total == sum(int(b["valid"].sum()) for b in data.eval_batches(16))  # every valid input position, once
   assert sum(c["positions"] * c["deletion_rate"] for c in by_class) / total == pytest.approx(res["deletion_rate"])
   assert sum(c["share_of_deleted"] for c in by_class) == pytest.approx(1.0)
+
+
+def test_the_gate_average_follows_the_gate_once_it_is_switched_on(tmp_path):
+  corpus = write_corpus(tmp_path / "corpus")
+  cfg = load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", "mrt5.gate_ema=0.75",
+                                       "mrt5.regularizer_delay=2"])
+  graphdef, params = build(cfg)
+  tx = _optimizer(cfg, params)
+  step = make_train_step(cfg, graphdef, tx)
+  data = Data(cfg, tmp_path / "cache")
+  opt, pi = tx.init(params), {k: jnp.zeros((), jnp.float32) for k in ("p_acc", "i_acc", "alpha")}
+  ema = [x + 5.0 for x in gate_leaves(params)]  # anything: before the gate is on, the average is the gate itself
+  names = [n for n in named_leaves(params) if n.startswith("gate_")]
+  assert sorted(names) == ["gate_c", "gate_scale_ln", "gate_shift_ln", "gate_w"]
+  for k in range(4):
+    before = [np.asarray(x) for x in ema]
+    params, opt, pi, ema, _ = step(params, opt, pi, ema, jax.tree.map(jnp.asarray, data.train_batch(k)),
+                                   jnp.int32(k))
+    now = [np.asarray(x) for x in gate_leaves(params)]
+    want = now if k < 2 else [0.75 * b + 0.25 * x for b, x in zip(before, now)]
+    assert all(np.allclose(e, w, rtol=1e-6, atol=1e-7) for e, w in zip(ema, want)), k
+  assert any(not np.allclose(e, x) for e, x in zip(ema, gate_leaves(params)))  # the gate moved after step 2
+  swapped = named_leaves(with_gate(params, ema))
+  for name, x in named_leaves(params).items():  # only the gate's parameters are replaced
+    same = np.array_equal(np.asarray(swapped[name]), np.asarray(x))
+    assert same or name.startswith("gate_"), name
+
+
+@pytest.mark.slow  # CI budget: two short trainings with the gate average (~40 s)
+def test_inference_uses_the_gate_average_and_it_resumes_exactly(tmp_path):
+  corpus = write_corpus(tmp_path / "corpus")
+  cfg = lambda steps: load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", f"train.steps={steps}",  # noqa
+                                                     "mrt5.gate_ema=0.9"])
+  straight = train_mrt5(cfg(6), tmp_path / "straight", **QUIET)
+  train_mrt5(cfg(3), tmp_path / "resumed", **QUIET)
+  resumed = train_mrt5(cfg(6), tmp_path / "resumed", **QUIET)
+  assert straight == {**resumed, "workdir": straight["workdir"]}
+  a, b = named_leaves(open_mrt5(tmp_path / "straight")[2]), named_leaves(open_mrt5(tmp_path / "resumed")[2])
+  assert all(np.asarray(a[k]).tobytes() == np.asarray(b[k]).tobytes() for k in a)
+  plain = load_mrt5_config(tmp_path / "straight" / "config.yaml", ["mrt5.gate_ema=0"])
+  (tmp_path / "last").mkdir()
+  (tmp_path / "last" / "config.yaml").write_text(dump_yaml(plain))
+  (tmp_path / "last" / "checkpoints").symlink_to(tmp_path / "straight" / "checkpoints")
+  last = named_leaves(open_mrt5(tmp_path / "last")[2])  # the same checkpoint read without the average
+  assert any(not np.allclose(a[k], last[k]) for k in a if k.startswith("gate_"))
+  assert all(np.array_equal(a[k], last[k]) for k in a if not k.startswith("gate_"))
 
 
 def test_diagnostic_tasks_are_what_the_paper_defines(tmp_path):

@@ -34,6 +34,9 @@ class MrT5Config:
   #                          alpha >= 0, which can only push towards deleting
   regularizer_delay: int = 0  # steps before the gate is switched on (applied, trained, regularised)
   gate_lr_scale: float = 1.0  # the gate's learning rate relative to train.lr (1 = MrT5's)
+  gate_ema: float = 0.0  # > 0: evaluate (and bench, decode) with an exponential moving average of the gate's
+  #                        parameters over training steps at this decay (0.99: ~100 steps), started when the gate is
+  #                        switched on; 0 = the gate's last parameters, as MrT5 does
   softmax1: bool = True  # off-by-one softmax in attention (a query may attend to nothing, as MrT5 uses)
   rope_theta: float = 10000.0  # RoPE base (every head dimension rotated)
   buckets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # hard deletion: kept lengths as fractions of the input
@@ -61,6 +64,8 @@ class MrT5Config:
       raise ConfigError(f"mrt5.buckets: increasing fractions in (0, 1] ending with 1.0, got {list(self.buckets)}")
     if self.k_p < 0 or self.k_i < 0 or self.regularizer_delay < 0 or not self.gate_lr_scale > 0:
       raise ConfigError("mrt5: k_p, k_i and regularizer_delay must be >= 0, gate_lr_scale > 0")
+    if not 0 <= self.gate_ema < 1:
+      raise ConfigError(f"mrt5.gate_ema: a decay in [0, 1) (0 = off), got {self.gate_ema}")
 
 
 @dataclasses.dataclass(frozen=True)

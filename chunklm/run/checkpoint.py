@@ -108,14 +108,16 @@ class Checkpointer:
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-  def restore(self, step: int, like_state: dict, data_iter: grain.DatasetIterator | None = None) -> tuple[dict, dict]:
+  def restore(self, step: int, like_state: dict, data_iter: grain.DatasetIterator | None = None,
+              partial: bool = False) -> tuple[dict, dict]:
     """(state, meta) at `step`; `like_state` gives structure, shapes and dtypes; `data_iter` is set in place.
 
-    A `like_state` of only {"params": ...} restores the parameters alone (inference: no optimizer state is read)."""
+    With `partial` (always for a `like_state` of only {"params": ...}) only the parts `like_state` names are read,
+    e.g. no optimizer state for inference."""
     damage = verify(self.directory / str(step))
     if damage:
       raise CheckpointError(f"checksum mismatch: {damage}")
-    if set(like_state) == {"params"}:
+    if partial or set(like_state) == {"params"}:
       item = _abstract(like_state)
       state_args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                                           partial_restore=True)
@@ -127,7 +129,8 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restored["meta"]
 
-  def restore_latest(self, like_state: dict, data_iter=None, log=print) -> tuple[int, dict, dict] | None:
+  def restore_latest(self, like_state: dict, data_iter=None, log=print,
+                     partial: bool = False) -> tuple[int, dict, dict] | None:
     """The newest readable checkpoint as (step, state, meta), or None when there is none at all. Newer unreadable
     ones are moved aside (so training can write those steps again) only once an older one has been read: when none
     can be read, nothing is moved and the error says so."""
@@ -135,7 +138,7 @@ class Checkpointer:
     failed: list[tuple[int, str]] = []
     for step in reversed(steps):
       try:
-        state, meta = self.restore(step, like_state, data_iter)
+        state, meta = self.restore(step, like_state, data_iter, partial)
       except Exception as e:  # orbax raises many types for damaged files; we only need to know it failed
         failed.append((step, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__))
         continue

@@ -17,7 +17,10 @@ here it may go negative (`mrt5.two_sided`, default): in tiny runs from scratch t
 cross-entropy alone drove the gate to delete 0.69 of the bytes against a 0.5 target, and a clamped controller can
 only sit at 0 then. The workdir holds config.yaml, orbax checkpoints (parameters, optimizer, controller) and
 metrics.jsonl (ce, deletion rate, alpha, mean and spread of G every log_every steps); batches are a function of
-(seed, step), so re-running `train` resumes exactly.
+(seed, step), so re-running `train` resumes exactly. With `mrt5.gate_ema` > 0 the run also keeps an exponential
+moving average of the gate's parameters (from the step the gate is switched on), and inference (eval, bench,
+decoding) uses it: the controller holds the training batches' average deletion on target while the gate's last
+parameters wander around it (in tiny runs +-5-10 points from one step to the next), as any noisy optimisation does.
 Evaluation: cross-entropy per target byte (bits), the deletion rate and the mean kept length with hard deletion
 (each batch compacted into the smallest bucket that holds it), the deletion rate per kind of input byte
 (`deleted_by_class`: vowels, consonants, digits, whitespace, punctuation, other; kinds absent from the input are left
@@ -85,11 +88,29 @@ def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = 
           "kept": jnp.sum(enc.keep_BxL * v), "positions": v.sum()}
 
 
+def _is_gate(path) -> bool:
+  return path_name(path).startswith("gate_")
+
+
+def gate_leaves(params) -> list:
+  """The delete gate's parameters in tree order (what `mrt5.gate_ema` averages)."""
+  return [x for path, x in jax.tree_util.tree_flatten_with_path(params)[0] if _is_gate(path)]
+
+
+def with_gate(params, gate: list):
+  """`params` with the delete gate's parameters replaced by `gate` (in `gate_leaves` order)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  gate = iter(gate)
+  return jax.tree_util.tree_unflatten(treedef, [next(gate) if _is_gate(path) else x for path, x in leaves])
+
+
 def make_train_step(cfg: MrT5Run, graphdef, tx):
+  """(params, opt_state, pi, ema, batch, step) -> (params, opt_state, pi, ema, metrics); `ema` is the gate's moving
+  average (`gate_leaves` order; an empty list when mrt5.gate_ema is 0)."""
   m = cfg.mrt5
 
   @jax.jit
-  def step(params, opt_state, pi, batch, step_idx):
+  def step(params, opt_state, pi, ema, batch, step_idx):
     active = step_idx >= m.regularizer_delay
     alpha = jnp.where(active, pi["alpha"] if m.alpha < 0 else m.alpha, 0.0)
 
@@ -101,16 +122,19 @@ def make_train_step(cfg: MrT5Run, graphdef, tx):
     (loss, (ce, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     updates = jax.tree_util.tree_map_with_path(
-        lambda path, u: u * m.gate_lr_scale if path_name(path).startswith("gate_") else u, updates)
+        lambda path, u: u * m.gate_lr_scale if _is_gate(path) else u, updates)
     params = optax.apply_updates(params, updates)
+    if m.gate_ema > 0:  # the average starts from the gate's parameters when it is switched on (untrained before)
+      ema = jax.tree.map(lambda e, x: jnp.where(active, m.gate_ema * e + (1 - m.gate_ema) * x, x), ema,
+                         gate_leaves(params))
     deleted = 1.0 - out["kept"] / jnp.maximum(out["positions"], 1)
     if m.alpha < 0:
       p_acc, i_acc, new_alpha = pi_update(pi["p_acc"], pi["i_acc"], m.target_deletion - deleted, m.k_p, m.k_i,
                                           -jnp.inf if m.two_sided else 0.0)
       pi = jax.tree.map(lambda new, old: jnp.where(active, new, old),
                         {"p_acc": p_acc, "i_acc": i_acc, "alpha": new_alpha}, pi)
-    return params, opt_state, pi, {"loss": loss, "ce": ce, "deleted": deleted, "alpha": alpha,
-                                   "g_mean": out["g_mean"], "g_std": out["g_std"]}
+    return params, opt_state, pi, ema, {"loss": loss, "ce": ce, "deleted": deleted, "alpha": alpha,
+                                        "g_mean": out["g_mean"], "g_std": out["g_std"]}
 
   return step
 
@@ -162,6 +186,8 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
     state = {"params": params, "opt": tx.init(params),
              "pi": {k: jnp.asarray(max(cfg.mrt5.alpha, 0.0) if k == "alpha" else 0.0, jnp.float32)
                     for k in ("p_acc", "i_acc", "alpha")}}
+    if cfg.mrt5.gate_ema > 0:
+      state["gate_ema"] = gate_leaves(params)
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
     restored = ckpt.restore_latest(state, log=log)
     start = 0
@@ -170,14 +196,14 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
       log(f"resumed from step {start}")
     saved.write_text(dump_yaml(cfg))
     step_fn = make_train_step(cfg, graphdef, tx)
-    params, opt, pi = state["params"], state["opt"], state["pi"]
+    params, opt, pi, ema = state["params"], state["opt"], state["pi"], state.get("gate_ema", [])
     t0 = time.time()
     with (workdir / "metrics.jsonl").open("a") as metrics, bar(total=cfg.train.steps, enabled=progress,
                                                                 desc="mrt5", unit="step") as pbar:
       pbar.update(start)
       for k in range(start, cfg.train.steps):
         batch = jax.tree.map(jnp.asarray, data.train_batch(k))
-        params, opt, pi, out = step_fn(params, opt, pi, batch, jnp.int32(k))
+        params, opt, pi, ema, out = step_fn(params, opt, pi, ema, batch, jnp.int32(k))
         pbar.update(1)
         done = k + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
@@ -188,24 +214,31 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
           metrics.flush()
           pbar.set_postfix(ce=f"{row['ce']:.3f}", deleted=f"{row['deleted']:.2f}", alpha=f"{row['alpha']:.3g}")
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
-          ckpt.save(done, {"params": params, "opt": opt, "pi": pi}, None, {"step": done})
+          ckpt.save(done, {"params": params, "opt": opt, "pi": pi, **({"gate_ema": ema} if ema else {})}, None,
+                    {"step": done})
     ckpt.close()
+    if ema:
+      params = with_gate(params, ema)
     result = {"workdir": str(workdir), "step": cfg.train.steps, **evaluate_mrt5(cfg, graphdef, params, data)}
     (workdir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
 def open_mrt5(workdir: str | Path, log=print):
-  """(cfg, graphdef, params, step) of the newest checkpoint of an MrT5 run."""
+  """(cfg, graphdef, params, step) of the newest checkpoint of an MrT5 run; params are those inference uses (the
+  gate's moving average in place of its last parameters where mrt5.gate_ema > 0)."""
   workdir = Path(workdir)
   if not (workdir / "config.yaml").exists():
     raise CheckpointError(f"{workdir} is not an MrT5 run (no config.yaml); train one with `chunklm mrt5 train`")
   cfg = load_config(workdir / "config.yaml", root=MrT5Run)
   graphdef, like = build(cfg)
-  restored = Checkpointer(workdir / "checkpoints", read_only=True).restore_latest({"params": like}, log=log)
+  like = {"params": like, **({"gate_ema": gate_leaves(like)} if cfg.mrt5.gate_ema > 0 else {})}
+  restored = Checkpointer(workdir / "checkpoints", read_only=True).restore_latest(like, log=log, partial=True)
   if restored is None:
     raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}")
-  return cfg, graphdef, restored[1]["params"], restored[0]
+  step, state = restored[0], restored[1]
+  params = with_gate(state["params"], state["gate_ema"]) if "gate_ema" in state else state["params"]
+  return cfg, graphdef, params, step
 
 
 def hard_keep(graphdef, params, batch: dict, buckets) -> tuple[int, np.ndarray]:
