@@ -19,8 +19,10 @@ only sit at 0 then. The workdir holds config.yaml, orbax checkpoints (parameters
 metrics.jsonl (ce, deletion rate, alpha, mean and spread of G every log_every steps); batches are a function of
 (seed, step), so re-running `train` resumes exactly. With `mrt5.gate_ema` > 0 the run also keeps an exponential
 moving average of the gate's parameters (from the step the gate is switched on), and inference (eval, bench,
-decoding) uses it: the controller holds the training batches' average deletion on target while the gate's last
-parameters wander around it (in tiny runs +-5-10 points from one step to the next), as any noisy optimisation does.
+decoding) uses it instead of the last parameters, which in tiny runs delete 5-10 points more or less than the
+training batches' average that the controller holds on target. The average of the parameters is not the average
+deletion (a threshold of w.LN(h) + c): in tiny English runs it came closer to the target at 0.5 and further from it
+at 0.7 (docs/benchmarks.md), so it is off by default.
 Evaluation: cross-entropy per target byte (bits), the deletion rate and the mean kept length with hard deletion
 (each batch compacted into the smallest bucket that holds it), the deletion rate per kind of input byte
 (`deleted_by_class`: vowels, consonants, digits, whitespace, punctuation, other; kinds absent from the input are left
