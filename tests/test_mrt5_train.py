@@ -76,21 +76,19 @@ def test_the_gate_average_follows_the_gate_once_it_is_switched_on(tmp_path):
   step = make_train_step(cfg, graphdef, tx)
   data = Data(cfg, tmp_path / "cache")
   opt, pi = tx.init(params), {k: jnp.zeros((), jnp.float32) for k in ("p_acc", "i_acc", "alpha")}
-  ema = [x + 5.0 for x in gate_leaves(params)]  # anything: before the gate is on, the average is the gate itself
-  names = [n for n in named_leaves(params) if n.startswith("gate_")]
-  assert sorted(names) == ["gate_c", "gate_scale_ln", "gate_shift_ln", "gate_w"]
+  ema = {n: x + 5.0 for n, x in gate_leaves(params).items()}  # anything: before switch-on the average is the gate
+  assert sorted(ema) == ["gate_c", "gate_scale_ln", "gate_shift_ln", "gate_w"]
   for k in range(4):
-    before = [np.asarray(x) for x in ema]
+    before = {n: np.asarray(x) for n, x in ema.items()}
     params, opt, pi, ema, _ = step(params, opt, pi, ema, jax.tree.map(jnp.asarray, data.train_batch(k)),
                                    jnp.int32(k))
-    now = [np.asarray(x) for x in gate_leaves(params)]
-    want = now if k < 2 else [0.75 * b + 0.25 * x for b, x in zip(before, now)]
-    assert all(np.allclose(e, w, rtol=1e-6, atol=1e-7) for e, w in zip(ema, want)), k
-  assert any(not np.allclose(e, x) for e, x in zip(ema, gate_leaves(params)))  # the gate moved after step 2
+    now = {n: np.asarray(x) for n, x in gate_leaves(params).items()}
+    want = now if k < 2 else {n: 0.75 * before[n] + 0.25 * now[n] for n in now}
+    assert all(np.allclose(ema[n], want[n], rtol=1e-6, atol=1e-7) for n in now), k
+  assert any(not np.allclose(ema[n], x) for n, x in gate_leaves(params).items())  # the gate moved after step 2
   swapped = named_leaves(with_gate(params, ema))
-  for name, x in named_leaves(params).items():  # only the gate's parameters are replaced
-    same = np.array_equal(np.asarray(swapped[name]), np.asarray(x))
-    assert same or name.startswith("gate_"), name
+  for name, x in named_leaves(params).items():  # the gate's parameters are the average's, the others unchanged
+    assert np.array_equal(np.asarray(swapped[name]), np.asarray(ema[name] if name in ema else x)), name
 
 
 @pytest.mark.slow  # CI budget: two short trainings with the gate average (~40 s)
@@ -99,6 +97,9 @@ def test_inference_uses_the_gate_average_and_it_resumes_exactly(tmp_path):
   cfg = lambda steps: load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", f"train.steps={steps}",  # noqa
                                                      "mrt5.gate_ema=0.9"])
   straight = train_mrt5(cfg(6), tmp_path / "straight", **QUIET)
+  c, graphdef, averaged, _ = open_mrt5(tmp_path / "straight")  # the final evaluation used the average too
+  assert evaluate_mrt5(c, graphdef, averaged, Data(c, tmp_path / "straight" / "cache")) == \
+      {k: v for k, v in straight.items() if k not in ("workdir", "step")}
   train_mrt5(cfg(3), tmp_path / "resumed", **QUIET)
   resumed = train_mrt5(cfg(6), tmp_path / "resumed", **QUIET)
   assert straight == {**resumed, "workdir": straight["workdir"]}

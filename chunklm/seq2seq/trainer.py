@@ -94,21 +94,19 @@ def _is_gate(path) -> bool:
   return path_name(path).startswith("gate_")
 
 
-def gate_leaves(params) -> list:
-  """The delete gate's parameters in tree order (what `mrt5.gate_ema` averages)."""
-  return [x for path, x in jax.tree_util.tree_flatten_with_path(params)[0] if _is_gate(path)]
+def gate_leaves(params) -> dict:
+  """{name: leaf} of the delete gate's parameters (what `mrt5.gate_ema` averages; checkpointed by name)."""
+  return {path_name(path): x for path, x in jax.tree_util.tree_flatten_with_path(params)[0] if _is_gate(path)}
 
 
-def with_gate(params, gate: list):
-  """`params` with the delete gate's parameters replaced by `gate` (in `gate_leaves` order)."""
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-  gate = iter(gate)
-  return jax.tree_util.tree_unflatten(treedef, [next(gate) if _is_gate(path) else x for path, x in leaves])
+def with_gate(params, gate: dict):
+  """`params` with the delete gate's parameters replaced by those of `gate` (as `gate_leaves` names them)."""
+  return jax.tree_util.tree_map_with_path(lambda path, x: gate[path_name(path)] if _is_gate(path) else x, params)
 
 
 def make_train_step(cfg: MrT5Run, graphdef, tx):
   """(params, opt_state, pi, ema, batch, step) -> (params, opt_state, pi, ema, metrics); `ema` is the gate's moving
-  average (`gate_leaves` order; an empty list when mrt5.gate_ema is 0)."""
+  average (as `gate_leaves` names it; empty when mrt5.gate_ema is 0)."""
   m = cfg.mrt5
 
   @jax.jit
@@ -198,7 +196,7 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
       log(f"resumed from step {start}")
     saved.write_text(dump_yaml(cfg))
     step_fn = make_train_step(cfg, graphdef, tx)
-    params, opt, pi, ema = state["params"], state["opt"], state["pi"], state.get("gate_ema", [])
+    params, opt, pi, ema = state["params"], state["opt"], state["pi"], state.get("gate_ema", {})
     t0 = time.time()
     with (workdir / "metrics.jsonl").open("a") as metrics, bar(total=cfg.train.steps, enabled=progress,
                                                                 desc="mrt5", unit="step") as pbar:
@@ -239,8 +237,7 @@ def open_mrt5(workdir: str | Path, log=print):
   if restored is None:
     raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}")
   step, state = restored[0], restored[1]
-  params = with_gate(state["params"], state["gate_ema"]) if "gate_ema" in state else state["params"]
-  return cfg, graphdef, params, step
+  return cfg, graphdef, with_gate(state["params"], state["gate_ema"]) if "gate_ema" in like else state["params"], step
 
 
 def hard_keep(graphdef, params, batch: dict, buckets) -> tuple[int, np.ndarray]:
