@@ -8,7 +8,8 @@ from chunklm.cli.output import write_json
 from chunklm.errors import UserError
 from chunklm.experiments.mrt5_compare import run_mrt5_compare
 from chunklm.seq2seq.bench import bench_encoder
-from chunklm.seq2seq.trainer import Data, evaluate_mrt5, load_mrt5_config, open_mrt5, train_mrt5
+from chunklm.seq2seq.trainer import (Data, eval_record, evaluate_mrt5, load_mrt5_config, open_mrt5,
+                                     train_mrt5)
 
 
 def _print_eval(res: dict) -> None:
@@ -41,9 +42,8 @@ def cmd_mrt5(args) -> int:
     return 0
   if args.mrt5 == "eval":
     cfg, graphdef, params, step = open_mrt5(args.workdir)
-    res = {"workdir": args.workdir, "step": step,
-           **evaluate_mrt5(cfg, graphdef, params, Data(cfg, Path(args.workdir) / "cache"), args.batch_size,
-                           progress=not args.no_progress)}
+    res = eval_record(args.workdir, step, evaluate_mrt5(cfg, graphdef, params, Data(cfg, Path(args.workdir) / "cache"),
+                                                        args.batch_size, progress=not args.no_progress))
     _print_eval(res)
     write_json(args.json, res)
     return 0

@@ -219,9 +219,14 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
     ckpt.close()
     if ema:
       params = with_gate(params, ema)
-    result = {"workdir": str(workdir), "step": cfg.train.steps, **evaluate_mrt5(cfg, graphdef, params, data)}
+    result = eval_record(workdir, cfg.train.steps, evaluate_mrt5(cfg, graphdef, params, data))
     (workdir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def eval_record(workdir: str | Path, step: int, result: dict) -> dict:
+  """What eval.json and `mrt5 eval --json` hold: the run and step evaluated, then `evaluate_mrt5`'s figures."""
+  return {"workdir": str(workdir), "step": step, **result}
 
 
 def open_mrt5(workdir: str | Path, log=print):
