@@ -33,11 +33,12 @@ def capacity_factor(model: ModelConfig, mean_chunks: float) -> float:
 
 
 def capacities(model: ModelConfig, length: int, doc_slots: int) -> tuple[int, ...]:
-  """Chunk slots per routing stage for windows of `length` positions holding at most `doc_slots` documents."""
+  """Chunk slots per routing stage for windows of `length` positions holding at most `doc_slots` documents, sized
+  for the smallest target N training asks for (a ratio curriculum's start, when below the final target)."""
   caps = []
   prev, ratio = length, 1.0
   for s in range(model.num_stages):
-    ratio *= model.target_ratio[s]
+    ratio *= model.lowest_ratios()[s]
     m = model.capacity[s] or math.ceil(length / ratio * capacity_factor(model, length / ratio)) + doc_slots
     m = min(m, prev)
     caps.append(m)

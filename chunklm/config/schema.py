@@ -62,6 +62,8 @@ class ModelConfig:
   capacity: tuple[int, ...] = (0,)  # explicit chunk capacity per routing stage; 0 = from capacity_factor
   ratio_loss_weight: float = 0.03  # alpha of the ratio loss
   ratio_loss: str = "hnet"  # hnet (the paper's, two-sided) | hinge (only while splitting more often than 1/N)
+  ratio_start: tuple[float, ...] = ()  # curriculum: the ratio loss's target N per stage at step 0 (() = none) ...
+  ratio_warmup_steps: int = 0  # ... moving linearly to target_ratio over this many training steps
   confidence_loss_weight: float = 0.0  # weight of mean 4p(1-p): pushes boundary probabilities away from 0.5
   lr_multipliers: tuple[float, ...] = ()  # learning-rate multiplier per level; () = paper's formula (App. C)
   init_std: float = 0.02  # std of linear-layer init; output projections are scaled down by depth
@@ -98,10 +100,10 @@ class ModelConfig:
       elif len(value) != levels:
         raise ConfigError(f"model.{name}: layout has {levels} level(s), got {len(value)} values {list(value)}")
     stages = self.num_stages
-    for name in ("router", "pooling", "target_ratio", "capacity"):
+    for name in ("router", "pooling", "target_ratio", "capacity", "ratio_start"):
       value = getattr(self, name)
-      if stages == 0:
-        continue  # unused by a plain stack
+      if stages == 0 or (name == "ratio_start" and not value):
+        continue  # unused by a plain stack; no curriculum
       if len(value) == 1 and stages > 1:
         object.__setattr__(self, name, value * stages)
       elif len(value) != stages:
@@ -128,6 +130,7 @@ class ModelConfig:
         raise ConfigError(f"model.target_ratio: target compression N must be > 1, got {n}")
     if stages:
       self._check_routers(stages)
+    self._check_curriculum(stages)
     if any(c < 0 for c in self.capacity):
       raise ConfigError(f"model.capacity: must be >= 0 (0 = automatic), got {list(self.capacity)}")
     if self.capacity_factor < 1 and self.capacity_factor != 0:
@@ -173,6 +176,27 @@ class ModelConfig:
       if uses_mamba(self.entropy.layout) and (self.mamba.expand * d) % self.mamba.head_dim:
         raise ConfigError(f"model.entropy.d_model: mamba.head_dim {self.mamba.head_dim} must divide expand * "
                           f"entropy.d_model = {self.mamba.expand * d}")
+
+  def _check_curriculum(self, stages: int) -> None:
+    if not self.ratio_start:
+      if self.ratio_warmup_steps:
+        raise ConfigError("model.ratio_warmup_steps: set model.ratio_start too (the target N at step 0), or 0")
+      return
+    if not stages:
+      raise ConfigError("model.ratio_start: a ratio curriculum needs an H-Net (a layout with routing stages)")
+    if any(not n > 1 for n in self.ratio_start):
+      raise ConfigError(f"model.ratio_start: target compression N must be > 1, got {list(self.ratio_start)}")
+    if self.ratio_warmup_steps <= 0:
+      raise ConfigError(f"model.ratio_warmup_steps: the curriculum needs > 0 steps to move from ratio_start to "
+                        f"target_ratio, got {self.ratio_warmup_steps}")
+    for s, r in enumerate(self.router[:stages]):
+      if r != "cosine":  # the only router with the H-Net ratio loss (a learnable p)
+        raise ConfigError(f"model.ratio_start: stage {s}'s router {r!r} has no ratio loss for a curriculum to move "
+                          "(only the cosine router has one)")
+
+  def lowest_ratios(self) -> tuple[float, ...]:
+    """Per stage the smallest target N training asks for (capacities are sized for it)."""
+    return tuple(min(pair) for pair in zip(self.target_ratio, self.ratio_start or self.target_ratio))
 
   def script_targets(self) -> dict[str, float]:
     """Per-script target N of the gumbel router ('default' falls back to target_ratio[0])."""

@@ -108,7 +108,7 @@ def dechunk(zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing, impl: str =
   return up_BxLxD * ste_one(confidence_BxL)[..., None]
 
 
-def ratio_loss(f: jax.Array, g: jax.Array, target: float) -> jax.Array:
-  """N/(N-1) ((N-1) F G + (1-F)(1-G)); minimum 1 at F = G = 1/N."""
-  n = float(target)
+def ratio_loss(f: jax.Array, g: jax.Array, target) -> jax.Array:
+  """N/(N-1) ((N-1) F G + (1-F)(1-G)); minimum 1 at F = G = 1/N. `target` N is a float or a traced scalar."""
+  n = target if isinstance(target, jax.Array) else float(target)
   return n / (n - 1.0) * ((n - 1.0) * f * g + (1.0 - f) * (1.0 - g))

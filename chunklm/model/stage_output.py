@@ -2,7 +2,8 @@
 
 Per stage s (over the stage's own positions: bytes at s = 0, stage-(s-1) chunks deeper):
   F_s = boundaries / positions (the router's own decisions, before overflow), G_s = p_sum / positions (mean p);
-  ratio loss L_s = N/(N-1) ((N-1) F G + (1-F)(1-G)) with the stage's target N (chunking.ratio_loss), for routers
+  ratio loss L_s = N/(N-1) ((N-1) F G + (1-F)(1-G)) with the stage's target N (chunking.ratio_loss; under a ratio
+  curriculum the training step passes the N of its step, train/step.py's ratio_targets), for routers
   with a learnable p only (for the others it would have no gradient; it reads as 0); with model.ratio_loss hinge
   only while F > 1/N (compressing more than N is free: a one-sided bound, the idea of FLEXITOKENS);
   uncertainty U_s = mean 4 p (1 - p) over valid positions (1 when every p is 0.5, 0 when all are 0 or 1);
@@ -41,15 +42,17 @@ class StageOutput:
   target_ratio: float = struct.field(pytree_node=False)  # N
   ratio_loss_kind: str = struct.field(pytree_node=False, default="hnet")  # hnet | hinge (RATIO_LOSSES)
 
-  def ratio_loss(self) -> jax.Array:
-    """The unweighted ratio loss L_s (0 when the router has no learnable p; under hinge, 0 while F <= 1/N)."""
+  def ratio_loss(self, target=None) -> jax.Array:
+    """The unweighted ratio loss L_s (0 when the router has no learnable p; under hinge, 0 while F <= 1/N) toward
+    `target` N (a float or a traced scalar: a ratio curriculum's target at this step), default target_ratio."""
     if not self.learnable_p:
       return jnp.zeros((), jnp.float32)
+    n = self.target_ratio if target is None else target
     f = self.boundaries / jnp.maximum(self.positions, 1.0)
     g = self.p_sum / jnp.maximum(self.positions, 1.0)
-    loss = chunking.ratio_loss(f, g, self.target_ratio)
+    loss = chunking.ratio_loss(f, g, n)
     if self.ratio_loss_kind == "hinge":
-      loss = jnp.where(f > 1.0 / self.target_ratio, loss, 0.0)
+      loss = jnp.where(f > 1.0 / n, loss, 0.0)
     return loss
 
 
@@ -98,12 +101,12 @@ def routing_metrics(sums: dict, num_stages: int) -> dict[str, jax.Array]:
   return out
 
 
-def stage_metrics(stages: tuple[StageOutput, ...]) -> dict[str, jax.Array]:
-  """Scalar metrics of one batch: each stage's unweighted ratio loss and router loss, then routing_metrics (none
-  for a plain stack)."""
+def stage_metrics(stages: tuple[StageOutput, ...], targets: tuple | None = None) -> dict[str, jax.Array]:
+  """Scalar metrics of one batch: each stage's unweighted ratio loss (toward `targets`, default each stage's
+  target_ratio) and router loss, then routing_metrics (none for a plain stack)."""
   out = {}
   for s, st in enumerate(stages):
-    out[f"ratio_loss_s{s}"] = st.ratio_loss()
+    out[f"ratio_loss_s{s}"] = st.ratio_loss(None if targets is None else targets[s])
     out[f"router_aux_s{s}"] = st.router_aux
     out[f"uncertainty_s{s}"] = st.uncertainty
   if stages:

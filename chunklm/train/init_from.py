@@ -23,7 +23,8 @@ from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.trained import TOKENIZER_FILE, read_config
 
 # model fields a fine-tuning run may set differently from the run it starts from (they keep every parameter)
-FREE_MODEL_FIELDS = ("model.target_ratio", "model.ratio_loss_weight", "model.ratio_loss",
+FREE_MODEL_FIELDS = ("model.target_ratio", "model.ratio_loss_weight", "model.ratio_loss", "model.ratio_start",
+                     "model.ratio_warmup_steps",
                      "model.confidence_loss_weight", "model.capacity_factor", "model.capacity", "model.lr_multipliers",
                      "model.init_std", "model.dtype", "model.remat", "model.attention_block",
                      "model.gumbel.temperature", "model.gumbel.prior_weight", "model.gumbel.script_ratios",

@@ -36,28 +36,43 @@ def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dic
           "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def routing_loss(stages: tuple[StageOutput, ...], cfg: ModelConfig) -> jax.Array:
+def ratio_targets(cfg: ModelConfig, step) -> tuple | None:
+  """The ratio loss's target N per stage at training `step` (a traced scalar) under a ratio curriculum:
+  model.ratio_start moving linearly to model.target_ratio over model.ratio_warmup_steps; None without one (each
+  stage's own target_ratio) or without a step (fine-tuning, evaluation)."""
+  if not cfg.ratio_start or step is None:
+    return None
+  frac = jnp.minimum(jnp.asarray(step, jnp.float32) / cfg.ratio_warmup_steps, 1.0)
+  return tuple(a + (b - a) * frac for a, b in zip(cfg.ratio_start, cfg.target_ratio))
+
+
+def routing_loss(stages: tuple[StageOutput, ...], cfg: ModelConfig, targets: tuple | None = None) -> jax.Array:
   """ratio_loss_weight * sum_s L_s + confidence_loss_weight * sum_s U_s over the stages whose router has a learnable
-  p, + sum_s router losses (model/stage_output.py)."""
-  learned = [st for st in stages if st.learnable_p]
-  return (cfg.ratio_loss_weight * sum(st.ratio_loss() for st in learned)
-          + cfg.confidence_loss_weight * sum(st.uncertainty for st in learned)
+  p, + sum_s router losses (model/stage_output.py); L_s toward `targets` (`ratio_targets`), default target_ratio."""
+  targets = targets or (None,) * len(stages)
+  learned = [(st, n) for st, n in zip(stages, targets) if st.learnable_p]
+  return (cfg.ratio_loss_weight * sum(st.ratio_loss(n) for st, n in learned)
+          + cfg.confidence_loss_weight * sum(st.uncertainty for st, _ in learned)
           + sum((st.router_aux for st in stages), jnp.zeros((), jnp.float32)))
 
 
-def loss_fn(params, graphdef, batch: dict, rng=None):
+def loss_fn(params, graphdef, batch: dict, rng=None, step=None):
   """Mean NLL per predicted position (byte or token) + weighted ratio loss + router losses; BPB = total NLL / text
-  bytes. Runs the model in training mode (router noise from `rng`); metrics["stats"] holds the updated router
-  statistics, metrics["ratio_loss"] the loss beyond the NLL (H-Net only)."""
+  bytes. Runs the model in training mode (router noise from `rng`; a ratio curriculum's targets at `step`);
+  metrics["stats"] holds the updated router statistics, metrics["ratio_loss"] the loss beyond the NLL (H-Net
+  only)."""
   model = merge_model(graphdef, params)
   logits_BxLxV, stages = apply(model, batch, train=True, rng=rng)
   stats = nnx.state(model, RouterStat)
   total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
   nll = total_nll / jnp.maximum(count, 1.0)
-  extra = routing_loss(stages, model.cfg)
+  targets = ratio_targets(model.cfg, step)
+  extra = routing_loss(stages, model.cfg, targets)
   loss = nll + extra
   metrics = {"loss": loss, "nll": nll, "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2, "bytes": n_bytes,
-             **stage_metrics(stages)}
+             **stage_metrics(stages, targets)}
+  if targets is not None:
+    metrics.update({f"target_ratio_s{s}": n for s, n in enumerate(targets)})
   if stages:
     metrics["ratio_loss"] = extra
   if jax.tree.leaves(stats):
@@ -72,7 +87,8 @@ def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: d
   and reports metrics["skipped"] = 1. `frozen` (a pytree of bools like the parameters, or None): parameters that
   train.freeze leaves as they are; metrics["grad_norm"] is over the others (and XLA need not compute the rest)."""
   rng, noise = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], graphdef, batch, noise)
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], graphdef, batch, noise,
+                                                                   state["step"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   stats = metrics.pop("stats", None)
