@@ -41,7 +41,7 @@ def test_soft_deletion_with_a_zero_gate_is_the_plain_model():
 
 
 @pytest.mark.parametrize("softmax1", [True, False])
-def test_hard_deletion_equals_soft_deletion_at_minus_infinity(softmax1):
+def test_hard_deletion_equals_soft_deletion_at_minus_infinity(softmax1, monkeypatch):
   cfg = MrT5Config(d_model=32, n_heads=2, enc_layers=3, dec_layers=2, gate_layer=1, softmax1=softmax1)
   model = MrT5(cfg, rngs=nnx.Rngs(params=1))
   model.gate_c.value = jnp.asarray(0.0)  # about half the positions deleted
@@ -58,6 +58,15 @@ def test_hard_deletion_equals_soft_deletion_at_minus_infinity(softmax1):
     want = np.asarray(enc_m.h_BxCxD[row])[np.asarray(enc_m.keep_BxL[row])]
     np.testing.assert_allclose(np.asarray(enc_h.h_BxCxD[row, :n]), want, atol=2e-5)
     assert bool(enc_h.valid_BxC[row, :n].all()) and not bool(enc_h.valid_BxC[row, n:].any())
+  # evaluation hands the front half's states in (run once per batch to choose the bucket): not run again, same logits
+  front = model.encode_front(ids, valid)
+
+  def not_again(*args):
+    raise AssertionError("encode ran the front half although it was given")
+
+  monkeypatch.setattr(MrT5, "encode_front", not_again)
+  given, _ = model(ids, valid, dec, dvalid, "hard", cap, front=front)
+  np.testing.assert_array_equal(np.asarray(given), np.asarray(hard))
 
 
 def test_attend_with_softmax1_can_attend_to_nothing():

@@ -138,12 +138,14 @@ class MrT5(nnx.Module):
     return self.enc_norm(x_BxCxD)
 
   def encode(self, ids_BxL: jax.Array, valid_BxL: jax.Array, mode: str = "soft", capacity: int | None = None,
-             gate_on: jax.Array | float = 1.0) -> Encoded:
+             gate_on: jax.Array | float = 1.0, front: tuple[jax.Array, jax.Array] | None = None) -> Encoded:
     """mode: 'soft' (G as key bias), 'none' (the gate computed but not applied: a plain encoder), 'hard' (deleted
     positions removed, the rest compacted into `capacity` slots, which must hold every row's kept count), 'mask'
     (soft with the deleted positions' bias at -inf: what hard deletion computes, at full length). `gate_on` scales
-    the soft bias (0: the gate is computed but neither applied nor trained, as before the gate is switched on)."""
-    x, g = self.encode_front(ids_BxL, valid_BxL)
+    the soft bias (0: the gate is computed but neither applied nor trained, as before the gate is switched on).
+    `front`: `encode_front`'s (h, G) of these inputs when the caller already has them (evaluation runs the front
+    once per batch to choose the hard-deletion bucket)."""
+    x, g = self.encode_front(ids_BxL, valid_BxL) if front is None else front
     keep = (g > self.cfg.gate_scale / 2) & valid_BxL
     pos = jnp.broadcast_to(jnp.arange(ids_BxL.shape[1]), ids_BxL.shape)
     if mode == "none":
@@ -208,8 +210,9 @@ class MrT5(nnx.Module):
     return self.head(self.dec_norm(x))[:, 0].astype(jnp.float32), new
 
   def __call__(self, ids_BxL, valid_BxL, dec_in_BxT, dec_valid_BxT, mode: str = "soft", capacity: int | None = None,
-               gate_on: jax.Array | float = 1.0) -> tuple[jax.Array, Encoded]:
-    enc = self.encode(ids_BxL, valid_BxL, mode, capacity, gate_on)
+               gate_on: jax.Array | float = 1.0, front: tuple[jax.Array, jax.Array] | None = None
+               ) -> tuple[jax.Array, Encoded]:
+    enc = self.encode(ids_BxL, valid_BxL, mode, capacity, gate_on, front)
     return self.decode(enc, dec_in_BxT, dec_valid_BxT), enc
 
 

@@ -77,8 +77,10 @@ def _optimizer(cfg: MrT5Run, params):
   return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw) if t.grad_clip else adamw
 
 
-def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = None, gate_on=1.0) -> dict:
-  logits, enc = model(batch["ids"], batch["valid"], batch["dec_in"], batch["dec_valid"], mode, capacity, gate_on)
+def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = None, gate_on=1.0,
+           front=None) -> dict:
+  logits, enc = model(batch["ids"], batch["valid"], batch["dec_in"], batch["dec_valid"], mode, capacity, gate_on,
+                      front)
   dv = batch["dec_valid"].astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   v = batch["valid"].astype(jnp.float32)
@@ -245,12 +247,12 @@ def open_mrt5(workdir: str | Path, log=print):
   return cfg, graphdef, with_gate(state["params"], state["gate_ema"]) if "gate_ema" in like else state["params"], step
 
 
-def hard_keep(graphdef, params, batch: dict, buckets) -> tuple[int, np.ndarray]:
-  """(the bucket that holds every row's kept positions, keep_BxL): the gate's front half run once, on the host's
-  request."""
-  _, _, keep_BxL = front(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]))
+def hard_front(graphdef, params, batch: dict, buckets) -> tuple[int, np.ndarray, tuple[jax.Array, jax.Array]]:
+  """(the bucket that holds every row's kept positions, keep_BxL on the host, the front's (h, G) on the device for
+  `MrT5.encode(front=...)`): the encoder's part before hard deletion, run once per batch."""
+  x, g, keep_BxL = front(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]))
   keep_BxL = np.asarray(keep_BxL)
-  return bucket_capacity(int(keep_BxL.sum(axis=1).max()), batch["ids"].shape[1], buckets), keep_BxL
+  return bucket_capacity(int(keep_BxL.sum(axis=1).max()), batch["ids"].shape[1], buckets), keep_BxL, (x, g)
 
 
 def _front(graphdef, params, ids, valid):
@@ -263,27 +265,27 @@ def _front(graphdef, params, ids, valid):
 front = jax.jit(_front, static_argnums=0)
 
 
-def _eval_losses(graphdef, params, batch, mode, capacity):
-  return losses(nnx.merge(graphdef, params), batch, mode, capacity)
+def _eval_losses(graphdef, params, batch, mode, capacity, front_states):
+  return losses(nnx.merge(graphdef, params), batch, mode, capacity, front=front_states)
 
 
 _eval_jit = jax.jit(_eval_losses, static_argnums=(0, 3, 4))
 
 
-def greedy_decode(graphdef, params, batch: dict, mode: str, capacity: int | None) -> list[bytes]:
+def greedy_decode(graphdef, params, batch: dict, mode: str, capacity: int | None, front_states=None) -> list[bytes]:
   """Greedy continuations from BOS, cut at EOS, up to the decoder length (cached decoding: the encoder runs once,
-  each decoder step reads its key/value caches)."""
+  each decoder step reads its key/value caches); `front_states` as for `MrT5.encode`."""
   out = np.asarray(_greedy_jit(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]),
-                               batch["dec_in"].shape[1], mode, capacity))
+                               batch["dec_in"].shape[1], mode, capacity, front_states))
   texts = []
   for row in out.tolist():
     texts.append(bytes(row[:row.index(EOS)] if EOS in row else row))
   return texts
 
 
-def _greedy(graphdef, params, ids, valid, length, mode, capacity):
+def _greedy(graphdef, params, ids, valid, length, mode, capacity, front_states):
   m = nnx.merge(graphdef, params)
-  enc = m.encode(ids, valid, mode, capacity)
+  enc = m.encode(ids, valid, mode, capacity, front=front_states)
 
   def body(carry, t):
     token, caches = carry
@@ -305,18 +307,18 @@ def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 
   correct = total = 0
   by_class = np.zeros((len(CLASS_NAMES), 2), np.int64)
   for batch in bar(data.eval_batches(batch_size), enabled=progress, desc="eval", unit="batch"):
-    cap, keep_BxL = hard_keep(graphdef, params, batch, cfg.mrt5.buckets)
+    cap, keep_BxL, front_states = hard_front(graphdef, params, batch, cfg.mrt5.buckets)
     by_class += class_counts(batch["ids"], batch["valid"], keep_BxL)
     jb = jax.tree.map(jnp.asarray, batch)
-    hard = jax.device_get(_eval_jit(graphdef, params, jb, "hard", cap))
-    soft = jax.device_get(_eval_jit(graphdef, params, jb, "soft", None))
+    hard = jax.device_get(_eval_jit(graphdef, params, jb, "hard", cap, front_states))
+    soft = jax.device_get(_eval_jit(graphdef, params, jb, "soft", None, front_states))
     for key in ("ce_sum", "targets", "kept", "positions"):
       sums[key] += float(hard[key])
     sums["soft_ce_sum"] += float(soft["ce_sum"])
     sums["slots"] += cap * batch["ids"].shape[0]
     sums["inputs"] += batch["ids"].size
     if cfg.seq2seq.objective == "seq2seq":
-      got = greedy_decode(graphdef, params, batch, "hard", cap)
+      got = greedy_decode(graphdef, params, batch, "hard", cap, front_states)
       for r, text in enumerate(got):
         want = bytes(batch["targets"][r][batch["dec_valid"][r]].tolist())[:-1]
         correct += text == want
