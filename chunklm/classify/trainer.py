@@ -187,7 +187,8 @@ def load_classifier(workdir: str | Path, log=print):
   abstract = nnx.eval_shape(lambda: Classifier(build_model(cfg, 0), len(classes), pooling=settings.pooling,
                                                head=settings.head, hidden=settings.hidden, rngs=nnx.Rngs(params=0)))
   graphdef, like = split_model(abstract)
-  restored = Checkpointer(workdir / "checkpoints", read_only=True).restore_latest({"params": like}, log=log)
+  ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
+  restored = ckpt.restore_latest({"params": like}, log=log, partial=True)
   if restored is None:
     raise UserError(f"no checkpoint in {workdir / 'checkpoints'}")
   return graphdef, restored[1]["params"], classes, settings, meta

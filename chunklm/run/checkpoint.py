@@ -112,12 +112,12 @@ class Checkpointer:
               partial: bool = False) -> tuple[dict, dict]:
     """(state, meta) at `step`; `like_state` gives structure, shapes and dtypes; `data_iter` is set in place.
 
-    With `partial` (always for a `like_state` of only {"params": ...}) only the parts `like_state` names are read,
-    e.g. no optimizer state for inference."""
+    With `partial` only the parts `like_state` names are read, e.g. {"params": ...} without the optimizer state
+    for inference or fine-tuning; without it `like_state` must name the whole saved state."""
     damage = verify(self.directory / str(step))
     if damage:
       raise CheckpointError(f"checksum mismatch: {damage}")
-    if partial or set(like_state) == {"params"}:
+    if partial:
       item = _abstract(like_state)
       state_args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                                           partial_restore=True)

@@ -90,7 +90,8 @@ def open_run(workdir: str | Path, overrides: tuple[str, ...] = (), log=print) ->
   graphdef, abstract = abstract_params(cfg)
   if overrides:
     _check_same_parameters(abstract_params(read_config(workdir))[1], abstract, overrides)
-  restored = Checkpointer(workdir / "checkpoints", read_only=True).restore_latest({"params": abstract}, log=log)
+  ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
+  restored = ckpt.restore_latest({"params": abstract}, log=log, partial=True)
   if restored is None:
     raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}")
   step, state, _ = restored

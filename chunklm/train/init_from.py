@@ -88,7 +88,7 @@ def load_init(source: str, cfg: Config, abstract_params, tokenizer_bytes: bytes 
   ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
   like = {"params": abstract_params}
   if step is None:
-    restored = ckpt.restore_latest(like, log=lambda *a, **k: None)
+    restored = ckpt.restore_latest(like, log=lambda *a, **k: None, partial=True)
     if restored is None:
       raise CheckpointError(f"--init-from {source}: no checkpoint in {workdir / 'checkpoints'}")
     step, state, _ = restored
@@ -97,7 +97,7 @@ def load_init(source: str, cfg: Config, abstract_params, tokenizer_bytes: bytes 
       raise CheckpointError(f"--init-from {source}: no checkpoint of step {step}; it has steps "
                             f"{ckpt.steps() or 'none'}")
     try:
-      state, _ = ckpt.restore(step, like)
+      state, _ = ckpt.restore(step, like, partial=True)
     except Exception as e:  # orbax raises many types for damaged files
       raise CheckpointError(f"--init-from {source}: unreadable ({str(e).strip().splitlines()[0][:200]})") from None
   params = state["params"]
