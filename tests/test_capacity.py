@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from chunklm.bench.capacity import overflow, window_counts
+from chunklm.bench.capacity import overflow, smallest_factor, window_counts
 from chunklm.config import ModelConfig, auto_capacity_factor, capacities, load_config
 from chunklm.data.corpus import Documents
 from chunklm.errors import ConfigError
@@ -60,3 +60,16 @@ def test_info_reports_executed_beside_nominal_compute():
   assert d["flops_per_byte"] < d["executed_flops_per_byte"] < d["executed_ratio"] * d["flops_per_byte"]
   plain = describe_config(load_config("byte_transformer_tiny"))
   assert plain["executed_ratio"] == 1.0 and plain["executed_flops_per_byte"] == plain["flops_per_byte"]
+
+
+def test_the_fitted_factor_is_the_smallest_within_the_overflow_goal():
+  rng = np.random.default_rng(0)
+  others = rng.poisson(60, size=400) + rng.integers(0, 15, size=400)
+  doc_starts = np.ones(400, np.int64)
+  mean = 64.0
+  for goal in (0.05, 0.01, 0.001, 0.0):
+    f = smallest_factor(others, doc_starts, mean, goal)
+    assert f >= 1.0 and round(f, 3) == f
+    assert overflow(others, doc_starts, math.ceil(mean * f)) <= goal
+    assert f == 1.0 or overflow(others, doc_starts, math.ceil(mean * (f - 0.001))) > goal
+  assert smallest_factor(others, doc_starts, 200.0, 0.01) == 1.0  # every window fits at the target itself

@@ -4,7 +4,9 @@ The run's routers mark boundaries over its valid text (exact mode: nothing cappe
 the packer lays out training windows (documents in order, BOS first, at most K documents per window with K from
 the text), cut into windows of each requested length, and per routing stage every window's boundaries (document
 starts included) are compared with the capacity a factor gives: ceil(W / (N_0 ... N_s) * factor) + K. Overflow is
-the fraction of boundaries beyond it (in training they join the previous chunk). Routing is causal and mostly local,
+the fraction of boundaries beyond it (in training they join the previous chunk); per window length and stage it also
+prints the smallest factor that keeps overflow at or below --max-overflow, and the executed / nominal chunk ratio
+that factor costs. Routing is causal and mostly local,
 so windows longer than the run's own are a fair estimate of what a model trained on them would need.
 """
 
@@ -45,8 +47,23 @@ def overflow(others: np.ndarray, doc_starts: np.ndarray, slots: int) -> float:
   return float(np.maximum(others - slots, 0).sum() / max(others.sum() + doc_starts.sum(), 1))
 
 
+def smallest_factor(others: np.ndarray, doc_starts: np.ndarray, mean: float, max_overflow: float) -> float:
+  """The smallest capacity factor f (>= 1, to 3 decimals) whose ceil(mean * f) slots for boundaries that start no
+  document drop at most `max_overflow` of all boundaries (`overflow` falls as slots grow)."""
+  lo, hi = math.ceil(mean), max(math.ceil(mean), int(others.max(initial=0)))
+  if overflow(others, doc_starts, lo) <= max_overflow:
+    return 1.0
+  while hi - lo > 1:  # overflow(lo) > max_overflow >= overflow(hi)
+    mid = (lo + hi) // 2
+    lo, hi = (lo, mid) if overflow(others, doc_starts, mid) <= max_overflow else (mid, hi)
+  factor = math.floor((hi - 1) / mean * 1000 + 1) / 1000  # the first 3-decimal f with mean * f > hi - 1
+  while math.ceil(mean * factor) < hi:  # floating-point rounding
+    factor = round(factor + 0.001, 3)
+  return max(factor, 1.0)
+
+
 def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: int, split: str = "valid",
-                   overrides: tuple[str, ...] = ()) -> list[dict]:
+                   overrides: tuple[str, ...] = (), max_overflow: float = 0.01) -> list[dict]:
   run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
   model = run.cfg.model
   if not model.num_stages or run.tokenizer is not None:
@@ -71,10 +88,13 @@ def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: in
       mean = window / ratio
       auto = auto_capacity_factor(mean)
       total = others + doc_starts
+      fit = smallest_factor(others, doc_starts, mean, max_overflow)
       row = {"window": window, "stage": s, "windows": len(total), "max_docs": cap,
              "bytes_per_chunk": window / total.mean(), "target_mean": mean, "mean": float(total.mean()),
              "std": float(total.std()), "auto_factor": auto,
-             "overflow": {f: overflow(others, doc_starts, math.ceil(mean * f)) for f in (*FACTORS, auto)}}
+             "overflow": {f: overflow(others, doc_starts, math.ceil(mean * f)) for f in (*FACTORS, auto)},
+             "fit": {"max_overflow": max_overflow, "factor": fit, "slots": math.ceil(mean * fit) + cap,
+                     "executed_ratio": (math.ceil(mean * fit) + cap) / mean}}
       rows.append(row)
       _print_row(row)
   return rows
@@ -86,3 +106,7 @@ def _print_row(r: dict) -> None:
         f"boundaries per window {r['mean']:.1f} +- {r['std']:.1f} (target {r['target_mean']:.1f}; "
         f"{r['bytes_per_chunk']:.2f} bytes/chunk)")
   print(f"  overflow by factor (the last is the automatic {r['auto_factor']:.3f}): {cells}")
+  fit = r["fit"]
+  print(f"  for <= {fit['max_overflow']:.2%} overflow: model.capacity_factor={fit['factor']:.3f} ({fit['slots']} slots "
+        f"with the {r['max_docs']} document slots: {fit['executed_ratio']:.2f}x the {r['target_mean']:.1f} chunks at "
+        "the target ratio)")

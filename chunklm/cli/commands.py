@@ -232,7 +232,10 @@ def cmd_bench(args) -> int:
       raise UserError(f"--window {args.window!r}: expected comma-separated integers") from None
     if (windows and min(windows) < 2) or args.max_bytes <= 0:
       raise UserError("--window lengths must be >= 2 and --max-bytes positive")
-    write_json(args.json, bench_capacity(args.workdir, windows, args.max_bytes, args.split, tuple(args.overrides)))
+    if not 0 <= args.max_overflow < 1:
+      raise UserError(f"--max-overflow {args.max_overflow}: a fraction of boundaries in [0, 1), e.g. 0.01")
+    write_json(args.json, bench_capacity(args.workdir, windows, args.max_bytes, args.split, tuple(args.overrides),
+                                         args.max_overflow))
     return 0
   if args.config is None:
     raise UserError(f"bench {args.bench}: --config is required")

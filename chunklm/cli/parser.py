@@ -357,8 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
                       description="Route text with a trained byte-level H-Net (exact: nothing capped), pack it into "
                                   "windows as training does, and print per window length and stage the boundaries "
                                   "per window and the fraction that would overflow the static chunk capacity for "
-                                  "a range of model.capacity_factor values (and the automatic one).")
+                                  "a range of model.capacity_factor values (and the automatic one), then the "
+                                  "smallest factor whose overflow stays within --max-overflow.")
   b.add_argument("--workdir", required=True, help="a trained byte-level H-Net run")
+  b.add_argument("--max-overflow", type=float, default=0.01, metavar="FRACTION",
+                 help="overflow the fitted capacity factor may leave, as a fraction of boundaries (default: "
+                      "%(default)s = 1%%)")
   b.add_argument("--window", default=None, metavar="LIST",
                  help="comma-separated window lengths in bytes (default: the run's, 2048 and 8192)")
   b.add_argument("--split", default="valid", choices=("valid", "train"), help="text to route (default: %(default)s)")
