@@ -7,8 +7,9 @@ import numpy as np
 import optax
 import pytest
 
+from chunklm.classify.trainer import _base_model
 from chunklm.config import capacities
-from chunklm.errors import ConfigError
+from chunklm.errors import ConfigError, UserError
 from chunklm.model.functional import split_model
 from chunklm.model.lm import build_model
 from chunklm.train.step import init_train_state, loss_fn, make_train_step, ratio_targets
@@ -22,7 +23,7 @@ def test_targets_move_linearly_from_the_start_then_hold():
   cfg = hnet_config(2, *CURRICULUM).model  # target_ratio [2, 2]
   for step, expected in ((0, (1.5, 1.25)), (2, (1.625, 1.4375)), (6, (1.875, 1.8125)), (8, (2, 2)), (50, (2, 2))):
     assert [float(n) for n in ratio_targets(cfg, jnp.int32(step))] == pytest.approx(expected, abs=1e-6)
-  assert ratio_targets(cfg, None) is None  # fine-tuning and evaluation: each stage's own target
+  assert ratio_targets(cfg, None) is None  # no step (classification): each stage's own target
   assert ratio_targets(hnet_config(2).model, jnp.int32(0)) is None
 
 
@@ -85,3 +86,8 @@ def test_bad_curricula_fail_at_load(overrides, message):
 def test_a_plain_stack_has_no_curriculum():
   with pytest.raises(ConfigError, match="needs an H-Net"):
     tiny_config("model.ratio_start=[2]", "model.ratio_warmup_steps=5")
+
+
+def test_classification_refuses_a_curriculum():
+  with pytest.raises(UserError, match="no ratio curriculum; add --set model.ratio_start=\\[\\]"):
+    _base_model(None, "hnet_1stage_tiny", ["model.ratio_start=[3]", "model.ratio_warmup_steps=5"], 0, print)

@@ -57,8 +57,10 @@ def smallest_factor(others: np.ndarray, doc_starts: np.ndarray, mean: float, max
     mid = (lo + hi) // 2
     lo, hi = (lo, mid) if overflow(others, doc_starts, mid) <= max_overflow else (mid, hi)
   factor = math.floor((hi - 1) / mean * 1000 + 1) / 1000  # the first 3-decimal f with mean * f > hi - 1
-  while math.ceil(mean * factor) < hi:  # floating-point rounding
+  while math.ceil(mean * factor) < hi:  # floating-point rounding, either way
     factor = round(factor + 0.001, 3)
+  while factor > 1.0 and math.ceil(mean * round(factor - 0.001, 3)) >= hi:
+    factor = round(factor - 0.001, 3)
   return max(factor, 1.0)
 
 
@@ -78,25 +80,32 @@ def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: in
   rows = []
   for window in windows:
     cap = doc_cap(docs, window, run.cfg.data.seed).max_docs
-    ratio = 1.0
+    ratio = low = 1.0
+    fits = []
     for s in range(model.num_stages):
       ratio *= model.target_ratio[s]
+      low *= model.lowest_ratios()[s]
       others, doc_starts = window_counts([r.starts[s] for _, r in routed], docs, window, cap)
       if not len(others):
         raise UserError(f"--window {window}: the valid text ({docs.num_bytes:,} bytes) fills no window; "
                         "raise --max-bytes or pick shorter windows")
-      mean = window / ratio
-      auto = auto_capacity_factor(mean)
+      mean = window / ratio  # nominal chunks per window, at the target ratios
+      sized = window / low  # what the factor multiplies (a ratio curriculum sizes capacities for its start)
+      auto = auto_capacity_factor(sized)
       total = others + doc_starts
-      fit = smallest_factor(others, doc_starts, mean, max_overflow)
+      fit = smallest_factor(others, doc_starts, sized, max_overflow)
+      fits.append(fit)
       row = {"window": window, "stage": s, "windows": len(total), "max_docs": cap,
              "bytes_per_chunk": window / total.mean(), "target_mean": mean, "mean": float(total.mean()),
              "std": float(total.std()), "auto_factor": auto,
-             "overflow": {f: overflow(others, doc_starts, math.ceil(mean * f)) for f in (*FACTORS, auto)},
-             "fit": {"max_overflow": max_overflow, "factor": fit, "slots": math.ceil(mean * fit) + cap,
-                     "executed_ratio": (math.ceil(mean * fit) + cap) / mean}}
+             "overflow": {f: overflow(others, doc_starts, math.ceil(sized * f)) for f in (*FACTORS, auto)},
+             "fit": {"max_overflow": max_overflow, "factor": fit, "slots": math.ceil(sized * fit) + cap,
+                     "executed_ratio": (math.ceil(sized * fit) + cap) / mean}}
       rows.append(row)
       _print_row(row)
+    if len(fits) > 1:  # model.capacity_factor is one value for every stage
+      print(f"window {window:6d}: model.capacity_factor={max(fits):.3f} keeps every stage within "
+            f"{max_overflow:.2%} overflow")
   return rows
 
 
@@ -107,6 +116,6 @@ def _print_row(r: dict) -> None:
         f"{r['bytes_per_chunk']:.2f} bytes/chunk)")
   print(f"  overflow by factor (the last is the automatic {r['auto_factor']:.3f}): {cells}")
   fit = r["fit"]
-  print(f"  for <= {fit['max_overflow']:.2%} overflow: model.capacity_factor={fit['factor']:.3f} ({fit['slots']} slots "
+  print(f"  for <= {fit['max_overflow']:.2%} overflow: capacity factor {fit['factor']:.3f} ({fit['slots']} slots "
         f"with the {r['max_docs']} document slots: {fit['executed_ratio']:.2f}x the {r['target_mean']:.1f} chunks at "
         "the target ratio)")

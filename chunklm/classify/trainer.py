@@ -93,6 +93,9 @@ def _base_model(init_from: str | None, config: str | None, overrides: list[str],
   if cfg.data.tokenizer:
     raise UserError("chunklm classify takes byte-level models; this one reads tokens "
                     f"(data.tokenizer {cfg.data.tokenizer})")
+  if cfg.model.ratio_start:
+    raise UserError("chunklm classify trains toward model.target_ratio and has no ratio curriculum; add --set "
+                    "model.ratio_start=[] --set model.ratio_warmup_steps=0")
   return cfg, lm, start
 
 

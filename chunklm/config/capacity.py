@@ -1,8 +1,9 @@
 """Static chunk capacities: JAX needs fixed shapes, so each routing stage keeps at most M_s chunks per window.
 
-M_s = ceil(L / (N_0 ... N_s) * capacity_factor) + K, where K bounds the documents a window touches (document
-starts are always kept, so every document keeps at least one chunk; the packer guarantees the bound), capped by the
-stage's input length. Evaluation uses M_s = input length, which can never overflow.
+M_s = ceil(L / (N_0 ... N_s) * capacity_factor) + K, where each N is the smallest target training asks for (a ratio
+curriculum's start, model.ratio_start, when below target_ratio) and K bounds the documents a window touches
+(document starts are always kept, so every document keeps at least one chunk; the packer guarantees the bound),
+capped by the stage's input length. Evaluation uses M_s = input length, which can never overflow.
 
 The headroom a stage needs shrinks with the chunks a window holds: with mu = L / (N_0 ... N_s) chunks on average,
 their count in one window spreads by about sqrt(mu) (more where the text changes character), so the automatic

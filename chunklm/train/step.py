@@ -39,7 +39,8 @@ def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dic
 def ratio_targets(cfg: ModelConfig, step) -> tuple | None:
   """The ratio loss's target N per stage at training `step` (a traced scalar) under a ratio curriculum:
   model.ratio_start moving linearly to model.target_ratio over model.ratio_warmup_steps; None without one (each
-  stage's own target_ratio) or without a step (fine-tuning, evaluation)."""
+  stage's own target_ratio) or without a step (callers outside language-model training). A run started with
+  --init-from counts its own steps from 0, so it goes through the curriculum again unless its config drops it."""
   if not cfg.ratio_start or step is None:
     return None
   frac = jnp.minimum(jnp.asarray(step, jnp.float32) / cfg.ratio_warmup_steps, 1.0)
@@ -50,7 +51,7 @@ def routing_loss(stages: tuple[StageOutput, ...], cfg: ModelConfig, targets: tup
   """ratio_loss_weight * sum_s L_s + confidence_loss_weight * sum_s U_s over the stages whose router has a learnable
   p, + sum_s router losses (model/stage_output.py); L_s toward `targets` (`ratio_targets`), default target_ratio."""
   targets = targets or (None,) * len(stages)
-  learned = [(st, n) for st, n in zip(stages, targets) if st.learnable_p]
+  learned = [(st, n) for st, n in zip(stages, targets, strict=True) if st.learnable_p]
   return (cfg.ratio_loss_weight * sum(st.ratio_loss(n) for st, n in learned)
           + cfg.confidence_loss_weight * sum(st.uncertainty for st, _ in learned)
           + sum((st.router_aux for st in stages), jnp.zeros((), jnp.float32)))

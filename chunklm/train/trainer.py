@@ -187,6 +187,9 @@ def _train(cfg: Config, workdir: Path, *, stop_after: int | None, progress: bool
     log(f"windows: {cap.describe()}")
   log(f"model: {num_params:,} parameters, layout {json.dumps(to_dict(cfg.model.layout))}, "
       f"d_model {list(cfg.model.d_model)}")
+  if cfg.model.ratio_warmup_steps > cfg.train.steps:
+    log(f"warning: model.ratio_warmup_steps {cfg.model.ratio_warmup_steps} > train.steps {cfg.train.steps}: the "
+        "ratio curriculum ends before its target reaches model.target_ratio")
   entropy = order0_entropy(splits.valid)
   metrics = MetricsWriter(workdir, resume_step=start, tensorboard=is_main)
   metrics.write(start, "run", made_by)
