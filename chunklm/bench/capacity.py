@@ -82,9 +82,9 @@ def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: in
     cap = doc_cap(docs, window, run.cfg.data.seed).max_docs
     ratio = low = 1.0
     fits = []
-    for s in range(model.num_stages):
+    for s, lowest in enumerate(model.lowest_ratios()[: model.num_stages]):
       ratio *= model.target_ratio[s]
-      low *= model.lowest_ratios()[s]
+      low *= lowest
       others, doc_starts = window_counts([r.starts[s] for _, r in routed], docs, window, cap)
       if not len(others):
         raise UserError(f"--window {window}: the valid text ({docs.num_bytes:,} bytes) fills no window; "

@@ -38,8 +38,8 @@ def capacities(model: ModelConfig, length: int, doc_slots: int) -> tuple[int, ..
   for the smallest target N training asks for (a ratio curriculum's start, when below the final target)."""
   caps = []
   prev, ratio = length, 1.0
-  for s in range(model.num_stages):
-    ratio *= model.lowest_ratios()[s]
+  for s, n in enumerate(model.lowest_ratios()[: model.num_stages]):
+    ratio *= n
     m = model.capacity[s] or math.ceil(length / ratio * capacity_factor(model, length / ratio)) + doc_slots
     m = min(m, prev)
     caps.append(m)

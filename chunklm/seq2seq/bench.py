@@ -17,14 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.model.mrt5 import bucket_capacity, compact
-from chunklm.seq2seq.trainer import Data, front, open_mrt5
+from chunklm.seq2seq.trainer import Data, hard_front, open_mrt5
 
 
-def _back(graphdef, params, x, g, keep, capacity):
-  m = nnx.merge(graphdef, params)
-  h, kept, gk, order = compact(x, g, keep, capacity)
-  return m.encode_back(h, order, kept, gk)
+def _back(graphdef, params, ids, valid, front_states, capacity):
+  return nnx.merge(graphdef, params).encode(ids, valid, "hard", capacity, front=front_states).h_BxCxD
 
 
 def _full(graphdef, params, ids, valid):
@@ -54,11 +51,9 @@ def bench_encoder(workdir: str | Path, batch_size: int = 16, repeats: int = 5) -
     nonlocal kept, positions, slots
     kept = positions = slots = 0
     for b in batches:
-      x, g, keep = front(graphdef, params, b["ids"], b["valid"])
-      counts = keep.sum(axis=1)
-      cap = bucket_capacity(int(counts.max()), b["ids"].shape[1], cfg.mrt5.buckets)
-      BACK(graphdef, params, x, g, keep, cap).block_until_ready()
-      kept, positions, slots = kept + int(counts.sum()), positions + int(b["valid"].sum()), slots + cap * len(counts)
+      cap, keep, front_states = hard_front(graphdef, params, b, cfg.mrt5.buckets)
+      BACK(graphdef, params, b["ids"], b["valid"], front_states, cap).block_until_ready()
+      kept, positions, slots = kept + int(keep.sum()), positions + int(b["valid"].sum()), slots + cap * len(keep)
 
   def full():
     for b in batches:
