@@ -15,6 +15,7 @@ from flax import nnx
 
 from chunklm.cli import main
 from chunklm.config import dump_yaml
+from chunklm.experiments.mrt5_compare import _speedup_line
 from chunklm.model.functional import named_leaves, split_model
 from chunklm.model.mrt5 import MrT5
 from chunklm.seq2seq.trainer import (Data, _optimizer, build, evaluate_mrt5, gate_leaves, load_mrt5_config,
@@ -172,7 +173,7 @@ def test_mrt5_compare_trains_each_target_reports_and_reuses(tmp_path, capsys):
     by_class = e["deleted_by_class"].values()  # the per-kind rates add up to the overall one
     total = sum(c["positions"] for c in by_class)
     assert sum(c["positions"] * c["deletion_rate"] for c in by_class) / total == pytest.approx(e["deletion_rate"])
-  assert "over δ = 0 (seed 0)" in md and "bits per target byte, mean" not in md
+  assert "over δ = 0: **" in md and "(seed 0; deleted" in md and "bits per target byte, mean" not in md
   summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
   assert [r["target_deletion"] for r in summary] == [0.0, 0.5] and all(r["bench"]["hard_bytes_per_s"] > 0
                                                                        for r in summary)
@@ -183,3 +184,18 @@ def test_mrt5_compare_trains_each_target_reports_and_reuses(tmp_path, capsys):
                        ([], "give at least one --sweep")):
     assert main(["mrt5", "compare", "--out", str(tmp_path / "bad"), *bad]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_speed_up_is_given_seed_by_seed_against_the_goal():
+  def row(target, seed, hard, deleted):
+    return {"target_deletion": target, "seed": seed, "deletion_rate": deleted, "bench": {"hard_bytes_per_s": hard}}
+
+  rows = [row(0.0, 0, 100.0, 0.0), row(0.7, 0, 150.0, 0.6), row(0.5, 0, 400.0, 0.5),  # not the highest target
+          row(0.0, 1, 100.0, 0.0), row(0.7, 1, 210.0, 0.72), row(0.7, 2, 999.0, 0.7)]  # seed 2 has no δ = 0 run
+  line = _speedup_line(rows)
+  assert "δ = 0.70 over δ = 0: **1.50x** (seed 0; deleted 0.600 vs 0.000), **2.10x** (seed 1; deleted 0.720" in line
+  assert line.endswith("goal ≥ 2x: reached in 1 of 2 seeds") and "seed 2" not in line
+  assert _speedup_line(rows[:2]).endswith("not reached")
+  assert _speedup_line([row(0.0, 0, 1.0, 0.0), row(0.7, 0, 3.0, 0.7)]).endswith("goal ≥ 2x: reached")
+  assert _speedup_line([row(0.5, 0, 1.0, 0.5), row(0.7, 0, 3.0, 0.7)]) == ""  # no δ = 0
+  assert _speedup_line([row(0.0, 0, 1.0, 0.0), row(0.7, 1, 3.0, 0.7)]) == ""  # no seed with both
