@@ -193,6 +193,24 @@ def test_a_full_disk_is_one_line_naming_the_last_complete_checkpoint(tmp_path, m
   assert Checkpointer(tmp_path / "checkpoints", read_only=True).steps() == [1]
 
 
+def test_asking_for_other_parts_than_saved_is_one_line_not_damage(tmp_path):
+  ckpt = Checkpointer(tmp_path / "checkpoints")
+  state = {"params": {"w": jnp.arange(4.0)}, "opt": {"m": jnp.zeros((4,))}}
+  ckpt.save(1, state, None, {})
+  ckpt.save(2, state, None, {})
+  ckpt.close()
+  before = snapshot(tmp_path)
+  read = Checkpointer(tmp_path / "checkpoints")
+  for like, hint in (({"params": state["params"]}, "restore with partial=True"),
+                     ({**state, "extra": {"x": jnp.zeros(())}}, "another kind of run")):
+    with pytest.raises(CheckpointError, match=r"checkpoint at step 2 .* holds \['opt', 'params'\], not .*" + hint):
+      read.restore_latest(like, log=lambda *a, **k: None)
+  assert snapshot(tmp_path) == before and not (tmp_path / "checkpoints-unreadable").exists()  # nothing moved
+  step, got, _ = read.restore_latest({"params": state["params"]}, partial=True, log=lambda *a, **k: None)
+  assert step == 2 and np.array_equal(got["params"]["w"], np.arange(4.0))
+  read.close()
+
+
 def test_flipped_bytes_fail_their_checksum_and_the_previous_checkpoint_is_used(run, capsys):
   newest = run / "checkpoints" / "4"
   assert (newest / "checksums.json").exists() and (run / "checkpoints" / "2" / "checksums.json").exists()

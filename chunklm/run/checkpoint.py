@@ -31,6 +31,10 @@ logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 _STORAGE_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied")
 
 
+class StateMismatch(CheckpointError):
+  """A readable checkpoint whose saved parts are not the ones asked for."""
+
+
 def _abstract(tree):
   """Shapes, dtypes and placements of `tree` (arrays, or ShapeDtypeStructs without a sharding: the default device)."""
   def spec(x):
@@ -117,6 +121,8 @@ class Checkpointer:
     damage = verify(self.directory / str(step))
     if damage:
       raise CheckpointError(f"checksum mismatch: {damage}")
+    if not partial:
+      self._check_parts(step, like_state)
     if partial:
       item = _abstract(like_state)
       state_args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
@@ -129,6 +135,17 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restored["meta"]
 
+  def _check_parts(self, step: int, like_state: dict) -> None:
+    """A whole-state restore must name the parts the checkpoint holds: otherwise orbax fails deep inside and the
+    checkpoint would read as damaged. Raises StateMismatch (a readable checkpoint of another shape)."""
+    path = (self.directory / str(step) / "state").resolve()
+    saved = set(ocp.PyTreeCheckpointHandler().metadata(path).tree)
+    if saved != set(like_state):
+      raise StateMismatch(f"the checkpoint at step {step} in {self.directory} holds {sorted(saved)}, not "
+                          f"{sorted(like_state)}: it was written by another kind of run or version"
+                          + (" (to read only some parts, restore with partial=True)" if set(like_state) < saved
+                             else ""))
+
   def restore_latest(self, like_state: dict, data_iter=None, log=print,
                      partial: bool = False) -> tuple[int, dict, dict] | None:
     """The newest readable checkpoint as (step, state, meta), or None when there is none at all. Newer unreadable
@@ -139,6 +156,8 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         state, meta = self.restore(step, like_state, data_iter, partial)
+      except StateMismatch:
+        raise  # readable, of another shape: not damage, so nothing is moved aside
       except Exception as e:  # orbax raises many types for damaged files; we only need to know it failed
         failed.append((step, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__))
         continue
