@@ -17,7 +17,7 @@ import pytest
 from chunklm.cli import main
 from chunklm.config import load_config
 from chunklm.errors import CheckpointError, ConfigError, UserError
-from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.checkpoint import Checkpointer, StateMismatch
 from chunklm.run.lock import WorkdirBusy, workdir_lock
 from chunklm.run.metrics import read_jsonl
 from chunklm.run.trained import open_run
@@ -194,19 +194,27 @@ def test_a_full_disk_is_one_line_naming_the_last_complete_checkpoint(tmp_path, m
 
 
 def test_asking_for_other_parts_than_saved_is_one_line_not_damage(tmp_path):
-  ckpt = Checkpointer(tmp_path / "checkpoints")
   state = {"params": {"w": jnp.arange(4.0)}, "opt": {"m": jnp.zeros((4,))}}
+  ckpt = Checkpointer(tmp_path / "checkpoints")
   ckpt.save(1, state, None, {})
-  ckpt.save(2, state, None, {})
+  ckpt.save(2, {**state, "extra": {"x": jnp.zeros(())}}, None, {})  # step 2 by another kind of run
   ckpt.close()
   before = snapshot(tmp_path)
   read = Checkpointer(tmp_path / "checkpoints")
-  for like, hint in (({"params": state["params"]}, "restore with partial=True"),
-                     ({**state, "extra": {"x": jnp.zeros(())}}, "another kind of run")):
-    with pytest.raises(CheckpointError, match=r"checkpoint at step 2 .* holds \['opt', 'params'\], not .*" + hint):
-      read.restore_latest(like, log=lambda *a, **k: None)
-  assert snapshot(tmp_path) == before and not (tmp_path / "checkpoints-unreadable").exists()  # nothing moved
-  step, got, _ = read.restore_latest({"params": state["params"]}, partial=True, log=lambda *a, **k: None)
+  quiet = dict(log=lambda *a, **k: None)
+  # the newest does not hold what is asked for: one line, raised at once, step 2 not moved aside for step 1
+  with pytest.raises(StateMismatch, match=r"step 2 .* holds \['extra', 'opt', 'params'\], not \['opt', 'params'\]"):
+    read.restore_latest(state, **quiet)
+  with pytest.raises(StateMismatch, match=r"not \['params'\]: .* restore with partial=True"):
+    read.restore(1, {"params": state["params"]})
+  with pytest.raises(StateMismatch, match=r"holds \['opt', 'params'\], not \['gate', 'params'\]"):  # partial, absent
+    read.restore(1, {"params": state["params"], "gate": {"g": jnp.zeros(())}}, partial=True)
+  assert snapshot(tmp_path) == before and not (tmp_path / "checkpoints-unreadable").exists()
+  got, _ = read.restore(1, state)  # what each checkpoint holds still reads
+  assert np.array_equal(got["opt"]["m"], np.zeros(4))
+  read.close()
+  read = Checkpointer(tmp_path / "checkpoints", read_only=True)  # (one orbax manager: whole or partial restores)
+  step, got, _ = read.restore_latest({"params": state["params"]}, partial=True, **quiet)
   assert step == 2 and np.array_equal(got["params"]["w"], np.arange(4.0))
   read.close()
 

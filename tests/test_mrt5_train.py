@@ -179,6 +179,8 @@ def test_mrt5_compare_trains_each_target_reports_and_reuses(tmp_path, capsys):
                                                                        for r in summary)
   capsys.readouterr()
   assert main(args) == 0 and capsys.readouterr().out.count("reused") == 2
+  assert main([*args, "--set", "mrt5.gate_scale=-20"]) == 2  # finished runs of other settings are not reused
+  assert "holds an MrT5 run with other model, data or objective settings" in capsys.readouterr().err
   for bad, message in ((["--sweep", "mrt5.target_deletion=0,1.5"], "delta must be in [0, 1)"),
                        (["--sweep", "mrt5.target_deletion=0", "--set", "mrt5.target_deletion=0.5"], "swept and also"),
                        ([], "give at least one --sweep")):
@@ -187,15 +189,21 @@ def test_mrt5_compare_trains_each_target_reports_and_reuses(tmp_path, capsys):
 
 
 def test_the_speed_up_is_given_seed_by_seed_against_the_goal():
-  def row(target, seed, hard, deleted):
-    return {"target_deletion": target, "seed": seed, "deletion_rate": deleted, "bench": {"hard_bytes_per_s": hard}}
+  def row(target, seed, hard, deleted, **other):
+    return {"target_deletion": target, "seed": seed, "deletion_rate": deleted, "bench": {"hard_bytes_per_s": hard},
+            "point": {"mrt5.target_deletion": str(target), **other}}
 
   rows = [row(0.0, 0, 100.0, 0.0), row(0.7, 0, 150.0, 0.6), row(0.5, 0, 400.0, 0.5),  # not the highest target
           row(0.0, 1, 100.0, 0.0), row(0.7, 1, 210.0, 0.72), row(0.7, 2, 999.0, 0.7)]  # seed 2 has no δ = 0 run
   line = _speedup_line(rows)
   assert "δ = 0.70 over δ = 0: **1.50x** (seed 0; deleted 0.600 vs 0.000), **2.10x** (seed 1; deleted 0.720" in line
-  assert line.endswith("goal ≥ 2x: reached in 1 of 2 seeds") and "seed 2" not in line
+  assert line.endswith("goal ≥ 2x: reached in 1 of 2 pairs") and "seed 2" not in line
   assert _speedup_line(rows[:2]).endswith("not reached")
   assert _speedup_line([row(0.0, 0, 1.0, 0.0), row(0.7, 0, 3.0, 0.7)]).endswith("goal ≥ 2x: reached")
   assert _speedup_line([row(0.5, 0, 1.0, 0.5), row(0.7, 0, 3.0, 0.7)]) == ""  # no δ = 0
   assert _speedup_line([row(0.0, 0, 1.0, 0.0), row(0.7, 1, 3.0, 0.7)]) == ""  # no seed with both
+  grid = [row(0.0, 0, 100.0, 0.0, **{"mrt5.gate_layer": "1"}), row(0.0, 0, 50.0, 0.0, **{"mrt5.gate_layer": "2"}),
+          row(0.7, 0, 250.0, 0.7, **{"mrt5.gate_layer": "1"}), row(0.7, 0, 60.0, 0.7, **{"mrt5.gate_layer": "2"})]
+  line = _speedup_line(grid)  # a second swept key: each of its values against its own δ = 0 run
+  assert "**2.50x** (mrt5.gate_layer=1, seed 0;" in line and "**1.20x** (mrt5.gate_layer=2, seed 0;" in line
+  assert line.endswith("reached in 1 of 2 pairs")

@@ -3,7 +3,9 @@
 orbax writes each step to a temporary directory and renames it when complete, so a crash never leaves a half-written
 checkpoint that looks valid. Once a write has completed, the checksums of its files are recorded beside them
 (`integrity.py`) and checked before a restore. If the newest checkpoint cannot be read (corrupted on disk, or bytes
-that no longer match their checksums), `restore_latest` says so and falls back to the previous one.
+that no longer match their checksums), `restore_latest` says so and falls back to the previous one. A readable
+checkpoint whose top-level parts are not the ones asked for (written by another kind of run or version) is not
+damage: `StateMismatch` is raised at once, with no fallback and nothing moved.
 """
 
 from __future__ import annotations
@@ -121,8 +123,7 @@ class Checkpointer:
     damage = verify(self.directory / str(step))
     if damage:
       raise CheckpointError(f"checksum mismatch: {damage}")
-    if not partial:
-      self._check_parts(step, like_state)
+    self._check_parts(step, like_state, partial)
     if partial:
       item = _abstract(like_state)
       state_args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
@@ -135,22 +136,27 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restored["meta"]
 
-  def _check_parts(self, step: int, like_state: dict) -> None:
-    """A whole-state restore must name the parts the checkpoint holds: otherwise orbax fails deep inside and the
-    checkpoint would read as damaged. Raises StateMismatch (a readable checkpoint of another shape)."""
-    path = (self.directory / str(step) / "state").resolve()
-    saved = set(ocp.PyTreeCheckpointHandler().metadata(path).tree)
-    if saved != set(like_state):
+  def _check_parts(self, step: int, like_state: dict, partial: bool) -> None:
+    """The top-level parts asked for must be the checkpoint's (with `partial`, some of them): otherwise orbax fails
+    deep inside and the checkpoint would read as damaged. Raises StateMismatch. Only top-level names are compared:
+    a part of another shape inside still fails in orbax (and reads as unreadable)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      saved = set(handler.metadata((self.directory / str(step) / "state").resolve()).tree)
+    finally:
+      handler.close()
+    wanted = set(like_state)
+    if wanted - saved if partial else wanted != saved:
+      hint = " (to read only some parts, restore with partial=True)" if wanted < saved and not partial else ""
       raise StateMismatch(f"the checkpoint at step {step} in {self.directory} holds {sorted(saved)}, not "
-                          f"{sorted(like_state)}: it was written by another kind of run or version"
-                          + (" (to read only some parts, restore with partial=True)" if set(like_state) < saved
-                             else ""))
+                          f"{sorted(wanted)}: it was written by another kind of run or version{hint}")
 
   def restore_latest(self, like_state: dict, data_iter=None, log=print,
                      partial: bool = False) -> tuple[int, dict, dict] | None:
     """The newest readable checkpoint as (step, state, meta), or None when there is none at all. Newer unreadable
     ones are moved aside (so training can write those steps again) only once an older one has been read: when none
-    can be read, nothing is moved and the error says so."""
+    can be read, nothing is moved and the error says so. A newest checkpoint of other parts (StateMismatch) is
+    raised at once: nothing is moved and no older one is tried."""
     steps = self.steps()
     failed: list[tuple[int, str]] = []
     for step in reversed(steps):

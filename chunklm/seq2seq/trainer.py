@@ -172,16 +172,23 @@ class Data:
     return [pack(p, c.data.seq_len, s.target_len) for p in chunks(self.test_pairs, batch_size)]
 
 
+def check_same_run(workdir: Path, cfg: MrT5Run) -> None:
+  """A one-line CheckpointError when `workdir` holds an MrT5 run with other model, data, objective, seed or batch
+  settings than `cfg` (nothing to check in a new workdir)."""
+  saved = workdir / "config.yaml"
+  if saved.exists():
+    old = load_config(saved, root=MrT5Run)
+    if (old.mrt5, old.data, old.seq2seq, old.train.seed, old.train.batch_size) != \
+        (cfg.mrt5, cfg.data, cfg.seq2seq, cfg.train.seed, cfg.train.batch_size):
+      raise CheckpointError(f"{workdir} holds an MrT5 run with other model, data or objective settings; resume "
+                            "with the same config, or use another --workdir")
+
+
 def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=print) -> dict:
   workdir = Path(workdir)
   with workdir_lock(workdir, "chunklm mrt5 train"):
+    check_same_run(workdir, cfg)
     saved = workdir / "config.yaml"
-    if saved.exists():
-      old = load_config(saved, root=MrT5Run)
-      if (old.mrt5, old.data, old.seq2seq, old.train.seed, old.train.batch_size) != \
-          (cfg.mrt5, cfg.data, cfg.seq2seq, cfg.train.seed, cfg.train.batch_size):
-        raise CheckpointError(f"{workdir} holds an MrT5 run with other model, data or objective settings; resume "
-                              "with the same config, or use another --workdir")
     data = Data(cfg, workdir / "cache")
     graphdef, params = build(cfg)
     tx = _optimizer(cfg, params)
