@@ -180,7 +180,8 @@ def test_mrt5_compare_trains_each_target_reports_and_reuses(tmp_path, capsys):
   capsys.readouterr()
   assert main(args) == 0 and capsys.readouterr().out.count("reused") == 2
   assert main([*args, "--set", "mrt5.gate_scale=-20"]) == 2  # finished runs of other settings are not reused
-  assert "holds an MrT5 run with other model, data or objective settings" in capsys.readouterr().err
+  assert "holds an MrT5 run with other model, data or objective settings; resume with the same config, or give " \
+         "another --out" in capsys.readouterr().err
   for bad, message in ((["--sweep", "mrt5.target_deletion=0,1.5"], "delta must be in [0, 1)"),
                        (["--sweep", "mrt5.target_deletion=0", "--set", "mrt5.target_deletion=0.5"], "swept and also"),
                        ([], "give at least one --sweep")):

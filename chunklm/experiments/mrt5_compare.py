@@ -59,7 +59,7 @@ def run_mrt5_compare(config: str, overrides: list[str], sweep: list[str], seeds:
   rows = []
   for i, r in enumerate(runs, 1):
     cfg, wd = cfgs[r.name], out / r.name
-    check_same_run(wd, cfg)  # a finished run of other settings is not reused (nor resumed)
+    check_same_run(wd, cfg, "give another --out")  # a finished run of other settings is not reused (nor resumed)
     if _finished(wd, cfg.train.steps):
       log(f"[{i}/{len(runs)}] {r.name}: finished run in {wd}, reused")
       res = json.loads((wd / "eval.json").read_text())

@@ -172,7 +172,7 @@ class Data:
     return [pack(p, c.data.seq_len, s.target_len) for p in chunks(self.test_pairs, batch_size)]
 
 
-def check_same_run(workdir: Path, cfg: MrT5Run) -> None:
+def check_same_run(workdir: Path, cfg: MrT5Run, elsewhere: str = "use another --workdir") -> None:
   """A one-line CheckpointError when `workdir` holds an MrT5 run with other model, data, objective, seed or batch
   settings than `cfg` (nothing to check in a new workdir)."""
   saved = workdir / "config.yaml"
@@ -181,7 +181,7 @@ def check_same_run(workdir: Path, cfg: MrT5Run) -> None:
     if (old.mrt5, old.data, old.seq2seq, old.train.seed, old.train.batch_size) != \
         (cfg.mrt5, cfg.data, cfg.seq2seq, cfg.train.seed, cfg.train.batch_size):
       raise CheckpointError(f"{workdir} holds an MrT5 run with other model, data or objective settings; resume "
-                            "with the same config, or use another --workdir")
+                            f"with the same config, or {elsewhere}")
 
 
 def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=print) -> dict:
