@@ -95,12 +95,13 @@ def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: in
       total = others + doc_starts
       fit = smallest_factor(others, doc_starts, sized, max_overflow)
       fits.append(fit)
+      fit_slots = math.ceil(sized * fit) + cap  # as config.capacities sizes a stage: ceil(mean x factor) + K
       row = {"window": window, "stage": s, "windows": len(total), "max_docs": cap,
              "bytes_per_chunk": window / total.mean(), "target_mean": mean, "mean": float(total.mean()),
              "std": float(total.std()), "auto_factor": auto,
              "overflow": {f: overflow(others, doc_starts, math.ceil(sized * f)) for f in (*FACTORS, auto)},
-             "fit": {"max_overflow": max_overflow, "factor": fit, "slots": math.ceil(sized * fit) + cap,
-                     "executed_ratio": (math.ceil(sized * fit) + cap) / mean}}
+             "fit": {"max_overflow": max_overflow, "factor": fit, "slots": fit_slots,
+                     "executed_ratio": fit_slots / mean}}
       rows.append(row)
       _print_row(row)
     if len(fits) > 1:  # model.capacity_factor is one value for every stage
