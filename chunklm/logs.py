@@ -1,0 +1,86 @@
+"""Log lines through Python `logging`: the `chunklm` logger, printed as plain lines on stdout.
+
+Levels: `--quiet` shows warnings and errors only, the default adds what a run is doing (data, model, resume,
+checkpoints), `--verbose` adds debug lines. On a multi-host run each line is tagged `[p<i>/<n>]`, and by default
+only process 0 prints info and debug lines (so a run's log reads once); warnings, errors and lines logged with
+`ALL_PROCESSES` print on every process. The library logs the same way: silence it with
+`logging.getLogger("chunklm").setLevel(logging.WARNING)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+LOGGER = logging.getLogger("chunklm")
+ALL_PROCESSES = {"all_processes": True}  # extra= for a line every process prints (e.g. its own start-up)
+Verbosity = Literal["quiet", "normal", "verbose"]
+LEVELS: dict[str, int] = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
+
+
+class _Stdout(logging.Handler):
+  """Prints each record on the stdout of the moment (so a redirected or captured stdout gets it)."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      print(self.format(record), file=sys.stdout, flush=True)
+    except Exception:  # noqa: BLE001 - logging must never raise into the caller
+      self.handleError(record)
+
+
+class _Processes(logging.Filter):
+  """Tags lines with the process on multi-host runs and keeps other processes' info lines quiet by default."""
+
+  def __init__(self):
+    super().__init__()
+    self.index, self.count, self.every_process = 0, 1, False
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if self.count > 1:
+      if (self.index != 0 and not self.every_process and record.levelno < logging.WARNING
+          and not getattr(record, "all_processes", False)):
+        return False
+      record.msg = f"[p{self.index}/{self.count}] {record.msg}"
+    return True
+
+
+class _Plain(logging.Formatter):
+  """The message alone; warnings and errors start with their level (`warning: ...`)."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    text = super().format(record)
+    return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+_handler = _Stdout()
+_handler.setFormatter(_Plain("%(message)s"))
+_processes = _Processes()
+_handler.addFilter(_processes)
+LOGGER.addHandler(_handler)
+LOGGER.setLevel(logging.INFO)
+LOGGER.propagate = False
+
+
+def set_verbosity(verbosity: Verbosity) -> None:
+  """The level of the `chunklm` logger: quiet (warnings), normal (info) or verbose (debug, every process)."""
+  LOGGER.setLevel(LEVELS[verbosity])
+  _processes.every_process = verbosity == "verbose"
+
+
+def set_process(index: int, count: int) -> None:
+  """Which process of how many this is (after `jax.distributed.initialize`), for the tags and the filter."""
+  _processes.index, _processes.count = index, count
+
+
+def info(message: str) -> None:
+  """The default `log` callable of the library's long-running functions."""
+  LOGGER.info(message)
+
+
+def warning(message: str) -> None:
+  LOGGER.warning(message)
+
+
+def debug(message: str) -> None:
+  LOGGER.debug(message)
