@@ -4,15 +4,21 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test install install-dev clean
+.PHONY: run lint test install install-dev clean
 
 # Install and run the main job: train the default tiny model on the built-in corpus, then report.
 run: install
 	$(BIN)/chunklm train --workdir runs/default
 
-# Install with the dev extras, check the architecture contracts (pyproject.toml), run the default test suite.
-test: install-dev
+# The static checks (configured in pyproject.toml): formatting, lint rules, types, the architecture contracts.
+lint: install-dev
+	$(BIN)/ruff format --check chunklm tests
+	$(BIN)/ruff check chunklm tests
+	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# Install with the dev extras, run the static checks, then the default test suite.
+test: lint
 	$(BIN)/python -m pytest -q
 
 install: $(VENV)/.installed
