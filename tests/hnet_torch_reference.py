@@ -180,7 +180,7 @@ class Reference:
     z = self.hnet(f"{prefix}.main_network", h[b], s + 1, stages)
     # dechunk: the official EMA through Mamba2's scan kernel in bfloat16 (dt, x, B rounded; state in float32)
     pc = t.clamp(p, 1e-4, 1 - 1e-4)[b]
-    bf16 = (lambda v: v.to(t.bfloat16).to(t.float32)) if self.bf16 else (lambda v: v)  # noqa: E731
+    bf16 = (lambda v: v.to(t.bfloat16).to(t.float32)) if self.bf16 else (lambda v: v)
     dt = bf16(t.log(1 / (1 - pc)))
     xs, bs = bf16(z / dt[:, None]), bf16(pc)
     state, outs = t.zeros(z.shape[-1]), []

@@ -15,8 +15,7 @@ import numpy as np  # noqa: E402
 from chunklm.bench.kernels import OPS, make_inputs, op_call  # noqa: E402
 from chunklm.bench.timing import real_batches  # noqa: E402
 from chunklm.config import MeshConfig, load_config  # noqa: E402
-from chunklm.train.sharding import (batch_sharding, make_mesh, on_mesh, put_batch,  # noqa: E402
-                                    state_shardings)
+from chunklm.train.sharding import batch_sharding, make_mesh, on_mesh, put_batch, state_shardings  # noqa: E402
 from chunklm.train.step import make_train_step  # noqa: E402
 from chunklm.train.trainer import setup_state  # noqa: E402
 

@@ -1,8 +1,8 @@
 import numpy as np
 
 from chunklm.eval.boundaries import _routing, boundary_levels, picture
-from chunklm.model.lm import build_model
 from chunklm.model.functional import split_model
+from chunklm.model.lm import build_model
 from test_hnet import hnet_config
 
 

@@ -6,8 +6,8 @@ import pytest
 from chunklm.data.corpus import build
 from chunklm.eval.boundaries import corpus_routing, text_routing
 from chunklm.eval.boundary_stats import chunk_lengths, reference_starts
-from chunklm.model.lm import build_model
 from chunklm.model.functional import split_model
+from chunklm.model.lm import build_model
 from test_hnet import HNET1, hnet_config
 
 

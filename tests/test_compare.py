@@ -6,7 +6,8 @@ import yaml
 from chunklm.cli import main
 from chunklm.config import load_config
 from chunklm.errors import ConfigError, UserError
-from chunklm.experiments import compare, compare_report, sweep as sweeps
+from chunklm.experiments import compare, compare_report
+from chunklm.experiments import sweep as sweeps
 from chunklm.model.flops import match_flops, train_flops_per_byte
 from chunklm.run.metrics import read_jsonl
 from conftest import TINY
@@ -70,19 +71,19 @@ def test_flops_matching_is_within_five_percent(other):
 
 
 def test_report_shows_executed_flops_beside_the_measured_ones():
-  row = lambda executed: compare_report.Row("m", "H-Net (1 stage)", 10**6, 4e6, executed, 100.0, 2.0, 6.0,  # noqa: E731
+  row = lambda executed: compare_report.Row("m", "H-Net (1 stage)", 10**6, 4e6, executed, 100.0, 2.0, 6.0,
                                             [(1.0, 2.0, 3.0)], None)
   assert compare_report._cells(row(5.2e6))[4] == "5.20 M (1.30x)"
   assert compare_report._cells(row(4e6))[4] == "4.00 M"
 
 
 def test_data_efficiency_is_read_off_the_curves_on_the_same_bytes():
-  curve = lambda *pts: [(b, bpb, 100.0) for b, bpb in pts]  # noqa: E731
+  curve = lambda *pts: [(b, bpb, 100.0) for b, bpb in pts]
   assert compare_report.bytes_to_reach(curve((10, 3.0), (20, 2.0), (30, 1.5)), 1.75) == pytest.approx(25.0)
   assert compare_report.bytes_to_reach(curve((10, 3.0), (20, 2.0)), 1.0) is None
   leading = [(10, 1.0, 50.0), (20, 2.2, 100.0), (30, 1.8, 100.0)]  # the first point is on fewer bytes: not used
   assert compare_report.bytes_to_reach(leading, 2.0) == pytest.approx(25.0)
-  row = lambda name, c: compare_report.Row(name, "k", 1, 1.0, 1.0, 1.0, c[-1][1], 1.0, c, None)  # noqa: E731
+  row = lambda name, c: compare_report.Row(name, "k", 1, 1.0, 1.0, 1.0, c[-1][1], 1.0, c, None)
   lines = compare_report.efficiency([row("ref", curve((10, 3.0), (40, 2.0))), row("h", curve((10, 2.5), (20, 1.9))),
                                      row("slow", curve((10, 3.5), (40, 2.5)))], "ref")
   assert lines[1] == "h: 18 bytes, 2.18x fewer" and lines[2].startswith("slow: not reached within its 40 bytes")

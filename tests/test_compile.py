@@ -14,7 +14,6 @@ from chunklm.bench.hlo import count_collectives
 from chunklm.config import load_config
 from chunklm.errors import UserError
 from chunklm.train.trainer import setup_state
-
 from conftest import TINY
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -39,7 +38,7 @@ ENTRY %main.249_spmd (param: f32[32,580]) -> f32[] {
 
 def test_collectives_are_counted_with_their_bytes_and_the_tpu_reduce_scatter_fusion():
   c = count_collectives(HLO)
-  plain = lambda n, total, largest: {"count": n, "bytes": total, "max_bytes": largest, "as_all_reduce": 0}  # noqa: E731
+  plain = lambda n, total, largest: {"count": n, "bytes": total, "max_bytes": largest, "as_all_reduce": 0}
   assert c["all-gather"] == plain(2, 2 * 1024 * 256 + 2 * 256 * 256, 2 * 1024 * 256)
   assert c["reduce-scatter"] == plain(1, 4 * 32 * 580, 4 * 32 * 580)
   assert c["all-reduce"] == plain(2, 4 + 4 * 4 * 64, 4 * 4 * 64)  # one op combining two tensors counts two

@@ -3,8 +3,21 @@ import typing
 import pytest
 import yaml
 
-from chunklm.config import (BYTE_ROUTERS, CONFIG_DIR, CONFIG_FORMAT, KERNEL_IMPLS, ROUTERS, Config, ModelConfig,
-                            differing_fields, dump_yaml, from_dict, load_config, read_config_format)
+from chunklm.config import (
+  BYTE_ROUTERS,
+  CONFIG_DIR,
+  CONFIG_FORMAT,
+  ROUTERS,
+  Config,
+  KernelImpl,
+  ModelConfig,
+  RouterName,
+  differing_fields,
+  dump_yaml,
+  from_dict,
+  load_config,
+  read_config_format,
+)
 from chunklm.errors import ConfigError
 from chunklm.kernels import api as kernels_api
 from chunklm.model import routers as model_routers
@@ -171,7 +184,8 @@ def test_one_router_registry():
     if kind.settings is not None:
       assert hints[name] is kind.settings  # a router's section is the ModelConfig field of its name
   assert BYTE_ROUTERS == ("whitespace", "entropy")
-  assert kernels_api.IMPLS is KERNEL_IMPLS
+  assert tuple(ROUTERS) == typing.get_args(RouterName)  # the registry and the option type name the same kinds
+  assert kernels_api.IMPLS == typing.get_args(KernelImpl)
 
 
 # ----------------------------------------------------------------------------- config_format

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from chunklm.config import DnaConfig, load_config
-from chunklm.data.corpus import Documents, build, load_documents
+from chunklm.data.corpus import build, load_documents
 from chunklm.data.dna import clean, reverse_complement
 from chunklm.data.pipeline import BOS, PackedWindows
 from chunklm.errors import ConfigError
@@ -109,6 +109,7 @@ def test_boundary_rate_after_each_kmer():
 def test_eval_on_dna_says_bits_per_base(tmp_path, capsys):
   import json
   import random
+
   from chunklm.cli import main
   from chunklm.train import trainer
   from conftest import tiny_config

@@ -16,7 +16,7 @@ import pytest
 
 from chunklm.cli import main
 from chunklm.config import load_config
-from chunklm.errors import CheckpointError, ConfigError, UserError
+from chunklm.errors import CheckpointError, ConfigError
 from chunklm.run.checkpoint import Checkpointer, StateMismatch
 from chunklm.run.lock import WorkdirBusy, workdir_lock
 from chunklm.run.metrics import read_jsonl

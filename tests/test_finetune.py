@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from chunklm.cli import main
-from chunklm.errors import CheckpointError, ConfigError
 from chunklm.config import load_config
+from chunklm.errors import CheckpointError, ConfigError
 from chunklm.run.trained import abstract_params, open_run
 from chunklm.train import trainer
 from chunklm.train.init_from import check_compatible, load_init, params_sha256
@@ -116,9 +116,9 @@ def test_bad_sources_are_one_line(source, corpus, tmp_path):
 
 def test_grad_norm_is_over_the_trained_parameters(source, corpus):
   """With train.freeze the reported grad_norm leaves the frozen parameters' gradients out."""
+  from chunklm.bench.timing import real_batches
   from chunklm.train.step import loss_fn, train_step
   from chunklm.train.trainer import setup_state
-  from chunklm.bench.timing import real_batches
   cfg = tiny_config(*SMALL, "train.freeze=[main, embed]", data=corpus)
   graphdef, tx, state, _ = setup_state(cfg)
   batch = real_batches(cfg, 1)[0]

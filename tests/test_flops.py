@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import pytest
 
 from chunklm.model.flops import attention_flops, mean_keys, train_flops_per_byte
-from chunklm.model.lm import build_model
 from chunklm.model.functional import forward, split_model
+from chunklm.model.lm import build_model
 from conftest import tiny_config
 
 

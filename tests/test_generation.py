@@ -10,8 +10,8 @@ from flax import nnx
 from chunklm.data.pipeline import BOS
 from chunklm.eval.generate import generate_many, sample_logits
 from chunklm.model import cache
-from chunklm.model.lm import build_model
 from chunklm.model.functional import forward, split_model
+from chunklm.model.lm import build_model
 from conftest import tiny_config
 from test_hnet import HNET1, HNET2
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from chunklm.errors import ConfigError
+from chunklm.model.functional import forward, split_model
 from chunklm.model.lm import build_model
 from chunklm.model.stage_output import StageOutput, stage_metrics
 from chunklm.train.optim import level_multiplier, level_of, paper_lr_multipliers
-from chunklm.model.functional import forward, split_model
 from chunklm.train.step import loss_fn
 from conftest import tiny_config
 

@@ -12,9 +12,9 @@ from chunklm.cli import main
 from chunklm.errors import ConfigError, UserError
 from chunklm.kernels import api
 from chunklm.kernels.onehot import onehot_matmul
+from chunklm.model.functional import forward, split_model
 from chunklm.model.lm import build_model
 from chunklm.model.stage_output import stage_metrics
-from chunklm.model.functional import forward, split_model
 from chunklm.train.step import routing_loss
 from conftest import tiny_config
 

@@ -9,8 +9,17 @@ from hypothesis import given
 
 from chunklm.kernels import api
 from chunklm.kernels.tuning import Tiles
-from kernel_cases import FUZZ, OPS, PATTERNS, SHAPE, TINY, assert_matches_reference, keep_pattern, keep_strategy, \
-    p_strategy
+from kernel_cases import (
+  FUZZ,
+  OPS,
+  PATTERNS,
+  SHAPE,
+  TINY,
+  assert_matches_reference,
+  keep_pattern,
+  keep_strategy,
+  p_strategy,
+)
 
 BACKENDS = {
     # GPU block_scan = EMA rows per program: M = 11 makes 3 row chunks, the last one partial.

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from chunklm.kernels import api, reference
-from chunklm.kernels import pallas_tpu
+from chunklm.kernels import api, pallas_tpu, reference
 from chunklm.kernels.schedule import ACTIVE, FIRST, LAST, schedule
 from kernel_cases import TINY, assert_matches_reference, keep_pattern
 

@@ -125,8 +125,8 @@ def test_cudnn_attention_equals_xla_on_gpu():
 
 
 def test_remat_gives_the_same_gradients():
-  from chunklm.model.lm import build_model
   from chunklm.model.functional import split_model
+  from chunklm.model.lm import build_model
   from chunklm.train.step import loss_fn
   from conftest import tiny_config
   ids = jax.random.randint(jax.random.key(1), (2, 32), 0, 256)

@@ -18,8 +18,18 @@ from chunklm.config import dump_yaml
 from chunklm.experiments.mrt5_compare import _speedup_line
 from chunklm.model.functional import named_leaves, split_model
 from chunklm.model.mrt5 import MrT5
-from chunklm.seq2seq.trainer import (Data, _optimizer, build, evaluate_mrt5, gate_leaves, load_mrt5_config,
-                                     make_train_step, open_mrt5, train_mrt5, with_gate)
+from chunklm.seq2seq.trainer import (
+  Data,
+  _optimizer,
+  build,
+  evaluate_mrt5,
+  gate_leaves,
+  load_mrt5_config,
+  make_train_step,
+  open_mrt5,
+  train_mrt5,
+  with_gate,
+)
 from conftest import write_corpus
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
@@ -40,7 +50,7 @@ def _tasks():
 @pytest.mark.slow  # CI budget: three short trainings and evaluations (~1.5 min); the README test trains mrt5 too
 def test_span_corruption_training_resumes_exactly(tmp_path):
   corpus = write_corpus(tmp_path / "corpus")
-  cfg = lambda steps: load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", f"train.steps={steps}"])  # noqa
+  cfg = lambda steps: load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", f"train.steps={steps}"])
   train_mrt5(cfg(6), tmp_path / "straight", **QUIET)
   train_mrt5(cfg(3), tmp_path / "resumed", **QUIET)
   res = train_mrt5(cfg(6), tmp_path / "resumed", **QUIET)
@@ -95,7 +105,7 @@ def test_the_gate_average_follows_the_gate_once_it_is_switched_on(tmp_path):
 @pytest.mark.slow  # CI budget: two short trainings with the gate average (~40 s)
 def test_inference_uses_the_gate_average_and_it_resumes_exactly(tmp_path):
   corpus = write_corpus(tmp_path / "corpus")
-  cfg = lambda steps: load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", f"train.steps={steps}",  # noqa
+  cfg = lambda steps: load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", f"train.steps={steps}",
                                                      "mrt5.gate_ema=0.9"])
   straight = train_mrt5(cfg(6), tmp_path / "straight", **QUIET)
   c, graphdef, averaged, _ = open_mrt5(tmp_path / "straight")  # the final evaluation used the average too

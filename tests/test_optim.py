@@ -1,13 +1,12 @@
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from chunklm.config import TrainConfig
+from chunklm.model.functional import split_model
 from chunklm.model.lm import build_model
 from chunklm.train.optim import decay_mask, lr_schedule
-from chunklm.model.functional import split_model
 from conftest import tiny_config
 
 

@@ -1,4 +1,3 @@
-import pytest
 """A real kill: SIGTERM mid-run saves a checkpoint and exits 143; re-running finishes like an uninterrupted run."""
 
 import json
@@ -10,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from chunklm.run.trained import open_run
 from conftest import TINY

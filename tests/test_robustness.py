@@ -62,7 +62,7 @@ def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_
   assert res["bytes"]["antspeak"]["bytes"] > 1.8 * res["bytes"]["clean"]["bytes"]
   md = (tmp_path / "out" / "robustness.md").read_text()
   assert "| antspeak |" in md and (tmp_path / "out" / "robustness.png").exists()
-  row = lambda name: next(l for l in md.splitlines() if l.startswith(f"| {name} |"))  # noqa: E731
+  row = lambda name: next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
   deltas = [float(row(t).split("|")[3].split("(")[1].split(",")[0]) for t in ("uppercase", "delete", "antspeak")]
   assert float(row("mean").split("|")[3].split("(")[1].split(",")[0]) == pytest.approx(sum(deltas) / 3, abs=2e-4)
   assert "- bpe: mean relative increase" in md
@@ -73,6 +73,7 @@ def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_
 
 def test_report_ends_with_the_mean_over_perturbations(tmp_path):
   from types import SimpleNamespace
+
   from chunklm.eval import robustness
   bpb = {"h": (2.0, 2.5, 3.0), "t": (1.8, 2.7, 3.6)}  # clean, a, b
   results = {m: {t: {"bpb": v} for t, v in zip(("clean", "a", "b"), vals)} for m, vals in bpb.items()}

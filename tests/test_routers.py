@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from chunklm.errors import ConfigError, DataError, UserError
+from chunklm.config import SCRIPTS
+from chunklm.errors import ConfigError, DataError
 from chunklm.model.cache import GenerationUnsupported
+from chunklm.model.functional import forward, split_model
 from chunklm.model.lm import build_model
 from chunklm.model.rule_routers import check_router_data
 from chunklm.model.scripts import script_classes
-from chunklm.config import SCRIPTS
-from chunklm.model.functional import forward, split_model
 from chunklm.train.optim import make_optimizer
 from chunklm.train.step import init_train_state, loss_fn, train_step
-from conftest import tiny_config, write_corpus
+from conftest import tiny_config
 from test_generation import step_all
 from test_hnet import HNET1, make_batch
 

@@ -1,5 +1,6 @@
-import pytest
 """`chunklm report` renders every section for a tiny run, and a summary for several runs."""
+
+import pytest
 
 from chunklm.cli import main
 from conftest import TINY

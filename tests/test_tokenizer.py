@@ -12,9 +12,9 @@ from chunklm.data import corpus
 from chunklm.data.pipeline import PackedWindows
 from chunklm.data.tokenizer import Tokenizer, check_vocab, tokenize, train_tokenizer
 from chunklm.errors import ConfigError, DataError
-from chunklm.model.lm import build_model
 from chunklm.eval.bpb import evaluate, make_eval_step
 from chunklm.model.functional import forward, split_model
+from chunklm.model.lm import build_model
 from conftest import tiny_config, write_corpus
 
 

@@ -1,13 +1,11 @@
 """Training loop: exact resume, metrics files, NaN guard, checkpoint fallback (resume compatibility and other
 faults: test_faults.py)."""
 
-import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from chunklm.errors import CheckpointError
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.metrics import read_jsonl
 from chunklm.run.trained import open_run

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from chunklm.data.pipeline import BOS
+from chunklm.model.functional import split_model
 from chunklm.model.lm import build_model
 from chunklm.train.optim import make_optimizer
-from chunklm.model.functional import split_model
 from chunklm.train.step import init_train_state, loss_fn, make_train_step
 from conftest import tiny_config
 

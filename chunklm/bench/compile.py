@@ -21,15 +21,21 @@ import jax
 import numpy as np
 from jax.experimental.topologies import get_topology_desc
 
-from chunklm.config import Config, load_config
-from chunklm.data.corpus import Documents
 from chunklm.bench.hlo import count_collectives
 from chunklm.bench.timing import with_corpus_cap
+from chunklm.config import Config, load_config
+from chunklm.data.corpus import Documents
 from chunklm.data.pipeline import PackedWindows
 from chunklm.errors import ConfigError, UserError
 from chunklm.model.flops import train_flops_per_byte
-from chunklm.train.sharding import (batch_sharding, check_batch_size, make_mesh, process_count, put_abstract,
-                                    state_shardings)
+from chunklm.train.sharding import (
+  batch_sharding,
+  check_batch_size,
+  make_mesh,
+  process_count,
+  put_abstract,
+  state_shardings,
+)
 from chunklm.train.step import make_train_step
 from chunklm.train.trainer import setup_state
 
@@ -54,7 +60,7 @@ def topology_devices(topology: str) -> list:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     return list(get_topology_desc(topology_name=name, platform=platform, **extra).devices)
-  except Exception as e:  # libtpu's errors are long C++ status strings: keep their first line
+  except Exception as e:  # noqa: BLE001  (libtpu's errors are long C++ status strings: keep their first line)
     raise UserError(f"--topology {topology!r}: JAX {jax.__version__} cannot describe it here: "
                     f"{str(e).strip().splitlines()[0]}") from None
 
@@ -108,7 +114,7 @@ def compile_step(cfg: Config, topology: str, devices: list | None = None, hlo_pa
   t1 = time.perf_counter()
   try:
     compiled = lowered.compile()
-  except Exception as e:
+  except Exception as e:  # noqa: BLE001  (XLA's compile failures share no type; the first line says which)
     raise ConfigError(f"XLA could not compile the step for {topology}: {str(e).strip().splitlines()[0]}") from None
   t2 = time.perf_counter()
   hlo = compiled.as_text()

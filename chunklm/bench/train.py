@@ -14,7 +14,6 @@ from chunklm.model.describe import describe_config
 from chunklm.model.flops import train_flops_per_byte
 from chunklm.train.trainer import setup_state
 
-
 # dense bfloat16 peak TFLOP/s per chip, by a substring of jax's device_kind (vendor data sheets)
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0,
                     "TPU v5e": 197.0, "TPU v4": 275.0, "TPU v6": 918.0}

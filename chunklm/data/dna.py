@@ -12,7 +12,7 @@ document, whether the model reads it as it is or as its reverse complement (see 
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

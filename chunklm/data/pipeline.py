@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import grain
+import jax
 import numpy as np
 
 from chunklm.config import Config

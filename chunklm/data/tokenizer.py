@@ -32,7 +32,7 @@ class Tokenizer:
       model_proto = self.path.read_bytes()
     try:
       self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    except Exception as e:  # sentencepiece raises RuntimeError/OSError with its own text for bad files
+    except Exception as e:  # noqa: BLE001  (sentencepiece raises RuntimeError/OSError with its own text for bad files)
       raise DataError(f"tokenizer {path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
     self.vocab_size = self.sp.get_piece_size()
     self.bos_id = self.sp.bos_id()

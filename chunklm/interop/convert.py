@@ -17,8 +17,13 @@ import numpy as np
 
 from chunklm.config import Config, load_config
 from chunklm.errors import UserError
-from chunklm.interop.hnet_official import check_exportable, model_from_official, official_config, to_chunklm, \
-    to_official
+from chunklm.interop.hnet_official import (
+  check_exportable,
+  model_from_official,
+  official_config,
+  to_chunklm,
+  to_official,
+)
 from chunklm.interop.torch_files import load_state_dict, save_state_dict
 from chunklm.model.functional import named_leaves, params_from_named
 from chunklm.run.imported import write_params_run

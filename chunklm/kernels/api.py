@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
-from chunklm.config import KERNEL_IMPLS as IMPLS  # the backend names, defined once (kernels.impl checks them)
+from chunklm.config import KernelImpl
 from chunklm.kernels import pallas_gpu, pallas_tpu, reference
 from chunklm.kernels.bookkeeping import chunk_counts, kept_rows
 from chunklm.kernels.tuning import Tiles
-from chunklm.mesh.context import per_shard, platform as target_platform
+from chunklm.mesh.context import per_shard
+from chunklm.mesh.context import platform as target_platform
 
+IMPLS = typing.get_args(KernelImpl)  # the backend names, defined once: the type of kernels.impl
 chunk_index = reference.chunk_index  # cheap integer bookkeeping: the same for every backend
 chunk_positions = reference.chunk_positions
 

@@ -29,8 +29,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from chunklm.kernels import reference
-from chunklm.kernels.onehot import onehot_matmul
 from chunklm.kernels.bookkeeping import check_ndim, chunk_lens
+from chunklm.kernels.onehot import onehot_matmul
 from chunklm.kernels.tuning import GPU, Tiles, fit
 
 ANY = pl.BlockSpec(memory_space=pl.ANY)  # whole array in global memory; programs index it themselves

@@ -18,7 +18,8 @@ import functools
 from collections.abc import Callable, Sequence
 
 import jax
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from chunklm.mesh.rules import BATCH_AXES, batch_axes_for, mesh_axes_for
 
