@@ -1,3 +1,4 @@
+import dataclasses
 import typing
 
 import pytest
@@ -73,6 +74,49 @@ def test_unknown_key_names_it_and_lists_valid_keys():
 def test_bad_values_are_config_errors(override, message):
   with pytest.raises(ConfigError, match=message):
     load_config(None, [override])
+
+
+# ----------------------------------------------------------------------------- closed sets of choices (Literal types)
+
+
+def _choice_fields(cls: type, prefix: str = ""):
+  """(dotted key, choices, per-stage) of every Literal field under `cls`, a per-stage tuple of Literals included."""
+  for name, tp in typing.get_type_hints(cls).items():
+    if dataclasses.is_dataclass(tp):
+      yield from _choice_fields(tp, f"{prefix}{name}.")
+    elif typing.get_origin(tp) is typing.Literal:
+      yield prefix + name, typing.get_args(tp), False
+    elif typing.get_origin(tp) is tuple and typing.get_origin(typing.get_args(tp)[0]) is typing.Literal:
+      yield prefix + name, typing.get_args(typing.get_args(tp)[0]), True
+
+
+def test_every_choice_field_is_checked_by_the_loader():
+  fields = {key: (choices, per_stage) for key, choices, per_stage in _choice_fields(Config)}
+  assert {"model.router", "model.pooling", "model.dtype", "model.entropy.mode", "data.dna.n_runs",
+          "train.nan_policy", "kernels.impl", "kernels.attention"} <= set(fields)
+  for key, (choices, per_stage) in fields.items():
+    valid = ", ".join(choices)
+    message = (rf"^{key}\[0\]: unknown {key.rsplit('.', 1)[-1]} 'bogus'; valid: {valid}$" if per_stage
+               else rf"^{key}: 'bogus' is not one of {valid}$")
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+      load_config("hnet_1stage_tiny", [f"{key}=bogus"])
+    assert load_config("hnet_1stage_tiny", [f"{key}={choices[-1]}"])  # and each of the choices is taken
+
+
+def test_a_per_stage_list_with_one_bad_element_is_refused():
+  with pytest.raises(ConfigError, match=r"^model\.pooling\[1\]: unknown pooling 'max'; valid: select, mean$"):
+    load_config("hnet_2stage_tiny", ["model.pooling=[select, max]"])
+  with pytest.raises(ConfigError, match=r"^model\.router\[1\]: unknown router 'Cosine'; valid: cosine, stride"):
+    from_dict(Config, {"model": {"layout": ["m1", ["m1", ["T1"], "m1"], "m1"], "router": ["cosine", "Cosine"]}})
+  cfg = load_config("hnet_2stage_tiny", ["model.pooling=[select, mean]", "model.router=gumbel"])
+  assert cfg.model.pooling == ("select", "mean") and cfg.model.router == ("gumbel", "gumbel")  # broadcast as before
+
+
+def test_a_choice_from_a_file_must_have_the_choices_type(tmp_path):
+  path = tmp_path / "c.yaml"
+  path.write_text("train: {nan_policy: 3}\nkernels: {impl: [xla]}\n")
+  with pytest.raises(ConfigError, match=r"^train\.nan_policy: 3 is not one of stop, skip$"):
+    load_config(path)
 
 
 def test_invalid_yaml_reports_line(tmp_path):

@@ -18,8 +18,8 @@ key and lists the valid ones; bundled-name resolution, `config_format` and these
 from __future__ import annotations
 
 import dataclasses
-import os
 import math
+import os
 import re
 import typing
 from pathlib import Path
@@ -43,11 +43,39 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
   if tp is tuple:  # the nested layout
     return _to_layout(value, key)
   if origin is tuple:
-    item_tp = typing.get_args(tp)[0]
+    return _to_tuple(value, typing.get_args(tp), key)
+  if origin is typing.Literal:
+    return _choice(value, typing.get_args(tp), key)
+  return _scalar(value, tp, key)
+
+
+def _to_tuple(value: Any, args: tuple, key: str) -> tuple:
+  """tuple[X, ...] from a list (or one value); a fixed tuple[X, Y] from a list of that length."""
+  if len(args) == 2 and args[1] is Ellipsis:
+    item_tp = args[0]
     if isinstance(value, dict) and item_tp is str:  # a mapping such as {latin: 5} is kept as ('latin:5',)
       value = [f"{k}:{v}" for k, v in value.items()]
     items = value if isinstance(value, (list, tuple)) else [value]
+    if typing.get_origin(item_tp) is typing.Literal:  # per-stage choices: the error names the item as one
+      return tuple(_choice(v, typing.get_args(item_tp), key, i) for i, v in enumerate(items))
     return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(items))
+  if not isinstance(value, (list, tuple)) or len(value) != len(args):
+    raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+  return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+
+
+def _choice(value: Any, choices: tuple, key: str, item: int | None = None) -> Any:
+  """A value of a Literal field: one of `choices`, else one line naming the key, the value and the valid ones."""
+  if any(type(value) is type(c) and value == c for c in choices):  # type too: True is not 1, 1 is not "1"
+    return value
+  valid = ", ".join(str(c) for c in choices)
+  if item is None:
+    raise ConfigError(f"{key}: {value!r} is not one of {valid}")
+  noun = key.rsplit(".", 1)[-1]  # per-stage fields have singular names: model.router, model.pooling
+  raise ConfigError(f"{key}[{item}]: unknown {noun} {value!r}; valid: {valid}")
+
+
+def _scalar(value: Any, tp: Any, key: str) -> Any:
   if tp is bool:
     if isinstance(value, bool):
       return value
@@ -87,7 +115,8 @@ def _to_layout(value: Any, key: str) -> tuple:
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-  """Builds dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+  """Builds dataclass `cls` from a mapping; unknown keys, missing required keys, wrong types and values outside a
+  Literal field's choices raise ConfigError."""
   hints = typing.get_type_hints(cls)
   fields = [f.name for f in dataclasses.fields(cls)]
   kwargs = {}
@@ -96,7 +125,14 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     if key not in fields:
       raise ConfigError(f"{full}: unknown key; valid keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}")
     kwargs[key] = _coerce(value, hints[key], full)
+  missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and _required(f)]
+  if missing:
+    raise ConfigError(f"{prefix or cls.__name__}: needs {', '.join(missing)}")
   return cls(**kwargs)
+
+
+def _required(field: dataclasses.Field) -> bool:
+  return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
 def to_dict(cfg: Any) -> Any:
@@ -123,7 +159,7 @@ def _set_path(tree: dict, key: str, raw: str, root: type = Config) -> None:
         first = dataclasses.fields(tp)[0].name
         raise ConfigError(f"--set {key}: {where} is a section; set one of its keys, e.g. {where}.{first}=...")
       # Strings stay verbatim; everything else is parsed as YAML so '256', '[1, 2]' and 'true' get their types.
-      if tp is str:
+      if tp is str or _is_text_choice(tp):
         node[part] = raw
       else:
         try:
@@ -139,10 +175,21 @@ def _set_path(tree: dict, key: str, raw: str, root: type = Config) -> None:
     cls = tp
 
 
+def _is_text_choice(tp: Any) -> bool:
+  return typing.get_origin(tp) is typing.Literal and all(isinstance(c, str) for c in typing.get_args(tp))
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
                 root: type = Config, folder: Path | None = None):
   """Loads YAML at `path` (or the defaults) over its bases, applies `a.b=c` overrides, validates; raises ConfigError.
   `root` is the config class (Config; MrT5Run for `chunklm mrt5`), `folder` where its bundled files are named."""
+  return from_dict(root, config_tree(path, overrides, root, folder))
+
+
+def config_tree(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+                root: type = Config, folder: Path | None = None) -> dict:
+  """The mapping load_config validates: the file over its bases with the overrides applied (keys checked, values
+  not yet typed), for a caller that adds settings decided from part of it."""
   tree: dict = {}
   if path is not None:
     tree = read_config_tree(resolve_config_path(path) if folder is None
@@ -152,7 +199,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
       raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.d_model=256")
     key, raw = item.split("=", 1)
     _set_path(tree, key.strip(), raw, root)
-  return from_dict(root, tree)
+  return tree
 
 
 def read_config_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:

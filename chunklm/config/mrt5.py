@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 from chunklm.config.schema import DataConfig, TrainConfig
 from chunklm.errors import ConfigError
 
-OBJECTIVES = ("span", "seq2seq")
+Objective = Literal["span", "seq2seq"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ class MrT5Config:
 
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqConfig:
-  objective: str = "span"  # span: ByT5 span corruption of the data.* corpus | seq2seq: JSONL {"input", "target"}
+  objective: Objective = "span"  # span: ByT5 span corruption of the data.* corpus | seq2seq: JSONL {"input", "target"}
   train_file: str = ""  # seq2seq: training records (JSONL)
   test_file: str = ""  # seq2seq: held-out records (JSONL); exact-match accuracy is measured on them
   noise_density: float = 0.15  # span: fraction of each window's bytes replaced by sentinels
@@ -78,8 +79,6 @@ class Seq2SeqConfig:
   target_len: int = 64  # decoder length in bytes (targets end with EOS; longer ones are an error)
 
   def __post_init__(self):
-    if self.objective not in OBJECTIVES:
-      raise ConfigError(f"seq2seq.objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
     if self.objective == "seq2seq" and not (self.train_file and self.test_file):
       raise ConfigError("seq2seq.objective seq2seq needs seq2seq.train_file and seq2seq.test_file (JSONL with "
                         "\"input\" and \"target\")")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Literal
 
 from chunklm.config.layout import parse_layer_string
 from chunklm.errors import ConfigError
 
 WORD_BOUNDARIES = ("space", "punct")  # or "regex:<character class>"
 WORD_REGEX_RE = re.compile(r"(\[(?:\\.|[^\]\\])+\]|\\[sSdDwW]|\\x[0-9a-fA-F]{2}|[^\\\[\]()|*+?{}^$])\+?")
-ENTROPY_MODES = ("global", "jump")
+EntropyMode = Literal["global", "jump"]
 SCRIPTS = ("default", "latin", "greek", "cyrillic", "arabic", "devanagari", "hiragana", "katakana", "han", "hangul")
 
 
@@ -67,15 +68,13 @@ class GumbelConfig:
 class EntropyConfig:
   layout: str = "T1"  # layer string of the router's byte LM
   d_model: int = 32  # width of its byte LM (heads = n_heads of level 0)
-  mode: str = "global"  # boundary where H_t > thr (global) or H_t - H_{t-1} > thr (jump)
+  mode: EntropyMode = "global"  # boundary where H_t > thr (global) or H_t - H_{t-1} > thr (jump)
   momentum: float = 0.9  # EMA momentum of the running threshold (a quantile per batch)
 
   def __post_init__(self):
     parse_layer_string(self.layout, "model.entropy.layout")
     if self.d_model <= 0:
       raise ConfigError(f"model.entropy.d_model: must be positive, got {self.d_model}")
-    if self.mode not in ENTROPY_MODES:
-      raise ConfigError(f"model.entropy.mode: {self.mode!r} is not one of {', '.join(ENTROPY_MODES)}")
     if not 0 <= self.momentum < 1:
       raise ConfigError(f"model.entropy.momentum: must be in [0, 1), got {self.momentum}")
 
@@ -98,7 +97,9 @@ class RouterKind:
   reads_bytes: bool  # decides from the bytes themselves, so it only works at stage 0
 
 
-ROUTERS: dict[str, RouterKind] = {
+# The router kinds: the option type of model.router (the loader checks it) and the registry, in the same order (tested).
+RouterName = Literal["cosine", "stride", "whitespace", "gumbel", "entropy", "delete_gate"]
+ROUTERS: dict[RouterName, RouterKind] = {
     "cosine": RouterKind(None, reads_bytes=False),  # H-Net: cosine dissimilarity of adjacent states
     "stride": RouterKind(None, reads_bytes=False),  # a boundary every target_ratio positions
     "whitespace": RouterKind(WhitespaceConfig, reads_bytes=True),  # word starts

@@ -1,6 +1,7 @@
 """The typed, frozen config sections: model, data, train, eval, mesh, kernels (experiment.py holds them together).
 
-Every field is typed and documented in one line and values are checked once in `__post_init__`. Per-level model
+Every field is typed and documented in one line. A field with a closed set of choices has a `Literal` type, which the
+loader checks (loading.py, naming the valid ones); the other values are checked once in `__post_init__`. Per-level model
 fields (`d_model`, `n_heads`, ...) hold one value per nesting level of the layout, outermost first; a single value is
 broadcast to every level. Per-stage fields (`router`, `pooling`, `target_ratio`, `capacity`) work the same way over
 the routing stages.
@@ -10,20 +11,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 from chunklm.config.layout import check_layout, layout_depth, level_layer_strings, uses_mamba
-from chunklm.config.routers import (BYTE_ROUTERS, ROUTERS, DeleteGateConfig, EntropyConfig, GumbelConfig,
-                                    WhitespaceConfig)
+from chunklm.config.routers import (
+  BYTE_ROUTERS,
+  ROUTERS,
+  DeleteGateConfig,
+  EntropyConfig,
+  GumbelConfig,
+  RouterName,
+  WhitespaceConfig,
+)
 from chunklm.errors import ConfigError
 
-POOLINGS = ("select", "mean")
-DTYPES = ("float32", "bfloat16")
-SCHEDULES = ("cosine", "wsd", "constant")
-NAN_POLICIES = ("stop", "skip")
-KERNEL_IMPLS = ("auto", "xla", "pallas", "interpret")  # chunk-op backends (chunklm.kernels.api imports them)
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")  # softmax-attention backends (kernels.attention)
-RATIO_LOSSES = ("hnet", "hinge")  # H-Net's two-sided ratio loss | a one-sided bound (FLEXITOKENS' idea)
-COMPATS = ("chunklm", "official")  # H-Net numerics: chunklm's own, or the official code's (converted weights)
+# The closed sets of choices: the loader refuses any other value, naming the valid ones (typing.get_args lists them).
+Pooling = Literal["select", "mean"]  # chunk vector: the state at the boundary | the mean of the chunk (shifted)
+DType = Literal["float32", "bfloat16"]
+Schedule = Literal["cosine", "wsd", "constant"]
+NanPolicy = Literal["stop", "skip"]
+KernelImpl = Literal["auto", "xla", "pallas", "interpret"]  # chunk-op backends (chunklm.kernels.api)
+AttentionImpl = Literal["auto", "xla", "cudnn"]  # softmax-attention backends
+RatioLoss = Literal["hnet", "hinge"]  # H-Net's two-sided ratio loss | a one-sided bound (FLEXITOKENS' idea)
+Compat = Literal["chunklm", "official"]  # H-Net numerics: chunklm's own, or the official code's (converted weights)
+DnaCase = Literal["keep", "upper", "lower"]
+DnaIupac = Literal["keep", "n"]
+DnaNRuns = Literal["keep", "drop", "split"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +64,8 @@ class ModelConfig:
   rope_theta: float = 10000.0  # RoPE base
   vocab_size: int = 256  # 256 for bytes
   mamba: MambaConfig = MambaConfig()  # Mamba2 (SSD) layer settings, shared by all levels
-  router: tuple[str, ...] = ("cosine",)  # boundary predictor per routing stage (ROUTERS; stride uses target_ratio as S)
-  pooling: tuple[str, ...] = ("select",)  # chunk vector per stage: select (state at the boundary) | mean (shifted)
+  router: tuple[RouterName, ...] = ("cosine",)  # boundary predictor per routing stage (stride: target_ratio is S)
+  pooling: tuple[Pooling, ...] = ("select",)  # chunk vector per stage: select (state at the boundary) | mean (shifted)
   whitespace: WhitespaceConfig = WhitespaceConfig()  # whitespace router settings (word boundary)
   gumbel: GumbelConfig = GumbelConfig()  # gumbel router settings (temperature, prior, per-script targets)
   entropy: EntropyConfig = EntropyConfig()  # entropy router settings (its byte LM and threshold)
@@ -61,16 +74,16 @@ class ModelConfig:
   capacity_factor: float = 0.0  # chunk capacity = ceil(L / N * factor) + document starts; 0 = 1 + 4/sqrt(L / N)
   capacity: tuple[int, ...] = (0,)  # explicit chunk capacity per routing stage; 0 = from capacity_factor
   ratio_loss_weight: float = 0.03  # alpha of the ratio loss
-  ratio_loss: str = "hnet"  # hnet (the paper's, two-sided) | hinge (only while splitting more often than 1/N)
+  ratio_loss: RatioLoss = "hnet"  # hnet (the paper's, two-sided) | hinge (only while splitting more often than 1/N)
   ratio_start: tuple[float, ...] = ()  # curriculum: the ratio loss's target N per stage at step 0 (() = none) ...
   ratio_warmup_steps: int = 0  # ... moving linearly to target_ratio over this many training steps
   confidence_loss_weight: float = 0.0  # weight of mean 4p(1-p): pushes boundary probabilities away from 0.5
   lr_multipliers: tuple[float, ...] = ()  # learning-rate multiplier per level; () = paper's formula (App. C)
   init_std: float = 0.02  # std of linear-layer init; output projections are scaled down by depth
-  dtype: str = "float32"  # compute dtype (params stay float32): float32 | bfloat16
+  dtype: DType = "float32"  # compute dtype (params stay float32): float32 | bfloat16
   remat: bool = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
   attention_block: int = 0  # queries per attention block (memory ~ block x length instead of length^2); 0 = all
-  compat: str = "chunklm"  # official = the official H-Net code's numerics (residual bias, dechunk clamp, bf16 EMA)
+  compat: Compat = "chunklm"  # official = the official H-Net code's numerics (residual bias, dechunk clamp, bf16 EMA)
 
   @property
   def num_stages(self) -> int:
@@ -90,41 +103,17 @@ class ModelConfig:
     d_ff = self.d_ff[level]
     return d_ff if d_ff > 0 else 64 * math.ceil(8 * self.d_model[level] / 3 / 64)
 
+  @property
+  def is_token_model(self) -> bool:
+    """Whether the model reads sentencepiece tokens (a vocabulary other than the 256 bytes): it needs data.tokenizer."""
+    return self.vocab_size != 256
+
   def __post_init__(self):
     check_layout(self.layout)
-    levels = self.num_levels
-    for name in ("d_model", "d_ff", "n_heads", "window"):
-      value = getattr(self, name)
-      if len(value) == 1 and levels > 1:
-        object.__setattr__(self, name, value * levels)
-      elif len(value) != levels:
-        raise ConfigError(f"model.{name}: layout has {levels} level(s), got {len(value)} values {list(value)}")
+    self._broadcast()
     stages = self.num_stages
-    for name in ("router", "pooling", "target_ratio", "capacity", "ratio_start"):
-      value = getattr(self, name)
-      if stages == 0 or (name == "ratio_start" and not value):
-        continue  # unused by a plain stack; no curriculum
-      if len(value) == 1 and stages > 1:
-        object.__setattr__(self, name, value * stages)
-      elif len(value) != stages:
-        raise ConfigError(f"model.{name}: layout has {stages} routing stage(s), got {len(value)} values")
-    for level in range(levels):
-      d, h = self.d_model[level], self.n_heads[level]
-      if d <= 0 or h <= 0 or self.d_ff[level] < 0 or self.window[level] < 0:
-        raise ConfigError(f"model: sizes must be positive (level {level}: d_model={d}, n_heads={h}, "
-                          f"d_ff={self.d_ff[level]}, window={self.window[level]})")
-      if d % h:
-        raise ConfigError(f"model.n_heads: d_model {d} is not divisible by n_heads {h} at level {level}")
-      if level and d < self.d_model[level - 1]:
-        raise ConfigError(f"model.d_model: inner width {d} (level {level}) is smaller than outer width "
-                          f"{self.d_model[level - 1]}; inner levels must be at least as wide")
-      mamba = any(uses_mamba(spec) for spec in level_layer_strings(self.level_layout(level)))
-      if mamba and (self.mamba.expand * d) % self.mamba.head_dim:
-        raise ConfigError(f"model.mamba.head_dim: {self.mamba.head_dim} must divide expand*d_model = "
-                          f"{self.mamba.expand * d} at level {level}")
-    for r in self.router[:stages]:
-      if r not in ROUTERS:
-        raise ConfigError(f"model.router: unknown router {r!r}; valid: {', '.join(ROUTERS)}")
+    for level in range(self.num_levels):
+      self._check_level(level)
     for n in self.target_ratio[:stages]:
       if not n > 1:
         raise ConfigError(f"model.target_ratio: target compression N must be > 1, got {n}")
@@ -135,30 +124,55 @@ class ModelConfig:
       raise ConfigError(f"model.capacity: must be >= 0 (0 = automatic), got {list(self.capacity)}")
     if self.capacity_factor < 1 and self.capacity_factor != 0:
       raise ConfigError(f"model.capacity_factor: must be >= 1 (or 0: from the window), got {self.capacity_factor}")
-    if self.lr_multipliers and len(self.lr_multipliers) != levels:
-      raise ConfigError(f"model.lr_multipliers: need {levels} values (one per level) or [], "
+    if self.lr_multipliers and len(self.lr_multipliers) != self.num_levels:
+      raise ConfigError(f"model.lr_multipliers: need {self.num_levels} values (one per level) or [], "
                         f"got {list(self.lr_multipliers)}")
     if self.attention_block < 0:
       raise ConfigError(f"model.attention_block: must be >= 0 (0 = one block), got {self.attention_block}")
     if self.vocab_size <= 0 or self.init_std <= 0 or not 0 <= self.rotary_fraction <= 1:
       raise ConfigError("model: vocab_size and init_std must be positive, rotary_fraction in [0, 1]")
-    if self.dtype not in DTYPES:
-      raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-    if self.ratio_loss not in RATIO_LOSSES:
-      raise ConfigError(f"model.ratio_loss: {self.ratio_loss!r} is not one of {', '.join(RATIO_LOSSES)}")
     if self.ratio_loss_weight < 0 or self.confidence_loss_weight < 0:
       raise ConfigError("model.ratio_loss_weight and model.confidence_loss_weight must be >= 0")
-    if self.compat not in COMPATS:
-      raise ConfigError(f"model.compat: {self.compat!r} is not one of {', '.join(COMPATS)}")
     if self.compat == "official" and (not stages or set(self.router[:stages]) != {"cosine"}
                                       or set(self.pooling[:stages]) != {"select"}):
       raise ConfigError("model.compat: official is the official H-Net's computation, which needs an H-Net with "
                         "the cosine router and select pooling at every stage")
 
+  def _broadcast(self) -> None:
+    """A single per-level (per-stage) value stands for every level (stage); any other count must match."""
+    levels, stages = self.num_levels, self.num_stages
+    for name in ("d_model", "d_ff", "n_heads", "window"):
+      value = getattr(self, name)
+      if len(value) == 1 and levels > 1:
+        object.__setattr__(self, name, value * levels)
+      elif len(value) != levels:
+        raise ConfigError(f"model.{name}: layout has {levels} level(s), got {len(value)} values {list(value)}")
+    for name in ("router", "pooling", "target_ratio", "capacity", "ratio_start"):
+      value = getattr(self, name)
+      if stages == 0 or (name == "ratio_start" and not value):
+        continue  # unused by a plain stack; no curriculum
+      if len(value) == 1 and stages > 1:
+        object.__setattr__(self, name, value * stages)
+      elif len(value) != stages:
+        raise ConfigError(f"model.{name}: layout has {stages} routing stage(s), got {len(value)} values")
+
+  def _check_level(self, level: int) -> None:
+    d, h = self.d_model[level], self.n_heads[level]
+    if d <= 0 or h <= 0 or self.d_ff[level] < 0 or self.window[level] < 0:
+      raise ConfigError(f"model: sizes must be positive (level {level}: d_model={d}, n_heads={h}, "
+                        f"d_ff={self.d_ff[level]}, window={self.window[level]})")
+    if d % h:
+      raise ConfigError(f"model.n_heads: d_model {d} is not divisible by n_heads {h} at level {level}")
+    if level and d < self.d_model[level - 1]:
+      raise ConfigError(f"model.d_model: inner width {d} (level {level}) is smaller than outer width "
+                        f"{self.d_model[level - 1]}; inner levels must be at least as wide")
+    mamba = any(uses_mamba(spec) for spec in level_layer_strings(self.level_layout(level)))
+    if mamba and (self.mamba.expand * d) % self.mamba.head_dim:
+      raise ConfigError(f"model.mamba.head_dim: {self.mamba.head_dim} must divide expand*d_model = "
+                        f"{self.mamba.expand * d} at level {level}")
+
   def _check_routers(self, stages: int) -> None:
-    for s, (r, pool, n) in enumerate(zip(self.router, self.pooling, self.target_ratio)):
-      if pool not in POOLINGS:
-        raise ConfigError(f"model.pooling: unknown pooling {pool!r} at stage {s}; valid: {', '.join(POOLINGS)}")
+    for s, (r, n) in enumerate(zip(self.router, self.target_ratio)):
       if r in BYTE_ROUTERS and s > 0:
         inner = ", ".join(name for name, kind in ROUTERS.items() if not kind.reads_bytes)
         raise ConfigError(f"model.router: {r!r} reads bytes, so it only works at stage 0, not stage {s}; use one of "
@@ -214,9 +228,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DnaConfig:
-  case: str = "keep"  # keep | upper | lower: fold soft-masked (lower-case) bases, or keep the mask
-  iupac: str = "keep"  # keep | n: ambiguity codes (R, Y, S, W, K, M, B, D, H, V) kept or written as N
-  n_runs: str = "keep"  # keep | drop | split: runs of >= n_run_min N kept, removed, or split into documents
+  case: DnaCase = "keep"  # keep | upper | lower: fold soft-masked (lower-case) bases, or keep the mask
+  iupac: DnaIupac = "keep"  # keep | n: ambiguity codes (R, Y, S, W, K, M, B, D, H, V) kept or written as N
+  n_runs: DnaNRuns = "keep"  # keep | drop | split: runs of >= n_run_min N kept, removed, or split into documents
   n_run_min: int = 1  # the shortest run of N that n_runs acts on
   reverse_complement: float = 0.0  # probability that training reads a document as its reverse complement
 
@@ -225,10 +239,6 @@ class DnaConfig:
     return (self.case, self.iupac, self.n_runs) == ("keep", "keep", "keep")
 
   def __post_init__(self):
-    for name, valid in (("case", ("keep", "upper", "lower")), ("iupac", ("keep", "n")),
-                        ("n_runs", ("keep", "drop", "split"))):
-      if getattr(self, name) not in valid:
-        raise ConfigError(f"data.dna.{name}: {getattr(self, name)!r} is not one of {', '.join(valid)}")
     if self.n_run_min < 1:
       raise ConfigError(f"data.dna.n_run_min: must be >= 1, got {self.n_run_min}")
     if not 0 <= self.reverse_complement <= 1:
@@ -283,7 +293,7 @@ class TrainConfig:
   batch_size: int = 8  # global batch (windows per step)
   lr: float = 3e-3  # peak learning rate
   warmup_steps: int = 100  # linear warmup from 0
-  schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay, 1/sqrt decay) | constant
+  schedule: Schedule = "cosine"  # cosine | wsd (warmup-stable-decay, 1/sqrt decay) | constant
   min_lr_ratio: float = 0.1  # final lr / peak lr (cosine, wsd)
   decay_fraction: float = 0.2  # wsd: fraction of steps spent decaying
   weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norms, embeddings, biases)
@@ -296,7 +306,7 @@ class TrainConfig:
   eval_every: int = 0  # steps between evaluations; 0 = only at the end
   checkpoint_every: int = 200  # steps between checkpoints (one is always written at the end)
   keep_checkpoints: int = 3  # checkpoints kept on disk
-  nan_policy: str = "stop"  # a step with a non-finite loss or gradient: stop (exit 3) | skip (drop its update)
+  nan_policy: NanPolicy = "stop"  # a step with a non-finite loss or gradient: stop (exit 3) | skip (drop its update)
   nan_skip_limit: int = 10  # nan_policy=skip: stop after this many skipped steps in a row
   init_from: str = ""  # a run or one of its checkpoints whose parameters start this run (fine-tuning); "" = random
   freeze: tuple[str, ...] = ()  # parameters left as they are: named parts (embed, main, encoder.s0, ...) or globs
@@ -326,10 +336,6 @@ class TrainConfig:
         raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
     if self.lr <= 0:
       raise ConfigError(f"train.lr: must be positive, got {self.lr}")
-    if self.schedule not in SCHEDULES:
-      raise ConfigError(f"train.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-    if self.nan_policy not in NAN_POLICIES:
-      raise ConfigError(f"train.nan_policy: {self.nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
     if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.decay_fraction <= 1:
       raise ConfigError("train.min_lr_ratio must be in [0, 1] and train.decay_fraction in (0, 1]")
 
@@ -364,12 +370,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class KernelsConfig:
-  impl: str = "auto"  # chunk-op backend: auto (Pallas on GPU/TPU, XLA on CPU) | xla | pallas | interpret
-  attention: str = "auto"  # softmax attention: auto (cuDNN flash attention on a GPU where it applies, else XLA),
-  #                          xla or cudnn
+  impl: KernelImpl = "auto"  # chunk-op backend: auto (Pallas on GPU/TPU, XLA on CPU) | xla | pallas | interpret
+  attention: AttentionImpl = "auto"  # softmax attention: auto (cuDNN flash attention on a GPU where it applies,
+  #                                    else XLA) | xla | cudnn
 
-  def __post_init__(self):
-    if self.impl not in KERNEL_IMPLS:
-      raise ConfigError(f"kernels.impl: {self.impl!r} is not one of {', '.join(KERNEL_IMPLS)}")
-    if self.attention not in ATTENTION_IMPLS:
-      raise ConfigError(f"kernels.attention: {self.attention!r} is not one of {', '.join(ATTENTION_IMPLS)}")

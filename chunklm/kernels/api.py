@@ -60,6 +60,7 @@ class Backend:
     return pallas_tpu if self.kernels == "tpu" else pallas_gpu
 
   def kwargs(self) -> dict:
+    interpret: bool | pltpu.InterpretParams  # the TPU interpreter takes its settings, the GPU one a flag
     if not self.interpret:
       interpret = False
     elif self.kernels == "tpu":
