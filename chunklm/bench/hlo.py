@@ -105,7 +105,9 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
       users.setdefault(o, []).append(ins)
 
   def does(ins: _Instruction | None, opcode: str) -> bool:  # the op itself, or a fusion whose root is that op
-    return ins is not None and (ins.opcode == opcode or (ins.opcode == "fusion" and roots.get(ins.calls) == opcode))
+    if ins is None:
+      return False
+    return ins.opcode == opcode or (ins.opcode == "fusion" and ins.calls is not None and roots.get(ins.calls) == opcode)
 
   params = {(i.computation, i.index): i for i in instructions.values() if i.opcode == "parameter"}
 
@@ -126,7 +128,7 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
           out += final_users(u.name)
       elif u.opcode in _PASS_THROUGH:
         out += final_users(u.name, element)
-      elif u.opcode == "fusion" and (u.calls, u.operands.index(name)) in params:
+      elif u.opcode == "fusion" and u.calls is not None and (u.calls, u.operands.index(name)) in params:
         inside = final_users(params[(u.calls, u.operands.index(name))].name)
         out += inside or [u]  # passed straight to the fusion's result: the fusion itself is the use
       else:

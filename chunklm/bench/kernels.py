@@ -91,6 +91,7 @@ def bench_ops(shapes, impls, dtypes, ops, repeats: int, warmup: int, peak: float
           base = None
           for impl in impls:
             f, diff, aux = op_call(op, impl, inputs)
+            args: tuple  # (diff, aux), and the output's cotangent when timing the backward pass too
             if backward:
               def fwd_bwd(diff, aux, ct, f=f):
                 out, vjp = jax.vjp(lambda *a: f(a, aux), *diff)
@@ -142,13 +143,13 @@ def parse_shapes(value: str) -> tuple[tuple[int, int, int], ...]:
   """A named set of SHAPES, or a comma-separated list of BxLxD (e.g. `8x8192x1024,32x4096x512`)."""
   if value in SHAPES:
     return SHAPES[value]
-  shapes = []
+  shapes: list[tuple[int, int, int]] = []
   for item in (v.strip() for v in value.split(",") if v.strip()):
     dims = item.lower().split("x")
     if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
       raise UserError(f"bench kernels: --shapes {item!r} is not BxLxD with positive integers (e.g. 8x8192x1024); "
                       f"or one of {', '.join(SHAPES)}")
-    shapes.append(tuple(int(d) for d in dims))
+    shapes.append((int(dims[0]), int(dims[1]), int(dims[2])))
   if not shapes:
     raise UserError(f"bench kernels: --shapes is empty; give one of {', '.join(SHAPES)} or a list of BxLxD")
   return tuple(shapes)

@@ -72,7 +72,8 @@ def time_train_steps(graphdef, tx, state, batches: list[dict], warmup: int) -> t
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - t0
-  times, metrics = [], None
+  times: list[float] = []
+  metrics: dict = {}  # set by the first step: batches is never empty (batches[0] compiled the step)
   for i, batch in enumerate(batches):
     t = time.perf_counter()
     state, metrics = compiled(state, batch)

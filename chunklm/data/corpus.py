@@ -65,7 +65,7 @@ def build(documents: Iterable[src.Document], cache_file: Path | None = None, spi
   names: list[str] = []
   total = 0
   out = None
-  tmp = None
+  tmp: Path | None = None
   try:
     for name, data in documents:
       names.append(name)
@@ -82,6 +82,7 @@ def build(documents: Iterable[src.Document], cache_file: Path | None = None, spi
       else:
         out.write(data)
     if out is not None:
+      assert cache_file is not None and tmp is not None  # out is opened only once both are set
       out.close()
       out = None
       meta = {"names": names, "lengths": lengths}
@@ -91,9 +92,10 @@ def build(documents: Iterable[src.Document], cache_file: Path | None = None, spi
   finally:
     if out is not None:
       out.close()
-      tmp.unlink(missing_ok=True)
-  data = np.frombuffer(b"".join(chunks), np.uint8) if total else np.zeros(0, np.uint8)
-  return _documents(data, np.asarray(lengths, np.int64), names)
+      if tmp is not None:  # always, while out is open
+        tmp.unlink(missing_ok=True)
+  bytes_N = np.frombuffer(b"".join(chunks), np.uint8) if total else np.zeros(0, np.uint8)
+  return _documents(bytes_N, np.asarray(lengths, np.int64), names)
 
 
 def _documents(data: np.ndarray, lengths: np.ndarray, names: list[str]) -> Documents:

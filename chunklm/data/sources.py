@@ -109,7 +109,8 @@ def _record_name(header: bytes, fallback: int) -> str:
 
 def _fasta_documents(path: Path, name: str) -> Iterator[Document]:
   """One document per record: the sequence lines joined, without header or newlines."""
-  header, seq, count = None, [], 0
+  header, count = None, 0
+  seq: list[bytes] = []
   for line in _lines(path):
     if line.startswith(b">"):
       if header is not None:
@@ -208,7 +209,7 @@ def stdlib_dir() -> Path:
 def stdlib_files() -> list[Path]:
   """The built-in corpus: the standard library's .py files, without test suites and installed packages."""
   root = stdlib_dir()
-  files = []
+  files: list[Path] = []
   for dirpath, dirs, names in os.walk(root):
     dirs[:] = sorted(d for d in dirs if d not in _STDLIB_SKIP_DIRS and not d.startswith("."))
     files.extend(Path(dirpath, n) for n in sorted(names) if n.endswith(".py"))

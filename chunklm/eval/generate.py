@@ -111,8 +111,8 @@ def generate_from_workdir(workdir, prompts: str | bytes | list, *, max_bytes: in
   """`chunklm.generate`: continuations from a trained run's newest checkpoint; one prompt in, one out (bytes)."""
   run = open_run(Path(workdir), tuple(overrides), log=lambda *a, **k: None)
   single = isinstance(prompts, (str, bytes))
-  items = [prompts] if single else list(prompts)
-  items = [p.encode() if isinstance(p, str) else p for p in items]
+  given: list = [prompts] if single else list(prompts)
+  items: list[bytes] = [p.encode() if isinstance(p, str) else p for p in given]
   out = generate_many(run.graphdef, run.params, items, max_new_bytes=max_bytes, temperature=temperature, top_k=top_k,
                       top_p=top_p, stop=stop.encode() if isinstance(stop, str) else stop, seed=seed,
                       tokenizer=run.tokenizer)

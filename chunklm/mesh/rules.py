@@ -23,7 +23,8 @@ def mesh_axes_for(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: 
   left out (e.g. `fsdp` for the gathered copy of a weight)."""
   if len(axes) != len(shape):
     raise ValueError(f"logical axes {tuple(axes)} do not match shape {tuple(shape)}")
-  out, used = [], set()
+  out: list[str | None] = []
+  used: set[str] = set()
   for name, dim in zip(axes, shape):
     mesh_axis = RULES.get(name) if name is not None else None
     if mesh_axis is None or mesh_axis in drop or mesh_axis in used or dim % mesh_shape.get(mesh_axis, 1):
