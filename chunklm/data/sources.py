@@ -23,7 +23,6 @@ Document = tuple[str, bytes]
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".faa", ".frn")
 FASTQ_SUFFIXES = (".fq", ".fastq")
 JSONL_SUFFIXES = (".jsonl",)
-DEFAULT_CORPUS = "stdlib"  # name shown for the built-in corpus
 _STDLIB_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
