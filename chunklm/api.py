@@ -25,8 +25,9 @@ from chunklm.config import Config
 from chunklm.data.corpus import Documents
 from chunklm.errors import UserError
 from chunklm.eval.boundaries import picture, text_routing
-from chunklm.eval.bpb import evaluate, make_eval_step
+from chunklm.eval.bpb import make_eval_step
 from chunklm.eval.generate import generate_many
+from chunklm.eval.run_eval import score_documents
 from chunklm.run.trained import TrainedRun, open_run
 
 
@@ -69,8 +70,8 @@ class Model:
 
   def score(self, texts: str | bytes | list, *, batch_size: int = 8) -> float | list[float]:
     """Bits per byte of each text, read as one document from its start (a str is encoded as UTF-8)."""
-    single = isinstance(texts, (str, bytes))
-    items = [_as_bytes(t, "score") for t in ([texts] if single else list(texts))]
+    single = isinstance(texts, (str, bytes, bytearray))
+    items = [_as_bytes(t, "score") for t in ([texts] if single else _as_list(texts, "score"))]
     if any(not t for t in items):
       raise UserError("score: empty text (no bytes to predict)")
     if self._eval_step is None:
@@ -78,16 +79,15 @@ class Model:
     out = []
     for text in items:
       docs = Documents(np.frombuffer(text, np.uint8), np.array([0]), np.array([len(text)]), ("text",))
-      res = evaluate(self._eval_step, self.params, self.run.units(docs), self.config.data.seq_len, batch_size,
-                     **self.run.vocab)
-      out.append(res["bpb"] if math.isfinite(res["bpb"]) else float("nan"))
+      bpb = score_documents(self.run, docs, batch_size, eval_step=self._eval_step)["bpb"]
+      out.append(bpb if math.isfinite(bpb) else float("nan"))
     return out[0] if single else out
 
   def generate(self, prompts: str | bytes | list, *, max_bytes: int = 200, temperature: float = 0.8, top_k: int = 0,
                top_p: float = 0.95, stop: str | bytes = b"", seed: int = 0) -> bytes | list[bytes]:
     """Continuations (bytes) of one prompt or a batch of them, as `chunklm generate`."""
-    single = isinstance(prompts, (str, bytes))
-    items = [_as_bytes(p, "generate") for p in ([prompts] if single else list(prompts))]
+    single = isinstance(prompts, (str, bytes, bytearray))
+    items = [_as_bytes(p, "generate") for p in ([prompts] if single else _as_list(prompts, "generate"))]
     if max_bytes < 1:
       raise UserError(f"generate: max_bytes must be >= 1, got {max_bytes}")
     out = generate_many(self.run.graphdef, self.params, items, max_new_bytes=max_bytes, temperature=temperature,
@@ -108,12 +108,24 @@ class Model:
     return Boundaries(data, list(r.starts), list(r.probs), picture(data, list(r.starts)))
 
 
+class InputTypeError(UserError, TypeError):
+  """An argument of the wrong type (a UserError, one line, and a TypeError for `except TypeError`)."""
+
+
 def _as_bytes(value, what: str) -> bytes:
   if isinstance(value, str):
     return value.encode("utf-8")
   if isinstance(value, (bytes, bytearray)):
     return bytes(value)
-  raise UserError(f"{what}: expected str or bytes, got {type(value).__name__}")
+  raise InputTypeError(f"{what}: expected str or bytes, got {type(value).__name__}")
+
+
+def _as_list(values, what: str) -> list:
+  """A list (or other iterable) of texts as a list; anything else is one line saying what was expected."""
+  try:
+    return list(values)
+  except TypeError:
+    raise InputTypeError(f"{what}: expected str, bytes or a list of them, got {type(values).__name__}") from None
 
 
 def load(workdir: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Model:

@@ -49,6 +49,14 @@ def test_score_generate_boundaries(converted):
       call()
 
 
+def test_a_wrong_type_is_one_clear_line(converted):
+  m = chunklm.load(converted[0])
+  for call in (lambda: m.score(123), lambda: m.generate(4.5), lambda: m.score([b"ok", None])):
+    with pytest.raises(UserError, match=r"^(score|generate): expected str") as e:
+      call()
+    assert isinstance(e.value, TypeError) and "\n" not in str(e.value)  # `except TypeError` catches it too
+
+
 def test_score_equals_the_reference_bits_per_byte(converted):
   pytest.importorskip("torch")
   run, state = converted

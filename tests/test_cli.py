@@ -1,9 +1,11 @@
 """The command line: an end-to-end smoke test through the real entry point, and every bad input."""
 
+import ast
 import gzip
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -183,11 +185,11 @@ def test_progress_off_a_terminal_is_plain_lines(capsys):
 
 
 def test_command_line_bytes_and_escapes():
-  from chunklm.cli.commands import _escaped_bytes
-  assert _escaped_bytes(r"\n;", "--stop") == b"\n;"
-  assert _escaped_bytes(r"\u20ac", "--stop") == _escaped_bytes("\u20ac", "--stop") == "\u20ac".encode()
+  from chunklm.cli.generate import escaped_bytes
+  assert escaped_bytes(r"\n;", "--stop") == b"\n;"
+  assert escaped_bytes(r"\u20ac", "--stop") == escaped_bytes("\u20ac", "--stop") == "\u20ac".encode()
   with pytest.raises(UserError, match=r"--stop '\\\\x': truncated"):
-    _escaped_bytes("\\x", "--stop")
+    escaped_bytes("\\x", "--stop")
 
 
 @pytest.mark.parametrize("sub", [["train"], ["eval"], ["generate"], ["compare"], ["boundaries"], ["report"],
@@ -206,3 +208,41 @@ def test_version(capsys):
   with pytest.raises(SystemExit) as e:
     main(["--version"])
   assert e.value.code == 0 and capsys.readouterr().out.startswith("chunklm 0.")
+
+
+def test_flags_load_no_jax_and_every_command_has_one_body():
+  probe = ("import sys; from chunklm.cli.parser import build_parser, _leaves; "
+           "print(sorted(p.get_default('body') for p in _leaves(build_parser()))); print('jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
+  assert out[1] == "False", "the parser modules (cli/parser.py, options.py, flags/) must not import jax"
+  from chunklm.cli.commands import COMMANDS
+  assert json.loads(out[0].replace("'", '"')) == sorted(COMMANDS)
+
+
+def test_cli_functions_are_short():
+  cli = Path(__file__).resolve().parents[1] / "chunklm" / "cli"
+  long = [f"{p.relative_to(cli)}:{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)" for p in sorted(cli.rglob("*.py"))
+          for fn in ast.walk(ast.parse(p.read_text())) if isinstance(fn, ast.FunctionDef)
+          and fn.end_lineno - fn.lineno + 1 > 80]
+  assert not long, f"split these functions (over 80 lines): {long}"
+
+
+def test_quiet_and_verbose_before_or_after_the_command(capsys, tmp_path, corpus_dir):
+  from chunklm import logs
+  from chunklm.cli.parser import build_parser
+  p = build_parser()
+  assert p.parse_args(["info"]).verbosity is None
+  assert p.parse_args(["--quiet", "info"]).verbosity == "quiet"
+  assert p.parse_args(["bench", "train", "--verbose"]).verbosity == "verbose"
+  assert p.parse_args(["--quiet", "mrt5", "eval", "--workdir", "x", "--verbose"]).verbosity == "verbose"
+  with pytest.raises(SystemExit):
+    p.parse_args(["info", "--quiet", "--verbose"])
+  assert "not allowed with argument" in capsys.readouterr().err
+  args = ["tokenizer", "train", "--data", str(corpus_dir), "--set", "data.valid_fraction=0.3", "--vocab-size", "300"]
+  try:
+    code, out, _ = run_cli(capsys, *args, "--out", str(tmp_path / "a.model"), "--quiet")
+    assert code == 0 and "bytes per token" in out and "data:" not in out and "wrote" not in out  # results only
+    code, out, _ = run_cli(capsys, *args, "--out", str(tmp_path / "b.model"))
+    assert code == 0 and "bytes per token" in out and "data:" in out
+  finally:
+    logs.set_verbosity("normal")

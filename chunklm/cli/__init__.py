@@ -1,21 +1,28 @@
-"""`chunklm` command line: parses flags and calls library functions; user errors exit 2 with one line on stderr."""
+"""`chunklm` command line: parses flags and calls library functions; user errors exit 2 with one line on stderr.
+
+Layout: parser.py builds the parser from options.py (option groups several commands share) and flags/ (each
+command's flags; none of these import jax, so `--help` and flag errors answer at once); commands.py maps each
+command to its body, one module per command or family (train.py, eval.py, bench.py, ...), which checks the flags,
+calls one library function and prints the results. Log lines (what a command is doing) go through
+`chunklm.logs` at the level of --quiet / --verbose."""
 
 from __future__ import annotations
 
 import sys
 
-from chunklm import progress
+from chunklm import logs, progress
 from chunklm.cli.parser import build_parser
 from chunklm.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  logs.set_verbosity(args.verbosity or "normal")
   # start-up: --help and flag errors answer before the command bodies load jax (seconds); lint-imports still sees it
   from chunklm.cli.commands import COMMANDS
   try:
     progress.set_every(getattr(args, "progress_every", None))
-    return COMMANDS[args.command](args)
+    return COMMANDS[args.body](args)
   except UserError as e:
     print(f"chunklm: error: {e}", file=sys.stderr)
     return getattr(e, "exit_code", 2)

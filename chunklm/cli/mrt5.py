@@ -1,4 +1,5 @@
-"""`chunklm mrt5 train | eval | bench | compare`: the MrT5 encoder-decoder's command bodies."""
+"""`chunklm mrt5 train | eval | bench | compare`: the MrT5 encoder-decoder (`chunklm.seq2seq`,
+`chunklm.experiments.mrt5_compare`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from chunklm.cli.output import write_json
 from chunklm.errors import UserError
 from chunklm.experiments.mrt5_compare import run_mrt5_compare
 from chunklm.seq2seq.bench import bench_encoder
-from chunklm.seq2seq.trainer import (Data, eval_record, evaluate_mrt5, load_mrt5_config, open_mrt5,
-                                     train_mrt5)
+from chunklm.seq2seq.trainer import Data, eval_record, evaluate_mrt5, load_mrt5_config, open_mrt5, train_mrt5
 
 
 def _print_eval(res: dict) -> None:
@@ -25,28 +25,34 @@ def _print_eval(res: dict) -> None:
         for name, c in res["deleted_by_class"].items()))
 
 
-def cmd_mrt5(args) -> int:
-  if args.mrt5 == "train":
-    cfg = load_mrt5_config(args.config, args.overrides)
-    res = train_mrt5(cfg, args.workdir, progress=not args.no_progress)
-    _print_eval(res)
-    print(f"run: {args.workdir} (metrics.jsonl, eval.json, checkpoints)")
-    write_json(args.json, res)
-    return 0
-  if args.mrt5 == "compare":
-    if not args.out:
-      raise UserError("mrt5 compare: --out DIR is required (the runs and report.md go there)")
-    _, rows = run_mrt5_compare(args.config, args.overrides, args.sweep, args.seeds, args.out,
-                               bench_repeats=args.bench_repeats, progress=not args.no_progress)
-    write_json(args.json, [{k: v for k, v in r.items() if k != "cells"} for r in rows])
-    return 0
-  if args.mrt5 == "eval":
-    cfg, graphdef, params, step = open_mrt5(args.workdir)
-    res = eval_record(args.workdir, step, evaluate_mrt5(cfg, graphdef, params, Data(cfg, Path(args.workdir) / "cache"),
-                                                        args.batch_size, progress=not args.no_progress))
-    _print_eval(res)
-    write_json(args.json, res)
-    return 0
+def train(args) -> int:
+  cfg = load_mrt5_config(args.config, args.overrides)
+  res = train_mrt5(cfg, args.workdir, progress=not args.no_progress)
+  _print_eval(res)
+  print(f"run: {args.workdir} (metrics.jsonl, eval.json, checkpoints)")
+  write_json(args.json, res)
+  return 0
+
+
+def compare(args) -> int:
+  if not args.out:
+    raise UserError("mrt5 compare: --out DIR is required (the runs and report.md go there)")
+  _, rows = run_mrt5_compare(args.config, args.overrides, args.sweep, args.seeds, args.out,
+                             bench_repeats=args.bench_repeats, progress=not args.no_progress)
+  write_json(args.json, [{k: v for k, v in r.items() if k != "cells"} for r in rows])
+  return 0
+
+
+def evaluate(args) -> int:
+  cfg, graphdef, params, step = open_mrt5(args.workdir)
+  res = eval_record(args.workdir, step, evaluate_mrt5(cfg, graphdef, params, Data(cfg, Path(args.workdir) / "cache"),
+                                                      args.batch_size, progress=not args.no_progress))
+  _print_eval(res)
+  write_json(args.json, res)
+  return 0
+
+
+def bench(args) -> int:
   rows = [bench_encoder(w, args.batch_size, args.repeats) for w in args.workdir]
   print(f"{'run':<28} {'delta':>5} {'deleted':>7} {'slots':>5} {'hard B/s':>10} {'full B/s':>10} {'speed-up':>8}")
   for r in rows:

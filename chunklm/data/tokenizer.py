@@ -8,6 +8,7 @@ which makes bits per byte exact: total NLL over a text's tokens / the text's byt
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import time
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from chunklm.data.corpus import Documents, Splits
+from chunklm import logs
+from chunklm.config import DataConfig
+from chunklm.data.corpus import Documents, Splits, load_splits
 from chunklm.errors import ConfigError, DataError
 
 _INVALID = re.compile("([\udc80-\udcff]+)")  # bytes that are not UTF-8, after decode(..., "surrogateescape")
@@ -135,3 +138,27 @@ def check_vocab(tok: Tokenizer, vocab_size: int) -> None:
   if tok.vocab_size != vocab_size:
     raise ConfigError(f"tokenizer {tok.path} has {tok.vocab_size} pieces but model.vocab_size is {vocab_size}; "
                       f"set model.vocab_size={tok.vocab_size} or train a tokenizer with --vocab-size {vocab_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedTokenizer:
+  tokenizer: Tokenizer
+  valid_bytes: int  # bytes of the valid split
+  valid_tokens: int  # its tokens
+  exact: bool  # every valid document decodes back to its own bytes
+
+  @property
+  def bytes_per_token(self) -> float:
+    return self.valid_bytes / max(self.valid_tokens, 1)
+
+
+def train_on_splits(cfg: DataConfig, vocab_size: int, out: str | Path, *, log=logs.info) -> TrainedTokenizer:
+  """BPE trained on the training split of the data `cfg` configures, written to `out`, and measured on the valid
+  split: bytes per token and whether every document round-trips exactly."""
+  splits = load_splits(cfg)
+  log(f"data: {splits.description}")
+  tok = train_tokenizer(splits.train, vocab_size, out, log=log)
+  valid = tokenize(splits.valid, tok)
+  exact = all(tok.decode(valid.data[s:s + n]) == splits.valid.doc(i)
+              for i, (s, n) in enumerate(zip(valid.starts, valid.lengths)))
+  return TrainedTokenizer(tok, splits.valid.num_bytes, valid.num_bytes, exact)

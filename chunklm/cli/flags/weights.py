@@ -1,10 +1,10 @@
-"""The arguments of the weights-in-and-out subcommands: `convert` (official H-Net checkpoints), `export` and
+"""The flags of the weights-in-and-out commands: `convert` (official H-Net checkpoints), `export` and
 `import` (safetensors)."""
 
 from __future__ import annotations
 
 
-def add_weights_commands(sub) -> None:
+def add(sub) -> None:
   """Adds convert, export and import to the subcommand action `sub` of the chunklm parser."""
   p = sub.add_parser("convert", help="official H-Net checkpoints (PyTorch) to a chunklm run, and back",
                      description="Convert the official H-Net code's weights (a .pt state dict and its config JSON, "
@@ -18,6 +18,7 @@ def add_weights_commands(sub) -> None:
                       description="Write a chunklm run directory (config.yaml, one parameters-only checkpoint, "
                                   "origin.json) from an official H-Net checkpoint. Data, training and evaluation "
                                   "settings are the defaults (change them with --set, or when fine-tuning).")
+  v.set_defaults(body="convert from-hnet")
   v.add_argument("--checkpoint", required=True, metavar="PT", help="the official state dict (.pt)")
   v.add_argument("--config", required=True, metavar="JSON", help="its official config JSON")
   v.add_argument("--out", required=True, metavar="DIR", help="the run directory to write (new or empty)")
@@ -27,6 +28,7 @@ def add_weights_commands(sub) -> None:
                       description="Write model.pt (a state dict with the official names) and config.json for the "
                                   "official H-Net code from a chunklm H-Net run (cosine router, select pooling). "
                                   "A run without model.compat: official gets a zero residual bias.")
+  v.set_defaults(body="convert to-hnet")
   v.add_argument("--workdir", required=True, help="the chunklm run (its newest checkpoint)")
   v.add_argument("--out", required=True, metavar="DIR", help="directory for model.pt and config.json")
   v.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
@@ -36,6 +38,7 @@ def add_weights_commands(sub) -> None:
                      description="Write the newest checkpoint's parameters of a run as a safetensors file, with "
                                  "the resolved config, step and (token models) tokenizer as metadata; "
                                  "`chunklm import` turns it back into a run directory.")
+  p.set_defaults(body="export")
   p.add_argument("--workdir", required=True, help="the run to export")
   p.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. model.safetensors")
   p.add_argument("--format", default="safetensors", choices=("safetensors",), help="default: %(default)s")
@@ -44,5 +47,6 @@ def add_weights_commands(sub) -> None:
                      description="Write a run directory (config.yaml, one parameters-only checkpoint, origin.json) "
                                  "from a file written by `chunklm export`; every command that reads a trained run "
                                  "accepts it, and `chunklm train --init-from` fine-tunes it.")
+  p.set_defaults(body="import")
   p.add_argument("--weights", required=True, metavar="FILE", help="the safetensors file")
   p.add_argument("--out", required=True, metavar="DIR", help="the run directory to write (new or empty)")

@@ -1,0 +1,67 @@
+"""`chunklm bench train | generate | kernels | capacity | compile`: check the flags, measure (`chunklm.bench`), write
+the figures as JSON on request (each benchmark prints its own table)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+
+from chunklm.bench.capacity import bench_capacity
+from chunklm.bench.compile import bench_compile
+from chunklm.bench.generate import bench_generate
+from chunklm.bench.kernels import bench_kernels
+from chunklm.bench.train import bench_train
+from chunklm.cli.options import comma_ints
+from chunklm.cli.output import write_json
+from chunklm.errors import UserError
+
+
+def train(args) -> int:
+  _need_config(args)
+  write_json(args.json, bench_train(args.config, args.overrides, args.steps, args.warmup, args.breakdown))
+  return 0
+
+
+def generate(args) -> int:
+  sizes = comma_ints(args.batch, "--batch")
+  if min(sizes) <= 0 or args.units <= 0 or args.repeats <= 0:
+    raise UserError("--batch sizes, --units and --repeats must be positive")
+  if args.temperature < 0 or not 0 < args.top_p <= 1:
+    raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
+  write_json(args.json, bench_generate([Path(w) for w in args.workdir], sizes, args.units, args.repeats,
+                                       args.temperature, args.top_p, args.seed, tuple(args.overrides)))
+  return 0
+
+
+def kernels(args) -> int:
+  shapes = args.shapes if args.shapes != "auto" else ("small" if jax.default_backend() == "cpu" else "full")
+  step_config = None if args.no_step else (args.step_config or
+                                           ("hnet_1stage_tiny" if shapes == "small" else "hnet_1stage_S"))
+  write_json(args.json, bench_kernels(args.impl, shapes, args.dtype, args.ops, args.repeats, args.warmup,
+                                      step_config, args.step_overrides, args.step_steps))
+  return 0
+
+
+def capacity(args) -> int:
+  windows = comma_ints(args.window or None, "--window")
+  if (windows and min(windows) < 2) or args.max_bytes <= 0:
+    raise UserError("--window lengths must be >= 2 and --max-bytes positive")
+  if not 0 <= args.max_overflow < 1:
+    raise UserError(f"--max-overflow {args.max_overflow}: a fraction of boundaries in [0, 1), e.g. 0.01")
+  write_json(args.json, bench_capacity(args.workdir, windows, args.max_bytes, args.split, tuple(args.overrides),
+                                       args.max_overflow))
+  return 0
+
+
+def compile_tpu(args) -> int:
+  _need_config(args)
+  report = bench_compile(args.config, args.topology, args.overrides, args.hlo)
+  write_json(args.json, {"config": args.config, "overrides": args.overrides, **dataclasses.asdict(report)})
+  return 0
+
+
+def _need_config(args) -> None:
+  if args.config is None:
+    raise UserError(f"bench {args.bench}: --config is required")

@@ -1,0 +1,49 @@
+"""Which body runs each command: `COMMANDS[args.body](args)`, the key set by the command's flags
+(`set_defaults(body=...)` in cli/flags/). The bodies check their flags, call one library function and print what a
+user reads; importing them loads jax, so the CLI imports this table only once the flags have parsed."""
+
+from __future__ import annotations
+
+from chunklm.cli import (
+    bench,
+    boundaries,
+    classify,
+    compare,
+    generate,
+    info,
+    mrt5,
+    report,
+    robustness,
+    tokenizer,
+    train,
+    weights,
+)
+from chunklm.cli import eval as eval_command
+
+COMMANDS = {
+    "train": train.run,
+    "eval": eval_command.run,
+    "generate": generate.run,
+    "compare": compare.run,
+    "boundaries": boundaries.run,
+    "report": report.run,
+    "robustness": robustness.run,
+    "tokenizer train": tokenizer.train,
+    "info": info.run,
+    "classify train": classify.train,
+    "classify eval": classify.evaluate,
+    "classify predict": classify.predict,
+    "convert from-hnet": weights.from_official,
+    "convert to-hnet": weights.to_official,
+    "export": weights.export,
+    "import": weights.import_run,
+    "mrt5 train": mrt5.train,
+    "mrt5 eval": mrt5.evaluate,
+    "mrt5 bench": mrt5.bench,
+    "mrt5 compare": mrt5.compare,
+    "bench train": bench.train,
+    "bench generate": bench.generate,
+    "bench kernels": bench.kernels,
+    "bench capacity": bench.capacity,
+    "bench compile": bench.compile_tpu,
+}

@@ -1,0 +1,35 @@
+"""`chunklm generate`: continuations of prompts from a trained run, printed as text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from chunklm.errors import UserError
+from chunklm.eval.generate import generate_from_workdir
+from chunklm.eval.summary import show_bytes
+
+
+def run(args) -> int:
+  if args.max_bytes < 0 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
+    raise UserError("--max-bytes, --temperature and --top-k must be >= 0 and --top-p in (0, 1]")
+  prompts = [os.fsencode(p) for p in args.prompt or [""]]  # the bytes typed, UTF-8 or not
+  outs = generate_from_workdir(Path(args.workdir), prompts, max_bytes=args.max_bytes,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               stop=escaped_bytes(args.stop, "--stop"),
+                               seed=args.seed, overrides=tuple(args.overrides))
+  for prompt, out in zip(prompts, outs):
+    if len(prompts) > 1:
+      print("-" * 60)
+    print(show_bytes(prompt + out))
+  return 0
+
+
+def escaped_bytes(value: str, option: str) -> bytes:
+  """Bytes from a command-line string with Python escapes ('\\n', '\\x00', '\\u20ac'): a character below 256 is
+  that byte, any other its UTF-8 bytes."""
+  try:
+    text = os.fsencode(value).decode("unicode_escape")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{option} {value!r}: {e.reason}; write bytes as e.g. '\\n', '\\x00' or '\\u20ac'") from None
+  return b"".join(bytes([ord(c)]) if ord(c) < 256 else c.encode("utf-8") for c in text)
