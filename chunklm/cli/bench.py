@@ -45,7 +45,7 @@ def kernels(args) -> int:
 
 
 def capacity(args) -> int:
-  windows = comma_ints(args.window or None, "--window")
+  windows = comma_ints(args.window, "--window") if args.window else None
   if (windows and min(windows) < 2) or args.max_bytes <= 0:
     raise UserError("--window lengths must be >= 2 and --max-bytes positive")
   if not 0 <= args.max_overflow < 1:

@@ -118,10 +118,8 @@ def config_overrides(args) -> list[str]:
   return overrides
 
 
-def comma_ints(value: str | None, option: str) -> list[int] | None:
-  """'1,32' -> [1, 32] (None stays None); anything else is one line naming `option`."""
-  if value is None:
-    return None
+def comma_ints(value: str, option: str) -> list[int]:
+  """'1,32' -> [1, 32]; anything else is one line naming `option`."""
   try:
     return [int(x) for x in value.split(",")]
   except ValueError:

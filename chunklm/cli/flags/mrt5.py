@@ -14,6 +14,11 @@ def add(sub) -> None:
                                  "span corruption of a corpus (data.*), or JSONL {\"input\", \"target\"} tasks "
                                  "(seq2seq.objective=seq2seq, e.g. from scripts/make_mrt5_tasks.py).")
   msub = p.add_subparsers(dest="mrt5", required=True, metavar="WHAT")
+  for add_one in (_add_train, _add_eval, _add_bench, _add_compare):
+    add_one(msub)
+
+
+def _add_train(msub) -> None:
   m = msub.add_parser("train", help="train (or resume) an MrT5 run, then evaluate it",
                       description="Train an MrT5 run in --workdir (re-running resumes exactly), then report bits "
                                   "per target byte, the deletion rate with hard deletion and, for seq2seq tasks, "
@@ -26,12 +31,18 @@ def add(sub) -> None:
                  help="config override, e.g. mrt5.target_deletion=0.7 (repeatable)")
   options.add_output(m, json_what="the final evaluation")
   options.add_progress(m)
+
+
+def _add_eval(msub) -> None:
   m = msub.add_parser("eval", help="bits per target byte, deletion rate and accuracy of a trained MrT5 run")
   m.set_defaults(body="mrt5 eval")
   m.add_argument("--workdir", required=True, help="the run")
   m.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
   options.add_output(m, json_what="the figures")
   options.add_progress(m)
+
+
+def _add_bench(msub) -> None:
   m = msub.add_parser("bench", help="encoder bytes/s with hard deletion vs no deletion, per run",
                       description="Encoder throughput of each run on its held-out windows: hard deletion (later "
                                   "blocks on the kept positions, bucketed) against the same encoder at full length; "
@@ -41,6 +52,9 @@ def add(sub) -> None:
   m.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
   m.add_argument("--repeats", type=int, default=5, help="timed passes (median; default: %(default)s)")
   options.add_output(m, json_what="the rows")
+
+
+def _add_compare(msub) -> None:
   m = msub.add_parser("compare", help="train, evaluate and time MrT5 runs at several settings (e.g. deletion targets)",
                       description="Train (or reuse) one MrT5 run per value of each --sweep key (a grid) and seed in "
                                   "--out, on the same data; evaluate each with hard deletion and time its encoder; "

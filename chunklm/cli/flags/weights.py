@@ -14,6 +14,13 @@ def add(sub) -> None:
                                  "(model.compat: official). Needs torch: pip install 'chunklm[torch]'; .pt files "
                                  "are read with weights_only=True (tensors only, never arbitrary pickles).")
   vsub = p.add_subparsers(dest="convert", required=True, metavar="WAY")
+  _add_from_hnet(vsub)
+  _add_to_hnet(vsub)
+  _add_export(sub)
+  _add_import(sub)
+
+
+def _add_from_hnet(vsub) -> None:
   v = vsub.add_parser("from-hnet", help="official .pt + config.json -> a chunklm run directory",
                       description="Write a chunklm run directory (config.yaml, one parameters-only checkpoint, "
                                   "origin.json) from an official H-Net checkpoint. Data, training and evaluation "
@@ -24,6 +31,9 @@ def add(sub) -> None:
   v.add_argument("--out", required=True, metavar="DIR", help="the run directory to write (new or empty)")
   v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="override a non-model setting of the run's config, e.g. data.path=corpus/ (repeatable)")
+
+
+def _add_to_hnet(vsub) -> None:
   v = vsub.add_parser("to-hnet", help="a chunklm H-Net run -> official model.pt + config.json",
                       description="Write model.pt (a state dict with the official names) and config.json for the "
                                   "official H-Net code from a chunklm H-Net run (cosine router, select pooling). "
@@ -34,6 +44,8 @@ def add(sub) -> None:
   v.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="tensor dtype in model.pt (default: %(default)s)")
 
+
+def _add_export(sub) -> None:
   p = sub.add_parser("export", help="a run's parameters as one safetensors file (config inside, no pickles)",
                      description="Write the newest checkpoint's parameters of a run as a safetensors file, with "
                                  "the resolved config, step and (token models) tokenizer as metadata; "
@@ -43,6 +55,8 @@ def add(sub) -> None:
   p.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. model.safetensors")
   p.add_argument("--format", default="safetensors", choices=("safetensors",), help="default: %(default)s")
 
+
+def _add_import(sub) -> None:
   p = sub.add_parser("import", help="a safetensors file from `chunklm export` -> a run directory",
                      description="Write a run directory (config.yaml, one parameters-only checkpoint, origin.json) "
                                  "from a file written by `chunklm export`; every command that reads a trained run "
