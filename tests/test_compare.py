@@ -1,12 +1,14 @@
 """`chunklm compare`: specs, data identity, FLOPs matching, an end-to-end tiny comparison and its resumption."""
 
+import dataclasses
+
 import pytest
 import yaml
 
 from chunklm.cli import main
 from chunklm.config import load_config
 from chunklm.errors import ConfigError, UserError
-from chunklm.experiments import compare, compare_report
+from chunklm.experiments import compare, compare_report, compare_spec
 from chunklm.experiments import sweep as sweeps
 from chunklm.model.flops import match_flops, train_flops_per_byte
 from chunklm.run.metrics import read_jsonl
@@ -44,10 +46,42 @@ def test_spec_errors(tmp_path):
     compare.load_spec("no_such_spec")
   with pytest.raises(ConfigError, match="efficiency_reference 'z' is not one of its models"):
     compare.CompareSpec("s", (compare.ModelSpec("x", "byte_transformer_tiny"),), efficiency_reference="z")
-  bundled = sorted(f.stem for f in (compare.CONFIG_DIR / "compare").glob("*.yaml"))
+  bundled = sorted(f.stem for f in compare_spec.SPEC_DIR.glob("*.yaml"))
   assert {"tiny_code", "tune_tiny", "budget_tiny", "budget_tiny_code"} <= set(bundled)
   for name in bundled:  # every bundled spec loads and its models' configs resolve
     compare.plain_configs(compare.load_spec(name), ["data.sources=[x]", "data.valid_sources=[y]"])
+
+
+def test_specs_are_read_by_the_config_loader(tmp_path):
+  byte = {"name": "x", "config": "byte_transformer_tiny"}
+  for extra, models, message in (
+      ({"budget_bytes": "lots"}, [byte], r"s\.yaml: budget_bytes: expected int, got 'lots'$"),
+      ({}, [{"name": "x"}], r"s\.yaml: models\[0\]: needs config$"),
+      ({}, [{**byte, "sett": ["train.lr=1"]}], r"models\[0\]\.sett: unknown key; valid keys in models\[0\]: name, "),
+      ({}, [{**byte, "vary": ["depth"]}], r"models\[0\]\.vary\[0\]: unknown vary 'depth'; valid: layers, width$"),
+      ({}, [{**byte, "set": "train.lr=1"}], None)):  # one override is a list of one, as in a config
+    path = write_spec(tmp_path / "s.yaml", models, **extra)
+    if message is None:
+      assert compare.load_spec(path).models[0].set == ("train.lr=1",)
+      continue
+    with pytest.raises(ConfigError, match=message):
+      compare.load_spec(path)
+  spec = compare.load_spec(write_spec(tmp_path / "s.yaml", [byte], budget_bytes=2.5e6, sweep={"train.lr": [1.0e-3]}))
+  assert spec.budget_bytes == 2_500_000 and spec.sweep == (("train.lr", ("0.001",)),) and spec.name == "s"
+
+
+def test_a_token_model_is_told_by_its_vocabulary_not_by_an_error(tmp_path):
+  spec = compare.load_spec(write_spec(tmp_path / "s.yaml", [
+      {"name": "b", "config": "byte_transformer_tiny"},
+      {"name": "t", "config": "byte_transformer_tiny", "set": ["model.vocab_size=300", "data.tokenizer="]}]))
+  plain = compare.plain_configs(spec, [])
+  assert plain["t"].model.is_token_model and plain["t"].data.tokenizer == compare.TOKENIZER_PENDING
+  assert not plain["b"].model.is_token_model and plain["b"].data.tokenizer == ""
+  configs, _ = compare.resolve_configs(spec, [], "/x/tok.model", 3.0, plain=plain)
+  assert configs["t"].data.tokenizer == "/x/tok.model" and configs["t"].model.vocab_size == 300
+  with pytest.raises(ConfigError, match=r"^model t: model\.n_heads: d_model 128 is not divisible by n_heads 3"):
+    compare.plain_configs(dataclasses.replace(spec, models=(dataclasses.replace(
+        spec.models[1], set=spec.models[1].set + ("model.n_heads=3",)),)), [])
 
 
 def test_models_on_different_data_are_refused(tmp_path):

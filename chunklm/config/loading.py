@@ -114,7 +114,7 @@ def _to_layout(value: Any, key: str) -> tuple:
   raise ConfigError(f"{key}: expected a layout such as ['m4', ['T9'], 'm4'], got {value!r}")
 
 
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+def from_dict(cls: Any, data: dict, prefix: str = "") -> Any:
   """Builds dataclass `cls` from a mapping; unknown keys, missing required keys, wrong types and values outside a
   Literal field's choices raise ConfigError."""
   hints = typing.get_type_hints(cls)
@@ -146,7 +146,8 @@ def to_dict(cfg: Any) -> Any:
 
 def _set_path(tree: dict, key: str, raw: str, root: type = Config) -> None:
   parts = key.split(".")
-  cls, node = root, tree
+  cls: Any = root
+  node = tree
   for i, part in enumerate(parts):
     names = {f.name: f for f in dataclasses.fields(cls)}
     where = ".".join(parts[: i + 1])

@@ -6,11 +6,12 @@ import base64
 import dataclasses
 import html
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 from chunklm.config import Config
-from chunklm.plots import figure
 from chunklm.model.flops import train_flops_per_byte
+from chunklm.plots import figure
 from chunklm.run.metrics import read_jsonl
 
 
@@ -126,7 +127,7 @@ def efficiency(rows: list[Row], reference: str) -> list[str]:
 
 
 def write(out: Path, title: str, rows: list[Row], notes: list[str],
-          efficiency_reference: str = "", summary: list[str] = ()) -> tuple[Path, Path]:
+          efficiency_reference: str = "", summary: Sequence[str] = ()) -> tuple[Path, Path]:
   """report.md and report.html (with the plot embedded) in `out`; with `efficiency_reference`, the bytes every
   other model needs to reach that model's final valid BPB; `summary` (markdown lines: the sweep's and seeds'
   table, experiments/sweep.py) goes first, with out/sweep.png when there is one."""
