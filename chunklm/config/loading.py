@@ -1,6 +1,11 @@
 """Config files: YAML reading with `base:` inheritance, `--set a.b=c` overrides, typed coercion into the schema,
 bundled-name resolution, the dumped form of a run's config, and flat diffs between two configs.
 
+Coercion checks each value against its field's type once, for every section alike: numbers, strings, tuples (per
+level or per stage: one value is a list of one), nested sections, and `Literal` fields, whose value must be one of
+their choices (an error names the key, the value and the valid choices; an element of a per-stage list is named by
+its index). A dataclass field without a default is required. The compare specs are read the same way.
+
 A config file is a mapping of sections (model, data, train, eval, mesh, kernels). Two top-level keys are not
 sections: `base: <bundled config name or a path relative to this file>` deep-merges the file over its base (mappings
 merge key by key, lists and scalars replace; bases may have bases), and `config_format: N`, which `dump_yaml` writes
