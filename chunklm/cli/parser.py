@@ -44,6 +44,9 @@ EPILOG = """examples:
   chunklm bench capacity --workdir runs/default --window 256,2048,8192
   chunklm bench compile --config hnet_1stage_L --topology v5p:4x4x4 --set mesh.fsdp=64
 
+log lines: --quiet (warnings and errors only) or --verbose (also debug lines, from every process), before or after
+the command; results print at every level
+
 exit codes: 0 ok, 2 bad input (arguments, paths, configs, data, checkpoints, a busy workdir), 3 training diverged,
 130 interrupted, 143 stopped by SIGTERM"""
 
@@ -58,9 +61,7 @@ class Parser(argparse.ArgumentParser):
     """As argparse's, but an unknown flag is reported by the subcommand it was given to."""
     ns, extras = self.parse_known_args(args, namespace)
     if extras:
-      chain = [getattr(ns, dest) for dest in ("command", "tokenizer", "bench", "classify", "convert", "mrt5")
-               if getattr(ns, dest, None)]
-      prog = " ".join([self.prog, *chain])
+      prog = f"{self.prog} {ns.body}"  # the command's words, e.g. `chunklm bench kernels`
       self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
     return ns
 
