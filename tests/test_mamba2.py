@@ -39,7 +39,7 @@ def reference(m: Mamba2, x_BxLxD: jax.Array, seg_BxL: jax.Array) -> jax.Array:
       dt_H = jax.nn.softplus(dt_raw_H + dt_bias_H)
       state_HxPxN = (jnp.exp(dt_H * a_H)[:, None, None] * state_HxPxN
                      + dt_H[:, None, None] * x_HxP[:, :, None] * b_N[None, None, :])
-      y_HxP = jnp.sum(state_HxPxN * c_N, axis=-1) + d_H[:, None] * x_HxP
+      y_HxP = jnp.sum(state_HxPxN * c_N[None, None, :], axis=-1) + d_H[:, None] * x_HxP
       return (window_KxC, state_HxPxN, seg), y_HxP.reshape(i)
 
     length = seg_L.shape[0]

@@ -28,15 +28,15 @@ def _batch(seed=0, b=2, length=24, t=10):
 
 def test_soft_deletion_with_a_zero_gate_is_the_plain_model():
   model = MrT5(CFG, rngs=nnx.Rngs(params=0))
-  model.gate_w.value = jnp.zeros_like(model.gate_w[...])
-  model.gate_c.value = jnp.asarray(-1e4)  # sigmoid(-1e4) = 0 exactly: G = 0 at every valid position
+  model.gate_w[...] = jnp.zeros_like(model.gate_w[...])
+  model.gate_c[...] = jnp.asarray(-1e4)  # sigmoid(-1e4) = 0 exactly: G = 0 at every valid position
   ids, valid, dec, dvalid = _batch()
   run = nnx.jit(lambda m, mode: m(ids, valid, dec, dvalid, mode), static_argnums=1)  # eager ops are slow on CPU
   soft, enc = run(model, "soft")
   plain, _ = run(model, "none")
   assert bool(jnp.all(jnp.where(valid, enc.g_BxL, 0.0) == 0.0))
   np.testing.assert_array_equal(np.asarray(soft), np.asarray(plain))
-  model.gate_c.value = jnp.asarray(0.0)  # a real gate changes the output: the comparison can fail
+  model.gate_c[...] = jnp.asarray(0.0)  # a real gate changes the output: the comparison can fail
   assert not np.allclose(np.asarray(run(model, "soft")[0]), np.asarray(plain), atol=1e-4)
 
 
@@ -44,7 +44,7 @@ def test_soft_deletion_with_a_zero_gate_is_the_plain_model():
 def test_hard_deletion_equals_soft_deletion_at_minus_infinity(softmax1, monkeypatch):
   cfg = MrT5Config(d_model=32, n_heads=2, enc_layers=3, dec_layers=2, gate_layer=1, softmax1=softmax1)
   model = MrT5(cfg, rngs=nnx.Rngs(params=1))
-  model.gate_c.value = jnp.asarray(0.0)  # about half the positions deleted
+  model.gate_c[...] = jnp.asarray(0.0)  # about half the positions deleted
   ids, valid, dec, dvalid = _batch(1)
   masked, enc_m = model(ids, valid, dec, dvalid, "mask")
   kept = int(enc_m.keep_BxL.sum(1).max())
@@ -133,7 +133,7 @@ def test_gradients_reach_the_gate_under_soft_deletion():
 
 def test_cached_decoding_equals_the_full_decoder():
   model = MrT5(CFG, rngs=nnx.Rngs(params=3))
-  model.gate_c.value = jnp.asarray(0.0)
+  model.gate_c[...] = jnp.asarray(0.0)
   ids, valid, dec, dvalid = _batch(3)
   full, _ = model(ids, valid, dec, dvalid, "soft")
   enc = model.encode(ids, valid, "soft")

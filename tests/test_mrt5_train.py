@@ -66,8 +66,8 @@ def test_span_corruption_training_resumes_exactly(tmp_path):
 def test_evaluation_counts_what_the_gate_deletes_by_byte_class(tmp_path):
   cfg = load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{write_corpus(tmp_path / 'corpus')}]"])
   model = MrT5(cfg.mrt5, rngs=nnx.Rngs(params=0))
-  model.gate_w.value = model.gate_w.value * 50.0  # gate scores far apart around 0: some positions deleted, some kept
-  model.gate_c.value = jnp.zeros(())
+  model.gate_w[...] = model.gate_w[...] * 50.0  # gate scores far apart around 0: some positions deleted, some kept
+  model.gate_c[...] = jnp.zeros(())
   data = Data(cfg, tmp_path / "cache")
   res = evaluate_mrt5(cfg, *split_model(model), data)
   assert 0.05 < res["deletion_rate"] < 0.95

@@ -12,6 +12,7 @@ from chunklm.errors import ConfigError, DataError
 from chunklm.model.cache import GenerationUnsupported
 from chunklm.model.functional import forward, split_model
 from chunklm.model.lm import build_model
+from chunklm.model.plan import ChunkPlan
 from chunklm.model.rule_routers import check_router_data
 from chunklm.model.scripts import script_classes
 from chunklm.train.optim import make_optimizer
@@ -36,7 +37,7 @@ def primed(case, cfg, ids, seg):
   the entropy threshold set by one training-mode forward (as the first training step would)."""
   graphdef, params = split_model(build_model(cfg, 0))
   if case == "gumbel":
-    params["backbone"]["router"]["c"].value = jnp.zeros(())
+    params["backbone"]["router"]["c"][...] = jnp.zeros(())
   if case == "entropy":
     _, _, stats = forward(graphdef, params, make_batch(ids, seg), train=True, with_stats=True)
     model = nnx.merge(graphdef, params)
@@ -104,8 +105,8 @@ def test_causality_gradient_and_perturbation(case):
 
   def per_position_nll(emb_1xLxD):
     model = nnx.merge(graphdef, jax.tree.map(lambda x: x, params))  # variables of this trace: stats may update
-    h, _ = model.backbone(emb_1xLxD, seg, seg > 0, ids, capacities=(10,), doc_slots=cfg.data.doc_slots,
-                          exact=False, train=train, rng=jax.random.key(3) if train else None)
+    h, _ = model.backbone(emb_1xLxD, seg, seg > 0, ChunkPlan((10,), cfg.data.doc_slots, train=train), ids_BxL=ids,
+                          rng=jax.random.key(3) if train else None)
     logp = jax.nn.log_softmax(model.head(h))
     return -logp[0, jnp.arange(length), jnp.roll(ids, -1, 1)[0]]
 
@@ -239,19 +240,19 @@ def test_train_step_updates_router_statistics(case, extra):
   state, m2 = step(state, batch)
   router = state["params"]["backbone"]["router"]
   if case in ("entropy", "gumbel"):
-    assert float(router["updates"].value) == 2.0
-    assert np.isfinite(float(router["threshold"].value))
+    assert float(router["updates"][...]) == 2.0
+    assert np.isfinite(float(router["threshold"][...]))
     if case == "entropy":
-      assert float(router["threshold"].value) > 0
+      assert float(router["threshold"][...]) > 0
   else:  # MrT5's PI controller, from the deletion rates the two steps achieved
     delta = 1 - 1 / 3
     err1, err2 = (delta - (1 - 1 / float(m["bytes_per_chunk_s0"])) for m in (m1, m2))
     p_acc = 0.9 * (0.1 * 0.5 * err1) + 0.1 * 0.5 * err2
     i_acc = 1e-5 * (err1 + err2)
-    np.testing.assert_allclose(float(router["p_acc"].value), p_acc, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(float(router["i_acc"].value), i_acc, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(float(router["p_acc"][...]), p_acc, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(float(router["i_acc"][...]), i_acc, rtol=1e-4, atol=1e-9)
     alpha = p_acc + i_acc if not extra else max(0.0, p_acc + i_acc)
-    np.testing.assert_allclose(float(router["alpha"].value), alpha, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(float(router["alpha"][...]), alpha, rtol=1e-4, atol=1e-7)
     assert err1 != 0
 
 
@@ -263,10 +264,10 @@ def test_delete_gate_controller_pushes_back_both_ways():
   for two_sided, bias, sign in ((True, 20.0, -1), (False, 20.0, 0), (True, -20.0, 1)):
     router = build_model(tiny_config(*HNET1, "model.router=[delete_gate]",
                                      f"model.delete_gate.two_sided={str(two_sided).lower()}"), 0).backbone.router
-    router.c.value = jnp.asarray(bias)  # +20: G ~ k everywhere (delete all); -20: keep all
-    h = jax.random.normal(jax.random.key(0), (*ids.shape, router.w.value.shape[0]))
+    router.c[...] = jnp.asarray(bias)  # +20: G ~ k everywhere (delete all); -20: keep all
+    h = jax.random.normal(jax.random.key(0), (*ids.shape, router.w[...].shape[0]))
     router(h, jnp.asarray(ids), seg, seg > 0, train=True)
-    assert np.sign(float(router.alpha.value)) == sign, (two_sided, bias)
+    assert np.sign(float(router.alpha[...])) == sign, (two_sided, bias)
 
 
 def test_running_quantile_threshold():
@@ -276,11 +277,11 @@ def test_running_quantile_threshold():
   decide = jnp.ones((1, 10), bool).at[0, 9].set(False)  # 0..8 decided
   update_running_quantile(threshold, updates, stat, decide, jnp.float32(0.25), 0.9)
   first = float(np.quantile(np.arange(9.0), 0.75))
-  assert float(threshold.value) == pytest.approx(first) and float(updates.value) == 1
+  assert float(threshold[...]) == pytest.approx(first) and float(updates[...]) == 1
   update_running_quantile(threshold, updates, stat + 10, decide, jnp.float32(0.25), 0.9)
-  assert float(threshold.value) == pytest.approx(0.9 * first + 0.1 * (first + 10)) and float(updates.value) == 2
+  assert float(threshold[...]) == pytest.approx(0.9 * first + 0.1 * (first + 10)) and float(updates[...]) == 2
   update_running_quantile(threshold, updates, stat, jnp.zeros((1, 10), bool), jnp.float32(0.25), 0.9)
-  assert float(threshold.value) == pytest.approx(0.9 * first + 0.1 * (first + 10)) and float(updates.value) == 2
+  assert float(threshold[...]) == pytest.approx(0.9 * first + 0.1 * (first + 10)) and float(updates[...]) == 2
 
 
 def test_gumbel_evaluation_keeps_the_training_rate():
@@ -288,8 +289,8 @@ def test_gumbel_evaluation_keeps_the_training_rate():
   and evaluation must keep about that rate rather than only the document starts."""
   cfg = tiny_config(*HNET1, "model.router=[gumbel]")
   router = build_model(cfg, 0).backbone.router
-  router.c.value = jnp.asarray(-1.6)  # sigmoid(-1.6) ~ 1/6
-  d = router.w.value.shape[0]
+  router.c[...] = jnp.asarray(-1.6)  # sigmoid(-1.6) ~ 1/6
+  d = router.w[...].shape[0]
   h = jax.random.normal(jax.random.key(1), (8, 256, d))
   seg = jnp.ones((8, 256), jnp.int32)
   ids = jnp.zeros((8, 256), jnp.int32)
