@@ -14,6 +14,9 @@ from chunklm.config import load_config
 # io_callbacks that dispatch JAX ops themselves; with asynchronous dispatch such an op can queue behind an op the
 # test dispatched meanwhile, which waits for the kernel: the suite hung there once (test_kernels_interpret fuzz).
 jax.config.update("jax_cpu_enable_async_dispatch", False)
+# Implicit rank promotion (adding a [B, L] array to a [L] one) hides shape bugs, as in nanodo: every broadcast between
+# arrays of different ranks is written out ([None], reshape, broadcast_to).
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 TINY = [
     "model.layout=[T2]", "model.d_model=32", "model.n_heads=2", "data.seq_len=32", "data.min_doc_bytes=4",
