@@ -8,6 +8,7 @@ import pytest
 from chunklm.errors import ConfigError
 from chunklm.model.functional import forward, split_model
 from chunklm.model.lm import build_model
+from chunklm.model.plan import ChunkPlan
 from chunklm.model.stage_output import StageOutput, stage_metrics
 from chunklm.train.optim import level_multiplier, level_of, paper_lr_multipliers
 from chunklm.train.step import loss_fn
@@ -42,8 +43,8 @@ def test_causality_gradient_and_perturbation(stages, exact):
   seg = jnp.ones((1, length), jnp.int32)
 
   def per_position_nll(emb_1xLxD):
-    h, _ = model.backbone(emb_1xLxD, seg, seg > 0, ids, capacities=(10,) if stages == 1 else (12, 10),
-                          doc_slots=cfg.data.doc_slots, exact=exact)
+    plan = ChunkPlan((10,) if stages == 1 else (12, 10), cfg.data.doc_slots, exact=exact)
+    h, _ = model.backbone(emb_1xLxD, seg, seg > 0, plan, ids_BxL=ids)
     logp = jax.nn.log_softmax(model.head(h))
     return -logp[0, jnp.arange(length), jnp.roll(ids, -1, 1)[0]]
 

@@ -7,12 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from chunklm.cli import main
 from chunklm.errors import ConfigError, UserError
 from chunklm.kernels import api
 from chunklm.kernels.onehot import onehot_matmul
 from chunklm.model.functional import forward, split_model
+from chunklm.model.layers import Attention
 from chunklm.model.lm import build_model
 from chunklm.model.stage_output import stage_metrics
 from chunklm.train.step import routing_loss
@@ -57,9 +59,11 @@ def test_kernels_config_is_validated_and_reaches_every_stage():
   with pytest.raises(ConfigError, match="kernels.impl: 'fast' is not one of auto, xla, pallas, interpret"):
     tiny_config("kernels.impl=fast")
   cfg = tiny_config("model.layout=[t1, [t1, [t1], t1], t1]", "model.d_model=[16, 16, 16]", "model.n_heads=[2]",
-                    "model.target_ratio=[2, 2]", "kernels.impl=interpret")
+                    "model.target_ratio=[2, 2]", "kernels.impl=interpret", "kernels.attention=xla")
   model = build_model(cfg, 0)
-  assert model.backbone.kernel_impl == model.backbone.main.kernel_impl == "interpret"
+  assert model.plan(32).kernel_impl == model.plan(32).inner().kernel_impl == "interpret"
+  attention = [m for _, m in nnx.iter_modules(model) if isinstance(m, Attention)]
+  assert len(attention) == 5 and {m.impl for m in attention} == {"xla"}  # kernels.attention reaches every stack
 
 
 def test_onehot_matmul_selects_float32_rows_exactly():

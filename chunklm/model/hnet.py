@@ -14,7 +14,10 @@ the first chunk of each document a learned "null" vector (dynamic pooling, Nawro
 A router may return an attention key bias (the MrT5 delete gate): it is gathered at the chunks and added to the
 key logits of every attention layer of the main stack (Mamba layers cannot take one; a nested H-Net ignores it).
 The innermost main network (`MainStack`) takes the arguments of a nested H-Net and reports no stages, so a stage never
-asks what its main network is. Each stage returns a `StageOutput` record; the training step assembles the loss.
+asks what its main network is. What a call fixes before tracing (capacities, document slots, exact, train, chunk-op
+backend) comes as one frozen `ChunkPlan` (model/plan.py); each stage takes its capacity and hands the rest inward.
+Each stage returns a `StageOutput` record; the training step assembles the loss. Its chunk states (`ChunkStates`) are
+sown as nnx.Intermediate when the plan asks (lm.hidden_and_chunk_states captures them).
 
 Generation (`HNet.step`, beside the forward it must equal): one position per row. `update_B` marks the rows that
 receive a position at this level: every row at level 0, and at an inner level only the rows whose router just
@@ -36,6 +39,7 @@ from chunklm.config import ModelConfig
 from chunklm.model import chunking
 from chunklm.model.cache import run_rows, select_rows, stack_init, stack_step
 from chunklm.model.layers import Linear, param
+from chunklm.model.plan import SOW_NAME, ChunkPlan, ChunkStates
 from chunklm.model.routers import make_router
 from chunklm.model.stack import Stack, stack_height
 from chunklm.model.stage_output import StageOutput, stage_output
@@ -49,11 +53,9 @@ class MainStack(Stack):
   """The innermost main network, called like a nested H-Net: (y_BxLxD, no stages). Positions count within its
   (compressed) sequence; `key_bias_BxL` reaches its attention layers."""
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, ids_BxL: jax.Array | None,
-               *, capacities: tuple[int, ...], doc_slots: int, exact: bool, train: bool = False,
-               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None, collect: dict | None = None
-               ) -> tuple[jax.Array, tuple]:
-    del valid_BxL, ids_BxL, capacities, doc_slots, exact, train, rng, collect
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, plan: ChunkPlan, *,
+               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+    del valid_BxL, plan, rng  # a layer stack masks by segment ids and chunks nothing
     return super().__call__(x_BxLxD, segment_ids_BxL, _positions(x_BxLxD), key_bias_BxL), ()
 
   def init_step_state(self, batch: int, max_len: int) -> list:
@@ -68,24 +70,23 @@ class MainStack(Stack):
   def step_unsupported(self) -> str:
     return ""
 
+  def stacks(self) -> list[Stack]:
+    return [self]
+
   def stage_levels(self) -> tuple[int, ...]:
     return ()
 
 
 class HNet(nnx.Module):
-  """One routing stage at `level`; `outer_residuals` counts the residual adds of the enclosing stacks;
-  `kernel_impl` is the chunk-op backend of every stage (`kernels.api.IMPLS`), `attention_impl` the softmax attention's
-  (`kernels.attention`)."""
+  """One routing stage at `level`; `outer_residuals` counts the residual adds of the enclosing stacks. The chunk-op
+  backend comes with each call's ChunkPlan; the attention backend is set on `stacks()` by the model (CausalLM)."""
 
-  def __init__(self, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, outer_residuals: int = 0,
-               kernel_impl: str = "auto", attention_impl: str = "auto"):
+  def __init__(self, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, outer_residuals: int = 0):
     enc, inner, dec = cfg.level_layout(level)
     dim, inner_dim = cfg.d_model[level], cfg.d_model[level + 1]
     self.level, self.target_ratio = level, cfg.target_ratio[level]
-    self.kernel_impl = kernel_impl
     residuals = outer_residuals + stack_height(enc) + stack_height(dec)
-    self.encoder = Stack(enc, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(enc),
-                         attention_impl=attention_impl)
+    self.encoder = Stack(enc, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(enc))
     self.router = make_router(cfg, level, dim, rngs=rngs)
     self.pooling = cfg.pooling[level]
     self.null = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) if self.pooling == "mean" else None
@@ -96,32 +97,26 @@ class HNet(nnx.Module):
     self.residual_bias = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) \
         if cfg.compat == "official" else None
     if len(inner) == 1:
-      self.main = MainStack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]),
-                            attention_impl=attention_impl)
+      self.main = MainStack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]))
     else:
-      self.main = HNet(cfg, level + 1, rngs=rngs, outer_residuals=residuals, kernel_impl=kernel_impl,
-                       attention_impl=attention_impl)
+      self.main = HNet(cfg, level + 1, rngs=rngs, outer_residuals=residuals)
     self.pad = param(None, lambda k, s, d: jnp.zeros(s, d), (inner_dim - dim,), ("embed",)) if inner_dim > dim \
         else None
-    self.decoder = Stack(dec, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(dec),
-                         attention_impl=attention_impl)
+    self.decoder = Stack(dec, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(dec))
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, ids_BxL: jax.Array | None,
-               *, capacities: tuple[int, ...], doc_slots: int, exact: bool, train: bool = False,
-               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None, collect: dict | None = None
-               ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
-    """y_BxLxD and the stage records of this stage and the deeper ones, outermost first. `train` and `rng` reach the
-    routers (noise, statistics); `key_bias_BxL` is ignored (a delete gate's bias is for attention over chunks).
-    `collect` (a dict, or None) receives {level: (main network output zhat_BxMxD, chunk mask valid_BxM)} of this
-    stage and the deeper ones: the chunk states a classifier pools (chunklm classify)."""
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, plan: ChunkPlan, *,
+               ids_BxL: jax.Array | None = None, rng: jax.Array | None = None,
+               key_bias_BxL: jax.Array | None = None) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+    """y_BxLxD and the stage records of this stage and the deeper ones, outermost first. `ids_BxL` (the bytes, level 0
+    only) and `rng` reach the routers (noise when plan.train); `key_bias_BxL` is ignored (a delete gate's bias is for
+    attention over chunks). Under plan.sow each stage sows its ChunkStates (nnx.Intermediate, model/plan.py)."""
     del key_bias_BxL
     positions_BxL = _positions(x_BxLxD)
     h_BxLxD = self.encoder(x_BxLxD, segment_ids_BxL, positions_BxL)
     rng_here = None if rng is None else jax.random.fold_in(rng, self.level)
-    routing = self.router(h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL, train=train, rng=rng_here)
-    capacity = x_BxLxD.shape[1] if exact else capacities[0]
-    chunks = chunking.chunk(h_BxLxD, routing, segment_ids_BxL, valid_BxL, capacity, doc_slots, exact,
-                            impl=self.kernel_impl, pooling=self.pooling)
+    routing = self.router(h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL, train=plan.train, rng=rng_here)
+    chunks = chunking.chunk(h_BxLxD, routing, segment_ids_BxL, valid_BxL, plan.capacity(x_BxLxD.shape[1]),
+                            plan.doc_slots, plan.exact, impl=plan.kernel_impl, pooling=self.pooling)
     z_BxMxD = chunks.z_BxMxD
     bias_BxM = None
     if routing.key_bias_BxL is not None:
@@ -130,17 +125,16 @@ class HNet(nnx.Module):
     if self.pad is not None:
       pad_BxMxE = jnp.broadcast_to(self.pad[...].astype(z_BxMxD.dtype), (*z_BxMxD.shape[:2], self.pad.shape[0]))
       z_BxMxD = jnp.concatenate([z_BxMxD, pad_BxMxE], axis=-1)
-    zhat_BxMxD, inner = self.main(z_BxMxD, chunks.segment_ids_BxM, chunks.valid_BxM, None, capacities=capacities[1:],
-                                  doc_slots=doc_slots, exact=exact, train=train, rng=rng, key_bias_BxL=bias_BxM,
-                                  collect=collect)
+    zhat_BxMxD, inner = self.main(z_BxMxD, chunks.segment_ids_BxM, chunks.valid_BxM, plan.inner(), rng=rng,
+                                  key_bias_BxL=bias_BxM)
     zhat_BxMxD = zhat_BxMxD[..., : x_BxLxD.shape[-1]]
-    if collect is not None:
-      collect[self.level] = (zhat_BxMxD, chunks.valid_BxM)
+    if plan.sow:  # only when asked: a sow outside nnx.capture would leave state on the module
+      self.sow(nnx.Intermediate, SOW_NAME, ChunkStates(zhat_BxMxD, chunks.valid_BxM))
     if self.pooling == "mean":  # chunk c reads chunk c - 1 (its own mean holds later bytes); documents start at null
       prev_BxMxD = jnp.pad(zhat_BxMxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
       null_BxMxD = jnp.broadcast_to(self.null[...].astype(zhat_BxMxD.dtype), zhat_BxMxD.shape)
       zhat_BxMxD = jnp.where(chunks.starts_BxM[..., None], null_BxMxD, prev_BxMxD)
-    y_BxLxD = (chunking.dechunk(zhat_BxMxD, chunks, routing, impl=self.kernel_impl, compat=self.compat)
+    y_BxLxD = (chunking.dechunk(zhat_BxMxD, chunks, routing, impl=plan.kernel_impl, compat=self.compat)
                + self.residual(h_BxLxD))
     out_BxLxD = self.decoder(y_BxLxD, segment_ids_BxL, positions_BxL)
     # routers with no learnable p (stride, word starts, entropy) get no ratio loss: it would have no gradient
@@ -197,6 +191,10 @@ class HNet(nnx.Module):
     if self.router.generation:
       return f"stage {self.level}: {self.router.generation}"
     return self.main.step_unsupported()
+
+  def stacks(self) -> list[Stack]:
+    """The layer stacks of this stage and the deeper ones (not the routers' own, e.g. the entropy router's byte LM)."""
+    return [self.encoder, self.decoder, *self.main.stacks()]
 
   def stage_levels(self) -> tuple[int, ...]:
     """Routing levels of this stage and the deeper ones."""

@@ -14,6 +14,7 @@ from chunklm.config import Config, ModelConfig
 from chunklm.config.capacity import capacities
 from chunklm.model.hnet import HNet
 from chunklm.model.layers import Embed, Linear
+from chunklm.model.plan import ChunkPlan, ChunkStates, sown_chunk_states
 from chunklm.model.stack import Stack
 from chunklm.model.stage_output import StageOutput
 
@@ -21,17 +22,19 @@ from chunklm.model.stage_output import StageOutput
 class CausalLM(nnx.Module):
   """`doc_slots` bounds the documents in one training window (chunk slots reserved for document starts);
   `kernel_impl` picks the H-Net's chunk-op backend (config `kernels.impl`), `attention_impl` the softmax attention's
-  (`kernels.attention`)."""
+  (`kernels.attention`), set here once on every stack the backbone runs."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1, kernel_impl: str = "auto",
                attention_impl: str = "auto"):
-    self.cfg, self.doc_slots = cfg, doc_slots
+    self.cfg, self.doc_slots, self.kernel_impl = cfg, doc_slots, kernel_impl
     dim, dtype = cfg.d_model[0], jnp.dtype(cfg.dtype)
     self.embed = Embed(cfg.vocab_size, dim, rngs=rngs, dtype=dtype)
     if cfg.num_stages == 0:
-      self.backbone = Stack(cfg.layout[0], cfg, 0, rngs=rngs, attention_impl=attention_impl)
+      self.backbone = Stack(cfg.layout[0], cfg, 0, rngs=rngs)
     else:
-      self.backbone = HNet(cfg, 0, rngs=rngs, kernel_impl=kernel_impl, attention_impl=attention_impl)
+      self.backbone = HNet(cfg, 0, rngs=rngs)
+    for stack in [self.backbone] if cfg.num_stages == 0 else self.backbone.stacks():
+      stack.set_attention_impl(attention_impl)
     self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
 
   def __call__(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array, *, exact: bool = False,
@@ -45,17 +48,32 @@ class CausalLM(nnx.Module):
     h_BxLxD, stages = self.hidden(ids_BxL, segment_ids_BxL, positions_BxL, exact=exact, train=train, rng=rng)
     return self.head(h_BxLxD).astype(jnp.float32), stages
 
+  def plan(self, length: int, *, exact: bool = False, train: bool = False, sow: bool = False) -> ChunkPlan:
+    """The H-Net's chunking plan for windows of `length` positions: training capacities for this model's doc_slots
+    (config.capacities), its chunk-op backend; `exact`, `train` and `sow` as in ChunkPlan."""
+    return ChunkPlan(capacities(self.cfg, length, self.doc_slots), self.doc_slots, exact=exact, train=train,
+                     kernel_impl=self.kernel_impl, sow=sow)
+
   def hidden(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array, *, exact: bool = False,
-             train: bool = False, rng: jax.Array | None = None, collect: dict | None = None
+             train: bool = False, rng: jax.Array | None = None, sow: bool = False
              ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
-    """The last hidden states h_BxLxD (before the output head) and the stage records, as `__call__`; `collect`
-    (a dict) receives each H-Net stage's main-network output and chunk mask by level (see HNet)."""
+    """The last hidden states h_BxLxD (before the output head) and the stage records, as `__call__`; sow=True has
+    each H-Net stage sow its ChunkStates (use `hidden_and_chunk_states`, which captures them)."""
     x_BxLxD = self.embed(ids_BxL)
     if self.cfg.num_stages == 0:
       return self.backbone(x_BxLxD, segment_ids_BxL, positions_BxL), ()
-    caps = capacities(self.cfg, ids_BxL.shape[1], self.doc_slots)
-    return self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, ids_BxL, capacities=caps,
-                         doc_slots=self.doc_slots, exact=exact, train=train, rng=rng, collect=collect)
+    plan = self.plan(ids_BxL.shape[1], exact=exact, train=train, sow=sow)
+    return self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, plan, ids_BxL=ids_BxL, rng=rng)
+
+
+def hidden_and_chunk_states(model: CausalLM, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array
+                            ) -> tuple[jax.Array, tuple[StageOutput, ...], tuple[ChunkStates, ...]]:
+  """`model.hidden` (training capacities, no router noise) and each H-Net stage's ChunkStates, outermost first
+  (() for a plain stack): the stages sow them as nnx.Intermediate and nnx.capture gathers them, leaving the model
+  holding nothing new."""
+  (h_BxLxD, stages), sown = nnx.capture(CausalLM.hidden, nnx.Intermediate)(model, ids_BxL, segment_ids_BxL,
+                                                                           positions_BxL, sow=True)
+  return h_BxLxD, stages, sown_chunk_states(sown)
 
 
 def build_model(cfg: Config, seed: int | None = None) -> CausalLM:

@@ -29,16 +29,14 @@ def stack_height(spec: str) -> int:
 
 
 class Block(nnx.Module):
-  def __init__(self, kind: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, out_std: float,
-               attention_impl: str = "auto"):
+  def __init__(self, kind: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, out_std: float):
     dim, dtype = cfg.d_model[level], jnp.dtype(cfg.dtype)
     self.kind = kind
     self.norm1 = RMSNorm(dim)
     if kind in "tT":
       self.mixer = Attention(dim, cfg.n_heads[level], rngs=rngs, rotary_fraction=cfg.rotary_fraction,
                              rope_theta=cfg.rope_theta, window=cfg.window[level], std=cfg.init_std,
-                             out_std=out_std, dtype=dtype, block=cfg.attention_block,
-                             impl=attention_impl)
+                             out_std=out_std, dtype=dtype, block=cfg.attention_block)
     else:
       m = cfg.mamba
       self.mixer = Mamba2(dim, rngs=rngs, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, head_dim=m.head_dim,
@@ -67,12 +65,10 @@ class Stack(nnx.Module):
   encoders and decoders); output projections are initialised with std init_std / sqrt(n_residuals).
   """
 
-  def __init__(self, spec: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, n_residuals: int | None = None,
-               attention_impl: str = "auto"):
+  def __init__(self, spec: str, cfg: ModelConfig, level: int, *, rngs: nnx.Rngs, n_residuals: int | None = None):
     n_residuals = n_residuals or stack_height(spec)
     out_std = cfg.init_std / math.sqrt(n_residuals)
-    self.blocks = nnx.List([Block(k, cfg, level, rngs=rngs, out_std=out_std, attention_impl=attention_impl)
-                            for k in layer_kinds(spec)])
+    self.blocks = nnx.List([Block(k, cfg, level, rngs=rngs, out_std=out_std) for k in layer_kinds(spec)])
     self.norm = RMSNorm(cfg.d_model[level])
     self.remat = cfg.remat
 
@@ -88,3 +84,10 @@ class Stack(nnx.Module):
         x_BxLxD = block(x_BxLxD, segment_ids_BxL, positions_BxL, key_bias_BxL)
       x_BxLxD = constrain_batch(x_BxLxD)  # the residual stream stays split over the batch axes of the mesh
     return self.norm(x_BxLxD)
+
+  def set_attention_impl(self, impl: str) -> None:
+    """Every attention block's softmax backend (`kernels.attention`; 'auto' until set): the model sets it once, after
+    construction, on the stacks it runs (CausalLM), so no constructor passes it down."""
+    for block in self.blocks:
+      if block.kind in "tT":
+        block.mixer.impl = impl
