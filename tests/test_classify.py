@@ -18,7 +18,7 @@ from chunklm.classify.metrics import classification_report
 from chunklm.classify.records import read_records
 from chunklm.cli import main
 from chunklm.errors import UserError
-from chunklm.model.lm import build_model
+from chunklm.model.lm import build_model, hidden_and_chunk_states
 from chunklm.train import trainer
 from conftest import tiny_config, write_corpus
 
@@ -78,13 +78,13 @@ def test_pooled_features_are_the_models_states(layout):
 
   @jax.jit
   def states(params):
-    lm, collect = merge_model(graphdef, params), {}
-    h, _ = lm.hidden(ids, seg, pos, collect=collect)
-    return h, collect, lm(ids, seg, pos)[0], lm.head(h).astype(jnp.float32)
+    lm = merge_model(graphdef, params)
+    h, _, chunk_states = hidden_and_chunk_states(lm, ids, seg, pos)
+    return h, chunk_states, lm(ids, seg, pos)[0], lm.head(h).astype(jnp.float32)
 
-  h, collect, logits, head_of_h = states(params)
+  h, chunk_states, logits, head_of_h = states(params)
   np.testing.assert_allclose(logits, head_of_h, rtol=1e-6)  # the logits are the hidden states through the head
-  assert len(collect) == (1 if layout else 0)
+  assert len(chunk_states) == (1 if layout else 0)
   for pooling in ("mean", "last"):
     clf_def, clf_params = split_model(Classifier(merge_model(graphdef, params), 2, pooling=pooling, head="linear",
                                                  hidden=8, rngs=nnx.Rngs(params=1)))
@@ -92,9 +92,9 @@ def test_pooled_features_are_the_models_states(layout):
     for b, n in enumerate([32, 20, 5]):
       if pooling == "last":
         want = h[b, n - 1]
-      elif collect:  # the innermost stage's main-network states over its kept chunks
-        chunk_states, mask = collect[max(collect)]
-        want = chunk_states[b][mask[b]].mean(0)
+      elif chunk_states:  # the innermost stage's main-network states over its kept chunks
+        inner = chunk_states[-1]
+        want = inner.main_BxMxD[b][inner.valid_BxM[b]].mean(0)
       else:
         want = h[b, :n].mean(0)
       np.testing.assert_allclose(feats[b], want, rtol=1e-5, atol=1e-5)

@@ -18,6 +18,7 @@ from chunklm.config.capacity import capacities
 from chunklm.model import chunking
 from chunklm.model.hnet import HNet
 from chunklm.model.lm import build_model
+from chunklm.model.plan import ChunkPlan
 
 
 def _time(fn, args, repeats: int) -> float:
@@ -70,7 +71,7 @@ def breakdown(cfg: Config, repeats: int = 5) -> list[tuple[str, float]]:
   d = cfg.model.d_model[level]
   x = jax.random.normal(key, (b, seq, d))
   seg = jnp.ones((b, seq), jnp.int32)
-  g, params = _fwd_bwd(net, lambda m, x: m(x, seg, seg > 0, None, capacities=(), doc_slots=1, exact=False)[0])
+  g, params = _fwd_bwd(net, lambda m, x: m(x, seg, seg > 0, ChunkPlan(()))[0])
   rows.append((f"main stack ({cfg.model.level_layout(level)[0]}, {seq} x {d})",
                _time(lambda p, x: g(p, x), (params, x), repeats)))
   return rows

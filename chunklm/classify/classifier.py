@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from chunklm.model.layers import Linear, param
-from chunklm.model.lm import CausalLM
+from chunklm.model.lm import CausalLM, hidden_and_chunk_states
 from chunklm.model.stage_output import StageOutput
 
 POOLINGS = ("mean", "last")
@@ -43,14 +43,13 @@ class Classifier(nnx.Module):
     valid_BxL = jnp.arange(length)[None, :] < lengths_B[:, None]
     segment_ids_BxL = valid_BxL.astype(jnp.int32)  # one document per row; 0 marks padding
     positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), ids_BxL.shape)
-    collect: dict = {}
-    h_BxLxD, stages = self.lm.hidden(ids_BxL, segment_ids_BxL, positions_BxL, collect=collect)
+    h_BxLxD, stages, chunk_states = hidden_and_chunk_states(self.lm, ids_BxL, segment_ids_BxL, positions_BxL)
     h_BxLxD = h_BxLxD.astype(jnp.float32)
     if self.pooling == "last":
       last_B = jnp.maximum(lengths_B - 1, 0)
       return jnp.take_along_axis(h_BxLxD, last_B[:, None, None], axis=1)[:, 0], stages
-    if collect:
-      states_BxMxD, mask_BxM = collect[max(collect)]  # the innermost stage's main network
+    if chunk_states:  # the innermost stage's main network
+      states_BxMxD, mask_BxM = chunk_states[-1].main_BxMxD, chunk_states[-1].valid_BxM
     else:
       states_BxMxD, mask_BxM = h_BxLxD, valid_BxL
     mask_BxMx1 = mask_BxM[..., None].astype(jnp.float32)
