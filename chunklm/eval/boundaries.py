@@ -93,8 +93,8 @@ def corpus_routing(graphdef, params, docs: Documents, num_stages: int, seq_len: 
   else:
     n_real = len(docs)
   windows = PackedWindows(docs, seq_len, shuffle=False, pad_last=True)
-  starts = [[] for _ in range(num_stages)]
-  probs = [[] for _ in range(num_stages)]
+  starts: list[list[np.ndarray]] = [[] for _ in range(num_stages)]  # per stage, each batch's flattened rows
+  probs: list[list[np.ndarray]] = [[] for _ in range(num_stages)]
   for lo in range(0, len(windows), batch_size):
     items = [windows[i] for i in range(lo, min(lo + batch_size, len(windows)))]
     ids = np.stack([it["ids"] for it in items]).astype(np.int32)
