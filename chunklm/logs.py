@@ -1,4 +1,4 @@
-"""Log lines through Python `logging`: the `chunklm` logger, printed as plain lines on stdout.
+"""Log lines through Python `logging`: the `chunklm` logger, printed as plain lines (warnings on stderr).
 
 Levels: `--quiet` shows warnings and errors only, the default adds what a run is doing (data, model, resume,
 checkpoints), `--verbose` adds debug lines. On a multi-host run each line is tagged `[p<i>/<n>]`, and by default
@@ -19,12 +19,13 @@ Verbosity = Literal["quiet", "normal", "verbose"]
 LEVELS: dict[str, int] = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 
 
-class _Stdout(logging.Handler):
-  """Prints each record on the stdout of the moment (so a redirected or captured stdout gets it)."""
+class _Console(logging.Handler):
+  """Prints info and debug lines on the stdout of the moment, warnings and errors on its stderr (so a redirected or
+  captured stream gets them)."""
 
   def emit(self, record: logging.LogRecord) -> None:
     try:
-      print(self.format(record), file=sys.stdout, flush=True)
+      print(self.format(record), file=sys.stdout if record.levelno < logging.WARNING else sys.stderr, flush=True)
     except Exception:  # noqa: BLE001 - logging must never raise into the caller
       self.handleError(record)
 
@@ -53,7 +54,7 @@ class _Plain(logging.Formatter):
     return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
-_handler = _Stdout()
+_handler = _Console()
 _handler.setFormatter(_Plain("%(message)s"))
 _processes = _Processes()
 _handler.addFilter(_processes)

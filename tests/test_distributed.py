@@ -1,6 +1,7 @@
 """Multi-host training through jax.distributed: two CPU processes on this machine train the same model as one
 process would (same global batches, same parameters to float tolerance), and bad multi-host flags are clear errors."""
 
+import json
 import re
 import socket
 import subprocess
@@ -48,6 +49,29 @@ def test_two_processes_train_like_one(tmp_path, corpus_dir):
   p1, s1, p2, s2 = one.params, one.step, two.params, two.step
   assert s1 == s2 == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p2)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_write_one_metrics_file_and_one_log(tmp_path, corpus_dir):
+  """One writer per run: process 0 writes metrics.jsonl (each record once, in step order) and prints the run's
+  lines; process 1 prints only its own start-up line, tagged with its index."""
+  run = tmp_path / "two"
+  cmd = [sys.executable, "-m", "chunklm.cli", "train", "--config", "byte_transformer_tiny", *SET, "--set",
+         "train.steps=4", "--set", "train.eval_every=2", "--data", str(corpus_dir), "--no-progress", "--workdir",
+         str(run), "--distributed", "--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+  procs = [subprocess.Popen(cmd + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, out[-2000:] + err[-3000:]
+  records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  keys = [(r["step"], r["split"]) for r in records]
+  assert keys == [(0, "run"), (1, "train"), (2, "train"), (2, "valid"), (3, "train"), (4, "train"), (4, "valid")]
+  ours = [[line for line in out.splitlines() if not line.startswith("[Gloo]")] for out, _ in outs]  # the collectives
+  main_lines, other_lines = ours
+  assert any(line.startswith("[p0/2] data: ") for line in main_lines) and "valid bits per byte" in outs[0][0]
+  assert all(line.startswith("[p1/2] ") for line in other_lines) and len(other_lines) == 1, other_lines
+  assert "process 1 of 2" in other_lines[0]
 
 
 def test_bad_multi_host_flags(capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 
 import jax
@@ -18,6 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from chunklm import logs
 from chunklm.classify.classifier import HEADS, POOLINGS, Classifier
 from chunklm.classify.metrics import classification_report
 from chunklm.classify.records import Record, class_list
@@ -25,14 +25,13 @@ from chunklm.config import Config, ModelConfig, dump_yaml, load_config
 from chunklm.errors import UserError
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
-from chunklm.progress import bar
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.lock import workdir_lock
+from chunklm.run.workdir import RunDir
 from chunklm.run.trained import open_run
 from chunklm.train.optim import decay_mask
+from chunklm.train.reporter import Reporter
 from chunklm.train.step import routing_loss
-
-SETTINGS_FILE = "classify.json"
-
 
 @dataclasses.dataclass(frozen=True)
 class ClassifySettings:
@@ -79,13 +78,13 @@ def batch_arrays(records: list[Record], seq_len: int, classes: list[str] | None 
   return out
 
 
-def _base_model(init_from: str | None, config: str | None, overrides: list[str], seed: int, log):
+def _base_model(init_from: str | None, config: str | None, overrides: list[str], seed: int):
   """(Config, CausalLM, description of the start): a trained run's model, or a fresh one of a config."""
   if (init_from is None) == (config is None):
     raise UserError("classify train: give either --init-from RUN (fine-tune a trained model) or --config C "
                     "(train from scratch)")
   if init_from is not None:
-    run = open_run(init_from, tuple(overrides), log=log)
+    run = open_run(init_from, tuple(overrides))
     cfg, lm, start = run.cfg, merge_model(run.graphdef, run.params), f"{init_from} (step {run.step})"
   else:
     cfg = load_config(config, overrides)
@@ -123,14 +122,21 @@ def _loss_fn(graphdef, model_cfg: ModelConfig):
 
 def train_classifier(train_records: list[Record], test_records: list[Record], out: Path, settings: ClassifySettings,
                      *, init_from: str | None = None, config: str | None = None, overrides: list[str] = (),
-                     progress: bool = True, log=print) -> dict:
+                     progress: bool = True, log=logs.info) -> dict:
   """Trains and saves a classifier in `out`; returns its final test evaluation (see evaluate)."""
   settings.check()
-  out = Path(out)
-  if (out / SETTINGS_FILE).exists():
-    raise UserError(f"{out} already holds a classifier; give another --out")
+  run = RunDir(out)
+  with workdir_lock(run.path, "chunklm classify train"):
+    if run.classifier.exists() or run.config.exists() or run.has_checkpoints():
+      what = "a classifier" if run.classifier.exists() else "another run"
+      raise UserError(f"{out} already holds {what}; give another --out")
+    return _train(train_records, test_records, run, settings, init_from, config, overrides, progress, log)
+
+
+def _train(train_records: list[Record], test_records: list[Record], run: RunDir, settings: ClassifySettings,
+           init_from: str | None, config: str | None, overrides, progress: bool, log) -> dict:
   classes = class_list(train_records)
-  cfg, lm, start = _base_model(init_from, config, list(overrides), settings.seed, log)
+  cfg, lm, start = _base_model(init_from, config, list(overrides), settings.seed)
   clf = Classifier(lm, len(classes), pooling=settings.pooling, head=settings.head, hidden=settings.hidden,
                    rngs=nnx.Rngs(params=settings.seed + 1))
   graphdef, params = split_model(clf)
@@ -146,54 +152,54 @@ def train_classifier(train_records: list[Record], test_records: list[Record], ou
 
   train = batch_arrays(train_records, settings.seq_len, classes)
   cut = sum(len(r.data) > settings.seq_len for r in train_records)
-  out.mkdir(parents=True, exist_ok=True)
   meta = {"settings": dataclasses.asdict(settings), "classes": classes, "start": start,
           "train_records": len(train_records), "test_records": len(test_records), "records_cut": cut}
-  (out / "config.yaml").write_text(dump_yaml(cfg))
+  run.config.write_text(dump_yaml(cfg))
   log(f"classify: {len(classes)} classes {classes}; {len(train_records):,} training records "
       f"({cut:,} cut to {settings.seq_len} bytes), {len(test_records):,} test records; backbone {start}"
       f"{', frozen' if settings.freeze_backbone else ''}; pooling {settings.pooling}, {settings.head} head")
   rng = np.random.default_rng(settings.seed)
-  order, pos, t0 = rng.permutation(len(train_records)), 0, time.time()
-  with (out / "metrics.jsonl").open("w") as metrics, bar(total=settings.steps, enabled=progress, desc="classify",
-                                                         unit="step") as pbar:
+  order, pos = rng.permutation(len(train_records)), 0
+  reporter = Reporter(run, total=settings.steps, start=0, end=settings.steps, log_every=settings.eval_every,
+                      progress=progress)
+  try:
     for k in range(1, settings.steps + 1):
       if pos + settings.batch_size > len(order):
         order, pos = rng.permutation(len(train_records)), 0
       take = order[pos:pos + settings.batch_size]
       pos += settings.batch_size
       params, opt_state, total, ce = step(params, opt_state, {key: v[take] for key, v in train.items()})
-      pbar.update(1)
       if k % settings.eval_every == 0 or k == settings.steps:
-        row = {"step": k, "loss": float(total), "ce": float(ce), "seconds": round(time.time() - t0, 1)}
+        row = {"loss": float(total), "ce": float(ce)}
         row["test_accuracy"] = evaluate(graphdef, params, test_records, classes, settings)["accuracy"]
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
-        pbar.set_postfix(loss=f"{row['loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
-  ckpt = Checkpointer(out / "checkpoints", keep=1, asynchronous=False)
+        reporter.write(k, "train", row)
+        reporter.show(k, {"loss": f"{row['loss']:.3f}", "test_acc": f"{row['test_accuracy']:.3f}"})
+  finally:
+    reporter.close()
+  ckpt = Checkpointer(run.checkpoints, keep=1, asynchronous=False)
   ckpt.save(settings.steps, {"params": params}, None, {"step": settings.steps})
   ckpt.close()
-  (out / SETTINGS_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+  run.classifier.write_text(json.dumps(meta, indent=1) + "\n")
   return evaluate(graphdef, params, test_records, classes, settings)
 
 
-def load_classifier(workdir: str | Path, log=print):
+def load_classifier(workdir: str | Path, log=logs.warning):
   """(graphdef, params, classes, settings, meta) of a saved classifier."""
-  workdir = Path(workdir)
-  if not (workdir / SETTINGS_FILE).is_file():
-    raise UserError(f"{workdir} holds no classifier ({SETTINGS_FILE} missing); train one with `chunklm classify "
+  run = RunDir(workdir)
+  if not run.classifier.is_file():
+    raise UserError(f"{run} holds no classifier ({run.classifier.name} missing); train one with `chunklm classify "
                     "train`")
-  meta = json.loads((workdir / SETTINGS_FILE).read_text())
+  meta = json.loads(run.classifier.read_text())
   settings = ClassifySettings(**meta["settings"])
-  cfg: Config = load_config(workdir / "config.yaml")
+  cfg: Config = load_config(run.config)
   classes = meta["classes"]
   abstract = nnx.eval_shape(lambda: Classifier(build_model(cfg, 0), len(classes), pooling=settings.pooling,
                                                head=settings.head, hidden=settings.hidden, rngs=nnx.Rngs(params=0)))
   graphdef, like = split_model(abstract)
-  ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
+  ckpt = Checkpointer(run.checkpoints, read_only=True)
   restored = ckpt.restore_latest({"params": like}, log=log, partial=True)
   if restored is None:
-    raise UserError(f"no checkpoint in {workdir / 'checkpoints'}")
+    raise UserError(f"no checkpoint in {run.checkpoints}")
   return graphdef, restored[1]["params"], classes, settings, meta
 
 

@@ -21,7 +21,8 @@ from chunklm.config import Config, dump_yaml, load_config
 from chunklm.errors import UserError
 from chunklm.model.functional import named_leaves, params_from_named
 from chunklm.run.imported import write_params_run
-from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE, abstract_params, open_run
+from chunklm.run.trained import abstract_params, open_run
+from chunklm.run.workdir import RunDir
 
 FORMAT = "chunklm-weights-1"
 
@@ -31,7 +32,7 @@ def export_weights(workdir: str | Path, out: str | Path) -> tuple[int, int]:
   run = open_run(workdir, log=lambda *a, **k: None)
   tensors = {k: np.ascontiguousarray(np.asarray(v)) for k, v in named_leaves(run.params).items()}
   meta = {"format": FORMAT, "config": dump_yaml(run.cfg), "step": str(run.step), "source": str(workdir)}
-  tok = Path(workdir) / TOKENIZER_FILE
+  tok = RunDir(workdir).tokenizer
   if run.tokenizer is not None and tok.is_file():
     meta["tokenizer"] = base64.b64encode(tok.read_bytes()).decode("ascii")
   Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ def read_metadata(path: str | Path) -> dict:
 
 def weights_config(path: str | Path, meta: dict) -> Config:
   with tempfile.TemporaryDirectory() as tmp:
-    file = Path(tmp) / CONFIG_FILE
+    file = RunDir(tmp).config
     file.write_text(meta["config"])
     try:
       return load_config(file)

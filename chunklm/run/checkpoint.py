@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from chunklm import logs
 from chunklm.errors import CheckpointError
 from chunklm.run.integrity import verify, write_manifest
 
@@ -151,12 +151,12 @@ class Checkpointer:
       raise StateMismatch(f"the checkpoint at step {step} in {self.directory} holds {sorted(saved)}, not "
                           f"{sorted(wanted)}: it was written by another kind of run or version{hint}")
 
-  def restore_latest(self, like_state: dict, data_iter=None, log=print,
+  def restore_latest(self, like_state: dict, data_iter=None, log=logs.warning,
                      partial: bool = False) -> tuple[int, dict, dict] | None:
     """The newest readable checkpoint as (step, state, meta), or None when there is none at all. Newer unreadable
     ones are moved aside (so training can write those steps again) only once an older one has been read: when none
     can be read, nothing is moved and the error says so. A newest checkpoint of other parts (StateMismatch) is
-    raised at once: nothing is moved and no older one is tried."""
+    raised at once: nothing is moved and no older one is tried. `log` takes the warning for each unreadable one."""
     steps = self.steps()
     failed: list[tuple[int, str]] = []
     for step in reversed(steps):
@@ -174,7 +174,7 @@ class Checkpointer:
           aside.parent.mkdir(exist_ok=True)
           shutil.move(self.directory / str(bad), aside)
           moved = f" (moved to {aside})"
-        log(f"warning: checkpoint at step {bad} is unreadable ({reason}){moved}; using step {step}", file=sys.stderr)
+        log(f"checkpoint at step {bad} is unreadable ({reason}){moved}; using step {step}")
       if failed and not self.read_only:
         self.manager.reload()
       return step, state, meta

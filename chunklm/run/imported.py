@@ -15,9 +15,7 @@ from pathlib import Path
 from chunklm.config import Config, dump_yaml
 from chunklm.errors import CheckpointError
 from chunklm.run.checkpoint import Checkpointer
-from chunklm.run.trained import CONFIG_FILE, TOKENIZER_FILE
-
-ORIGIN_FILE = "origin.json"
+from chunklm.run.workdir import RunDir
 
 
 def write_params_run(workdir: str | Path, cfg: Config, params, step: int, origin: dict,
@@ -27,19 +25,20 @@ def write_params_run(workdir: str | Path, cfg: Config, params, step: int, origin
   if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
     raise CheckpointError(f"{workdir} already exists and is not empty; choose a new directory for the run")
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / CONFIG_FILE).write_text(dump_yaml(cfg))
+  run = RunDir(workdir)
+  run.config.write_text(dump_yaml(cfg))
   if tokenizer_bytes is not None:
-    (workdir / TOKENIZER_FILE).write_bytes(tokenizer_bytes)
-  ckpt = Checkpointer(workdir / "checkpoints", keep=1, asynchronous=False)
+    run.tokenizer.write_bytes(tokenizer_bytes)
+  ckpt = Checkpointer(run.checkpoints, keep=1, asynchronous=False)
   ckpt.save(step, {"params": params}, None, {"step": step, "params_only": True})
   ckpt.close()
-  (workdir / ORIGIN_FILE).write_text(json.dumps(origin, indent=1) + "\n")
+  run.origin.write_text(json.dumps(origin, indent=1) + "\n")
   return workdir
 
 
 def read_origin(workdir: str | Path) -> dict | None:
   """Where a parameters-only run's weights came from (None for a trained run)."""
-  path = Path(workdir) / ORIGIN_FILE
+  path = RunDir(workdir).origin
   return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -49,4 +48,4 @@ def refuse_resume(workdir: str | Path) -> None:
   if origin is not None:
     raise CheckpointError(f"{workdir} holds parameters only ({origin.get('what', 'imported')}), no optimizer state "
                           f"or data position, so it cannot be resumed; fine-tune it in a new run: chunklm train "
-                          f"--init-from {workdir} --config {Path(workdir) / CONFIG_FILE} --workdir NEW_DIR")
+                          f"--init-from {workdir} --config {RunDir(workdir).config} --workdir NEW_DIR")

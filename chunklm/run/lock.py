@@ -1,6 +1,6 @@
 """One writer per workdir: an OS-level lock held for the life of the process.
 
-`fcntl.flock` on `<workdir>/.lock`: the kernel releases it when the process ends in any way (kill -9 included), so a
+`fcntl.flock` on the workdir's lock file (`.lock`, run/workdir.py): the kernel releases it when the process ends in any way (kill -9 included), so a
 lock left by a dead process never blocks the next run and needs no cleanup. The file names the holder (command,
 pid, host, start time) for the error the second writer gets.
 """
@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 from chunklm.errors import UserError
-
-LOCK_FILE = ".lock"
-
+from chunklm.run.workdir import RunDir
 
 class WorkdirBusy(UserError):
   """Another process is writing this workdir."""
@@ -39,7 +37,7 @@ def workdir_lock(workdir: Path, what: str = "chunklm train", enabled: bool = Tru
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create --workdir {workdir}: {e.strerror}") from None
-  path = workdir / LOCK_FILE
+  path = RunDir(workdir).lock
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
@@ -54,7 +52,7 @@ def workdir_lock(workdir: Path, what: str = "chunklm train", enabled: bool = Tru
       yield
     finally:
       os.ftruncate(fd, 0)
-      if created and {p.name for p in workdir.iterdir()} == {LOCK_FILE}:  # e.g. bad data: leave nothing behind
+      if created and list(workdir.iterdir()) == [path]:  # e.g. bad data: leave nothing behind
         path.unlink()
         workdir.rmdir()
   finally:

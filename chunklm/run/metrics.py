@@ -14,6 +14,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from chunklm.plots import figure
+from chunklm.run.workdir import RunDir
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -25,15 +26,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 class MetricsWriter:
   def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
-    self.workdir = Path(workdir)
-    self.path = self.workdir / "metrics.jsonl"
+    self.run = RunDir(workdir)
+    self.path = self.run.metrics
     kept = [r for r in read_jsonl(self.path)
             if r.get("step", 0) < resume_step or (r.get("step", 0) == resume_step and r.get("split") == "train")]
     self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     self._file = open(self.path, "a")
     self._tb = None
     if tensorboard:
-      self._tb = SummaryWriter(str(self.workdir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+      self._tb = SummaryWriter(str(self.run.tensorboard), purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, split: str, values: dict) -> None:
     record = {"step": int(step), "split": split}
@@ -67,7 +68,8 @@ def _smooth(values: list[float], alpha: float = 0.1) -> list[float]:
 
 def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tuple[float, ...] = ()) -> Path | None:
   """loss.png: training and valid BPB, and H-Net bytes per chunk per stage (dashed: the targets N, compounded)."""
-  records = read_jsonl(Path(workdir) / "metrics.jsonl")
+  run = RunDir(workdir)
+  records = read_jsonl(run.metrics)
   train = [r for r in records if r["split"] == "train"]
   valid = [r for r in records if r["split"] == "valid"]
   if not train:
@@ -83,7 +85,7 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tup
     ax.plot([r["step"] for r in valid], [r["bpb"] for r in valid], "o-", label="valid BPB")
   ax.set_xlabel("step")
   ax.set_ylabel("bits per byte")
-  ax.set_title(Path(workdir).name)
+  ax.set_title(run.name)
   ax.grid(alpha=0.3)
   ax.legend()
   if chunk_keys:
@@ -102,6 +104,6 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tup
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  out = Path(out or Path(workdir) / "loss.png")
+  out = Path(out or run.loss_plot)
   fig.savefig(out, dpi=100)
   return out

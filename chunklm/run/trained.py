@@ -3,7 +3,7 @@ parameters restored for inference (no optimizer state is read).
 
 `open_run("runs/x")` is the one way eval, bench, experiments and the CLI load a model; training builds the same
 `TrainedRun` in memory when it ends. A byte model reads bytes; a token model (BPE baseline) reads the pieces of the
-tokenizer the run keeps a copy of (`tokenizer.model`), and `units()` turns documents into what the model reads.
+tokenizer the run keeps a copy of (the workdir's `tokenizer.model`), and `units()` turns documents into what the model reads.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from chunklm import logs
 from chunklm.config import CONFIG_FORMAT, Config, load_config, read_config_format
 from chunklm.data.corpus import Documents, load_splits
 from chunklm.data.tokenizer import Tokenizer, check_vocab, tokenize, vocab_kwargs
@@ -22,9 +23,8 @@ from chunklm.errors import CheckpointError, UserError
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.workdir import RunDir
 
-CONFIG_FILE = "config.yaml"  # the resolved config of the run
-TOKENIZER_FILE = "tokenizer.model"  # a token model's run keeps a copy of its tokenizer here
 # Settings that may change after training (they keep every parameter); named in the refusal of the others.
 INFERENCE_SETTINGS = "model.delete_gate.keep_all, model.capacity_factor, kernels.impl, kernels.attention"
 
@@ -57,7 +57,7 @@ class TrainedRun:
 
   def valid_split(self) -> Documents:
     """The run's validation documents, as its config splits its data."""
-    return load_splits(self.cfg.data, cache_dir=self.workdir / "cache").valid
+    return load_splits(self.cfg.data, cache_dir=RunDir(self.workdir).cache).valid
 
   def model(self) -> nnx.Module:
     return merge_model(self.graphdef, self.params)
@@ -66,34 +66,34 @@ class TrainedRun:
 def read_config(workdir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
   """The resolved config of a run, with `overrides` (KEY=VALUE) applied; a workdir without one, or one written by a
   chunklm whose config format differs, is a one-line error."""
-  workdir = Path(workdir)
-  if not (workdir / CONFIG_FILE).exists():
-    raise CheckpointError(f"{workdir} is not a training run (no {CONFIG_FILE}); train one with "
+  run = RunDir(workdir)
+  if not run.config.exists():
+    raise CheckpointError(f"{workdir} is not a training run (no {run.config.name}); train one with "
                           f"`chunklm train --workdir {workdir}`")
-  fmt = read_config_format(workdir / CONFIG_FILE)
+  fmt = read_config_format(run.config)
   if fmt != CONFIG_FORMAT:
     written = "chunklm < 0.2.0 (config format 1)" if fmt is None else f"config format {fmt}"
     raise CheckpointError(f"{workdir} was written by {written}; this chunklm reads config format {CONFIG_FORMAT}: "
                           "train the run again, or read it with the chunklm version that wrote it")
-  return load_config(workdir / CONFIG_FILE, list(overrides))
+  return load_config(run.config, list(overrides))
 
 
-def open_run(workdir: str | Path, overrides: tuple[str, ...] = (), log=print) -> TrainedRun:
+def open_run(workdir: str | Path, overrides: tuple[str, ...] = (), log=logs.warning) -> TrainedRun:
   """The newest readable checkpoint of `workdir`, ready for inference.
 
   `overrides` change the saved config before the model is built, for settings that keep the parameters (e.g.
   model.delete_gate.keep_all, model.capacity_factor, kernels.impl, kernels.attention); one that changes them is a UserError naming the
-  parameters it would change.
+  parameters it would change. `log` takes the warnings about unreadable checkpoints.
   """
   workdir = Path(workdir)
   cfg = read_config(workdir, overrides)
   graphdef, abstract = abstract_params(cfg)
   if overrides:
     _check_same_parameters(abstract_params(read_config(workdir))[1], abstract, overrides)
-  ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
+  ckpt = Checkpointer(RunDir(workdir).checkpoints, read_only=True)
   restored = ckpt.restore_latest({"params": abstract}, log=log, partial=True)
   if restored is None:
-    raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}")
+    raise CheckpointError(f"no checkpoints in {RunDir(workdir).checkpoints}")
   step, state, _ = restored
   return TrainedRun(workdir, cfg, graphdef, state["params"], step, run_tokenizer(cfg, workdir))
 
@@ -123,7 +123,7 @@ def run_tokenizer(cfg: Config, workdir: Path | None = None) -> Tokenizer | None:
   """
   if not cfg.data.tokenizer:
     return None
-  copy = workdir / TOKENIZER_FILE if workdir is not None else None
+  copy = RunDir(workdir).tokenizer if workdir is not None else None
   tok = Tokenizer(copy if copy is not None and copy.exists() else cfg.data.tokenizer)
   check_vocab(tok, cfg.model.vocab_size)
   return tok

@@ -13,6 +13,7 @@ Every command that reads or writes a run (`train`, `eval`, `mrt5`, `classify`, `
       tokenizer.model    a token model's copy of its tokenizer
       eval.json          MrT5: the final evaluation
       classify.json      a classifier's settings, classes and start
+      origin.json        where an imported or converted run's parameters came from (it cannot resume)
       .lock              held while a process writes the run (run/lock.py)
 """
 
@@ -30,6 +31,7 @@ CACHE = "cache"
 TOKENIZER = "tokenizer.model"
 EVAL = "eval.json"
 CLASSIFIER = "classify.json"
+ORIGIN = "origin.json"
 LOCK = ".lock"
 
 
@@ -86,6 +88,10 @@ class RunDir:
     return self.path / CLASSIFIER
 
   @property
+  def origin(self) -> Path:
+    return self.path / ORIGIN
+
+  @property
   def lock(self) -> Path:
     return self.path / LOCK
 
@@ -93,6 +99,8 @@ class RunDir:
     """Whether anything (a finished or an interrupted save) stands in checkpoints/."""
     return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
-  def is_checkpoint_dir(self, path: Path) -> bool:
-    """Whether `path` names one step's checkpoint (`<run>/checkpoints/<step>`), for --init-from."""
-    return path.name.isdigit() and path.parent.name == CHECKPOINTS
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+  """Whether `path` names one step's checkpoint (`<run>/checkpoints/<step>`), as --init-from may."""
+  return path.name.isdigit() and path.parent.name == CHECKPOINTS

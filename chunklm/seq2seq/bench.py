@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from chunklm.run.workdir import RunDir
 from chunklm.seq2seq.trainer import Data, hard_front, open_mrt5
 
 
@@ -43,7 +44,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 def bench_encoder(workdir: str | Path, batch_size: int = 16, repeats: int = 5) -> dict:
   cfg, graphdef, params, step = open_mrt5(workdir, log=lambda *a, **k: None)
-  batches = [jax.tree.map(jnp.asarray, b) for b in Data(cfg, Path(workdir) / "cache").eval_batches(batch_size)]
+  batches = [jax.tree.map(jnp.asarray, b) for b in Data(cfg, RunDir(workdir).cache).eval_batches(batch_size)]
   n_bytes = sum(int(b["valid"].sum()) for b in batches)
   kept = positions = slots = 0
 

@@ -15,8 +15,8 @@ states are still alike), so nothing is deleted until the regulariser has pushed 
 (about 200 steps in the tiny runs) while the CE spreads the positions apart. MrT5 clamps alpha >= 0;
 here it may go negative (`mrt5.two_sided`, default): in tiny runs from scratch the
 cross-entropy alone drove the gate to delete 0.69 of the bytes against a 0.5 target, and a clamped controller can
-only sit at 0 then. The workdir holds config.yaml, orbax checkpoints (parameters, optimizer, controller) and
-metrics.jsonl (ce, deletion rate, alpha, mean and spread of G every log_every steps); batches are a function of
+only sit at 0 then. The workdir (run/workdir.py) holds config.yaml, orbax checkpoints (parameters, optimizer, controller) and
+metrics.jsonl (ce, deletion rate, alpha, mean and spread of G every log_every steps; train/reporter.py); batches are a function of
 (seed, step), so re-running `train` resumes exactly. With `mrt5.gate_ema` > 0 the run also keeps an exponential
 moving average of the gate's parameters (from the step the gate is switched on), and inference (eval, bench,
 decoding) uses it instead of the last parameters, which in tiny runs delete 5-10 points more or less than the
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import jax
@@ -42,6 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from chunklm import logs
 from chunklm.config import dump_yaml, load_config
 from chunklm.config.mrt5 import MrT5Run
 from chunklm.data.corpus import load_splits
@@ -54,9 +54,12 @@ from chunklm.model.mrt5 import MrT5, bucket_capacity
 from chunklm.progress import bar
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.lock import workdir_lock
+from chunklm.run.workdir import RunDir
 from chunklm.seq2seq.batches import chunks, pack, pair_batch, read_pairs, span_batch
 from chunklm.seq2seq.byte_classes import CLASS_NAMES, class_counts
 from chunklm.train.optim import decay_mask, lr_schedule
+from chunklm.train.reporter import NanPolicy, Reporter
+from chunklm.train.signals import Preempted, StopFlag
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mrt5"
 EVAL_WINDOWS = 256  # span objective: held-out windows evaluated (a fixed set)
@@ -172,24 +175,25 @@ class Data:
     return [pack(p, c.data.seq_len, s.target_len) for p in chunks(self.test_pairs, batch_size)]
 
 
-def check_same_run(workdir: Path, cfg: MrT5Run, elsewhere: str = "use another --workdir") -> None:
+def check_same_run(workdir: str | Path | RunDir, cfg: MrT5Run, elsewhere: str = "use another --workdir") -> None:
   """A one-line CheckpointError when `workdir` holds an MrT5 run with other model, data, objective, seed or batch
   settings than `cfg` (nothing to check in a new workdir)."""
-  saved = workdir / "config.yaml"
-  if saved.exists():
-    old = load_config(saved, root=MrT5Run)
+  run = RunDir(workdir)
+  if run.config.exists():
+    old = load_config(run.config, root=MrT5Run)
     if (old.mrt5, old.data, old.seq2seq, old.train.seed, old.train.batch_size) != \
         (cfg.mrt5, cfg.data, cfg.seq2seq, cfg.train.seed, cfg.train.batch_size):
       raise CheckpointError(f"{workdir} holds an MrT5 run with other model, data or objective settings; resume "
                             f"with the same config, or {elsewhere}")
 
 
-def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=print) -> dict:
-  workdir = Path(workdir)
-  with workdir_lock(workdir, "chunklm mrt5 train"):
-    check_same_run(workdir, cfg)
-    saved = workdir / "config.yaml"
-    data = Data(cfg, workdir / "cache")
+def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=logs.info) -> dict:
+  """Trains (or resumes) the MrT5 run in `workdir` and returns its final evaluation (also in eval.json). SIGTERM
+  saves a checkpoint and raises `Preempted`."""
+  run = RunDir(workdir)
+  with workdir_lock(run.path, "chunklm mrt5 train"):
+    check_same_run(run, cfg)
+    data = Data(cfg, run.cache)
     graphdef, params = build(cfg)
     tx = _optimizer(cfg, params)
     state = {"params": params, "opt": tx.init(params),
@@ -197,40 +201,51 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
                     for k in ("p_acc", "i_acc", "alpha")}}
     if cfg.mrt5.gate_ema > 0:
       state["gate_ema"] = gate_leaves(params)
-    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    restored = ckpt.restore_latest(state, log=log)
+    ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(state)
     start = 0
     if restored is not None:
       start, state, _ = restored
       log(f"resumed from step {start}")
-    saved.write_text(dump_yaml(cfg))
-    step_fn = make_train_step(cfg, graphdef, tx)
-    params, opt, pi, ema = state["params"], state["opt"], state["pi"], state.get("gate_ema", {})
-    t0 = time.time()
-    with (workdir / "metrics.jsonl").open("a") as metrics, bar(total=cfg.train.steps, enabled=progress,
-                                                                desc="mrt5", unit="step") as pbar:
-      pbar.update(start)
+    run.config.write_text(dump_yaml(cfg))
+    try:
+      state = _train_steps(cfg, graphdef, tx, state, data, ckpt, run, start, progress, log)
+    finally:
+      ckpt.close()
+    params = state["params"] if "gate_ema" not in state else with_gate(state["params"], state["gate_ema"])
+    result = eval_record(run.path, cfg.train.steps, evaluate_mrt5(cfg, graphdef, params, data))
+    run.eval_json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _train_steps(cfg: MrT5Run, graphdef, tx, state: dict, data: Data, ckpt: Checkpointer, run: RunDir, start: int,
+                 progress: bool, log) -> dict:
+  """Steps `start` to train.steps with checkpoints, metrics and progress (train/reporter.py); the final state."""
+  step_fn = make_train_step(cfg, graphdef, tx)
+  params, opt, pi, ema = state["params"], state["opt"], state["pi"], state.get("gate_ema", {})
+  good = [start] if start else []
+  nan = NanPolicy("stop", 1, lambda: f"the last good checkpoint is step {good[-1]}" if good else
+                  "no checkpoint was written yet")
+  reporter = Reporter(run, total=cfg.train.steps, start=start, end=cfg.train.steps, log_every=cfg.train.log_every,
+                      progress=progress, show=("ce", "deleted", "alpha"), nan=nan)
+  try:
+    with StopFlag() as stop:
       for k in range(start, cfg.train.steps):
         batch = jax.tree.map(jnp.asarray, data.train_batch(k))
         params, opt, pi, ema, out = step_fn(params, opt, pi, ema, batch, jnp.int32(k))
-        pbar.update(1)
         done = k + 1
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-          row = {"step": done, **{key: float(v) for key, v in out.items()}, "seconds": round(time.time() - t0, 1)}
-          if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {done}")
-          metrics.write(json.dumps(row) + "\n")
-          metrics.flush()
-          pbar.set_postfix(ce=f"{row['ce']:.3f}", deleted=f"{row['deleted']:.2f}", alpha=f"{row['alpha']:.3g}")
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+        reporter.dispatched(done, out)
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop.set:
+          reporter.flush()
           ckpt.save(done, {"params": params, "opt": opt, "pi": pi, **({"gate_ema": ema} if ema else {})}, None,
                     {"step": done})
-    ckpt.close()
-    if ema:
-      params = with_gate(params, ema)
-    result = eval_record(workdir, cfg.train.steps, evaluate_mrt5(cfg, graphdef, params, data))
-    (workdir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
+          good.append(done)
+        if stop.set:
+          raise Preempted(f"received SIGTERM: saved checkpoint at step {done}; re-run the same command to resume")
+      reporter.flush()
+  finally:
+    reporter.close()
+  return {"params": params, "opt": opt, "pi": pi, **({"gate_ema": ema} if ema else {})}
 
 
 def eval_record(workdir: str | Path, step: int, result: dict) -> dict:
@@ -238,18 +253,18 @@ def eval_record(workdir: str | Path, step: int, result: dict) -> dict:
   return {"workdir": str(workdir), "step": step, **result}
 
 
-def open_mrt5(workdir: str | Path, log=print):
+def open_mrt5(workdir: str | Path, log=logs.warning):
   """(cfg, graphdef, params, step) of the newest checkpoint of an MrT5 run; params are those inference uses (the
   gate's moving average in place of its last parameters where mrt5.gate_ema > 0)."""
-  workdir = Path(workdir)
-  if not (workdir / "config.yaml").exists():
-    raise CheckpointError(f"{workdir} is not an MrT5 run (no config.yaml); train one with `chunklm mrt5 train`")
-  cfg = load_config(workdir / "config.yaml", root=MrT5Run)
+  run = RunDir(workdir)
+  if not run.config.exists():
+    raise CheckpointError(f"{run} is not an MrT5 run (no {run.config.name}); train one with `chunklm mrt5 train`")
+  cfg = load_config(run.config, root=MrT5Run)
   graphdef, like = build(cfg)
   like = {"params": like, **({"gate_ema": gate_leaves(like)} if cfg.mrt5.gate_ema > 0 else {})}
-  restored = Checkpointer(workdir / "checkpoints", read_only=True).restore_latest(like, log=log, partial=True)
+  restored = Checkpointer(run.checkpoints, read_only=True).restore_latest(like, log=log, partial=True)
   if restored is None:
-    raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}")
+    raise CheckpointError(f"no checkpoints in {run.checkpoints}")
   step, state = restored[0], restored[1]
   return cfg, graphdef, with_gate(state["params"], state["gate_ema"]) if "gate_ema" in like else state["params"], step
 

@@ -20,7 +20,8 @@ from jax.experimental import multihost_utils
 from chunklm.config import Config, differing_fields
 from chunklm.errors import CheckpointError
 from chunklm.run.checkpoint import Checkpointer
-from chunklm.run.trained import TOKENIZER_FILE, read_config
+from chunklm.run.trained import read_config
+from chunklm.run.workdir import RunDir, is_checkpoint_dir
 
 # model fields a fine-tuning run may set differently from the run it starts from (they keep every parameter)
 FREE_MODEL_FIELDS = ("model.target_ratio", "model.ratio_loss_weight", "model.ratio_loss", "model.ratio_start",
@@ -55,7 +56,7 @@ def params_sha256(params) -> str:
 def _source(source: str) -> tuple[Path, int | None]:
   """(run directory, checkpoint step or None for the newest) of an --init-from path."""
   path = Path(source)
-  if path.name.isdigit() and path.parent.name == "checkpoints":
+  if is_checkpoint_dir(path):
     return path.parent.parent, int(path.name)
   return path, None
 
@@ -83,14 +84,14 @@ def load_init(source: str, cfg: Config, abstract_params, tokenizer_bytes: bytes 
   if not workdir.is_dir():
     raise CheckpointError(f"--init-from {source}: no such run directory")
   src = read_config(workdir)  # a one-line error for a directory that is not a run
-  copy = workdir / TOKENIZER_FILE
+  copy = RunDir(workdir).tokenizer
   check_compatible(source, src, cfg, tokenizer_bytes, copy.read_bytes() if copy.exists() else None)
-  ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
+  ckpt = Checkpointer(RunDir(workdir).checkpoints, read_only=True)
   like = {"params": abstract_params}
   if step is None:
     restored = ckpt.restore_latest(like, log=lambda *a, **k: None, partial=True)
     if restored is None:
-      raise CheckpointError(f"--init-from {source}: no checkpoint in {workdir / 'checkpoints'}")
+      raise CheckpointError(f"--init-from {source}: no checkpoint in {RunDir(workdir).checkpoints}")
     step, state, _ = restored
   else:
     if step not in ckpt.steps():
