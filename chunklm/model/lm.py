@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.config import Config, ModelConfig
+from chunklm.config import AttentionImpl, Config, KernelImpl, ModelConfig
 from chunklm.config.capacity import capacities
 from chunklm.model.hnet import HNet
 from chunklm.model.layers import Embed, Linear
@@ -24,8 +24,8 @@ class CausalLM(nnx.Module):
   `kernel_impl` picks the H-Net's chunk-op backend (config `kernels.impl`), `attention_impl` the softmax attention's
   (`kernels.attention`), set here once on every stack the backbone runs."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1, kernel_impl: str = "auto",
-               attention_impl: str = "auto"):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1, kernel_impl: KernelImpl = "auto",
+               attention_impl: AttentionImpl = "auto"):
     self.cfg, self.doc_slots, self.kernel_impl = cfg, doc_slots, kernel_impl
     dim, dtype = cfg.d_model[0], jnp.dtype(cfg.dtype)
     self.embed = Embed(cfg.vocab_size, dim, rngs=rngs, dtype=dtype)

@@ -17,6 +17,8 @@ import dataclasses
 import jax
 from flax import nnx, struct
 
+from chunklm.config import KernelImpl
+
 SOW_NAME = "chunk_states"  # the nnx.Intermediate each stage sows under when plan.sow
 
 
@@ -26,7 +28,7 @@ class ChunkPlan:
   doc_slots: int = 1  # K: chunk slots kept for document starts (the packer bounds a window's documents by K)
   exact: bool = False  # every stage's capacity = its input length (evaluation)
   train: bool = False  # routers add noise and update their running statistics
-  kernel_impl: str = "auto"  # chunk-op backend of every stage
+  kernel_impl: KernelImpl = "auto"  # chunk-op backend of every stage
   sow: bool = False  # each stage sows its ChunkStates (nnx.Intermediate SOW_NAME)
 
   def capacity(self, length: int) -> int:

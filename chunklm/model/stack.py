@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.config import ModelConfig, parse_layer_string
+from chunklm.config import AttentionImpl, ModelConfig, parse_layer_string
 from chunklm.mesh.context import constrain_batch
 from chunklm.model.layers import Attention, RMSNorm, SwiGLU
 from chunklm.model.mamba2 import Mamba2
@@ -85,7 +85,7 @@ class Stack(nnx.Module):
       x_BxLxD = constrain_batch(x_BxLxD)  # the residual stream stays split over the batch axes of the mesh
     return self.norm(x_BxLxD)
 
-  def set_attention_impl(self, impl: str) -> None:
+  def set_attention_impl(self, impl: AttentionImpl) -> None:
     """Every attention block's softmax backend (`kernels.attention`; 'auto' until set): the model sets it once, after
     construction, on the stacks it runs (CausalLM), so no constructor passes it down."""
     for block in self.blocks:
