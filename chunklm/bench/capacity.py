@@ -23,6 +23,7 @@ from chunklm.data.pipeline import capped_offsets, doc_cap, leading_bytes, packed
 from chunklm.errors import UserError
 from chunklm.eval.boundaries import corpus_routing
 from chunklm.run.trained import open_run
+from chunklm.run.workdir import RunDir
 
 FACTORS = (1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.5)
 
@@ -70,7 +71,7 @@ def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: in
   model = run.cfg.model
   if not model.num_stages or run.tokenizer is not None:
     raise UserError(f"{workdir}: bench capacity needs a byte-level H-Net run (this one has no routing stages)")
-  splits = load_splits(run.cfg.data, cache_dir=run.workdir / "cache")
+  splits = load_splits(run.cfg.data, cache_dir=RunDir(run.workdir).cache)
   docs = leading_bytes(splits.valid if split == "valid" else splits.train, max_bytes)
   docs = docs.select(docs.lengths > 0)
   windows = windows or sorted({run.cfg.data.seq_len, 2048, 8192})

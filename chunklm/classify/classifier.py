@@ -29,6 +29,7 @@ class Classifier(nnx.Module):
     # mean pools the innermost stage's chunk states (width of that stage's outer level), last the byte states
     dim = cfg.d_model[max(cfg.num_stages - 1, 0)] if pooling == "mean" else cfg.d_model[0]
     std = cfg.init_std
+    self.hidden: Linear | None
     if head == "mlp":
       self.hidden = Linear(dim, (hidden,), ("embed", "mlp"), rngs=rngs, std=std)
       self.out = Linear(hidden, (n_classes,), ("mlp", None), rngs=rngs, std=std)

@@ -53,7 +53,10 @@ def _read_fasta(path: Path, label_regex: str | None, labelled: bool) -> list[Rec
     raise UserError(f"--label-regex {label_regex!r}: {e}") from None
   if pattern is not None and pattern.groups < 1:
     raise UserError(f"--label-regex {label_regex!r} needs one group, e.g. 'species=(\\w+)'")
-  records, header, parts, line_no = [], None, [], 0
+  records: list[Record] = []
+  parts: list[bytes] = []
+  header: str | None = None
+  line_no = 0
 
   def flush():
     if header is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -71,10 +72,14 @@ def batch_arrays(records: list[Record], seq_len: int, classes: list[str] | None 
   out = {"ids": ids, "lengths": lengths}
   if classes is not None:
     index = {c: k for k, c in enumerate(classes)}
-    unknown = sorted({r.label for r in records if r.label not in index})
+    labels = [r.label for r in records if r.label is not None]
+    if len(labels) < len(records):
+      first = next(i for i, r in enumerate(records) if r.label is None)
+      raise UserError(f"record {first + 1} has no label; training and evaluation need one per record")
+    unknown = sorted({label for label in labels if label not in index})
     if unknown:
       raise UserError(f"labels not among the classifier's classes {classes}: {unknown[:5]}")
-    out["labels"] = np.array([index[r.label] for r in records], np.int32)
+    out["labels"] = np.array([index[label] for label in labels], np.int32)
   return out
 
 
@@ -121,7 +126,7 @@ def _loss_fn(graphdef, model_cfg: ModelConfig):
 
 
 def train_classifier(train_records: list[Record], test_records: list[Record], out: Path, settings: ClassifySettings,
-                     *, init_from: str | None = None, config: str | None = None, overrides: list[str] = (),
+                     *, init_from: str | None = None, config: str | None = None, overrides: Sequence[str] = (),
                      progress: bool = True, log=logs.info) -> dict:
   """Trains and saves a classifier in `out`; returns its final test evaluation (see evaluate)."""
   settings.check()

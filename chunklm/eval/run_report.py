@@ -23,6 +23,7 @@ from chunklm.model.describe import describe_config
 from chunklm.plots import figure
 from chunklm.run.metrics import plot_curves, read_jsonl
 from chunklm.run.trained import open_run
+from chunklm.run.workdir import RunDir
 
 SECTIONS = ("config", "size", "curves", "valid", "robustness", "boundaries", "samples")
 
@@ -41,7 +42,7 @@ def run_section(workdir: Path, samples: int, sample_bytes: int, seed: int = 0) -
   run = open_run(workdir, log=lambda *a, **k: None)
   cfg, graphdef, params, step = run.cfg, run.graphdef, run.params, run.step
   info = describe_config(cfg)
-  records = read_jsonl(workdir / "metrics.jsonl")
+  records = read_jsonl(RunDir(workdir).metrics)
   valid = [r for r in records if r["split"] == "valid"]
   final = valid[-1] if valid else {}
   parts = [f'<h2 id="{html.escape(workdir.name)}">{html.escape(workdir.name)} (step {step})</h2>']

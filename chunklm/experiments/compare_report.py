@@ -13,6 +13,7 @@ from chunklm.config import Config
 from chunklm.model.flops import train_flops_per_byte
 from chunklm.plots import figure
 from chunklm.run.metrics import read_jsonl
+from chunklm.run.workdir import RunDir
 
 
 @dataclasses.dataclass
@@ -33,7 +34,7 @@ def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token:
             match_error: float | None, executed_flops_per_byte: float | None = None) -> Row:
   """The row of the run in `workdir`; `executed_flops_per_byte` (from `describe_config` on the run's own config)
   defaults to the FLOPs at the measured ratio, which is what a model without chunk slots executes."""
-  records = read_jsonl(workdir / "metrics.jsonl")
+  records = read_jsonl(RunDir(workdir).metrics)
   train = [r for r in records if r["split"] == "train"]
   valid = [r for r in records if r["split"] == "valid"]
   final = valid[-1]

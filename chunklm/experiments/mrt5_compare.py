@@ -18,6 +18,7 @@ from pathlib import Path
 from chunklm.errors import UserError
 from chunklm.experiments import sweep as sweeps
 from chunklm.run.metrics import read_jsonl
+from chunklm.run.workdir import RunDir
 from chunklm.seq2seq.bench import bench_encoder
 from chunklm.seq2seq.trainer import check_same_run, load_mrt5_config, train_mrt5
 
@@ -28,7 +29,8 @@ HEADER = ("run", "target δ", "deleted", "within ±5 pts", "bits/target byte (ha
 
 
 def _finished(workdir: Path, steps: int) -> bool:
-  return (workdir / "eval.json").exists() and any(r.get("step") == steps for r in read_jsonl(workdir / "metrics.jsonl"))
+  run = RunDir(workdir)
+  return run.eval_json.exists() and any(r.get("step") == steps for r in read_jsonl(run.metrics))
 
 
 def _cells(name: str, cfg, res: dict, bench: dict) -> list[str]:
@@ -62,7 +64,7 @@ def run_mrt5_compare(config: str, overrides: list[str], sweep: list[str], seeds:
     check_same_run(wd, cfg, "give another --out")  # a finished run of other settings is not reused (nor resumed)
     if _finished(wd, cfg.train.steps):
       log(f"[{i}/{len(runs)}] {r.name}: finished run in {wd}, reused")
-      res = json.loads((wd / "eval.json").read_text())
+      res = json.loads(RunDir(wd).eval_json.read_text())
     else:
       log(f"[{i}/{len(runs)}] {r.name}: {cfg.train.steps} steps in {wd}")
       res = train_mrt5(cfg, wd, progress=progress, log=log)
@@ -82,7 +84,8 @@ def _speedup_line(rows: list[dict]) -> str:
   targets = {r["target_deletion"] for r in rows}
   if 0 not in targets or max(targets) == 0:
     return ""
-  top, groups = max(targets), {}
+  top = max(targets)
+  groups: dict[tuple, dict] = {}
   for r in rows:
     if r["target_deletion"] in (0, top):
       others = tuple((k, v) for k, v in r["point"].items() if k != TARGET_KEY)
@@ -117,7 +120,7 @@ def _write(out: Path, config: str, rows: list[dict], summaries, swept: dict, see
             "", *sweeps.lines(summaries, swept, seeds, metric="bits per target byte")]
   png = sweeps.plot(summaries, swept, out / "sweep.png", ylabel="bits per target byte (hard deletion)")
   if png:
-    lines += ["", f"![bits per target byte vs the swept value]({Path(png).name})"]
+    lines += ["", f"![bits per target byte vs the swept value]({Path(str(png)).name})"]
   md = out / "report.md"
   md.write_text("\n".join(lines) + "\n")
   (out / "summary.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "cells"} for r in rows],

@@ -69,8 +69,8 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     try:
       self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-    except Exception as e:
-      raise self._storage_error(e, step) or e
+    except Exception as e:  # noqa: BLE001 - a full disk or a quota surfaces as many types; _storage_error says which
+      self._reraise(e, step)
     self._pending = step
 
   def _finish(self, step: int | None) -> None:
@@ -79,9 +79,16 @@ class Checkpointer:
       self.manager.wait_until_finished()
       if step is not None and jax.process_index() == 0 and (self.directory / str(step)).is_dir():
         write_manifest(self.directory / str(step))
-    except Exception as e:
-      raise self._storage_error(e, step) or e
+    except Exception as e:  # noqa: BLE001 - as in save
+      self._reraise(e, step)
     self._pending = None
+
+  def _reraise(self, e: Exception, step: int | None) -> None:
+    """Raises the one-line storage error for `e` (out of space, read-only, ...), or `e` itself."""
+    error = self._storage_error(e, step)
+    if error is None:
+      raise e
+    raise error from e
 
   def _check_room(self, step: int, state: dict) -> None:
     """Refuses a write that cannot fit in the free space before it starts (so the disk is not filled and nothing
@@ -164,7 +171,7 @@ class Checkpointer:
         state, meta = self.restore(step, like_state, data_iter, partial)
       except StateMismatch:
         raise  # readable, of another shape: not damage, so nothing is moved aside
-      except Exception as e:  # orbax raises many types for damaged files; we only need to know it failed
+      except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files; we only need to know it failed
         failed.append((step, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__))
         continue
       for bad, reason in failed:

@@ -99,7 +99,7 @@ def load_init(source: str, cfg: Config, abstract_params, tokenizer_bytes: bytes 
                             f"{ckpt.steps() or 'none'}")
     try:
       state, _ = ckpt.restore(step, like, partial=True)
-    except Exception as e:  # orbax raises many types for damaged files
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
       raise CheckpointError(f"--init-from {source}: unreadable ({str(e).strip().splitlines()[0][:200]})") from None
   params = state["params"]
   return params, InitSource(workdir, step, params_sha256(params))

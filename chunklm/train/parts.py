@@ -17,12 +17,12 @@ import jax
 
 from chunklm.config import ModelConfig
 from chunklm.errors import ConfigError
-from chunklm.model.functional import path_name  # noqa: F401  (re-exported: optim, cli)
+from chunklm.model.functional import path_name  # re-exported: optim, cli
 
 
 def named_parts(model: ModelConfig) -> dict[str, tuple[str, ...]]:
   """{part name: the globs it stands for} for this model."""
-  parts = {"embed": ("embed.*",), "head": ("head.*",)}
+  parts: dict[str, tuple[str, ...]] = {"embed": ("embed.*",), "head": ("head.*",)}
   for s in range(model.num_stages):
     stage = "backbone." + "main." * s
     parts[f"encoder.s{s}"] = (stage + "encoder.*",)

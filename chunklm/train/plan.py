@@ -74,7 +74,8 @@ def plan_run(cfg: Config, run: RunDir, *, splits: Splits | None = None, allow_da
   changes = None
   if saved is not None:
     changes = check_resume(run.path, saved, cfg, lambda c: setup_state(c, abstract=True)[2], allow_data_change)
-  if tok is not None and run.tokenizer.exists() and run.tokenizer.read_bytes() != tok.path.read_bytes():
+  if tok is not None and tok.path is not None and run.tokenizer.exists() \
+      and run.tokenizer.read_bytes() != tok.path.read_bytes():
     raise CheckpointError(f"{run} was trained with another tokenizer than {tok.path}; use another --workdir")
   return RunPlan(cfg, run, splits, units, tok, cap, resuming, changes)
 
@@ -109,7 +110,7 @@ def announce(plan: RunPlan, init: InitSource | None, resumed_at: int | None, num
     made_by["init_from"] = header_value(run.config, "init_from") or cfg.train.init_from
   if jax.process_index() == 0:
     run.config.write_text("# written by chunklm train\n" + header(made_by) + dump_yaml(cfg))
-    if plan.tokenizer is not None and not run.tokenizer.exists():
+    if plan.tokenizer is not None and plan.tokenizer.path is not None and not run.tokenizer.exists():
       shutil.copyfile(plan.tokenizer.path, run.tokenizer)  # the run stays usable if the original moves
   splits = plan.splits
   log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))

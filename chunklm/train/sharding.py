@@ -54,7 +54,7 @@ def state_shardings(state: dict, mesh: Mesh) -> dict:
   replicated = NamedSharding(mesh, P())
 
   def is_params_like(x):
-    return jax.tree.structure(x) == params_def
+    return jax.tree.structure(x) == params_def  # type: ignore[operator]  # PyTreeDef has __eq__; its stub hides it
 
   def place(sub):
     return p_shard if is_params_like(sub) else jax.tree.map(lambda _: replicated, sub)

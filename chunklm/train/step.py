@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from flax import nnx
 from chunklm.config import ModelConfig
 from chunklm.eval.bpb import nll_sums
 from chunklm.model.functional import apply, merge_model, split_model
+from chunklm.model.lm import CausalLM
 from chunklm.model.routing import RouterStat
 from chunklm.model.stage_output import StageOutput, stage_metrics
 
@@ -62,7 +64,7 @@ def loss_fn(params, graphdef, batch: dict, rng=None, step=None):
   bytes. Runs the model in training mode (router noise from `rng`; a ratio curriculum's targets at `step`);
   metrics["stats"] holds the updated router statistics, metrics["ratio_loss"] the loss beyond the NLL (H-Net
   only)."""
-  model = merge_model(graphdef, params)
+  model: CausalLM = merge_model(graphdef, params)  # type: ignore[assignment]  # the graphdef is a CausalLM's
   logits_BxLxV, stages = apply(model, batch, train=True, rng=rng)
   stats = nnx.state(model, RouterStat)
   total_nll, count, n_bytes = nll_sums(logits_BxLxV, batch)
@@ -70,7 +72,7 @@ def loss_fn(params, graphdef, batch: dict, rng=None, step=None):
   targets = ratio_targets(model.cfg, step)
   extra = routing_loss(stages, model.cfg, targets)
   loss = nll + extra
-  metrics = {"loss": loss, "nll": nll, "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2, "bytes": n_bytes,
+  metrics: dict[str, Any] = {"loss": loss, "nll": nll, "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2, "bytes": n_bytes,
              **stage_metrics(stages, targets)}
   if targets is not None:
     metrics.update({f"target_ratio_s{s}": n for s, n in enumerate(targets)})

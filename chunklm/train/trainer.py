@@ -143,7 +143,7 @@ def _initialised(plan: RunPlan, state: dict, sharding: dict) -> tuple[dict, Init
   cfg, tok = plan.cfg, plan.tokenizer
   if plan.resuming or not cfg.train.init_from:
     return state, None
-  params, init = load_init(cfg.train.init_from, cfg, state["params"], tok.path.read_bytes() if tok else None)
+  params, init = load_init(cfg.train.init_from, cfg, state["params"], tok.path.read_bytes() if tok and tok.path else None)
   return {**state, "params": jax.device_put(params, sharding["params"])}, init
 
 
