@@ -113,7 +113,9 @@ def run_rows(step, x_BxE: jax.Array, state, update_B: jax.Array, levels: list[in
   batch = update_B.shape[0]
   small = compact_rows(batch)
   if small == batch:  # one row: run it or not, no gathering
-    skip = lambda x, state: (jnp.zeros(x.shape, jnp.float32), state, {lv: jnp.zeros_like(update_B) for lv in levels})
+    def skip(x, state):
+      return jnp.zeros(x.shape, jnp.float32), state, {lv: jnp.zeros_like(update_B) for lv in levels}
+
     return jax.lax.cond(jnp.any(update_B), lambda x, state: step(x, state, update_B), skip, x_BxE, state)
   n_groups = -(-batch // small)
   order_G = jnp.nonzero(update_B, size=n_groups * small, fill_value=batch)[0]  # `batch` marks an unused slot
@@ -122,8 +124,13 @@ def run_rows(step, x_BxE: jax.Array, state, update_B: jax.Array, levels: list[in
   def body(carry):
     g, y, state, inner = carry
     idx_S = jax.lax.dynamic_slice(order_G, (g * small,), (small,))
-    take = lambda v: jnp.take(v, idx_S, axis=0, mode="clip")
-    put = lambda whole, part: whole.at[idx_S].set(part.astype(whole.dtype), mode="drop")
+
+    def take(v):
+      return jnp.take(v, idx_S, axis=0, mode="clip")
+
+    def put(whole, part):
+      return whole.at[idx_S].set(part.astype(whole.dtype), mode="drop")
+
     y_S, sub, inner_S = step(take(x_BxE), jax.tree.map(take, state), idx_S < batch)
     return (g + 1, put(y, y_S), jax.tree.map(put, state, sub),
             {lv: put(inner[lv], b) for lv, b in inner_S.items()})

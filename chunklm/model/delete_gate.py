@@ -87,6 +87,9 @@ class DeleteGateRouter(Router):
     routing = finalize(p_BxL, b_BxL, segment_ids_BxL, valid_BxL, alpha * mean_g, key_bias_BxL=g_BxL)
     if train and self.fixed_alpha < 0:
       deleted = 1.0 - jnp.sum(routing.b_BxL * v) / jnp.maximum(v.sum(), 1.0)
-      self.p_acc.value, self.i_acc.value, self.alpha.value = pi_update(
-          self.p_acc[...], self.i_acc[...], self.delta - deleted, alpha_min=self.alpha_min)
+      p_acc, i_acc, next_alpha = pi_update(self.p_acc[...], self.i_acc[...], self.delta - deleted,
+                                           alpha_min=self.alpha_min)
+      self.p_acc.set_value(p_acc)
+      self.i_acc.set_value(i_acc)
+      self.alpha.set_value(next_alpha)
     return routing

@@ -65,7 +65,7 @@ def routing_flops(d: int, cfg: ModelConfig | None = None, level: int = 0, length
     return 2 * d + residual
   if router == "delete_gate":
     return 2 * d + 8 * d + residual
-  if router == "entropy":
+  if router == "entropy" and cfg is not None:  # the router is read from cfg, so cfg is set here
     lm = cfg.entropy_lm()
     return stack_flops(lm, lm.layout[0], 0, length) + 2 * lm.d_model[0] * 256 + residual
   return residual
@@ -91,7 +91,7 @@ def train_flops_per_byte(cfg: ModelConfig, seq_len: int, bytes_per_position: tup
     bytes_per_token: for a token model, the tokenizer's average bytes per token (1 for bytes).
   """
   per_byte = level_positions(cfg, bytes_per_position)
-  total = 2 * cfg.d_model[0] * cfg.vocab_size  # LM head (the embedding lookup is free)
+  total: float = 2 * cfg.d_model[0] * cfg.vocab_size  # LM head (the embedding lookup is free)
   for level in range(cfg.num_levels):
     layout = cfg.level_layout(level)
     length = max(1, round(seq_len / per_byte[level]))

@@ -41,7 +41,7 @@ from chunklm.model.cache import run_rows, select_rows, stack_init, stack_step
 from chunklm.model.layers import Linear, param
 from chunklm.model.plan import SOW_NAME, ChunkPlan, ChunkStates
 from chunklm.model.routers import make_router
-from chunklm.model.stack import Stack, stack_height
+from chunklm.model.stack import LayerStack, Stack, stack_height
 from chunklm.model.stage_output import StageOutput, stage_output
 
 
@@ -49,14 +49,14 @@ def _positions(x_BxLxD: jax.Array) -> jax.Array:
   return jnp.broadcast_to(jnp.arange(x_BxLxD.shape[1], dtype=jnp.int32), x_BxLxD.shape[:2])
 
 
-class MainStack(Stack):
+class MainStack(LayerStack):
   """The innermost main network, called like a nested H-Net: (y_BxLxD, no stages). Positions count within its
   (compressed) sequence; `key_bias_BxL` reaches its attention layers."""
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, plan: ChunkPlan, *,
                rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None) -> tuple[jax.Array, tuple]:
     del valid_BxL, plan, rng  # a layer stack masks by segment ids and chunks nothing
-    return super().__call__(x_BxLxD, segment_ids_BxL, _positions(x_BxLxD), key_bias_BxL), ()
+    return self.run(x_BxLxD, segment_ids_BxL, _positions(x_BxLxD), key_bias_BxL), ()
 
   def init_step_state(self, batch: int, max_len: int) -> list:
     return stack_init(self, batch, max_len)
@@ -70,7 +70,7 @@ class MainStack(Stack):
   def step_unsupported(self) -> str:
     return ""
 
-  def stacks(self) -> list[Stack]:
+  def stacks(self) -> list[LayerStack]:
     return [self]
 
   def stage_levels(self) -> tuple[int, ...]:
@@ -96,6 +96,7 @@ class HNet(nnx.Module):
     self.ratio_loss_kind = cfg.ratio_loss
     self.residual_bias = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) \
         if cfg.compat == "official" else None
+    self.main: MainStack | HNet
     if len(inner) == 1:
       self.main = MainStack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]))
     else:
@@ -130,7 +131,8 @@ class HNet(nnx.Module):
     zhat_BxMxD = zhat_BxMxD[..., : x_BxLxD.shape[-1]]
     if plan.sow:  # only when asked: a sow outside nnx.capture would leave state on the module
       self.sow(nnx.Intermediate, SOW_NAME, ChunkStates(zhat_BxMxD, chunks.valid_BxM))
-    if self.pooling == "mean":  # chunk c reads chunk c - 1 (its own mean holds later bytes); documents start at null
+    # mean pooling (null is set): chunk c reads chunk c - 1 (its own mean holds later bytes); documents start at null
+    if self.null is not None:
       prev_BxMxD = jnp.pad(zhat_BxMxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
       null_BxMxD = jnp.broadcast_to(self.null[...].astype(zhat_BxMxD.dtype), zhat_BxMxD.shape)
       zhat_BxMxD = jnp.where(chunks.starts_BxM[..., None], null_BxMxD, prev_BxMxD)
@@ -192,7 +194,7 @@ class HNet(nnx.Module):
       return f"stage {self.level}: {self.router.generation}"
     return self.main.step_unsupported()
 
-  def stacks(self) -> list[Stack]:
+  def stacks(self) -> list[LayerStack]:
     """The layer stacks of this stage and the deeper ones (not the routers' own, e.g. the entropy router's byte LM)."""
     return [self.encoder, self.decoder, *self.main.stacks()]
 

@@ -10,6 +10,7 @@ Under a mesh with an `fsdp` axis, weight matrices are stored sharded and gathere
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +18,12 @@ from flax import nnx
 
 from chunklm.mesh.context import gathered_apply, platform
 
+AttentionBackend = Literal["cudnn", "xla"]  # what attention_backend picks (jax.nn.dot_product_attention's names)
 
-def param(key: jax.Array, init, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
-  """A float32 parameter annotated with logical axis names (not sharded until a mesh rule places it)."""
+
+def param(key: jax.Array | None, init, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
+  """A float32 parameter annotated with logical axis names (not sharded until a mesh rule places it). `key` is None
+  for deterministic initialisers (constant, identity), which ignore it."""
   if len(axes) != len(shape):
     raise ValueError(f"axes {axes} do not match shape {shape}")
   return nnx.Param(init(key, shape, jnp.float32), out_sharding=axes, eager_sharding=False)
@@ -112,7 +116,7 @@ def attention_mask(segment_ids_BxL: jax.Array, window: int = 0, rows: jax.Array 
   return (same_BxQxL & allowed_QxL)[:, None]
 
 
-def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias: bool) -> str:
+def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias: bool) -> AttentionBackend:
   """'cudnn' or 'xla' for `kernels.attention`: auto takes cuDNN's flash attention on a GPU when it applies
   (bfloat16/float16, head_dim a multiple of 8 up to 128, an even length, as cuDNN needs with a mask; no learned key
   bias: its gradient would be a full B x 1 x L x L bias gradient), else XLA; an explicit 'cudnn' that does not apply
@@ -131,7 +135,7 @@ def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias
 
 
 def fused_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, segment_ids_BxL: jax.Array,
-                    window: int, implementation: str) -> jax.Array:
+                    window: int, implementation: AttentionBackend) -> jax.Array:
   """The attention of `masked_attention` in the form a fused kernel takes: causal mask and window as flags (so the
   kernel skips the masked blocks), only the document mask as an array (cuDNN adds it as a bias). With
   implementation 'xla' it runs anywhere, which is how the CPU tests check this form against the plain one."""

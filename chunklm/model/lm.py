@@ -29,11 +29,12 @@ class CausalLM(nnx.Module):
     self.cfg, self.doc_slots, self.kernel_impl = cfg, doc_slots, kernel_impl
     dim, dtype = cfg.d_model[0], jnp.dtype(cfg.dtype)
     self.embed = Embed(cfg.vocab_size, dim, rngs=rngs, dtype=dtype)
+    self.backbone: Stack | HNet
     if cfg.num_stages == 0:
       self.backbone = Stack(cfg.layout[0], cfg, 0, rngs=rngs)
     else:
       self.backbone = HNet(cfg, 0, rngs=rngs)
-    for stack in [self.backbone] if cfg.num_stages == 0 else self.backbone.stacks():
+    for stack in [self.backbone] if isinstance(self.backbone, Stack) else self.backbone.stacks():
       stack.set_attention_impl(attention_impl)
     self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
 
@@ -60,7 +61,7 @@ class CausalLM(nnx.Module):
     """The last hidden states h_BxLxD (before the output head) and the stage records, as `__call__`; sow=True has
     each H-Net stage sow its ChunkStates (use `hidden_and_chunk_states`, which captures them)."""
     x_BxLxD = self.embed(ids_BxL)
-    if self.cfg.num_stages == 0:
+    if isinstance(self.backbone, Stack):  # num_stages == 0
       return self.backbone(x_BxLxD, segment_ids_BxL, positions_BxL), ()
     plan = self.plan(ids_BxL.shape[1], exact=exact, train=train, sow=sow)
     return self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, plan, ids_BxL=ids_BxL, rng=rng)

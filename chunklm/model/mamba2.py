@@ -86,7 +86,10 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
         jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2)) for v in (x_BxLxHxP, dt_BxLxH, b_BxLxN, c_BxLxN))
     doc_BxL = jnp.pad(doc_BxL, ((0, 0), (0, pad)), mode="edge") + (jnp.arange(length + pad) >= length)
   nc = (length + pad) // q
-  chunk = lambda v: v.reshape(batch, nc, q, *v.shape[2:])
+
+  def chunk(v):
+    return v.reshape(batch, nc, q, *v.shape[2:])
+
   x_BxCxQxHxP, b_BxCxQxN, c_BxCxQxN, doc_BxCxQ = map(chunk, (x_BxLxHxP, b_BxLxN, c_BxLxN, doc_BxL))
   dt_BxHxCxQ = chunk(dt_BxLxH).transpose(0, 3, 1, 2)
   a_BxHxCxQ = dt_BxHxCxQ * a_H[:, None, None]

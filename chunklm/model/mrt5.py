@@ -80,10 +80,16 @@ class Block(nnx.Module):
     self.norm2 = RMSNorm(d)
     self.mlp = SwiGLU(d, cfg.ff_dim(), rngs=rngs, std=cfg.init_std, out_std=out_std)
 
+  def cross_parts(self) -> tuple[RMSNorm, Attention]:
+    """(norm_x, cross) of a decoder block; encoder blocks have no cross-attention."""
+    if self.norm_x is None or self.cross is None:
+      raise ValueError("an encoder block has no cross-attention")
+    return self.norm_x, self.cross
+
   def __call__(self, x, pos, allowed, bias=None, enc=None):
     h = self.norm1(x)
     x = x + self.attn(h, pos, h, pos, allowed, bias)
-    if self.cross is not None:
+    if self.norm_x is not None and self.cross is not None:  # decoder blocks (both are set together)
       enc_h, enc_allowed, enc_bias = enc
       x = x + self.cross(self.norm_x(x), pos, enc_h, None, enc_allowed, enc_bias)
     return x + self.mlp(self.norm2(x))
@@ -179,7 +185,7 @@ class MrT5(nnx.Module):
     b, h, kd = enc.h_BxCxD.shape[0], self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads
     caches = []
     for block in self.decoder:
-      kv = block.cross.w_kv(enc.h_BxCxD)
+      kv = block.cross_parts()[1].w_kv(enc.h_BxCxD)
       caches.append({"k": jnp.zeros((b, max_len, h, kd)), "v": jnp.zeros((b, max_len, h, kd)),
                      "ck": kv[:, :, 0], "cv": kv[:, :, 1]})
     return caches
@@ -202,9 +208,10 @@ class MrT5(nnx.Module):
       seen = jnp.broadcast_to(jnp.arange(cache["k"].shape[1])[None, None] <= t, (b, 1, cache["k"].shape[1]))
       out = attend(q, cache["k"], cache["v"], seen, None, self.cfg.softmax1)
       x = x + block.attn.w_out(out.reshape(b, 1, -1))
-      qc = block.cross.w_q(block.norm_x(x))
+      norm_x, cross = block.cross_parts()
+      qc = cross.w_q(norm_x(x))
       out = attend(qc, cache["ck"], cache["cv"], enc.valid_BxC[:, None, :], enc.bias_BxC, self.cfg.softmax1)
-      x = x + block.cross.w_out(out.reshape(b, 1, -1))
+      x = x + cross.w_out(out.reshape(b, 1, -1))
       x = x + block.mlp(block.norm2(x))
       new.append(cache)
     return self.head(self.dec_norm(x))[:, 0].astype(jnp.float32), new

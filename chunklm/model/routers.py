@@ -7,14 +7,14 @@ from flax import nnx
 from chunklm.model.delete_gate import DeleteGateRouter
 from chunklm.model.entropy_router import EntropyRouter
 from chunklm.model.gumbel_router import GumbelRouter
-from chunklm.model.routing import CosineRouter
+from chunklm.model.routing import CosineRouter, Router
 from chunklm.model.rule_routers import StrideRouter, WhitespaceRouter
 
 ROUTERS = {"cosine": CosineRouter, "stride": StrideRouter, "whitespace": WhitespaceRouter, "gumbel": GumbelRouter,
            "entropy": EntropyRouter, "delete_gate": DeleteGateRouter}
 
 
-def make_router(cfg, level: int, dim: int, *, rngs: nnx.Rngs) -> nnx.Module:
+def make_router(cfg, level: int, dim: int, *, rngs: nnx.Rngs) -> Router:
   """The router of stage `level` as `cfg.router[level]` names it, for encoder states of width `dim`."""
   name = cfg.router[level]
   if name not in ROUTERS:

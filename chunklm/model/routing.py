@@ -43,9 +43,16 @@ class Router(nnx.Module):
   ratio_loss = True  # the H-Net ratio loss applies (the router has a learnable p)
   generation = ""  # why cached generation cannot run with this router ("" = it can)
 
+  def __call__(self, h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL, *, train=False, rng=None) -> Routing:
+    raise NotImplementedError
+
   def init_step_state(self, batch: int):
     del batch
     return {}
+
+  def step(self, h_BxD, h_prev_BxD, has_prev_B, ids_B, state):
+    """(p_B, b_B, state) for one position; only routers whose `generation` is "" have one."""
+    raise NotImplementedError(self.generation)
 
 
 def document_starts(segment_ids_BxL: jax.Array) -> jax.Array:
@@ -71,13 +78,14 @@ def update_running_quantile(threshold: RouterStat, updates: RouterStat, stat_BxL
   A batch with nothing to decide leaves both unchanged."""
   q = jnp.nanquantile(jnp.where(decide_BxL, stat_BxL.astype(jnp.float32), jnp.nan), 1.0 - frac)
   moved = jnp.where(updates[...] > 0, momentum * threshold[...] + (1 - momentum) * q, q)
-  threshold.value = jnp.where(jnp.isfinite(q), moved, threshold[...])
-  updates.value = updates[...] + jnp.isfinite(q).astype(jnp.float32)
+  threshold.set_value(jnp.where(jnp.isfinite(q), moved, threshold[...]))
+  updates.set_value(updates[...] + jnp.isfinite(q).astype(jnp.float32))
 
 
 def _identity(key, shape, dtype):
   del key
-  return jnp.eye(*shape, dtype=dtype)
+  rows, cols = shape
+  return jnp.eye(rows, cols, dtype=dtype)
 
 
 class CosineRouter(Router):

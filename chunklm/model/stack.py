@@ -33,6 +33,7 @@ class Block(nnx.Module):
     dim, dtype = cfg.d_model[level], jnp.dtype(cfg.dtype)
     self.kind = kind
     self.norm1 = RMSNorm(dim)
+    self.mixer: Attention | Mamba2
     if kind in "tT":
       self.mixer = Attention(dim, cfg.n_heads[level], rngs=rngs, rotary_fraction=cfg.rotary_fraction,
                              rope_theta=cfg.rope_theta, window=cfg.window[level], std=cfg.init_std,
@@ -48,7 +49,7 @@ class Block(nnx.Module):
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
                key_bias_BxL: jax.Array | None = None) -> jax.Array:
     h = self.norm1(x_BxLxD)
-    if self.kind in "tT":
+    if isinstance(self.mixer, Attention):  # kind t or T
       h = self.mixer(h, segment_ids_BxL, positions_BxL, key_bias_BxL)
     else:
       h = self.mixer(h, segment_ids_BxL)
@@ -58,8 +59,9 @@ class Block(nnx.Module):
     return x_BxLxD
 
 
-class Stack(nnx.Module):
-  """Blocks of one layout string at one level, then a final RMSNorm.
+class LayerStack(nnx.Module):
+  """Blocks of one layout string at one level, then a final RMSNorm; `Stack` calls it as a layer stack, the H-Net's
+  innermost main network (hnet.MainStack) as a nested H-Net.
 
   `n_residuals` is the number of residual adds on the path through this stack (its own plus those of the enclosing
   encoders and decoders); output projections are initialised with std init_std / sqrt(n_residuals).
@@ -72,8 +74,8 @@ class Stack(nnx.Module):
     self.norm = RMSNorm(cfg.d_model[level])
     self.remat = cfg.remat
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
-               key_bias_BxL: jax.Array | None = None) -> jax.Array:
+  def run(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+          key_bias_BxL: jax.Array | None = None) -> jax.Array:
     """`key_bias_BxL` (optional) is added to the attention logits of every key in the attention blocks."""
     x_BxLxD = x_BxLxD.astype(jnp.float32)
     for block in self.blocks:
@@ -89,5 +91,14 @@ class Stack(nnx.Module):
     """Every attention block's softmax backend (`kernels.attention`; 'auto' until set): the model sets it once, after
     construction, on the stacks it runs (CausalLM), so no constructor passes it down."""
     for block in self.blocks:
-      if block.kind in "tT":
+      if isinstance(block.mixer, Attention):  # kind t or T
         block.mixer.impl = impl
+
+
+class Stack(LayerStack):
+  """A layer stack: y_BxLxD = norm(blocks(x_BxLxD))."""
+
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+               key_bias_BxL: jax.Array | None = None) -> jax.Array:
+    """`key_bias_BxL` (optional) is added to the attention logits of every key in the attention blocks."""
+    return self.run(x_BxLxD, segment_ids_BxL, positions_BxL, key_bias_BxL)
