@@ -100,7 +100,7 @@ def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: d
     nnx.update(model, stats)
     params = split_model(model)[1]
   trained = grads if frozen is None else [g for g, f in zip(jax.tree.leaves(grads), jax.tree.leaves(frozen)) if not f]
-  metrics["grad_norm"] = optax.global_norm(trained)
+  metrics["grad_norm"] = optax.tree.norm(trained)
   if skip_nonfinite:
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & all_finite(params)
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
