@@ -1,5 +1,5 @@
 """The architecture rules that import-linter (pyproject.toml, run by `make test`) does not check: short files and
-imports at the top of every module (an import inside a function hides a dependency), except for optional heavy
+functions, the workdir's file names spelled in one module (run/workdir.py), and imports at the top of every module (an import inside a function hides a dependency), except for optional heavy
 extras that a plain install does not have and two start-up deferrals at the very top of the graph, where import-linter
 still sees them: the package root (importing chunklm.config must not load jax) and the CLI (`--help` and flag
 errors answer in a tenth of a second instead of seconds)."""
@@ -55,3 +55,51 @@ def test_the_rule_finds_an_import_inside_a_function(tmp_path):
     assert [h.split(":")[1] for h in _imports_inside_functions(bad)] == ["2"]
   finally:
     PACKAGE = saved
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def _long_functions(root: Path):
+  for path in sorted(root.rglob("*.py")):
+    for fn in ast.walk(ast.parse(path.read_text())):
+      if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.end_lineno - fn.lineno + 1 > MAX_FUNCTION_LINES:
+        yield f"{path.relative_to(root)}:{fn.lineno} {fn.name} ({fn.end_lineno - fn.lineno + 1} lines)"
+
+
+def test_no_function_is_over_80_lines():
+  long = list(_long_functions(PACKAGE))
+  assert not long, f"split these functions (over {MAX_FUNCTION_LINES} lines):\n" + "\n".join(long)
+
+
+def test_the_function_rule_finds_a_long_function(tmp_path):
+  (tmp_path / "m.py").write_text("def f():\n" + "  x = 1\n" * MAX_FUNCTION_LINES + "\ndef g():\n  pass\n")
+  assert [hit.split(" ")[1] for hit in _long_functions(tmp_path)] == ["f"]
+
+
+def _layout_names():
+  tree = ast.parse((PACKAGE / "run" / "workdir.py").read_text())
+  return {node.value.value for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id.isupper()
+          and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+
+
+def _spelled_layout_names(root: Path, names: set[str]):
+  for path in sorted(root.rglob("*.py")):
+    if path.relative_to(root) == Path("run/workdir.py"):
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+        yield f"{path.relative_to(root)}:{node.lineno}: {node.value!r}"
+
+
+def test_the_workdir_layout_is_spelled_in_one_module():
+  names = _layout_names()
+  assert {"config.yaml", "checkpoints", "metrics.jsonl", "cache", ".lock"} <= names
+  found = list(_spelled_layout_names(PACKAGE, names))
+  assert not found, "ask run/workdir.py: RunDir for these paths:\n" + "\n".join(found)
+
+
+def test_the_layout_rule_finds_a_spelled_name(tmp_path):
+  (tmp_path / "m.py").write_text('from pathlib import Path\n\n"""config.yaml in prose is fine"""\n'
+                                 'p = Path("run") / "metrics.jsonl"\n')
+  assert [hit.split(":")[1] for hit in _spelled_layout_names(tmp_path, {"metrics.jsonl", "config.yaml"})] == ["4"]

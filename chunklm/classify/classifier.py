@@ -10,6 +10,8 @@ Pooling:
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -18,14 +20,16 @@ from chunklm.model.layers import Linear, param
 from chunklm.model.lm import CausalLM, hidden_and_chunk_states
 from chunklm.model.stage_output import StageOutput
 
-POOLINGS = ("mean", "last")
-HEADS = ("linear", "mlp")
+Pooling = Literal["mean", "last"]
+Head = Literal["linear", "mlp"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+HEADS: tuple[str, ...] = get_args(Head)
 
 
 class Classifier(nnx.Module):
-  def __init__(self, lm: CausalLM, n_classes: int, *, pooling: str, head: str, hidden: int, rngs: nnx.Rngs):
+  def __init__(self, lm: CausalLM, n_classes: int, *, pooling: Pooling, head: Head, hidden: int, rngs: nnx.Rngs):
     cfg = lm.cfg
-    self.lm, self.pooling, self.head_kind = lm, pooling, head
+    self.lm, self.pooling = lm, pooling
     # mean pools the innermost stage's chunk states (width of that stage's outer level), last the byte states
     dim = cfg.d_model[max(cfg.num_stages - 1, 0)] if pooling == "mean" else cfg.d_model[0]
     std = cfg.init_std
@@ -62,4 +66,4 @@ class Classifier(nnx.Module):
     x_BxD, stages = self.features(ids_BxL, lengths_B)
     if self.hidden is not None:
       x_BxD = jax.nn.gelu(self.hidden(x_BxD))
-    return self.out(x_BxD).astype(jnp.float32) + self.bias[...], stages
+    return self.out(x_BxD).astype(jnp.float32) + self.bias[...][None, :], stages

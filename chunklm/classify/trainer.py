@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from chunklm import logs
-from chunklm.classify.classifier import HEADS, POOLINGS, Classifier
+from chunklm.classify.classifier import HEADS, POOLINGS, Classifier, Head, Pooling
 from chunklm.classify.metrics import classification_report
 from chunklm.classify.records import Record, class_list
 from chunklm.config import Config, ModelConfig, dump_yaml, load_config
@@ -36,8 +36,8 @@ from chunklm.train.step import routing_loss
 
 @dataclasses.dataclass(frozen=True)
 class ClassifySettings:
-  pooling: str = "mean"  # POOLINGS
-  head: str = "linear"  # HEADS
+  pooling: Pooling = "mean"  # checked by `check` (the flags arrive as strings)
+  head: Head = "linear"
   hidden: int = 256  # width of the MLP head's hidden layer
   steps: int = 300  # optimizer steps
   batch_size: int = 16

@@ -9,7 +9,8 @@ from chunklm.cli.output import write_json
 from chunklm.errors import UserError
 from chunklm.experiments.mrt5_compare import run_mrt5_compare
 from chunklm.seq2seq.bench import bench_encoder
-from chunklm.seq2seq.trainer import Data, eval_record, evaluate_mrt5, load_mrt5_config, open_mrt5, train_mrt5
+from chunklm.run.workdir import RunDir
+from chunklm.seq2seq.trainer import eval_mrt5_run, load_mrt5_config, train_mrt5
 
 
 def _print_eval(res: dict) -> None:
@@ -29,7 +30,8 @@ def train(args) -> int:
   cfg = load_mrt5_config(args.config, args.overrides)
   res = train_mrt5(cfg, args.workdir, progress=not args.no_progress)
   _print_eval(res)
-  print(f"run: {args.workdir} (metrics.jsonl, eval.json, checkpoints)")
+  run = RunDir(args.workdir)
+  print(f"run: {run} ({run.metrics.name}, {run.eval_json.name}, {run.checkpoints.name}/)")
   write_json(args.json, res)
   return 0
 
@@ -44,9 +46,7 @@ def compare(args) -> int:
 
 
 def evaluate(args) -> int:
-  cfg, graphdef, params, step = open_mrt5(args.workdir)
-  res = eval_record(args.workdir, step, evaluate_mrt5(cfg, graphdef, params, Data(cfg, Path(args.workdir) / "cache"),
-                                                      args.batch_size, progress=not args.no_progress))
+  res = eval_mrt5_run(args.workdir, args.batch_size, progress=not args.no_progress)
   _print_eval(res)
   write_json(args.json, res)
   return 0

@@ -11,6 +11,8 @@ from chunklm.cli.options import config_overrides
 from chunklm.config import load_config
 from chunklm.errors import UserError
 from chunklm.eval.summary import sample_and_picture, show_bytes
+from chunklm.run.workdir import RunDir
+from chunklm.train.signals import EXIT_CODE
 from chunklm.train.trainer import TrainResult, train
 
 
@@ -26,7 +28,7 @@ def run(args) -> int:
   result = train(cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress,
                  allow_data_change=args.allow_data_change)
   print_summary(result, main_process=jax.process_index() == 0)
-  return 143 if result.signalled else 0
+  return EXIT_CODE if result.signalled else 0
 
 
 def _init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
@@ -50,10 +52,10 @@ def print_summary(result: TrainResult, main_process: bool = True) -> None:
   """After `chunklm train`: final BPB next to the order-0 entropy, bytes per chunk against the targets, the chunk
   boundaries on a valid snippet, a sample, and where the outputs are. Every process computes the sample (the
   parameters may be spread over all of them); the main process prints."""
-  run, cfg, wd = result.run, result.run.cfg, result.workdir
+  run, cfg, wd = result.run, result.run.cfg, RunDir(result.workdir)
   if not result.finished:
     if main_process:
-      print(f"\nstopped at step {result.step} of {cfg.train.steps}; checkpoint in {wd / 'checkpoints'}; "
+      print(f"\nstopped at step {result.step} of {cfg.train.steps}; checkpoint in {wd.checkpoints}; "
             "re-run the same command to continue")
     return
   sample, pic, why_not = sample_and_picture(run, result.valid_docs)
@@ -73,6 +75,6 @@ def print_summary(result: TrainResult, main_process: bool = True) -> None:
     print(f"no sample: {why_not}")
   if sample:
     print("sample:\n" + "-" * 60 + "\n" + show_bytes(sample) + "\n" + "-" * 60)
-  print(f"metrics    : {wd / 'metrics.jsonl'} (TensorBoard: {wd / 'tb'})")
-  print(f"loss plot  : {wd / 'loss.png'}")
-  print(f"checkpoint : {wd / 'checkpoints'}")
+  print(f"metrics    : {wd.metrics} (TensorBoard: {wd.tensorboard})")
+  print(f"loss plot  : {wd.loss_plot}")
+  print(f"checkpoint : {wd.checkpoints}")

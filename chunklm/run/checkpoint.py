@@ -118,9 +118,6 @@ class Checkpointer:
       return None
     return CheckpointError(self._storage_message(step, reason.lower(), shutil.disk_usage(self._existing_dir()).free))
 
-  def read_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
   def restore(self, step: int, like_state: dict, data_iter: grain.DatasetIterator | None = None,
               partial: bool = False) -> tuple[dict, dict]:
     """(state, meta) at `step`; `like_state` gives structure, shapes and dtypes; `data_iter` is set in place.

@@ -253,6 +253,13 @@ def eval_record(workdir: str | Path, step: int, result: dict) -> dict:
   return {"workdir": str(workdir), "step": step, **result}
 
 
+def eval_mrt5_run(workdir: str | Path, batch_size: int = 16, progress: bool = False) -> dict:
+  """`chunklm mrt5 eval`: the newest checkpoint of the MrT5 run in `workdir` evaluated on its own data."""
+  cfg, graphdef, params, step = open_mrt5(workdir)
+  data = Data(cfg, RunDir(workdir).cache)
+  return eval_record(workdir, step, evaluate_mrt5(cfg, graphdef, params, data, batch_size, progress=progress))
+
+
 def open_mrt5(workdir: str | Path, log=logs.warning):
   """(cfg, graphdef, params, step) of the newest checkpoint of an MrT5 run; params are those inference uses (the
   gate's moving average in place of its last parameters where mrt5.gate_ema > 0)."""

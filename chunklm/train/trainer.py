@@ -12,7 +12,6 @@ run in memory; what is shown of it (a sample, a boundary picture) is the caller'
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import jax
@@ -82,16 +81,12 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
   end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
   saver = _Saver(ckpt, run.checkpoints, {"config": to_dict(cfg)}, start if restored is not None else None)
   nan = NanPolicy(cfg.train.nan_policy, cfg.train.nan_skip_limit, saver.last_good)
-  reporter = Reporter(run, total=cfg.train.steps, start=start, end=end, log_every=cfg.train.log_every,
-                      progress=progress, lr=lr_schedule(cfg.train), nan=nan)
-  reporter.write(start, "run", made_by)
-  if restored is not None and plan.changes is not None and (plan.changes.free or plan.changes.data):
-    reporter.write(start, "resume", plan.changes.record())
+  reporter = _reporter(plan, start, end, progress, nan, made_by, resumed=restored is not None)
   frozen = frozen_mask(state["params"], cfg.model, cfg.train.freeze) if cfg.train.freeze else None
   step_fn = on_mesh(make_train_step(graphdef, tx, sharding, batch_sharding(mesh), skip_nonfinite=nan.skip,
                                     frozen=frozen), mesh)
   validate = Validation(plan, graphdef, mesh)
-  if start < end:  # XLA may add a "Very slow compile?" banner for a big model on CPU: a notice, not an error
+  if start < end:  # silent for minutes on a big model; XLA's "Very slow compile?" banner is a notice, not an error
     log(f"compiling the training step (step {start + 1} of {cfg.train.steps} waits for it) ...")
   step, stop = start, StopFlag()
   try:
@@ -112,20 +107,41 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
           log(f"received SIGTERM: saved checkpoint at step {step}; re-run the same command to resume")
           break
       reporter.flush()
+  except BaseException:
+    reporter.close()
+    raise
   finally:  # a crash or Ctrl-C still completes the checkpoints already started
-    reporter.close() if sys.exc_info()[0] is not None else reporter.close_progress()
     ckpt.close()
+  return _finish(plan, reporter, validate, graphdef, state["params"], step, stop.set, num_params, progress)
+
+
+def _reporter(plan: RunPlan, start: int, end: int, progress: bool, nan: NanPolicy, made_by: dict, resumed: bool
+              ) -> Reporter:
+  """The run's reporter, with the `run` record (provenance) and, on a resume that changed settings, a `resume` one."""
+  cfg, changes = plan.cfg, plan.changes
+  reporter = Reporter(plan.run, total=cfg.train.steps, start=start, end=end, log_every=cfg.train.log_every,
+                      progress=progress, lr=lr_schedule(cfg.train), nan=nan)
+  reporter.write(start, "run", made_by)
+  if resumed and changes is not None and (changes.free or changes.data):
+    reporter.write(start, "resume", changes.record())
+  return reporter
+
+
+def _finish(plan: RunPlan, reporter: Reporter, validate: Validation, graphdef, params, step: int, signalled: bool,
+            num_params: int, progress: bool) -> TrainResult:
+  """A finished run's final evaluation and loss plot; the result of any run."""
+  cfg = plan.cfg
+  reporter.close_progress()
   finished = step >= cfg.train.steps
-  valid = validate(state["params"], cfg.eval.final_max_bytes, progress=progress and reporter.is_main) if finished \
-      else {}
+  valid = validate(params, cfg.eval.final_max_bytes, progress=progress and reporter.is_main) if finished else {}
   if finished:
     reporter.write(step, "valid", valid_record(valid))
   reporter.close()
-  _plot(run, cfg)
-  trained = TrainedRun(run.path, cfg, graphdef, state["params"], step, plan.tokenizer)
-  return TrainResult(trained, finished, stop.set, valid, order0_entropy(plan.splits.valid), num_params,
+  if jax.process_index() == 0:
+    plot_curves(plan.run.path, targets=cfg.model.target_ratio if cfg.model.num_stages else ())
+  trained = TrainedRun(plan.run.path, cfg, graphdef, params, step, plan.tokenizer)
+  return TrainResult(trained, finished, signalled, valid, order0_entropy(plan.splits.valid), num_params,
                      plan.splits.valid)
-
 
 def _placed_state(cfg: Config, mesh):
   """(graphdef, optimizer, train state on the mesh, its shardings, parameter count); refuses a state that cannot fit
@@ -165,8 +181,3 @@ class _Saver:
       raise nan.state_diverged(step)
     self.ckpt.save(step, state, data_iter, self.meta)
     self.good_step = step
-
-
-def _plot(run: RunDir, cfg: Config) -> None:
-  if jax.process_index() == 0:
-    plot_curves(run.path, targets=cfg.model.target_ratio if cfg.model.num_stages else ())
