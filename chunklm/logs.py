@@ -38,20 +38,17 @@ class _Processes(logging.Filter):
     self.index, self.count, self.every_process = 0, 1, False
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if self.count > 1:
-      if (self.index != 0 and not self.every_process and record.levelno < logging.WARNING
-          and not getattr(record, "all_processes", False)):
-        return False
-      record.msg = f"[p{self.index}/{self.count}] {record.msg}"
-    return True
+    record.process_tag = f"[p{self.index}/{self.count}] " if self.count > 1 else ""
+    return (self.count == 1 or self.index == 0 or self.every_process or record.levelno >= logging.WARNING
+            or getattr(record, "all_processes", False))
 
 
 class _Plain(logging.Formatter):
-  """The message alone; warnings and errors start with their level (`warning: ...`)."""
+  """The message after the process tag (multi-host runs); warnings and errors name their level (`warning: ...`)."""
 
   def format(self, record: logging.LogRecord) -> str:
-    text = super().format(record)
-    return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+    level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+    return f"{getattr(record, 'process_tag', '')}{level}{super().format(record)}"
 
 
 _handler = _Console()
