@@ -142,6 +142,19 @@ def test_classify_train_eval_predict_from_scratch_and_fine_tuned(tmp_path, capsy
   capsys.readouterr()
 
 
+def test_classify_never_writes_into_another_run(tmp_path, capsys):
+  """--out naming a training run (here the one it starts from) is refused before anything is written."""
+  write_task(tmp_path / "t.jsonl", 8, 0)
+  source = tmp_path / "source"
+  trainer.train(tiny_config("train.steps=2", "train.checkpoint_every=2", data=write_corpus(tmp_path / "corpus")),
+                source, progress=False, log=lambda *a, **k: None)
+  before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+  data = ["--data", str(tmp_path / "t.jsonl"), "--test", str(tmp_path / "t.jsonl")]
+  assert main(["classify", "train", "--init-from", str(source), *data, "--out", str(source)]) == 2
+  assert "already holds another run" in capsys.readouterr().err
+  assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "either --init-from RUN"),
     (["--config", "hnet_1stage_tiny", "--init-from", "x"], "either --init-from RUN"),

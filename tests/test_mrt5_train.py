@@ -4,7 +4,9 @@ bad input is one line."""
 
 import importlib.util
 import json
+import os
 import random
+import signal
 from pathlib import Path
 
 import jax
@@ -30,6 +32,7 @@ from chunklm.seq2seq.trainer import (
   train_mrt5,
   with_gate,
 )
+from chunklm.train.signals import EXIT_CODE, Preempted
 from conftest import write_corpus
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
@@ -218,3 +221,29 @@ def test_the_speed_up_is_given_seed_by_seed_against_the_goal():
   line = _speedup_line(grid)  # a second swept key: each of its values against its own δ = 0 run
   assert "**2.50x** (mrt5.gate_layer=1, seed 0;" in line and "**1.20x** (mrt5.gate_layer=2, seed 0;" in line
   assert line.endswith("reached in 1 of 2 pairs")
+
+
+@pytest.mark.slow  # CI budget: two short trainings and evaluations (~45 s on 2 cores)
+def test_sigterm_checkpoints_and_the_rerun_records_each_step_once(tmp_path, monkeypatch):
+  """The MrT5 loop shares the LM trainer's signals and reporter: SIGTERM (here sent while step 3's batch is made)
+  saves a checkpoint and raises Preempted (exit 143 from the CLI); re-running resumes there and metrics.jsonl holds
+  each step once."""
+  corpus = write_corpus(tmp_path / "corpus")
+  cfg = load_mrt5_config("mrt5_tiny", [*TINY, f"data.sources=[{corpus}]", "train.steps=5",
+                                       "train.checkpoint_every=100"])
+  real = Data.train_batch
+
+  def batch(self, step):
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, step)
+
+  monkeypatch.setattr(Data, "train_batch", batch)
+  with pytest.raises(Preempted, match="saved checkpoint at step 3") as stopped:
+    train_mrt5(cfg, tmp_path / "run", **QUIET)
+  assert stopped.value.exit_code == EXIT_CODE
+  assert open_mrt5(tmp_path / "run")[3] == 3
+  monkeypatch.setattr(Data, "train_batch", real)
+  train_mrt5(cfg, tmp_path / "run", **QUIET)
+  rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
