@@ -41,7 +41,7 @@ def gate_values(h_BxLxD: jax.Array, scale_ln: jax.Array, shift_ln: jax.Array, w:
   h = h_BxLxD.astype(jnp.float32)
   mu = h.mean(-1, keepdims=True)
   var = ((h - mu) ** 2).mean(-1, keepdims=True)
-  ln = (h - mu) * jax.lax.rsqrt(var + 1e-5) * scale_ln + shift_ln
+  ln = (h - mu) * jax.lax.rsqrt(var + 1e-5) * scale_ln[None, None, :] + shift_ln[None, None, :]
   return k * jax.nn.sigmoid(ln @ w + c)
 
 

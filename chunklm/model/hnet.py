@@ -145,9 +145,11 @@ class HNet(nnx.Module):
     return out_BxLxD, (here, *inner)
 
   def residual(self, h: jax.Array) -> jax.Array:
-    """W_res h (+ b_res under compat official), in float32."""
+    """W_res h (+ b_res under compat official), in float32; h is h_BxLxD (forward) or h_BxD (step)."""
     r = self.residual_proj(h.astype(jnp.float32))
-    return r if self.residual_bias is None else r + self.residual_bias[...]
+    if self.residual_bias is None:
+      return r
+    return r + self.residual_bias[...].reshape((1,) * (r.ndim - 1) + self.residual_bias.shape)
 
   def init_step_state(self, batch: int, max_len: int) -> dict:
     dim = self.residual_proj.kernel.shape[0]

@@ -73,7 +73,8 @@ class RMSNorm(nnx.Module):
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     x = x_BxLxD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    return (x * self.scale[...]).astype(x_BxLxD.dtype)
+    scale_1xD = self.scale[...].reshape((1,) * (x.ndim - 1) + self.scale.shape)  # any leading axes (B, L or B)
+    return (x * scale_1xD).astype(x_BxLxD.dtype)
 
 
 class SwiGLU(nnx.Module):
@@ -92,7 +93,7 @@ def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, rotary_dim: int, theta:
     return x_BxLxHxK
   half = rotary_dim // 2
   freq_R = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BxLx1xR = (positions_BxL.astype(jnp.float32)[..., None] * freq_R)[:, :, None, :]
+  angle_BxLx1xR = (positions_BxL.astype(jnp.float32)[..., None] * freq_R[None, None, :])[:, :, None, :]
   sin, cos = jnp.sin(angle_BxLx1xR), jnp.cos(angle_BxLx1xR)
   x = x_BxLxHxK.astype(jnp.float32)
   x1, x2, rest = x[..., :half], x[..., half:rotary_dim], x[..., rotary_dim:]
@@ -113,7 +114,7 @@ def attention_mask(segment_ids_BxL: jax.Array, window: int = 0, rows: jax.Array 
     allowed_QxL &= q - k <= window
   q_seg_BxQ = segment_ids_BxL if rows is None else segment_ids_BxL[:, rows]
   same_BxQxL = q_seg_BxQ[:, :, None] == segment_ids_BxL[:, None, :]
-  return (same_BxQxL & allowed_QxL)[:, None]
+  return (same_BxQxL & allowed_QxL[None])[:, None]
 
 
 def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias: bool) -> AttentionBackend:

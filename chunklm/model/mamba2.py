@@ -70,7 +70,7 @@ def causal_conv(u_BxLxC: jax.Array, doc_BxL: jax.Array, w_KxC: jax.Array, b_C: j
   out_BxLxC = jnp.broadcast_to(b_C, u_BxLxC.shape)
   for k in range(k_width):
     same_BxL = doc_pad[:, k:k + length] == doc_BxL
-    out_BxLxC = out_BxLxC + jnp.where(same_BxL[..., None], u_pad[:, k:k + length] * w_KxC[k], 0.0)
+    out_BxLxC = out_BxLxC + jnp.where(same_BxL[..., None], u_pad[:, k:k + length] * w_KxC[k][None, None, :], 0.0)
   return out_BxLxC
 
 
@@ -84,7 +84,7 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
     # Padded tail positions come after every real one, so they cannot reach real outputs; they get their own doc.
     x_BxLxHxP, dt_BxLxH, b_BxLxN, c_BxLxN = (
         jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2)) for v in (x_BxLxHxP, dt_BxLxH, b_BxLxN, c_BxLxN))
-    doc_BxL = jnp.pad(doc_BxL, ((0, 0), (0, pad)), mode="edge") + (jnp.arange(length + pad) >= length)
+    doc_BxL = jnp.pad(doc_BxL, ((0, 0), (0, pad)), mode="edge") + (jnp.arange(length + pad) >= length)[None, :]
   nc = (length + pad) // q
 
   def chunk(v):
@@ -92,7 +92,7 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
 
   x_BxCxQxHxP, b_BxCxQxN, c_BxCxQxN, doc_BxCxQ = map(chunk, (x_BxLxHxP, b_BxLxN, c_BxLxN, doc_BxL))
   dt_BxHxCxQ = chunk(dt_BxLxH).transpose(0, 3, 1, 2)
-  a_BxHxCxQ = dt_BxHxCxQ * a_H[:, None, None]
+  a_BxHxCxQ = dt_BxHxCxQ * a_H[None, :, None, None]
   xdt_BxCxQxHxP = x_BxCxQxHxP * dt_BxHxCxQ.transpose(0, 2, 3, 1)[..., None]
 
   # 1. Within chunks: quadratic form with a causal, same-document decay matrix (t = target, s = source).
@@ -100,7 +100,7 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
   # other documents are multiplied by exact zeros, so none enters even through rounding, and for s, t in one
   # document cs_t - cs_s = sum_{s<u<=t} a_u. Masked entries get -inf before exp: exp is 0 and its gradient exactly 0.
   causal_QxQ = jnp.tril(jnp.ones((q, q), dtype=bool))
-  same_BxCxQxQ = (doc_BxCxQ[..., :, None] == doc_BxCxQ[..., None, :]) & causal_QxQ
+  same_BxCxQxQ = (doc_BxCxQ[..., :, None] == doc_BxCxQ[..., None, :]) & causal_QxQ[None, None]
   cs_BxHxCxQ = jnp.einsum("bcts,bhcs->bhct", same_BxCxQxQ.astype(jnp.float32), a_BxHxCxQ)
   diff_BxHxCxQxQ = cs_BxHxCxQ[..., :, None] - cs_BxHxCxQ[..., None, :]
   decay_BxHxCxQxQ = jnp.exp(jnp.where(same_BxCxQxQ[:, None], diff_BxHxCxQxQ, -jnp.inf))
@@ -182,10 +182,10 @@ class Mamba2(nnx.Module):
     z_BxLxI, xbc_BxLxC, dt_raw_BxLxH = self._split(self.in_proj(x_BxLxD))
     xbc_BxLxC = causal_conv(xbc_BxLxC, doc_BxL, self.conv_w[...], self.conv_b[...])
     x_BxLxHxP, b_BxLxN, c_BxLxN = self._conv_out(xbc_BxLxC)
-    dt_BxLxH = jax.nn.softplus(dt_raw_BxLxH + self.dt_bias[...])
+    dt_BxLxH = jax.nn.softplus(dt_raw_BxLxH + self.dt_bias[...][None, None, :])
     a_H = -jnp.exp(self.a_log[...])
     y_BxLxHxP = ssd_chunked(x_BxLxHxP, dt_BxLxH, a_H, b_BxLxN, c_BxLxN, doc_BxL, self.chunk_size)
-    y_BxLxHxP = y_BxLxHxP + self.d_skip[...][:, None] * x_BxLxHxP
+    y_BxLxHxP = y_BxLxHxP + self.d_skip[...][None, None, :, None] * x_BxLxHxP
     return self._output(y_BxLxHxP, z_BxLxI, x_BxLxD.dtype)
 
   def init_cache(self, batch_size: int) -> Mamba2Cache:
@@ -200,12 +200,12 @@ class Mamba2(nnx.Module):
     ssm_BxHxPxN = jnp.where(reset_B[:, None, None, None], 0.0, cache.ssm_state_BxHxPxN)
     z_BxI, xbc_BxC, dt_raw_BxH = self._split(self.in_proj(x_BxD))
     window_BxKxC = jnp.concatenate([conv_BxKxC, xbc_BxC[:, None]], axis=1)
-    xbc_BxC = jnp.sum(window_BxKxC * self.conv_w[...], axis=1) + self.conv_b[...]
+    xbc_BxC = jnp.sum(window_BxKxC * self.conv_w[...][None], axis=1) + self.conv_b[...][None, :]
     x_BxHxP, b_BxN, c_BxN = self._conv_out(xbc_BxC)
-    dt_BxH = jax.nn.softplus(dt_raw_BxH + self.dt_bias[...])
-    decay_BxH = jnp.exp(dt_BxH * -jnp.exp(self.a_log[...]))
+    dt_BxH = jax.nn.softplus(dt_raw_BxH + self.dt_bias[...][None, :])
+    decay_BxH = jnp.exp(dt_BxH * -jnp.exp(self.a_log[...])[None, :])
     ssm_BxHxPxN = (decay_BxH[..., None, None] * ssm_BxHxPxN
                    + jnp.einsum("bh,bhp,bn->bhpn", dt_BxH, x_BxHxP, b_BxN))
-    y_BxHxP = jnp.einsum("bhpn,bn->bhp", ssm_BxHxPxN, c_BxN) + self.d_skip[...][:, None] * x_BxHxP
+    y_BxHxP = jnp.einsum("bhpn,bn->bhp", ssm_BxHxPxN, c_BxN) + self.d_skip[...][None, :, None] * x_BxHxP
     new_cache = Mamba2Cache(conv_state_BxKxC=window_BxKxC[:, 1:], ssm_state_BxHxPxN=ssm_BxHxPxN)
     return self._output(y_BxHxP, z_BxI, x_BxD.dtype), new_cache
