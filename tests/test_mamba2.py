@@ -49,7 +49,7 @@ def reference(m: Mamba2, x_BxLxD: jax.Array, seg_BxL: jax.Array) -> jax.Array:
 
   y_BxLxI = jax.vmap(one_sequence)(xbc_BxLxC, dt_raw_BxLxH, seg_BxL)
   g_BxLxI = y_BxLxI * jax.nn.silu(z_BxLxI)
-  g_BxLxI = g_BxLxI / jnp.sqrt(jnp.mean(g_BxLxI ** 2, axis=-1, keepdims=True) + 1e-5) * m.norm.scale[...]
+  g_BxLxI = g_BxLxI / jnp.sqrt(jnp.mean(g_BxLxI ** 2, axis=-1, keepdims=True) + 1e-5) * m.norm.scale[...][None, None, :]
   return g_BxLxI @ m.out_proj.kernel[...]
 
 
