@@ -8,7 +8,7 @@ import yaml
 from chunklm.cli import main
 from chunklm.config import load_config
 from chunklm.errors import ConfigError, UserError
-from chunklm.experiments import compare, compare_report, compare_spec
+from chunklm.experiments import compare, compare_configs, compare_report, compare_spec
 from chunklm.experiments import sweep as sweeps
 from chunklm.model.flops import match_flops, train_flops_per_byte
 from chunklm.run.metrics import read_jsonl
@@ -45,7 +45,7 @@ def test_spec_errors(tmp_path):
   with pytest.raises(ConfigError, match="bundled specs: .*tiny_code"):
     compare.load_spec("no_such_spec")
   with pytest.raises(ConfigError, match="efficiency_reference 'z' is not one of its models"):
-    compare.CompareSpec("s", (compare.ModelSpec("x", "byte_transformer_tiny"),), efficiency_reference="z")
+    compare_spec.CompareSpec("s", (compare_spec.ModelSpec("x", "byte_transformer_tiny"),), efficiency_reference="z")
   bundled = sorted(f.stem for f in compare_spec.SPEC_DIR.glob("*.yaml"))
   assert {"tiny_code", "tune_tiny", "budget_tiny", "budget_tiny_code"} <= set(bundled)
   for name in bundled:  # every bundled spec loads and its models' configs resolve
@@ -75,7 +75,7 @@ def test_a_token_model_is_told_by_its_vocabulary_not_by_an_error(tmp_path):
       {"name": "b", "config": "byte_transformer_tiny"},
       {"name": "t", "config": "byte_transformer_tiny", "set": ["model.vocab_size=300", "data.tokenizer="]}]))
   plain = compare.plain_configs(spec, [])
-  assert plain["t"].model.is_token_model and plain["t"].data.tokenizer == compare.TOKENIZER_PENDING
+  assert plain["t"].model.is_token_model and plain["t"].data.tokenizer == compare_configs.TOKENIZER_PENDING
   assert not plain["b"].model.is_token_model and plain["b"].data.tokenizer == ""
   configs, _ = compare.resolve_configs(spec, [], "/x/tok.model", 3.0, plain=plain)
   assert configs["t"].data.tokenizer == "/x/tok.model" and configs["t"].model.vocab_size == 300

@@ -20,11 +20,11 @@ from chunklm.config import dump_yaml
 from chunklm.experiments.mrt5_compare import _speedup_line
 from chunklm.model.functional import named_leaves, split_model
 from chunklm.model.mrt5 import MrT5
+from chunklm.seq2seq.batches import Data
+from chunklm.seq2seq.evaluation import evaluate_mrt5
 from chunklm.seq2seq.trainer import (
-  Data,
   _optimizer,
   build,
-  evaluate_mrt5,
   gate_leaves,
   load_mrt5_config,
   make_train_step,

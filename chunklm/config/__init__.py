@@ -3,8 +3,8 @@
 A config is data: every field is typed and documented in one line, a closed set of choices is a `Literal` type that
 the loader checks, other values are checked once in `__post_init__`, and unknown keys are errors that list the valid
 ones. layout.py: layer strings and nested layouts; routers.py: the router registry and the routers' settings
-sections; schema.py: the sections; capacity.py: static chunk capacities; experiment.py: Config, the sections
-together; loading.py: files, overrides, dumps and diffs.
+sections; schema.py and data.py: the sections; capacity.py: static chunk capacities; experiment.py: Config, the
+sections together; loading.py: files, overrides, dumps and diffs.
 """
 
 from chunklm.config.capacity import auto_capacity_factor, capacities, capacity_factor, stage_capacities
@@ -39,14 +39,10 @@ from chunklm.config.routers import (
                                     RouterName,
                                     WhitespaceConfig,
 )
+from chunklm.config.data import DataConfig, DnaCase, DnaConfig, DnaIupac, DnaNRuns
 from chunklm.config.schema import (
                                     AttentionImpl,
                                     Compat,
-                                    DataConfig,
-                                    DnaCase,
-                                    DnaConfig,
-                                    DnaIupac,
-                                    DnaNRuns,
                                     DType,
                                     EvalConfig,
                                     KernelImpl,

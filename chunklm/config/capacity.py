@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 
-from chunklm.config.schema import DataConfig, ModelConfig
+from chunklm.config.data import DataConfig
+from chunklm.config.schema import ModelConfig
 from chunklm.errors import ConfigError
-
 
 SPREAD = 4.0  # standard deviations of headroom, sqrt(mu) each, in the automatic factor
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from chunklm.config.capacity import stage_capacities
-from chunklm.config.schema import DataConfig, EvalConfig, KernelsConfig, MeshConfig, ModelConfig, TrainConfig
+from chunklm.config.data import DataConfig
+from chunklm.config.schema import EvalConfig, KernelsConfig, MeshConfig, ModelConfig, TrainConfig
 from chunklm.errors import ConfigError
 
 

@@ -12,7 +12,8 @@ import dataclasses
 import math
 from typing import Literal
 
-from chunklm.config.schema import DataConfig, TrainConfig
+from chunklm.config.data import DataConfig
+from chunklm.config.schema import TrainConfig
 from chunklm.errors import ConfigError
 
 Objective = Literal["span", "seq2seq"]

@@ -1,4 +1,5 @@
-"""The typed, frozen config sections: model, data, train, eval, mesh, kernels (experiment.py holds them together).
+"""The typed, frozen config sections: model, train, eval, mesh, kernels (data.py holds data; experiment.py holds them
+together).
 
 Every field is typed and documented in one line. A field with a closed set of choices has a `Literal` type, which the
 loader checks (loading.py, naming the valid ones); the other values are checked once in `__post_init__`. Per-level model
@@ -34,9 +35,6 @@ KernelImpl = Literal["auto", "xla", "pallas", "interpret"]  # chunk-op backends 
 AttentionImpl = Literal["auto", "xla", "cudnn"]  # softmax-attention backends
 RatioLoss = Literal["hnet", "hinge"]  # H-Net's two-sided ratio loss | a one-sided bound (FLEXITOKENS' idea)
 Compat = Literal["chunklm", "official"]  # H-Net numerics: chunklm's own, or the official code's (converted weights)
-DnaCase = Literal["keep", "upper", "lower"]
-DnaIupac = Literal["keep", "n"]
-DnaNRuns = Literal["keep", "drop", "split"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,67 +222,6 @@ class ModelConfig:
                                n_heads=(self.n_heads[0],), window=(self.window[0],), lr_multipliers=(),
                                router=("cosine",), pooling=("select",), target_ratio=(6.0,), capacity=(0,),
                                gumbel=dataclasses.replace(self.gumbel, script_ratios=()))
-
-
-@dataclasses.dataclass(frozen=True)
-class DnaConfig:
-  case: DnaCase = "keep"  # keep | upper | lower: fold soft-masked (lower-case) bases, or keep the mask
-  iupac: DnaIupac = "keep"  # keep | n: ambiguity codes (R, Y, S, W, K, M, B, D, H, V) kept or written as N
-  n_runs: DnaNRuns = "keep"  # keep | drop | split: runs of >= n_run_min N kept, removed, or split into documents
-  n_run_min: int = 1  # the shortest run of N that n_runs acts on
-  reverse_complement: float = 0.0  # probability that training reads a document as its reverse complement
-
-  def is_default(self) -> bool:
-    """True when reading leaves the sequences as they are (reverse_complement acts later, in training)."""
-    return (self.case, self.iupac, self.n_runs) == ("keep", "keep", "keep")
-
-  def __post_init__(self):
-    if self.n_run_min < 1:
-      raise ConfigError(f"data.dna.n_run_min: must be >= 1, got {self.n_run_min}")
-    if not 0 <= self.reverse_complement <= 1:
-      raise ConfigError(f"data.dna.reverse_complement: a probability in [0, 1], got {self.reverse_complement}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  sources: tuple[str, ...] = ()  # training paths (files, dirs, .jsonl, FASTA/FASTQ, .gz); () = Python stdlib
-  valid_sources: tuple[str, ...] = ()  # held-out paths; () = split `sources` by document
-  include: tuple[str, ...] = ("*",)  # glob patterns a file inside a directory must match (name or relative path)
-  exclude: tuple[str, ...] = ()  # glob patterns that skip files inside directories
-  jsonl_field: str = "text"  # field holding the text in .jsonl records
-  doc_separator: str = ""  # split text files into documents at this string; "" = one document per file
-  valid_fraction: float = 0.02  # fraction of documents held out when valid_sources is empty
-  split_seed: int = 0  # seed of the document hash that decides the train/valid split
-  seq_len: int = 256  # window length L in bytes
-  min_doc_bytes: int = 16  # shorter documents are skipped
-  max_docs_per_window: int = 0  # documents one training window may touch (the packer pads beyond); 0 = from the corpus
-  seed: int = 0  # shuffle seed (document order and window order per epoch)
-  mmap_min_mb: int = 256  # corpora larger than this are kept in a memory-mapped cache file, not in RAM
-  prefetch: int = 4  # batches prepared ahead by the grain iterator
-  tokenizer: str = ""  # sentencepiece model of a token-level model (BPE baseline); "" = bytes
-  dna: DnaConfig = DnaConfig()  # DNA cleaning (case, IUPAC codes, N runs) and reverse-complement augmentation
-
-  @property
-  def doc_slots(self) -> int:
-    """The documents a training window can touch, so the chunk slots an H-Net reserves for their starts:
-    `max_docs_per_window`, or before the corpus has set it (0) the bound from `min_doc_bytes` (each document is
-    BOS + >= min_doc_bytes bytes)."""
-    if self.max_docs_per_window:
-      return self.max_docs_per_window
-    return math.ceil(self.seq_len / (self.min_doc_bytes + 1)) + 1
-
-  def __post_init__(self):
-    if self.seq_len <= 1:
-      raise ConfigError(f"data.seq_len: must be > 1, got {self.seq_len}")
-    if self.min_doc_bytes < 1:
-      raise ConfigError(f"data.min_doc_bytes: must be >= 1, got {self.min_doc_bytes}")
-    if not 0 < self.valid_fraction < 1:
-      raise ConfigError(f"data.valid_fraction: must be in (0, 1), got {self.valid_fraction}")
-    if self.max_docs_per_window == 1 or self.max_docs_per_window < 0:
-      raise ConfigError(f"data.max_docs_per_window: must be >= 2 (a window can start inside one document and begin "
-                        f"another) or 0 (from the corpus), got {self.max_docs_per_window}")
-    if self.mmap_min_mb < 0 or self.prefetch < 0:
-      raise ConfigError("data.mmap_min_mb and data.prefetch must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

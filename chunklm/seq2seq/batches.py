@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chunklm.data.corpus import Documents
+from chunklm.config.mrt5 import MrT5Run
+from chunklm.data.corpus import Documents, load_splits
 from chunklm.data.pipeline import BOS
 from chunklm.data.sources import jsonl_objects
 from chunklm.data.span_corruption import EOS, corrupt
@@ -85,3 +86,37 @@ def pair_batch(pairs: list[Pair], seed: int, step: int, batch_size: int, seq_len
 
 def chunks(pairs: list[Pair], batch_size: int) -> list[list[Pair]]:
   return [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]
+
+
+EVAL_WINDOWS = 256  # span objective: held-out windows evaluated (a fixed set)
+
+
+class Data:
+  """The run's batches: training batch `step`, and the fixed evaluation batches."""
+
+  def __init__(self, cfg: MrT5Run, cache_dir: Path):
+    self.cfg = cfg
+    s, d = cfg.seq2seq, cfg.data
+    if s.objective == "span":
+      splits = load_splits(d, cache_dir=cache_dir)
+      self.train_docs, self.valid_docs = splits.train, splits.valid
+    else:
+      self.train_pairs, self.test_pairs = read_pairs(s.train_file), read_pairs(s.test_file)
+      for pairs, where in ((self.train_pairs, s.train_file), (self.test_pairs, s.test_file)):
+        pack(pairs, d.seq_len, s.target_len, where)  # every record fits, or a one-line error now
+
+  def train_batch(self, step: int) -> dict:
+    c, s = self.cfg, self.cfg.seq2seq
+    if s.objective == "span":
+      return span_batch(self.train_docs, c.data.seed, step, c.train.batch_size, c.data.seq_len, s.target_len,
+                        s.noise_density, s.mean_span)
+    return pair_batch(self.train_pairs, c.data.seed, step, c.train.batch_size, c.data.seq_len, s.target_len,
+                      s.train_file)
+
+  def eval_batches(self, batch_size: int) -> list[dict]:
+    c, s = self.cfg, self.cfg.seq2seq
+    if s.objective == "span":
+      n = -(-EVAL_WINDOWS // batch_size)
+      return [span_batch(self.valid_docs, c.data.seed + 1, i, batch_size, c.data.seq_len, s.target_len,
+                         s.noise_density, s.mean_span) for i in range(n)]
+    return [pack(p, c.data.seq_len, s.target_len) for p in chunks(self.test_pairs, batch_size)]

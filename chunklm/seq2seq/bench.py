@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from chunklm.run.workdir import RunDir
-from chunklm.seq2seq.trainer import Data, hard_front, open_mrt5
+from chunklm.seq2seq.batches import Data
+from chunklm.seq2seq.evaluation import hard_front
+from chunklm.seq2seq.trainer import open_mrt5
 
 
 def _back(graphdef, params, ids, valid, front_states, capacity):
