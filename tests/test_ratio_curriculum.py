@@ -90,4 +90,4 @@ def test_a_plain_stack_has_no_curriculum():
 
 def test_classification_refuses_a_curriculum():
   with pytest.raises(UserError, match="no ratio curriculum; add --set model.ratio_start=\\[\\]"):
-    _base_model(None, "hnet_1stage_tiny", ["model.ratio_start=[3]", "model.ratio_warmup_steps=5"], 0, print)
+    _base_model(None, "hnet_1stage_tiny", ["model.ratio_start=[3]", "model.ratio_warmup_steps=5"], 0)

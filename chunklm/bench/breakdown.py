@@ -16,9 +16,10 @@ from chunklm.bench.timing import median_time
 from chunklm.config import Config
 from chunklm.config.capacity import capacities
 from chunklm.model import chunking
-from chunklm.model.hnet import HNet
+from chunklm.model.hnet import HNet, MainStack
 from chunklm.model.lm import build_model
 from chunklm.model.plan import ChunkPlan
+from chunklm.model.stack import Stack
 
 
 def _time(fn, args, repeats: int) -> float:
@@ -48,7 +49,8 @@ def breakdown(cfg: Config, repeats: int = 5) -> list[tuple[str, float]]:
     return m.head(m.embed(ids))
   g, params = _fwd_bwd(model, embed_head, wrt_input=False)
   rows.append(("embedding + LM head", _time(lambda p: g(p, ids), (params,), repeats)))
-  net, level, seq = model.backbone, 0, length
+  net: Stack | MainStack | HNet = model.backbone
+  level, seq = 0, length
   while isinstance(net, HNet):
     d = cfg.model.d_model[level]
     x = jax.random.normal(key, (b, seq, d))
