@@ -7,6 +7,7 @@ def load(workdir, overrides=()):
   `m.params`."""
   # start-up: the package root stays light (importing chunklm.config must not load jax); lint-imports still sees it
   from chunklm.api import load as load_run
+
   return load_run(workdir, overrides)
 
 
@@ -18,4 +19,5 @@ def generate(workdir, prompts, **kwargs):
   """
   # start-up: the package root stays light (importing chunklm.config must not load jax); lint-imports still sees it
   from chunklm.eval.generate import generate_from_workdir
+
   return generate_from_workdir(workdir, prompts, **kwargs)

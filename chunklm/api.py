@@ -83,16 +83,34 @@ class Model:
       out.append(bpb if math.isfinite(bpb) else float("nan"))
     return out[0] if single else out
 
-  def generate(self, prompts: str | bytes | list, *, max_bytes: int = 200, temperature: float = 0.8, top_k: int = 0,
-               top_p: float = 0.95, stop: str | bytes = b"", seed: int = 0) -> bytes | list[bytes]:
+  def generate(
+    self,
+    prompts: str | bytes | list,
+    *,
+    max_bytes: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 0.95,
+    stop: str | bytes = b"",
+    seed: int = 0,
+  ) -> bytes | list[bytes]:
     """Continuations (bytes) of one prompt or a batch of them, as `chunklm generate`."""
     single = isinstance(prompts, (str, bytes, bytearray))
     items = [_as_bytes(p, "generate") for p in ([prompts] if single else _as_list(prompts, "generate"))]
     if max_bytes < 1:
       raise UserError(f"generate: max_bytes must be >= 1, got {max_bytes}")
-    out = generate_many(self.run.graphdef, self.params, items, max_new_bytes=max_bytes, temperature=temperature,
-                        top_k=top_k, top_p=top_p, stop=_as_bytes(stop, "stop"), seed=seed,
-                        tokenizer=self.run.tokenizer)
+    out = generate_many(
+      self.run.graphdef,
+      self.params,
+      items,
+      max_new_bytes=max_bytes,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      stop=_as_bytes(stop, "stop"),
+      seed=seed,
+      tokenizer=self.run.tokenizer,
+    )
     return out[0] if single else out
 
   def boundaries(self, text: str | bytes) -> Boundaries:
@@ -102,8 +120,9 @@ class Model:
       raise UserError(f"boundaries: {self.run.workdir} is a {self.run.kind} model, not an H-Net (no chunks)")
     data = _as_bytes(text, "boundaries")
     if len(data) > self.config.data.seq_len - 1:
-      raise UserError(f"boundaries: the text has {len(data):,} bytes; this model reads up to "
-                      f"{self.config.data.seq_len - 1:,} at once")
+      raise UserError(
+        f"boundaries: the text has {len(data):,} bytes; this model reads up to {self.config.data.seq_len - 1:,} at once"
+      )
     r = text_routing(self.run.graphdef, self.params, data, stages, self.config.data.seq_len)
     return Boundaries(data, list(r.starts), list(r.probs), picture(data, list(r.starts)))
 

@@ -39,8 +39,13 @@ class _Processes(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     record.process_tag = f"[p{self.index}/{self.count}] " if self.count > 1 else ""
-    return (self.count == 1 or self.index == 0 or self.every_process or record.levelno >= logging.WARNING
-            or getattr(record, "all_processes", False))
+    return (
+      self.count == 1
+      or self.index == 0
+      or self.every_process
+      or record.levelno >= logging.WARNING
+      or getattr(record, "all_processes", False)
+    )
 
 
 class _Plain(logging.Formatter):

@@ -61,10 +61,20 @@ class _Lines:
     self.stream.flush()
 
 
-def bar(iterable=None, *, enabled: bool, desc: str, total: int | None = None, unit: str = "it",
-        leave: bool = False) -> tqdm:
+def bar(
+  iterable=None, *, enabled: bool, desc: str, total: int | None = None, unit: str = "it", leave: bool = False
+) -> tqdm:
   """A tqdm bar on stderr: redrawn on a terminal, one line per `every()` seconds elsewhere."""
   term = on_terminal()
-  return tqdm(iterable, total=total, disable=not enabled, desc=desc, unit=unit, leave=leave and term,
-              file=sys.stderr if term else _Lines(sys.stderr), dynamic_ncols=term, ncols=None if term else 100,
-              mininterval=0.2 if term else every())
+  return tqdm(
+    iterable,
+    total=total,
+    disable=not enabled,
+    desc=desc,
+    unit=unit,
+    leave=leave and term,
+    file=sys.stderr if term else _Lines(sys.stderr),
+    dynamic_ncols=term,
+    ncols=None if term else 100,
+    mininterval=0.2 if term else every(),
+  )

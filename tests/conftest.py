@@ -19,9 +19,19 @@ jax.config.update("jax_cpu_enable_async_dispatch", False)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 TINY = [
-    "model.layout=[T2]", "model.d_model=32", "model.n_heads=2", "data.seq_len=32", "data.min_doc_bytes=4",
-    "train.batch_size=4", "train.steps=8", "train.warmup_steps=2", "train.log_every=1", "train.checkpoint_every=4",
-    "eval.batch_size=4", "eval.sample_bytes=8", "eval.max_bytes=2048",
+  "model.layout=[T2]",
+  "model.d_model=32",
+  "model.n_heads=2",
+  "data.seq_len=32",
+  "data.min_doc_bytes=4",
+  "train.batch_size=4",
+  "train.steps=8",
+  "train.warmup_steps=2",
+  "train.log_every=1",
+  "train.checkpoint_every=4",
+  "eval.batch_size=4",
+  "eval.sample_bytes=8",
+  "eval.max_bytes=2048",
 ]
 
 

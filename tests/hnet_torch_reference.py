@@ -53,8 +53,9 @@ def official_state_dict(js: dict, seed: int = 0, shapes_only: bool = False) -> d
         normal(f"{p}.mixer.in_proj.weight", (2 * d_inner + 2 * n + heads, d), 0.1)
         normal(f"{p}.mixer.conv1d.weight", (d_inner + 2 * n, 1, ssm["d_conv"]), 0.4)
         normal(f"{p}.mixer.conv1d.bias", (d_inner + 2 * n,), 0.1)
-        out[f"{p}.mixer.dt_bias"] = (heads,) if shapes_only else \
-            np.log(np.expm1(rng.uniform(1e-3, 1e-1, heads))).astype(np.float32)
+        out[f"{p}.mixer.dt_bias"] = (
+          (heads,) if shapes_only else np.log(np.expm1(rng.uniform(1e-3, 1e-1, heads))).astype(np.float32)
+        )
         out[f"{p}.mixer.A_log"] = (heads,) if shapes_only else np.log(rng.uniform(1, 16, heads)).astype(np.float32)
         around_one(f"{p}.mixer.D", heads)
         around_one(f"{p}.mixer.norm.weight", d_inner)
@@ -76,8 +77,9 @@ def official_state_dict(js: dict, seed: int = 0, shapes_only: bool = False) -> d
     isotropic(f"{prefix}.encoder", layout[0], s)
     isotropic(f"{prefix}.decoder", layout[2], s)
     for proj in ("q_proj_layer", "k_proj_layer"):  # identity plus noise: boundaries neither all nor none
-      out[f"{prefix}.routing_module.{proj}.weight"] = (d, d) if shapes_only else \
-          (np.eye(d) + 0.3 * rng.standard_normal((d, d))).astype(np.float32)
+      out[f"{prefix}.routing_module.{proj}.weight"] = (
+        (d, d) if shapes_only else (np.eye(d) + 0.3 * rng.standard_normal((d, d))).astype(np.float32)
+      )
     normal(f"{prefix}.residual_proj.weight", (d, d), 0.05)
     normal(f"{prefix}.residual_proj.bias", (d,), 0.1)
     hnet(f"{prefix}.main_network", s + 1)
@@ -94,6 +96,7 @@ class Reference:
 
   def __init__(self, state: dict, js: dict, bf16: bool = True):
     import torch
+
     self.torch = torch
     self.w = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in state.items()}
     self.js = js
@@ -109,12 +112,13 @@ class Reference:
     d_inner, n = ssm["expand"] * d, ssm["d_state"]
     heads = d_inner // 64
     zxbcdt = x @ self.w[f"{p}.in_proj.weight"].T
-    z, xbc, dt = zxbcdt[:, :d_inner], zxbcdt[:, d_inner:2 * d_inner + 2 * n], zxbcdt[:, 2 * d_inner + 2 * n:]
+    z, xbc, dt = zxbcdt[:, :d_inner], zxbcdt[:, d_inner : 2 * d_inner + 2 * n], zxbcdt[:, 2 * d_inner + 2 * n :]
     conv_w = self.w[f"{p}.conv1d.weight"]
-    xbc = F.conv1d(xbc.T[None], conv_w, self.w[f"{p}.conv1d.bias"], padding=conv_w.shape[-1] - 1,
-                   groups=xbc.shape[1])[0, :, :length].T
+    xbc = F.conv1d(xbc.T[None], conv_w, self.w[f"{p}.conv1d.bias"], padding=conv_w.shape[-1] - 1, groups=xbc.shape[1])[
+      0, :, :length
+    ].T
     xbc = F.silu(xbc)
-    xs, bs, cs = xbc[:, :d_inner].reshape(length, heads, 64), xbc[:, d_inner:d_inner + n], xbc[:, d_inner + n:]
+    xs, bs, cs = xbc[:, :d_inner].reshape(length, heads, 64), xbc[:, d_inner : d_inner + n], xbc[:, d_inner + n :]
     dt = F.softplus(dt + self.w[f"{p}.dt_bias"])
     a = -t.exp(self.w[f"{p}.A_log"])
     h = t.zeros(heads, 64, n)
@@ -142,6 +146,7 @@ class Reference:
         r, rest = u[..., :rot], u[..., rot:]
         half = rot // 2
         return t.cat([r * cos + t.cat([-r[..., half:], r[..., :half]], -1) * sin, rest], -1)
+
       q, k = rotate(q), rotate(k)
     scores = t.einsum("qhk,shk->hqs", q, k) / math.sqrt(k_dim)
     i, j = t.arange(length)[:, None], t.arange(length)[None]

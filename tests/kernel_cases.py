@@ -17,8 +17,13 @@ OPS = ("downsample", "upsample", "segment_pool", "segment_pool_mean", "ema_scan"
 TINY = Tiles(block_l=8, block_m=8, block_d=8, block_scan=8)
 # B, L, D, M: L and M not multiples of 8 (partial last tiles), M < L (overflow when most positions are boundaries).
 SHAPE = (2, 27, 8, 11)
-FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+  max_examples=12,
+  deadline=None,
+  derandomize=True,
+  database=None,
+  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def keep_pattern(kind: str, b: int, length: int, seed: int = 0) -> np.ndarray:
@@ -60,7 +65,8 @@ def p_strategy(b: int, m: int):
   """Hypothesis EMA coefficients: restarts (1), near-restarts, the model's clamps and ordinary values."""
   values = st.sampled_from([1.0, 1.0 - 1e-4, 0.5, 0.9, 0.1, 1e-4])
   return st.lists(st.lists(values, min_size=m, max_size=m), min_size=b, max_size=b).map(
-      lambda v: np.asarray(v, np.float32))
+    lambda v: np.asarray(v, np.float32)
+  )
 
 
 def call(op: str, impl, args: tuple, keep_BxL, capacity: int):
@@ -111,13 +117,16 @@ def assert_close(actual, desired, rtol: float, atol, what: str):
   excess = np.abs(actual - desired) - (atol + rtol * np.abs(desired))
   if np.isnan(actual).any() != np.isnan(desired).any() or (excess > 0).any():
     i = np.unravel_index(np.nanargmax(excess), excess.shape)
-    raise AssertionError(f"{what}: {(excess > 0).sum()} of {excess.size} elements off; worst at {i}: "
-                         f"{actual[i]} vs {desired[i]} (allowed {np.broadcast_to(atol, excess.shape)[i]} + "
-                         f"{rtol} x |desired|)")
+    raise AssertionError(
+      f"{what}: {(excess > 0).sum()} of {excess.size} elements off; worst at {i}: "
+      f"{actual[i]} vs {desired[i]} (allowed {np.broadcast_to(atol, excess.shape)[i]} + "
+      f"{rtol} x |desired|)"
+    )
 
 
-def assert_matches_reference(op: str, backend: api.Backend, keep_BxL, shape=SHAPE, dtype=jnp.float32, seed=0,
-                             p_BxM=None):
+def assert_matches_reference(
+  op: str, backend: api.Backend, keep_BxL, shape=SHAPE, dtype=jnp.float32, seed=0, p_BxM=None
+):
   """Output and VJP (random cotangent) of `backend` equal the reference's, computed in float32 from the same
   (dtype-rounded) inputs, within the dtype's tolerance (plus, in float32, the slack of reordered sums)."""
   capacity = shape[3]

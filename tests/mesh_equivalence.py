@@ -20,18 +20,29 @@ from chunklm.train.step import make_train_step  # noqa: E402
 from chunklm.train.trainer import setup_state  # noqa: E402
 
 SMALL = {  # CPU-sized versions of the bundled tiny configs (interpreted Pallas kernels are slow)
-    "byte_transformer_tiny": ["model.d_model=[32]", "model.n_heads=[2]"],
-    "hnet_1stage_tiny": ["model.d_model=[32,48]", "model.n_heads=[2,2]", "model.mamba.head_dim=16",
-                         "model.mamba.d_state=8", "model.mamba.chunk_size=16"],
-    "hnet_2stage_tiny": ["model.d_model=[32,40,48]", "model.n_heads=[2,2,2]", "model.mamba.head_dim=16",
-                         "model.mamba.d_state=8", "model.mamba.chunk_size=16"],
+  "byte_transformer_tiny": ["model.d_model=[32]", "model.n_heads=[2]"],
+  "hnet_1stage_tiny": [
+    "model.d_model=[32,48]",
+    "model.n_heads=[2,2]",
+    "model.mamba.head_dim=16",
+    "model.mamba.d_state=8",
+    "model.mamba.chunk_size=16",
+  ],
+  "hnet_2stage_tiny": [
+    "model.d_model=[32,40,48]",
+    "model.n_heads=[2,2,2]",
+    "model.mamba.head_dim=16",
+    "model.mamba.d_state=8",
+    "model.mamba.chunk_size=16",
+  ],
 }
 STEPS = 5
 
 
 def run(name: str, impl: str, devices: list, mesh_cfg: MeshConfig):
-  cfg = load_config(name, SMALL[name] + ["data.seq_len=64", "train.batch_size=8", "train.warmup_steps=1",
-                                         f"kernels.impl={impl}"])
+  cfg = load_config(
+    name, SMALL[name] + ["data.seq_len=64", "train.batch_size=8", "train.warmup_steps=1", f"kernels.impl={impl}"]
+  )
   mesh = make_mesh(mesh_cfg, devices)
   graphdef, tx, state, _ = setup_state(cfg)
   shardings = state_shardings(state, mesh)
@@ -50,15 +61,24 @@ def ops(impl: str) -> float:
   worst = 0.0
   for op in OPS:
     fn, args, aux = op_call(op, impl, make_inputs(4, 32, 8, "float32"))
+
     def both(a, x, f=fn):
       return f(a, x), jax.grad(lambda a: f(a, x).sum())(a)
+
     plain = jax.device_get(jax.jit(both)(args, aux))
     with jax.set_mesh(mesh):
       if impl != "xla":  # the Pallas path must run per shard
         assert "shard_map" in str(jax.make_jaxpr(both)(args, aux)), op
       sharded = jax.device_get(jax.jit(both)(args, aux))
-    worst = max([worst, *(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                          for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(sharded)))])
+    worst = max(
+      [
+        worst,
+        *(
+          float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+          for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(sharded))
+        ),
+      ]
+    )
   return worst
 
 

@@ -43,8 +43,11 @@ def test_score_generate_boundaries(converted):
   assert b"".join(b.chunks()) == TEXT[:40].encode()
   assert len(b.chunks()) == int(b.starts[0].sum()) + (0 if b.starts[0][0] else 1)
   assert b.picture.replace("│", "").replace("↵", "\n") == TEXT[:40]
-  for bad, call in (("empty text", lambda: m.score("")), ("expected str or bytes", lambda: m.score([3])),
-                    ("reads up to 63", lambda: m.boundaries("x" * 100))):
+  for bad, call in (
+    ("empty text", lambda: m.score("")),
+    ("expected str or bytes", lambda: m.score([3])),
+    ("reads up to 63", lambda: m.boundaries("x" * 100)),
+  ):
     with pytest.raises(UserError, match=bad):
       call()
 
@@ -62,7 +65,10 @@ def test_score_equals_the_reference_bits_per_byte(converted):
   run, state = converted
   data = TEXT[:50].encode()
   logits, _ = Reference(state, ONE_STAGE).forward(np.array([254, *data]))  # BOS, then the text, as chunklm reads
-  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1,
-                                                                                                      keepdims=True)
+  logp = (
+    logits
+    - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    - logits.max(-1, keepdims=True)
+  )
   nll = -sum(logp[i, data[i]] for i in range(len(data)))
   assert chunklm.load(run).score(data) == pytest.approx(nll / len(data) / math.log(2), rel=1e-5)

@@ -10,7 +10,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "chunklm"
 MAX_LINES = 400
 OPTIONAL_EXTRAS = {"torch", "libtpu"}  # may be imported where used, with a comment saying why
-STARTUP_DEFERRED = {"__init__.py": {"chunklm.eval.generate", "chunklm.api"}, "cli/__init__.py": {"chunklm.cli.commands"}}
+STARTUP_DEFERRED = {
+  "__init__.py": {"chunklm.eval.generate", "chunklm.api"},
+  "cli/__init__.py": {"chunklm.cli.commands"},
+}
 
 
 def _modules():
@@ -79,8 +82,14 @@ def test_the_function_rule_finds_a_long_function(tmp_path):
 
 def _layout_names():
   tree = ast.parse((PACKAGE / "run" / "workdir.py").read_text())
-  return {node.value.value for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id.isupper()
-          and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+  return {
+    node.value.value
+    for node in tree.body
+    if isinstance(node, ast.Assign)
+    and node.targets[0].id.isupper()
+    and isinstance(node.value, ast.Constant)
+    and isinstance(node.value.value, str)
+  }
 
 
 def _spelled_layout_names(root: Path, names: set[str]):
@@ -100,6 +109,7 @@ def test_the_workdir_layout_is_spelled_in_one_module():
 
 
 def test_the_layout_rule_finds_a_spelled_name(tmp_path):
-  (tmp_path / "m.py").write_text('from pathlib import Path\n\n"""config.yaml in prose is fine"""\n'
-                                 'p = Path("run") / "metrics.jsonl"\n')
+  (tmp_path / "m.py").write_text(
+    'from pathlib import Path\n\n"""config.yaml in prose is fine"""\np = Path("run") / "metrics.jsonl"\n'
+  )
   assert [hit.split(":")[1] for hit in _spelled_layout_names(tmp_path, {"metrics.jsonl", "config.yaml"})] == ["4"]

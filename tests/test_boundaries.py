@@ -34,7 +34,7 @@ def test_boundary_levels_from_a_model():
     if stages == 2:
       assert not (levels[1] & ~levels[0]).any(), "a stage-1 boundary is always a stage-0 boundary"
     ids = np.zeros((1, cfg.data.seq_len), np.int32)
-    ids[0, 0], ids[0, 1:len(data) + 1] = 0xFE, list(data)
+    ids[0, 0], ids[0, 1 : len(data) + 1] = 0xFE, list(data)
     seg = (np.arange(cfg.data.seq_len) <= len(data)).astype(np.int32)[None]
     stages = _routing(graphdef, params, ids, seg)
-    assert int(levels[0].sum()) == int(stages[0].boundaries_BxL[0, 1:len(data) + 1].sum())
+    assert int(levels[0].sum()) == int(stages[0].boundaries_BxL[0, 1 : len(data) + 1].sum())

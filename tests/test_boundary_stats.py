@@ -43,19 +43,34 @@ def test_corpus_routing_covers_the_last_byte_when_the_stream_fills_whole_windows
   assert len(routed) == 1 and routed[0][0] == text
   assert routed[0][1].starts[0].shape == (len(text),) and not np.isnan(routed[0][1].probs[0]).any()
   alone = text_routing(graphdef, params, text, 1, cfg.data.seq_len)  # the first window's bytes
-  np.testing.assert_array_equal(routed[0][1].starts[0][:len(alone.starts[0])], alone.starts[0])
+  np.testing.assert_array_equal(routed[0][1].starts[0][: len(alone.starts[0])], alone.starts[0])
 
 
 @pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_boundaries_cli(tmp_path, corpus_dir, capsys):
   from chunklm.cli import main
   from conftest import TINY
+
   sets = [a for o in TINY + HNET1 + ["train.steps=2", "eval.sample_bytes=0"] for a in ("--set", o)]
   wd = tmp_path / "h"
   assert main(["train", "--no-progress", "--data", str(corpus_dir), "--workdir", str(wd), *sets]) == 0
   capsys.readouterr()
-  assert main(["boundaries", "--workdir", str(wd), "--text", "def main(args):", "--max-bytes", "2000",
-               "--json", str(tmp_path / "b.json")]) == 0
+  assert (
+    main(
+      [
+        "boundaries",
+        "--workdir",
+        str(wd),
+        "--text",
+        "def main(args):",
+        "--max-bytes",
+        "2000",
+        "--json",
+        str(tmp_path / "b.json"),
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "stage 0:" in out and "precision" in out and "bytes per chunk" in out
   figures = __import__("json").loads((tmp_path / "b.json").read_text())["stage 0"]
@@ -70,8 +85,22 @@ def test_boundaries_cli(tmp_path, corpus_dir, capsys):
   assert "window     32 stage 0" in out and "window     64 stage 0" in out and "overflow by factor" in out
   bt = tmp_path / "b"
   sets_b = [a for o in TINY + ["train.steps=2", "eval.sample_bytes=0"] for a in ("--set", o)]
-  assert main(["train", "--config", "byte_transformer_tiny", "--no-progress", "--data", str(corpus_dir),
-               "--workdir", str(bt), *sets_b]) == 0
+  assert (
+    main(
+      [
+        "train",
+        "--config",
+        "byte_transformer_tiny",
+        "--no-progress",
+        "--data",
+        str(corpus_dir),
+        "--workdir",
+        str(bt),
+        *sets_b,
+      ]
+    )
+    == 0
+  )
   capsys.readouterr()
   assert main(["boundaries", "--workdir", str(bt), "--text", "x"]) == 2
   assert "need an H-Net" in capsys.readouterr().err

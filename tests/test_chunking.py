@@ -26,8 +26,9 @@ def test_ema_scan_equals_python_loop():
   z = rng.normal(size=(3, 37, 5))
   p = rng.uniform(0, 1, size=(3, 37))
   p[:, [0, 11, 30]] = 1.0  # restarts
-  np.testing.assert_allclose(ref.ema_scan(jnp.asarray(z, jnp.float32), jnp.asarray(p, jnp.float32)),
-                             naive_ema(z, p), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    ref.ema_scan(jnp.asarray(z, jnp.float32), jnp.asarray(p, jnp.float32)), naive_ema(z, p), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_downsample_upsample_pool_by_hand():

@@ -32,8 +32,9 @@ def write_task(path, n: int, seed: int) -> None:
     for i in range(n):
       label = ("letters", "digits")[i % 2]
       alphabet = "abcdefghij " if label == "letters" else "0123456789 "
-      f.write(json.dumps({"text": "".join(rng.choice(alphabet) for _ in range(rng.randint(8, 40))),
-                          "label": label}) + "\n")
+      f.write(
+        json.dumps({"text": "".join(rng.choice(alphabet) for _ in range(rng.randint(8, 40))), "label": label}) + "\n"
+      )
 
 
 def test_records_jsonl_and_fasta(tmp_path):
@@ -45,10 +46,14 @@ def test_records_jsonl_and_fasta(tmp_path):
   (tmp_path / "a.fa").write_text(">r1 species=ecoli\nACGT\nAC\n>r2 species=saur x\nGG\n")
   records = read_records(tmp_path / "a.fa", r"species=(\w+)")
   assert [(r.data, r.label) for r in records] == [(b"ACGTAC", "ecoli"), (b"GG", "saur")]
-  for text, regex, message in [('{"label": 1}\n', None, 'string field "text"'),
-                               ('{"text": "a"}\n', None, 'field "label"'), ("not json\n", None, "invalid JSON"),
-                               (">r1 x\nAC\n", r"species=(\w+)", "does not match the header"),
-                               (">r1 x\nAC\n", None, "need --label-regex"), (">r1 x\nAC\n", "x", "needs one group")]:
+  for text, regex, message in [
+    ('{"label": 1}\n', None, 'string field "text"'),
+    ('{"text": "a"}\n', None, 'field "label"'),
+    ("not json\n", None, "invalid JSON"),
+    (">r1 x\nAC\n", r"species=(\w+)", "does not match the header"),
+    (">r1 x\nAC\n", None, "need --label-regex"),
+    (">r1 x\nAC\n", "x", "needs one group"),
+  ]:
     path = tmp_path / ("b.fa" if text.startswith(">") else "b.jsonl")
     path.write_text(text)
     with pytest.raises(UserError, match=message):
@@ -60,8 +65,12 @@ def test_report_matches_hand_counts():
   r = classification_report([0, 0, 0, 1, 1, 2], [0, 1, 0, 1, 2, 2], ["a", "b", "c"])
   assert r["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
   assert r["accuracy"] == pytest.approx(4 / 6)
-  assert r["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
-                                 "support": 3}
+  assert r["per_class"]["a"] == {
+    "precision": 1.0,
+    "recall": pytest.approx(2 / 3),
+    "f1": pytest.approx(0.8),
+    "support": 3,
+  }
   assert r["per_class"]["b"]["f1"] == pytest.approx(0.5) and r["per_class"]["c"]["f1"] == pytest.approx(2 / 3)
   assert r["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
 
@@ -69,6 +78,7 @@ def test_report_matches_hand_counts():
 @pytest.mark.parametrize("layout", [[], HNET], ids=["transformer", "hnet"])
 def test_pooled_features_are_the_models_states(layout):
   from chunklm.model.functional import merge_model, split_model
+
   cfg = tiny_config(*layout)
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 32)), jnp.int32)
   lengths = jnp.array([32, 20, 5])
@@ -86,8 +96,9 @@ def test_pooled_features_are_the_models_states(layout):
   np.testing.assert_allclose(logits, head_of_h, rtol=1e-6)  # the logits are the hidden states through the head
   assert len(chunk_states) == (1 if layout else 0)
   for pooling in ("mean", "last"):
-    clf_def, clf_params = split_model(Classifier(merge_model(graphdef, params), 2, pooling=pooling, head="linear",
-                                                 hidden=8, rngs=nnx.Rngs(params=1)))
+    clf_def, clf_params = split_model(
+      Classifier(merge_model(graphdef, params), 2, pooling=pooling, head="linear", hidden=8, rngs=nnx.Rngs(params=1))
+    )
     feats = jax.jit(lambda p: merge_model(clf_def, p).features(ids, lengths)[0])(clf_params)
     for b, n in enumerate([32, 20, 5]):
       if pooling == "last":
@@ -104,37 +115,103 @@ def test_classify_train_eval_predict_from_scratch_and_fine_tuned(tmp_path, capsy
   write_task(tmp_path / "train.jsonl", 96, 0)
   write_task(tmp_path / "test.jsonl", 40, 1)
   config = tmp_path / "tiny.yaml"
-  config.write_text("model:\n  layout: [T1, [T1], T1]\n  d_model: [32, 48]\n  n_heads: [2, 2]\n"
-                    "  target_ratio: [3.0]\n")
-  common = ["--data", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl"), "--steps", "40",
-            "--batch-size", "8", "--seq-len", "48", "--eval-every", "20", "--no-progress", "--lr", "3e-3"]
+  config.write_text("model:\n  layout: [T1, [T1], T1]\n  d_model: [32, 48]\n  n_heads: [2, 2]\n  target_ratio: [3.0]\n")
+  common = [
+    "--data",
+    str(tmp_path / "train.jsonl"),
+    "--test",
+    str(tmp_path / "test.jsonl"),
+    "--steps",
+    "40",
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "48",
+    "--eval-every",
+    "20",
+    "--no-progress",
+    "--lr",
+    "3e-3",
+  ]
   out = tmp_path / "scratch"
-  assert main(["classify", "train", "--config", str(config), *common, "--out", str(out),
-               "--json", str(tmp_path / "r.json")]) == 0
+  assert (
+    main(["classify", "train", "--config", str(config), *common, "--out", str(out), "--json", str(tmp_path / "r.json")])
+    == 0
+  )
   report = json.loads((tmp_path / "r.json").read_text())
   assert report["accuracy"] >= 0.9, report
   assert (out / "confusion.png").stat().st_size > 0
   assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [20, 40]
   # eval on the same test set reproduces the figures; predict labels unlabelled records
-  assert main(["classify", "eval", "--workdir", str(out), "--data", str(tmp_path / "test.jsonl"),
-               "--plot", str(tmp_path / "c.png"), "--json", str(tmp_path / "e.json")]) == 0
+  assert (
+    main(
+      [
+        "classify",
+        "eval",
+        "--workdir",
+        str(out),
+        "--data",
+        str(tmp_path / "test.jsonl"),
+        "--plot",
+        str(tmp_path / "c.png"),
+        "--json",
+        str(tmp_path / "e.json"),
+      ]
+    )
+    == 0
+  )
   assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == report["accuracy"]
   (tmp_path / "new.jsonl").write_text('{"text": "abc abc"}\n{"text": "123 456"}\n')
-  assert main(["classify", "predict", "--workdir", str(out), "--data", str(tmp_path / "new.jsonl"),
-               "--out", str(tmp_path / "p.jsonl")]) == 0
+  assert (
+    main(
+      [
+        "classify",
+        "predict",
+        "--workdir",
+        str(out),
+        "--data",
+        str(tmp_path / "new.jsonl"),
+        "--out",
+        str(tmp_path / "p.jsonl"),
+      ]
+    )
+    == 0
+  )
   preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
   assert [p["label"] for p in preds] == ["letters", "digits"]
   assert all(abs(sum(p["probs"].values()) - 1) < 1e-4 for p in preds)
   # fine-tuning a trained run, backbone frozen: only the head moves
   corpus = write_corpus(tmp_path / "corpus")
   source = tmp_path / "source"
-  trainer.train(tiny_config("train.steps=2", "train.checkpoint_every=2", data=corpus), source, progress=False,
-                log=lambda *a, **k: None)
+  trainer.train(
+    tiny_config("train.steps=2", "train.checkpoint_every=2", data=corpus),
+    source,
+    progress=False,
+    log=lambda *a, **k: None,
+  )
   frozen = tmp_path / "frozen"
-  assert main(["classify", "train", "--init-from", str(source), "--freeze-backbone", "--pooling", "last",
-               "--head", "mlp", *common, "--out", str(frozen)]) == 0
+  assert (
+    main(
+      [
+        "classify",
+        "train",
+        "--init-from",
+        str(source),
+        "--freeze-backbone",
+        "--pooling",
+        "last",
+        "--head",
+        "mlp",
+        *common,
+        "--out",
+        str(frozen),
+      ]
+    )
+    == 0
+  )
   from chunklm.classify.trainer import load_classifier
   from chunklm.run.trained import open_run
+
   _, params, *_ = load_classifier(frozen)
   before = open_run(source).params
   for a, b in zip(jax.tree.leaves(params["lm"]), jax.tree.leaves(before)):
@@ -146,8 +223,12 @@ def test_classify_never_writes_into_another_run(tmp_path, capsys):
   """--out naming a training run (here the one it starts from) is refused before anything is written."""
   write_task(tmp_path / "t.jsonl", 8, 0)
   source = tmp_path / "source"
-  trainer.train(tiny_config("train.steps=2", "train.checkpoint_every=2", data=write_corpus(tmp_path / "corpus")),
-                source, progress=False, log=lambda *a, **k: None)
+  trainer.train(
+    tiny_config("train.steps=2", "train.checkpoint_every=2", data=write_corpus(tmp_path / "corpus")),
+    source,
+    progress=False,
+    log=lambda *a, **k: None,
+  )
   before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
   data = ["--data", str(tmp_path / "t.jsonl"), "--test", str(tmp_path / "t.jsonl")]
   assert main(["classify", "train", "--init-from", str(source), *data, "--out", str(source)]) == 2
@@ -155,12 +236,15 @@ def test_classify_never_writes_into_another_run(tmp_path, capsys):
   assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     ([], "either --init-from RUN"),
     (["--config", "hnet_1stage_tiny", "--init-from", "x"], "either --init-from RUN"),
     (["--config", "hnet_1stage_tiny", "--steps", "0"], "--steps must be >= 1"),
     (["--init-from", "nowhere"], "is not a training run"),
-])
+  ],
+)
 def test_bad_classify_input_is_one_line(tmp_path, capsys, args, message):
   write_task(tmp_path / "t.jsonl", 4, 0)
   data = ["--data", str(tmp_path / "t.jsonl"), "--test", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o")]
@@ -168,8 +252,23 @@ def test_bad_classify_input_is_one_line(tmp_path, capsys, args, message):
   err = capsys.readouterr().err.strip()
   assert message in err and len(err.splitlines()) == 1, err
   (tmp_path / "one.jsonl").write_text('{"text": "a", "label": "x"}\n')
-  assert main(["classify", "train", "--config", "hnet_1stage_tiny", "--data", str(tmp_path / "one.jsonl"),
-               "--test", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o2")]) == 2
+  assert (
+    main(
+      [
+        "classify",
+        "train",
+        "--config",
+        "hnet_1stage_tiny",
+        "--data",
+        str(tmp_path / "one.jsonl"),
+        "--test",
+        str(tmp_path / "t.jsonl"),
+        "--out",
+        str(tmp_path / "o2"),
+      ]
+    )
+    == 2
+  )
   assert "at least 2 classes" in capsys.readouterr().err
   assert main(["classify", "eval", "--workdir", str(tmp_path), "--data", str(tmp_path / "t.jsonl")]) == 2
   assert "holds no classifier" in capsys.readouterr().err

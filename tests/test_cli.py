@@ -26,24 +26,48 @@ def run_cli(capsys, *argv):
 def test_smoke_train_eval_generate(tmp_path, corpus_dir):
   wd = tmp_path / "run"
   cmd = [sys.executable, "-m", "chunklm.cli"]
-  train = subprocess.run(cmd + ["train", "--config", "byte_transformer_tiny", *SET, "--data", str(corpus_dir),
-                                "--workdir", str(wd), "--no-progress"], capture_output=True, text=True, timeout=300)
+  train = subprocess.run(
+    cmd
+    + [
+      "train",
+      "--config",
+      "byte_transformer_tiny",
+      *SET,
+      "--data",
+      str(corpus_dir),
+      "--workdir",
+      str(wd),
+      "--no-progress",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert train.returncode == 0, train.stderr
   assert "valid bits per byte" in train.stdout and "order-0 byte entropy" in train.stdout
   assert "checkpoint" in train.stdout and (wd / "loss.png").exists()
-  ev = subprocess.run(cmd + ["eval", "--workdir", str(wd), "--data", str(corpus_dir / "doc000.py")],
-                      capture_output=True, text=True, timeout=300)
+  ev = subprocess.run(
+    cmd + ["eval", "--workdir", str(wd), "--data", str(corpus_dir / "doc000.py")],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert ev.returncode == 0, ev.stderr
   n = len((corpus_dir / "doc000.py").read_bytes())
   assert f"bits per byte over {n:,} bytes" in ev.stdout
-  gen = subprocess.run(cmd + ["generate", "--workdir", str(wd), "--prompt", "def ", "--max-bytes", "12",
-                              "--seed", "3"], capture_output=True, text=True, timeout=300)
+  gen = subprocess.run(
+    cmd + ["generate", "--workdir", str(wd), "--prompt", "def ", "--max-bytes", "12", "--seed", "3"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert gen.returncode == 0, gen.stderr
   assert gen.stdout.startswith("def ")
 
 
-@pytest.mark.parametrize("sub", ["train", "eval", "generate", "compare", "tokenizer", "robustness", "boundaries",
-                                 "report", "info", "bench"])
+@pytest.mark.parametrize(
+  "sub", ["train", "eval", "generate", "compare", "tokenizer", "robustness", "boundaries", "report", "info", "bench"]
+)
 def test_every_subcommand_has_help(capsys, sub):
   with pytest.raises(SystemExit) as e:
     main([sub, "--help"])
@@ -63,28 +87,45 @@ def _bad(tmp_path, corpus_dir):
   deflate[20:40] = bytes(range(200, 220))  # header and CRC intact, the compressed stream garbled
   (tmp_path / "deflate.txt.gz").write_bytes(bytes(deflate))
   return {
-      "missing data": (["--data", str(tmp_path / "nope")], "no such file or directory"),
-      "missing valid data": (["--valid-data", str(tmp_path / "nope")], "--valid-data " + str(tmp_path / "nope")),
-      "unreadable data": (["--data", str(gz)], "cannot read"),
-      "corrupt deflate data": (["--data", str(tmp_path / "deflate.txt.gz")], "cannot read"),
-      "non-finite setting": (["--set", "train.lr=inf"], "train.lr: must be a finite number"),
-      "model too big": (["--set", "model.d_model=65536"], "GiB per device"),
-      "no matching files": (["--data", str(empty_dir)], "no files matching"),
-      "empty corpus": (["--data", str(tmp_path / "empty.txt"), "--valid-data", str(corpus_dir)], "is empty"),
-      "shorter than a window": (["--data", str(tmp_path / "short.txt"), "--valid-data", str(corpus_dir)],
-                                "shorter than one window"),
-      "invalid yaml": (["--config", str(tmp_path / "bad.yaml")], "invalid YAML"),
-      "unknown key": (["--set", "train.stepz=3"], "unknown key 'train.stepz'; valid keys in train: steps"),
-      "wrong type": (["--set", "train.steps=many"], "expected int"),
-      "non-positive size": (["--set", "model.d_model=0"], "must be positive"),
-      "bad set syntax": (["--set", "train.steps"], "expected KEY=VALUE"),
+    "missing data": (["--data", str(tmp_path / "nope")], "no such file or directory"),
+    "missing valid data": (["--valid-data", str(tmp_path / "nope")], "--valid-data " + str(tmp_path / "nope")),
+    "unreadable data": (["--data", str(gz)], "cannot read"),
+    "corrupt deflate data": (["--data", str(tmp_path / "deflate.txt.gz")], "cannot read"),
+    "non-finite setting": (["--set", "train.lr=inf"], "train.lr: must be a finite number"),
+    "model too big": (["--set", "model.d_model=65536"], "GiB per device"),
+    "no matching files": (["--data", str(empty_dir)], "no files matching"),
+    "empty corpus": (["--data", str(tmp_path / "empty.txt"), "--valid-data", str(corpus_dir)], "is empty"),
+    "shorter than a window": (
+      ["--data", str(tmp_path / "short.txt"), "--valid-data", str(corpus_dir)],
+      "shorter than one window",
+    ),
+    "invalid yaml": (["--config", str(tmp_path / "bad.yaml")], "invalid YAML"),
+    "unknown key": (["--set", "train.stepz=3"], "unknown key 'train.stepz'; valid keys in train: steps"),
+    "wrong type": (["--set", "train.steps=many"], "expected int"),
+    "non-positive size": (["--set", "model.d_model=0"], "must be positive"),
+    "bad set syntax": (["--set", "train.steps"], "expected KEY=VALUE"),
   }
 
 
-@pytest.mark.parametrize("case", ["missing data", "missing valid data", "unreadable data", "corrupt deflate data", "non-finite setting",
-                                  "model too big", "no matching files", "empty corpus",
-                                  "shorter than a window", "invalid yaml", "unknown key", "wrong type",
-                                  "non-positive size", "bad set syntax"])
+@pytest.mark.parametrize(
+  "case",
+  [
+    "missing data",
+    "missing valid data",
+    "unreadable data",
+    "corrupt deflate data",
+    "non-finite setting",
+    "model too big",
+    "no matching files",
+    "empty corpus",
+    "shorter than a window",
+    "invalid yaml",
+    "unknown key",
+    "wrong type",
+    "non-positive size",
+    "bad set syntax",
+  ],
+)
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, corpus_dir, capsys, case):
   extra, message = _bad(tmp_path, corpus_dir)[case]
   wd = tmp_path / "run"
@@ -99,8 +140,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, corpus_dir, caps
 
 def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
   wd = tmp_path / "run"
-  base = ["train", "--config", "byte_transformer_tiny", "--no-progress", "--workdir", str(wd),
-          "--data", str(corpus_dir)] + SET
+  base = [
+    "train",
+    "--config",
+    "byte_transformer_tiny",
+    "--no-progress",
+    "--workdir",
+    str(wd),
+    "--data",
+    str(corpus_dir),
+  ] + SET
   assert run_cli(capsys, *base, "--set", "train.steps=2")[0] == 0
   code, _, err = run_cli(capsys, *base, "--set", "model.n_heads=4")
   assert code == 2 and "another model or optimizer state (model.n_heads: [2] -> [4])" in err
@@ -116,9 +165,31 @@ def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
 
 
 def test_bench_train_prints_its_figures(capsys, corpus_dir, tmp_path):
-  assert main(["bench", "train", "--config", "byte_transformer_tiny", "--set", "model.d_model=32", "--set",
-               "data.seq_len=32", "--set", "data.min_doc_bytes=4", "--set", f"data.sources=[{corpus_dir}]",
-               "--steps", "2", "--warmup", "0", "--json", str(tmp_path / "out" / "bench.json")]) == 0
+  assert (
+    main(
+      [
+        "bench",
+        "train",
+        "--config",
+        "byte_transformer_tiny",
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "data.min_doc_bytes=4",
+        "--set",
+        f"data.sources=[{corpus_dir}]",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        str(tmp_path / "out" / "bench.json"),
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "step (median of 2)" in out and "training bytes/s" in out and "train FLOPs/byte" in out
   figures = json.loads((tmp_path / "out" / "bench.json").read_text())  # what was printed, for scripts
@@ -127,22 +198,44 @@ def test_bench_train_prints_its_figures(capsys, corpus_dir, tmp_path):
 
 # One grammar: each shared option means the same on every command that can use it.
 SHARED = {
-    "--set": ["train", "eval", "generate", "compare", "boundaries", "robustness", "tokenizer train", "info",
-              "bench train", "bench generate", "bench capacity", "bench compile"],
-    "--data": ["train", "eval", "compare", "boundaries", "robustness", "tokenizer train"],
-    "--max-bytes": ["eval", "boundaries", "robustness", "bench capacity"],  # leading data bytes (generate's: output)
-    "--seed": ["generate", "report", "robustness", "bench generate"],
-    "--out": ["compare", "boundaries", "report", "robustness", "tokenizer train"],
-    "--json": ["eval", "compare", "boundaries", "robustness", "bench train", "bench generate", "bench kernels",
-               "bench capacity", "bench compile"],
-    "--no-progress": ["train", "eval", "compare", "robustness"],
-    "--progress-every": ["train", "eval", "compare", "robustness"],
+  "--set": [
+    "train",
+    "eval",
+    "generate",
+    "compare",
+    "boundaries",
+    "robustness",
+    "tokenizer train",
+    "info",
+    "bench train",
+    "bench generate",
+    "bench capacity",
+    "bench compile",
+  ],
+  "--data": ["train", "eval", "compare", "boundaries", "robustness", "tokenizer train"],
+  "--max-bytes": ["eval", "boundaries", "robustness", "bench capacity"],  # leading data bytes (generate's: output)
+  "--seed": ["generate", "report", "robustness", "bench generate"],
+  "--out": ["compare", "boundaries", "report", "robustness", "tokenizer train"],
+  "--json": [
+    "eval",
+    "compare",
+    "boundaries",
+    "robustness",
+    "bench train",
+    "bench generate",
+    "bench kernels",
+    "bench capacity",
+    "bench compile",
+  ],
+  "--no-progress": ["train", "eval", "compare", "robustness"],
+  "--progress-every": ["train", "eval", "compare", "robustness"],
 }
 
 
 def _option_groups(sub: str) -> dict[str, str]:
   """{option: the title of its help group} of a subcommand."""
   from chunklm.cli.parser import build_parser
+
   p = build_parser()
   for word in sub.split():
     p = next(a for a in p._actions if a.dest in ("command", "tokenizer", "bench")).choices[word]
@@ -160,6 +253,7 @@ def test_shared_options_are_offered_alike(option):
 
 def test_progress_interval_setting(monkeypatch):
   from chunklm import progress
+
   monkeypatch.setenv("CHUNKLM_PROGRESS_EVERY", "2.5")
   assert progress.every() == 2.5
   progress.set_every(7)
@@ -174,6 +268,7 @@ def test_progress_interval_setting(monkeypatch):
 
 def test_progress_off_a_terminal_is_plain_lines(capsys):
   from chunklm import progress
+
   progress.set_every(1e-9)
   try:
     for _ in progress.bar(range(3), enabled=True, desc="eval", total=3):
@@ -186,16 +281,32 @@ def test_progress_off_a_terminal_is_plain_lines(capsys):
 
 def test_command_line_bytes_and_escapes():
   from chunklm.cli.generate import escaped_bytes
+
   assert escaped_bytes(r"\n;", "--stop") == b"\n;"
   assert escaped_bytes(r"\u20ac", "--stop") == escaped_bytes("\u20ac", "--stop") == "\u20ac".encode()
   with pytest.raises(UserError, match=r"--stop '\\\\x': truncated"):
     escaped_bytes("\\x", "--stop")
 
 
-@pytest.mark.parametrize("sub", [["train"], ["eval"], ["generate"], ["compare"], ["boundaries"], ["report"],
-                                 ["robustness"], ["tokenizer", "train"], ["info"], ["bench", "train"],
-                                 ["bench", "kernels"], ["bench", "generate"], ["bench", "capacity"],
-                                 ["bench", "compile"]])
+@pytest.mark.parametrize(
+  "sub",
+  [
+    ["train"],
+    ["eval"],
+    ["generate"],
+    ["compare"],
+    ["boundaries"],
+    ["report"],
+    ["robustness"],
+    ["tokenizer", "train"],
+    ["info"],
+    ["bench", "train"],
+    ["bench", "kernels"],
+    ["bench", "generate"],
+    ["bench", "capacity"],
+    ["bench", "compile"],
+  ],
+)
 def test_every_bad_argument_is_one_line(capsys, sub):
   with pytest.raises(SystemExit) as e:
     main([*sub, "--no-such-flag"])
@@ -211,25 +322,32 @@ def test_version(capsys):
 
 
 def test_flags_load_no_jax_and_every_command_has_one_body():
-  probe = ("import sys; from chunklm.cli.parser import build_parser, _leaves; "
-           "print(sorted(p.get_default('body') for p in _leaves(build_parser()))); print('jax' in sys.modules)")
+  probe = (
+    "import sys; from chunklm.cli.parser import build_parser, _leaves; "
+    "print(sorted(p.get_default('body') for p in _leaves(build_parser()))); print('jax' in sys.modules)"
+  )
   out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
   assert out[1] == "False", "the parser modules (cli/parser.py, options.py, flags/) must not import jax"
   from chunklm.cli.commands import COMMANDS
+
   assert json.loads(out[0].replace("'", '"')) == sorted(COMMANDS)
 
 
 def test_cli_functions_are_short():
   cli = Path(__file__).resolve().parents[1] / "chunklm" / "cli"
-  long = [f"{p.relative_to(cli)}:{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)" for p in sorted(cli.rglob("*.py"))
-          for fn in ast.walk(ast.parse(p.read_text())) if isinstance(fn, ast.FunctionDef)
-          and fn.end_lineno - fn.lineno + 1 > 80]
+  long = [
+    f"{p.relative_to(cli)}:{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)"
+    for p in sorted(cli.rglob("*.py"))
+    for fn in ast.walk(ast.parse(p.read_text()))
+    if isinstance(fn, ast.FunctionDef) and fn.end_lineno - fn.lineno + 1 > 80
+  ]
   assert not long, f"split these functions (over 80 lines): {long}"
 
 
 def test_quiet_and_verbose_before_or_after_the_command(capsys, tmp_path, corpus_dir):
   from chunklm import logs
   from chunklm.cli.parser import build_parser
+
   p = build_parser()
   assert p.parse_args(["info"]).verbosity is None
   assert p.parse_args(["--quiet", "info"]).verbosity == "quiet"

@@ -26,9 +26,9 @@ def write_spec(path, models, **extra):
 
 def tiny_models():
   return [
-      {"name": "hnet", "config": "hnet_1stage_tiny", "set": SMALL + HNET1},
-      {"name": "bytes", "config": "byte_transformer_tiny", "set": SMALL, "match_flops": "hnet"},
-      {"name": "bpe", "config": "bpe_transformer_tiny", "set": SMALL + ["data.seq_len=12"], "match_flops": "hnet"},
+    {"name": "hnet", "config": "hnet_1stage_tiny", "set": SMALL + HNET1},
+    {"name": "bytes", "config": "byte_transformer_tiny", "set": SMALL, "match_flops": "hnet"},
+    {"name": "bpe", "config": "bpe_transformer_tiny", "set": SMALL + ["data.seq_len=12"], "match_flops": "hnet"},
   ]
 
 
@@ -38,8 +38,9 @@ def test_spec_errors(tmp_path):
   with pytest.raises(ConfigError, match="unique"):
     compare.load_spec(write_spec(tmp_path / "b.yaml", [{"name": "x", "config": "byte_transformer_tiny"}] * 2))
   with pytest.raises(ConfigError, match="unknown model 'y'"):
-    compare.load_spec(write_spec(tmp_path / "c.yaml", [{"name": "x", "config": "byte_transformer_tiny",
-                                                          "match_flops": "y"}]))
+    compare.load_spec(
+      write_spec(tmp_path / "c.yaml", [{"name": "x", "config": "byte_transformer_tiny", "match_flops": "y"}])
+    )
   with pytest.raises(ConfigError, match="unknown key"):
     compare.load_spec(write_spec(tmp_path / "d.yaml", [{"name": "x", "config": "byte_transformer_tiny"}], budget=3))
   with pytest.raises(ConfigError, match="bundled specs: .*tiny_code"):
@@ -55,11 +56,12 @@ def test_spec_errors(tmp_path):
 def test_specs_are_read_by_the_config_loader(tmp_path):
   byte = {"name": "x", "config": "byte_transformer_tiny"}
   for extra, models, message in (
-      ({"budget_bytes": "lots"}, [byte], r"s\.yaml: budget_bytes: expected int, got 'lots'$"),
-      ({}, [{"name": "x"}], r"s\.yaml: models\[0\]: needs config$"),
-      ({}, [{**byte, "sett": ["train.lr=1"]}], r"models\[0\]\.sett: unknown key; valid keys in models\[0\]: name, "),
-      ({}, [{**byte, "vary": ["depth"]}], r"models\[0\]\.vary\[0\]: unknown vary 'depth'; valid: layers, width$"),
-      ({}, [{**byte, "set": "train.lr=1"}], None)):  # one override is a list of one, as in a config
+    ({"budget_bytes": "lots"}, [byte], r"s\.yaml: budget_bytes: expected int, got 'lots'$"),
+    ({}, [{"name": "x"}], r"s\.yaml: models\[0\]: needs config$"),
+    ({}, [{**byte, "sett": ["train.lr=1"]}], r"models\[0\]\.sett: unknown key; valid keys in models\[0\]: name, "),
+    ({}, [{**byte, "vary": ["depth"]}], r"models\[0\]\.vary\[0\]: unknown vary 'depth'; valid: layers, width$"),
+    ({}, [{**byte, "set": "train.lr=1"}], None),
+  ):  # one override is a list of one, as in a config
     path = write_spec(tmp_path / "s.yaml", models, **extra)
     if message is None:
       assert compare.load_spec(path).models[0].set == ("train.lr=1",)
@@ -71,25 +73,44 @@ def test_specs_are_read_by_the_config_loader(tmp_path):
 
 
 def test_a_token_model_is_told_by_its_vocabulary_not_by_an_error(tmp_path):
-  spec = compare.load_spec(write_spec(tmp_path / "s.yaml", [
-      {"name": "b", "config": "byte_transformer_tiny"},
-      {"name": "t", "config": "byte_transformer_tiny", "set": ["model.vocab_size=300", "data.tokenizer="]}]))
+  spec = compare.load_spec(
+    write_spec(
+      tmp_path / "s.yaml",
+      [
+        {"name": "b", "config": "byte_transformer_tiny"},
+        {"name": "t", "config": "byte_transformer_tiny", "set": ["model.vocab_size=300", "data.tokenizer="]},
+      ],
+    )
+  )
   plain = compare.plain_configs(spec, [])
   assert plain["t"].model.is_token_model and plain["t"].data.tokenizer == compare_configs.TOKENIZER_PENDING
   assert not plain["b"].model.is_token_model and plain["b"].data.tokenizer == ""
   configs, _ = compare.resolve_configs(spec, [], "/x/tok.model", 3.0, plain=plain)
   assert configs["t"].data.tokenizer == "/x/tok.model" and configs["t"].model.vocab_size == 300
   with pytest.raises(ConfigError, match=r"^model t: model\.n_heads: d_model 128 is not divisible by n_heads 3"):
-    compare.plain_configs(dataclasses.replace(spec, models=(dataclasses.replace(
-        spec.models[1], set=spec.models[1].set + ("model.n_heads=3",)),)), [])
+    compare.plain_configs(
+      dataclasses.replace(
+        spec, models=(dataclasses.replace(spec.models[1], set=spec.models[1].set + ("model.n_heads=3",)),)
+      ),
+      [],
+    )
 
 
 def test_models_on_different_data_are_refused(tmp_path):
-  spec = compare.load_spec(write_spec(tmp_path / "s.yaml", [
-      {"name": "a", "config": "byte_transformer_tiny"},
-      {"name": "b", "config": "byte_transformer_tiny", "set": ["data.split_seed=3"]}]))
-  with pytest.raises(UserError, match=r"models a and b would train on different data \(data\.split_seed: 0 \(a\) "
-                                      r"vs 3 \(b\)\)"):
+  spec = compare.load_spec(
+    write_spec(
+      tmp_path / "s.yaml",
+      [
+        {"name": "a", "config": "byte_transformer_tiny"},
+        {"name": "b", "config": "byte_transformer_tiny", "set": ["data.split_seed=3"]},
+      ],
+    )
+  )
+  with pytest.raises(
+    UserError,
+    match=r"models a and b would train on different data \(data\.split_seed: 0 \(a\) "
+    r"vs 3 \(b\)\)",
+  ):
     compare.check_same_data(compare.plain_configs(spec, []))
 
 
@@ -105,8 +126,9 @@ def test_flops_matching_is_within_five_percent(other):
 
 
 def test_report_shows_executed_flops_beside_the_measured_ones():
-  row = lambda executed: compare_report.Row("m", "H-Net (1 stage)", 10**6, 4e6, executed, 100.0, 2.0, 6.0,
-                                            [(1.0, 2.0, 3.0)], None)
+  row = lambda executed: compare_report.Row(
+    "m", "H-Net (1 stage)", 10**6, 4e6, executed, 100.0, 2.0, 6.0, [(1.0, 2.0, 3.0)], None
+  )
   assert compare_report._cells(row(5.2e6))[4] == "5.20 M (1.30x)"
   assert compare_report._cells(row(4e6))[4] == "4.00 M"
 
@@ -118,11 +140,18 @@ def test_data_efficiency_is_read_off_the_curves_on_the_same_bytes():
   leading = [(10, 1.0, 50.0), (20, 2.2, 100.0), (30, 1.8, 100.0)]  # the first point is on fewer bytes: not used
   assert compare_report.bytes_to_reach(leading, 2.0) == pytest.approx(25.0)
   row = lambda name, c: compare_report.Row(name, "k", 1, 1.0, 1.0, 1.0, c[-1][1], 1.0, c, None)
-  lines = compare_report.efficiency([row("ref", curve((10, 3.0), (40, 2.0))), row("h", curve((10, 2.5), (20, 1.9))),
-                                     row("slow", curve((10, 3.5), (40, 2.5)))], "ref")
+  lines = compare_report.efficiency(
+    [
+      row("ref", curve((10, 3.0), (40, 2.0))),
+      row("h", curve((10, 2.5), (20, 1.9))),
+      row("slow", curve((10, 3.5), (40, 2.5))),
+    ],
+    "ref",
+  )
   assert lines[1] == "h: 18 bytes, 2.18x fewer" and lines[2].startswith("slow: not reached within its 40 bytes")
-  early = compare_report.efficiency([row("ref", curve((10, 3.0), (40, 2.0))), row("e", curve((10, 1.9), (40, 1.8)))],
-                                    "ref")
+  early = compare_report.efficiency(
+    [row("ref", curve((10, 3.0), (40, 2.0))), row("e", curve((10, 1.9), (40, 1.8)))], "ref"
+  )
   assert early[1] == "e: at most 10 bytes (already at its first evaluation), at least 4.00x fewer"
 
 
@@ -141,8 +170,10 @@ def test_end_to_end_and_resume(tmp_path, corpus_dir, capsys):
   assert rows["hnet"][column].endswith("x)") and "x)" not in rows["bytes"][column]  # only chunk slots cost extra
   assert "<table>" in (out / "report.html").read_text()
   # the token model is scored on the same bytes: every model's final evaluation covers the same byte count
-  finals = {n: [r for r in read_jsonl(out / n / "metrics.jsonl") if r["split"] == "valid"][-1]["bytes"]
-            for n in ("hnet", "bytes", "bpe")}
+  finals = {
+    n: [r for r in read_jsonl(out / n / "metrics.jsonl") if r["split"] == "valid"][-1]["bytes"]
+    for n in ("hnet", "bytes", "bpe")
+  }
   assert len(set(finals.values())) == 1
   capsys.readouterr()
   (out / "report.md").unlink()
@@ -174,10 +205,12 @@ def test_sweep_values_and_expansion():
 
 
 def test_spec_sweep_expands_into_runs_with_their_flops_references(tmp_path):
-  models = [{"name": "h", "config": "hnet_1stage_tiny"},
-            {"name": "t", "config": "byte_transformer_tiny", "match_flops": "h"}]
+  models = [
+    {"name": "h", "config": "hnet_1stage_tiny"},
+    {"name": "t", "config": "byte_transformer_tiny", "match_flops": "h"},
+  ]
   spec = compare.load_spec(write_spec(tmp_path / "s.yaml", models, sweep={"train.lr": [1e-3, 4e-3]}, seeds=2))
-  assert spec.sweep == (("train.lr", ("0.001", "0.004")), ) and spec.seeds == 2
+  assert spec.sweep == (("train.lr", ("0.001", "0.004")),) and spec.seeds == 2
   expanded, runs = compare.expand_spec(spec, compare.plain_configs(spec, []))
   by_name = {m.name: m for m in expanded.models}
   assert by_name["t@train.lr=0.004@seed1"].match_flops == "h@train.lr=0.004@seed1"
@@ -191,8 +224,11 @@ def test_spec_sweep_expands_into_runs_with_their_flops_references(tmp_path):
   assert (shifted["h@train.lr=0.001"].train.seed, shifted["h@train.lr=0.001"].data.seed) == (7, 3)
   with pytest.raises(UserError, match="different data"):
     compare.check_same_data(configs)
-  for bad, match in (({"sweep": {"train.lr": 3}}, "sweep must map"), ({"seeds": 0}, "at least 1"),
-                     ({"sweep": {"train.lr": ["a/b"]}}, "may not contain")):
+  for bad, match in (
+    ({"sweep": {"train.lr": 3}}, "sweep must map"),
+    ({"seeds": 0}, "at least 1"),
+    ({"sweep": {"train.lr": ["a/b"]}}, "may not contain"),
+  ):
     with pytest.raises(ConfigError, match=match):
       compare.load_spec(write_spec(tmp_path / "b.yaml", models, **bad))
 
@@ -211,9 +247,12 @@ def test_summary_mean_spread_and_best_point(tmp_path):
   assert "**h** (1.6000); t +1.0000 (+62.5%)" in text
   assert sweeps.plot(summaries, {"train.lr": ("1", "2", "4")}, tmp_path / "s.png").exists()
   unsorted = {"train.lr": ("4", "1", "2")}  # the edges are the lowest and highest values, not the first and last
-  best = sweeps.best_per_model(sweeps.summarise(sweeps.expand(["t"], unsorted, 1),
-                                                {"t@train.lr=4": 2.5, "t@train.lr=1": 3.0, "t@train.lr=2": 2.0}),
-                               unsorted)
+  best = sweeps.best_per_model(
+    sweeps.summarise(
+      sweeps.expand(["t"], unsorted, 1), {"t@train.lr=4": 2.5, "t@train.lr=1": 3.0, "t@train.lr=2": 2.0}
+    ),
+    unsorted,
+  )
   assert best["t"][0].point == (("train.lr", "2"),) and best["t"][1] == ""
   partial = sweeps.summarise(runs, {runs[0].name: 2.0, runs[2].name: 1.0, runs[3].name: 1.4})
   assert [s.bpbs for s in partial] == [[2.0], [1.0, 1.4]]  # a run not trained yet is left out, not counted
@@ -223,13 +262,19 @@ def test_summary_mean_spread_and_best_point(tmp_path):
 
 
 def test_budget_sweep_trains_each_run_on_its_own_budget(tmp_path):
-  models = [{"name": "h", "config": "byte_transformer_tiny", "set": SMALL},
-            {"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=32"], "match_flops": "h"}]
+  models = [
+    {"name": "h", "config": "byte_transformer_tiny", "set": SMALL},
+    {"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=32"], "match_flops": "h"},
+  ]
   spec = compare.load_spec(write_spec(tmp_path / "s.yaml", models, sweep={"budget_bytes": [1000, 4000]}))
   expanded, runs = compare.expand_spec(spec, compare.plain_configs(spec, []))
   by_name = {m.name: m for m in expanded.models}
-  assert [r.name for r in runs] == ["h@budget_bytes=1000", "h@budget_bytes=4000", "t@budget_bytes=1000",
-                                    "t@budget_bytes=4000"]
+  assert [r.name for r in runs] == [
+    "h@budget_bytes=1000",
+    "h@budget_bytes=4000",
+    "t@budget_bytes=1000",
+    "t@budget_bytes=4000",
+  ]
   big = by_name["t@budget_bytes=4000"]
   assert big.budget_bytes == 4000 and big.match_flops == "h@budget_bytes=4000"
   assert not any("budget" in o for m in expanded.models for o in m.run_set)  # not a config field
@@ -249,50 +294,96 @@ def test_budget_curve_lines_and_plot(tmp_path):
   assert "| model | 1,000 bytes | 4,000 bytes |" in text
   assert "| hnet | 2.3000 ± 0.1414 (2.2000–2.4000) | 2.0000 ± 0.1414 (1.9000–2.1000) |" in text
   # +15.0 % at 1,000 bytes, +11.1 % at 4,000 (two doublings): the gap narrows by 1.94 points per doubling
-  assert "- hnet vs bpe: +15.0% at 1,000 bytes, +11.1% at 4,000: the gap narrows by 1.94 percentage points per doubling" in text
+  assert (
+    "- hnet vs bpe: +15.0% at 1,000 bytes, +11.1% at 4,000: the gap narrows by 1.94 percentage points per doubling"
+    in text
+  )
   assert "best of" not in "\n".join(sweeps.lines(summaries, sweep, 2, best=False))
   flops = {(s.model, s.point): 5e6 for s in summaries}
   assert sweeps.plot_budget(summaries, flops, tmp_path / "b.png").exists()
   grid = {"budget_bytes": ("1000", "4000"), "train.lr": ("1", "2")}  # with another key: each model's best per budget
   runs = sweeps.expand(["hnet", "bpe"], grid, 1)
-  text = "\n".join(sweeps.budget_lines(sweeps.summarise(runs, dict(zip([r.name for r in runs],
-                                                                        [2.5, 2.3, 2.0, 2.1, 2.0, 2.2, 1.8, 1.9]))), grid))
-  assert "| hnet | 2.3000 (train.lr=2) | 2.0000 (train.lr=1) |" in text and "+15.0% at 1,000 bytes, +11.1% at 4,000" in text
+  text = "\n".join(
+    sweeps.budget_lines(
+      sweeps.summarise(runs, dict(zip([r.name for r in runs], [2.5, 2.3, 2.0, 2.1, 2.0, 2.2, 1.8, 1.9]))), grid
+    )
+  )
+  assert (
+    "| hnet | 2.3000 (train.lr=2) | 2.0000 (train.lr=1) |" in text and "+15.0% at 1,000 bytes, +11.1% at 4,000" in text
+  )
   runs = sweeps.expand(["hnet", "bpe", "new"], sweep, 1)  # hnet ahead, then behind; "new" only at the small budget
-  text = "\n".join(sweeps.budget_lines(sweeps.summarise(runs, {"hnet@budget_bytes=1000": 1.9, "hnet@budget_bytes=4000": 1.89,
-                                                                "bpe@budget_bytes=1000": 2.0, "bpe@budget_bytes=4000": 1.8,
-                                                                "new@budget_bytes=1000": 2.5}), sweep))
-  assert "- hnet vs bpe: -5.0% at 1,000 bytes, +5.0% at 4,000: ahead at the smaller budget, behind at the larger " \
-         "(+5.00 percentage points per doubling of the budget)" in text
+  text = "\n".join(
+    sweeps.budget_lines(
+      sweeps.summarise(
+        runs,
+        {
+          "hnet@budget_bytes=1000": 1.9,
+          "hnet@budget_bytes=4000": 1.89,
+          "bpe@budget_bytes=1000": 2.0,
+          "bpe@budget_bytes=4000": 1.8,
+          "new@budget_bytes=1000": 2.5,
+        },
+      ),
+      sweep,
+    )
+  )
+  assert (
+    "- hnet vs bpe: -5.0% at 1,000 bytes, +5.0% at 4,000: ahead at the smaller budget, behind at the larger "
+    "(+5.00 percentage points per doubling of the budget)" in text
+  )
   assert "| new | 2.5000 | – |" in text and "- new vs bpe: fewer than two budgets finished by both" in text
-  partial = sweeps.summarise(sweeps.expand(["bpe"], grid, 2), {"bpe@budget_bytes=1000@train.lr=1": 2.0,
-                                                                 "bpe@budget_bytes=1000@train.lr=2": 1.5,
-                                                                 "bpe@budget_bytes=1000@train.lr=1@seed1": 2.1})
+  partial = sweeps.summarise(
+    sweeps.expand(["bpe"], grid, 2),
+    {
+      "bpe@budget_bytes=1000@train.lr=1": 2.0,
+      "bpe@budget_bytes=1000@train.lr=2": 1.5,
+      "bpe@budget_bytes=1000@train.lr=1@seed1": 2.1,
+    },
+  )
   assert sweeps.best_per_budget(partial)["bpe"][1000].point == (("budget_bytes", "1000"), ("train.lr", "1"))
 
 
 def test_sweep_command_line_errors(tmp_path, capsys):
   spec = write_spec(tmp_path / "s.yaml", [{"name": "t", "config": "byte_transformer_tiny", "set": SMALL}])
   base = ["compare", "--spec", str(spec), "--out", str(tmp_path / "o"), "--no-progress"]
-  for extra, message in ((["--sweep", "train.lr"], "expected KEY=V1,V2"), (["--seeds", "0"], "at least 1"),
-                         (["--models", "x"], "--models x: not in spec"),
-                         (["--sweep", "train.lr=1e-3,2e-3", "--set", "train.lr=1e-3"], "swept and also set"),
-                         (["--sweep", "data.split_seed=1,2"], "every run of a comparison reads the same bytes"),
-                         (["--sweep", "train.seed=1,2", "--seeds", "2"], "the seeds already shift train.seed"),
-                         (["--sweep", "budget_bytes=2.5e6"], "budgets are whole positive numbers of training bytes"),
-                         (["--sweep", "budget_bytes=1000,²"], "budgets are whole positive numbers of training bytes"),
-                         (["--sweep", "budget_bytes=1000,2000", "--budget-bytes", "500"], "in one of them")):
+  for extra, message in (
+    (["--sweep", "train.lr"], "expected KEY=V1,V2"),
+    (["--seeds", "0"], "at least 1"),
+    (["--models", "x"], "--models x: not in spec"),
+    (["--sweep", "train.lr=1e-3,2e-3", "--set", "train.lr=1e-3"], "swept and also set"),
+    (["--sweep", "data.split_seed=1,2"], "every run of a comparison reads the same bytes"),
+    (["--sweep", "train.seed=1,2", "--seeds", "2"], "the seeds already shift train.seed"),
+    (["--sweep", "budget_bytes=2.5e6"], "budgets are whole positive numbers of training bytes"),
+    (["--sweep", "budget_bytes=1000,²"], "budgets are whole positive numbers of training bytes"),
+    (["--sweep", "budget_bytes=1000,2000", "--budget-bytes", "500"], "in one of them"),
+  ):
     assert main(base + extra) == 2
     assert message in capsys.readouterr().err
 
 
 def test_sweep_over_seeds_end_to_end(tmp_path, corpus_dir, capsys):
-  models = [{"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},
-            {"name": "u", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]}]
+  models = [
+    {"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},
+    {"name": "u", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},
+  ]
   spec = write_spec(tmp_path / "s.yaml", models, budget_bytes=1024, evals=1)
   out = tmp_path / "out"
-  args = ["compare", "--spec", str(spec), "--out", str(out), "--data", str(corpus_dir), "--no-progress",
-          "--sweep", "train.lr=1e-2", "--seeds", "2", "--models", "t"]  # two runs: the unit tests cover the grid
+  args = [
+    "compare",
+    "--spec",
+    str(spec),
+    "--out",
+    str(out),
+    "--data",
+    str(corpus_dir),
+    "--no-progress",
+    "--sweep",
+    "train.lr=1e-2",
+    "--seeds",
+    "2",
+    "--models",
+    "t",
+  ]  # two runs: the unit tests cover the grid
   assert main(args) == 0
   names = ["t@train.lr=0.01", "t@train.lr=0.01@seed1"]
   assert all((out / n / "checkpoints").is_dir() for n in names) and not (out / "u@train.lr=0.01").exists()
@@ -310,13 +401,17 @@ def test_sweep_over_seeds_end_to_end(tmp_path, corpus_dir, capsys):
 
 
 def test_budget_sweep_end_to_end(tmp_path, corpus_dir):
-  models = [{"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},
-            {"name": "u", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16", "train.lr=3e-2"]}]
+  models = [
+    {"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},
+    {"name": "u", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16", "train.lr=3e-2"]},
+  ]
   spec = write_spec(tmp_path / "s.yaml", models, evals=1, sweep={"budget_bytes": [512, 1536]})
   out = tmp_path / "out"
   assert main(["compare", "--spec", str(spec), "--out", str(out), "--data", str(corpus_dir), "--no-progress"]) == 0
-  steps = {n: max(r["step"] for r in read_jsonl(out / n / "metrics.jsonl"))
-           for n in ("t@budget_bytes=512", "t@budget_bytes=1536", "u@budget_bytes=1536")}
+  steps = {
+    n: max(r["step"] for r in read_jsonl(out / n / "metrics.jsonl"))
+    for n in ("t@budget_bytes=512", "t@budget_bytes=1536", "u@budget_bytes=1536")
+  }
   assert steps["t@budget_bytes=1536"] == steps["u@budget_bytes=1536"] == 3 * steps["t@budget_bytes=512"]
   md = (out / "report.md").read_text()
   assert "| model | 512 bytes | 1,536 bytes |" in md and "points per doubling of the budget" in md

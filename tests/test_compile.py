@@ -105,8 +105,9 @@ def test_abstract_state_allocates_nothing_and_matches_the_real_one():
   assert n_abstract == n_real
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
   assert jax.tree.structure(abstract) == jax.tree.structure(real)
-  assert [(x.shape, x.dtype) for x in jax.tree.leaves(abstract)] == \
-      [(np.shape(x), x.dtype) for x in jax.tree.leaves(real)]
+  assert [(x.shape, x.dtype) for x in jax.tree.leaves(abstract)] == [
+    (np.shape(x), x.dtype) for x in jax.tree.leaves(real)
+  ]
 
 
 def test_abstract_batch_has_the_pipelines_fields():
@@ -125,11 +126,26 @@ def test_bad_topologies_are_one_line_errors():
 
 @pytest.mark.skipif(HAS_LIBTPU, reason="checks the message shown without the tpu extra")
 def test_without_libtpu_the_command_says_which_extra_to_install():
-  proc = subprocess.run([sys.executable, "-m", "chunklm.cli", "bench", "compile", "--config", "hnet_1stage_tiny",
-                         "--topology", "v5p:2x2x1"], capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "chunklm.cli",
+      "bench",
+      "compile",
+      "--config",
+      "hnet_1stage_tiny",
+      "--topology",
+      "v5p:2x2x1",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      "chunklm: error: chunklm bench compile needs libtpu for TPU topologies: pip install 'chunklm[tpu]' (~700 MB)"]
+    "chunklm: error: chunklm bench compile needs libtpu for TPU topologies: pip install 'chunklm[tpu]' (~700 MB)"
+  ]
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="needs the tpu extra (libtpu) to compile for TPU topologies")
@@ -141,4 +157,3 @@ def test_hnet_S_with_pallas_kernels_compiles_for_small_tpu_slices(topology, mesh
   assert r.flops_per_chip > 0.5 * r.nominal_flops_per_chip
   if "mesh.fsdp=4" in mesh:  # FSDP: weights gathered, gradients reduce-scattered
     assert r.collectives["all-gather"]["count"] > 0 and r.collectives["reduce-scatter"]["count"] > 0
-

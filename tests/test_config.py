@@ -35,8 +35,10 @@ def test_every_bundled_config_loads():
 
 
 def test_overrides_convert_types_and_broadcast():
-  cfg = load_config("byte_transformer_tiny", ["model.d_model=256", "train.steps=500", "train.lr=1e-3",
-                                              "data.sources=[a.txt, b.txt]", "eval.sample_prompt=123"])
+  cfg = load_config(
+    "byte_transformer_tiny",
+    ["model.d_model=256", "train.steps=500", "train.lr=1e-3", "data.sources=[a.txt, b.txt]", "eval.sample_prompt=123"],
+  )
   assert cfg.model.d_model == (256,) and cfg.train.steps == 500 and cfg.train.lr == 1e-3
   assert cfg.data.sources == ("a.txt", "b.txt")
   assert cfg.eval.sample_prompt == "123"  # strings stay strings
@@ -58,7 +60,9 @@ def test_unknown_key_names_it_and_lists_valid_keys():
     from_dict(Config, {"train": {"stepz": 3}})
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("train.steps=abc", r"train\.steps: expected int, got 'abc'"),
     ("train.steps=0", r"train\.steps: must be positive"),
     ("model.d_model=-4", r"sizes must be positive"),
@@ -70,7 +74,8 @@ def test_unknown_key_names_it_and_lists_valid_keys():
     ("train.batch_size=2.5", r"expected int"),
     ("train=3", r"train is a section"),
     ("steps", r"expected KEY=VALUE"),
-])
+  ],
+)
 def test_bad_values_are_config_errors(override, message):
   with pytest.raises(ConfigError, match=message):
     load_config(None, [override])
@@ -92,12 +97,23 @@ def _choice_fields(cls: type, prefix: str = ""):
 
 def test_every_choice_field_is_checked_by_the_loader():
   fields = {key: (choices, per_stage) for key, choices, per_stage in _choice_fields(Config)}
-  assert {"model.router", "model.pooling", "model.dtype", "model.entropy.mode", "data.dna.n_runs",
-          "train.nan_policy", "kernels.impl", "kernels.attention"} <= set(fields)
+  assert {
+    "model.router",
+    "model.pooling",
+    "model.dtype",
+    "model.entropy.mode",
+    "data.dna.n_runs",
+    "train.nan_policy",
+    "kernels.impl",
+    "kernels.attention",
+  } <= set(fields)
   for key, (choices, per_stage) in fields.items():
     valid = ", ".join(choices)
-    message = (rf"^{key}\[0\]: unknown {key.rsplit('.', 1)[-1]} 'bogus'; valid: {valid}$" if per_stage
-               else rf"^{key}: 'bogus' is not one of {valid}$")
+    message = (
+      rf"^{key}\[0\]: unknown {key.rsplit('.', 1)[-1]} 'bogus'; valid: {valid}$"
+      if per_stage
+      else rf"^{key}: 'bogus' is not one of {valid}$"
+    )
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
       load_config("hnet_1stage_tiny", [f"{key}=bogus"])
     assert load_config("hnet_1stage_tiny", [f"{key}={choices[-1]}"])  # and each of the choices is taken
@@ -145,7 +161,8 @@ def test_differing_fields():
 
 def test_base_is_deep_merged_under_the_file(tmp_path):
   (tmp_path / "child.yaml").write_text(
-      "base: hnet_1stage_tiny\nmodel:\n  router: [gumbel]\n  gumbel: {temperature: 0.3}\ntrain: {steps: 7}\n")
+    "base: hnet_1stage_tiny\nmodel:\n  router: [gumbel]\n  gumbel: {temperature: 0.3}\ntrain: {steps: 7}\n"
+  )
   expected = load_config("hnet_1stage_tiny", ["model.router=[gumbel]", "model.gumbel.temperature=0.3", "train.steps=7"])
   assert load_config(tmp_path / "child.yaml") == expected
 
@@ -194,7 +211,9 @@ def test_router_sections_take_nested_overrides():
   assert cfg.model.delete_gate.keep_all and cfg.model.delete_gate.scale == -30.0
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("model.gumbel.temperature=0", r"model\.gumbel\.temperature: must be > 0"),
     ("model.gumbel.prior_weight=-1", r"model\.gumbel\.prior_weight: must be >= 0"),
     ("model.entropy.momentum=1", r"model\.entropy\.momentum: must be in \[0, 1\)"),
@@ -202,11 +221,15 @@ def test_router_sections_take_nested_overrides():
     ("model.entropy.mode=sideways", r"model\.entropy\.mode: 'sideways' is not one of global, jump"),
     ("model.delete_gate.scale=2", r"model\.delete_gate\.scale: k must be negative"),
     ("model.whitespace.boundary=tabs", r"model\.whitespace\.boundary: 'tabs' is not one of"),
-    ("model.gumbel.temp=0.3", r"unknown key 'model\.gumbel\.temp'; valid keys in model\.gumbel: temperature, "
-                              r"prior_weight, script_ratios"),
+    (
+      "model.gumbel.temp=0.3",
+      r"unknown key 'model\.gumbel\.temp'; valid keys in model\.gumbel: temperature, "
+      r"prior_weight, script_ratios",
+    ),
     ("model.gumbel_temperature=0.3", r"unknown key 'model\.gumbel_temperature'"),
     ("model.gumbel=0.3", r"model\.gumbel is a section; set one of its keys, e\.g\. model\.gumbel\.temperature="),
-])
+  ],
+)
 def test_bad_router_settings_are_config_errors(override, message):
   with pytest.raises(ConfigError, match=message):
     load_config("hnet_1stage_tiny", [override])
@@ -250,6 +273,9 @@ def test_other_config_formats_are_refused(tmp_path):
   assert read_config_format(path) is None
   path.write_text("config_format: 3\ntrain: {steps: 5}\n")
   assert read_config_format(path) == 3
-  with pytest.raises(ConfigError, match=r"config\.yaml was written by another chunklm version \(config format 3; "
-                                        r"this one reads 2\)"):
+  with pytest.raises(
+    ConfigError,
+    match=r"config\.yaml was written by another chunklm version \(config format 3; "
+    r"this one reads 2\)",
+  ):
     load_config(path)

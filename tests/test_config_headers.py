@@ -8,8 +8,11 @@ from chunklm import cli
 from chunklm.config import CONFIG_DIR
 
 QUOTE_RE = re.compile(r"([\d.]+) M parameters; ([\d.]+) M training FLOPs per byte")
-QUOTED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")
-                if QUOTE_RE.search("".join(line for line in p.read_text().splitlines(True) if line.startswith("#"))))
+QUOTED = sorted(
+  p.stem
+  for p in CONFIG_DIR.glob("*.yaml")
+  if QUOTE_RE.search("".join(line for line in p.read_text().splitlines(True) if line.startswith("#")))
+)
 
 
 def _decimals(number: str) -> int:

@@ -65,7 +65,8 @@ def test_file_names_that_are_not_utf8_load_and_split(tmp_path):
   with open(bytes(root) + b"/caf\xe9.txt", "wb") as f:  # a Latin-1 file name
     f.write(b"hello world " * 200)
   (root / "b.txt").write_text("more text here " * 200)
-  splits = corpus.load_splits(DataConfig(sources=(str(root),), valid_fraction=0.5, seq_len=32),
-                              cache_dir=tmp_path / "cache")
+  splits = corpus.load_splits(
+    DataConfig(sources=(str(root),), valid_fraction=0.5, seq_len=32), cache_dir=tmp_path / "cache"
+  )
   names = sorted(splits.train.names + splits.valid.names)
   assert names == ["d/b.txt", "d/caf\\xe9.txt"]

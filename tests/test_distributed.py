@@ -31,14 +31,41 @@ def bpb(stdout: str) -> float:
 @pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 @pytest.mark.multiprocess
 def test_two_processes_train_like_one(tmp_path, corpus_dir):
-  cmd = [sys.executable, "-m", "chunklm.cli", "train", "--config", "byte_transformer_tiny", *SET, "--data",
-         str(corpus_dir), "--no-progress"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "chunklm.cli",
+    "train",
+    "--config",
+    "byte_transformer_tiny",
+    *SET,
+    "--data",
+    str(corpus_dir),
+    "--no-progress",
+  ]
   single = subprocess.run(cmd + ["--workdir", str(tmp_path / "one")], capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr
   coordinator = f"localhost:{free_port()}"
-  procs = [subprocess.Popen(cmd + ["--workdir", str(tmp_path / "two"), "--distributed", "--coordinator", coordinator,
-                                   "--num-processes", "2", "--process-id", str(i)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      cmd
+      + [
+        "--workdir",
+        str(tmp_path / "two"),
+        "--distributed",
+        "--coordinator",
+        coordinator,
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(i),
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, out[-2000:] + err[-3000:]
@@ -56,11 +83,33 @@ def test_two_processes_write_one_metrics_file_and_one_log(tmp_path, corpus_dir):
   """One writer per run: process 0 writes metrics.jsonl (each record once, in step order) and prints the run's
   lines; process 1 prints only its own start-up line, tagged with its index."""
   run = tmp_path / "two"
-  cmd = [sys.executable, "-m", "chunklm.cli", "train", "--config", "byte_transformer_tiny", *SET, "--set",
-         "train.steps=4", "--set", "train.eval_every=2", "--data", str(corpus_dir), "--no-progress", "--workdir",
-         str(run), "--distributed", "--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
-  procs = [subprocess.Popen(cmd + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+  cmd = [
+    sys.executable,
+    "-m",
+    "chunklm.cli",
+    "train",
+    "--config",
+    "byte_transformer_tiny",
+    *SET,
+    "--set",
+    "train.steps=4",
+    "--set",
+    "train.eval_every=2",
+    "--data",
+    str(corpus_dir),
+    "--no-progress",
+    "--workdir",
+    str(run),
+    "--distributed",
+    "--coordinator",
+    f"localhost:{free_port()}",
+    "--num-processes",
+    "2",
+  ]
+  procs = [
+    subprocess.Popen(cmd + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, out[-2000:] + err[-3000:]

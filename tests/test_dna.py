@@ -23,14 +23,17 @@ def test_reverse_complement_is_its_own_inverse_and_keeps_case():
   assert all(chr(a).isupper() == chr(b).isupper() for a, b in zip(seq, rc[::-1]) if chr(a).isalpha())
 
 
-@pytest.mark.parametrize("setting, expected", [
+@pytest.mark.parametrize(
+  "setting, expected",
+  [
     (dict(case="upper"), [("r", b"ACGTNNNNACRT")]),
     (dict(case="lower"), [("r", b"acgtnnnnacrt")]),
     (dict(iupac="n"), [("r", b"ACgtNNNNAcNt")]),
     (dict(n_runs="drop", n_run_min=2), [("r", b"ACgtAcRt")]),
     (dict(n_runs="split", n_run_min=4), [("r:1", b"ACgt"), ("r:2", b"AcRt")]),
     (dict(n_runs="split", n_run_min=5), [("r", b"ACgtNNNNAcRt")]),  # the run is shorter than n_run_min
-])
+  ],
+)
 def test_cleaning(setting, expected):
   assert list(clean(iter([("r", b"ACgtNNNNAcRt")]), DnaConfig(**setting))) == expected
 
@@ -75,7 +78,7 @@ def test_windows_read_whole_documents_reverse_complemented():
     for s, text in _segments(b).items():  # each piece is the piece of the reverse complement at that position
       pos = int(b["positions"][b["segment_ids"] == s][0])
       start = max(pos - 1, 0)
-      assert any(rc[start:start + len(text)] == text for rc in rcs), (k, s, text)
+      assert any(rc[start : start + len(text)] == text for rc in rcs), (k, s, text)
   half = PackedWindows(docs, 16, seed=3, reverse_complement=0.5)
   again = PackedWindows(docs, 16, seed=3, reverse_complement=0.5)
   for k in range(len(half)):  # drawn per document and epoch: reproducible, so resumable
@@ -88,6 +91,7 @@ def test_boundary_rate_after_each_kmer():
   from chunklm.data.dna import looks_like_dna
   from chunklm.eval.boundaries import ByteRouting
   from chunklm.eval.kmer_boundaries import kmer_markdown, kmer_rates
+
   data = b"ACGTACGTacgtNACGT"
   starts = np.zeros(len(data), bool)
   starts[[4, 8, 12]] = True  # after each "GT"/"gt" (position 12 is N: after "gt" too)
@@ -95,7 +99,7 @@ def test_boundary_rate_after_each_kmer():
   for k in (1, 2, 3):  # against a plain loop
     expected = {}
     for i in range(k, len(data)):
-      kmer = data[i - k:i].upper().decode()
+      kmer = data[i - k : i].upper().decode()
       if set(kmer) <= set("ACGT"):
         seen, hit = expected.get(kmer, (0, 0))
         expected[kmer] = (seen + 1, hit + int(starts[i]))
@@ -113,16 +117,20 @@ def test_eval_on_dna_says_bits_per_base(tmp_path, capsys):
   from chunklm.cli import main
   from chunklm.train import trainer
   from conftest import tiny_config
+
   rng = random.Random(0)
   fasta = tmp_path / "g.fa"
   fasta.write_text("".join(f">r{i}\n{''.join(rng.choice('ACGT') for _ in range(300))}\n" for i in range(8)))
   (tmp_path / "t.txt").write_text("def f(x):\n    return x\n" * 20)
   run = tmp_path / "run"
-  trainer.train(tiny_config("train.steps=2", "train.checkpoint_every=2", data=fasta), run, progress=False,
-                log=lambda *a, **k: None)
+  trainer.train(
+    tiny_config("train.steps=2", "train.checkpoint_every=2", data=fasta), run, progress=False, log=lambda *a, **k: None
+  )
   capsys.readouterr()
-  assert main(["eval", "--workdir", str(run), "--data", str(fasta), "--json", str(tmp_path / "d.json"),
-               "--no-progress"]) == 0
+  assert (
+    main(["eval", "--workdir", str(run), "--data", str(fasta), "--json", str(tmp_path / "d.json"), "--no-progress"])
+    == 0
+  )
   assert "bits per byte (= bits per base: DNA, one byte per base)" in capsys.readouterr().out
   res = json.loads((tmp_path / "d.json").read_text())
   assert res["bits_per_base"] == res["bpb"]

@@ -31,8 +31,9 @@ QUIET = dict(progress=False, log=lambda *a, **k: None)
 def snapshot(workdir):
   """{relative path: sha256} of every file of every checkpoint."""
   root = workdir / "checkpoints"
-  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
+  }
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def trained(tmp_path_factory, corpus_dir_module):
 @pytest.fixture
 def run(trained, tmp_path):
   import shutil
+
   dst = tmp_path / "run"
   shutil.copytree(trained, dst)
   return dst
@@ -54,15 +56,19 @@ def run(trained, tmp_path):
 @pytest.fixture(scope="module")
 def corpus_dir_module(tmp_path_factory):
   from conftest import write_corpus
+
   return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def test_every_config_field_has_a_resume_class():
   flat = {}
+
   def walk(d, prefix=""):
     for k, v in d.items():
       walk(v, f"{prefix}{k}.") if isinstance(v, dict) else flat.setdefault(f"{prefix}{k}", v)
+
   from chunklm.config import to_dict
+
   walk(to_dict(load_config(None, TINY)))
   classes = {k: field_class(k) for k in flat}
   assert classes["model.d_model"] == classes["train.seed"] == "state"
@@ -87,8 +93,9 @@ def test_a_change_of_optimizer_structure_is_refused_and_moves_nothing(run, corpu
 
 def test_a_data_change_needs_consent_and_every_change_is_recorded(run, corpus_dir_module, capsys):
   before = snapshot(run)
-  cfg = tiny_config("train.steps=6", "train.checkpoint_every=2", "data.seed=7", "train.lr=0.001",
-                    data=corpus_dir_module)
+  cfg = tiny_config(
+    "train.steps=6", "train.checkpoint_every=2", "data.seed=7", "train.lr=0.001", data=corpus_dir_module
+  )
   with pytest.raises(CheckpointError, match=r"another data stream \(data\.seed: 0 -> 7\).*--allow-data-change"):
     trainer.train(cfg, run, **QUIET)
   assert snapshot(run) == before
@@ -132,17 +139,22 @@ def test_non_finite_state_after_the_update_is_never_saved(tmp_path, corpus_dir_m
 
   def poisoned(*args, **kwargs):
     step = real(*args, **kwargs)
+
     def run(state, batch):
       state, m = step(state, batch)
       if int(state["step"]) == 2:  # the loss stays finite (taken before the update); the parameters do not
         state = dict(state, params=jax.tree.map(lambda v: v * jnp.nan, state["params"]))
       return state, m
+
     return run
 
   monkeypatch.setattr(trainer, "make_train_step", poisoned)
   cfg = tiny_config("train.steps=4", "train.checkpoint_every=1", data=corpus_dir_module)
-  with pytest.raises(trainer.TrainingDiverged, match=r"step 2: the parameters or optimizer state are not finite.*"
-                                                     r"last good checkpoint is step 1"):
+  with pytest.raises(
+    trainer.TrainingDiverged,
+    match=r"step 2: the parameters or optimizer state are not finite.*"
+    r"last good checkpoint is step 1",
+  ):
     trainer.train(cfg, tmp_path / "run", **QUIET)
   assert Checkpointer(tmp_path / "run" / "checkpoints", read_only=True).steps() == [1]
 
@@ -168,8 +180,9 @@ def test_when_no_checkpoint_can_be_read_nothing_is_moved(run, corpus_dir_module)
 def test_workdir_that_is_a_file_is_one_line(tmp_path, corpus_dir_module, capsys):
   f = tmp_path / "run"
   f.write_text("x")
-  code = main(["train", "--config", "hnet_1stage_tiny", "--workdir", str(f), "--data", str(corpus_dir_module),
-               "--no-progress"])
+  code = main(
+    ["train", "--config", "hnet_1stage_tiny", "--workdir", str(f), "--data", str(corpus_dir_module), "--no-progress"]
+  )
   err = capsys.readouterr().err.strip()
   assert code == 2 and err.count("\n") == 0 and "is a file" in err
 
@@ -182,11 +195,21 @@ def test_a_full_disk_is_one_line_naming_the_last_complete_checkpoint(tmp_path, m
   ckpt.save(1, state, None, {})
   ckpt.wait()
   real = ckpt.manager.wait_until_finished
-  monkeypatch.setattr(ckpt.manager, "wait_until_finished", lambda: (_ for _ in ()).throw(ValueError(
-      "RESOURCE_EXHAUSTED: Error writing ...: Failed to write 3821568 bytes to file 9: No space left on device")))
+  monkeypatch.setattr(
+    ckpt.manager,
+    "wait_until_finished",
+    lambda: (_ for _ in ()).throw(
+      ValueError(
+        "RESOURCE_EXHAUSTED: Error writing ...: Failed to write 3821568 bytes to file 9: No space left on device"
+      )
+    ),
+  )
   ckpt._pending = 2  # as if step 2 were being written
-  with pytest.raises(CheckpointError, match=r"cannot write the checkpoint of step 2 .*no space left on device "
-                                            r"\(.* MiB free\); the newest complete checkpoint is step 1"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"cannot write the checkpoint of step 2 .*no space left on device "
+    r"\(.* MiB free\); the newest complete checkpoint is step 1",
+  ):
     ckpt.save(3, state, None, {})
   monkeypatch.setattr(ckpt.manager, "wait_until_finished", real)
   ckpt.close()
@@ -234,13 +257,23 @@ def test_flipped_bytes_fail_their_checksum_and_the_previous_checkpoint_is_used(r
 
 def test_nan_policy_skip_drops_updates_and_stops_after_the_limit(tmp_path, corpus_dir_module, monkeypatch):
   from chunklm.train import step as step_module
+
   real = step_module.loss_fn
   monkeypatch.setattr(step_module, "loss_fn", lambda *a, **k: (lambda lm: (lm[0] * jnp.nan, lm[1]))(real(*a, **k)))
-  cfg = tiny_config("train.steps=8", "train.checkpoint_every=1", "train.nan_policy=skip", "train.nan_skip_limit=3",
-                    "train.log_every=1", data=corpus_dir_module)
+  cfg = tiny_config(
+    "train.steps=8",
+    "train.checkpoint_every=1",
+    "train.nan_policy=skip",
+    "train.nan_skip_limit=3",
+    "train.log_every=1",
+    data=corpus_dir_module,
+  )
   init = trainer.setup_state(cfg)[2]["params"]
-  with pytest.raises(trainer.TrainingDiverged, match=r"step 3: 3 steps in a row had a non-finite loss or gradient "
-                                                     r"and were skipped.*last good checkpoint is step 2"):
+  with pytest.raises(
+    trainer.TrainingDiverged,
+    match=r"step 3: 3 steps in a row had a non-finite loss or gradient "
+    r"and were skipped.*last good checkpoint is step 2",
+  ):
     trainer.train(cfg, tmp_path / "run", **QUIET)
   saved = Checkpointer(tmp_path / "run" / "checkpoints", read_only=True)
   assert saved.steps() == [1, 2]
@@ -254,14 +287,18 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path, monkey
   from collections import namedtuple
 
   from chunklm.run import checkpoint as checkpoint_module
+
   ckpt = Checkpointer(tmp_path / "checkpoints")
   state = {"w": jnp.ones((1024, 1024))}  # 4 MiB
   ckpt.save(1, state, None, {})
   ckpt.wait()
   usage = namedtuple("usage", "total used free")
   monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage(10 << 20, 9 << 20, 2 << 20))
-  with pytest.raises(CheckpointError, match=r"step 2 .*no space left on device \(needs 5 MiB, 2 MiB free\); the "
-                                            r"newest complete checkpoint is step 1"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"step 2 .*no space left on device \(needs 5 MiB, 2 MiB free\); the "
+    r"newest complete checkpoint is step 1",
+  ):
     ckpt.save(2, state, None, {})
   monkeypatch.undo()
   ckpt.close()
@@ -304,18 +341,21 @@ _KILLED_CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("moment", ["training", "save"])
-def test_kill_9_loses_no_committed_checkpoint_and_resume_matches_the_straight_run(moment, trained, tmp_path,
-                                                                                  corpus_dir_module):
+def test_kill_9_loses_no_committed_checkpoint_and_resume_matches_the_straight_run(
+  moment, trained, tmp_path, corpus_dir_module
+):
   workdir = tmp_path / "killed"
-  code = _KILLED_CHILD.format(tests=str(Path(__file__).parent), moment=moment, corpus=str(corpus_dir_module),
-                              workdir=str(workdir))
+  code = _KILLED_CHILD.format(
+    tests=str(Path(__file__).parent), moment=moment, corpus=str(corpus_dir_module), workdir=str(workdir)
+  )
   child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert child.returncode == -9, child.stderr[-2000:]
   committed = Checkpointer(workdir / "checkpoints", read_only=True).steps()
   assert committed in ([], [2]) if moment == "training" else committed == [2]
   before = {k: v for k, v in snapshot(workdir).items() if k.split("/")[0] in map(str, committed)}
-  res = trainer.train(tiny_config("train.steps=4", "train.checkpoint_every=2", data=corpus_dir_module), workdir,
-                      **QUIET)
+  res = trainer.train(
+    tiny_config("train.steps=4", "train.checkpoint_every=2", data=corpus_dir_module), workdir, **QUIET
+  )
   assert res.finished and res.step == 4
   after = snapshot(workdir)
   assert {k: v for k, v in after.items() if k in before} == before  # nothing committed before the kill changed

@@ -26,8 +26,11 @@ def test_forward_flops_match_xla_count():
   cfg = tiny_config("model.d_model=64", "model.n_heads=2", "data.seq_len=16")
   graphdef, params = split_model(build_model(cfg, 0))
   b, length = 4, cfg.data.seq_len
-  batch = {"ids": jnp.zeros((b, length), jnp.int32), "segment_ids": jnp.ones((b, length), jnp.int32),
-           "positions": jnp.zeros((b, length), jnp.int32)}
+  batch = {
+    "ids": jnp.zeros((b, length), jnp.int32),
+    "segment_ids": jnp.ones((b, length), jnp.int32),
+    "positions": jnp.zeros((b, length), jnp.int32),
+  }
   cost = jax.jit(lambda p: forward(graphdef, p, batch)[0]).lower(params).compile().cost_analysis()
   xla_flops = cost["flops"] if isinstance(cost, dict) else cost[0]["flops"]
   ours = train_flops_per_byte(cfg.model, length) / 3 * b * length
@@ -39,6 +42,7 @@ def test_forward_flops_match_xla_count():
 
 def test_hnet_flops_scale_with_the_chunk_ratio():
   from test_hnet import hnet_config
+
   cfg = hnet_config(1)
   coarse = train_flops_per_byte(cfg.model, 32, (1.0, 8.0))
   fine = train_flops_per_byte(cfg.model, 32, (1.0, 2.0))

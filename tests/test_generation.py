@@ -31,17 +31,23 @@ def step_all(graphdef, params, ids_BxL):
 
     state, (logits, bounds) = jax.lax.scan(body, state, jnp.arange(ids_BxL.shape[1]))
     return logits.swapaxes(0, 1), {k: v.T for k, v in bounds.items()}, state
+
   return run(params)
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "hnet2" else k for k in sorted(KINDS)])
+@pytest.mark.parametrize(
+  "kind", [pytest.param(k, marks=pytest.mark.slow) if k == "hnet2" else k for k in sorted(KINDS)]
+)
 def test_steps_equal_the_full_forward(kind):
   cfg = tiny_config(*KINDS[kind])
   graphdef, params = split_model(build_model(cfg, 0))
   length = 28
   ids = jax.random.randint(jax.random.key(7), (2, length), 0, 256).at[:, 0].set(BOS)
-  batch = {"ids": ids, "segment_ids": jnp.ones((2, length), jnp.int32),
-           "positions": jnp.broadcast_to(jnp.arange(length), (2, length))}
+  batch = {
+    "ids": ids,
+    "segment_ids": jnp.ones((2, length), jnp.int32),
+    "positions": jnp.broadcast_to(jnp.arange(length), (2, length)),
+  }
   full, stages = jax.jit(lambda p: forward(graphdef, p, batch, exact=True))(params)
   stepped, bounds, state = step_all(graphdef, params, ids)
   np.testing.assert_allclose(stepped, full, atol=2e-5)
@@ -63,17 +69,21 @@ def recompute_greedy(graphdef, params, prompt, n, seq_len=64):
   ids = [BOS] + list(prompt)
   for _ in range(n):
     arr = np.zeros((1, seq_len), np.int32)
-    arr[0, :len(ids)] = ids
-    batch = {"ids": arr, "segment_ids": (np.arange(seq_len) < len(ids)).astype(np.int32)[None],
-             "positions": np.arange(seq_len)[None]}
+    arr[0, : len(ids)] = ids
+    batch = {
+      "ids": arr,
+      "segment_ids": (np.arange(seq_len) < len(ids)).astype(np.int32)[None],
+      "positions": np.arange(seq_len)[None],
+    }
     logits, _ = forward(graphdef, params, batch, exact=True)
     ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
-  out = bytes(ids[1 + len(prompt):])
+  out = bytes(ids[1 + len(prompt) :])
   return out.split(bytes([BOS]))[0]  # a generated BOS ends the document
 
 
-@pytest.mark.parametrize("kind", ["transformer", pytest.param("hnet1", marks=pytest.mark.slow),
-                                  pytest.param("hnet2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "kind", ["transformer", pytest.param("hnet1", marks=pytest.mark.slow), pytest.param("hnet2", marks=pytest.mark.slow)]
+)
 def test_cached_greedy_equals_recompute_and_batches_are_independent(kind):
   cfg = tiny_config(*KINDS[kind])
   graphdef, params = split_model(build_model(cfg, 0))
@@ -88,10 +98,13 @@ def test_cached_greedy_equals_recompute_and_batches_are_independent(kind):
 def test_sampling_controls():
   logits = jnp.array([0.0, 3.0, 1.0, 2.5])
   keys = jax.random.split(jax.random.key(0), 200)
+
   def draw(temperature, top_p, top_k=0):
-    ids = jax.jit(jax.vmap(sample_logits, (None, 0, None, None, None)), static_argnums=4)(logits, keys, temperature,
-                                                                                        top_p, top_k)
+    ids = jax.jit(jax.vmap(sample_logits, (None, 0, None, None, None)), static_argnums=4)(
+      logits, keys, temperature, top_p, top_k
+    )
     return set(np.asarray(ids).tolist())
+
   assert draw(temperature=jnp.float32(0.0), top_p=jnp.float32(1.0)) == {1}
   assert draw(temperature=jnp.float32(1.0), top_p=jnp.float32(1.0), top_k=2) == {1, 3}
   assert draw(temperature=jnp.float32(1.0), top_p=jnp.float32(0.5)) == {1}
@@ -102,9 +115,10 @@ def test_sampling_controls():
     logits_V = jnp.asarray(rng.normal(size=256) * 3, jnp.float32)
     probs = np.asarray(jax.nn.softmax(logits_V), np.float64)
     order = np.argsort(-probs)
-    want = set(order[:int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1].tolist())
-    ids = jax.jit(jax.vmap(sample_logits, (None, 0, None, None)))(logits_V, jax.random.split(jax.random.key(1), 4000),
-                                                                  jnp.float32(1.0), jnp.float32(top_p))
+    want = set(order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1].tolist())
+    ids = jax.jit(jax.vmap(sample_logits, (None, 0, None, None)))(
+      logits_V, jax.random.split(jax.random.key(1), 4000), jnp.float32(1.0), jnp.float32(top_p)
+    )
     assert set(np.asarray(ids).tolist()) <= want and len(set(np.asarray(ids).tolist())) > len(want) // 2
   cfg = tiny_config()
   graphdef, params = split_model(build_model(cfg, 0))
@@ -121,10 +135,25 @@ def test_bench_generate_and_python_api(tmp_path, corpus_dir, capsys):
   import chunklm
   from chunklm.cli import main
   from conftest import TINY
+
   sets = [a for o in TINY + ["train.steps=2", "eval.sample_bytes=0"] for a in ("--set", o)]
   wd = tmp_path / "t"
-  assert main(["train", "--config", "byte_transformer_tiny", "--no-progress", "--data", str(corpus_dir),
-               "--workdir", str(wd), *sets]) == 0
+  assert (
+    main(
+      [
+        "train",
+        "--config",
+        "byte_transformer_tiny",
+        "--no-progress",
+        "--data",
+        str(corpus_dir),
+        "--workdir",
+        str(wd),
+        *sets,
+      ]
+    )
+    == 0
+  )
   capsys.readouterr()
   assert main(["bench", "generate", "--workdir", str(wd), "--batch", "1,2", "--units", "8", "--repeats", "1"]) == 0
   out = capsys.readouterr().out

@@ -14,11 +14,24 @@ from chunklm.train.optim import level_multiplier, level_of, paper_lr_multipliers
 from chunklm.train.step import loss_fn
 from conftest import tiny_config
 
-HNET1 = ["model.layout=[m1, [T1], m1]", "model.d_model=[32, 48]", "model.n_heads=[2, 2]",
-         "model.mamba.d_state=8", "model.mamba.head_dim=16", "model.mamba.chunk_size=8", "model.target_ratio=[3]"]
-HNET2 = ["model.layout=[m1, [m1, [T1], m1], m1]", "model.d_model=[32, 48, 64]", "model.n_heads=[2, 2, 2]",
-         "model.mamba.d_state=8", "model.mamba.head_dim=16", "model.mamba.chunk_size=8",
-         "model.target_ratio=[2, 2]"]
+HNET1 = [
+  "model.layout=[m1, [T1], m1]",
+  "model.d_model=[32, 48]",
+  "model.n_heads=[2, 2]",
+  "model.mamba.d_state=8",
+  "model.mamba.head_dim=16",
+  "model.mamba.chunk_size=8",
+  "model.target_ratio=[3]",
+]
+HNET2 = [
+  "model.layout=[m1, [m1, [T1], m1], m1]",
+  "model.d_model=[32, 48, 64]",
+  "model.n_heads=[2, 2, 2]",
+  "model.mamba.d_state=8",
+  "model.mamba.head_dim=16",
+  "model.mamba.chunk_size=8",
+  "model.target_ratio=[2, 2]",
+]
 
 
 def hnet_config(stages, *extra):
@@ -28,13 +41,18 @@ def hnet_config(stages, *extra):
 def make_batch(ids, seg):
   ids, seg = jnp.asarray(ids, jnp.int32), jnp.asarray(seg, jnp.int32)
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-  return {"ids": ids, "targets": jnp.roll(ids, -1, 1), "segment_ids": seg, "positions": pos,
-          "loss_mask": seg > 0}
+  return {"ids": ids, "targets": jnp.roll(ids, -1, 1), "segment_ids": seg, "positions": pos, "loss_mask": seg > 0}
 
 
-
-@pytest.mark.parametrize("stages,exact", [(1, False), (1, True), pytest.param(2, False, marks=pytest.mark.slow),
-                                          pytest.param(2, True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "stages,exact",
+  [
+    (1, False),
+    (1, True),
+    pytest.param(2, False, marks=pytest.mark.slow),
+    pytest.param(2, True, marks=pytest.mark.slow),
+  ],
+)
 def test_causality_gradient_and_perturbation(stages, exact):
   cfg = hnet_config(stages, "model.capacity=[10]" if stages == 1 else "model.capacity=[12, 10]")
   model = build_model(cfg, 0)
@@ -60,7 +78,7 @@ def test_causality_gradient_and_perturbation(stages, exact):
   if not exact:
     assert float(stage_metrics(stages)["overflow_s0"]) > 0, "the test should exercise overflow"
   for t in (0, 9, 20):
-    future = ids.at[0, t + 1:].set((ids[0, t + 1:] * 7 + 13) % 256)
+    future = ids.at[0, t + 1 :].set((ids[0, t + 1 :] * 7 + 13) % 256)
     logits2, _ = run(future)
     np.testing.assert_allclose(logits[0, : t + 1], logits2[0, : t + 1], atol=1e-5)
 
@@ -85,14 +103,17 @@ def test_every_gradient_is_finite_and_nonzero(stages):
   graphdef, params = split_model(build_model(cfg, 0))
   rng = np.random.default_rng(0)
   text = b"def f(x):\n    return x * 2 + 1\nclass A:\n    pass\n" * 4
-  ids = np.stack([np.frombuffer(text[i:i + 32], np.uint8) for i in (0, 17, 40, 61)]).astype(np.int32)
+  ids = np.stack([np.frombuffer(text[i : i + 32], np.uint8) for i in (0, 17, 40, 61)]).astype(np.int32)
   seg = np.ones_like(ids)
   seg[1, 20:] = 2
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=1)
   (loss, metrics), grads = grad_fn(params, graphdef, make_batch(ids, seg))
   assert np.isfinite(float(loss))
-  bad = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
-         if not np.isfinite(g).all() or not np.any(g)]
+  bad = [
+    jax.tree_util.keystr(p)
+    for p, g in jax.tree_util.tree_leaves_with_path(grads)
+    if not np.isfinite(g).all() or not np.any(g)
+  ]
   assert not bad, f"zero or non-finite gradients: {bad}"
   for s in range(stages):
     assert f"bytes_per_chunk_s{s}" in metrics and f"ratio_loss_s{s}" in metrics
@@ -122,8 +143,14 @@ def test_loss_is_nll_plus_weighted_ratio_losses_plus_router_losses(kind, confide
   """The training step's loss, assembled from the stage records by hand: stage 0 (cosine router, learnable p) adds
   its ratio loss (under hinge only while F > 1/N) and the confidence term, stage 1 (gumbel router) none but its own
   prior loss."""
-  cfg = hnet_config(2, "model.router=[cosine, gumbel]", "model.ratio_loss_weight=0.5", f"model.ratio_loss={kind}",
-                    f"model.confidence_loss_weight={confidence}", "model.target_ratio=[1.5, 2]")  # F <= 1/N
+  cfg = hnet_config(
+    2,
+    "model.router=[cosine, gumbel]",
+    "model.ratio_loss_weight=0.5",
+    f"model.ratio_loss={kind}",
+    f"model.confidence_loss_weight={confidence}",
+    "model.target_ratio=[1.5, 2]",
+  )  # F <= 1/N
   graphdef, params = split_model(build_model(cfg, 0))
   ids = jax.random.randint(jax.random.key(4), (2, 32), 0, 256)
   seg = jnp.array([[1] * 12 + [2] * 20, [1] * 28 + [0] * 4])
@@ -152,10 +179,23 @@ def test_loss_is_nll_plus_weighted_ratio_losses_plus_router_losses(kind, confide
 
 def test_hinge_ratio_loss_is_one_sided():
   """Under hinge the ratio loss and its gradient vanish while the router splits at most once per N positions."""
+
   def record(boundaries, p_sum, kind):
-    return StageOutput(jnp.zeros((1, 1), bool), jnp.zeros((1, 1)), jnp.zeros((1, 1), jnp.int32), jnp.float32(60.0),
-                       jnp.float32(boundaries), jnp.float32(0.0), p_sum, jnp.float32(0.0), jnp.float32(0.0),
-                       learnable_p=True, target_ratio=6.0, ratio_loss_kind=kind)
+    return StageOutput(
+      jnp.zeros((1, 1), bool),
+      jnp.zeros((1, 1)),
+      jnp.zeros((1, 1), jnp.int32),
+      jnp.float32(60.0),
+      jnp.float32(boundaries),
+      jnp.float32(0.0),
+      p_sum,
+      jnp.float32(0.0),
+      jnp.float32(0.0),
+      learnable_p=True,
+      target_ratio=6.0,
+      ratio_loss_kind=kind,
+    )
+
   for boundaries, active in ((20.0, True), (10.0, False), (6.0, False)):  # F = 1/3 > 1/6; F = 1/6; F = 1/10
     hnet = jax.value_and_grad(lambda g: record(boundaries, g, "hnet").ratio_loss())(jnp.float32(15.0))
     hinge = jax.value_and_grad(lambda g: record(boundaries, g, "hinge").ratio_loss())(jnp.float32(15.0))
@@ -164,8 +204,13 @@ def test_hinge_ratio_loss_is_one_sided():
 
 
 def test_lr_multipliers_follow_the_paper_and_the_levels():
-  big = tiny_config("model.layout=[m4, [T1m4, [T27], m4T1], m4]", "model.d_model=[1024, 1536, 2048]",
-                    "model.n_heads=16", "model.target_ratio=[3, 3]", "data.seq_len=8192")
+  big = tiny_config(
+    "model.layout=[m4, [T1m4, [T27], m4T1], m4]",
+    "model.d_model=[1024, 1536, 2048]",
+    "model.n_heads=16",
+    "model.target_ratio=[3, 3]",
+    "data.seq_len=8192",
+  )
   assert paper_lr_multipliers(big.model) == pytest.approx((3.03, 1.43, 0.715), abs=0.01)
   cfg = hnet_config(2)
   _, params = split_model(build_model(cfg, 0))
@@ -177,13 +222,16 @@ def test_lr_multipliers_follow_the_paper_and_the_levels():
   assert {flat[k] for k in flat if "'main']['main']" in k} == {1.0}
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("model.target_ratio=[1.0]", "target compression N must be > 1"),
     ("model.capacity=[3]", "stage 0 holds 3 chunks, fewer than the 8 documents"),
     ("model.d_model=[48, 32]", "inner width 32 \\(level 1\\) is smaller than outer width 48"),
     ("model.layout=[m1, [Q2], m1]", "cannot parse layer string 'Q2'"),
     ("model.target_ratio=[2, 2]", "1 routing stage\\(s\\), got 2 values"),
-])
+  ],
+)
 def test_configs_that_cannot_work_fail_at_load(override, message):
   with pytest.raises(ConfigError, match=message):
     hnet_config(1, override)

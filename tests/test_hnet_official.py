@@ -21,29 +21,51 @@ from chunklm.run.trained import abstract_params
 from hnet_torch_reference import Reference, official_state_dict
 
 SSM = {"chunk_size": 16, "d_conv": 4, "d_state": 16, "expand": 2}
-ONE_STAGE = {"arch_layout": ["m2", ["T2"], "m2"], "d_model": [64, 96], "d_intermediate": [0, 256],
-             "vocab_size": 256, "ssm_cfg": SSM,
-             "attn_cfg": {"num_heads": [2, 2], "rotary_emb_dim": [16, 24], "window_size": [15, -1]},
-             "tie_embeddings": False}
-TWO_STAGE = {"arch_layout": ["m2", ["T1m2", ["T2"], "m2T1"], "m2"], "d_model": [64, 96, 128],
-             "d_intermediate": [0, 256, 256], "vocab_size": 256, "ssm_cfg": SSM,
-             "attn_cfg": {"num_heads": [2, 2, 2], "rotary_emb_dim": [16, 24, 32], "window_size": [15, 15, -1]},
-             "tie_embeddings": False}
+ONE_STAGE = {
+  "arch_layout": ["m2", ["T2"], "m2"],
+  "d_model": [64, 96],
+  "d_intermediate": [0, 256],
+  "vocab_size": 256,
+  "ssm_cfg": SSM,
+  "attn_cfg": {"num_heads": [2, 2], "rotary_emb_dim": [16, 24], "window_size": [15, -1]},
+  "tie_embeddings": False,
+}
+TWO_STAGE = {
+  "arch_layout": ["m2", ["T1m2", ["T2"], "m2T1"], "m2"],
+  "d_model": [64, 96, 128],
+  "d_intermediate": [0, 256, 256],
+  "vocab_size": 256,
+  "ssm_cfg": SSM,
+  "attn_cfg": {"num_heads": [2, 2, 2], "rotary_emb_dim": [16, 24, 32], "window_size": [15, 15, -1]},
+  "tie_embeddings": False,
+}
 LAYOUTS = {"1stage": ONE_STAGE, "2stage": TWO_STAGE}
 RELEASED_SSM = {"chunk_size": 256, "d_conv": 4, "d_state": 128, "expand": 2}
 RELEASED = {  # the official configs/*.json of the released models
-    "hnet_1stage_L": {"arch_layout": ["m4", ["T22"], "m4"], "d_model": [1024, 1536], "d_intermediate": [0, 4096],
-                      "attn_cfg": {"num_heads": [16, 16], "rotary_emb_dim": [32, 48], "window_size": [1023, -1]}},
-    "hnet_1stage_XL": {"arch_layout": ["m4", ["T24"], "m4"], "d_model": [1024, 2048], "d_intermediate": [0, 5504],
-                       "attn_cfg": {"num_heads": [16, 16], "rotary_emb_dim": [32, 64], "window_size": [1023, -1]}},
-    "hnet_2stage_L": {"arch_layout": ["m4", ["T1m4", ["T26"], "m4T1"], "m4"], "d_model": [1024, 1024, 1536],
-                      "d_intermediate": [0, 2816, 4096],
-                      "attn_cfg": {"num_heads": [16, 16, 16], "rotary_emb_dim": [32, 32, 48],
-                                   "window_size": [1023, 1023, -1]}},
-    "hnet_2stage_XL": {"arch_layout": ["m4", ["T1m4", ["T27"], "m4T1"], "m4"], "d_model": [1024, 1536, 2048],
-                       "d_intermediate": [0, 4096, 5504],
-                       "attn_cfg": {"num_heads": [16, 16, 16], "rotary_emb_dim": [32, 48, 64],
-                                    "window_size": [1023, 1023, -1]}},
+  "hnet_1stage_L": {
+    "arch_layout": ["m4", ["T22"], "m4"],
+    "d_model": [1024, 1536],
+    "d_intermediate": [0, 4096],
+    "attn_cfg": {"num_heads": [16, 16], "rotary_emb_dim": [32, 48], "window_size": [1023, -1]},
+  },
+  "hnet_1stage_XL": {
+    "arch_layout": ["m4", ["T24"], "m4"],
+    "d_model": [1024, 2048],
+    "d_intermediate": [0, 5504],
+    "attn_cfg": {"num_heads": [16, 16], "rotary_emb_dim": [32, 64], "window_size": [1023, -1]},
+  },
+  "hnet_2stage_L": {
+    "arch_layout": ["m4", ["T1m4", ["T26"], "m4T1"], "m4"],
+    "d_model": [1024, 1024, 1536],
+    "d_intermediate": [0, 2816, 4096],
+    "attn_cfg": {"num_heads": [16, 16, 16], "rotary_emb_dim": [32, 32, 48], "window_size": [1023, 1023, -1]},
+  },
+  "hnet_2stage_XL": {
+    "arch_layout": ["m4", ["T1m4", ["T27"], "m4T1"], "m4"],
+    "d_model": [1024, 1536, 2048],
+    "d_intermediate": [0, 4096, 5504],
+    "attn_cfg": {"num_heads": [16, 16, 16], "rotary_emb_dim": [32, 48, 64], "window_size": [1023, 1023, -1]},
+  },
 }
 ARCH_FIELDS = ("layout", "d_model", "n_heads", "window", "rotary_fraction", "vocab_size", "mamba")
 
@@ -80,6 +102,7 @@ def test_bundled_configs_match_the_released_layouts_and_counts(name):
 
 def _state_file(tmp_path, js, state):
   import torch
+
   pt, cj = tmp_path / "model.pt", tmp_path / "config.json"
   torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pt)
   cj.write_text(json.dumps(js))
@@ -170,8 +193,10 @@ def test_convert_cli_round_trip_and_refusals(tmp_path, capsys):
   evil = tmp_path / "evil.pt"
   torch.save({"model": state["lm_head.weight"], "note": object.__new__(_Unpicklable)}, evil)
   capsys.readouterr()
-  assert cli.main(["convert", "from-hnet", "--checkpoint", str(evil), "--config", str(cj), "--out",
-                   str(tmp_path / "r2")]) == 2
+  assert (
+    cli.main(["convert", "from-hnet", "--checkpoint", str(evil), "--config", str(cj), "--out", str(tmp_path / "r2")])
+    == 2
+  )
   err = capsys.readouterr().err
   assert "not a file of tensors only" in err and len(err.strip().splitlines()) == 1
 
@@ -183,8 +208,16 @@ class _Unpicklable:
 def test_convert_cli_bad_config_and_model_overrides_are_one_line(tmp_path, capsys):
   cj = tmp_path / "c.json"
   cj.write_text(json.dumps({**ONE_STAGE, "d_embed": 3}))
-  args = ["convert", "from-hnet", "--checkpoint", str(tmp_path / "none.pt"), "--config", str(cj), "--out",
-          str(tmp_path / "r")]
+  args = [
+    "convert",
+    "from-hnet",
+    "--checkpoint",
+    str(tmp_path / "none.pt"),
+    "--config",
+    str(cj),
+    "--out",
+    str(tmp_path / "r"),
+  ]
   assert cli.main(args) == 2  # the config is checked before the checkpoint is read (or torch is needed)
   err = capsys.readouterr().err
   assert "unknown field d_embed" in err and len(err.strip().splitlines()) == 1

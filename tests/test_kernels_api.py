@@ -21,8 +21,13 @@ from chunklm.train.step import routing_loss
 from conftest import tiny_config
 
 # A 1-stage H-Net of attention blocks only: compiles in seconds, and chunk capacity 12 < 32 positions.
-HNET = ["model.layout=[t1, [t1], t1]", "model.d_model=[16, 24]", "model.n_heads=[2, 2]", "model.target_ratio=[3]",
-        "model.capacity=[12]"]
+HNET = [
+  "model.layout=[t1, [t1], t1]",
+  "model.d_model=[16, 24]",
+  "model.n_heads=[2, 2]",
+  "model.target_ratio=[3]",
+  "model.capacity=[12]",
+]
 
 
 def test_impl_resolution_on_cpu_and_on_accelerators(monkeypatch):
@@ -58,8 +63,14 @@ def test_kernels_config_is_validated_and_reaches_every_stage():
   assert tiny_config().kernels.impl == "auto"
   with pytest.raises(ConfigError, match="kernels.impl: 'fast' is not one of auto, xla, pallas, interpret"):
     tiny_config("kernels.impl=fast")
-  cfg = tiny_config("model.layout=[t1, [t1, [t1], t1], t1]", "model.d_model=[16, 16, 16]", "model.n_heads=[2]",
-                    "model.target_ratio=[2, 2]", "kernels.impl=interpret", "kernels.attention=xla")
+  cfg = tiny_config(
+    "model.layout=[t1, [t1, [t1], t1], t1]",
+    "model.d_model=[16, 16, 16]",
+    "model.n_heads=[2]",
+    "model.target_ratio=[2, 2]",
+    "kernels.impl=interpret",
+    "kernels.attention=xla",
+  )
   model = build_model(cfg, 0)
   assert model.plan(32).kernel_impl == model.plan(32).inner().kernel_impl == "interpret"
   attention = [m for _, m in nnx.iter_modules(model) if isinstance(m, Attention)]
@@ -93,8 +104,13 @@ def hnet_loss_and_grads(impl: str, extra=()):
   return value, aux, grads
 
 
-TWO_STAGES = ("model.layout=[t1, [t1, [t1], t1], t1]", "model.d_model=[16, 16, 24]", "model.n_heads=[2, 2, 2]",
-              "model.target_ratio=[2, 2]", "model.capacity=[16, 10]")
+TWO_STAGES = (
+  "model.layout=[t1, [t1, [t1], t1], t1]",
+  "model.d_model=[16, 16, 24]",
+  "model.n_heads=[2, 2, 2]",
+  "model.target_ratio=[2, 2]",
+  "model.capacity=[16, 10]",
+)
 
 
 # CI budget: the whole-model check is slow; every op and its VJP is checked against the reference in the default
@@ -114,8 +130,30 @@ def test_hnet_forward_backward_xla_equals_interpreted_kernels(extra):
 @pytest.mark.slow  # CI budget: the default suite stays under 15 minutes on 2 cores
 def test_bench_kernels_runs_on_cpu(tmp_path, capsys, corpus_dir):
   out = tmp_path / "bench.json"
-  assert main(["bench", "kernels", "--shapes", "small", "--impl", "interpret", "--ops", "upsample", "--dtype",
-               "float32", "--repeats", "2", "--warmup", "0", "--no-step", "--json", str(out)]) == 0
+  assert (
+    main(
+      [
+        "bench",
+        "kernels",
+        "--shapes",
+        "small",
+        "--impl",
+        "interpret",
+        "--ops",
+        "upsample",
+        "--dtype",
+        "float32",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--no-step",
+        "--json",
+        str(out),
+      ]
+    )
+    == 0
+  )
   text = capsys.readouterr().out
   assert "peak HBM bandwidth: n/a" in text and "interpret -> Mosaic TPU kernels, interpreted" in text
   rows = json.loads(out.read_text())["ops"]
@@ -124,8 +162,14 @@ def test_bench_kernels_runs_on_cpu(tmp_path, capsys, corpus_dir):
   assert main(["bench", "kernels", "--impl", "pallas", "--shapes", "small", "--no-step"]) == 2  # no GPU/TPU here
   assert "needs a GPU or TPU" in capsys.readouterr().err
   from chunklm.bench.kernels import bench_step, peak_gbps
-  rows = bench_step("hnet_1stage_tiny", [*HNET, "data.seq_len=32", "train.batch_size=2", "data.min_doc_bytes=4",
-                                         f"data.sources=[{corpus_dir}]"], ("xla",), steps=1, warmup=0)
+
+  rows = bench_step(
+    "hnet_1stage_tiny",
+    [*HNET, "data.seq_len=32", "train.batch_size=2", "data.min_doc_bytes=4", f"data.sources=[{corpus_dir}]"],
+    ("xla",),
+    steps=1,
+    warmup=0,
+  )
   assert rows[0]["impl"] == "xla" and rows[0]["step_ms"] > 0
   assert peak_gbps("NVIDIA H100 80GB HBM3") == 3350 and peak_gbps("NVIDIA H100 PCIe") == 2000
   assert peak_gbps("TPU v5 lite") == 820 and peak_gbps("NVIDIA GeForce RTX 4090") is None
@@ -133,6 +177,7 @@ def test_bench_kernels_runs_on_cpu(tmp_path, capsys, corpus_dir):
 
 def test_bench_kernels_shapes_parse():
   from chunklm.bench.kernels import SHAPES, parse_shapes
+
   assert parse_shapes("small") == SHAPES["small"]
   assert parse_shapes("8x8192x1024, 32X4096x512") == ((8, 8192, 1024), (32, 4096, 512))
   for bad in ("8x8192", "8x0x64", "axbxc", " , "):
@@ -144,12 +189,13 @@ def test_float32_sum_slack_still_catches_one_dropped_term():
   """The float32 slack of the kernel comparisons (4·eps·Σ|t| per element) admits reordered sums, not a wrong one:
   the upsample gradient of one 1000-byte chunk, less one of its 1000 terms, fails."""
   from kernel_cases import assert_close, call, keep_pattern, sum_slack
+
   keep = jnp.asarray(keep_pattern("one", 1, 1000))
   ct = jnp.asarray(np.random.default_rng(0).normal(size=(1, 1000, 8)), jnp.float32)
   ref = lambda z: call("upsample", "xla", (z,), keep, 300)
   _, vjp = jax.vjp(ref, jnp.zeros((1, 300, 8)))
-  g, = vjp(ct)
-  slack, = sum_slack(jnp.float32, vjp(jnp.abs(ct)))
+  (g,) = vjp(ct)
+  (slack,) = sum_slack(jnp.float32, vjp(jnp.abs(ct)))
   assert_close(jnp.flip(ct, 1).sum(1), g[:, 0], 1e-5, 2e-5 + slack[:, 0], "summed backwards")
   with pytest.raises(AssertionError, match="elements off"):
     assert_close(g.at[0, 0].add(-ct[0, 1]), g, 1e-5, 2e-5 + slack, "one term dropped")

@@ -10,8 +10,11 @@ from chunklm.kernels import api
 from kernel_cases import OPS, PATTERNS, assert_matches_reference, keep_pattern
 
 FAMILY = {"gpu": "gpu", "tpu": "tpu"}.get(jax.default_backend())
-pytestmark = [pytest.mark.gpu, pytest.mark.tpu,
-              pytest.mark.skipif(FAMILY is None, reason="needs a GPU or TPU (compiled Pallas kernels)")]
+pytestmark = [
+  pytest.mark.gpu,
+  pytest.mark.tpu,
+  pytest.mark.skipif(FAMILY is None, reason="needs a GPU or TPU (compiled Pallas kernels)"),
+]
 SHAPE = (4, 1000, 256, 300)  # B, L, D, M: several default tiles, partial last tiles
 
 
@@ -29,6 +32,7 @@ def test_compiled_boundary_patterns(pattern):
 
 def test_hnet_step_with_compiled_kernels():
   from test_kernels_api import hnet_loss_and_grads
+
   v_xla, _, g_xla = hnet_loss_and_grads("xla")
   v_k, _, g_k = hnet_loss_and_grads("pallas")
   np.testing.assert_allclose(v_k, v_xla, rtol=1e-5)

@@ -22,9 +22,9 @@ from kernel_cases import (
 )
 
 BACKENDS = {
-    # GPU block_scan = EMA rows per program: M = 11 makes 3 row chunks, the last one partial.
-    "gpu": api.Backend("gpu", interpret=True, tiles=Tiles(TINY.block_l, TINY.block_m, TINY.block_d, block_scan=4)),
-    "tpu": api.Backend("tpu", interpret=True, tiles=TINY),
+  # GPU block_scan = EMA rows per program: M = 11 makes 3 row chunks, the last one partial.
+  "gpu": api.Backend("gpu", interpret=True, tiles=Tiles(TINY.block_l, TINY.block_m, TINY.block_d, block_scan=4)),
+  "tpu": api.Backend("tpu", interpret=True, tiles=TINY),
 }
 backends = pytest.mark.parametrize("backend", sorted(BACKENDS))
 

@@ -23,16 +23,17 @@ def kernel_calls(k, dtype, shape):
 
   def s(shape, dt=dtype):
     return jax.ShapeDtypeStruct(shape, dt)
+
   idx, keep, p = s((b, l), jnp.int32), s((b, l), jnp.bool_), s((b, m), jnp.float32)
   x, z = s((b, l, d)), s((b, m, d))
   return [
-      ("downsample", lambda x, kp: k.downsample(x, kp, m)[0], (x, keep)),
-      ("upsample", lambda z, i: k.upsample(z, i), (z, idx)),
-      ("upsample_masked", lambda z, i, kp: k.upsample(z, i, kp), (z, idx, keep)),
-      ("segment_pool_sum", lambda x, i: k.segment_pool(x, i, m, "sum"), (x, idx)),
-      ("segment_pool_mean", lambda x, i: k.segment_pool(x, i, m, "mean"), (x, idx)),
-      ("ema_scan", lambda z, q: k.ema_scan(z, q), (z, p)),
-      ("ema_scan_bwd", lambda z, q, zb, g: k.ema_scan_bwd(z, q, zb, g), (z, p, z, z)),
+    ("downsample", lambda x, kp: k.downsample(x, kp, m)[0], (x, keep)),
+    ("upsample", lambda z, i: k.upsample(z, i), (z, idx)),
+    ("upsample_masked", lambda z, i, kp: k.upsample(z, i, kp), (z, idx, keep)),
+    ("segment_pool_sum", lambda x, i: k.segment_pool(x, i, m, "sum"), (x, idx)),
+    ("segment_pool_mean", lambda x, i: k.segment_pool(x, i, m, "mean"), (x, idx)),
+    ("ema_scan", lambda z, q: k.ema_scan(z, q), (z, p)),
+    ("ema_scan_bwd", lambda z, q, zb, g: k.ema_scan_bwd(z, q, zb, g), (z, p, z, z)),
   ]
 
 

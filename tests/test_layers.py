@@ -10,15 +10,17 @@ from chunklm.model.layers import Attention, RMSNorm, attention_mask, rope
 def test_rmsnorm_unit_rms():
   x = jax.random.normal(jax.random.key(0), (2, 5, 16)) * 7
   y = RMSNorm(16)(x)
-  np.testing.assert_allclose(jnp.sqrt(jnp.mean(y ** 2, -1)), 1.0, rtol=1e-4)
+  np.testing.assert_allclose(jnp.sqrt(jnp.mean(y**2, -1)), 1.0, rtol=1e-4)
 
 
 def test_rope_is_relative():
   """Scores q(i).k(j) after RoPE depend only on i - j."""
   q = jax.random.normal(jax.random.key(1), (1, 1, 1, 8))
   k = jax.random.normal(jax.random.key(2), (1, 1, 1, 8))
+
   def score(i, j):
     return float(jnp.sum(rope(q, jnp.array([[i]]), 8, 1e4) * rope(k, jnp.array([[j]]), 8, 1e4)))
+
   assert abs(score(5, 2) - score(13, 10)) < 1e-4
   assert abs(score(5, 2) - score(5, 3)) > 1e-4
   # partial RoPE leaves the tail dims untouched
@@ -70,6 +72,7 @@ def test_params_carry_logical_axes():
 
 def test_blockwise_attention_equals_dense_with_gradients():
   from chunklm.model.layers import masked_attention
+
   key = jax.random.split(jax.random.key(0), 3)
   q, k, v = (jax.random.normal(kk, (2, 13, 2, 8)) for kk in key)
   seg = jnp.array([[1] * 5 + [2] * 8, [1] * 13])
@@ -86,6 +89,7 @@ def test_fused_attention_form_equals_the_masked_one_with_gradients():
   """The arguments cuDNN gets (causal and window as flags, the document mask as an array), run through XLA here,
   give the plain masked attention, with gradients; the auto backend is XLA off a GPU, an impossible cudnn an error."""
   from chunklm.model.layers import attention_backend, fused_attention, masked_attention
+
   key = jax.random.split(jax.random.key(1), 3)
   q, k, v = (jax.random.normal(kk, (2, 13, 2, 8)) for kk in key)
   seg = jnp.array([[1] * 5 + [2] * 6 + [3] * 2, [1] * 13])
@@ -110,16 +114,22 @@ def test_fused_attention_form_equals_the_masked_one_with_gradients():
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (cuDNN flash attention)")
 def test_cudnn_attention_equals_xla_on_gpu():
   from chunklm.model.layers import masked_attention
+
   key = jax.random.split(jax.random.key(2), 3)
   q, k, v = (jax.random.normal(kk, (2, 256, 4, 64), jnp.bfloat16) for kk in key)
   seg = jnp.concatenate([jnp.ones((2, 100), jnp.int32), 2 * jnp.ones((2, 156), jnp.int32)], 1)
   for window in (0, 63):
-    outs = {impl: jax.jit(lambda q, k, v, impl=impl: masked_attention(q, k, v, seg, window, 0, None, impl))
-            for impl in ("xla", "cudnn")}
-    np.testing.assert_allclose(np.asarray(outs["cudnn"](q, k, v), np.float32),
-                               np.asarray(outs["xla"](q, k, v), np.float32), atol=2e-2, rtol=2e-2)
-    grads = {impl: jax.grad(lambda *a, f=f: jnp.sum(f(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2))(q, k, v)
-             for impl, f in outs.items()}
+    outs = {
+      impl: jax.jit(lambda q, k, v, impl=impl: masked_attention(q, k, v, seg, window, 0, None, impl))
+      for impl in ("xla", "cudnn")
+    }
+    np.testing.assert_allclose(
+      np.asarray(outs["cudnn"](q, k, v), np.float32), np.asarray(outs["xla"](q, k, v), np.float32), atol=2e-2, rtol=2e-2
+    )
+    grads = {
+      impl: jax.grad(lambda *a, f=f: jnp.sum(f(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2))(q, k, v)
+      for impl, f in outs.items()
+    }
     for a, b in zip(grads["cudnn"], grads["xla"]):
       np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=5e-2, rtol=5e-2)
 
@@ -129,9 +139,15 @@ def test_remat_gives_the_same_gradients():
   from chunklm.model.lm import build_model
   from chunklm.train.step import loss_fn
   from conftest import tiny_config
+
   ids = jax.random.randint(jax.random.key(1), (2, 32), 0, 256)
-  batch = {"ids": ids, "targets": jnp.roll(ids, -1, 1), "segment_ids": jnp.ones_like(ids),
-           "positions": jnp.broadcast_to(jnp.arange(32), (2, 32)), "loss_mask": jnp.ones((2, 32), bool)}
+  batch = {
+    "ids": ids,
+    "targets": jnp.roll(ids, -1, 1),
+    "segment_ids": jnp.ones_like(ids),
+    "positions": jnp.broadcast_to(jnp.arange(32), (2, 32)),
+    "loss_mask": jnp.ones((2, 32), bool),
+  }
   grads = []
   for extra in ([], ["model.remat=true", "model.attention_block=8"]):
     graphdef, params = split_model(build_model(tiny_config(*extra), 0))

@@ -22,7 +22,7 @@ def reference(m: Mamba2, x_BxLxD: jax.Array, seg_BxL: jax.Array) -> jax.Array:
   """Slow, obvious Mamba2: one token at a time, clearing conv inputs and SSM state whenever the segment id changes."""
   i, n, h, p = m.d_inner, m.d_state, m.n_heads, m.head_dim
   proj_BxLxF = x_BxLxD.astype(jnp.float32) @ m.in_proj.kernel[...]
-  z_BxLxI, xbc_BxLxC, dt_raw_BxLxH = proj_BxLxF[..., :i], proj_BxLxF[..., i:2 * i + 2 * n], proj_BxLxF[..., -h:]
+  z_BxLxI, xbc_BxLxC, dt_raw_BxLxH = proj_BxLxF[..., :i], proj_BxLxF[..., i : 2 * i + 2 * n], proj_BxLxF[..., -h:]
   w_KxC, b_C = m.conv_w[...], m.conv_b[...]
   a_H, d_H, dt_bias_H = -jnp.exp(m.a_log[...]), m.d_skip[...], m.dt_bias[...]
 
@@ -35,10 +35,11 @@ def reference(m: Mamba2, x_BxLxD: jax.Array, seg_BxL: jax.Array) -> jax.Array:
       state_HxPxN = jnp.where(new_doc, 0.0, state_HxPxN)
       window_KxC = jnp.concatenate([window_KxC[1:], xbc_C[None]], axis=0)  # oldest first, current last
       u_C = jax.nn.silu(jnp.sum(window_KxC * w_KxC, axis=0) + b_C)
-      x_HxP, b_N, c_N = u_C[:i].reshape(h, p), u_C[i:i + n], u_C[i + n:]
+      x_HxP, b_N, c_N = u_C[:i].reshape(h, p), u_C[i : i + n], u_C[i + n :]
       dt_H = jax.nn.softplus(dt_raw_H + dt_bias_H)
-      state_HxPxN = (jnp.exp(dt_H * a_H)[:, None, None] * state_HxPxN
-                     + dt_H[:, None, None] * x_HxP[:, :, None] * b_N[None, None, :])
+      state_HxPxN = (
+        jnp.exp(dt_H * a_H)[:, None, None] * state_HxPxN + dt_H[:, None, None] * x_HxP[:, :, None] * b_N[None, None, :]
+      )
       y_HxP = jnp.sum(state_HxPxN * c_N[None, None, :], axis=-1) + d_H[:, None] * x_HxP
       return (window_KxC, state_HxPxN, seg), y_HxP.reshape(i)
 
@@ -49,15 +50,17 @@ def reference(m: Mamba2, x_BxLxD: jax.Array, seg_BxL: jax.Array) -> jax.Array:
 
   y_BxLxI = jax.vmap(one_sequence)(xbc_BxLxC, dt_raw_BxLxH, seg_BxL)
   g_BxLxI = y_BxLxI * jax.nn.silu(z_BxLxI)
-  g_BxLxI = g_BxLxI / jnp.sqrt(jnp.mean(g_BxLxI ** 2, axis=-1, keepdims=True) + 1e-5) * m.norm.scale[...][None, None, :]
+  g_BxLxI = g_BxLxI / jnp.sqrt(jnp.mean(g_BxLxI**2, axis=-1, keepdims=True) + 1e-5) * m.norm.scale[...][None, None, :]
   return g_BxLxI @ m.out_proj.kernel[...]
 
 
 def apply_fn(forward):
   """jitted (params, x, seg) -> y for a forward(module, x, seg), so params can be differentiated."""
+
   @functools.partial(jax.jit, static_argnums=0)
   def run(graphdef, params, x, seg):
     return forward(nnx.merge(graphdef, params), x, seg)
+
   return run
 
 
@@ -77,12 +80,15 @@ def layout(*runs: tuple[int, int]) -> list[int]:
 
 # name: (chunk_size, segment ids of row 0, segment ids of row 1); both rows have the same length.
 CASES = {
-    "one_token": (4, layout((1, 1)), layout((0, 1))),
-    "shorter_than_chunk": (8, layout((1, 2), (2, 1)), layout((2, 1), (1, 2))),
-    "one_document_and_changes_at_chunk_boundaries": (4, layout((1, 24)), layout((1, 8), (2, 4), (3, 12))),
-    "not_chunk_multiple_and_id_reappears": (4, layout((1, 5), (2, 8)), layout((1, 4), (2, 4), (1, 5))),
-    "single_token_doc_padding_and_many_chunks": (
-        8, layout((3, 10), (1, 1), (2, 20), (0, 6)), layout((0, 2), (5, 1), (6, 28), (0, 6))),
+  "one_token": (4, layout((1, 1)), layout((0, 1))),
+  "shorter_than_chunk": (8, layout((1, 2), (2, 1)), layout((2, 1), (1, 2))),
+  "one_document_and_changes_at_chunk_boundaries": (4, layout((1, 24)), layout((1, 8), (2, 4), (3, 12))),
+  "not_chunk_multiple_and_id_reappears": (4, layout((1, 5), (2, 8)), layout((1, 4), (2, 4), (1, 5))),
+  "single_token_doc_padding_and_many_chunks": (
+    8,
+    layout((3, 10), (1, 1), (2, 20), (0, 6)),
+    layout((0, 2), (5, 1), (6, 28), (0, 6)),
+  ),
 }
 
 

@@ -112,9 +112,14 @@ def test_span_corruption_masks_the_fraction_and_is_recoverable(length):
 
 
 def test_bad_settings_are_one_line_errors():
-  for kwargs, message in [({"target_deletion": 1.0}, "target_deletion"), ({"target_deletion": -0.1}, r"\[0, 1\)"),
-                          ({"gate_layer": 3}, "gate_layer"), ({"gate_scale": 1.0}, "negative"),
-                          ({"buckets": (0.5,)}, "buckets"), ({"gate_ema": 1.0}, "gate_ema")]:
+  for kwargs, message in [
+    ({"target_deletion": 1.0}, "target_deletion"),
+    ({"target_deletion": -0.1}, r"\[0, 1\)"),
+    ({"gate_layer": 3}, "gate_layer"),
+    ({"gate_scale": 1.0}, "negative"),
+    ({"buckets": (0.5,)}, "buckets"),
+    ({"gate_ema": 1.0}, "gate_ema"),
+  ]:
     with pytest.raises(ConfigError, match=message):
       MrT5Config(**{**vars(CFG), **kwargs})
 
@@ -125,7 +130,7 @@ def test_gradients_reach_the_gate_under_soft_deletion():
 
   def loss(m):
     logits, _ = m(ids, valid, dec, dvalid, "soft")
-    return jnp.mean(logits ** 2)
+    return jnp.mean(logits**2)
 
   grads = nnx.jit(nnx.grad(loss))(model)
   assert float(jnp.abs(grads.gate_w[...]).max()) > 0 and np.isfinite(float(jax.tree.leaves(grads)[0].sum()))
@@ -150,5 +155,11 @@ def test_deletion_by_byte_class_counts_each_kind():
   valid[0, -1] = False  # padding is not counted
   keep = np.array([[True, False, True, False, True, False, False, True, True]])
   counts = dict(zip(CLASS_NAMES, class_counts(ids, valid, keep).tolist()))
-  assert counts == {"vowel": [2, 1], "consonant": [1, 0], "digit": [1, 0], "whitespace": [1, 1],
-                    "punctuation": [1, 1], "other": [2, 1]}
+  assert counts == {
+    "vowel": [2, 1],
+    "consonant": [1, 0],
+    "digit": [1, 0],
+    "whitespace": [1, 1],
+    "punctuation": [1, 1],
+    "other": [2, 1],
+  }

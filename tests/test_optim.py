@@ -34,6 +34,7 @@ def test_weight_decay_mask_skips_norms_and_embeddings():
 
 def test_every_parameter_has_logical_axes():
   from test_hnet import hnet_config
+
   for cfg in (tiny_config(), hnet_config(2)):
     model = build_model(cfg, 0)
     for path, var in nnx.iter_graph(model):

@@ -19,7 +19,7 @@ def make_docs(lengths, seed=0):
 def test_in_order_windows_tile_the_stream_and_predict_every_byte_once():
   docs = make_docs([5, 40, 1, 17, 64, 3])
   w = PackedWindows(docs, 16, shuffle=False, pad_last=True)
-  stream = np.concatenate([np.concatenate([[BOS], docs.data[s:s + n]]) for s, n in zip(docs.starts, docs.lengths)])
+  stream = np.concatenate([np.concatenate([[BOS], docs.data[s : s + n]]) for s, n in zip(docs.starts, docs.lengths)])
   ids = np.concatenate([w[i]["ids"] for i in range(len(w))])
   targets = np.concatenate([w[i]["targets"] for i in range(len(w))])
   assert np.array_equal(ids[: len(stream) - 1], stream[:-1])
@@ -79,8 +79,10 @@ def test_iterator_resumes_exactly():
 def test_per_process_shards_are_disjoint_and_cover_the_global_batch():
   docs = make_docs([50] * 30)
   full = next(iter(pipeline.train_dataset(docs, 16, 4, 10, seed=0, prefetch=0, process_index=0, process_count=1)))
-  parts = [next(iter(pipeline.train_dataset(docs, 16, 4, 10, seed=0, prefetch=0, process_index=i, process_count=2)))
-           for i in range(2)]
+  parts = [
+    next(iter(pipeline.train_dataset(docs, 16, 4, 10, seed=0, prefetch=0, process_index=i, process_count=2)))
+    for i in range(2)
+  ]
   assert all(p["ids"].shape == (2, 16) for p in parts)
   rows = {tuple(r) for p in parts for r in p["ids"]}
   assert rows == {tuple(r) for r in full["ids"]}
@@ -93,8 +95,9 @@ def test_pod_hosts_read_every_window_once_per_step_and_none_twice():
   steps, batch, seq = 12, 8, 16
 
   def rows(process_index, process_count):
-    ds = pipeline.train_dataset(docs, seq, batch, steps, seed=3, prefetch=0, process_index=process_index,
-                                process_count=process_count)
+    ds = pipeline.train_dataset(
+      docs, seq, batch, steps, seed=3, prefetch=0, process_index=process_index, process_count=process_count
+    )
     return [[tuple(r) + tuple(p) for r, p in zip(b["ids"], b["positions"])] for b in ds][:steps]
 
   single = rows(0, 1)
@@ -151,7 +154,7 @@ def test_the_cap_loses_no_byte_and_pads_only_window_ends():
   w = PackedWindows(docs, seq, shuffle=False, pad_last=True, max_docs=2)
   stream = b"".join(bytes([BOS]) + docs.doc(i) for i in range(len(docs)))
   inputs = b"".join(bytes(w[k]["ids"][w[k]["segment_ids"] > 0]) for k in range(len(w)))
-  assert len(inputs) >= len(stream) - 1 and inputs == stream[:len(inputs)]  # every byte once, in order
+  assert len(inputs) >= len(stream) - 1 and inputs == stream[: len(inputs)]  # every byte once, in order
   assert sum(int(w[k]["loss_mask"].sum()) for k in range(len(w))) == docs.num_bytes
   for k in range(len(w)):
     seg = w[k]["segment_ids"]

@@ -70,14 +70,19 @@ def test_the_train_step_passes_its_step():
   assert np.allclose(seen, [2.0, 2.25, 2.5])
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (("model.ratio_start=[1]", "model.ratio_warmup_steps=5"), "model.ratio_start: target compression N must be > 1"),
     (("model.ratio_start=[2]",), "model.ratio_warmup_steps: the curriculum needs > 0 steps"),
     (("model.ratio_warmup_steps=5",), "model.ratio_warmup_steps: set model.ratio_start too"),
-    (("model.ratio_start=[2]", "model.ratio_warmup_steps=5", "model.router=[stride]"),
-     "stage 0's router 'stride' has no ratio loss"),
+    (
+      ("model.ratio_start=[2]", "model.ratio_warmup_steps=5", "model.router=[stride]"),
+      "stage 0's router 'stride' has no ratio loss",
+    ),
     (("model.ratio_start=[2, 2]", "model.ratio_warmup_steps=5"), "model.ratio_start: layout has 1 routing stage"),
-])
+  ],
+)
 def test_bad_curricula_fail_at_load(overrides, message):
   with pytest.raises(ConfigError, match=message):
     hnet_config(1, *overrides)

@@ -69,26 +69,51 @@ def test_a_broken_line_fails(capsys):
 # instead of all of them, and each subcommand gets flags that only make it small (FAST); nothing else changes.
 
 STDLIB = Path(__import__("sysconfig").get_paths()["stdlib"])
-BUILTIN = ["argparse.py", "ast.py", "calendar.py", "csv.py", "difflib.py", "fractions.py", "heapq.py", "inspect.py",
-           "pathlib.py", "shutil.py", "string.py", "textwrap.py", "typing.py"]
-TRAIN_FAST = ["--set", "train.steps=2", "--set", "train.warmup_steps=1", "--set", "train.checkpoint_every=2",
-              "--set", "eval.max_bytes=2048", "--set", "eval.final_max_bytes=2048", "--set", "eval.sample_bytes=16",
-              "--no-progress"]
+BUILTIN = [
+  "argparse.py",
+  "ast.py",
+  "calendar.py",
+  "csv.py",
+  "difflib.py",
+  "fractions.py",
+  "heapq.py",
+  "inspect.py",
+  "pathlib.py",
+  "shutil.py",
+  "string.py",
+  "textwrap.py",
+  "typing.py",
+]
+TRAIN_FAST = [
+  "--set",
+  "train.steps=2",
+  "--set",
+  "train.warmup_steps=1",
+  "--set",
+  "train.checkpoint_every=2",
+  "--set",
+  "eval.max_bytes=2048",
+  "--set",
+  "eval.final_max_bytes=2048",
+  "--set",
+  "eval.sample_bytes=16",
+  "--no-progress",
+]
 FAST = {
-    "train": TRAIN_FAST,
-    "eval": ["--max-bytes", "2048", "--no-progress"],
-    "generate": ["--max-bytes", "8"],
-    "compare": ["--budget-bytes", "8192", "--no-progress"],
-    "robustness": ["--max-bytes", "1024", "--no-progress"],
-    "boundaries": ["--max-bytes", "2048"],
-    "report": ["--samples", "1"],
-    "bench train": ["--steps", "1", "--warmup", "0"],
-    "bench generate": ["--units", "4", "--repeats", "1"],
-    "bench kernels": ["--no-step", "--repeats", "1", "--warmup", "0", "--dtype", "float32"],
-    "bench capacity": ["--max-bytes", "8192"],
-    "classify train": ["--steps", "2", "--eval-every", "2", "--seq-len", "64", "--no-progress"],
-    "mrt5 train": ["--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--no-progress"],
-    "mrt5 bench": ["--repeats", "1"],
+  "train": TRAIN_FAST,
+  "eval": ["--max-bytes", "2048", "--no-progress"],
+  "generate": ["--max-bytes", "8"],
+  "compare": ["--budget-bytes", "8192", "--no-progress"],
+  "robustness": ["--max-bytes", "1024", "--no-progress"],
+  "boundaries": ["--max-bytes", "2048"],
+  "report": ["--samples", "1"],
+  "bench train": ["--steps", "1", "--warmup", "0"],
+  "bench generate": ["--units", "4", "--repeats", "1"],
+  "bench kernels": ["--no-step", "--repeats", "1", "--warmup", "0", "--dtype", "float32"],
+  "bench capacity": ["--max-bytes", "8192"],
+  "classify train": ["--steps", "2", "--eval-every", "2", "--seq-len", "64", "--no-progress"],
+  "mrt5 train": ["--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--no-progress"],
+  "mrt5 bench": ["--repeats", "1"],
 }
 
 
@@ -139,8 +164,9 @@ def workspace(tmp_path_factory):
     with (root / name).open("w") as f:  # label: the module name's first letter
       for n in files:
         text = (STDLIB / n).read_text()
-        f.writelines(json.dumps({"text": text[i:i + 64], "label": "a-h" if n < "i" else "i-z"}) + "\n"
-                     for i in range(0, 640, 64))
+        f.writelines(
+          json.dumps({"text": text[i : i + 64], "label": "a-h" if n < "i" else "i-z"}) + "\n" for i in range(0, 640, 64)
+        )
   (root / "configs").symlink_to(ROOT / "configs")
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr("chunklm.data.sources.stdlib_dir", lambda: builtin)
@@ -167,5 +193,11 @@ def test_every_usage_line_runs_and_writes_what_it_promises(words, workspace, cap
 
 def test_the_runner_covers_every_line_but_help():
   assert len(RUNNABLE) == len(COMMANDS) - 1
-  assert {_key(w) for w in RUNNABLE} - set(FAST) <= {"tokenizer train", "info", "bench compile", "classify eval",
-                                                    "export", "import"}  # cheap as they are
+  assert {_key(w) for w in RUNNABLE} - set(FAST) <= {
+    "tokenizer train",
+    "info",
+    "bench compile",
+    "classify eval",
+    "export",
+    "import",
+  }  # cheap as they are

@@ -7,14 +7,14 @@ from chunklm.eval.perturb import PERTURBATIONS, perturb_text
 TEXT = b"The quick brown fox jumps."
 # Snapshot of every perturbation of TEXT at strength 0.3, seed 0: a change here changes published figures.
 EXPECTED = {
-    "random_case": "thE Quick brown Fox jumps.",
-    "uppercase": "THE QUICK BROWN FOX JUMPS.",
-    "delete": "The quikbr x up.",
-    "insert": "Thet quick ebrofwnd kfox jumpksx.",
-    "swap": "Th euqikc brown ofxj umps.",
-    "keyboard": "Tne wu8ck browm fix jumps.",
-    "antspeak": "T H E   Q U I C K   B R O W N   F O X   J U M P S .",
-    "repeat": "The quuuiiick  brrrown foxxxx jjjjuuumpss..",
+  "random_case": "thE Quick brown Fox jumps.",
+  "uppercase": "THE QUICK BROWN FOX JUMPS.",
+  "delete": "The quikbr x up.",
+  "insert": "Thet quick ebrofwnd kfox jumpksx.",
+  "swap": "Th euqikc brown ofxj umps.",
+  "keyboard": "Tne wu8ck browm fix jumps.",
+  "antspeak": "T H E   Q U I C K   B R O W N   F O X   J U M P S .",
+  "repeat": "The quuuiiick  brrrown foxxxx jjjjuuumpss..",
 }
 
 
@@ -46,17 +46,43 @@ def test_specific_properties():
 def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_dir, capsys):
   from chunklm.cli import main
   from conftest import TINY
+
   sets = [a for o in TINY + ["train.steps=4", "eval.sample_bytes=0"] for a in ("--set", o)]
   base = ["train", "--no-progress", "--data", str(corpus_dir)] + sets
   assert main(base + ["--config", "byte_transformer_tiny", "--workdir", str(tmp_path / "bytes")]) == 0
   tok = tmp_path / "t.model"
   assert main(["tokenizer", "train", "--data", str(corpus_dir), "--vocab-size", "300", "--out", str(tok)]) == 0
-  assert main(base + ["--config", "bpe_transformer_tiny", "--set", f"data.tokenizer={tok}", "--set",
-                      "model.vocab_size=300", "--set", "data.seq_len=12", "--workdir", str(tmp_path / "bpe")]) == 0
+  assert (
+    main(
+      base
+      + [
+        "--config",
+        "bpe_transformer_tiny",
+        "--set",
+        f"data.tokenizer={tok}",
+        "--set",
+        "model.vocab_size=300",
+        "--set",
+        "data.seq_len=12",
+        "--workdir",
+        str(tmp_path / "bpe"),
+      ]
+    )
+    == 0
+  )
   capsys.readouterr()
   from chunklm.eval.robustness import run_robustness
-  res = run_robustness([tmp_path / "bytes", tmp_path / "bpe"], (str(corpus_dir / "doc001.py"),),
-                       ["uppercase", "delete", "antspeak"], 0.2, 0, 0, tmp_path / "out", log=lambda *a: None)
+
+  res = run_robustness(
+    [tmp_path / "bytes", tmp_path / "bpe"],
+    (str(corpus_dir / "doc001.py"),),
+    ["uppercase", "delete", "antspeak"],
+    0.2,
+    0,
+    0,
+    tmp_path / "out",
+    log=lambda *a: None,
+  )
   for text in ("clean", "uppercase", "delete", "antspeak"):
     assert res["bytes"][text]["bytes"] == res["bpe"][text]["bytes"]  # the same text bytes for both models
   assert res["bytes"]["antspeak"]["bytes"] > 1.8 * res["bytes"]["clean"]["bytes"]
@@ -75,6 +101,7 @@ def test_report_ends_with_the_mean_over_perturbations(tmp_path):
   from types import SimpleNamespace
 
   from chunklm.eval import robustness
+
   bpb = {"h": (2.0, 2.5, 3.0), "t": (1.8, 2.7, 3.6)}  # clean, a, b
   results = {m: {t: {"bpb": v} for t, v in zip(("clean", "a", "b"), vals)} for m, vals in bpb.items()}
   texts = {t: SimpleNamespace(num_bytes=n) for t, n in (("clean", 100), ("a", 100), ("b", 120))}

@@ -22,12 +22,12 @@ from test_generation import step_all
 from test_hnet import HNET1, make_batch
 
 ROUTER_CASES = {
-    "stride": ["model.router=[stride]"],
-    "whitespace": ["model.router=[whitespace]"],
-    "gumbel": ["model.router=[gumbel]"],
-    "entropy": ["model.router=[entropy]", "model.entropy.d_model=16", "model.entropy.layout=T1"],
-    "delete_gate": ["model.router=[delete_gate]"],
-    "cosine_mean": ["model.pooling=[mean]"],
+  "stride": ["model.router=[stride]"],
+  "whitespace": ["model.router=[whitespace]"],
+  "gumbel": ["model.router=[gumbel]"],
+  "entropy": ["model.router=[entropy]", "model.entropy.d_model=16", "model.entropy.layout=T1"],
+  "delete_gate": ["model.router=[delete_gate]"],
+  "cosine_mean": ["model.pooling=[mean]"],
 }
 TEXT = b"def f(x):\n    return x * 2 + 1\nclass A:\n    pass\n  y = f(3)  # ok\n" * 3
 
@@ -64,7 +64,9 @@ def test_stride_boundaries_restart_at_documents_and_skip_padding():
   np.testing.assert_array_equal(p, np.isin(np.arange(16), got).astype(np.float32))  # p = b exactly
 
 
-@pytest.mark.parametrize("mode, text, expected", [
+@pytest.mark.parametrize(
+  "mode, text, expected",
+  [
     ("space", "ab cd\u3000ef\u00a0g\th", [0, 3, 8, 12, 14]),  # ideographic space, NBSP, tab
     ("space", "a  x\n\n yz", [0, 3, 7]),  # a whitespace run starts one chunk
     ("space", "a \u3000b", [0, 2, 5]),  # a multi-byte space after a space starts its own chunk (documented)
@@ -72,7 +74,8 @@ def test_stride_boundaries_restart_at_documents_and_skip_padding():
     ("punct", "f(x), y", [0, 1, 2, 3, 4, 6]),
     ("regex:[\\s,]+", "a, b,c", [0, 1, 4]),
     ("regex:[\\s,]", "a, b,c", [0, 1, 2, 4]),
-])
+  ],
+)
 def test_word_starts_on_fixed_strings(mode, text, expected):
   got, _ = route("whitespace", text.encode(), None, None, f"model.whitespace.boundary={mode}")
   assert got == expected
@@ -88,13 +91,22 @@ def test_word_starts_respect_documents_and_padding():
 def test_script_classes():
   text = "aé Жλ漢かカ한ب".encode()
   names = [SCRIPTS[i] for i in np.asarray(script_classes(jnp.asarray(list(text))[None]))[0]]
-  expected = (["latin"] * 4 + ["cyrillic"] * 2 + ["greek"] * 2 + ["han"] * 3 + ["hiragana"] * 3 + ["katakana"] * 3
-              + ["hangul"] * 3 + ["arabic"] * 2)
+  expected = (
+    ["latin"] * 4
+    + ["cyrillic"] * 2
+    + ["greek"] * 2
+    + ["han"] * 3
+    + ["hiragana"] * 3
+    + ["katakana"] * 3
+    + ["hangul"] * 3
+    + ["arabic"] * 2
+  )
   assert names == expected
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "entropy" else c
-                                  for c in sorted(ROUTER_CASES)])  # entropy: the slowest, slow suite (CI budget)
+@pytest.mark.parametrize(
+  "case", [pytest.param(c, marks=pytest.mark.slow) if c == "entropy" else c for c in sorted(ROUTER_CASES)]
+)  # entropy: the slowest, slow suite (CI budget)
 def test_causality_gradient_and_perturbation(case):
   cfg = tiny_config(*HNET1, *ROUTER_CASES[case], "model.capacity=[10]")
   length = 32
@@ -105,8 +117,14 @@ def test_causality_gradient_and_perturbation(case):
 
   def per_position_nll(emb_1xLxD):
     model = nnx.merge(graphdef, jax.tree.map(lambda x: x, params))  # variables of this trace: stats may update
-    h, _ = model.backbone(emb_1xLxD, seg, seg > 0, ChunkPlan((10,), cfg.data.doc_slots, train=train), ids_BxL=ids,
-                          rng=jax.random.key(3) if train else None)
+    h, _ = model.backbone(
+      emb_1xLxD,
+      seg,
+      seg > 0,
+      ChunkPlan((10,), cfg.data.doc_slots, train=train),
+      ids_BxL=ids,
+      rng=jax.random.key(3) if train else None,
+    )
     logp = jax.nn.log_softmax(model.head(h))
     return -logp[0, jnp.arange(length), jnp.roll(ids, -1, 1)[0]]
 
@@ -117,19 +135,23 @@ def test_causality_gradient_and_perturbation(case):
   logits, stages = run(ids)
   assert int(np.asarray(stages[0].boundaries_BxL).sum()) > 1, "the test should cross chunk boundaries"
   for t in (5, 17):
-    future = ids.at[0, t + 1:].set((ids[0, t + 1:] * 7 + 13) % 256)
+    future = ids.at[0, t + 1 :].set((ids[0, t + 1 :] * 7 + 13) % 256)
     np.testing.assert_allclose(logits[0, : t + 1], run(future)[0][0, : t + 1], atol=1e-5)
 
 
-LEARNED = {"gumbel": ("router/w", "router/c"), "delete_gate": ("router/w", "router/c"),
-           "entropy": ("router/embed", "router/head"), "cosine_mean": ("backbone/null",)}
+LEARNED = {
+  "gumbel": ("router/w", "router/c"),
+  "delete_gate": ("router/w", "router/c"),
+  "entropy": ("router/embed", "router/head"),
+  "cosine_mean": ("backbone/null",),
+}
 
 
 @pytest.mark.slow  # ~8 s per router on 2 cores; causality (above) stays in the default suite
 @pytest.mark.parametrize("case", sorted(ROUTER_CASES))
 def test_gradients_are_finite_and_learned_routers_learn(case):
   cfg = tiny_config(*HNET1, *ROUTER_CASES[case])
-  ids = np.stack([np.frombuffer(TEXT[i:i + 32], np.uint8) for i in (0, 17, 40, 61)]).astype(np.int32)
+  ids = np.stack([np.frombuffer(TEXT[i : i + 32], np.uint8) for i in (0, 17, 40, 61)]).astype(np.int32)
   seg = np.ones_like(ids)
   seg[1, 20:] = 2
   seg[2, 28:] = 0  # padding
@@ -139,8 +161,11 @@ def test_gradients_are_finite_and_learned_routers_learn(case):
   assert np.isfinite(float(loss))
   leaves = {jax.tree_util.keystr(p): np.asarray(g) for p, g in jax.tree_util.tree_leaves_with_path(grads)}
   assert all(np.isfinite(g).all() for g in leaves.values())
-  zero = [k for k, g in leaves.items() if not np.any(g) and "threshold" not in k and "updates" not in k
-          and "acc" not in k and "alpha" not in k]
+  zero = [
+    k
+    for k, g in leaves.items()
+    if not np.any(g) and "threshold" not in k and "updates" not in k and "acc" not in k and "alpha" not in k
+  ]
   assert not zero, f"parameters without gradient: {zero}"
   for part in LEARNED.get(case, ()):
     a, b = part.split("/")
@@ -155,7 +180,7 @@ def test_gradients_are_finite_and_learned_routers_learn(case):
 def test_generation_steps_equal_the_full_forward(case):
   cfg = tiny_config(*HNET1, *ROUTER_CASES[case])
   length = 30
-  ids = jnp.asarray(np.stack([np.frombuffer(TEXT[i:i + length], np.uint8) for i in (0, 9)]).astype(np.int32))
+  ids = jnp.asarray(np.stack([np.frombuffer(TEXT[i : i + length], np.uint8) for i in (0, 9)]).astype(np.int32))
   ids = ids.at[:, 0].set(0)
   graphdef, params = primed(case, cfg, ids, jnp.ones_like(ids))
   batch = {"ids": ids, "segment_ids": jnp.ones_like(ids), "positions": jnp.broadcast_to(jnp.arange(length), ids.shape)}
@@ -170,12 +195,15 @@ def test_generation_steps_equal_the_full_forward(case):
 @pytest.mark.parametrize("case", ["entropy", "delete_gate", "cosine_mean"])
 def test_generation_refuses_what_it_cannot_step(case):
   from chunklm.eval.generate import generate_many
+
   graphdef, params = split_model(build_model(tiny_config(*HNET1, *ROUTER_CASES[case]), 0))
   with pytest.raises(GenerationUnsupported, match="pooling|entropy|delete gate"):
     generate_many(graphdef, params, [b"x"], max_new_bytes=2)
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     (["model.router=[sparkle]"], "unknown router 'sparkle'"),
     (["model.router=[stride]", "model.target_ratio=[2.5]"], "integer"),
     (["model.router=[stride]", "model.target_ratio=[0.5]"], "must be > 1"),
@@ -188,7 +216,8 @@ def test_generation_refuses_what_it_cannot_step(case):
     (["model.gumbel.script_ratios={latin: 4}"], "gumbel router only"),
     (["model.router=[delete_gate]", "model.delete_gate.scale=5"], "negative"),
     (["model.router=[entropy]", "model.entropy.mode=sideways"], "entropy.mode"),
-])
+  ],
+)
 def test_router_configs_that_cannot_work_fail_at_load(override, message):
   with pytest.raises(ConfigError, match=message):
     tiny_config(*HNET1, *override)
@@ -197,6 +226,7 @@ def test_router_configs_that_cannot_work_fail_at_load(override, message):
 @pytest.mark.parametrize("router", ["whitespace", "entropy"])
 def test_byte_routers_refuse_inner_stages(router):
   from test_hnet import HNET2
+
   with pytest.raises(ConfigError, match="stage 0"):
     tiny_config(*HNET2, f"model.router=[cosine, {router}]")
 
@@ -208,6 +238,7 @@ def test_script_ratios_load_from_a_mapping():
 
 def test_whitespace_refuses_dna_and_text_without_spaces(tmp_path):
   from chunklm.data.corpus import load_splits
+
   (tmp_path / "dna").mkdir()
   (tmp_path / "dna" / "a.fa").write_text(">chr1\n" + "ACGTNACGGT" * 40 + "\n>chr2\n" + "TTGACCA" * 40 + "\n")
   cfg = tiny_config(*HNET1, "model.router=[whitespace]", data=tmp_path / "dna")
@@ -223,17 +254,21 @@ def test_whitespace_refuses_dna_and_text_without_spaces(tmp_path):
   check_router_data(tiny_config(*HNET1, "model.router=[stride]", data=tmp_path / "dna").model, splits.train)
 
 
-@pytest.mark.parametrize("case,extra", [pytest.param("entropy", (), marks=pytest.mark.slow),
-                                        pytest.param("gumbel", (), marks=pytest.mark.slow),
-                                        ("delete_gate", ()),
-                                        pytest.param("delete_gate", ("model.delete_gate.two_sided=false",),
-                                                     marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "case,extra",
+  [
+    pytest.param("entropy", (), marks=pytest.mark.slow),
+    pytest.param("gumbel", (), marks=pytest.mark.slow),
+    ("delete_gate", ()),
+    pytest.param("delete_gate", ("model.delete_gate.two_sided=false",), marks=pytest.mark.slow),
+  ],
+)
 def test_train_step_updates_router_statistics(case, extra):
   cfg = tiny_config(*HNET1, *ROUTER_CASES[case], *extra)
   graphdef, params = split_model(build_model(cfg, 0))
   tx = make_optimizer(cfg.train, cfg.model, params)
   state = init_train_state(params, tx, 0)
-  ids = np.stack([np.frombuffer(TEXT[i:i + 32], np.uint8) for i in (0, 17, 40, 61)]).astype(np.int32)
+  ids = np.stack([np.frombuffer(TEXT[i : i + 32], np.uint8) for i in (0, 17, 40, 61)]).astype(np.int32)
   batch = make_batch(ids, np.ones_like(ids))
   step = jax.jit(lambda s, b: train_step(graphdef, tx, s, b))
   state, m1 = step(state, batch)
@@ -259,11 +294,12 @@ def test_train_step_updates_router_statistics(case, extra):
 def test_delete_gate_controller_pushes_back_both_ways():
   """Over-deleting drives alpha below 0 (a reward for keeping) unless MrT5's clamp is asked for; under-deleting
   drives it above 0."""
-  ids = np.stack([np.frombuffer(TEXT[i:i + 32], np.uint8) for i in (0, 17)]).astype(np.int32)
+  ids = np.stack([np.frombuffer(TEXT[i : i + 32], np.uint8) for i in (0, 17)]).astype(np.int32)
   seg = jnp.ones(ids.shape, jnp.int32)
   for two_sided, bias, sign in ((True, 20.0, -1), (False, 20.0, 0), (True, -20.0, 1)):
-    router = build_model(tiny_config(*HNET1, "model.router=[delete_gate]",
-                                     f"model.delete_gate.two_sided={str(two_sided).lower()}"), 0).backbone.router
+    router = build_model(
+      tiny_config(*HNET1, "model.router=[delete_gate]", f"model.delete_gate.two_sided={str(two_sided).lower()}"), 0
+    ).backbone.router
     router.c[...] = jnp.asarray(bias)  # +20: G ~ k everywhere (delete all); -20: keep all
     h = jax.random.normal(jax.random.key(0), (*ids.shape, router.w[...].shape[0]))
     router(h, jnp.asarray(ids), seg, seg > 0, train=True)
@@ -272,6 +308,7 @@ def test_delete_gate_controller_pushes_back_both_ways():
 
 def test_running_quantile_threshold():
   from chunklm.model.routing import RouterStat, update_running_quantile
+
   threshold, updates = RouterStat(jnp.zeros(())), RouterStat(jnp.zeros(()))
   stat = jnp.arange(10.0)[None]
   decide = jnp.ones((1, 10), bool).at[0, 9].set(False)  # 0..8 decided

@@ -15,8 +15,22 @@ def test_report_has_every_section(tmp_path, corpus_dir, capsys):
     wd = tmp_path / name
     assert main(["train", "--no-progress", "--data", str(corpus_dir), "--workdir", str(wd), *sets]) == 0
     runs.append(wd)
-  assert main(["robustness", "--workdir", str(runs[0]), "--perturbations", "uppercase", "--max-bytes", "500",
-               "--data", str(corpus_dir / "doc003.py")]) == 0
+  assert (
+    main(
+      [
+        "robustness",
+        "--workdir",
+        str(runs[0]),
+        "--perturbations",
+        "uppercase",
+        "--max-bytes",
+        "500",
+        "--data",
+        str(corpus_dir / "doc003.py"),
+      ]
+    )
+    == 0
+  )
   assert main(["report", "--workdir", str(runs[0]), "--samples", "1"]) == 0
   page = (runs[0] / "report.html").read_text()
   for section in ("config", "size", "curves", "valid", "robustness", "boundaries", "samples"):
@@ -25,6 +39,6 @@ def test_report_has_every_section(tmp_path, corpus_dir, capsys):
   out = tmp_path / "both.html"
   assert main(["report", "--workdir", str(runs[0]), "--workdir", str(runs[1]), "--out", str(out)]) == 0
   both = out.read_text()
-  assert "<h2>summary</h2>" in both and both.count("<h3 class=\"samples\">") == 2
+  assert "<h2>summary</h2>" in both and both.count('<h3 class="samples">') == 2
   capsys.readouterr()
   assert main(["report", "--workdir", str(tmp_path / "missing")]) == 2

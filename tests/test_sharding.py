@@ -70,6 +70,7 @@ def test_sharded_training_matches_single_device(tmp_path):
   proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json
+
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["one"]["losses"] == pytest.approx(out["eight"]["losses"], rel=2e-4)
   assert out["one"]["bpb"] == pytest.approx(out["eight"]["bpb"], rel=2e-4)
@@ -108,8 +109,9 @@ def _equivalent(cases: list[str]) -> None:
 
 
 def test_pallas_chunk_ops_run_per_shard_under_a_mesh_and_match():
-  proc = subprocess.run([sys.executable, str(EQUIVALENCE), "ops:interpret"], capture_output=True, text=True,
-                        timeout=900)
+  proc = subprocess.run(
+    [sys.executable, str(EQUIVALENCE), "ops:interpret"], capture_output=True, text=True, timeout=900
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads(proc.stdout.strip().splitlines()[-1])["ops:interpret"]["max_diff"] < 1e-5
 
@@ -117,5 +119,10 @@ def test_pallas_chunk_ops_run_per_shard_under_a_mesh_and_match():
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_every_model_kind_trains_on_a_mesh_like_one_device():
-  _equivalent([f"{m}:{impl}" for m in ("byte_transformer_tiny", "hnet_1stage_tiny", "hnet_2stage_tiny")
-               for impl in ("xla", "interpret")])
+  _equivalent(
+    [
+      f"{m}:{impl}"
+      for m in ("byte_transformer_tiny", "hnet_1stage_tiny", "hnet_2stage_tiny")
+      for impl in ("xla", "interpret")
+    ]
+  )

@@ -60,7 +60,10 @@ def test_gz_of_each_kind(tmp_path):
     with gzip.open(tmp_path / name, "wb") as f:
       f.write(payload)
   assert [d for _, d in docs([tmp_path / "t.txt.gz", tmp_path / "s.fa.gz", tmp_path / "j.jsonl.gz"])] == [
-      b"plain", b"ACGT", b"j"]
+    b"plain",
+    b"ACGT",
+    b"j",
+  ]
   (tmp_path / "broken.gz").write_bytes(b"not gzip at all")
   with pytest.raises(DataError, match="cannot read"):
     docs([tmp_path / "broken.gz"])

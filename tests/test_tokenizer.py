@@ -21,15 +21,22 @@ from conftest import tiny_config, write_corpus
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
   root = tmp_path_factory.mktemp("tok")
-  docs = corpus.load_splits(DataConfig(sources=(str(write_corpus(root / "c", n_docs=40, size=600)),),
-                                       min_doc_bytes=1)).train
+  docs = corpus.load_splits(
+    DataConfig(sources=(str(write_corpus(root / "c", n_docs=40, size=600)),), min_doc_bytes=1)
+  ).train
   return train_tokenizer(docs, 320, root / "bpe.model", log=lambda *a: None)
 
 
 def test_round_trip_is_exact_for_any_bytes(tok):
   rng = np.random.default_rng(0)
-  cases = [b"def f(x):\n    return x\n", "naïve café ✓ 漢字".encode(), b"\xff\xfe\x00bad \xc3 utf8 \xe2\x82",
-           bytes(rng.integers(0, 256, 500).astype(np.uint8)), b"", b"  \t\t  trailing   \n\n"]
+  cases = [
+    b"def f(x):\n    return x\n",
+    "naïve café ✓ 漢字".encode(),
+    b"\xff\xfe\x00bad \xc3 utf8 \xe2\x82",
+    bytes(rng.integers(0, 256, 500).astype(np.uint8)),
+    b"",
+    b"  \t\t  trailing   \n\n",
+  ]
   for data in cases:
     ids = tok.encode(data)
     assert tok.decode(ids) == data
@@ -47,8 +54,11 @@ def test_bpb_of_a_token_model_is_total_nll_over_text_bytes(tok):
   total = 0.0
   for t in texts:
     ids = [tok.bos_id] + tok.encode(t).tolist()
-    batch = {"ids": jnp.asarray([ids[:-1]]), "segment_ids": jnp.ones((1, len(ids) - 1), jnp.int32),
-             "positions": jnp.arange(len(ids) - 1)[None]}
+    batch = {
+      "ids": jnp.asarray([ids[:-1]]),
+      "segment_ids": jnp.ones((1, len(ids) - 1), jnp.int32),
+      "positions": jnp.arange(len(ids) - 1)[None],
+    }
     logits, _ = forward(graphdef, params, batch)
     logp = jax.nn.log_softmax(logits[0])
     total += -float(sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1)))
@@ -63,7 +73,7 @@ def test_byte_and_token_models_see_byte_identical_text(tok, corpus_dir):
   assert token_valid.names == splits.valid.names
   for i in range(len(splits.valid)):
     s, n = token_valid.starts[i], token_valid.lengths[i]
-    assert tok.decode(token_valid.data[s:s + n]) == splits.valid.doc(i)
+    assert tok.decode(token_valid.data[s : s + n]) == splits.valid.doc(i)
   windows = PackedWindows(token_valid, 8, shuffle=False, pad_last=True, bos=tok.bos_id, piece_bytes=tok.piece_bytes)
   assert sum(int(windows[i]["target_bytes"].sum()) for i in range(len(windows))) == splits.valid.num_bytes
 
@@ -82,8 +92,24 @@ def test_bad_tokenizer_files(tmp_path, tok):
 
 def test_tokenizer_cli_reports_bytes_per_token(tmp_path, corpus_dir, capsys):
   from chunklm.cli import main
+
   out = tmp_path / "t.model"
-  assert main(["tokenizer", "train", "--data", str(corpus_dir), "--set", "data.valid_fraction=0.3",
-               "--vocab-size", "300", "--out", str(out)]) == 0
+  assert (
+    main(
+      [
+        "tokenizer",
+        "train",
+        "--data",
+        str(corpus_dir),
+        "--set",
+        "data.valid_fraction=0.3",
+        "--vocab-size",
+        "300",
+        "--out",
+        str(out),
+      ]
+    )
+    == 0
+  )
   text = capsys.readouterr().out
   assert out.exists() and "bytes per token" in text and "exact round trip: True" in text

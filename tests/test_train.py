@@ -1,7 +1,6 @@
 """Training loop: exact resume, metrics files, NaN guard, checkpoint fallback (resume compatibility and other
 faults: test_faults.py)."""
 
-
 import jax
 import numpy as np
 import pytest
@@ -48,11 +47,13 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_dir, monkeypa
 
   def poisoned(*args, **kwargs):
     step = real(*args, **kwargs)
+
     def run(state, batch):
       state, m = step(state, batch)
       if int(state["step"]) >= 5:
         m = dict(m, loss=m["loss"] * np.nan)
       return state, m
+
     return run
 
   monkeypatch.setattr(trainer, "make_train_step", poisoned)

@@ -17,16 +17,23 @@ def batch_of(ids, seg=None):
   ids = jnp.asarray(ids, jnp.int32)
   seg = jnp.ones_like(ids) if seg is None else jnp.asarray(seg, jnp.int32)
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-  return {"ids": ids, "targets": jnp.roll(ids, -1, 1), "segment_ids": seg, "positions": pos,
-          "loss_mask": jnp.ones(ids.shape, bool)}
+  return {
+    "ids": ids,
+    "targets": jnp.roll(ids, -1, 1),
+    "segment_ids": seg,
+    "positions": pos,
+    "loss_mask": jnp.ones(ids.shape, bool),
+  }
 
 
 def per_position_nll(model, ids_f, seg):
   """NLL at each position as a function of (continuous) input embeddings, for gradient tests."""
+
   def f(emb_BxLxD, targets):
     h = model.backbone(emb_BxLxD, seg, jnp.arange(emb_BxLxD.shape[1])[None])
     logits = model.head(h)
     return -jax.nn.log_softmax(logits)[0, jnp.arange(logits.shape[1]), targets[0]]
+
   return f
 
 
@@ -78,7 +85,8 @@ def test_golden_one_step():
   loss_after, _ = loss_fn(state["params"], graphdef, batch)
   got = (float(m["loss"]), float(m["grad_norm"]), float(loss_after))
   assert got == pytest.approx((GOLDEN_LOSS, GOLDEN_GRAD_NORM, GOLDEN_LOSS_AFTER), rel=2e-4), (
-      f"golden one-step values changed: {got}; if the change is intended, update the goldens in this file")
+    f"golden one-step values changed: {got}; if the change is intended, update the goldens in this file"
+  )
 
 
 def test_bf16_compute_is_close_to_f32():

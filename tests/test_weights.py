@@ -64,9 +64,13 @@ def test_bad_weight_files_are_one_line_errors(trained, tmp_path, capsys):
   busy = tmp_path / "busy"
   busy.mkdir()
   (busy / "x").write_text("x")
-  cases = [(not_st, tmp_path / "r1", "not a safetensors file"), (plain, tmp_path / "r2", "without chunklm metadata"),
-           (cut, tmp_path / "r3", "1 tensors missing (head.kernel)"), (good, busy, "is not empty"),
-           (tmp_path / "none.safetensors", tmp_path / "r4", "no such weights file")]
+  cases = [
+    (not_st, tmp_path / "r1", "not a safetensors file"),
+    (plain, tmp_path / "r2", "without chunklm metadata"),
+    (cut, tmp_path / "r3", "1 tensors missing (head.kernel)"),
+    (good, busy, "is not empty"),
+    (tmp_path / "none.safetensors", tmp_path / "r4", "no such weights file"),
+  ]
   capsys.readouterr()
   for weights, out, message in cases:
     assert main(["import", "--weights", str(weights), "--out", str(out)]) == 2, message

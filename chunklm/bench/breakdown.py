@@ -47,6 +47,7 @@ def breakdown(cfg: Config, repeats: int = 5) -> list[tuple[str, float]]:
 
   def embed_head(m, ids):
     return m.head(m.embed(ids))
+
   g, params = _fwd_bwd(model, embed_head, wrt_input=False)
   rows.append(("embedding + LM head", _time(lambda p: g(p, ids), (params,), repeats)))
   net: Stack | MainStack | HNet = model.backbone
@@ -59,21 +60,31 @@ def breakdown(cfg: Config, repeats: int = 5) -> list[tuple[str, float]]:
     for name in ("encoder", "decoder"):
       stack = getattr(net, name)
       g, params = _fwd_bwd(stack, lambda m, x: m(x, seg, pos))
-      rows.append((f"stage {level} {name} ({cfg.model.level_layout(level)[0 if name == 'encoder' else 2]}, "
-                   f"{seq} x {d})", _time(lambda p, x: g(p, x), (params, x), repeats)))
+      rows.append(
+        (
+          f"stage {level} {name} ({cfg.model.level_layout(level)[0 if name == 'encoder' else 2]}, {seq} x {d})",
+          _time(lambda p, x: g(p, x), (params, x), repeats),
+        )
+      )
 
     def route_chunk_dechunk(m, h, cap=caps[level], seg=seg):
       r = m.router(h, None, seg, seg > 0)
       ch = chunking.chunk(h, r, seg, seg > 0, cap, cfg.data.doc_slots, exact=False)
       return chunking.dechunk(ch.z_BxMxD, ch, r, compat=m.compat) + m.residual(h)
+
     g, params = _fwd_bwd(net, route_chunk_dechunk)
-    rows.append((f"stage {level} route + chunk + dechunk ({seq} -> {caps[level]})",
-                 _time(lambda p, x: g(p, x), (params, x), repeats)))
+    rows.append(
+      (
+        f"stage {level} route + chunk + dechunk ({seq} -> {caps[level]})",
+        _time(lambda p, x: g(p, x), (params, x), repeats),
+      )
+    )
     net, seq, level = net.main, caps[level], level + 1
   d = cfg.model.d_model[level]
   x = jax.random.normal(key, (b, seq, d))
   seg = jnp.ones((b, seq), jnp.int32)
   g, params = _fwd_bwd(net, lambda m, x: m(x, seg, seg > 0, ChunkPlan(()))[0])
-  rows.append((f"main stack ({cfg.model.level_layout(level)[0]}, {seq} x {d})",
-               _time(lambda p, x: g(p, x), (params, x), repeats)))
+  rows.append(
+    (f"main stack ({cfg.model.level_layout(level)[0]}, {seq} x {d})", _time(lambda p, x: g(p, x), (params, x), repeats))
+  )
   return rows

@@ -65,8 +65,14 @@ def smallest_factor(others: np.ndarray, doc_starts: np.ndarray, mean: float, max
   return max(factor, 1.0)
 
 
-def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: int, split: str = "valid",
-                   overrides: tuple[str, ...] = (), max_overflow: float = 0.01) -> list[dict]:
+def bench_capacity(
+  workdir: str | Path,
+  windows: list[int] | None,
+  max_bytes: int,
+  split: str = "valid",
+  overrides: tuple[str, ...] = (),
+  max_overflow: float = 0.01,
+) -> list[dict]:
   run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
   model = run.cfg.model
   if not model.num_stages or run.tokenizer is not None:
@@ -75,8 +81,10 @@ def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: in
   docs = leading_bytes(splits.valid if split == "valid" else splits.train, max_bytes)
   docs = docs.select(docs.lengths > 0)
   windows = windows or sorted({run.cfg.data.seq_len, 2048, 8192})
-  print(f"routing {docs.num_bytes:,} {split} bytes with {workdir} (step {run.step}; trained on "
-        f"{run.cfg.data.seq_len}-byte windows) ...")
+  print(
+    f"routing {docs.num_bytes:,} {split} bytes with {workdir} (step {run.step}; trained on "
+    f"{run.cfg.data.seq_len}-byte windows) ..."
+  )
   routed = corpus_routing(run.graphdef, run.params, docs, model.num_stages, run.cfg.data.seq_len)
   rows = []
   for window in windows:
@@ -88,8 +96,10 @@ def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: in
       low *= lowest
       others, doc_starts = window_counts([r.starts[s] for _, r in routed], docs, window, cap)
       if not len(others):
-        raise UserError(f"--window {window}: the valid text ({docs.num_bytes:,} bytes) fills no window; "
-                        "raise --max-bytes or pick shorter windows")
+        raise UserError(
+          f"--window {window}: the valid text ({docs.num_bytes:,} bytes) fills no window; "
+          "raise --max-bytes or pick shorter windows"
+        )
       mean = window / ratio  # nominal chunks per window, at the target ratios
       sized = window / low  # what the factor multiplies (a ratio curriculum sizes capacities for its start)
       auto = auto_capacity_factor(sized)
@@ -97,27 +107,40 @@ def bench_capacity(workdir: str | Path, windows: list[int] | None, max_bytes: in
       fit = smallest_factor(others, doc_starts, sized, max_overflow)
       fits.append(fit)
       fit_slots = math.ceil(sized * fit) + cap  # as config.capacities sizes a stage: ceil(mean x factor) + K
-      row = {"window": window, "stage": s, "windows": len(total), "max_docs": cap,
-             "bytes_per_chunk": window / total.mean(), "target_mean": mean, "mean": float(total.mean()),
-             "std": float(total.std()), "auto_factor": auto,
-             "overflow": {f: overflow(others, doc_starts, math.ceil(sized * f)) for f in (*FACTORS, auto)},
-             "fit": {"max_overflow": max_overflow, "factor": fit, "slots": fit_slots,
-                     "executed_ratio": fit_slots / mean}}
+      row = {
+        "window": window,
+        "stage": s,
+        "windows": len(total),
+        "max_docs": cap,
+        "bytes_per_chunk": window / total.mean(),
+        "target_mean": mean,
+        "mean": float(total.mean()),
+        "std": float(total.std()),
+        "auto_factor": auto,
+        "overflow": {f: overflow(others, doc_starts, math.ceil(sized * f)) for f in (*FACTORS, auto)},
+        "fit": {"max_overflow": max_overflow, "factor": fit, "slots": fit_slots, "executed_ratio": fit_slots / mean},
+      }
       rows.append(row)
       _print_row(row)
     if len(fits) > 1:  # model.capacity_factor is one value for every stage
-      print(f"window {window:6d}: model.capacity_factor={max(fits):.3f} keeps every stage within "
-            f"{max_overflow:.2%} overflow")
+      print(
+        f"window {window:6d}: model.capacity_factor={max(fits):.3f} keeps every stage within "
+        f"{max_overflow:.2%} overflow"
+      )
   return rows
 
 
 def _print_row(r: dict) -> None:
   cells = "  ".join(f"{f:.2f}: {o:.2%}" for f, o in r["overflow"].items())
-  print(f"window {r['window']:6d} stage {r['stage']}: {r['windows']} windows, <= {r['max_docs']} docs each; "
-        f"boundaries per window {r['mean']:.1f} +- {r['std']:.1f} (target {r['target_mean']:.1f}; "
-        f"{r['bytes_per_chunk']:.2f} bytes/chunk)")
+  print(
+    f"window {r['window']:6d} stage {r['stage']}: {r['windows']} windows, <= {r['max_docs']} docs each; "
+    f"boundaries per window {r['mean']:.1f} +- {r['std']:.1f} (target {r['target_mean']:.1f}; "
+    f"{r['bytes_per_chunk']:.2f} bytes/chunk)"
+  )
   print(f"  overflow by factor (the last is the automatic {r['auto_factor']:.3f}): {cells}")
   fit = r["fit"]
-  print(f"  for <= {fit['max_overflow']:.2%} overflow: capacity factor {fit['factor']:.3f} ({fit['slots']} slots "
-        f"with the {r['max_docs']} document slots: {fit['executed_ratio']:.2f}x the {r['target_mean']:.1f} chunks at "
-        "the target ratio)")
+  print(
+    f"  for <= {fit['max_overflow']:.2%} overflow: capacity factor {fit['factor']:.3f} ({fit['slots']} slots "
+    f"with the {r['max_docs']} document slots: {fit['executed_ratio']:.2f}x the {r['target_mean']:.1f} chunks at "
+    "the target ratio)"
+  )

@@ -39,7 +39,7 @@ from chunklm.train.sharding import (
 from chunklm.train.step import make_train_step
 from chunklm.train.trainer import setup_state
 
-GIB = 1024 ** 3
+GIB = 1024**3
 HBM_GIB = {"v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}  # per chip
 
 
@@ -61,8 +61,9 @@ def topology_devices(topology: str) -> list:
   try:
     return list(get_topology_desc(topology_name=name, platform=platform, **extra).devices)
   except Exception as e:  # noqa: BLE001  (libtpu's errors are long C++ status strings: keep their first line)
-    raise UserError(f"--topology {topology!r}: JAX {jax.__version__} cannot describe it here: "
-                    f"{str(e).strip().splitlines()[0]}") from None
+    raise UserError(
+      f"--topology {topology!r}: JAX {jax.__version__} cannot describe it here: {str(e).strip().splitlines()[0]}"
+    ) from None
 
 
 def hbm_gib(topology: str) -> float | None:
@@ -72,11 +73,13 @@ def hbm_gib(topology: str) -> float | None:
 def abstract_batch(cfg: Config, sharding) -> dict:
   """A global batch as `jax.ShapeDtypeStruct`s with the pipeline's fields, shapes and dtypes."""
   unit = np.int32 if cfg.data.tokenizer else np.uint8
-  docs = Documents(np.zeros(cfg.data.seq_len + 1, unit), np.zeros(1, np.int64),
-                   np.array([cfg.data.seq_len + 1], np.int64), ("probe",))
+  docs = Documents(
+    np.zeros(cfg.data.seq_len + 1, unit), np.zeros(1, np.int64), np.array([cfg.data.seq_len + 1], np.int64), ("probe",)
+  )
   example = PackedWindows(docs, cfg.data.seq_len, shuffle=False)[0]
-  return {k: jax.ShapeDtypeStruct((cfg.train.batch_size, *v.shape), v.dtype, sharding=sharding)
-          for k, v in example.items()}
+  return {
+    k: jax.ShapeDtypeStruct((cfg.train.batch_size, *v.shape), v.dtype, sharding=sharding) for k, v in example.items()
+  }
 
 
 @dataclasses.dataclass
@@ -96,8 +99,7 @@ class CompileReport:
   largest_param_bytes: int
 
 
-def compile_step(cfg: Config, topology: str, devices: list | None = None, hlo_path: str | None = None
-                 ) -> CompileReport:
+def compile_step(cfg: Config, topology: str, devices: list | None = None, hlo_path: str | None = None) -> CompileReport:
   """Lowers and compiles cfg's training step for `topology` (devices given, or made with `topology_devices`);
   the compiled HLO text goes to `hlo_path` if one is given."""
   devices = devices if devices is not None else topology_devices(topology)
@@ -122,21 +124,34 @@ def compile_step(cfg: Config, topology: str, devices: list | None = None, hlo_pa
     with open(hlo_path, "w") as f:
       f.write(hlo)
   mem = compiled.memory_analysis()
-  memory = {"arguments": mem.argument_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
-            "outputs": mem.output_size_in_bytes, "aliased": mem.alias_size_in_bytes,
-            "peak": getattr(mem, "peak_memory_in_bytes", 0) or (mem.argument_size_in_bytes + mem.temp_size_in_bytes
-                                                                + mem.output_size_in_bytes - mem.alias_size_in_bytes)}
+  memory = {
+    "arguments": mem.argument_size_in_bytes,
+    "temporaries": mem.temp_size_in_bytes,
+    "outputs": mem.output_size_in_bytes,
+    "aliased": mem.alias_size_in_bytes,
+    "peak": getattr(mem, "peak_memory_in_bytes", 0)
+    or (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes),
+  }
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   nominal = train_flops_per_byte(cfg.model, cfg.data.seq_len) * cfg.train.batch_size * cfg.data.seq_len / len(devices)
   hbm = hbm_gib(topology)
   largest = max(math.prod(x.shape) * 2 for x in jax.tree.leaves(state["params"]))  # as bf16, the compute dtype
   return CompileReport(
-      topology=topology, mesh=dict(mesh.shape), processes=process_count(mesh), params=num_params,
-      lower_s=t1 - t0, compile_s=t2 - t1, memory=memory, hbm_bytes=hbm * GIB if hbm else None,
-      flops_per_chip=float(cost.get("flops", 0.0)), nominal_flops_per_chip=nominal,
-      code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0)),
-      collectives=count_collectives(hlo), largest_param_bytes=largest)
+    topology=topology,
+    mesh=dict(mesh.shape),
+    processes=process_count(mesh),
+    params=num_params,
+    lower_s=t1 - t0,
+    compile_s=t2 - t1,
+    memory=memory,
+    hbm_bytes=hbm * GIB if hbm else None,
+    flops_per_chip=float(cost.get("flops", 0.0)),
+    nominal_flops_per_chip=nominal,
+    code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0)),
+    collectives=count_collectives(hlo),
+    largest_param_bytes=largest,
+  )
 
 
 def print_report(r: CompileReport, name: str, impl: str) -> None:
@@ -148,19 +163,27 @@ def print_report(r: CompileReport, name: str, impl: str) -> None:
   print(f"lower / compile  : {r.lower_s:.1f} s / {r.compile_s:.1f} s (on this host)")
   m = r.memory
   hbm = f" of {gib(r.hbm_bytes)} HBM ({m['peak'] / r.hbm_bytes:.0%})" if r.hbm_bytes else " (chip HBM unknown)"
-  print(f"memory per chip  : peak {gib(m['peak'])}{hbm}; arguments {gib(m['arguments'])}, temporaries "
-        f"{gib(m['temporaries'])}, outputs {gib(m['outputs'])}, aliased {gib(m['aliased'])}")
+  print(
+    f"memory per chip  : peak {gib(m['peak'])}{hbm}; arguments {gib(m['arguments'])}, temporaries "
+    f"{gib(m['temporaries'])}, outputs {gib(m['outputs'])}, aliased {gib(m['aliased'])}"
+  )
   ratio = r.flops_per_chip / r.nominal_flops_per_chip if r.nominal_flops_per_chip else float("nan")
-  print(f"FLOPs per chip   : {r.flops_per_chip / 1e12:.2f} T compiled vs {r.nominal_flops_per_chip / 1e12:.2f} T "
-        f"nominal (chunklm info at the target ratios): {ratio:.2f}x")
+  print(
+    f"FLOPs per chip   : {r.flops_per_chip / 1e12:.2f} T compiled vs {r.nominal_flops_per_chip / 1e12:.2f} T "
+    f"nominal (chunklm info at the target ratios): {ratio:.2f}x"
+  )
   print(f"code size        : {r.code_bytes / 2**20:.1f} MiB")
   print(f"largest weight   : {r.largest_param_bytes / 2**20:.1f} MiB in bf16")
   for kind, c in r.collectives.items():
     via = f" ({c['as_all_reduce']} lowered through an all-reduce)" if c.get("as_all_reduce") else ""
-    print(f"{kind:17}: {c['count']:4d} tensors, {c['bytes'] / 2**20:9.1f} MiB, largest {c['max_bytes'] / 2**20:.1f} MiB{via}")
+    print(
+      f"{kind:17}: {c['count']:4d} tensors, {c['bytes'] / 2**20:9.1f} MiB, largest {c['max_bytes'] / 2**20:.1f} MiB{via}"
+    )
   mib = {k: f"{c['count']} / {c['max_bytes'] / 2**20:.1f}" for k, c in r.collectives.items()}
-  print(f"| {name} | {impl} | {r.topology} | {mesh} | {gib(m['peak'])} | {r.hbm_bytes and m['peak'] / r.hbm_bytes:.0%} | "
-        f"{ratio:.2f}x | {mib['all-gather']} | {mib['reduce-scatter']} | {mib['all-reduce']} | {r.compile_s:.0f} s |")
+  print(
+    f"| {name} | {impl} | {r.topology} | {mesh} | {gib(m['peak'])} | {r.hbm_bytes and m['peak'] / r.hbm_bytes:.0%} | "
+    f"{ratio:.2f}x | {mib['all-gather']} | {mib['reduce-scatter']} | {mib['all-reduce']} | {r.compile_s:.0f} s |"
+  )
 
 
 def bench_compile(config: str, topology: str, overrides: list[str], hlo_path: str | None = None) -> CompileReport:

@@ -19,8 +19,23 @@ import math
 import re
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "bf16": 2,
+  "f16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+  "c64": 8,
+  "c128": 16,
+}
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+(.+?)\s*\{\s*$")
 # "%name = <shape> opcode(operands), attributes": the opcode is the first lower-case word followed by "(" (layouts
 # such as {1,0:T(8,128)} write their tiles with a capital T)
@@ -52,7 +67,7 @@ def _split_operands(rest: str) -> tuple[str, str]:
       depth += 1
     elif ch in ")}":
       if depth == 0:
-        return rest[:i], rest[i + 1:]
+        return rest[:i], rest[i + 1 :]
       depth -= 1
   return rest, ""
 
@@ -74,16 +89,24 @@ def _parse(hlo_text: str) -> tuple[dict[str, _Instruction], dict[str, str], dict
     calls, index = _CALLS.search(attributes), _INDEX.search(attributes)
     if opcode == "parameter" and operands.strip().isdigit():
       index = re.match(r"(\d+)", operands.strip())
-    instructions[name] = _Instruction(name, shape, opcode, _NAME.findall(operands), computation,
-                                      calls.group(1) if calls else None, int(index.group(1)) if index else None)
+    instructions[name] = _Instruction(
+      name,
+      shape,
+      opcode,
+      _NAME.findall(operands),
+      computation,
+      calls.group(1) if calls else None,
+      int(index.group(1)) if index else None,
+    )
     if root:
       roots[computation] = opcode
   return instructions, results, roots
 
 
 def _bytes(shape: str, last_only: bool = False) -> int:
-  arrays = [_DTYPE_BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(",") if d)
-            for dt, dims in _ARRAY.findall(shape)]
+  arrays = [
+    _DTYPE_BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(",") if d) for dt, dims in _ARRAY.findall(shape)
+  ]
   if last_only and arrays:  # an asynchronous start's tuple ends with its result
     return arrays[-1]
   return sum(arrays)

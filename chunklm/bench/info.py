@@ -36,8 +36,13 @@ class SetupInfo:
   parameters: list[Parameter]  # empty unless asked for
 
 
-def setup_info(config: str | None, overrides: list[str] | tuple[str, ...] = (), workdir: str | Path | None = None,
-               *, list_params: bool = False) -> SetupInfo:
+def setup_info(
+  config: str | None,
+  overrides: list[str] | tuple[str, ...] = (),
+  workdir: str | Path | None = None,
+  *,
+  list_params: bool = False,
+) -> SetupInfo:
   """Describe `workdir`'s saved config (with `overrides` that keep its parameters), else the config `config`.
 
   Where data.max_docs_per_window is 0 it is set as training would set it, from the configured corpus's training

@@ -26,13 +26,22 @@ from chunklm.train.trainer import setup_state
 OPS = ("downsample", "upsample", "segment_pool", "ema_scan")
 DTYPES = ("float32", "bfloat16")
 SHAPES = {  # (B, L, D)
-    "full": tuple((b, length, d) for b in (8, 32) for length in (4096, 8192) for d in (512, 1024, 2048)),
-    "small": ((2, 256, 64),),
+  "full": tuple((b, length, d) for b in (8, 32) for length in (4096, 8192) for d in (512, 1024, 2048)),
+  "small": ((2, 256, 64),),
 }
 MEAN_CHUNK, CAPACITY_FACTOR = 5.0, 1.5
 # Peak HBM bandwidth in GB/s by device_kind: (substrings that must all appear, lower case) -> GB/s; first match wins.
-PEAK_GBPS = ((("h100", "pcie"), 2000.0), (("h100",), 3350.0), (("h200",), 4800.0), (("a100", "80gb"), 2000.0),
-             (("v5 lite",), 820.0), (("v5e",), 820.0), (("v5p",), 2760.0), (("tpu v5",), 2760.0), (("v4",), 1200.0))
+PEAK_GBPS = (
+  (("h100", "pcie"), 2000.0),
+  (("h100",), 3350.0),
+  (("h200",), 4800.0),
+  (("a100", "80gb"), 2000.0),
+  (("v5 lite",), 820.0),
+  (("v5e",), 820.0),
+  (("v5p",), 2760.0),
+  (("tpu v5",), 2760.0),
+  (("v4",), 1200.0),
+)
 
 
 def peak_gbps(device_kind: str) -> float | None:
@@ -50,10 +59,14 @@ def make_inputs(b: int, length: int, d: int, dtype: str, seed: int = 0) -> dict:
   keep = rng.uniform(size=(b, length)) < 1.0 / MEAN_CHUNK
   keep[:, 0] = True
   keep_BxL = jnp.asarray(keep)
-  return {"capacity": capacity, "keep": keep_BxL, "idx": api.chunk_index(keep_BxL, capacity),
-          "x": jnp.asarray(rng.normal(size=(b, length, d)), dtype),
-          "z": jnp.asarray(rng.normal(size=(b, capacity, d)), dtype),
-          "p": jnp.asarray(rng.uniform(0.05, 0.95, size=(b, capacity)), jnp.float32).at[:, 0].set(1.0)}
+  return {
+    "capacity": capacity,
+    "keep": keep_BxL,
+    "idx": api.chunk_index(keep_BxL, capacity),
+    "x": jnp.asarray(rng.normal(size=(b, length, d)), dtype),
+    "z": jnp.asarray(rng.normal(size=(b, capacity, d)), dtype),
+    "p": jnp.asarray(rng.uniform(0.05, 0.95, size=(b, capacity)), jnp.float32).at[:, 0].set(1.0),
+  }
 
 
 def op_call(op: str, impl, inputs: dict):
@@ -72,10 +85,18 @@ def op_call(op: str, impl, inputs: dict):
 
 def traffic_bytes(op: str, b: int, length: int, m: int, d: int, itemsize: int, backward: bool) -> int:
   """Bytes the op must move at least (forward, or forward + backward)."""
-  rows = {"downsample": (2 * m, m + length), "upsample": (m + length, length + m),
-          "segment_pool": (length + m, m + length), "ema_scan": (2 * m, 5 * m)}[op]
-  index_bytes = {"downsample": b * length, "upsample": 4 * b * length, "segment_pool": 4 * b * length,
-                 "ema_scan": 4 * b * m}[op]
+  rows = {
+    "downsample": (2 * m, m + length),
+    "upsample": (m + length, length + m),
+    "segment_pool": (length + m, m + length),
+    "ema_scan": (2 * m, 5 * m),
+  }[op]
+  index_bytes = {
+    "downsample": b * length,
+    "upsample": 4 * b * length,
+    "segment_pool": 4 * b * length,
+    "ema_scan": 4 * b * m,
+  }[op]
   total = b * d * itemsize * (rows[0] + (rows[1] if backward else 0))
   return total + index_bytes * (2 if backward else 1)
 
@@ -93,9 +114,11 @@ def bench_ops(shapes, impls, dtypes, ops, repeats: int, warmup: int, peak: float
             f, diff, aux = op_call(op, impl, inputs)
             args: tuple  # (diff, aux), and the output's cotangent when timing the backward pass too
             if backward:
+
               def fwd_bwd(diff, aux, ct, f=f):
                 out, vjp = jax.vjp(lambda *a: f(a, aux), *diff)
                 return out, vjp(ct)
+
               ct = jnp.ones(jax.eval_shape(lambda *a: f(a, aux), *diff).shape, dtype)
               fn, args = jax.jit(fwd_bwd), (diff, aux, ct)
             else:
@@ -103,9 +126,22 @@ def bench_ops(shapes, impls, dtypes, ops, repeats: int, warmup: int, peak: float
             seconds = median_time(fn, args, repeats, warmup)
             base = seconds if impl == "xla" else base
             gbps = traffic_bytes(op, b, length, m, d, jnp.dtype(dtype).itemsize, backward) / seconds / 1e9
-            rows.append({"op": op, "B": b, "L": length, "M": m, "D": d, "dtype": dtype, "impl": impl,
-                         "pass": "fwd+bwd" if backward else "fwd", "ms": seconds * 1e3, "gbps": gbps,
-                         "peak_frac": gbps / peak if peak else None, "vs_xla": base / seconds if base else None})
+            rows.append(
+              {
+                "op": op,
+                "B": b,
+                "L": length,
+                "M": m,
+                "D": d,
+                "dtype": dtype,
+                "impl": impl,
+                "pass": "fwd+bwd" if backward else "fwd",
+                "ms": seconds * 1e3,
+                "gbps": gbps,
+                "peak_frac": gbps / peak if peak else None,
+                "vs_xla": base / seconds if base else None,
+              }
+            )
             _print_row(rows[-1])
   return rows
 
@@ -113,8 +149,11 @@ def bench_ops(shapes, impls, dtypes, ops, repeats: int, warmup: int, peak: float
 def _print_row(r: dict) -> None:
   peak = f"{100 * r['peak_frac']:5.1f} %" if r["peak_frac"] is not None else "    n/a"
   ratio = f"{r['vs_xla']:7.3g}x" if r["vs_xla"] is not None else "     n/a"
-  print(f"{r['op']:13s} {r['B']:3d} {r['L']:6d} {r['M']:5d} {r['D']:5d} {r['dtype']:9s} {r['impl']:9s} "
-        f"{r['pass']:8s} {r['ms']:10.3f} {r['gbps']:9.1f} {peak} {ratio}", flush=True)
+  print(
+    f"{r['op']:13s} {r['B']:3d} {r['L']:6d} {r['M']:5d} {r['D']:5d} {r['dtype']:9s} {r['impl']:9s} "
+    f"{r['pass']:8s} {r['ms']:10.3f} {r['gbps']:9.1f} {peak} {ratio}",
+    flush=True,
+  )
 
 
 def bench_step(config: str, overrides: list[str], impls, steps: int, warmup: int) -> list[dict]:
@@ -130,12 +169,22 @@ def bench_step(config: str, overrides: list[str], impls, steps: int, warmup: int
     seconds = statistics.median(times)
     base = seconds if impl == "xla" else base
     window_bytes = cfg.train.batch_size * cfg.data.seq_len
-    rows.append({"config": config, "impl": impl, "compile_s": compile_s, "step_ms": seconds * 1e3,
-                 "bytes_per_s": window_bytes / seconds, "vs_xla": base / seconds if base else None})
+    rows.append(
+      {
+        "config": config,
+        "impl": impl,
+        "compile_s": compile_s,
+        "step_ms": seconds * 1e3,
+        "bytes_per_s": window_bytes / seconds,
+        "vs_xla": base / seconds if base else None,
+      }
+    )
     r = rows[-1]
     ratio = f"{r['vs_xla']:.3g}x" if r["vs_xla"] is not None else "n/a"
-    print(f"{config:22s} {impl:9s} {compile_s:8.1f} s {r['step_ms']:10.1f} ms {r['bytes_per_s']:14,.0f} {ratio:>7s}",
-          flush=True)
+    print(
+      f"{config:22s} {impl:9s} {compile_s:8.1f} s {r['step_ms']:10.1f} ms {r['bytes_per_s']:14,.0f} {ratio:>7s}",
+      flush=True,
+    )
   return rows
 
 
@@ -147,8 +196,10 @@ def parse_shapes(value: str) -> tuple[tuple[int, int, int], ...]:
   for item in (v.strip() for v in value.split(",") if v.strip()):
     dims = item.lower().split("x")
     if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
-      raise UserError(f"bench kernels: --shapes {item!r} is not BxLxD with positive integers (e.g. 8x8192x1024); "
-                      f"or one of {', '.join(SHAPES)}")
+      raise UserError(
+        f"bench kernels: --shapes {item!r} is not BxLxD with positive integers (e.g. 8x8192x1024); "
+        f"or one of {', '.join(SHAPES)}"
+      )
     shapes.append((int(dims[0]), int(dims[1]), int(dims[2])))
   if not shapes:
     raise UserError(f"bench kernels: --shapes is empty; give one of {', '.join(SHAPES)} or a list of BxLxD")
@@ -163,9 +214,17 @@ def _split(value: str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
   return items
 
 
-def bench_kernels(impls: str | None = None, shapes: str = "full", dtypes: str = "float32,bfloat16",
-                  ops: str = ",".join(OPS), repeats: int = 20, warmup: int = 3, step_config: str | None = None,
-                  step_overrides=(), step_steps: int = 10) -> dict:
+def bench_kernels(
+  impls: str | None = None,
+  shapes: str = "full",
+  dtypes: str = "float32,bfloat16",
+  ops: str = ",".join(OPS),
+  repeats: int = 20,
+  warmup: int = 3,
+  step_config: str | None = None,
+  step_overrides=(),
+  step_steps: int = 10,
+) -> dict:
   """Runs the benchmark and prints it; `step_config` None skips the training-step part."""
   impl_list = _split(impls, api.IMPLS, "impl") if impls else default_impls()
   if "xla" not in impl_list:
@@ -183,12 +242,17 @@ def bench_kernels(impls: str | None = None, shapes: str = "full", dtypes: str = 
   print(f"device            : {dev.device_kind} ({dev.platform}), jax {jax.__version__}")
   print(f"peak HBM bandwidth: {f'{peak / 1e3:.2f} TB/s' if peak else 'n/a'}")
   print(f"impls             : {', '.join(f'{i} -> {_describe(i)}' for i in impl_list)}")
-  print(f"timing            : median of {repeats} after {warmup} warm-up calls; mean chunk length {MEAN_CHUNK:g}; "
-        "vs XLA = XLA time / this time\n")
-  print(f"{'op':13s} {'B':>3s} {'L':>6s} {'M':>5s} {'D':>5s} {'dtype':9s} {'impl':9s} {'pass':8s} {'ms':>10s} "
-        f"{'GB/s':>9s} {'% peak':>7s} {'vs XLA':>8s}")
-  rows = bench_ops(shape_list, impl_list, _split(dtypes, DTYPES, "dtype"), _split(ops, OPS, "op"), repeats,
-                   warmup, peak)
+  print(
+    f"timing            : median of {repeats} after {warmup} warm-up calls; mean chunk length {MEAN_CHUNK:g}; "
+    "vs XLA = XLA time / this time\n"
+  )
+  print(
+    f"{'op':13s} {'B':>3s} {'L':>6s} {'M':>5s} {'D':>5s} {'dtype':9s} {'impl':9s} {'pass':8s} {'ms':>10s} "
+    f"{'GB/s':>9s} {'% peak':>7s} {'vs XLA':>8s}"
+  )
+  rows = bench_ops(
+    shape_list, impl_list, _split(dtypes, DTYPES, "dtype"), _split(ops, OPS, "op"), repeats, warmup, peak
+  )
   out = {"device": dev.device_kind, "platform": dev.platform, "peak_gbps": peak, "ops": rows, "step": []}
   if step_config:
     print(f"\ntraining step ({' '.join([step_config, *step_overrides])}), median of {step_steps}:")

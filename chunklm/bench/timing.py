@@ -47,8 +47,7 @@ def real_batches(cfg, count: int) -> list[dict]:
   """Batches of packed windows from the configured training data (the built-in corpus by default)."""
   docs = training_units(cfg)
   tok = run_tokenizer(cfg)
-  windows = PackedWindows(docs, cfg.data.seq_len, seed=cfg.data.seed, max_docs=cfg.data.doc_slots,
-                          **vocab_kwargs(tok))
+  windows = PackedWindows(docs, cfg.data.seq_len, seed=cfg.data.seed, max_docs=cfg.data.doc_slots, **vocab_kwargs(tok))
   b = cfg.train.batch_size
   return [{k: np.stack([windows[i * b + j][k] for j in range(b)]) for k in windows[0]} for i in range(count)]
 

@@ -22,12 +22,17 @@ def classification_report(labels, predicted, classes: list[str]) -> dict:
     precision = tp / claimed if claimed else 0.0
     recall = tp / support if support else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                       "support": int(support)}
+    per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support)}
     if support or claimed:
       f1s.append(f1)
-  return {"accuracy": float(np.trace(confusion) / max(len(labels), 1)), "macro_f1": float(np.mean(f1s)),
-          "per_class": per_class, "confusion": confusion.tolist(), "classes": list(classes), "records": len(labels)}
+  return {
+    "accuracy": float(np.trace(confusion) / max(len(labels), 1)),
+    "macro_f1": float(np.mean(f1s)),
+    "per_class": per_class,
+    "confusion": confusion.tolist(),
+    "classes": list(classes),
+    "records": len(labels),
+  }
 
 
 def print_report(report: dict, log=print) -> None:

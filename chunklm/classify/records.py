@@ -36,10 +36,10 @@ def _read_jsonl(path: Path, labelled: bool) -> list[Record]:
   records = []
   for n, obj in jsonl_objects(path):
     if not isinstance(obj.get("text"), str):
-      raise UserError(f"{path}:{n}: each line needs a string field \"text\"")
+      raise UserError(f'{path}:{n}: each line needs a string field "text"')
     label = obj.get("label")
     if labelled and (label is None or isinstance(label, (dict, list))):
-      raise UserError(f"{path}:{n}: each line needs a field \"label\" (a string or number)")
+      raise UserError(f'{path}:{n}: each line needs a field "label" (a string or number)')
     records.append(Record(obj["text"].encode("utf-8"), None if label is None else str(label)))
   return records
 

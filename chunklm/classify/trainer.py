@@ -28,11 +28,12 @@ from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.lock import workdir_lock
-from chunklm.run.workdir import RunDir
 from chunklm.run.trained import open_run
+from chunklm.run.workdir import RunDir
 from chunklm.train.optim import decay_mask
 from chunklm.train.reporter import Reporter
 from chunklm.train.step import routing_loss
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifySettings:
@@ -67,7 +68,7 @@ def batch_arrays(records: list[Record], seq_len: int, classes: list[str] | None 
   lengths = np.zeros(len(records), np.int32)
   for i, r in enumerate(records):
     data = r.data[:seq_len] or b"\0"  # an empty record is one NUL byte: every row needs a position to pool
-    ids[i, :len(data)] = np.frombuffer(data, np.uint8)
+    ids[i, : len(data)] = np.frombuffer(data, np.uint8)
     lengths[i] = len(data)
   out = {"ids": ids, "lengths": lengths}
   if classes is not None:
@@ -86,8 +87,9 @@ def batch_arrays(records: list[Record], seq_len: int, classes: list[str] | None 
 def _base_model(init_from: str | None, config: str | None, overrides: list[str], seed: int):
   """(Config, CausalLM, description of the start): a trained run's model, or a fresh one of a config."""
   if (init_from is None) == (config is None):
-    raise UserError("classify train: give either --init-from RUN (fine-tune a trained model) or --config C "
-                    "(train from scratch)")
+    raise UserError(
+      "classify train: give either --init-from RUN (fine-tune a trained model) or --config C (train from scratch)"
+    )
   if init_from is not None:
     run = open_run(init_from, tuple(overrides))
     cfg, lm, start = run.cfg, merge_model(run.graphdef, run.params), f"{init_from} (step {run.step})"
@@ -95,24 +97,29 @@ def _base_model(init_from: str | None, config: str | None, overrides: list[str],
     cfg = load_config(config, overrides)
     lm, start = build_model(cfg, seed), f"{config} from scratch (seed {seed})"
   if cfg.data.tokenizer:
-    raise UserError("chunklm classify takes byte-level models; this one reads tokens "
-                    f"(data.tokenizer {cfg.data.tokenizer})")
+    raise UserError(
+      f"chunklm classify takes byte-level models; this one reads tokens (data.tokenizer {cfg.data.tokenizer})"
+    )
   if cfg.model.ratio_start:
-    raise UserError("chunklm classify trains toward model.target_ratio and has no ratio curriculum; add --set "
-                    "model.ratio_start=[] --set model.ratio_warmup_steps=0")
+    raise UserError(
+      "chunklm classify trains toward model.target_ratio and has no ratio curriculum; add --set "
+      "model.ratio_start=[] --set model.ratio_warmup_steps=0"
+    )
   return cfg, lm, start
 
 
 def _optimizer(params, s: ClassifySettings) -> optax.GradientTransformation:
   def schedule(peak):
-    return optax.warmup_cosine_decay_schedule(0.0, peak, min(s.warmup_steps, s.steps - 1) or 1, s.steps,
-                                              end_value=0.1 * peak)
+    return optax.warmup_cosine_decay_schedule(
+      0.0, peak, min(s.warmup_steps, s.steps - 1) or 1, s.steps, end_value=0.1 * peak
+    )
 
   def adamw(peak):
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule(peak), weight_decay=0.01,
-                                                                   mask=decay_mask))
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule(peak), weight_decay=0.01, mask=decay_mask))
+
   labels = jax.tree_util.tree_map_with_path(
-      lambda path, _: "backbone" if getattr(path[0], "key", None) == "lm" else "head", params)
+    lambda path, _: "backbone" if getattr(path[0], "key", None) == "lm" else "head", params
+  )
   backbone = optax.set_to_zero() if s.freeze_backbone or s.backbone_lr == 0 else adamw(s.backbone_lr)
   return optax.multi_transform({"head": adamw(s.lr), "backbone": backbone}, labels)
 
@@ -122,12 +129,22 @@ def _loss_fn(graphdef, model_cfg: ModelConfig):
     logits_BxC, stages = merge_model(graphdef, params)(batch["ids"], batch["lengths"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["labels"]).mean()
     return ce + routing_loss(stages, model_cfg), ce
+
   return loss
 
 
-def train_classifier(train_records: list[Record], test_records: list[Record], out: Path, settings: ClassifySettings,
-                     *, init_from: str | None = None, config: str | None = None, overrides: Sequence[str] = (),
-                     progress: bool = True, log=logs.info) -> dict:
+def train_classifier(
+  train_records: list[Record],
+  test_records: list[Record],
+  out: Path,
+  settings: ClassifySettings,
+  *,
+  init_from: str | None = None,
+  config: str | None = None,
+  overrides: Sequence[str] = (),
+  progress: bool = True,
+  log=logs.info,
+) -> dict:
   """Trains and saves a classifier in `out`; returns its final test evaluation (see evaluate)."""
   settings.check()
   run = RunDir(out)
@@ -138,12 +155,27 @@ def train_classifier(train_records: list[Record], test_records: list[Record], ou
     return _train(train_records, test_records, run, settings, init_from, config, overrides, progress, log)
 
 
-def _train(train_records: list[Record], test_records: list[Record], run: RunDir, settings: ClassifySettings,
-           init_from: str | None, config: str | None, overrides, progress: bool, log) -> dict:
+def _train(
+  train_records: list[Record],
+  test_records: list[Record],
+  run: RunDir,
+  settings: ClassifySettings,
+  init_from: str | None,
+  config: str | None,
+  overrides,
+  progress: bool,
+  log,
+) -> dict:
   classes = class_list(train_records)
   cfg, lm, start = _base_model(init_from, config, list(overrides), settings.seed)
-  clf = Classifier(lm, len(classes), pooling=settings.pooling, head=settings.head, hidden=settings.hidden,
-                   rngs=nnx.Rngs(params=settings.seed + 1))
+  clf = Classifier(
+    lm,
+    len(classes),
+    pooling=settings.pooling,
+    head=settings.head,
+    hidden=settings.hidden,
+    rngs=nnx.Rngs(params=settings.seed + 1),
+  )
   graphdef, params = split_model(clf)
   tx = _optimizer(params, settings)
   opt_state = tx.init(params)
@@ -157,21 +189,30 @@ def _train(train_records: list[Record], test_records: list[Record], run: RunDir,
 
   train = batch_arrays(train_records, settings.seq_len, classes)
   cut = sum(len(r.data) > settings.seq_len for r in train_records)
-  meta = {"settings": dataclasses.asdict(settings), "classes": classes, "start": start,
-          "train_records": len(train_records), "test_records": len(test_records), "records_cut": cut}
+  meta = {
+    "settings": dataclasses.asdict(settings),
+    "classes": classes,
+    "start": start,
+    "train_records": len(train_records),
+    "test_records": len(test_records),
+    "records_cut": cut,
+  }
   run.config.write_text(dump_yaml(cfg))
-  log(f"classify: {len(classes)} classes {classes}; {len(train_records):,} training records "
-      f"({cut:,} cut to {settings.seq_len} bytes), {len(test_records):,} test records; backbone {start}"
-      f"{', frozen' if settings.freeze_backbone else ''}; pooling {settings.pooling}, {settings.head} head")
+  log(
+    f"classify: {len(classes)} classes {classes}; {len(train_records):,} training records "
+    f"({cut:,} cut to {settings.seq_len} bytes), {len(test_records):,} test records; backbone {start}"
+    f"{', frozen' if settings.freeze_backbone else ''}; pooling {settings.pooling}, {settings.head} head"
+  )
   rng = np.random.default_rng(settings.seed)
   order, pos = rng.permutation(len(train_records)), 0
-  reporter = Reporter(run, total=settings.steps, start=0, end=settings.steps, log_every=settings.eval_every,
-                      progress=progress)
+  reporter = Reporter(
+    run, total=settings.steps, start=0, end=settings.steps, log_every=settings.eval_every, progress=progress
+  )
   try:
     for k in range(1, settings.steps + 1):
       if pos + settings.batch_size > len(order):
         order, pos = rng.permutation(len(train_records)), 0
-      take = order[pos:pos + settings.batch_size]
+      take = order[pos : pos + settings.batch_size]
       pos += settings.batch_size
       params, opt_state, total, ce = step(params, opt_state, {key: v[take] for key, v in train.items()})
       if k % settings.eval_every == 0 or k == settings.steps:
@@ -192,14 +233,23 @@ def load_classifier(workdir: str | Path, log=logs.warning):
   """(graphdef, params, classes, settings, meta) of a saved classifier."""
   run = RunDir(workdir)
   if not run.classifier.is_file():
-    raise UserError(f"{run} holds no classifier ({run.classifier.name} missing); train one with `chunklm classify "
-                    "train`")
+    raise UserError(
+      f"{run} holds no classifier ({run.classifier.name} missing); train one with `chunklm classify train`"
+    )
   meta = json.loads(run.classifier.read_text())
   settings = ClassifySettings(**meta["settings"])
   cfg: Config = load_config(run.config)
   classes = meta["classes"]
-  abstract = nnx.eval_shape(lambda: Classifier(build_model(cfg, 0), len(classes), pooling=settings.pooling,
-                                               head=settings.head, hidden=settings.hidden, rngs=nnx.Rngs(params=0)))
+  abstract = nnx.eval_shape(
+    lambda: Classifier(
+      build_model(cfg, 0),
+      len(classes),
+      pooling=settings.pooling,
+      head=settings.head,
+      hidden=settings.hidden,
+      rngs=nnx.Rngs(params=0),
+    )
+  )
   graphdef, like = split_model(abstract)
   ckpt = Checkpointer(run.checkpoints, read_only=True)
   restored = ckpt.restore_latest({"params": like}, log=log, partial=True)
@@ -208,9 +258,11 @@ def load_classifier(workdir: str | Path, log=logs.warning):
   return graphdef, restored[1]["params"], classes, settings, meta
 
 
-def predict_probs(graphdef, params, records: list[Record], settings: ClassifySettings,
-                  batch_size: int = 64) -> np.ndarray:
+def predict_probs(
+  graphdef, params, records: list[Record], settings: ClassifySettings, batch_size: int = 64
+) -> np.ndarray:
   """Class probabilities, records x classes."""
+
   @jax.jit
   def probs(params, ids, lengths):
     return jax.nn.softmax(merge_model(graphdef, params)(ids, lengths)[0], axis=-1)
@@ -220,8 +272,10 @@ def predict_probs(graphdef, params, records: list[Record], settings: ClassifySet
   pad = -n % batch_size  # one compiled shape: the last batch is padded with copies of the first record
   ids = np.concatenate([arrays["ids"], np.repeat(arrays["ids"][:1], pad, 0)])
   lengths = np.concatenate([arrays["lengths"], np.repeat(arrays["lengths"][:1], pad, 0)])
-  out = [np.asarray(probs(params, ids[i:i + batch_size], lengths[i:i + batch_size]))
-         for i in range(0, len(ids), batch_size)]
+  out = [
+    np.asarray(probs(params, ids[i : i + batch_size], lengths[i : i + batch_size]))
+    for i in range(0, len(ids), batch_size)
+  ]
   return np.concatenate(out)[:n]
 
 

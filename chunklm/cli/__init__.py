@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
   logs.set_verbosity(args.verbosity or "normal")
   # start-up: --help and flag errors answer before the command bodies load jax (seconds); lint-imports still sees it
   from chunklm.cli.commands import COMMANDS
+
   try:
     progress.set_every(getattr(args, "progress_every", None))
     return COMMANDS[args.body](args)

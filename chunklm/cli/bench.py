@@ -30,17 +30,41 @@ def generate(args) -> int:
     raise UserError("--batch sizes, --units and --repeats must be positive")
   if args.temperature < 0 or not 0 < args.top_p <= 1:
     raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
-  write_json(args.json, bench_generate([Path(w) for w in args.workdir], sizes, args.units, args.repeats,
-                                       args.temperature, args.top_p, args.seed, tuple(args.overrides)))
+  write_json(
+    args.json,
+    bench_generate(
+      [Path(w) for w in args.workdir],
+      sizes,
+      args.units,
+      args.repeats,
+      args.temperature,
+      args.top_p,
+      args.seed,
+      tuple(args.overrides),
+    ),
+  )
   return 0
 
 
 def kernels(args) -> int:
   shapes = args.shapes if args.shapes != "auto" else ("small" if jax.default_backend() == "cpu" else "full")
-  step_config = None if args.no_step else (args.step_config or
-                                           ("hnet_1stage_tiny" if shapes == "small" else "hnet_1stage_S"))
-  write_json(args.json, bench_kernels(args.impl, shapes, args.dtype, args.ops, args.repeats, args.warmup,
-                                      step_config, args.step_overrides, args.step_steps))
+  step_config = (
+    None if args.no_step else (args.step_config or ("hnet_1stage_tiny" if shapes == "small" else "hnet_1stage_S"))
+  )
+  write_json(
+    args.json,
+    bench_kernels(
+      args.impl,
+      shapes,
+      args.dtype,
+      args.ops,
+      args.repeats,
+      args.warmup,
+      step_config,
+      args.step_overrides,
+      args.step_steps,
+    ),
+  )
   return 0
 
 
@@ -50,8 +74,10 @@ def capacity(args) -> int:
     raise UserError("--window lengths must be >= 2 and --max-bytes positive")
   if not 0 <= args.max_overflow < 1:
     raise UserError(f"--max-overflow {args.max_overflow}: a fraction of boundaries in [0, 1), e.g. 0.01")
-  write_json(args.json, bench_capacity(args.workdir, windows, args.max_bytes, args.split, tuple(args.overrides),
-                                       args.max_overflow))
+  write_json(
+    args.json,
+    bench_capacity(args.workdir, windows, args.max_bytes, args.split, tuple(args.overrides), args.max_overflow),
+  )
   return 0
 
 

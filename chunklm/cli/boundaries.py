@@ -19,12 +19,28 @@ def run(args) -> int:
       text = Path(args.file).read_bytes()
     except OSError as e:
       raise UserError(f"--file {args.file}: {e.strerror}") from None
-  result = run_boundaries(Path(args.workdir), text, tuple(args.data), args.max_bytes, args.tokenizer,
-                          Path(args.out) if args.out else None, tuple(args.overrides))
-  write_json(args.json, {f"stage {s}": {"chunks": st["chunks"], "bytes_per_chunk": st["bytes_per_chunk"],
-                                        "precision": st["precision"], "recall": st["recall"],
-                                        "chunks_by_length": np.bincount(st["lengths"]).tolist(),
-                                        "longest": [c.decode("utf-8", "replace") for c in st["longest"]],
-                                        "shortest": [c.decode("utf-8", "replace") for c in st["shortest"]]}
-                         for s, st in result["stats"].items()})
+  result = run_boundaries(
+    Path(args.workdir),
+    text,
+    tuple(args.data),
+    args.max_bytes,
+    args.tokenizer,
+    Path(args.out) if args.out else None,
+    tuple(args.overrides),
+  )
+  write_json(
+    args.json,
+    {
+      f"stage {s}": {
+        "chunks": st["chunks"],
+        "bytes_per_chunk": st["bytes_per_chunk"],
+        "precision": st["precision"],
+        "recall": st["recall"],
+        "chunks_by_length": np.bincount(st["lengths"]).tolist(),
+        "longest": [c.decode("utf-8", "replace") for c in st["longest"]],
+        "shortest": [c.decode("utf-8", "replace") for c in st["shortest"]],
+      }
+      for s, st in result["stats"].items()
+    },
+  )
   return 0

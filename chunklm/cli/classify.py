@@ -17,15 +17,32 @@ from chunklm.errors import UserError
 def train(args) -> int:
   if not args.out:
     raise UserError("classify train: --out DIR is required (where the classifier is saved)")
-  settings = ClassifySettings(pooling=args.pooling, head=args.head, hidden=args.hidden, steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
-                              freeze_backbone=args.freeze_backbone, seq_len=args.seq_len,
-                              eval_every=args.eval_every, seed=args.seed)
+  settings = ClassifySettings(
+    pooling=args.pooling,
+    head=args.head,
+    hidden=args.hidden,
+    steps=args.steps,
+    batch_size=args.batch_size,
+    lr=args.lr,
+    backbone_lr=args.backbone_lr,
+    freeze_backbone=args.freeze_backbone,
+    seq_len=args.seq_len,
+    eval_every=args.eval_every,
+    seed=args.seed,
+  )
   settings.check()
   train_records = read_records(args.data, args.label_regex)
   test_records = read_records(args.test, args.label_regex)
-  report = train_classifier(train_records, test_records, Path(args.out), settings, init_from=args.init_from,
-                            config=args.config, overrides=args.overrides, progress=not args.no_progress)
+  report = train_classifier(
+    train_records,
+    test_records,
+    Path(args.out),
+    settings,
+    init_from=args.init_from,
+    config=args.config,
+    overrides=args.overrides,
+    progress=not args.no_progress,
+  )
   print(f"test set ({args.test}):")
   print_report(report)
   confusion_png(report, Path(args.out) / "confusion.png")
@@ -50,8 +67,10 @@ def predict(args) -> int:
   graphdef, params, classes, settings, _ = load_classifier(args.workdir)
   records = read_records(args.data, args.label_regex, labelled=False)
   probs = predict_probs(graphdef, params, records, settings)
-  lines = [json.dumps({"label": classes[int(p.argmax())], "probs": {c: round(float(x), 6) for c, x in zip(classes, p)}})
-           for p in probs]
+  lines = [
+    json.dumps({"label": classes[int(p.argmax())], "probs": {c: round(float(x), 6) for c, x in zip(classes, p)}})
+    for p in probs
+  ]
   if args.out:
     Path(args.out).write_text("\n".join(lines) + "\n")
     logs.info(f"wrote {len(lines):,} predictions to {args.out}")

@@ -15,8 +15,15 @@ def run(args) -> int:
     raise UserError(f"--budget-bytes must be positive, got {args.budget_bytes}")
   if args.seeds is not None and args.seeds < 1:
     raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-  _, rows = run_compare(args.spec, args.out, config_overrides(args), progress=not args.no_progress,
-                        budget_bytes=args.budget_bytes, sweep=args.sweep, seeds=args.seeds,
-                        only=[m.strip() for m in args.models.split(",") if m.strip()])
+  _, rows = run_compare(
+    args.spec,
+    args.out,
+    config_overrides(args),
+    progress=not args.no_progress,
+    budget_bytes=args.budget_bytes,
+    sweep=args.sweep,
+    seeds=args.seeds,
+    only=[m.strip() for m in args.models.split(",") if m.strip()],
+  )
   write_json(args.json, [dataclasses.asdict(r) for r in rows])
   return 0

@@ -14,10 +14,17 @@ def run(args) -> int:
   if args.max_bytes < 0 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
     raise UserError("--max-bytes, --temperature and --top-k must be >= 0 and --top-p in (0, 1]")
   prompts = [os.fsencode(p) for p in args.prompt or [""]]  # the bytes typed, UTF-8 or not
-  outs = generate_from_workdir(Path(args.workdir), prompts, max_bytes=args.max_bytes,
-                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               stop=escaped_bytes(args.stop, "--stop"),
-                               seed=args.seed, overrides=tuple(args.overrides))
+  outs = generate_from_workdir(
+    Path(args.workdir),
+    prompts,
+    max_bytes=args.max_bytes,
+    temperature=args.temperature,
+    top_k=args.top_k,
+    top_p=args.top_p,
+    stop=escaped_bytes(args.stop, "--stop"),
+    seed=args.seed,
+    overrides=tuple(args.overrides),
+  )
   for prompt, out in zip(prompts, outs):
     if len(prompts) > 1:
       print("-" * 60)

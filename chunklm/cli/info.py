@@ -23,19 +23,28 @@ def print_info(info: SetupInfo) -> None:
   print(f"{info.name}: layout {json.dumps(to_dict(cfg.model.layout))}, d_model {list(cfg.model.d_model)}")
   print(f"  parameters          : {figures['params']:,}")
   if cfg.data.tokenizer:  # per byte depends on the tokenizer's bytes per token, which `bench train` measures
-    print(f"  train FLOPs per token: {figures['flops_per_byte'] / 1e6:.2f} M (divide by the bytes per token for per "
-          "byte)")
+    print(
+      f"  train FLOPs per token: {figures['flops_per_byte'] / 1e6:.2f} M (divide by the bytes per token for per byte)"
+    )
   else:
-    print(f"  train FLOPs per byte: {figures['flops_per_byte'] / 1e6:.2f} M nominal (at the target chunk ratios), "
-          f"{figures['executed_flops_per_byte'] / 1e6:.2f} M executed (on every chunk slot)")
-  print(f"  window              : {cfg.data.seq_len} bytes x batch {cfg.train.batch_size}; at most "
-        f"{cfg.data.doc_slots} documents per window")
+    print(
+      f"  train FLOPs per byte: {figures['flops_per_byte'] / 1e6:.2f} M nominal (at the target chunk ratios), "
+      f"{figures['executed_flops_per_byte'] / 1e6:.2f} M executed (on every chunk slot)"
+    )
+  print(
+    f"  window              : {cfg.data.seq_len} bytes x batch {cfg.train.batch_size}; at most "
+    f"{cfg.data.doc_slots} documents per window"
+  )
   if cfg.model.num_stages:
-    print(f"  targets N           : {list(cfg.model.target_ratio)}; chunk capacities {list(figures['capacities'])} "
-          f"(innermost: {figures['executed_ratio']:.2f}x the chunks at the targets)")
+    print(
+      f"  targets N           : {list(cfg.model.target_ratio)}; chunk capacities {list(figures['capacities'])} "
+      f"(innermost: {figures['executed_ratio']:.2f}x the chunks at the targets)"
+    )
     print(f"  LR multipliers      : {[round(m, 3) for m in figures['lr_multipliers']]}")
-  print(f"  trained / frozen    : {figures['trainable']:,} / {figures['frozen']:,} model variables"
-        + (f" (train.freeze {list(cfg.train.freeze)})" if cfg.train.freeze else ""))
+  print(
+    f"  trained / frozen    : {figures['trainable']:,} / {figures['frozen']:,} model variables"
+    + (f" (train.freeze {list(cfg.train.freeze)})" if cfg.train.freeze else "")
+  )
   if cfg.train.lr_scale:
     print(f"  LR factors per part : {', '.join(cfg.train.lr_scale)}")
   if cfg.train.init_from:

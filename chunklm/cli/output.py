@@ -14,10 +14,12 @@ def write_json(path: str | None, obj) -> None:
   paths and other objects their text. A path that cannot be written is one line."""
   if path is None:
     return
+
   def plain(x):
     if hasattr(x, "tolist"):
       return x.tolist()
     return str(x)
+
   try:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=1, default=plain) + "\n")

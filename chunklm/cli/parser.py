@@ -22,8 +22,21 @@ from chunklm.cli.flags import (
 )
 from chunklm.cli.flags import eval as eval_flags
 
-FAMILIES = (train, eval_flags, generate, compare, boundaries, report, robustness, tokenizer, info, classify, weights,
-            mrt5, bench)  # in the order of `chunklm --help`
+FAMILIES = (
+  train,
+  eval_flags,
+  generate,
+  compare,
+  boundaries,
+  report,
+  robustness,
+  tokenizer,
+  info,
+  classify,
+  weights,
+  mrt5,
+  bench,
+)  # in the order of `chunklm --help`
 
 EPILOG = """examples:
   chunklm train                                  # default tiny model on the built-in corpus (Python stdlib)
@@ -74,8 +87,12 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = Parser(prog="chunklm", description="Byte-level hierarchical language models in JAX.",
-                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = Parser(
+    prog="chunklm",
+    description="Byte-level hierarchical language models in JAX.",
+    epilog=EPILOG,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--version", action="version", version=f"chunklm {version()}")
   options.add_verbosity(parser, top=True)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -12,8 +12,16 @@ from chunklm.eval.robustness import run_robustness
 def run(args) -> int:
   names = list(PERTURBATIONS) if args.perturbations == "all" else [p.strip() for p in args.perturbations.split(",")]
   workdirs = [Path(w) for w in args.workdir]
-  results = run_robustness(workdirs, tuple(args.data), names, args.strength, args.seed, args.max_bytes,
-                           Path(args.out) if args.out else workdirs[0], tuple(args.overrides),
-                           progress=not args.no_progress)
+  results = run_robustness(
+    workdirs,
+    tuple(args.data),
+    names,
+    args.strength,
+    args.seed,
+    args.max_bytes,
+    Path(args.out) if args.out else workdirs[0],
+    tuple(args.overrides),
+    progress=not args.no_progress,
+  )
   write_json(args.json, {"strength": args.strength, "seed": args.seed, "results": results})
   return 0

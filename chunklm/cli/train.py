@@ -25,8 +25,9 @@ def run(args) -> int:
     raise UserError("--coordinator, --num-processes and --process-id need --distributed")
   cfg = load_config(args.config, config_overrides(args))
   workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
-  result = train(cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress,
-                 allow_data_change=args.allow_data_change)
+  result = train(
+    cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress, allow_data_change=args.allow_data_change
+  )
   print_summary(result, main_process=jax.process_index() == 0)
   return EXIT_CODE if result.signalled else 0
 
@@ -41,11 +42,16 @@ def _init_distributed(coordinator: str | None, num_processes: int | None, proces
   try:
     jax.distributed.initialize(coordinator, num_processes, process_id)
   except (ValueError, TypeError, RuntimeError) as e:
-    raise UserError(f"--distributed: jax.distributed.initialize() failed ({e}); outside TPU pods, SLURM and Open "
-                    "MPI pass --coordinator HOST:PORT --num-processes N --process-id I") from None
+    raise UserError(
+      f"--distributed: jax.distributed.initialize() failed ({e}); outside TPU pods, SLURM and Open "
+      "MPI pass --coordinator HOST:PORT --num-processes N --process-id I"
+    ) from None
   logs.set_process(jax.process_index(), jax.process_count())
-  logs.LOGGER.info(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
-                   f"{jax.local_device_count()} local / {jax.device_count()} global devices", extra=logs.ALL_PROCESSES)
+  logs.LOGGER.info(
+    f"distributed: process {jax.process_index()} of {jax.process_count()}, "
+    f"{jax.local_device_count()} local / {jax.device_count()} global devices",
+    extra=logs.ALL_PROCESSES,
+  )
 
 
 def print_summary(result: TrainResult, main_process: bool = True) -> None:
@@ -55,8 +61,10 @@ def print_summary(result: TrainResult, main_process: bool = True) -> None:
   run, cfg, wd = result.run, result.run.cfg, RunDir(result.workdir)
   if not result.finished:
     if main_process:
-      print(f"\nstopped at step {result.step} of {cfg.train.steps}; checkpoint in {wd.checkpoints}; "
-            "re-run the same command to continue")
+      print(
+        f"\nstopped at step {result.step} of {cfg.train.steps}; checkpoint in {wd.checkpoints}; "
+        "re-run the same command to continue"
+      )
     return
   sample, pic, why_not = sample_and_picture(run, result.valid_docs)
   if not main_process:

@@ -14,13 +14,17 @@ from chunklm.run.trained import read_config
 def from_official(args) -> int:
   bad = [o for o in args.overrides if o.split("=", 1)[0].startswith("model.")]
   if bad:
-    raise UserError(f"convert from-hnet: --set {bad[0]}: the model comes from the official config; change "
-                    "model settings when fine-tuning (train --init-from)")
+    raise UserError(
+      f"convert from-hnet: --set {bad[0]}: the model comes from the official config; change "
+      "model settings when fine-tuning (train --init-from)"
+    )
   out = from_hnet(args.checkpoint, args.config, args.out, load_config(None, args.overrides))
   cfg = read_config(out)
   layout = json.dumps(cfg.model.layout).replace('"', "'")  # tuples as the lists of the config file
-  print(f"wrote {out}: {cfg.model.num_stages}-stage H-Net, layout {layout}, widths "
-        f"{list(cfg.model.d_model)} (model.compat official); try: chunklm eval --workdir {out}")
+  print(
+    f"wrote {out}: {cfg.model.num_stages}-stage H-Net, layout {layout}, widths "
+    f"{list(cfg.model.d_model)} (model.compat official); try: chunklm eval --workdir {out}"
+  )
   return 0
 
 
@@ -38,6 +42,5 @@ def export(args) -> int:
 
 def import_run(args) -> int:
   out = import_weights(args.weights, args.out)
-  print(f"wrote {out}; fine-tune it with: chunklm train --init-from {out} --config {out}/config.yaml "
-        "--workdir NEW_DIR")
+  print(f"wrote {out}; fine-tune it with: chunklm train --init-from {out} --config {out}/config.yaml --workdir NEW_DIR")
   return 0

@@ -54,8 +54,9 @@ def stage_capacities(model: ModelConfig, data: DataConfig) -> tuple[int, ...]:
   for s, m in enumerate(caps):
     if m < slots:
       raise ConfigError(
-          f"model.capacity: stage {s} holds {m} chunks, fewer than the {slots} documents a window of "
-          f"{data.seq_len} bytes can touch (data.max_docs_per_window, or from data.min_doc_bytes="
-          f"{data.min_doc_bytes} before the corpus sets it); raise model.capacity (0 = automatic) or lower "
-          "data.max_docs_per_window")
+        f"model.capacity: stage {s} holds {m} chunks, fewer than the {slots} documents a window of "
+        f"{data.seq_len} bytes can touch (data.max_docs_per_window, or from data.min_doc_bytes="
+        f"{data.min_doc_bytes} before the corpus sets it); raise model.capacity (0 = automatic) or lower "
+        "data.max_docs_per_window"
+      )
   return caps

@@ -70,7 +70,9 @@ class DataConfig:
     if not 0 < self.valid_fraction < 1:
       raise ConfigError(f"data.valid_fraction: must be in (0, 1), got {self.valid_fraction}")
     if self.max_docs_per_window == 1 or self.max_docs_per_window < 0:
-      raise ConfigError(f"data.max_docs_per_window: must be >= 2 (a window can start inside one document and begin "
-                        f"another) or 0 (from the corpus), got {self.max_docs_per_window}")
+      raise ConfigError(
+        f"data.max_docs_per_window: must be >= 2 (a window can start inside one document and begin "
+        f"another) or 0 (from the corpus), got {self.max_docs_per_window}"
+      )
     if self.mmap_min_mb < 0 or self.prefetch < 0:
       raise ConfigError("data.mmap_min_mb and data.prefetch must be >= 0")

@@ -22,7 +22,9 @@ class Config:
 
   def __post_init__(self):
     if self.model.vocab_size != 256 and not self.data.tokenizer:
-      raise ConfigError(f"model.vocab_size {self.model.vocab_size} is for a token model: set data.tokenizer to a "
-                        "sentencepiece model (`chunklm tokenizer train`), or use vocab_size 256 for bytes")
+      raise ConfigError(
+        f"model.vocab_size {self.model.vocab_size} is for a token model: set data.tokenizer to a "
+        "sentencepiece model (`chunklm tokenizer train`), or use vocab_size 256 for bytes"
+      )
     if self.model.num_stages:
       stage_capacities(self.model, self.data)  # raises ConfigError when a capacity cannot hold the documents

@@ -16,8 +16,9 @@ def parse_layer_string(spec: str, where: str = "model.layout") -> list[tuple[str
   parts = LAYER_RE.findall(spec)
   if not spec or "".join(f"{k}{n}" for k, n in parts) != spec:
     raise ConfigError(
-        f"{where}: cannot parse layer string {spec!r}; use letters m (Mamba2), M (Mamba2+MLP), "
-        "t (attention), T (attention+MLP) each followed by a count, e.g. 'm4' or 'T1m4'")
+      f"{where}: cannot parse layer string {spec!r}; use letters m (Mamba2), M (Mamba2+MLP), "
+      "t (attention), T (attention+MLP) each followed by a count, e.g. 'm4' or 'T1m4'"
+    )
   out = [(k, int(n)) for k, n in parts]
   if any(n <= 0 for _, n in out):
     raise ConfigError(f"{where}: layer counts must be positive in {spec!r}")

@@ -185,21 +185,28 @@ def _is_text_choice(tp: Any) -> bool:
   return typing.get_origin(tp) is typing.Literal and all(isinstance(c, str) for c in typing.get_args(tp))
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
-                root: type = Config, folder: Path | None = None):
+def load_config(
+  path: str | os.PathLike | None = None,
+  overrides: list[str] | tuple[str, ...] = (),
+  root: type = Config,
+  folder: Path | None = None,
+):
   """Loads YAML at `path` (or the defaults) over its bases, applies `a.b=c` overrides, validates; raises ConfigError.
   `root` is the config class (Config; MrT5Run for `chunklm mrt5`), `folder` where its bundled files are named."""
   return from_dict(root, config_tree(path, overrides, root, folder))
 
 
-def config_tree(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
-                root: type = Config, folder: Path | None = None) -> dict:
+def config_tree(
+  path: str | os.PathLike | None = None,
+  overrides: list[str] | tuple[str, ...] = (),
+  root: type = Config,
+  folder: Path | None = None,
+) -> dict:
   """The mapping load_config validates: the file over its bases with the overrides applied (keys checked, values
   not yet typed), for a caller that adds settings decided from part of it."""
   tree: dict = {}
   if path is not None:
-    tree = read_config_tree(resolve_config_path(path) if folder is None
-                            else resolve_bundled(path, folder, "config"))
+    tree = read_config_tree(resolve_config_path(path) if folder is None else resolve_bundled(path, folder, "config"))
   for item in overrides:
     if "=" not in item:
       raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.d_model=256")
@@ -232,8 +239,10 @@ def _resolve_base(base: str, including: Path) -> Path:
   for candidate in (CONFIG_DIR / base, CONFIG_DIR / f"{base}.yaml"):
     if candidate.is_file():
       return candidate
-  raise ConfigError(f"{including}: base {base!r} not found next to it ({near}) nor among the bundled configs "
-                    f"({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})")
+  raise ConfigError(
+    f"{including}: base {base!r} not found next to it ({near}) nor among the bundled configs "
+    f"({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})"
+  )
 
 
 def merge_trees(base: dict, over: dict) -> dict:
@@ -249,8 +258,9 @@ def merge_trees(base: dict, over: dict) -> dict:
 
 def _check_format(fmt: Any, path: Path) -> None:
   if fmt is not None and fmt != CONFIG_FORMAT:
-    raise ConfigError(f"{path} was written by another chunklm version (config format {fmt}; this one reads "
-                      f"{CONFIG_FORMAT})")
+    raise ConfigError(
+      f"{path} was written by another chunklm version (config format {fmt}; this one reads {CONFIG_FORMAT})"
+    )
 
 
 def read_config_format(path: str | os.PathLike) -> int | None:
@@ -275,8 +285,9 @@ def read_yaml(path: Path) -> dict:
   if tree is None:
     return {}
   if not isinstance(tree, dict):
-    raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, eval, mesh, kernels) at the "
-                      "top level")
+    raise ConfigError(
+      f"{path}: expected a mapping of sections (model, data, train, eval, mesh, kernels) at the top level"
+    )
   return tree
 
 

@@ -52,17 +52,21 @@ class MrT5Config:
     if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
       raise ConfigError(f"mrt5: d_model {self.d_model} must split into {self.n_heads} heads of an even width")
     if self.enc_layers < 2 or self.dec_layers < 1:
-      raise ConfigError(f"mrt5: need >= 2 encoder layers and >= 1 decoder layer, got {self.enc_layers}, "
-                        f"{self.dec_layers}")
+      raise ConfigError(
+        f"mrt5: need >= 2 encoder layers and >= 1 decoder layer, got {self.enc_layers}, {self.dec_layers}"
+      )
     if not 1 <= self.gate_layer < self.enc_layers:
-      raise ConfigError(f"mrt5.gate_layer: {self.gate_layer} is not between 1 and enc_layers - 1 = "
-                        f"{self.enc_layers - 1} (the gate needs encoder layers before and after it)")
+      raise ConfigError(
+        f"mrt5.gate_layer: {self.gate_layer} is not between 1 and enc_layers - 1 = "
+        f"{self.enc_layers - 1} (the gate needs encoder layers before and after it)"
+      )
     if not 0 <= self.target_deletion < 1:
       raise ConfigError(f"mrt5.target_deletion: delta must be in [0, 1), got {self.target_deletion}")
     if not self.gate_scale < 0:
       raise ConfigError(f"mrt5.gate_scale: k must be negative (G in [k, 0]), got {self.gate_scale}")
-    if not self.buckets or sorted(self.buckets) != list(self.buckets) or self.buckets[-1] != 1.0 \
-        or self.buckets[0] <= 0:
+    if (
+      not self.buckets or sorted(self.buckets) != list(self.buckets) or self.buckets[-1] != 1.0 or self.buckets[0] <= 0
+    ):
       raise ConfigError(f"mrt5.buckets: increasing fractions in (0, 1] ending with 1.0, got {list(self.buckets)}")
     if self.k_p < 0 or self.k_i < 0 or self.regularizer_delay < 0 or not self.gate_lr_scale > 0:
       raise ConfigError("mrt5: k_p, k_i and regularizer_delay must be >= 0, gate_lr_scale > 0")
@@ -81,8 +85,9 @@ class Seq2SeqConfig:
 
   def __post_init__(self):
     if self.objective == "seq2seq" and not (self.train_file and self.test_file):
-      raise ConfigError("seq2seq.objective seq2seq needs seq2seq.train_file and seq2seq.test_file (JSONL with "
-                        "\"input\" and \"target\")")
+      raise ConfigError(
+        'seq2seq.objective seq2seq needs seq2seq.train_file and seq2seq.test_file (JSONL with "input" and "target")'
+      )
     if not 0 < self.noise_density < 1 or self.mean_span < 1 or self.target_len < 2:
       raise ConfigError("seq2seq: noise_density in (0, 1), mean_span >= 1, target_len >= 2")
 
@@ -91,6 +96,7 @@ class Seq2SeqConfig:
 class MrT5Run:
   """The config of a `chunklm mrt5` run: the model, the byte data (data.seq_len is the encoder length), the
   objective, and the optimizer (train.*, as for every chunklm run)."""
+
   mrt5: MrT5Config = MrT5Config()
   data: DataConfig = DataConfig()
   seq2seq: Seq2SeqConfig = Seq2SeqConfig()
@@ -101,5 +107,7 @@ class MrT5Run:
     if s.objective == "span":
       need = round(self.data.seq_len * s.noise_density) + 9 + 1  # noise bytes, at most 9 sentinels, EOS
       if s.target_len < need:
-        raise ConfigError(f"seq2seq.target_len: {s.target_len} cannot hold the targets of a {self.data.seq_len}-byte "
-                          f"window at noise_density {s.noise_density} (needs {need})")
+        raise ConfigError(
+          f"seq2seq.target_len: {s.target_len} cannot hold the targets of a {self.data.seq_len}-byte "
+          f"window at noise_density {s.noise_density} (needs {need})"
+        )

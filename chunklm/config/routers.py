@@ -30,15 +30,17 @@ class WhitespaceConfig:
       raise ConfigError(f"model.whitespace.boundary: {self.boundary!r} is not one of space, punct, regex:<class>")
     if not self.boundary.startswith("regex:"):
       return
-    pattern = self.boundary[len("regex:"):]
+    pattern = self.boundary[len("regex:") :]
     try:
       re.compile(pattern.encode())
     except re.error as e:
       raise ConfigError(f"model.whitespace.boundary: cannot compile regex {pattern!r}: {e}") from None
     if not WORD_REGEX_RE.fullmatch(pattern):
-      raise ConfigError(f"model.whitespace.boundary: regex {pattern!r} is not supported; boundaries are computed in "
-                        "the graph, so only one byte class is allowed, optionally with '+' (a run counts once), e.g. "
-                        "regex:[\\s.,;:] or regex:[\\s]+ or regex:\\W+")
+      raise ConfigError(
+        f"model.whitespace.boundary: regex {pattern!r} is not supported; boundaries are computed in "
+        "the graph, so only one byte class is allowed, optionally with '+' (a run counts once), e.g. "
+        "regex:[\\s.,;:] or regex:[\\s]+ or regex:\\W+"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +102,11 @@ class RouterKind:
 # The router kinds: the option type of model.router (the loader checks it) and the registry, in the same order (tested).
 RouterName = Literal["cosine", "stride", "whitespace", "gumbel", "entropy", "delete_gate"]
 ROUTERS: dict[RouterName, RouterKind] = {
-    "cosine": RouterKind(None, reads_bytes=False),  # H-Net: cosine dissimilarity of adjacent states
-    "stride": RouterKind(None, reads_bytes=False),  # a boundary every target_ratio positions
-    "whitespace": RouterKind(WhitespaceConfig, reads_bytes=True),  # word starts
-    "gumbel": RouterKind(GumbelConfig, reads_bytes=False),  # Gumbel-sigmoid with a binomial prior
-    "entropy": RouterKind(EntropyConfig, reads_bytes=True),  # BLT: a jointly trained byte LM's entropy
-    "delete_gate": RouterKind(DeleteGateConfig, reads_bytes=False),  # MrT5 delete gate
+  "cosine": RouterKind(None, reads_bytes=False),  # H-Net: cosine dissimilarity of adjacent states
+  "stride": RouterKind(None, reads_bytes=False),  # a boundary every target_ratio positions
+  "whitespace": RouterKind(WhitespaceConfig, reads_bytes=True),  # word starts
+  "gumbel": RouterKind(GumbelConfig, reads_bytes=False),  # Gumbel-sigmoid with a binomial prior
+  "entropy": RouterKind(EntropyConfig, reads_bytes=True),  # BLT: a jointly trained byte LM's entropy
+  "delete_gate": RouterKind(DeleteGateConfig, reads_bytes=False),  # MrT5 delete gate
 }
 BYTE_ROUTERS = tuple(name for name, kind in ROUTERS.items() if kind.reads_bytes)

@@ -123,18 +123,22 @@ class ModelConfig:
     if self.capacity_factor < 1 and self.capacity_factor != 0:
       raise ConfigError(f"model.capacity_factor: must be >= 1 (or 0: from the window), got {self.capacity_factor}")
     if self.lr_multipliers and len(self.lr_multipliers) != self.num_levels:
-      raise ConfigError(f"model.lr_multipliers: need {self.num_levels} values (one per level) or [], "
-                        f"got {list(self.lr_multipliers)}")
+      raise ConfigError(
+        f"model.lr_multipliers: need {self.num_levels} values (one per level) or [], got {list(self.lr_multipliers)}"
+      )
     if self.attention_block < 0:
       raise ConfigError(f"model.attention_block: must be >= 0 (0 = one block), got {self.attention_block}")
     if self.vocab_size <= 0 or self.init_std <= 0 or not 0 <= self.rotary_fraction <= 1:
       raise ConfigError("model: vocab_size and init_std must be positive, rotary_fraction in [0, 1]")
     if self.ratio_loss_weight < 0 or self.confidence_loss_weight < 0:
       raise ConfigError("model.ratio_loss_weight and model.confidence_loss_weight must be >= 0")
-    if self.compat == "official" and (not stages or set(self.router[:stages]) != {"cosine"}
-                                      or set(self.pooling[:stages]) != {"select"}):
-      raise ConfigError("model.compat: official is the official H-Net's computation, which needs an H-Net with "
-                        "the cosine router and select pooling at every stage")
+    if self.compat == "official" and (
+      not stages or set(self.router[:stages]) != {"cosine"} or set(self.pooling[:stages]) != {"select"}
+    ):
+      raise ConfigError(
+        "model.compat: official is the official H-Net's computation, which needs an H-Net with "
+        "the cosine router and select pooling at every stage"
+      )
 
   def _broadcast(self) -> None:
     """A single per-level (per-stage) value stands for every level (stage); any other count must match."""
@@ -157,37 +161,51 @@ class ModelConfig:
   def _check_level(self, level: int) -> None:
     d, h = self.d_model[level], self.n_heads[level]
     if d <= 0 or h <= 0 or self.d_ff[level] < 0 or self.window[level] < 0:
-      raise ConfigError(f"model: sizes must be positive (level {level}: d_model={d}, n_heads={h}, "
-                        f"d_ff={self.d_ff[level]}, window={self.window[level]})")
+      raise ConfigError(
+        f"model: sizes must be positive (level {level}: d_model={d}, n_heads={h}, "
+        f"d_ff={self.d_ff[level]}, window={self.window[level]})"
+      )
     if d % h:
       raise ConfigError(f"model.n_heads: d_model {d} is not divisible by n_heads {h} at level {level}")
     if level and d < self.d_model[level - 1]:
-      raise ConfigError(f"model.d_model: inner width {d} (level {level}) is smaller than outer width "
-                        f"{self.d_model[level - 1]}; inner levels must be at least as wide")
+      raise ConfigError(
+        f"model.d_model: inner width {d} (level {level}) is smaller than outer width "
+        f"{self.d_model[level - 1]}; inner levels must be at least as wide"
+      )
     mamba = any(uses_mamba(spec) for spec in level_layer_strings(self.level_layout(level)))
     if mamba and (self.mamba.expand * d) % self.mamba.head_dim:
-      raise ConfigError(f"model.mamba.head_dim: {self.mamba.head_dim} must divide expand*d_model = "
-                        f"{self.mamba.expand * d} at level {level}")
+      raise ConfigError(
+        f"model.mamba.head_dim: {self.mamba.head_dim} must divide expand*d_model = "
+        f"{self.mamba.expand * d} at level {level}"
+      )
 
   def _check_routers(self, stages: int) -> None:
     for s, (r, n) in enumerate(zip(self.router, self.target_ratio)):
       if r in BYTE_ROUTERS and s > 0:
         inner = ", ".join(name for name, kind in ROUTERS.items() if not kind.reads_bytes)
-        raise ConfigError(f"model.router: {r!r} reads bytes, so it only works at stage 0, not stage {s}; use one of "
-                          f"{inner} for inner stages")
+        raise ConfigError(
+          f"model.router: {r!r} reads bytes, so it only works at stage 0, not stage {s}; use one of "
+          f"{inner} for inner stages"
+        )
       if r == "stride" and float(n) != int(n):
-        raise ConfigError(f"model.target_ratio: the stride router uses target_ratio as its stride S (a boundary "
-                          f"every S bytes), so it must be an integer >= 2; got {n} at stage {s}")
+        raise ConfigError(
+          f"model.target_ratio: the stride router uses target_ratio as its stride S (a boundary "
+          f"every S bytes), so it must be an integer >= 2; got {n} at stage {s}"
+        )
     if self.gumbel.script_ratios and "gumbel" not in self.router[:stages]:
-      raise ConfigError("model.gumbel.script_ratios: per-script targets are used by the gumbel router only; set "
-                        "model.router=[gumbel] or remove model.gumbel.script_ratios")
+      raise ConfigError(
+        "model.gumbel.script_ratios: per-script targets are used by the gumbel router only; set "
+        "model.router=[gumbel] or remove model.gumbel.script_ratios"
+      )
     if "entropy" in self.router[:stages]:
       d = self.entropy.d_model
       if d % self.n_heads[0]:
         raise ConfigError(f"model.entropy.d_model: must be a multiple of n_heads[0]={self.n_heads[0]}, got {d}")
       if uses_mamba(self.entropy.layout) and (self.mamba.expand * d) % self.mamba.head_dim:
-        raise ConfigError(f"model.entropy.d_model: mamba.head_dim {self.mamba.head_dim} must divide expand * "
-                          f"entropy.d_model = {self.mamba.expand * d}")
+        raise ConfigError(
+          f"model.entropy.d_model: mamba.head_dim {self.mamba.head_dim} must divide expand * "
+          f"entropy.d_model = {self.mamba.expand * d}"
+        )
 
   def _check_curriculum(self, stages: int) -> None:
     if not self.ratio_start:
@@ -199,12 +217,16 @@ class ModelConfig:
     if any(not n > 1 for n in self.ratio_start):
       raise ConfigError(f"model.ratio_start: target compression N must be > 1, got {list(self.ratio_start)}")
     if self.ratio_warmup_steps <= 0:
-      raise ConfigError(f"model.ratio_warmup_steps: the curriculum needs > 0 steps to move from ratio_start to "
-                        f"target_ratio, got {self.ratio_warmup_steps}")
+      raise ConfigError(
+        f"model.ratio_warmup_steps: the curriculum needs > 0 steps to move from ratio_start to "
+        f"target_ratio, got {self.ratio_warmup_steps}"
+      )
     for s, r in enumerate(self.router[:stages]):
       if r != "cosine":  # the only router with the H-Net ratio loss (a learnable p)
-        raise ConfigError(f"model.ratio_start: stage {s}'s router {r!r} has no ratio loss for a curriculum to move "
-                          "(only the cosine router has one)")
+        raise ConfigError(
+          f"model.ratio_start: stage {s}'s router {r!r} has no ratio loss for a curriculum to move "
+          "(only the cosine router has one)"
+        )
 
   def lowest_ratios(self) -> tuple[float, ...]:
     """Per stage the smallest target N training asks for (capacities are sized for it)."""
@@ -218,10 +240,20 @@ class ModelConfig:
 
   def entropy_lm(self) -> ModelConfig:
     """The ModelConfig of the entropy router's byte LM: a plain stack at level 0 with the `entropy` section's size."""
-    return dataclasses.replace(self, layout=(self.entropy.layout,), d_model=(self.entropy.d_model,), d_ff=(0,),
-                               n_heads=(self.n_heads[0],), window=(self.window[0],), lr_multipliers=(),
-                               router=("cosine",), pooling=("select",), target_ratio=(6.0,), capacity=(0,),
-                               gumbel=dataclasses.replace(self.gumbel, script_ratios=()))
+    return dataclasses.replace(
+      self,
+      layout=(self.entropy.layout,),
+      d_model=(self.entropy.d_model,),
+      d_ff=(0,),
+      n_heads=(self.n_heads[0],),
+      window=(self.window[0],),
+      lr_multipliers=(),
+      router=("cosine",),
+      pooling=("select",),
+      target_ratio=(6.0,),
+      capacity=(0,),
+      gumbel=dataclasses.replace(self.gumbel, script_ratios=()),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,4 +342,3 @@ class KernelsConfig:
   impl: KernelImpl = "auto"  # chunk-op backend: auto (Pallas on GPU/TPU, XLA on CPU) | xla | pallas | interpret
   attention: AttentionImpl = "auto"  # softmax attention: auto (cuDNN flash attention on a GPU where it applies,
   #                                    else XLA) | xla | cudnn
-

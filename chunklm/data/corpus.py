@@ -38,7 +38,7 @@ class Documents:
     return int(self.lengths.sum())
 
   def doc(self, i: int) -> bytes:
-    return bytes(self.data[self.starts[i]: self.starts[i] + self.lengths[i]])
+    return bytes(self.data[self.starts[i] : self.starts[i] + self.lengths[i]])
 
   def select(self, keep: np.ndarray) -> Documents:
     idx = np.flatnonzero(keep)
@@ -47,7 +47,7 @@ class Documents:
   def byte_counts(self) -> np.ndarray:
     counts = np.zeros(256, np.int64)
     for s, n in zip(self.starts, self.lengths):
-      counts += np.bincount(self.data[s: s + n], minlength=256)
+      counts += np.bincount(self.data[s : s + n], minlength=256)
     return counts
 
 
@@ -111,18 +111,22 @@ def _load_cached(cache_file: Path) -> Documents:
 
 def _fingerprint(paths: tuple[str, ...], cfg: DataConfig, option: str) -> str:
   h = hashlib.sha256()
-  files = src.stdlib_files() if not paths else [f for p in paths
-                                                for f in src.list_files(p, cfg.include, cfg.exclude, option)]
+  files = (
+    src.stdlib_files() if not paths else [f for p in paths for f in src.list_files(p, cfg.include, cfg.exclude, option)]
+  )
   for f in files:
     st = f.stat()
     h.update(os.fsencode(f.resolve()) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())  # any file name, as bytes
-  h.update(f"{cfg.jsonl_field}|{cfg.doc_separator}|{cfg.dna.case}|{cfg.dna.iupac}|{cfg.dna.n_runs}|"
-           f"{cfg.dna.n_run_min}".encode())
+  h.update(
+    f"{cfg.jsonl_field}|{cfg.doc_separator}|{cfg.dna.case}|{cfg.dna.iupac}|{cfg.dna.n_runs}|"
+    f"{cfg.dna.n_run_min}".encode()
+  )
   return h.hexdigest()[:16]
 
 
-def load_documents(paths: tuple[str, ...], cfg: DataConfig, cache_dir: Path | None = None,
-                   option: str = "--data") -> Documents:
+def load_documents(
+  paths: tuple[str, ...], cfg: DataConfig, cache_dir: Path | None = None, option: str = "--data"
+) -> Documents:
   """All documents of `paths` (() = the built-in corpus), memory-mapped from `cache_dir` when large; errors name
   the command-line `option` the paths came from."""
   cache_file = None
@@ -131,8 +135,14 @@ def load_documents(paths: tuple[str, ...], cfg: DataConfig, cache_dir: Path | No
     if cache_file.exists() and cache_file.with_suffix(".json").exists():
       return _load_cached(cache_file)
   if paths:
-    docs = src.iter_documents(paths, include=cfg.include, exclude=cfg.exclude, jsonl_field=cfg.jsonl_field,
-                              doc_separator=cfg.doc_separator, option=option)
+    docs = src.iter_documents(
+      paths,
+      include=cfg.include,
+      exclude=cfg.exclude,
+      jsonl_field=cfg.jsonl_field,
+      doc_separator=cfg.doc_separator,
+      option=option,
+    )
   else:
     docs = src.default_documents()
   return build(clean(docs, cfg.dna), cache_file, cfg.mmap_min_mb << 20)
@@ -161,8 +171,10 @@ def load_splits(cfg: DataConfig, cache_dir: Path | None = None) -> Splits:
     how = f"valid from {', '.join(cfg.valid_sources)}"
   else:
     if len(docs) < 2:
-      raise DataError(f"{what}: {len(docs)} document(s) cannot be split by document; pass --valid-data PATH "
-                      "or set data.doc_separator to split files into documents")
+      raise DataError(
+        f"{what}: {len(docs)} document(s) cannot be split by document; pass --valid-data PATH "
+        "or set data.doc_separator to split files into documents"
+      )
     h = np.array([_split_hash(n, cfg.split_seed) for n in docs.names])
     is_valid = h < cfg.valid_fraction
     if not is_valid.any():
@@ -175,13 +187,19 @@ def load_splits(cfg: DataConfig, cache_dir: Path | None = None) -> Splits:
   skipped = len(train) + len(valid) - sum(len(d) for d in long_enough)
   train, valid = long_enough
   if train.num_bytes == 0:
-    raise DataError(f"{what}: the training corpus is empty (documents shorter than data.min_doc_bytes="
-                    f"{cfg.min_doc_bytes} are skipped)")
+    raise DataError(
+      f"{what}: the training corpus is empty (documents shorter than data.min_doc_bytes="
+      f"{cfg.min_doc_bytes} are skipped)"
+    )
   if train.num_bytes + len(train) < cfg.seq_len + 1:
-    raise DataError(f"{what}: the training corpus has {train.num_bytes} bytes, shorter than one window of "
-                    f"data.seq_len={cfg.seq_len} bytes")
+    raise DataError(
+      f"{what}: the training corpus has {train.num_bytes} bytes, shorter than one window of "
+      f"data.seq_len={cfg.seq_len} bytes"
+    )
   if valid.num_bytes == 0:
     raise DataError(f"{what}: the validation split is empty")
-  desc = (f"{what}: {len(train)} train docs ({train.num_bytes:,} bytes), {len(valid)} valid docs "
-          f"({valid.num_bytes:,} bytes); {how}")
+  desc = (
+    f"{what}: {len(train)} train docs ({train.num_bytes:,} bytes), {len(valid)} valid docs "
+    f"({valid.num_bytes:,} bytes); {how}"
+  )
   return Splits(train, valid, desc, skipped)

@@ -44,12 +44,24 @@ class PackedWindows:
       drawn per document and epoch, so every window of it agrees).
   """
 
-  def __init__(self, docs: Documents, seq_len: int, *, seed: int = 0, shuffle: bool = True, num_epochs: int = 1,
-               pad_last: bool = False, bos: int = BOS, piece_bytes: np.ndarray | None = None,
-               max_docs: int | None = None, reverse_complement: float = 0.0):
+  def __init__(
+    self,
+    docs: Documents,
+    seq_len: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int = 1,
+    pad_last: bool = False,
+    bos: int = BOS,
+    piece_bytes: np.ndarray | None = None,
+    max_docs: int | None = None,
+    reverse_complement: float = 0.0,
+  ):
     if max_docs is not None and max_docs < 2:
-      raise ValueError(f"max_docs must be >= 2 (a window can start inside one document and begin another), "
-                       f"got {max_docs}")
+      raise ValueError(
+        f"max_docs must be >= 2 (a window can start inside one document and begin another), got {max_docs}"
+      )
     self.docs, self.seq_len, self.seed, self.shuffle = docs, seq_len, seed, shuffle
     self.bos, self.piece_bytes, self.max_docs, self.pad_last = bos, piece_bytes, max_docs, pad_last
     self.num_epochs = num_epochs
@@ -89,8 +101,11 @@ class PackedWindows:
         rng = np.random.default_rng([self.seed, epoch])
         rng.permutation(len(self.docs))
         order = rng.permutation(count)
-      flip = (np.random.default_rng([self.seed, epoch, 1]).random(len(self.docs)) < self.reverse_complement
-              if self.reverse_complement else np.zeros(len(self.docs), bool))
+      flip = (
+        np.random.default_rng([self.seed, epoch, 1]).random(len(self.docs)) < self.reverse_complement
+        if self.reverse_complement
+        else np.zeros(len(self.docs), bool)
+      )
       self._cache = (epoch, *layout, order, flip)
     return self._cache[1:]
 
@@ -118,7 +133,7 @@ class PackedWindows:
       first = a - lo + 1 if a == doc_lo else a - lo  # the window contains this document's BOS at a - lo
       if a == doc_lo:
         tokens[a - lo] = self.bos
-      tokens[first: b - lo] = self._body(d, body_lo, b - lo - first, bool(flip[d]))
+      tokens[first : b - lo] = self._body(d, body_lo, b - lo - first, bool(flip[d]))
       seg[out] = segment
       pos[out] = np.arange(a - doc_lo, b - doc_lo, dtype=np.int32)
       j += 1
@@ -129,18 +144,18 @@ class PackedWindows:
     """Bytes [at, at + n) of document d, read as its reverse complement when `flipped`."""
     start, length = int(self.docs.starts[d]), int(self.docs.lengths[d])
     if not flipped:
-      return self.docs.data[start + at: start + at + n]
-    return reverse_complement(self.docs.data[start + length - at - n: start + length - at])
+      return self.docs.data[start + at : start + at + n]
+    return reverse_complement(self.docs.data[start + length - at - n : start + length - at])
 
   def _example(self, tokens, seg, pos, mask) -> dict[str, np.ndarray]:
     per_target = 1 if self.piece_bytes is None else self.piece_bytes[tokens[1:]]
     return {
-        "ids": tokens[:-1],
-        "targets": tokens[1:],
-        "segment_ids": seg[:-1],
-        "positions": pos[:-1],
-        "loss_mask": mask,
-        "target_bytes": np.where(mask, per_target, 0).astype(np.int32),
+      "ids": tokens[:-1],
+      "targets": tokens[1:],
+      "segment_ids": seg[:-1],
+      "positions": pos[:-1],
+      "loss_mask": mask,
+      "target_bytes": np.where(mask, per_target, 0).astype(np.int32),
     }
 
 
@@ -158,8 +173,11 @@ def documents_per_window(offsets: np.ndarray, sizes: np.ndarray, seq_len: int) -
   counts = np.bincount(offsets // seq_len, minlength=n_windows)[:n_windows]
   window_starts = np.arange(n_windows, dtype=np.int64) * seq_len
   inside = np.searchsorted(offsets, window_starts, side="right") - 1  # the document covering each window start
-  carried = (inside >= 0) & (offsets[np.maximum(inside, 0)] < window_starts) \
-      & (offsets[np.maximum(inside, 0)] + sizes[np.maximum(inside, 0)] > window_starts)
+  carried = (
+    (inside >= 0)
+    & (offsets[np.maximum(inside, 0)] < window_starts)
+    & (offsets[np.maximum(inside, 0)] + sizes[np.maximum(inside, 0)] > window_starts)
+  )
   return counts + carried
 
 
@@ -194,6 +212,7 @@ def capped_offsets(offsets: np.ndarray, sizes: np.ndarray, seq_len: int, max_doc
 @dataclasses.dataclass(frozen=True)
 class DocCap:
   """The documents per training window a corpus needs, and what capping there costs."""
+
   max_docs: int  # the cap: the `quantile` of documents touched per window, at least 2
   quantile: float
   most: int  # the most documents any window touches without a cap
@@ -201,8 +220,10 @@ class DocCap:
   stream: int  # bytes of an epoch without padding (BOS included)
 
   def describe(self) -> str:
-    return (f"at most {self.max_docs} documents per window ({self.quantile:.1%} of windows need no more; the most "
-            f"is {self.most}); padding {self.padding:,} bytes per epoch ({self.padding / max(self.stream, 1):.2%})")
+    return (
+      f"at most {self.max_docs} documents per window ({self.quantile:.1%} of windows need no more; the most "
+      f"is {self.most}); padding {self.padding:,} bytes per epoch ({self.padding / max(self.stream, 1):.2%})"
+    )
 
 
 def doc_cap(docs: Documents, seq_len: int, seed: int, quantile: float = 0.999) -> DocCap:
@@ -224,10 +245,20 @@ def with_doc_cap(cfg: Config, docs: Documents) -> tuple[Config, DocCap | None]:
   return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_docs_per_window=cap.max_docs)), cap
 
 
-def train_dataset(docs: Documents, seq_len: int, batch_size: int, steps: int, seed: int, prefetch: int = 4,
-                  process_index: int | None = None, process_count: int | None = None, bos: int = BOS,
-                  piece_bytes: np.ndarray | None = None, max_docs: int | None = None,
-                  reverse_complement: float = 0.0) -> grain.IterDataset:
+def train_dataset(
+  docs: Documents,
+  seq_len: int,
+  batch_size: int,
+  steps: int,
+  seed: int,
+  prefetch: int = 4,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  bos: int = BOS,
+  piece_bytes: np.ndarray | None = None,
+  max_docs: int | None = None,
+  reverse_complement: float = 0.0,
+) -> grain.IterDataset:
   """Shuffled, repeated, per-process batches of packed windows for `steps` steps (global batch `batch_size`),
   touching at most `max_docs` documents per window."""
   process_index = jax.process_index() if process_index is None else process_index
@@ -236,9 +267,18 @@ def train_dataset(docs: Documents, seq_len: int, batch_size: int, steps: int, se
     raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
   probe = PackedWindows(docs, seq_len, seed=seed)
   num_epochs = -(-(steps * batch_size) // max(probe.windows_per_epoch, 1)) + 1
-  ds = grain.MapDataset.source(PackedWindows(docs, seq_len, seed=seed, num_epochs=num_epochs, bos=bos,
-                                             piece_bytes=piece_bytes, max_docs=max_docs,
-                                             reverse_complement=reverse_complement))
+  ds = grain.MapDataset.source(
+    PackedWindows(
+      docs,
+      seq_len,
+      seed=seed,
+      num_epochs=num_epochs,
+      bos=bos,
+      piece_bytes=piece_bytes,
+      max_docs=max_docs,
+      reverse_complement=reverse_complement,
+    )
+  )
   ds = ds[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
 
@@ -264,8 +304,7 @@ def leading_bytes(docs: Documents, max_bytes: int) -> Documents:
   return Documents(docs.data, docs.starts[keep], lengths, tuple(docs.names[i] for i in keep))
 
 
-def eval_batches(docs: Documents, seq_len: int, batch_size: int, bos: int = BOS,
-                 piece_bytes: np.ndarray | None = None):
+def eval_batches(docs: Documents, seq_len: int, batch_size: int, bos: int = BOS, piece_bytes: np.ndarray | None = None):
   """Every byte (token) of `docs` in order, in padded batches of fixed shape."""
   windows = PackedWindows(docs, seq_len, shuffle=False, pad_last=True, bos=bos, piece_bytes=piece_bytes)
   for lo in range(0, len(windows), batch_size):

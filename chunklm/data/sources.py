@@ -156,8 +156,9 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
   return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(base, p) for p in patterns)
 
 
-def list_files(path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (),
-               option: str = "--data") -> list[Path]:
+def list_files(
+  path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (), option: str = "--data"
+) -> list[Path]:
   """The files a path given with `option` stands for, sorted; raises DataError for missing paths or empty
   directories."""
   p = Path(path)
@@ -179,8 +180,10 @@ def list_files(path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclu
         continue
       files.append(f)
   if not files:
-    raise DataError(f"{option} {path}: directory has no files matching include={list(include)} "
-                    f"exclude={list(exclude)} (set data.include / data.exclude)")
+    raise DataError(
+      f"{option} {path}: directory has no files matching include={list(include)} "
+      f"exclude={list(exclude)} (set data.include / data.exclude)"
+    )
   return files
 
 
@@ -189,8 +192,15 @@ def printable(name: str) -> str:
   return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def iter_documents(paths: tuple[str, ...], *, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (),
-                   jsonl_field: str = "text", doc_separator: str = "", option: str = "--data") -> Iterator[Document]:
+def iter_documents(
+  paths: tuple[str, ...],
+  *,
+  include: tuple[str, ...] = ("*",),
+  exclude: tuple[str, ...] = (),
+  jsonl_field: str = "text",
+  doc_separator: str = "",
+  option: str = "--data",
+) -> Iterator[Document]:
   """All documents of `paths` in a deterministic order. Every path is checked before any is read."""
   plan = []
   for path in paths:

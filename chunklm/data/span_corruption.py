@@ -24,8 +24,9 @@ def _partition(total: int, parts: int, rng: np.random.Generator) -> list[int]:
   return np.diff(np.concatenate([[0], cuts, [total]])).astype(int).tolist()
 
 
-def noise_spans(length: int, rng: np.random.Generator, noise_density: float = 0.15, mean_span: float = 20.0
-                ) -> list[tuple[int, int]]:
+def noise_spans(
+  length: int, rng: np.random.Generator, noise_density: float = 0.15, mean_span: float = 20.0
+) -> list[tuple[int, int]]:
   """(start, end) of each noise span of a window of `length` bytes (length >= 2)."""
   num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
   spans = max(1, int(round(num_noise / mean_span)))
@@ -39,15 +40,18 @@ def noise_spans(length: int, rng: np.random.Generator, noise_density: float = 0.
   return out
 
 
-def corrupt(data: bytes, rng: np.random.Generator, noise_density: float = 0.15, mean_span: float = 20.0,
-            where: str = "data") -> tuple[bytes, bytes]:
+def corrupt(
+  data: bytes, rng: np.random.Generator, noise_density: float = 0.15, mean_span: float = 20.0, where: str = "data"
+) -> tuple[bytes, bytes]:
   """(input, target) of one window."""
   if len(data) < 2:
     raise DataError(f"{where}: a window of {len(data)} bytes is too short for span corruption")
   reserved = set(data) & set(SENTINELS + (EOS,))
   if reserved:
-    raise DataError(f"{where}: holds byte 0x{min(reserved):02X}, which span corruption reserves for sentinels/EOS "
-                    "(0xF5-0xFD, 0xFF never occur in UTF-8 text)")
+    raise DataError(
+      f"{where}: holds byte 0x{min(reserved):02X}, which span corruption reserves for sentinels/EOS "
+      "(0xF5-0xFD, 0xFF never occur in UTF-8 text)"
+    )
   inputs, targets, at = bytearray(), bytearray(), 0
   for sentinel, (start, end) in zip(SENTINELS, noise_spans(len(data), rng, noise_density, mean_span)):
     inputs += data[at:start]

@@ -83,12 +83,13 @@ def _sentences(docs: Documents, max_bytes: int = 8192) -> Iterator[str]:
     text = docs.doc(i).decode("utf-8", errors="replace")
     for para in text.split("\n\n"):
       for lo in range(0, len(para), max_bytes // 4):
-        if para[lo: lo + max_bytes // 4]:
-          yield para[lo: lo + max_bytes // 4]
+        if para[lo : lo + max_bytes // 4]:
+          yield para[lo : lo + max_bytes // 4]
 
 
-def train_tokenizer(docs: Documents, vocab_size: int, out: str | Path, *, sample_sentences: int = 300_000,
-                    log=print) -> Tokenizer:
+def train_tokenizer(
+  docs: Documents, vocab_size: int, out: str | Path, *, sample_sentences: int = 300_000, log=print
+) -> Tokenizer:
   """Trains BPE with byte fallback on `docs` and writes the model file atomically."""
 
   if vocab_size < 300:
@@ -100,15 +101,32 @@ def train_tokenizer(docs: Documents, vocab_size: int, out: str | Path, *, sample
   spm.set_random_generator_seed(0)  # the sentence sample, hence the vocabulary, is reproducible
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_sentences(docs), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
-        byte_fallback=True, character_coverage=0.9995, normalization_rule_name="identity", add_dummy_prefix=False,
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=False,
-        max_sentence_length=8192, bos_id=1, eos_id=-1, unk_id=0, pad_id=-1, input_sentence_size=sample_sentences,
-        shuffle_input_sentence=True, seed_sentencepiece_size=1_000_000, num_threads=2, minloglevel=2,
-        )
+      sentence_iterator=_sentences(docs),
+      model_writer=buf,
+      model_type="bpe",
+      vocab_size=vocab_size,
+      byte_fallback=True,
+      character_coverage=0.9995,
+      normalization_rule_name="identity",
+      add_dummy_prefix=False,
+      remove_extra_whitespaces=False,
+      allow_whitespace_only_pieces=True,
+      split_digits=False,
+      max_sentence_length=8192,
+      bos_id=1,
+      eos_id=-1,
+      unk_id=0,
+      pad_id=-1,
+      input_sentence_size=sample_sentences,
+      shuffle_input_sentence=True,
+      seed_sentencepiece_size=1_000_000,
+      num_threads=2,
+      minloglevel=2,
+    )
   except RuntimeError as e:
-    raise DataError(f"sentencepiece could not train a {vocab_size}-piece vocabulary on this data: "
-                    f"{str(e).strip().splitlines()[-1]}") from None
+    raise DataError(
+      f"sentencepiece could not train a {vocab_size}-piece vocabulary on this data: {str(e).strip().splitlines()[-1]}"
+    ) from None
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_suffix(out.suffix + ".tmp")
   tmp.write_bytes(buf.getvalue())
@@ -136,8 +154,10 @@ def bytes_per_token(byte_docs: Documents, token_docs: Documents) -> float:
 
 def check_vocab(tok: Tokenizer, vocab_size: int) -> None:
   if tok.vocab_size != vocab_size:
-    raise ConfigError(f"tokenizer {tok.path} has {tok.vocab_size} pieces but model.vocab_size is {vocab_size}; "
-                      f"set model.vocab_size={tok.vocab_size} or train a tokenizer with --vocab-size {vocab_size}")
+    raise ConfigError(
+      f"tokenizer {tok.path} has {tok.vocab_size} pieces but model.vocab_size is {vocab_size}; "
+      f"set model.vocab_size={tok.vocab_size} or train a tokenizer with --vocab-size {vocab_size}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +179,8 @@ def train_on_splits(cfg: DataConfig, vocab_size: int, out: str | Path, *, log=lo
   log(f"data: {splits.description}")
   tok = train_tokenizer(splits.train, vocab_size, out, log=log)
   valid = tokenize(splits.valid, tok)
-  exact = all(tok.decode(valid.data[s:s + n]) == splits.valid.doc(i)
-              for i, (s, n) in enumerate(zip(valid.starts, valid.lengths)))
+  exact = all(
+    tok.decode(valid.data[s : s + n]) == splits.valid.doc(i)
+    for i, (s, n) in enumerate(zip(valid.starts, valid.lengths))
+  )
   return TrainedTokenizer(tok, splits.valid.num_bytes, valid.num_bytes, exact)

@@ -25,8 +25,9 @@ MARKS = ("│", "┃", "█")
 @functools.partial(jax.jit, static_argnums=0)
 def _routing(graphdef, params, ids_BxL, segment_ids_BxL):
   positions = jnp.broadcast_to(jnp.arange(ids_BxL.shape[1], dtype=jnp.int32), ids_BxL.shape)
-  _, stages = forward(graphdef, params, {"ids": ids_BxL, "segment_ids": segment_ids_BxL, "positions": positions},
-                      exact=True)
+  _, stages = forward(
+    graphdef, params, {"ids": ids_BxL, "segment_ids": segment_ids_BxL, "positions": positions}, exact=True
+  )
   return stages
 
 
@@ -34,6 +35,7 @@ def _routing(graphdef, params, ids_BxL, segment_ids_BxL):
 class ByteRouting:
   """Per stage, at byte positions of a [B, L] batch: chunk starts (bool) and the router's p (NaN where a deeper
   stage did not look: bytes that start no chunk of the stage above)."""
+
   starts: list[np.ndarray]
   probs: list[np.ndarray]
 
@@ -72,23 +74,30 @@ def text_routing(graphdef, params, data: bytes, num_stages: int, seq_len: int) -
   data = data[: seq_len - 1]
   ids = np.zeros((1, seq_len), np.int32)
   ids[0, 0] = BOS
-  ids[0, 1: len(data) + 1] = list(data)
+  ids[0, 1 : len(data) + 1] = list(data)
   seg = (np.arange(seq_len) <= len(data)).astype(np.int32)[None]
   r = route_bytes(graphdef, params, ids, seg, num_stages)
   cut = slice(1, len(data) + 1)  # drop the BOS position
   return ByteRouting([x[0, cut] for x in r.starts], [x[0, cut] for x in r.probs])
 
 
-def corpus_routing(graphdef, params, docs: Documents, num_stages: int, seq_len: int, batch_size: int = 8,
-                   ) -> list[tuple[bytes, ByteRouting]]:
+def corpus_routing(
+  graphdef,
+  params,
+  docs: Documents,
+  num_stages: int,
+  seq_len: int,
+  batch_size: int = 8,
+) -> list[tuple[bytes, ByteRouting]]:
   """Every document with its routing, computed window by window in order (each window in exact mode).
 
   The stream's last byte is only ever a target of the windows, never an input, so one byte of a trailing extra
   document follows it; routing is causal and documents do not see each other, so it changes nothing before it."""
   if len(docs) and docs.lengths.max() > 0:
     first = int(np.flatnonzero(docs.lengths > 0)[0])
-    docs = Documents(docs.data, np.append(docs.starts, docs.starts[first]), np.append(docs.lengths, 1),
-                     docs.names + ("<tail>",))
+    docs = Documents(
+      docs.data, np.append(docs.starts, docs.starts[first]), np.append(docs.lengths, 1), docs.names + ("<tail>",)
+    )
     n_real = len(docs) - 1
   else:
     n_real = len(docs)

@@ -65,11 +65,13 @@ def corpus_stats(routed: list[tuple[bytes, ByteRouting]], num_stages: int, token
     lens = np.concatenate(lengths) if lengths else np.zeros(0, int)
     order = sorted(set(chunks), key=len)
     stats[s] = {
-        "chunks": int(len(lens)), "bytes_per_chunk": float(lens.mean()) if len(lens) else float("nan"),
-        "lengths": lens,
-        "precision": {k: hits[k] / max(chosen, 1) for k in kinds},
-        "recall": {k: hits[k] / max(refs[k], 1) for k in kinds},
-        "longest": order[-examples:][::-1], "shortest": order[:examples],
+      "chunks": int(len(lens)),
+      "bytes_per_chunk": float(lens.mean()) if len(lens) else float("nan"),
+      "lengths": lens,
+      "precision": {k: hits[k] / max(chosen, 1) for k in kinds},
+      "recall": {k: hits[k] / max(refs[k], 1) for k in kinds},
+      "longest": order[-examples:][::-1],
+      "shortest": order[:examples],
     }
   return stats
 
@@ -115,13 +117,18 @@ def text_html(data: bytes, r: ByteRouting, title: str) -> str:
       pv = float(np.nanmax(p[i:j])) if not np.isnan(p[i:j]).all() else float("nan")
       shade = "#eee" if np.isnan(pv) else f"rgba(220,38,38,{pv:.2f})"
       heat.append(f'<span title="p={pv:.3f}" style="background:{shade}">&nbsp;</span>')
-    blocks.append(f"<h2>stage {s}: {chunk + 1} chunks</h2><div class=t>{''.join(text)}</div>"
-                  f"<div class=t>{''.join(heat)}</div>")
-  style = ("body{font-family:sans-serif;margin:2em}.t{font-family:monospace;white-space:pre;font-size:15px;"
-           "line-height:1.3;overflow-x:auto}")
-  return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}"
-          f"</style></head><body>{''.join(blocks)}<p>heat strip: the router's boundary probability p "
-          "(white 0 … red 1; grey: not seen by this stage)</p></body></html>")
+    blocks.append(
+      f"<h2>stage {s}: {chunk + 1} chunks</h2><div class=t>{''.join(text)}</div><div class=t>{''.join(heat)}</div>"
+    )
+  style = (
+    "body{font-family:sans-serif;margin:2em}.t{font-family:monospace;white-space:pre;font-size:15px;"
+    "line-height:1.3;overflow-x:auto}"
+  )
+  return (
+    f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}"
+    f"</style></head><body>{''.join(blocks)}<p>heat strip: the router's boundary probability p "
+    "(white 0 … red 1; grey: not seen by this stage)</p></body></html>"
+  )
 
 
 def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64, min_columns: int = 24) -> Path:
@@ -129,14 +136,21 @@ def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64, min_col
   `min_columns`), chunk starts marked per stage, with p drawn above each character."""
 
   spans = characters(data)
-  rows = [spans[k:k + per_row] for k in range(0, len(spans), per_row)] or [[]]
+  rows = [spans[k : k + per_row] for k in range(0, len(spans), per_row)] or [[]]
   columns = max(min_columns, min(per_row, len(spans)))
   width = columns * 0.16 + 1
   fig, axes = figure(len(rows), 1, figsize=(width, 1.1 * len(rows) + 0.5), squeeze=False)
   for ax, row in zip(axes[:, 0], rows):
     for x, (i, j) in enumerate(row):
-      ax.text(x, 0, _show(data[i:j].decode("utf-8", errors="replace")), ha="center", va="center",
-              fontfamily="monospace", fontsize=8)
+      ax.text(
+        x,
+        0,
+        _show(data[i:j].decode("utf-8", errors="replace")),
+        ha="center",
+        va="center",
+        fontfamily="monospace",
+        fontsize=8,
+      )
       for s, (st, p) in enumerate(zip(r.starts, r.probs)):
         pv = np.nanmax(p[i:j]) if not np.isnan(p[i:j]).all() else 0.0
         ax.bar(x, 0.5 * pv, bottom=0.35 + 0.55 * s, width=0.8, color=f"C{s}", alpha=0.6)
@@ -145,23 +159,35 @@ def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64, min_col
     ax.set_xlim(-0.7, columns - 0.3)
     ax.set_ylim(-0.4, 0.4 + 0.55 * len(r.starts) + 0.4)
     ax.axis("off")
-  fig.suptitle(textwrap.fill("chunk starts (vertical lines; thicker = deeper stage) and boundary probability p "
-                             "(bars)", width=int(width * 13)), fontsize=9)  # ~13 characters per inch at 9 pt
+  fig.suptitle(
+    textwrap.fill(
+      "chunk starts (vertical lines; thicker = deeper stage) and boundary probability p (bars)", width=int(width * 13)
+    ),
+    fontsize=9,
+  )  # ~13 characters per inch at 9 pt
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   return path
 
 
-
-def run_boundaries(workdir: Path, text: bytes | None, data: tuple[str, ...], max_bytes: int, tokenizer_path: str,
-                   out: Path | None, overrides: tuple[str, ...] = (), log=print) -> dict:
+def run_boundaries(
+  workdir: Path,
+  text: bytes | None,
+  data: tuple[str, ...],
+  max_bytes: int,
+  tokenizer_path: str,
+  out: Path | None,
+  overrides: tuple[str, ...] = (),
+  log=print,
+) -> dict:
   """`chunklm boundaries`: picture of one text (terminal, HTML, PNG) and statistics over a corpus."""
   run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
   cfg, graphdef, params, step = run.cfg, run.graphdef, run.params, run.step
   stages = cfg.model.num_stages
   if not stages:
-    raise UserError(f"{workdir} holds a plain {cfg.model.layout[0]} stack without routing stages; boundaries "
-                    "need an H-Net")
+    raise UserError(
+      f"{workdir} holds a plain {cfg.model.layout[0]} stack without routing stages; boundaries need an H-Net"
+    )
   out = out or workdir / "boundaries"
   out.mkdir(parents=True, exist_ok=True)
   result: dict = {}
@@ -183,7 +209,7 @@ def run_boundaries(workdir: Path, text: bytes | None, data: tuple[str, ...], max
   routed = corpus_routing(graphdef, params, docs, stages, cfg.data.seq_len)
   stats = corpus_stats(routed, stages, tok)
   md = stats_markdown(stats, docs.num_bytes)
-  if looks_like_dna(docs.data[docs.starts[0]:docs.starts[0] + 65536] if len(docs) else docs.data):
+  if looks_like_dna(docs.data[docs.starts[0] : docs.starts[0] + 65536] if len(docs) else docs.data):
     md += "\n\n" + kmer_markdown(routed, stages)
   log(md)
   (out / "stats.md").write_text(md + "\n")

@@ -44,9 +44,19 @@ def make_eval_step(graphdef):
   return jax.jit(functools.partial(eval_step, graphdef))
 
 
-def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, *, progress: bool = False,
-             desc: str = "eval", put=lambda batch: batch, bos: int = BOS,
-             piece_bytes: np.ndarray | None = None) -> dict[str, float]:
+def evaluate(
+  eval_step,
+  params,
+  docs: Documents,
+  seq_len: int,
+  batch_size: int,
+  *,
+  progress: bool = False,
+  desc: str = "eval",
+  put=lambda batch: batch,
+  bos: int = BOS,
+  piece_bytes: np.ndarray | None = None,
+) -> dict[str, float]:
   """{'bpb', 'bytes', 'predicted', 'nll_sum', and summed routing statistics} over all of `docs`.
 
   `put` places each (global, host-side) batch on devices, e.g. split over a mesh; `bos` and `piece_bytes` describe a
@@ -56,8 +66,13 @@ def evaluate(eval_step, params, docs: Documents, seq_len: int, batch_size: int, 
   pending = []
   n_windows = len(PackedWindows(docs, seq_len, shuffle=False, pad_last=True))
   n_batches = -(-n_windows // batch_size)
-  for batch in bar(eval_batches(docs, seq_len, batch_size, bos, piece_bytes), total=n_batches, enabled=progress,
-                   desc=desc, unit="batch"):
+  for batch in bar(
+    eval_batches(docs, seq_len, batch_size, bos, piece_bytes),
+    total=n_batches,
+    enabled=progress,
+    desc=desc,
+    unit="batch",
+  ):
     pending.append(eval_step(params, put(batch)))
     if len(pending) > 4:  # keep a few batches in flight, then fold them into float64 host sums
       _accumulate(totals, pending.pop(0))

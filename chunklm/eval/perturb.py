@@ -24,8 +24,28 @@ for r, row in enumerate(_ROWS):
     near += [_ROWS[r + d][c] for d in (-1, 1) if 0 <= r + d < len(_ROWS) and c < len(_ROWS[r + d])]
     _NEIGHBOURS[ch] = "".join(near)
 # Latin letters and Cyrillic/Greek look-alikes that render (nearly) the same.
-_HOMOGLYPHS = {"a": "а", "c": "с", "e": "е", "i": "і", "o": "о", "p": "р", "x": "х", "y": "у", "A": "А", "B": "В",
-               "C": "С", "E": "Е", "H": "Н", "K": "К", "M": "М", "O": "О", "P": "Р", "T": "Т", "X": "Х", "s": "ѕ"}
+_HOMOGLYPHS = {
+  "a": "а",
+  "c": "с",
+  "e": "е",
+  "i": "і",
+  "o": "о",
+  "p": "р",
+  "x": "х",
+  "y": "у",
+  "A": "А",
+  "B": "В",
+  "C": "С",
+  "E": "Е",
+  "H": "Н",
+  "K": "К",
+  "M": "М",
+  "O": "О",
+  "P": "Р",
+  "T": "Т",
+  "X": "Х",
+  "s": "ѕ",
+}
 _DIACRITICS = "\u0301\u0300\u0308\u0303\u0302"  # acute, grave, diaeresis, tilde, circumflex (combining)
 
 
@@ -68,6 +88,7 @@ def keyboard(text, p, rng):
       return ch
     out = rng.choice(near)
     return out.upper() if ch.isupper() else out
+
   return _each(text, p, rng, typo)
 
 
@@ -89,13 +110,21 @@ def homoglyph(text, p, rng):
     if ch in _HOMOGLYPHS and rng.random() < 0.5:
       return _HOMOGLYPHS[ch]
     return unicodedata.normalize("NFC", ch + rng.choice(_DIACRITICS)) if ch.isalpha() else ch
+
   return _each(text, p, rng, change)
 
 
 PERTURBATIONS: dict[str, Callable[[str, float, random.Random], str]] = {
-    "random_case": random_case, "uppercase": uppercase, "delete": delete, "insert": insert, "swap": swap,
-    "keyboard": keyboard, "no_whitespace": no_whitespace, "antspeak": antspeak, "repeat": repeat,
-    "homoglyph": homoglyph,
+  "random_case": random_case,
+  "uppercase": uppercase,
+  "delete": delete,
+  "insert": insert,
+  "swap": swap,
+  "keyboard": keyboard,
+  "no_whitespace": no_whitespace,
+  "antspeak": antspeak,
+  "repeat": repeat,
+  "homoglyph": homoglyph,
 }
 
 

@@ -24,21 +24,44 @@ from chunklm.plots import figure
 from chunklm.run.trained import open_run, read_config
 
 
-def score(workdir: Path, texts: dict[str, Documents], batch_size: int | None = None, overrides: tuple[str, ...] = (),
-          progress: bool = False) -> dict[str, dict]:
+def score(
+  workdir: Path,
+  texts: dict[str, Documents],
+  batch_size: int | None = None,
+  overrides: tuple[str, ...] = (),
+  progress: bool = False,
+) -> dict[str, dict]:
   """{text name: evaluate() result} for the model in `workdir` (with `overrides`, settings that keep its
   parameters)."""
   run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
   step = make_eval_step(run.graphdef)
-  return {name: evaluate(step, run.params, run.units(docs), run.cfg.data.seq_len,
-                         batch_size or run.cfg.eval.batch_size, progress=progress, desc=f"{workdir.name}: {name}",
-                         **run.vocab)
-          for name, docs in texts.items()}
+  return {
+    name: evaluate(
+      step,
+      run.params,
+      run.units(docs),
+      run.cfg.data.seq_len,
+      batch_size or run.cfg.eval.batch_size,
+      progress=progress,
+      desc=f"{workdir.name}: {name}",
+      **run.vocab,
+    )
+    for name, docs in texts.items()
+  }
 
 
-def run_robustness(workdirs: list[Path], data: tuple[str, ...], perturbations: list[str], strength: float,
-                   seed: int, max_bytes: int, out: Path, overrides: tuple[str, ...] = (), progress: bool = False,
-                   log=print) -> dict[str, dict[str, dict]]:
+def run_robustness(
+  workdirs: list[Path],
+  data: tuple[str, ...],
+  perturbations: list[str],
+  strength: float,
+  seed: int,
+  max_bytes: int,
+  out: Path,
+  overrides: tuple[str, ...] = (),
+  progress: bool = False,
+  log=print,
+) -> dict[str, dict[str, dict]]:
   if not workdirs:
     raise UserError("robustness: give at least one --workdir")
   unknown = [p for p in perturbations if p not in PERTURBATIONS]
@@ -56,8 +79,10 @@ def run_robustness(workdirs: list[Path], data: tuple[str, ...], perturbations: l
   if docs.num_bytes == 0:
     raise DataError("robustness: no bytes to evaluate")
   texts = {"clean": docs, **{p: perturb_documents(docs, p, strength, seed) for p in perturbations}}
-  log(f"robustness: {len(docs)} documents, {docs.num_bytes:,} clean bytes; {len(perturbations)} perturbations at "
-      f"strength {strength} (seed {seed})")
+  log(
+    f"robustness: {len(docs)} documents, {docs.num_bytes:,} clean bytes; {len(perturbations)} perturbations at "
+    f"strength {strength} (seed {seed})"
+  )
   results = {}
   for name, wd in zip(names, workdirs):
     log(f"scoring {name} ({wd})...")
@@ -94,17 +119,23 @@ def _write(out: Path, results: dict, texts: dict, strength: float, seed: int) ->
     writer.writeheader()
     writer.writerows(rows)
   head = ["perturbation", "bytes"] + [f"{m}: BPB (Δ, Δ%)" for m in models]
-  lines = [f"# Robustness (strength {strength}, seed {seed})", "", "| " + " | ".join(head) + " |",
-           "|" + "---|" * len(head)]
+  lines = [
+    f"# Robustness (strength {strength}, seed {seed})",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
   for r in rows:
     cells = [r["perturbation"], f"{r['bytes']:,}"]
     cells += [f"{r[f'{m} BPB']:.4f} ({r[f'{m} delta']:+.4f}, {r[f'{m} delta %']:+.1f}%)" for m in models]
     lines.append("| " + " | ".join(cells) + " |")
   if perturbed and len(models) > 1:
     ref = models[0]
-    lines += [""] + [f"- {m}: mean relative increase {rows[-1][f'{m} delta %']:+.1f}% vs {ref}'s "
-                     f"{rows[-1][f'{ref} delta %']:+.1f}% ({_ratio(rows[-1][f'{m} delta %'], rows[-1][f'{ref} delta %'])})"
-                     for m in models[1:]]
+    lines += [""] + [
+      f"- {m}: mean relative increase {rows[-1][f'{m} delta %']:+.1f}% vs {ref}'s "
+      f"{rows[-1][f'{ref} delta %']:+.1f}% ({_ratio(rows[-1][f'{m} delta %'], rows[-1][f'{ref} delta %'])})"
+      for m in models[1:]
+    ]
   lines += ["", "![degradation per perturbation](robustness.png)", ""]
   (out / "robustness.md").write_text("\n".join(lines))
   _plot(out / "robustness.png", perturbed, models)

@@ -22,21 +22,36 @@ class RunEval:
   result: dict[str, float]  # bpb, bytes, predicted, nll_sum, routing statistics (and bits_per_base for DNA)
 
 
-def score_documents(run: TrainedRun, docs: Documents, batch_size: int | None = None, *, progress: bool = False,
-                    eval_step=None) -> dict[str, float]:
+def score_documents(
+  run: TrainedRun, docs: Documents, batch_size: int | None = None, *, progress: bool = False, eval_step=None
+) -> dict[str, float]:
   """The figures of `evaluate` for `run` on every byte of `docs` (its tokens for a token model), `batch_size`
   windows at a time (default: eval.batch_size); `eval_step`: a compiled `make_eval_step(run.graphdef)` to reuse.
   DNA (a byte model on nucleotide letters, one byte per base) adds bits_per_base, equal to bpb."""
   step = eval_step or make_eval_step(run.graphdef)
-  res = evaluate(step, run.params, run.units(docs), run.cfg.data.seq_len, batch_size or run.cfg.eval.batch_size,
-                 progress=progress, **run.vocab)
-  if not run.cfg.data.tokenizer and looks_like_dna(docs.data[:1 << 20]):
+  res = evaluate(
+    step,
+    run.params,
+    run.units(docs),
+    run.cfg.data.seq_len,
+    batch_size or run.cfg.eval.batch_size,
+    progress=progress,
+    **run.vocab,
+  )
+  if not run.cfg.data.tokenizer and looks_like_dna(docs.data[: 1 << 20]):
     res["bits_per_base"] = res["bpb"]
   return res
 
 
-def eval_run(workdir: str | Path, overrides: tuple[str, ...] = (), paths: tuple[str, ...] = (), *, max_bytes: int = 0,
-             batch_size: int | None = None, progress: bool = False) -> RunEval:
+def eval_run(
+  workdir: str | Path,
+  overrides: tuple[str, ...] = (),
+  paths: tuple[str, ...] = (),
+  *,
+  max_bytes: int = 0,
+  batch_size: int | None = None,
+  progress: bool = False,
+) -> RunEval:
   """The newest checkpoint of `workdir` (with `overrides` that keep its parameters) scored on the documents of
   `paths` (default: the run's validation split), only their first `max_bytes` bytes when positive."""
   run = open_run(Path(workdir), tuple(overrides))

@@ -47,35 +47,64 @@ def run_section(workdir: Path, samples: int, sample_bytes: int, seed: int = 0) -
   final = valid[-1] if valid else {}
   parts = [f'<h2 id="{html.escape(workdir.name)}">{html.escape(workdir.name)} (step {step})</h2>']
   parts.append(f'<h3 class="config">config</h3><pre>{html.escape(dump_yaml(cfg))}</pre>')
-  parts.append('<h3 class="size">size</h3>' + _table(["parameters", "train FLOPs/byte (target ratios)", "stages"], [[
-      f"{info['params']:,}", f"{info['flops_per_byte'] / 1e6:.2f} M", str(cfg.model.num_stages)]]))
-  png = plot_curves(workdir, out=workdir / "report_curves.png",
-                    targets=cfg.model.target_ratio if cfg.model.num_stages else ())
+  parts.append(
+    '<h3 class="size">size</h3>'
+    + _table(
+      ["parameters", "train FLOPs/byte (target ratios)", "stages"],
+      [[f"{info['params']:,}", f"{info['flops_per_byte'] / 1e6:.2f} M", str(cfg.model.num_stages)]],
+    )
+  )
+  png = plot_curves(
+    workdir, out=workdir / "report_curves.png", targets=cfg.model.target_ratio if cfg.model.num_stages else ()
+  )
   if png is not None:
     parts.append('<h3 class="curves">curves</h3>' + _img(png.read_bytes(), "BPB and chunk-ratio curves"))
   rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in final.items() if k not in ("split",)]
-  parts.append('<h3 class="valid">final valid evaluation</h3>' + (_table(["metric", "value"], rows) if rows else
-                                                                     "<p>no evaluation yet</p>"))
+  parts.append(
+    '<h3 class="valid">final valid evaluation</h3>'
+    + (_table(["metric", "value"], rows) if rows else "<p>no evaluation yet</p>")
+  )
   rob = workdir / "robustness.csv"
   if rob.exists():
     with open(rob) as f:
       table = list(csv.reader(f))
     parts.append('<h3 class="robustness">robustness</h3>' + _table(table[0], table[1:]))
   else:
-    parts.append('<h3 class="robustness">robustness</h3><p>not measured: run <code>chunklm robustness --workdir '
-                 f'{html.escape(str(workdir))}</code> first</p>')
+    parts.append(
+      '<h3 class="robustness">robustness</h3><p>not measured: run <code>chunklm robustness --workdir '
+      f"{html.escape(str(workdir))}</code> first</p>"
+    )
   snippet = snippet_of(run.valid_split())
   if cfg.model.num_stages:
     r = text_routing(graphdef, params, snippet, cfg.model.num_stages, cfg.data.seq_len)
-    parts.append('<h3 class="boundaries">chunk boundaries</h3><pre>'
-                 f"{html.escape(picture(snippet[:len(r.starts[0])], r.starts))}</pre>")
+    parts.append(
+      '<h3 class="boundaries">chunk boundaries</h3><pre>'
+      f"{html.escape(picture(snippet[: len(r.starts[0])], r.starts))}</pre>"
+    )
   prompts = [snippet[: 16 * (i + 1)] for i in range(samples)]
-  outs = generate_many(graphdef, params, prompts, max_new_bytes=sample_bytes, temperature=0.8, top_p=0.95,
-                       seed=seed, tokenizer=run.tokenizer)
-  parts.append('<h3 class="samples">samples</h3>' + "".join(
-      f"<pre><b>{html.escape(show_bytes(p))}</b>{html.escape(show_bytes(o))}</pre>" for p, o in zip(prompts, outs)))
-  summary = {"run": workdir.name, "params": info["params"], "step": step, "valid_bpb": final.get("bpb"),
-             "records": records}
+  outs = generate_many(
+    graphdef,
+    params,
+    prompts,
+    max_new_bytes=sample_bytes,
+    temperature=0.8,
+    top_p=0.95,
+    seed=seed,
+    tokenizer=run.tokenizer,
+  )
+  parts.append(
+    '<h3 class="samples">samples</h3>'
+    + "".join(
+      f"<pre><b>{html.escape(show_bytes(p))}</b>{html.escape(show_bytes(o))}</pre>" for p, o in zip(prompts, outs)
+    )
+  )
+  summary = {
+    "run": workdir.name,
+    "params": info["params"],
+    "step": step,
+    "valid_bpb": final.get("bpb"),
+    "records": records,
+  }
   return "".join(parts), summary
 
 
@@ -94,8 +123,9 @@ def _overlay(summaries: list[dict]) -> bytes:
   return buf.getvalue()
 
 
-def run_report(workdirs: list[Path], out: Path | None = None, samples: int = 2, sample_bytes: int = 160,
-               seed: int = 0, log=print) -> Path:
+def run_report(
+  workdirs: list[Path], out: Path | None = None, samples: int = 2, sample_bytes: int = 160, seed: int = 0, log=print
+) -> Path:
   if not workdirs:
     raise UserError("report: give at least one --workdir")
   sections, summaries = [], []
@@ -106,15 +136,24 @@ def run_report(workdirs: list[Path], out: Path | None = None, samples: int = 2, 
     summaries.append(summary)
   head = ""
   if len(workdirs) > 1:
-    rows = [[s["run"], f"{s['params']:,}", str(s["step"]),
-             f"{s['valid_bpb']:.4f}" if s["valid_bpb"] is not None else "–"] for s in summaries]
-    head = ("<h2>summary</h2>" + _table(["run", "parameters", "step", "valid BPB"], rows)
-            + _img(_overlay(summaries), "valid BPB of every run"))
+    rows = [
+      [s["run"], f"{s['params']:,}", str(s["step"]), f"{s['valid_bpb']:.4f}" if s["valid_bpb"] is not None else "–"]
+      for s in summaries
+    ]
+    head = (
+      "<h2>summary</h2>"
+      + _table(["run", "parameters", "step", "valid BPB"], rows)
+      + _img(_overlay(summaries), "valid BPB of every run")
+    )
   title = "chunklm report: " + ", ".join(wd.name for wd in workdirs)
-  style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
-           "td,th{border:1px solid #ccc;padding:3px 8px}pre{background:#f6f6f6;padding:.5em;overflow-x:auto}")
-  page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}"
-          f"</style></head><body><h1>{html.escape(title)}</h1>{head}{''.join(sections)}</body></html>")
+  style = (
+    "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 8px}pre{background:#f6f6f6;padding:.5em;overflow-x:auto}"
+  )
+  page = (
+    f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}"
+    f"</style></head><body><h1>{html.escape(title)}</h1>{head}{''.join(sections)}</body></html>"
+  )
   out = out or (workdirs[0] / "report.html" if len(workdirs) == 1 else Path("runs") / "report.html")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(page)

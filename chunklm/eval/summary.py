@@ -26,7 +26,7 @@ def snippet_of(docs: Documents, size: int = 96) -> bytes:
     for marker in (b"\ndef ", b"\nclass ", b"\n\n"):
       at = text.find(marker)
       if at >= 0:
-        return text[at + 1: at + 1 + size]
+        return text[at + 1 : at + 1 + size]
   return docs.doc(0)[:size]
 
 
@@ -39,9 +39,16 @@ def sample_and_picture(run: TrainedRun, valid: Documents) -> tuple[bytes, str, s
   sample = b""
   if cfg.eval.sample_bytes and not why_not:
     prompt = cfg.eval.sample_prompt.encode() or snippet[:32]
-    sample = prompt + generate(run.graphdef, run.params, prompt, max_new_bytes=cfg.eval.sample_bytes,
-                               temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.train.seed,
-                               tokenizer=run.tokenizer)
+    sample = prompt + generate(
+      run.graphdef,
+      run.params,
+      prompt,
+      max_new_bytes=cfg.eval.sample_bytes,
+      temperature=cfg.eval.temperature,
+      top_p=cfg.eval.top_p,
+      seed=cfg.train.seed,
+      tokenizer=run.tokenizer,
+    )
   pic = ""
   if cfg.model.num_stages:
     levels = boundary_levels(run.graphdef, run.params, snippet, cfg.model.num_stages, cfg.data.seq_len)

@@ -29,6 +29,7 @@ from chunklm.data.tokenizer import Tokenizer, tokenize, train_tokenizer
 from chunklm.errors import UserError
 from chunklm.experiments import compare_report
 from chunklm.experiments import sweep as sweeps
+from chunklm.experiments.compare_configs import check_same_data, check_sweep, plain_configs, resolve_configs
 from chunklm.experiments.compare_spec import (
   CompareSpec,
   expand_spec,
@@ -42,12 +43,12 @@ from chunklm.run.metrics import read_jsonl
 from chunklm.run.trained import read_config
 from chunklm.run.workdir import RunDir
 from chunklm.train.trainer import TrainingDiverged, train
-from chunklm.experiments.compare_configs import check_same_data, plain_configs, resolve_configs, check_sweep
 
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
   """A comparison ready to train: everything that can be refused is checked before the first run starts."""
+
   spec: CompareSpec  # one model per run (sweep points and seeds expanded)
   runs: list[sweeps.Run]
   out: Path
@@ -72,8 +73,9 @@ def _tokenizer(tok_path: Path, vocab: int, splits: Splits, log) -> float:
   if tok_path.exists():
     tok = Tokenizer(tok_path)
     if tok.vocab_size != vocab:
-      raise UserError(f"{tok_path} has {tok.vocab_size} pieces but the spec asks for {vocab}; "
-                      "remove it or use another --out")
+      raise UserError(
+        f"{tok_path} has {tok.vocab_size} pieces but the spec asks for {vocab}; remove it or use another --out"
+      )
   else:
     tok = train_tokenizer(splits.train, vocab, tok_path, log=log)
   lengths = splits.train.lengths
@@ -87,8 +89,9 @@ def _finite(x: float) -> float | None:
   return x if math.isfinite(x) else None
 
 
-def prepare(spec: CompareSpec, out: Path, data_args: list[str], only: list[str], budget_given: bool,
-            log=print) -> Prepared:
+def prepare(
+  spec: CompareSpec, out: Path, data_args: list[str], only: list[str], budget_given: bool, log=print
+) -> Prepared:
   """Every run's final config, checked before anything trains: the same bytes for every run (saved runs
   included), the data readable, the tokenizer trained when a selected run (or its FLOPs reference) needs it."""
   check_sweep(spec, data_args, budget_given=budget_given)
@@ -112,8 +115,9 @@ def prepare(spec: CompareSpec, out: Path, data_args: list[str], only: list[str],
   for name, cfg in configs.items():  # every saved run, trained now or not, must have read the same bytes
     if RunDir(out / name).config.exists():
       check_same_data({f"{name} (saved run in {out / name})": read_config(out / name), name: cfg})
-  return Prepared(spec, runs, out, splits, configs, errors, [r.name for r in runs if r.name in selected], bpt,
-                  bool(token_runs))
+  return Prepared(
+    spec, runs, out, splits, configs, errors, [r.name for r in runs if r.name in selected], bpt, bool(token_runs)
+  )
 
 
 def train_runs(prep: Prepared, progress: bool = True, log=print) -> list[str]:
@@ -124,8 +128,10 @@ def train_runs(prep: Prepared, progress: bool = True, log=print) -> list[str]:
     if finished(wd, cfg):
       log(f"[{i}/{len(prep.todo)}] {name}: finished run in {wd}, reused")
       continue
-    log(f"[{i}/{len(prep.todo)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
-        f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}")
+    log(
+      f"[{i}/{len(prep.todo)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
+      f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}"
+    )
     try:
       train(cfg, wd, progress=progress, log=log, splits=prep.splits)
     except TrainingDiverged as e:  # one bad point (a learning rate too high) does not end the comparison
@@ -145,10 +151,18 @@ def report(prep: Prepared, diverged: list[str], log=print) -> tuple[Path, list[c
   if not done:
     raise UserError(f"no finished run to report in {out}" + (f" ({len(diverged)} diverged)" if diverged else ""))
   described = {name: describe_config(read_config(out / name)) for name in done}  # with the run's documents cap
-  rows = [compare_report.collect(name, out / name, cfg, described[name]["params"], prep.bytes_per_token,
-                                 prep.match_errors.get(name),
-                                 described[name]["executed_flops_per_byte"] if cfg.model.num_stages else None)
-          for name, cfg in done.items()]
+  rows = [
+    compare_report.collect(
+      name,
+      out / name,
+      cfg,
+      described[name]["params"],
+      prep.bytes_per_token,
+      prep.match_errors.get(name),
+      described[name]["executed_flops_per_byte"] if cfg.model.num_stages else None,
+    )
+    for name, cfg in done.items()
+  ]
   notes = _notes(prep, diverged, missing)
   reference = spec.efficiency_reference
   if reference and reference not in done:
@@ -167,16 +181,24 @@ def _notes(prep: Prepared, diverged: list[str], missing: list[str]) -> list[str]
     budget = f"training bytes per run: budget_bytes swept over {budgets}"
   else:
     budget = f"budget {spec.budget_bytes:,} training bytes per model"
-  notes = [f"spec: {spec.name}; {budget}; valid BPB on every byte of "
-           f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents), identical for every model",
-           f"data: {splits.description}"]
+  notes = [
+    f"spec: {spec.name}; {budget}; valid BPB on every byte of "
+    f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents), identical for every model",
+    f"data: {splits.description}",
+  ]
   if prep.tokenized:
-    notes.append(f"BPE tokenizer: {spec.tokenizer_vocab} pieces trained on the training split, "
-                 f"{prep.bytes_per_token:.3f} bytes/token")
-  notes.append("train FLOPs/byte use the measured chunk ratio (H-Net) or bytes per token (BPE) on the valid split; "
-               "models marked 'sized to match' were resized before training at the reference's target ratio")
-  notes.append("executed FLOPs/byte: what an H-Net's static shapes compute (every chunk slot of every stage, with the "
-               "run's documents-per-window cap), and its ratio to the FLOPs at the measured chunk ratio")
+    notes.append(
+      f"BPE tokenizer: {spec.tokenizer_vocab} pieces trained on the training split, "
+      f"{prep.bytes_per_token:.3f} bytes/token"
+    )
+  notes.append(
+    "train FLOPs/byte use the measured chunk ratio (H-Net) or bytes per token (BPE) on the valid split; "
+    "models marked 'sized to match' were resized before training at the reference's target ratio"
+  )
+  notes.append(
+    "executed FLOPs/byte: what an H-Net's static shapes compute (every chunk slot of every stage, with the "
+    "run's documents-per-window cap), and its ratio to the FLOPs at the measured chunk ratio"
+  )
   if diverged:
     notes.append(f"diverged (training stopped on a non-finite loss; not in the tables): {', '.join(diverged)}")
   if missing:
@@ -191,18 +213,46 @@ def _summary(prep: Prepared, rows: list[compare_report.Row]) -> list[str]:
   (out / "sweep.png").unlink(missing_ok=True)  # a plot from an earlier sweep must not stand for this one
   if not spec.sweep and spec.seeds == 1:
     return []
-  summaries, lines = sweeps.report(prep.runs, {r.name: r.valid_bpb for r in rows},
-                                   {r.name: r.flops_per_byte for r in rows}, dict(spec.sweep), spec.seeds,
-                                   out / "sweep.png")
-  (out / "summary.json").write_text(json.dumps(
-      [{"model": s.model, "point": dict(s.point), "valid_bpb": [_finite(v) for v in s.bpbs], "mean": _finite(s.mean),
-        "std": _finite(s.std), "seeds": len(s.bpbs)} for s in summaries], indent=1, allow_nan=False) + "\n")
+  summaries, lines = sweeps.report(
+    prep.runs,
+    {r.name: r.valid_bpb for r in rows},
+    {r.name: r.flops_per_byte for r in rows},
+    dict(spec.sweep),
+    spec.seeds,
+    out / "sweep.png",
+  )
+  (out / "summary.json").write_text(
+    json.dumps(
+      [
+        {
+          "model": s.model,
+          "point": dict(s.point),
+          "valid_bpb": [_finite(v) for v in s.bpbs],
+          "mean": _finite(s.mean),
+          "std": _finite(s.std),
+          "seeds": len(s.bpbs),
+        }
+        for s in summaries
+      ],
+      indent=1,
+      allow_nan=False,
+    )
+    + "\n"
+  )
   return lines
 
 
-def run_compare(spec_path: str | Path, out: str | Path | None = None, data_args: Sequence[str] = (),
-                progress: bool = True, budget_bytes: int | None = None, sweep: Sequence[str] = (),
-                seeds: int | None = None, only: Sequence[str] = (), log=print) -> tuple[Path, list[compare_report.Row]]:
+def run_compare(
+  spec_path: str | Path,
+  out: str | Path | None = None,
+  data_args: Sequence[str] = (),
+  progress: bool = True,
+  budget_bytes: int | None = None,
+  sweep: Sequence[str] = (),
+  seeds: int | None = None,
+  only: Sequence[str] = (),
+  log=print,
+) -> tuple[Path, list[compare_report.Row]]:
   """Trains (or reuses) every run of the spec, then writes <out>/report.md and report.html; returns report.md
   and the table's rows. `data_args` are KEY=VALUE overrides for every model (after the spec's own); `budget_bytes`
   replaces the spec's; `sweep` ("KEY=V1,V2", repeatable) and `seeds` replace the spec's; `only` trains just these

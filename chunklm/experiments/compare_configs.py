@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-
 from chunklm.config import Config, ModelConfig, config_tree, from_dict, load_config, merge_trees, to_dict
 from chunklm.errors import ConfigError, UserError
 from chunklm.experiments import sweep as sweeps
@@ -17,10 +16,20 @@ from chunklm.experiments.compare_spec import (
 )
 from chunklm.model.flops import match_flops, train_flops_per_byte
 
-
 # The data settings that decide which bytes are trained and evaluated on: equal for every model of a comparison.
-DATA_IDENTITY = ("sources", "valid_sources", "include", "exclude", "jsonl_field", "doc_separator", "valid_fraction",
-                 "split_seed", "min_doc_bytes", "seed", "dna")
+DATA_IDENTITY = (
+  "sources",
+  "valid_sources",
+  "include",
+  "exclude",
+  "jsonl_field",
+  "doc_separator",
+  "valid_fraction",
+  "split_seed",
+  "min_doc_bytes",
+  "seed",
+  "dna",
+)
 
 
 # A token model's tokenizer until the comparison has trained its own: its config is checked before any training.
@@ -46,8 +55,10 @@ def check_same_data(configs: dict[str, Config], where: str = "", runs: list[swee
     other = data_identity(cfg)
     diff = [f"data.{k}: {ref_id[k]!r} ({ref_name}) vs {other[k]!r} ({name})" for k in ref_id if ref_id[k] != other[k]]
     if diff:
-      raise UserError(f"{where}models {ref_name} and {name} would train on different data ({'; '.join(diff)}); "
-                      "a comparison needs the same bytes for every model")
+      raise UserError(
+        f"{where}models {ref_name} and {name} would train on different data ({'; '.join(diff)}); "
+        "a comparison needs the same bytes for every model"
+      )
 
 
 def steps_for(cfg: Config, budget_bytes: int, bytes_per_token: float) -> int:
@@ -86,9 +97,14 @@ def plain_configs(spec: CompareSpec, data_args: list[str]) -> dict[str, Config]:
   return {m.name: plain_config(spec, m, data_args) for m in spec.models}
 
 
-def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | None, bytes_per_token: float,
-                    runs: list[sweeps.Run] | None = None,
-                    plain: dict[str, Config] | None = None) -> tuple[dict[str, Config], dict[str, float]]:
+def resolve_configs(
+  spec: CompareSpec,
+  data_args: list[str],
+  tokenizer: str | None,
+  bytes_per_token: float,
+  runs: list[sweeps.Run] | None = None,
+  plain: dict[str, Config] | None = None,
+) -> tuple[dict[str, Config], dict[str, float]]:
   """The final config of every model (data, budget, FLOPs matching applied) and each match's residual error;
   `plain`: plain_configs(spec, data_args) when the caller has them already."""
   base = {m.name: plain[m.name] for m in spec.models} if plain is not None else plain_configs(spec, data_args)
@@ -97,8 +113,11 @@ def resolve_configs(spec: CompareSpec, data_args: list[str], tokenizer: str | No
       if tokenizer is None:
         raise ConfigError(f"model {name} is a token model but no tokenizer was given")
       m = spec.model(name)
-      base[name] = load_config(m.config, model_overrides(spec, m, data_args)
-                               + [f"data.tokenizer={tokenizer}", f"model.vocab_size={spec.tokenizer_vocab}"])
+      base[name] = load_config(
+        m.config,
+        model_overrides(spec, m, data_args)
+        + [f"data.tokenizer={tokenizer}", f"model.vocab_size={spec.tokenizer_vocab}"],
+      )
   final, errors = _flops_matched(spec, base, bytes_per_token)
   for name, cfg in final.items():
     final[name] = _budgeted(cfg, spec.model(name).budget_bytes or spec.budget_bytes, spec, bytes_per_token)
@@ -110,18 +129,21 @@ def _bytes_per_position(cfg: Config, bytes_per_token: float) -> float:
   return bytes_per_token if cfg.data.tokenizer else 1.0
 
 
-def _flops_matched(spec: CompareSpec, base: dict[str, Config],
-                   bytes_per_token: float) -> tuple[dict[str, Config], dict[str, float]]:
+def _flops_matched(
+  spec: CompareSpec, base: dict[str, Config], bytes_per_token: float
+) -> tuple[dict[str, Config], dict[str, float]]:
   """The configs with each `match_flops` model resized to its reference's training FLOPs per byte, and the residual
   error of each resized one."""
   final, errors = dict(base), {}
   for m in spec.models:
     if m.match_flops:
       ref, cfg = base[m.match_flops], base[m.name]
-      target = train_flops_per_byte(ref.model, ref.data.seq_len,
-                                    bytes_per_token=_bytes_per_position(ref, bytes_per_token))
-      model, errors[m.name] = match_flops(target, cfg.model, cfg.data.seq_len,
-                                          bytes_per_token=_bytes_per_position(cfg, bytes_per_token), vary=m.vary)
+      target = train_flops_per_byte(
+        ref.model, ref.data.seq_len, bytes_per_token=_bytes_per_position(ref, bytes_per_token)
+      )
+      model, errors[m.name] = match_flops(
+        target, cfg.model, cfg.data.seq_len, bytes_per_token=_bytes_per_position(cfg, bytes_per_token), vary=m.vary
+      )
       final[m.name] = dataclasses.replace(cfg, model=model)
   return final, errors
 
@@ -130,9 +152,13 @@ def _budgeted(cfg: Config, budget_bytes: int, spec: CompareSpec, bytes_per_token
   """`cfg` trained on `budget_bytes`, evaluated `spec.evals` times on the spec's leading valid bytes and at the end
   on all of them."""
   steps = steps_for(cfg, budget_bytes, bytes_per_token)
-  train_cfg = dataclasses.replace(cfg.train, steps=steps, warmup_steps=min(cfg.train.warmup_steps, steps // 10 or 1),
-                                  eval_every=max(1, steps // spec.evals) if spec.evals else 0,
-                                  checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps)))
+  train_cfg = dataclasses.replace(
+    cfg.train,
+    steps=steps,
+    warmup_steps=min(cfg.train.warmup_steps, steps // 10 or 1),
+    eval_every=max(1, steps // spec.evals) if spec.evals else 0,
+    checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps)),
+  )
   ev = dataclasses.replace(cfg.eval, max_bytes=spec.eval_max_bytes, final_max_bytes=0)
   return dataclasses.replace(cfg, train=train_cfg, eval=ev)
 
@@ -145,7 +171,9 @@ def check_sweep(spec: CompareSpec, data_args: list[str], budget_given: bool = Fa
     if key == sweeps.BUDGET_KEY:
       sweeps.check_budgets(values, budget_given)
     if key.startswith("data.") and key[5:] in DATA_IDENTITY:
-      raise UserError(f"--sweep {key}: every run of a comparison reads the same bytes; {key} decides which "
-                      "(use --seeds N to vary the order of the training bytes)")
+      raise UserError(
+        f"--sweep {key}: every run of a comparison reads the same bytes; {key} decides which "
+        "(use --seeds N to vary the order of the training bytes)"
+      )
     if key == "train.seed" and spec.seeds > 1:
       raise UserError("--sweep train.seed with --seeds: the seeds already shift train.seed; use one of them")

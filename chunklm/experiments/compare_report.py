@@ -30,8 +30,15 @@ class Row:
   match_error: float | None  # residual FLOPs mismatch after sizing, if this model was resized
 
 
-def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token: float,
-            match_error: float | None, executed_flops_per_byte: float | None = None) -> Row:
+def collect(
+  name: str,
+  workdir: Path,
+  cfg: Config,
+  params: int,
+  bytes_per_token: float,
+  match_error: float | None,
+  executed_flops_per_byte: float | None = None,
+) -> Row:
   """The row of the run in `workdir`; `executed_flops_per_byte` (from `describe_config` on the run's own config)
   defaults to the FLOPs at the measured ratio, which is what a model without chunk slots executes."""
   records = read_jsonl(RunDir(workdir).metrics)
@@ -51,8 +58,18 @@ def collect(name: str, workdir: Path, cfg: Config, params: int, bytes_per_token:
     flops, unit, kind = train_flops_per_byte(cfg.model, cfg.data.seq_len), 1.0, "bytes"
   speeds = [r["bytes_per_sec"] for r in train[1:] if "bytes_per_sec" in r]
   executed = executed_flops_per_byte if executed_flops_per_byte is not None else flops
-  return Row(name, kind, params, flops, executed, statistics.median(speeds) if speeds else float("nan"), final["bpb"],
-             unit, [(r["step"] * per_step, r["bpb"], r["bytes"]) for r in valid], match_error)
+  return Row(
+    name,
+    kind,
+    params,
+    flops,
+    executed,
+    statistics.median(speeds) if speeds else float("nan"),
+    final["bpb"],
+    unit,
+    [(r["step"] * per_step, r["bpb"], r["bytes"]) for r in valid],
+    match_error,
+  )
 
 
 def plot(rows: list[Row], out: Path) -> Path:
@@ -78,8 +95,16 @@ def plot(rows: list[Row], out: Path) -> Path:
   return out
 
 
-HEADER = ("model", "kind", "params", "train FLOPs/byte", "executed FLOPs/byte", "train bytes/s", "valid BPB",
-          "bytes per chunk/token")
+HEADER = (
+  "model",
+  "kind",
+  "params",
+  "train FLOPs/byte",
+  "executed FLOPs/byte",
+  "train bytes/s",
+  "valid BPB",
+  "bytes per chunk/token",
+)
 
 
 def _cells(row: Row) -> list[str]:
@@ -89,8 +114,16 @@ def _cells(row: Row) -> list[str]:
   executed = f"{row.executed_flops_per_byte / 1e6:.2f} M"
   if row.executed_flops_per_byte != row.flops_per_byte:
     executed += f" ({row.executed_flops_per_byte / row.flops_per_byte:.2f}x)"
-  return [row.name, row.kind, f"{row.params / 1e6:.2f} M", flops, executed, f"{row.bytes_per_s:,.0f}",
-          f"{row.valid_bpb:.4f}", f"{row.unit_bytes:.2f}"]
+  return [
+    row.name,
+    row.kind,
+    f"{row.params / 1e6:.2f} M",
+    flops,
+    executed,
+    f"{row.bytes_per_s:,.0f}",
+    f"{row.valid_bpb:.4f}",
+    f"{row.unit_bytes:.2f}",
+  ]
 
 
 def bytes_to_reach(curve: list[tuple[float, float, float]], target: float) -> float | None:
@@ -110,8 +143,10 @@ def efficiency(rows: list[Row], reference: str) -> list[str]:
   """Lines: the training bytes each model needs to reach the reference model's final valid BPB, and the ratio."""
   ref = next(r for r in rows if r.name == reference)
   target, ref_bytes = ref.valid_bpb, ref.curve[-1][0]
-  lines = [f"Data efficiency: training bytes to reach {ref.name}'s final valid BPB ({target:.4f}, after "
-           f"{ref_bytes:,.0f} bytes)"]
+  lines = [
+    f"Data efficiency: training bytes to reach {ref.name}'s final valid BPB ({target:.4f}, after "
+    f"{ref_bytes:,.0f} bytes)"
+  ]
   for r in rows:
     if r is ref:
       continue
@@ -120,15 +155,17 @@ def efficiency(rows: list[Row], reference: str) -> list[str]:
     if need is None:
       lines.append(f"{r.name}: not reached within its {r.curve[-1][0]:,.0f} bytes (final {r.valid_bpb:.4f})")
     elif need == first:  # reached before the first evaluation: only a bound
-      lines.append(f"{r.name}: at most {need:,.0f} bytes (already at its first evaluation), at least "
-                   f"{ref_bytes / need:.2f}x fewer")
+      lines.append(
+        f"{r.name}: at most {need:,.0f} bytes (already at its first evaluation), at least {ref_bytes / need:.2f}x fewer"
+      )
     else:
       lines.append(f"{r.name}: {need:,.0f} bytes, {ref_bytes / need:.2f}x fewer")
   return lines
 
 
-def write(out: Path, title: str, rows: list[Row], notes: list[str],
-          efficiency_reference: str = "", summary: Sequence[str] = ()) -> tuple[Path, Path]:
+def write(
+  out: Path, title: str, rows: list[Row], notes: list[str], efficiency_reference: str = "", summary: Sequence[str] = ()
+) -> tuple[Path, Path]:
   """report.md and report.html (with the plot embedded) in `out`; with `efficiency_reference`, the bytes every
   other model needs to reach that model's final valid BPB; `summary` (markdown lines: the sweep's and seeds'
   table, experiments/sweep.py) goes first, with out/sweep.png when there is one."""
@@ -145,11 +182,19 @@ def write(out: Path, title: str, rows: list[Row], notes: list[str],
   others = sorted((r for r in rows if r is not best), key=lambda r: r.valid_bpb)
   verdict = f"Lowest valid BPB: **{best.name}** ({best.valid_bpb:.4f})"
   if others:
-    verdict += "; " + ", ".join(f"{r.name} +{r.valid_bpb - best.valid_bpb:.4f} ({(r.valid_bpb / best.valid_bpb - 1):+.1%})"
-                                for r in others)
+    verdict += "; " + ", ".join(
+      f"{r.name} +{r.valid_bpb - best.valid_bpb:.4f} ({(r.valid_bpb / best.valid_bpb - 1):+.1%})" for r in others
+    )
   extra = efficiency(rows, efficiency_reference) if efficiency_reference else []
-  lines += ["", verdict + ".", "", *[f"- {e}" if i else e for i, e in enumerate(extra)], "",
-            f"![valid BPB vs training bytes and FLOPs]({png.name})", ""]
+  lines += [
+    "",
+    verdict + ".",
+    "",
+    *[f"- {e}" if i else e for i, e in enumerate(extra)],
+    "",
+    f"![valid BPB vs training bytes and FLOPs]({png.name})",
+    "",
+  ]
   md = out / "report.md"
   md.write_text("\n".join(lines))
   img = base64.b64encode(png.read_bytes()).decode()
@@ -163,9 +208,9 @@ def write(out: Path, title: str, rows: list[Row], notes: list[str],
   page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}</style>
-</head><body><h1>{html.escape(title)}</h1><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
-{top}<table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{table}</table>
-<p>{html.escape(verdict.replace('**', ''))}.</p>{''.join(f'<p>{html.escape(e)}</p>' for e in extra)}<img alt="valid BPB curves" src="data:image/png;base64,{img}">
+</head><body><h1>{html.escape(title)}</h1><ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>
+{top}<table><tr>{"".join(f"<th>{h}</th>" for h in HEADER)}</tr>{table}</table>
+<p>{html.escape(verdict.replace("**", ""))}.</p>{"".join(f"<p>{html.escape(e)}</p>" for e in extra)}<img alt="valid BPB curves" src="data:image/png;base64,{img}">
 </body></html>"""
   page_path = out / "report.html"
   page_path.write_text(page)

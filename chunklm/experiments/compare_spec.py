@@ -57,8 +57,9 @@ class CompareSpec:
       if m.match_flops == m.name:
         raise ConfigError(f"compare spec {self.name}: model {m.name} cannot match its own FLOPs")
     if self.efficiency_reference and self.efficiency_reference not in names:
-      raise ConfigError(f"compare spec {self.name}: efficiency_reference {self.efficiency_reference!r} is not one of "
-                        f"its models {names}")
+      raise ConfigError(
+        f"compare spec {self.name}: efficiency_reference {self.efficiency_reference!r} is not one of its models {names}"
+      )
     if self.budget_bytes <= 0 or self.evals < 0 or self.eval_max_bytes < 0:
       raise ConfigError("compare spec: budget_bytes must be positive, evals and eval_max_bytes >= 0")
     if self.seeds < 1:
@@ -92,8 +93,9 @@ def _sweep_pairs(sweep, path: Path) -> list[tuple[str, tuple[str, ...]]]:
   return [(str(k), sweeps.check_values(str(k), v)) for k, v in sweep.items()]
 
 
-def with_cli(spec: CompareSpec, budget_bytes: int | None, sweep: list[str], seeds: int | None,
-             only: list[str]) -> CompareSpec:
+def with_cli(
+  spec: CompareSpec, budget_bytes: int | None, sweep: list[str], seeds: int | None, only: list[str]
+) -> CompareSpec:
   """The spec with the command line's budget, sweep and seeds in place of its own (checked as the file's are);
   `only` must name models of the spec."""
   if budget_bytes is not None:
@@ -104,8 +106,9 @@ def with_cli(spec: CompareSpec, budget_bytes: int | None, sweep: list[str], seed
     spec = dataclasses.replace(spec, seeds=seeds)
   unknown = [n for n in only if n not in {m.name for m in spec.models}]
   if unknown:
-    raise UserError(f"--models {','.join(unknown)}: not in spec {spec.name} (its models: "
-                    f"{', '.join(m.name for m in spec.models)})")
+    raise UserError(
+      f"--models {','.join(unknown)}: not in spec {spec.name} (its models: {', '.join(m.name for m in spec.models)})"
+    )
   return spec
 
 

@@ -46,7 +46,7 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_sweep(text: str) -> tuple[str, tuple[str, ...]]:
-  """"KEY=V1,V2,..." -> (KEY, values); one clear error for anything else."""
+  """ "KEY=V1,V2,..." -> (KEY, values); one clear error for anything else."""
   key, sep, rest = text.partition("=")
   values = split_values(rest) if sep else []
   if not key.strip() or not values or any(not v for v in values):
@@ -166,8 +166,11 @@ def best_per_model(summaries: list[Summary], sweep: dict[str, tuple[str, ...]]) 
   for model in dict.fromkeys(s.model for s in summaries):
     mine = [s for s in summaries if s.model == model]
     top = min([s for s in mine if s.complete] or mine, key=lambda s: s.mean)
-    edges = [k for k, v in top.point if len(sweep[k]) > 2 and _numeric(sweep[k])
-             and float(v) in (min(map(float, sweep[k])), max(map(float, sweep[k])))]
+    edges = [
+      k
+      for k, v in top.point
+      if len(sweep[k]) > 2 and _numeric(sweep[k]) and float(v) in (min(map(float, sweep[k])), max(map(float, sweep[k])))
+    ]
     warns = [f"at the edge of the swept {', '.join(edges)} range: the best may lie outside it"] if edges else []
     if not top.complete:
       warns.append("not every seed has finished")
@@ -186,8 +189,9 @@ def point_label(point: tuple[tuple[str, str], ...]) -> str:
   return ", ".join(f"{k}={v}" for k, v in point) or "-"
 
 
-def lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], seeds: int,
-          metric: str = "valid BPB", best: bool = True) -> list[str]:
+def lines(
+  summaries: list[Summary], sweep: dict[str, tuple[str, ...]], seeds: int, metric: str = "valid BPB", best: bool = True
+) -> list[str]:
   """Markdown: a table of mean ± std (min–max) of `metric` (lower is better) per model and point, then (`best`) each
   model's best and the ranking."""
   head = metric + (f", mean ± std over {seeds} seeds (min–max)" if seeds > 1 else "")
@@ -204,17 +208,20 @@ def lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], seeds: in
     return out
   lead = ranked[0][0]
   rest = ", ".join(f"{s.model} {s.mean - lead.mean:+.4f} ({s.mean / lead.mean - 1:+.1%})" for s, _ in ranked[1:])
-  out.append(f"- lowest {'mean ' if seeds > 1 else ''}{metric}{' at its best point' if sweep else ''}: "
-             f"**{lead.model}** ({lead.mean:.4f})" + (f"; {rest}" if rest else ""))
+  out.append(
+    f"- lowest {'mean ' if seeds > 1 else ''}{metric}{' at its best point' if sweep else ''}: "
+    f"**{lead.model}** ({lead.mean:.4f})" + (f"; {rest}" if rest else "")
+  )
   return out
 
 
-def plot(summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path,
-         ylabel: str = "final valid bits per byte") -> object | None:
+def plot(
+  summaries: list[Summary], sweep: dict[str, tuple[str, ...]], path, ylabel: str = "final valid bits per byte"
+) -> object | None:
   """The mean (error bars: std over seeds) against the swept value, a line per model; one swept key only."""
   if len(sweep) != 1:
     return None
-  (key, values), = sweep.items()
+  ((key, values),) = sweep.items()
   numeric = _numeric(values)
   xs = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
   summaries = sorted(summaries, key=lambda s: xs[s.point[0][1]])
@@ -243,12 +250,20 @@ def check_budgets(values, budget_given: bool) -> None:
   if budget_given:
     raise UserError(f"--sweep {BUDGET_KEY} and --budget-bytes: give the budgets in one of them")
   if not all(v.isdecimal() and v.isascii() and int(v) > 0 for v in values):
-    raise UserError(f"--sweep {BUDGET_KEY}={','.join(values)}: budgets are whole positive numbers of training bytes, "
-                    "e.g. --sweep budget_bytes=2500000,10000000")
+    raise UserError(
+      f"--sweep {BUDGET_KEY}={','.join(values)}: budgets are whole positive numbers of training bytes, "
+      "e.g. --sweep budget_bytes=2500000,10000000"
+    )
 
 
-def report(runs: list[Run], bpb: dict[str, float], flops_per_byte: dict[str, float], sweep: dict[str, tuple[str, ...]],
-           seeds: int, path) -> tuple[list[Summary], list[str]]:
+def report(
+  runs: list[Run],
+  bpb: dict[str, float],
+  flops_per_byte: dict[str, float],
+  sweep: dict[str, tuple[str, ...]],
+  seeds: int,
+  path,
+) -> tuple[list[Summary], list[str]]:
   """The summaries of the finished runs (`bpb`: final valid BPB by run name), the report's markdown lines, and the
   plot at `path`: against the swept value, or for a budget sweep (whose largest budget would always be "best")
   budget curves, with each point's training FLOPs per byte averaged over its seeds (`flops_per_byte` by run name)."""
@@ -270,8 +285,10 @@ def best_per_budget(summaries: list[Summary]) -> dict[str, dict[int, Summary]]:
   groups: dict[str, dict[int, list[Summary]]] = {}
   for s in summaries:
     groups.setdefault(s.model, {}).setdefault(int(dict(s.point)[BUDGET_KEY]), []).append(s)
-  return {model: {b: min([s for s in mine if s.complete] or mine, key=lambda s: s.mean) for b, mine in per.items()}
-          for model, per in groups.items()}
+  return {
+    model: {b: min([s for s in mine if s.complete] or mine, key=lambda s: s.mean) for b, mine in per.items()}
+    for model, per in groups.items()
+  }
 
 
 def budget_lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]]) -> list[str]:
@@ -305,8 +322,10 @@ def budget_lines(summaries: list[Summary], sweep: dict[str, tuple[str, ...]]) ->
     per = (gap[hi] - gap[lo]) / math.log2(hi / lo) * 100
     text = f"- {model} vs {leader}: {gap[lo]:+.1%} at {lo:,} bytes, {gap[hi]:+.1%} at {hi:,}"
     if gap[lo] * gap[hi] < 0:
-      text += f": {'ahead' if gap[lo] < 0 else 'behind'} at the smaller budget, {'ahead' if gap[hi] < 0 else 'behind'} " \
-              f"at the larger ({per:+.2f} percentage points per doubling of the budget)"
+      text += (
+        f": {'ahead' if gap[lo] < 0 else 'behind'} at the smaller budget, {'ahead' if gap[hi] < 0 else 'behind'} "
+        f"at the larger ({per:+.2f} percentage points per doubling of the budget)"
+      )
     else:
       way = "narrows" if abs(gap[hi]) < abs(gap[lo]) else "widens"
       text += f": the gap {way} by {abs(per):.2f} percentage points per doubling of the budget"

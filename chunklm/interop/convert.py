@@ -55,8 +55,13 @@ def from_hnet(checkpoint: str | Path, config: str | Path, out: str | Path, base:
   state, dtype = load_state_dict(checkpoint)
   cfg, params = official_params(state, js, base or load_config(None), str(checkpoint))
   digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
-  origin = {"what": f"converted from the official H-Net checkpoint {checkpoint}", "checkpoint": str(checkpoint),
-            "checkpoint_sha256": digest, "checkpoint_dtype": dtype, "official_config": js}
+  origin = {
+    "what": f"converted from the official H-Net checkpoint {checkpoint}",
+    "checkpoint": str(checkpoint),
+    "checkpoint_sha256": digest,
+    "checkpoint_dtype": dtype,
+    "official_config": js,
+  }
   return write_params_run(out, cfg, params, 0, origin)
 
 

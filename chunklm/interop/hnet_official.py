@@ -42,6 +42,7 @@ TARGETS = {1: (6.0,), 2: (3.0, 3.0)}  # the paper's training targets: 6-DC and (
 
 class Transform(NamedTuple):
   """official -> chunklm (`load`), chunklm -> official (`save`), and the official shape of a chunklm shape."""
+
   load: Callable[[np.ndarray], np.ndarray]
   save: Callable[[np.ndarray], np.ndarray]
   shape: Callable[[tuple], tuple]
@@ -49,15 +50,21 @@ class Transform(NamedTuple):
 
 SAME = Transform(lambda w: w, lambda k: k, lambda s: s)
 TRANSPOSE = Transform(lambda w: w.T, lambda k: k.T, lambda s: s[::-1])
-FC1 = Transform(lambda w: np.stack([w[w.shape[0] // 2:].T, w[: w.shape[0] // 2].T], axis=1),
-                lambda k: np.concatenate([k[:, 1].T, k[:, 0].T], axis=0), lambda s: (2 * s[2], s[0]))
+FC1 = Transform(
+  lambda w: np.stack([w[w.shape[0] // 2 :].T, w[: w.shape[0] // 2].T], axis=1),
+  lambda k: np.concatenate([k[:, 1].T, k[:, 0].T], axis=0),
+  lambda s: (2 * s[2], s[0]),
+)
 CONV = Transform(lambda w: w[:, 0, :].T, lambda k: k.T[:, None, :], lambda s: (s[1], 1, s[0]))
 
 
 def _qkv(heads: int) -> Transform:
   """Wqkv.weight (3*H*K, D), rows ordered (three, head, k) -> w_qkv.kernel (D, 3, H, K)."""
-  return Transform(lambda w: w.T.reshape(w.shape[1], 3, heads, -1), lambda k: k.reshape(k.shape[0], -1).T,
-                   lambda s: (math.prod(s[1:]), s[0]))
+  return Transform(
+    lambda w: w.T.reshape(w.shape[1], 3, heads, -1),
+    lambda k: k.reshape(k.shape[0], -1).T,
+    lambda s: (math.prod(s[1:]), s[0]),
+  )
 
 
 class Pair(NamedTuple):
@@ -79,10 +86,16 @@ def tensor_pairs(model: ModelConfig) -> list[Pair]:
         pairs.append(Pair(f"{a}.mixer.w_qkv.kernel", f"{b}.mixer.Wqkv.weight", _qkv(model.n_heads[level])))
         pairs.append(Pair(f"{a}.mixer.w_out.kernel", f"{b}.mixer.out_proj.weight", TRANSPOSE))
       else:
-        for mine, official, t in (("in_proj.kernel", "in_proj.weight", TRANSPOSE), ("conv_w", "conv1d.weight", CONV),
-                                  ("conv_b", "conv1d.bias", SAME), ("dt_bias", "dt_bias", SAME),
-                                  ("a_log", "A_log", SAME), ("d_skip", "D", SAME), ("norm.scale", "norm.weight", SAME),
-                                  ("out_proj.kernel", "out_proj.weight", TRANSPOSE)):
+        for mine, official, t in (
+          ("in_proj.kernel", "in_proj.weight", TRANSPOSE),
+          ("conv_w", "conv1d.weight", CONV),
+          ("conv_b", "conv1d.bias", SAME),
+          ("dt_bias", "dt_bias", SAME),
+          ("a_log", "A_log", SAME),
+          ("d_skip", "D", SAME),
+          ("norm.scale", "norm.weight", SAME),
+          ("out_proj.kernel", "out_proj.weight", TRANSPOSE),
+        ):
           pairs.append(Pair(f"{a}.mixer.{mine}", f"{b}.mixer.{official}", t))
       if kind.isupper():
         pairs.append(Pair(f"{a}.norm2.scale", f"{b}.norm2.weight", SAME))
@@ -125,8 +138,11 @@ def model_from_official(js: dict, where: str) -> ModelConfig:
   know or values chunklm cannot compute as the official code does."""
   if not isinstance(js, dict):
     raise _bad(where, "not a JSON object")
-  for fields, got, what in ((CONFIG_FIELDS, js, ""), (SSM_FIELDS, js.get("ssm_cfg", {}), "ssm_cfg."),
-                            (ATTN_FIELDS, js.get("attn_cfg", {}), "attn_cfg.")):
+  for fields, got, what in (
+    (CONFIG_FIELDS, js, ""),
+    (SSM_FIELDS, js.get("ssm_cfg", {}), "ssm_cfg."),
+    (ATTN_FIELDS, js.get("attn_cfg", {}), "attn_cfg."),
+  ):
     unknown = sorted(set(got) - fields)
     if unknown:
       raise _bad(where, f"unknown field {what}{unknown[0]} (known: {', '.join(sorted(fields))})")
@@ -157,22 +173,33 @@ def model_from_official(js: dict, where: str) -> ModelConfig:
       head_dim = d_model[level] // heads[level]
       fractions.add(rotary[level] / head_dim)
       if windows[level] == 0 or windows[level] < -1:
-        raise _bad(where, f"attn_cfg.window_size {windows[level]} at level {level} is not supported (-1 = global, "
-                          "or > 0 keys back)")
+        raise _bad(
+          where,
+          f"attn_cfg.window_size {windows[level]} at level {level} is not supported (-1 = global, or > 0 keys back)",
+        )
     if any(k.isupper() for k in kinds) and d_int[level] <= 0:
       raise _bad(where, f"d_intermediate is {d_int[level]} at level {level}, which has MLP layers")
   if len(fractions) > 1:
-    raise _bad(where, f"rotary_emb_dim / head_dim differs between levels ({sorted(fractions)}); chunklm rotates "
-                      "one fraction of every head")
+    raise _bad(
+      where,
+      f"rotary_emb_dim / head_dim differs between levels ({sorted(fractions)}); chunklm rotates "
+      "one fraction of every head",
+    )
   ssm = {**dataclasses.asdict(MambaConfig()), "head_dim": MAMBA_HEAD_DIM, **js.get("ssm_cfg", {})}
   stages = levels - 1
   tree = {
-      "layout": layout, "d_model": d_model,
-      "d_ff": [-(-d // MLP_MULTIPLE) * MLP_MULTIPLE if d > 0 else 0 for d in d_int],
-      "n_heads": heads, "window": [0 if w == -1 else w for w in windows],
-      "rotary_fraction": fractions.pop() if fractions else 0.5, "vocab_size": js.get("vocab_size", 256),
-      "mamba": ssm, "router": ["cosine"] * stages, "pooling": ["select"] * stages,
-      "target_ratio": list(TARGETS.get(stages, (3.0,) * stages)), "compat": "official",
+    "layout": layout,
+    "d_model": d_model,
+    "d_ff": [-(-d // MLP_MULTIPLE) * MLP_MULTIPLE if d > 0 else 0 for d in d_int],
+    "n_heads": heads,
+    "window": [0 if w == -1 else w for w in windows],
+    "rotary_fraction": fractions.pop() if fractions else 0.5,
+    "vocab_size": js.get("vocab_size", 256),
+    "mamba": ssm,
+    "router": ["cosine"] * stages,
+    "pooling": ["select"] * stages,
+    "target_ratio": list(TARGETS.get(stages, (3.0,) * stages)),
+    "compat": "official",
   }
   try:
     return from_dict(ModelConfig, tree, "model.")
@@ -186,13 +213,18 @@ def official_config(model: ModelConfig) -> dict:
   heads = list(model.n_heads)
   rotary = [2 * int((model.d_model[lv] // heads[lv]) * model.rotary_fraction // 2) for lv in range(levels)]
   return {
-      "arch_layout": _nested_list(model.layout), "d_model": list(model.d_model),
-      "d_intermediate": [model.ff_dim(lv) if model.d_ff[lv] or _has_mlp(model, lv) else 0 for lv in range(levels)],
-      "vocab_size": model.vocab_size,
-      "ssm_cfg": {"chunk_size": model.mamba.chunk_size, "d_conv": model.mamba.d_conv, "d_state": model.mamba.d_state,
-                  "expand": model.mamba.expand},
-      "attn_cfg": {"num_heads": heads, "rotary_emb_dim": rotary, "window_size": [w or -1 for w in model.window]},
-      "tie_embeddings": False,
+    "arch_layout": _nested_list(model.layout),
+    "d_model": list(model.d_model),
+    "d_intermediate": [model.ff_dim(lv) if model.d_ff[lv] or _has_mlp(model, lv) else 0 for lv in range(levels)],
+    "vocab_size": model.vocab_size,
+    "ssm_cfg": {
+      "chunk_size": model.mamba.chunk_size,
+      "d_conv": model.mamba.d_conv,
+      "d_state": model.mamba.d_state,
+      "expand": model.mamba.expand,
+    },
+    "attn_cfg": {"num_heads": heads, "rotary_emb_dim": rotary, "window_size": [w or -1 for w in model.window]},
+    "tie_embeddings": False,
   }
 
 
@@ -201,20 +233,25 @@ def check_exportable(model: ModelConfig) -> None:
   if not model.num_stages:
     raise UserError("to-hnet: the run is not an H-Net (no routing stage)")
   if set(model.router) != {"cosine"} or set(model.pooling) != {"select"}:
-    raise UserError(f"to-hnet: the official H-Net has the cosine router and select pooling only; this run has router "
-                    f"{list(model.router)}, pooling {list(model.pooling)}")
+    raise UserError(
+      f"to-hnet: the official H-Net has the cosine router and select pooling only; this run has router "
+      f"{list(model.router)}, pooling {list(model.pooling)}"
+    )
   if model.mamba.head_dim != MAMBA_HEAD_DIM:
-    raise UserError(f"to-hnet: the official configs use Mamba2 head_dim {MAMBA_HEAD_DIM}; this run has "
-                    f"{model.mamba.head_dim}")
+    raise UserError(
+      f"to-hnet: the official configs use Mamba2 head_dim {MAMBA_HEAD_DIM}; this run has {model.mamba.head_dim}"
+    )
   for lv in range(model.num_levels):
     if _has_mlp(model, lv) and model.ff_dim(lv) % MLP_MULTIPLE:
-      raise UserError(f"to-hnet: the official SwiGLU width is a multiple of {MLP_MULTIPLE}; level {lv} has "
-                      f"{model.ff_dim(lv)}")
+      raise UserError(
+        f"to-hnet: the official SwiGLU width is a multiple of {MLP_MULTIPLE}; level {lv} has {model.ff_dim(lv)}"
+      )
 
 
 def _has_mlp(model: ModelConfig, level: int) -> bool:
-  return any(k.isupper() for s in _level_strings(model.layout, model.num_levels)[level]
-             for k, _ in parse_layer_string(s))
+  return any(
+    k.isupper() for s in _level_strings(model.layout, model.num_levels)[level] for k, _ in parse_layer_string(s)
+  )
 
 
 def _level_strings(layout, levels: int) -> list[list[str]]:
@@ -236,8 +273,9 @@ def _nested_list(layout):
   return [_nested_list(x) if isinstance(x, (list, tuple)) else x for x in layout]
 
 
-def to_chunklm(state: dict[str, np.ndarray], model: ModelConfig, expected: dict[str, tuple], where: str
-               ) -> dict[str, np.ndarray]:
+def to_chunklm(
+  state: dict[str, np.ndarray], model: ModelConfig, expected: dict[str, tuple], where: str
+) -> dict[str, np.ndarray]:
   """{chunklm name: float32 array} from an official state dict; `expected` gives each chunklm tensor's shape. A
   one-line UserError names missing, unexpected and mis-shaped keys."""
   pairs = tensor_pairs(model)
@@ -245,9 +283,12 @@ def to_chunklm(state: dict[str, np.ndarray], model: ModelConfig, expected: dict[
   missing = [p.official for p in pairs if p.official not in state]
   extra = sorted(set(state) - set(wanted))
   if missing or extra:
-    raise _bad(where, f"does not fit the config: {len(missing)} keys missing ({', '.join(missing[:3]) or '-'}"
-                      f"{', ...' if len(missing) > 3 else ''}), {len(extra)} unexpected "
-                      f"({', '.join(extra[:3]) or '-'}{', ...' if len(extra) > 3 else ''})")
+    raise _bad(
+      where,
+      f"does not fit the config: {len(missing)} keys missing ({', '.join(missing[:3]) or '-'}"
+      f"{', ...' if len(missing) > 3 else ''}), {len(extra)} unexpected "
+      f"({', '.join(extra[:3]) or '-'}{', ...' if len(extra) > 3 else ''})",
+    )
   out = {}
   for p in pairs:
     want = tuple(p.transform.shape(expected[p.chunklm]))

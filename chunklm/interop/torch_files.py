@@ -48,5 +48,7 @@ def save_state_dict(path: str | Path, tensors: dict[str, np.ndarray], dtype: str
   """Writes {name: array} as a PyTorch state dict in `dtype` (one of DTYPES)."""
   torch = _torch()
   want = getattr(torch, dtype)
-  torch.save({k: torch.from_numpy(np.array(v, np.float32)).to(want) for k, v in tensors.items()},  # a writable copy
-             Path(path))
+  torch.save(
+    {k: torch.from_numpy(np.array(v, np.float32)).to(want) for k, v in tensors.items()},  # a writable copy
+    Path(path),
+  )

@@ -51,8 +51,10 @@ def read_metadata(path: str | Path) -> dict:
   except Exception as e:  # noqa: BLE001  (safetensors raises its own error types for files that are not safetensors)
     raise UserError(f"{path}: not a safetensors file ({str(e).strip().splitlines()[0][:160]})") from None
   if meta.get("format") != FORMAT or "config" not in meta:
-    raise UserError(f"{path}: a safetensors file without chunklm metadata (format {meta.get('format')!r}); only "
-                    "files written by `chunklm export` can be imported (official H-Net checkpoints: chunklm convert)")
+    raise UserError(
+      f"{path}: a safetensors file without chunklm metadata (format {meta.get('format')!r}); only "
+      "files written by `chunklm export` can be imported (official H-Net checkpoints: chunklm convert)"
+    )
   return meta
 
 
@@ -76,6 +78,10 @@ def import_weights(path: str | Path, out: str | Path) -> Path:
   except ValueError as e:
     raise UserError(str(e)) from None
   tokenizer = base64.b64decode(meta["tokenizer"]) if "tokenizer" in meta else None
-  origin = {"what": f"imported from {path}", "weights": str(path), "source": meta.get("source", ""),
-            "step": int(meta.get("step", 0))}
+  origin = {
+    "what": f"imported from {path}",
+    "weights": str(path),
+    "source": meta.get("source", ""),
+    "step": int(meta.get("step", 0)),
+  }
   return write_params_run(out, cfg, params, int(meta.get("step", 0)), origin, tokenizer)

@@ -47,6 +47,7 @@ chunk_positions = reference.chunk_positions
 @dataclasses.dataclass(frozen=True)
 class Backend:
   """A Pallas kernel family: 'tpu' (pallas_tpu.py) or 'gpu' (pallas_gpu.py), compiled or interpreted."""
+
   kernels: str
   interpret: bool = False
   tiles: Tiles | None = None  # None: the family's defaults (tuning.py)
@@ -84,8 +85,10 @@ def resolve(impl: str | Backend) -> Backend | None:
     return None
   if impl == "pallas":
     if family is None:
-      raise ValueError(f"chunk-op impl 'pallas' needs a GPU or TPU, but the target devices are {platform!r}; "
-                       "use 'interpret' (the kernels, interpreted) or 'xla'")
+      raise ValueError(
+        f"chunk-op impl 'pallas' needs a GPU or TPU, but the target devices are {platform!r}; "
+        "use 'interpret' (the kernels, interpreted) or 'xla'"
+      )
     return Backend(family)
   return Backend("gpu" if family == "gpu" else "tpu", interpret=True)
 
@@ -131,8 +134,9 @@ def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, *, impl: str | Backen
   return per_shard(functools.partial(_upsample, backend, z_BxMxD.shape[1]), z_BxMxD, chunk_idx_BxL.astype(jnp.int32))
 
 
-def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mode: str = "sum", *,
-                 impl: str | Backend = "xla") -> jax.Array:
+def segment_pool(
+  x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mode: str = "sum", *, impl: str | Backend = "xla"
+) -> jax.Array:
   """z_BxMxD: sum or mean of the rows of each chunk (chunk_idx as for `upsample`); empty chunks are zero."""
   if mode not in ("sum", "mean"):
     raise ValueError(f"segment_pool mode must be 'sum' or 'mean', got {mode!r}")
@@ -141,8 +145,9 @@ def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mo
   backend = resolve(impl)
   if backend is None:
     return reference.segment_pool(x_BxLxD, chunk_idx_BxL, _capacity(capacity), mode)
-  return per_shard(functools.partial(_segment_pool, backend, _capacity(capacity), mode), x_BxLxD,
-                   chunk_idx_BxL.astype(jnp.int32))
+  return per_shard(
+    functools.partial(_segment_pool, backend, _capacity(capacity), mode), x_BxLxD, chunk_idx_BxL.astype(jnp.int32)
+  )
 
 
 def ema_scan(z_BxMxD: jax.Array, p_BxM: jax.Array, *, impl: str | Backend = "xla") -> jax.Array:

@@ -63,29 +63,45 @@ def _gather_kernel(idx_ref, src_ref, o_ref, *, rows_in: int, rows_out: int, d: i
   src_row = plgpu.load(idx_ref.at[b, pl.ds(r0, block_r)], mask=in_out, other=-1)
   hit = (src_row >= 0) & (src_row < rows_in) & in_out
   col, in_d = _cols(j, block_d, d)
-  rows = plgpu.load(src_ref.at[b, jnp.clip(src_row, 0, rows_in - 1)[:, None], col[None, :]],
-                    mask=hit[:, None] & in_d[None, :], other=0)
-  plgpu.store(o_ref.at[b, pl.ds(r0, block_r), pl.ds(j * block_d, block_d)], rows.astype(o_ref.dtype),
-              mask=in_out[:, None] & in_d[None, :])
+  rows = plgpu.load(
+    src_ref.at[b, jnp.clip(src_row, 0, rows_in - 1)[:, None], col[None, :]], mask=hit[:, None] & in_d[None, :], other=0
+  )
+  plgpu.store(
+    o_ref.at[b, pl.ds(r0, block_r), pl.ds(j * block_d, block_d)],
+    rows.astype(o_ref.dtype),
+    mask=in_out[:, None] & in_d[None, :],
+  )
 
 
 def _gather(src_BxNxD, idx_BxR, block_r: int, block_d: int, interpret, name: str):
   b, n, d = src_BxNxD.shape
   rows = idx_BxR.shape[1]
   br, bd = _block(rows, block_r), _block(d, block_d)
-  cost = pl.CostEstimate(flops=0, transcendentals=0,
-                         bytes_accessed=2 * b * rows * d * src_BxNxD.dtype.itemsize + idx_BxR.nbytes)
+  cost = pl.CostEstimate(
+    flops=0, transcendentals=0, bytes_accessed=2 * b * rows * d * src_BxNxD.dtype.itemsize + idx_BxR.nbytes
+  )
   return pl.pallas_call(
-      functools.partial(_gather_kernel, rows_in=n, rows_out=rows, d=d, block_r=br, block_d=bd),
-      out_shape=jax.ShapeDtypeStruct((b, rows, d), src_BxNxD.dtype), grid=(b, pl.cdiv(rows, br), pl.cdiv(d, bd)),
-      in_specs=[ANY, ANY], out_specs=ANY,
-      compiler_params=_params(), cost_estimate=cost, interpret=interpret, name=name,
+    functools.partial(_gather_kernel, rows_in=n, rows_out=rows, d=d, block_r=br, block_d=bd),
+    out_shape=jax.ShapeDtypeStruct((b, rows, d), src_BxNxD.dtype),
+    grid=(b, pl.cdiv(rows, br), pl.cdiv(d, bd)),
+    in_specs=[ANY, ANY],
+    out_specs=ANY,
+    compiler_params=_params(),
+    cost_estimate=cost,
+    interpret=interpret,
+    name=name,
   )(idx_BxR.astype(jnp.int32), src_BxNxD)
 
 
 @functools.partial(jax.jit, static_argnames=("tiles", "interpret"))
-def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, mask_BxL: jax.Array | None = None, *,
-             tiles: Tiles = GPU, interpret=False) -> jax.Array:
+def upsample(
+  z_BxMxD: jax.Array,
+  chunk_idx_BxL: jax.Array,
+  mask_BxL: jax.Array | None = None,
+  *,
+  tiles: Tiles = GPU,
+  interpret=False,
+) -> jax.Array:
   """x_BxLxD with x[b, t] = z[b, chunk_idx[b, t]], and zero where mask_BxL (if given) is False."""
   check_ndim(z_BxMxD, "z_BxMxD", 3)
   idx_BxL = chunk_idx_BxL.astype(jnp.int32)
@@ -107,8 +123,9 @@ def downsample(x_BxLxD: jax.Array, keep_BxL: jax.Array, capacity: int, *, tiles:
 # ------------------------------------------------------------------------------------------------------- segment pool
 
 
-def _pool_kernel(start_ref, idx_ref, x_ref, o_ref, *, d: int, capacity: int, block_l: int, block_m: int,
-                 block_d: int, mean: bool):
+def _pool_kernel(
+  start_ref, idx_ref, x_ref, o_ref, *, d: int, capacity: int, block_l: int, block_m: int, block_d: int, mean: bool
+):
   b, n, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   start, end = start_ref[b, n], start_ref[b, n + 1]  # the positions of chunks [n*block_m, (n+1)*block_m)
   chunk_Mx1 = (n * block_m + jnp.arange(block_m))[:, None]
@@ -119,8 +136,9 @@ def _pool_kernel(start_ref, idx_ref, x_ref, o_ref, *, d: int, capacity: int, blo
     l0 = start + t * block_l
     in_l = l0 + jnp.arange(block_l) < end
     idx_L = plgpu.load(idx_ref.at[b, pl.ds(l0, block_l)], mask=in_l, other=-1)
-    x_LxD = plgpu.load(x_ref.at[b, pl.ds(l0, block_l), pl.ds(j * block_d, block_d)],
-                       mask=in_l[:, None] & in_d[None, :], other=0)
+    x_LxD = plgpu.load(
+      x_ref.at[b, pl.ds(l0, block_l), pl.ds(j * block_d, block_d)], mask=in_l[:, None] & in_d[None, :], other=0
+    )
     sel_MxL = idx_L[None, :] == chunk_Mx1
     return acc_MxD + onehot_matmul(sel_MxL, x_LxD), cnt_M + jnp.sum(sel_MxL.astype(jnp.float32), axis=1)
 
@@ -129,33 +147,47 @@ def _pool_kernel(start_ref, idx_ref, x_ref, o_ref, *, d: int, capacity: int, blo
   if mean:
     acc_MxD = acc_MxD / jnp.maximum(cnt_M, 1.0)[:, None]
   in_m = chunk_Mx1[:, 0] < capacity
-  plgpu.store(o_ref.at[b, pl.ds(n * block_m, block_m), pl.ds(j * block_d, block_d)], acc_MxD.astype(o_ref.dtype),
-              mask=in_m[:, None] & in_d[None, :])
+  plgpu.store(
+    o_ref.at[b, pl.ds(n * block_m, block_m), pl.ds(j * block_d, block_d)],
+    acc_MxD.astype(o_ref.dtype),
+    mask=in_m[:, None] & in_d[None, :],
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("capacity", "mode", "tiles", "interpret"))
-def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mode: str = "sum", *,
-                 tiles: Tiles = GPU, interpret=False) -> jax.Array:
+def segment_pool(
+  x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mode: str = "sum", *, tiles: Tiles = GPU, interpret=False
+) -> jax.Array:
   """z_BxMxD (M = capacity): sum or mean of the rows of each chunk; empty chunks are zero."""
   check_ndim(x_BxLxD, "x_BxLxD", 3)
   if mode not in ("sum", "mean"):
     raise ValueError(f"segment_pool mode must be 'sum' or 'mean', got {mode!r}")
   b, length, d = x_BxLxD.shape
   dot_min = 1 if interpret else 16  # the interpreter takes any block; Triton's dot needs 16
-  bm, bl, bd = (_block(capacity, tiles.block_m, dot_min), _block(length, tiles.block_l, dot_min),
-                _block(d, tiles.block_d, dot_min))
+  bm, bl, bd = (
+    _block(capacity, tiles.block_m, dot_min),
+    _block(length, tiles.block_l, dot_min),
+    _block(d, tiles.block_d, dot_min),
+  )
   n_m = pl.cdiv(capacity, bm)
   idx_BxL = chunk_idx_BxL.astype(jnp.int32)
   start_BxN = jax.vmap(jnp.searchsorted, (0, None))(idx_BxL, jnp.arange(n_m + 1, dtype=jnp.int32) * bm)
   passes = 1 if x_BxLxD.dtype == jnp.bfloat16 else 3
-  cost = pl.CostEstimate(flops=2 * passes * b * length * bm * d, transcendentals=0,
-                         bytes_accessed=x_BxLxD.nbytes + idx_BxL.nbytes + b * capacity * d * x_BxLxD.dtype.itemsize)
+  cost = pl.CostEstimate(
+    flops=2 * passes * b * length * bm * d,
+    transcendentals=0,
+    bytes_accessed=x_BxLxD.nbytes + idx_BxL.nbytes + b * capacity * d * x_BxLxD.dtype.itemsize,
+  )
   return pl.pallas_call(
-      functools.partial(_pool_kernel, d=d, capacity=capacity, block_l=bl, block_m=bm, block_d=bd,
-                        mean=mode == "mean"),
-      out_shape=jax.ShapeDtypeStruct((b, capacity, d), x_BxLxD.dtype), grid=(b, n_m, pl.cdiv(d, bd)),
-      in_specs=[ANY, ANY, ANY], out_specs=ANY,
-      compiler_params=_params(), cost_estimate=cost, interpret=interpret, name="chunk_segment_pool",
+    functools.partial(_pool_kernel, d=d, capacity=capacity, block_l=bl, block_m=bm, block_d=bd, mean=mode == "mean"),
+    out_shape=jax.ShapeDtypeStruct((b, capacity, d), x_BxLxD.dtype),
+    grid=(b, n_m, pl.cdiv(d, bd)),
+    in_specs=[ANY, ANY, ANY],
+    out_specs=ANY,
+    compiler_params=_params(),
+    cost_estimate=cost,
+    interpret=interpret,
+    name="chunk_segment_pool",
   )(start_BxN.astype(jnp.int32), idx_BxL, x_BxLxD)
 
 
@@ -173,8 +205,10 @@ def _unroll(rows: int) -> int:
 
 def _linear_scan(a_BxC: jax.Array, b_BxCxD: jax.Array) -> jax.Array:
   """x_c = a_c x_{c-1} + b_c along axis 1, x_{-1} = 0."""
+
   def combine(left, right):
     return left[0] * right[0], right[0][..., None] * left[1] + right[1]
+
   return jax.lax.associative_scan(combine, (a_BxC, b_BxCxD), axis=1)[1]
 
 
@@ -218,9 +252,15 @@ def _ema_kernel(*refs, capacity: int, d: int, block_d: int, rows: int, last_only
 
 def _scan_call(kernel, args, out_shape, grid, bd: int, cost, interpret, name: str):
   return pl.pallas_call(
-      kernel, out_shape=out_shape, grid=grid, in_specs=[ANY] * len(args),
-      out_specs=tuple(ANY for _ in out_shape) if isinstance(out_shape, tuple) else ANY,
-      compiler_params=_params(max(1, min(4, bd // 32))), cost_estimate=cost, interpret=interpret, name=name,
+    kernel,
+    out_shape=out_shape,
+    grid=grid,
+    in_specs=[ANY] * len(args),
+    out_specs=tuple(ANY for _ in out_shape) if isinstance(out_shape, tuple) else ANY,
+    compiler_params=_params(max(1, min(4, bd // 32))),
+    cost_estimate=cost,
+    interpret=interpret,
+    name=name,
   )(*args)
 
 
@@ -234,14 +274,30 @@ def ema_scan(z_BxMxD: jax.Array, p_BxM: jax.Array, *, tiles: Tiles = GPU, interp
   grid = (b, pl.cdiv(d, bd), n_c)
   kw = dict(capacity=m, d=d, block_d=bd, rows=rows)
   cost = pl.CostEstimate(flops=3 * b * m * d, transcendentals=0, bytes_accessed=z_BxMxD.nbytes + p_BxM.nbytes)
-  ends_BxCxD = _scan_call(functools.partial(_ema_kernel, last_only=True, **kw), (z_BxMxD, p_BxM),
-                          jax.ShapeDtypeStruct((b, n_c, d), jnp.float32), grid, bd, cost, interpret, "chunk_ema_ends")
+  ends_BxCxD = _scan_call(
+    functools.partial(_ema_kernel, last_only=True, **kw),
+    (z_BxMxD, p_BxM),
+    jax.ShapeDtypeStruct((b, n_c, d), jnp.float32),
+    grid,
+    bd,
+    cost,
+    interpret,
+    "chunk_ema_ends",
+  )
   decay_BxC = _chunk_products(1.0 - p_BxM.astype(jnp.float32), rows)
   done_BxCxD = _linear_scan(decay_BxC, ends_BxCxD)  # zbar at the end of each row chunk
   init_BxCxD = jnp.concatenate([jnp.zeros_like(done_BxCxD[:, :1]), done_BxCxD[:, :-1]], axis=1)
   cost = pl.CostEstimate(flops=3 * b * m * d, transcendentals=0, bytes_accessed=2 * z_BxMxD.nbytes + p_BxM.nbytes)
-  return _scan_call(functools.partial(_ema_kernel, last_only=False, **kw), (z_BxMxD, p_BxM, init_BxCxD),
-                    jax.ShapeDtypeStruct(z_BxMxD.shape, z_BxMxD.dtype), grid, bd, cost, interpret, "chunk_ema_scan")
+  return _scan_call(
+    functools.partial(_ema_kernel, last_only=False, **kw),
+    (z_BxMxD, p_BxM, init_BxCxD),
+    jax.ShapeDtypeStruct(z_BxMxD.shape, z_BxMxD.dtype),
+    grid,
+    bd,
+    cost,
+    interpret,
+    "chunk_ema_scan",
+  )
 
 
 def _ema_bwd_kernel(*refs, capacity: int, d: int, block_d: int, rows: int, first_only: bool):
@@ -266,8 +322,9 @@ def _ema_bwd_kernel(*refs, capacity: int, d: int, block_d: int, rows: int, first
       new_D = g_D + q_ref[b, row] * adj_D
       if not first_only:
         z_D = plgpu.load(z_ref.at[b, row, cols], mask=in_d, other=0).astype(jnp.float32)
-        before_D = plgpu.load(zbar_ref.at[b, jnp.maximum(row - 1, 0), cols], mask=in_d & (row > 0),
-                              other=0).astype(jnp.float32)
+        before_D = plgpu.load(zbar_ref.at[b, jnp.maximum(row - 1, 0), cols], mask=in_d & (row > 0), other=0).astype(
+          jnp.float32
+        )
         p = p_ref[b, row].astype(jnp.float32)
         plgpu.store(dz_ref.at[b, row, cols], (p * new_D).astype(dz_ref.dtype), mask=in_d & (m < capacity))
         plgpu.store(dp_ref.at[b, j, row], jnp.sum(jnp.where(in_d, new_D * (z_D - before_D), 0.0)), mask=m < capacity)
@@ -280,8 +337,15 @@ def _ema_bwd_kernel(*refs, capacity: int, d: int, block_d: int, rows: int, first
 
 
 @functools.partial(jax.jit, static_argnames=("tiles", "interpret"))
-def ema_scan_bwd(z_BxMxD: jax.Array, p_BxM: jax.Array, zbar_BxMxD: jax.Array, g_BxMxD: jax.Array, *,
-                 tiles: Tiles = GPU, interpret=False) -> tuple[jax.Array, jax.Array]:
+def ema_scan_bwd(
+  z_BxMxD: jax.Array,
+  p_BxM: jax.Array,
+  zbar_BxMxD: jax.Array,
+  g_BxMxD: jax.Array,
+  *,
+  tiles: Tiles = GPU,
+  interpret=False,
+) -> tuple[jax.Array, jax.Array]:
   """(dz_BxMxD, dp_BxM) for the cotangent g = dL/dzbar: the adjoint a_c = g_c + (1 - p_{c+1}) a_{c+1} in reverse,
   dz_c = p_c a_c, dp_c = sum_D a_c (z_c - zbar_{c-1})."""
   b, m, d = z_BxMxD.shape
@@ -292,16 +356,28 @@ def ema_scan_bwd(z_BxMxD: jax.Array, p_BxM: jax.Array, zbar_BxMxD: jax.Array, g_
   p_BxM = p_BxM.astype(jnp.float32)
   q_BxM = jnp.concatenate([1.0 - p_BxM[:, 1:], jnp.zeros((b, 1), jnp.float32)], axis=1)  # decay seen from c + 1
   cost = pl.CostEstimate(flops=2 * b * m * d, transcendentals=0, bytes_accessed=g_BxMxD.nbytes + q_BxM.nbytes)
-  starts_BxCxD = _scan_call(functools.partial(_ema_bwd_kernel, first_only=True, **kw), (g_BxMxD, q_BxM),
-                            jax.ShapeDtypeStruct((b, n_c, d), jnp.float32), grid, bd, cost, interpret,
-                            "chunk_ema_bwd_starts")
+  starts_BxCxD = _scan_call(
+    functools.partial(_ema_bwd_kernel, first_only=True, **kw),
+    (g_BxMxD, q_BxM),
+    jax.ShapeDtypeStruct((b, n_c, d), jnp.float32),
+    grid,
+    bd,
+    cost,
+    interpret,
+    "chunk_ema_bwd_starts",
+  )
   decay_BxC = _chunk_products(q_BxM, rows)
   done_BxCxD = _linear_scan(decay_BxC[:, ::-1], starts_BxCxD[:, ::-1])[:, ::-1]  # adjoint at each chunk's first row
   init_BxCxD = jnp.concatenate([done_BxCxD[:, 1:], jnp.zeros_like(done_BxCxD[:, :1])], axis=1)
   cost = pl.CostEstimate(flops=8 * b * m * d, transcendentals=0, bytes_accessed=5 * z_BxMxD.nbytes + 2 * p_BxM.nbytes)
   dz_BxMxD, dp_BxNxM = _scan_call(
-      functools.partial(_ema_bwd_kernel, first_only=False, **kw), (g_BxMxD, q_BxM, p_BxM, z_BxMxD, zbar_BxMxD,
-                                                                   init_BxCxD),
-      (jax.ShapeDtypeStruct(z_BxMxD.shape, z_BxMxD.dtype), jax.ShapeDtypeStruct((b, n_d, m), jnp.float32)), grid, bd,
-      cost, interpret, "chunk_ema_scan_bwd")
+    functools.partial(_ema_bwd_kernel, first_only=False, **kw),
+    (g_BxMxD, q_BxM, p_BxM, z_BxMxD, zbar_BxMxD, init_BxCxD),
+    (jax.ShapeDtypeStruct(z_BxMxD.shape, z_BxMxD.dtype), jax.ShapeDtypeStruct((b, n_d, m), jnp.float32)),
+    grid,
+    bd,
+    cost,
+    interpret,
+    "chunk_ema_scan_bwd",
+  )
   return dz_BxMxD, dp_BxNxM.sum(axis=1)

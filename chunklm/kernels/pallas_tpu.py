@@ -73,8 +73,16 @@ def _pool_kernel(out_ref, in_ref, flags_ref, idx_ref, x_ref, o_ref, acc_ref, cnt
 
 
 @functools.partial(jax.jit, static_argnames=("capacity", "mode", "tiles", "interpret"))
-def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mode: str = "sum",
-                 mask_BxL: jax.Array | None = None, *, tiles: Tiles = TPU, interpret=False) -> jax.Array:
+def segment_pool(
+  x_BxLxD: jax.Array,
+  chunk_idx_BxL: jax.Array,
+  capacity: int,
+  mode: str = "sum",
+  mask_BxL: jax.Array | None = None,
+  *,
+  tiles: Tiles = TPU,
+  interpret=False,
+) -> jax.Array:
   """z_BxMxD (M = capacity): sum or mean of the rows of each chunk (only rows where mask_BxL, if given, is True);
   empty chunks are zero."""
   check_ndim(x_BxLxD, "x_BxLxD", 3)
@@ -92,19 +100,29 @@ def segment_pool(x_BxLxD: jax.Array, chunk_idx_BxL: jax.Array, capacity: int, mo
   if mask_BxL is not None:
     idx_BxL = jnp.where(mask_BxL, idx_BxL, -1)  # matches no chunk
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=3, grid=(b, n_d, steps),
-      in_specs=[pl.BlockSpec((1, 1, bl), lambda i, j, s, o, n, f: (i, 0, n[i, s])),
-                pl.BlockSpec((1, bl, bd), lambda i, j, s, o, n, f: (i, n[i, s], j))],
-      out_specs=pl.BlockSpec((1, bm, bd), lambda i, j, s, o, n, f: (i, o[i, s], j)),
-      scratch_shapes=[pltpu.VMEM((bm, bd), jnp.float32), pltpu.VMEM((bm, 1), jnp.float32)])
+    num_scalar_prefetch=3,
+    grid=(b, n_d, steps),
+    in_specs=[
+      pl.BlockSpec((1, 1, bl), lambda i, j, s, o, n, f: (i, 0, n[i, s])),
+      pl.BlockSpec((1, bl, bd), lambda i, j, s, o, n, f: (i, n[i, s], j)),
+    ],
+    out_specs=pl.BlockSpec((1, bm, bd), lambda i, j, s, o, n, f: (i, o[i, s], j)),
+    scratch_shapes=[pltpu.VMEM((bm, bd), jnp.float32), pltpu.VMEM((bm, 1), jnp.float32)],
+  )
   passes = 1 if x_BxLxD.dtype == jnp.bfloat16 else 3
-  cost = pl.CostEstimate(flops=2 * passes * b * n_d * steps * bm * bl * bd, transcendentals=0,
-                         bytes_accessed=x_BxLxD.nbytes + idx_BxL.nbytes + b * capacity * d * x_BxLxD.dtype.itemsize)
+  cost = pl.CostEstimate(
+    flops=2 * passes * b * n_d * steps * bm * bl * bd,
+    transcendentals=0,
+    bytes_accessed=x_BxLxD.nbytes + idx_BxL.nbytes + b * capacity * d * x_BxLxD.dtype.itemsize,
+  )
   return pl.pallas_call(
-      functools.partial(_pool_kernel, length=length, mean=mode == "mean"),
-      out_shape=jax.ShapeDtypeStruct((b, capacity, d), x_BxLxD.dtype), grid_spec=grid_spec,
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
-      cost_estimate=cost, interpret=interpret, name="chunk_segment_pool",
+    functools.partial(_pool_kernel, length=length, mean=mode == "mean"),
+    out_shape=jax.ShapeDtypeStruct((b, capacity, d), x_BxLxD.dtype),
+    grid_spec=grid_spec,
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+    cost_estimate=cost,
+    interpret=interpret,
+    name="chunk_segment_pool",
   )(out_t, in_t, flags, idx_BxL[:, None, :], x_BxLxD)
 
 
@@ -132,8 +150,14 @@ def _bcast_kernel(out_ref, in_ref, flags_ref, idx_ref, z_ref, o_ref, acc_ref, *,
 
 
 @functools.partial(jax.jit, static_argnames=("tiles", "interpret"))
-def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, mask_BxL: jax.Array | None = None, *,
-             tiles: Tiles = TPU, interpret=False) -> jax.Array:
+def upsample(
+  z_BxMxD: jax.Array,
+  chunk_idx_BxL: jax.Array,
+  mask_BxL: jax.Array | None = None,
+  *,
+  tiles: Tiles = TPU,
+  interpret=False,
+) -> jax.Array:
   """x_BxLxD with x[b, t] = z[b, chunk_idx[b, t]], and zero where mask_BxL (if given) is False."""
   check_ndim(z_BxMxD, "z_BxMxD", 3)
   b, capacity, d = z_BxMxD.shape
@@ -149,19 +173,29 @@ def upsample(z_BxMxD: jax.Array, chunk_idx_BxL: jax.Array, mask_BxL: jax.Array |
   if mask_BxL is not None:
     idx_BxL = jnp.where(mask_BxL, idx_BxL, -1)  # matches no chunk: a zero row
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=3, grid=(b, n_d, steps),
-      in_specs=[pl.BlockSpec((1, bl, 1), lambda i, j, s, o, n, f: (i, o[i, s], 0)),
-                pl.BlockSpec((1, bm, bd), lambda i, j, s, o, n, f: (i, n[i, s], j))],
-      out_specs=pl.BlockSpec((1, bl, bd), lambda i, j, s, o, n, f: (i, o[i, s], j)),
-      scratch_shapes=[pltpu.VMEM((bl, bd), jnp.float32)])
+    num_scalar_prefetch=3,
+    grid=(b, n_d, steps),
+    in_specs=[
+      pl.BlockSpec((1, bl, 1), lambda i, j, s, o, n, f: (i, o[i, s], 0)),
+      pl.BlockSpec((1, bm, bd), lambda i, j, s, o, n, f: (i, n[i, s], j)),
+    ],
+    out_specs=pl.BlockSpec((1, bl, bd), lambda i, j, s, o, n, f: (i, o[i, s], j)),
+    scratch_shapes=[pltpu.VMEM((bl, bd), jnp.float32)],
+  )
   passes = 1 if z_BxMxD.dtype == jnp.bfloat16 else 3
-  cost = pl.CostEstimate(flops=2 * passes * b * n_d * steps * bm * bl * bd, transcendentals=0,
-                         bytes_accessed=z_BxMxD.nbytes + idx_BxL.nbytes + b * length * d * z_BxMxD.dtype.itemsize)
+  cost = pl.CostEstimate(
+    flops=2 * passes * b * n_d * steps * bm * bl * bd,
+    transcendentals=0,
+    bytes_accessed=z_BxMxD.nbytes + idx_BxL.nbytes + b * length * d * z_BxMxD.dtype.itemsize,
+  )
   return pl.pallas_call(
-      functools.partial(_bcast_kernel, capacity=capacity),
-      out_shape=jax.ShapeDtypeStruct((b, length, d), z_BxMxD.dtype), grid_spec=grid_spec,
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
-      cost_estimate=cost, interpret=interpret, name="chunk_upsample",
+    functools.partial(_bcast_kernel, capacity=capacity),
+    out_shape=jax.ShapeDtypeStruct((b, length, d), z_BxMxD.dtype),
+    grid_spec=grid_spec,
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+    cost_estimate=cost,
+    interpret=interpret,
+    name="chunk_upsample",
   )(out_t, in_t, flags, idx_BxL[:, :, None], z_BxMxD)
 
 
@@ -191,29 +225,47 @@ def _gather_kernel(count_ref, pos_ref, x_hbm, o_ref, sem):
 
 
 @functools.partial(jax.jit, static_argnames=("capacity", "tiles", "interpret"))
-def gather_rows(x_BxLxD: jax.Array, positions_BxM: jax.Array, count_B: jax.Array, capacity: int, *,
-                tiles: Tiles = TPU, interpret=False) -> jax.Array:
+def gather_rows(
+  x_BxLxD: jax.Array,
+  positions_BxM: jax.Array,
+  count_B: jax.Array,
+  capacity: int,
+  *,
+  tiles: Tiles = TPU,
+  interpret=False,
+) -> jax.Array:
   """z_BxMxD with z[b, m] = x[b, positions[b, m]] for m < count[b] and zero after (count <= M = capacity).
   32-bit rows of a multiple of 128 features only (`row_dma_ok`)."""
   check_ndim(x_BxLxD, "x_BxLxD", 3)
   if not row_dma_ok(x_BxLxD, interpret):
-    raise ValueError(f"gather_rows needs 32-bit rows of a multiple of 128 features, got {x_BxLxD.dtype} rows of "
-                     f"{x_BxLxD.shape[-1]}; use downsample, which handles any")
+    raise ValueError(
+      f"gather_rows needs 32-bit rows of a multiple of 128 features, got {x_BxLxD.dtype} rows of "
+      f"{x_BxLxD.shape[-1]}; use downsample, which handles any"
+    )
   b, length, d = x_BxLxD.shape
   bm, bd = fit(capacity, tiles.block_m), fit_lanes(d, tiles.block_d)
   n_m, n_d = pl.cdiv(capacity, bm), pl.cdiv(d, bd)
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=1, grid=(b, n_m, n_d),
-      in_specs=[pl.BlockSpec((1, 1, bm), lambda i, j, k, c: (i, 0, j), memory_space=pltpu.SMEM),
-                pl.BlockSpec(memory_space=pl.ANY)],
-      out_specs=pl.BlockSpec((1, bm, bd), lambda i, j, k, c: (i, j, k)),
-      scratch_shapes=[pltpu.SemaphoreType.DMA((1,))])
-  cost = pl.CostEstimate(flops=0, transcendentals=0,
-                         bytes_accessed=2 * b * capacity * d * x_BxLxD.dtype.itemsize + positions_BxM.nbytes)
+    num_scalar_prefetch=1,
+    grid=(b, n_m, n_d),
+    in_specs=[
+      pl.BlockSpec((1, 1, bm), lambda i, j, k, c: (i, 0, j), memory_space=pltpu.SMEM),
+      pl.BlockSpec(memory_space=pl.ANY),
+    ],
+    out_specs=pl.BlockSpec((1, bm, bd), lambda i, j, k, c: (i, j, k)),
+    scratch_shapes=[pltpu.SemaphoreType.DMA((1,))],
+  )
+  cost = pl.CostEstimate(
+    flops=0, transcendentals=0, bytes_accessed=2 * b * capacity * d * x_BxLxD.dtype.itemsize + positions_BxM.nbytes
+  )
   return pl.pallas_call(
-      _gather_kernel, out_shape=jax.ShapeDtypeStruct((b, capacity, d), x_BxLxD.dtype), grid_spec=grid_spec,
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel")),
-      cost_estimate=cost, interpret=interpret, name="chunk_gather_rows",
+    _gather_kernel,
+    out_shape=jax.ShapeDtypeStruct((b, capacity, d), x_BxLxD.dtype),
+    grid_spec=grid_spec,
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel")),
+    cost_estimate=cost,
+    interpret=interpret,
+    name="chunk_gather_rows",
   )(count_B.astype(jnp.int32), positions_BxM.astype(jnp.int32)[:, None, :], x_BxLxD)
 
 
@@ -234,6 +286,13 @@ def downsample(x_BxLxD: jax.Array, keep_BxL: jax.Array, capacity: int, *, tiles:
   if row_dma_ok(x_BxLxD, interpret):
     z_BxMxD = gather_rows(x_BxLxD, positions_BxM, valid_BxM.sum(axis=1), capacity, tiles=tiles, interpret=interpret)
   else:
-    z_BxMxD = segment_pool(x_BxLxD, reference.chunk_index(keep_BxL, capacity), capacity, "sum",
-                           kept_rows(keep_BxL, capacity), tiles=tiles, interpret=interpret)
+    z_BxMxD = segment_pool(
+      x_BxLxD,
+      reference.chunk_index(keep_BxL, capacity),
+      capacity,
+      "sum",
+      kept_rows(keep_BxL, capacity),
+      tiles=tiles,
+      interpret=interpret,
+    )
   return z_BxMxD, chunk_lens(keep_BxL, capacity, valid_BxM), valid_BxM

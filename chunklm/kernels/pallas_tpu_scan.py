@@ -60,14 +60,20 @@ def ema_scan(z_BxMxD: jax.Array, p_BxM: jax.Array, *, tiles: Tiles = TPU, interp
   b, m, d, bm, bd, n_m, n_d = _ema_tiles(z_BxMxD, tiles)
   row = pl.BlockSpec((1, bm, bd), lambda i, j, k: (i, k, j))
   steps = max(1, (bm - 1).bit_length())
-  cost = pl.CostEstimate(flops=b * m * d * (5 * steps + 4), transcendentals=0,
-                         bytes_accessed=2 * z_BxMxD.nbytes + p_BxM.nbytes)
+  cost = pl.CostEstimate(
+    flops=b * m * d * (5 * steps + 4), transcendentals=0, bytes_accessed=2 * z_BxMxD.nbytes + p_BxM.nbytes
+  )
   return pl.pallas_call(
-      _ema_kernel, out_shape=jax.ShapeDtypeStruct(z_BxMxD.shape, z_BxMxD.dtype), grid=(b, n_d, n_m),
-      in_specs=[row, pl.BlockSpec((1, bm, 1), lambda i, j, k: (i, k, 0))], out_specs=row,
-      scratch_shapes=[pltpu.VMEM((1, bd), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
-      cost_estimate=cost, interpret=interpret, name="chunk_ema_scan",
+    _ema_kernel,
+    out_shape=jax.ShapeDtypeStruct(z_BxMxD.shape, z_BxMxD.dtype),
+    grid=(b, n_d, n_m),
+    in_specs=[row, pl.BlockSpec((1, bm, 1), lambda i, j, k: (i, k, 0))],
+    out_specs=row,
+    scratch_shapes=[pltpu.VMEM((1, bd), jnp.float32)],
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+    cost_estimate=cost,
+    interpret=interpret,
+    name="chunk_ema_scan",
   )(z_BxMxD, p_BxM[..., None])
 
 
@@ -94,8 +100,15 @@ def _ema_bwd_kernel(g_ref, q_ref, p_ref, z_ref, zbar_ref, prev_ref, dz_ref, dp_r
 
 
 @functools.partial(jax.jit, static_argnames=("tiles", "interpret"))
-def ema_scan_bwd(z_BxMxD: jax.Array, p_BxM: jax.Array, zbar_BxMxD: jax.Array, g_BxMxD: jax.Array, *,
-                 tiles: Tiles = TPU, interpret=False) -> tuple[jax.Array, jax.Array]:
+def ema_scan_bwd(
+  z_BxMxD: jax.Array,
+  p_BxM: jax.Array,
+  zbar_BxMxD: jax.Array,
+  g_BxMxD: jax.Array,
+  *,
+  tiles: Tiles = TPU,
+  interpret=False,
+) -> tuple[jax.Array, jax.Array]:
   """(dz_BxMxD, dp_BxM) for the cotangent g = dL/dzbar: the adjoint a_c = g_c + (1 - p_{c+1}) a_{c+1} as a reverse
   scan, dz_c = p_c a_c, dp_c = sum_D a_c (z_c - zbar_{c-1})."""
   b, m, d, bm, bd, n_m, n_d = _ema_tiles(z_BxMxD, tiles)
@@ -106,16 +119,19 @@ def ema_scan_bwd(z_BxMxD: jax.Array, p_BxM: jax.Array, zbar_BxMxD: jax.Array, g_
   rev = lambda i, j, k: (i, n_m - 1 - k, j)  # noqa: E731
   row, col = pl.BlockSpec((1, bm, bd), rev), pl.BlockSpec((1, bm, 1), lambda i, j, k: (i, n_m - 1 - k, 0))
   steps = max(1, (bm - 1).bit_length())
-  cost = pl.CostEstimate(flops=b * m * d * (5 * steps + 8), transcendentals=0,
-                         bytes_accessed=4 * z_BxMxD.nbytes + 3 * p_BxM.nbytes)
+  cost = pl.CostEstimate(
+    flops=b * m * d * (5 * steps + 8), transcendentals=0, bytes_accessed=4 * z_BxMxD.nbytes + 3 * p_BxM.nbytes
+  )
   dz_BxMxD, dp_BxNxMx1 = pl.pallas_call(
-      functools.partial(_ema_bwd_kernel, capacity=m),
-      out_shape=(jax.ShapeDtypeStruct(z_BxMxD.shape, z_BxMxD.dtype), jax.ShapeDtypeStruct((b, n_d, m, 1), jnp.float32)),
-      grid=(b, n_d, n_m),
-      in_specs=[row, col, col, row, row, pl.BlockSpec((1, 1, 1, bd), lambda i, j, k: (i, n_m - 1 - k, 0, j))],
-      out_specs=(row, pl.BlockSpec((1, 1, bm, 1), lambda i, j, k: (i, j, n_m - 1 - k, 0))),
-      scratch_shapes=[pltpu.VMEM((1, bd), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
-      cost_estimate=cost, interpret=interpret, name="chunk_ema_scan_bwd",
+    functools.partial(_ema_bwd_kernel, capacity=m),
+    out_shape=(jax.ShapeDtypeStruct(z_BxMxD.shape, z_BxMxD.dtype), jax.ShapeDtypeStruct((b, n_d, m, 1), jnp.float32)),
+    grid=(b, n_d, n_m),
+    in_specs=[row, col, col, row, row, pl.BlockSpec((1, 1, 1, bd), lambda i, j, k: (i, n_m - 1 - k, 0, j))],
+    out_specs=(row, pl.BlockSpec((1, 1, bm, 1), lambda i, j, k: (i, j, n_m - 1 - k, 0))),
+    scratch_shapes=[pltpu.VMEM((1, bd), jnp.float32)],
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+    cost_estimate=cost,
+    interpret=interpret,
+    name="chunk_ema_scan_bwd",
   )(g_BxMxD, q_BxM[..., None], p_BxM[..., None], z_BxMxD, zbar_BxMxD, prev_BxNx1xD)
   return dz_BxMxD, dp_BxNxMx1.sum(axis=1)[..., 0]

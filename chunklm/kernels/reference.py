@@ -31,8 +31,11 @@ def chunk_positions(keep_BxL: jax.Array, capacity: int) -> tuple[jax.Array, jax.
   b, length = keep_BxL.shape
   rank_BxL = jnp.cumsum(keep_BxL.astype(jnp.int32), axis=1) - 1
   slot_BxL = jnp.where(keep_BxL, rank_BxL, capacity)  # capacity = out of range: dropped
-  positions_BxM = jnp.zeros((b, capacity), jnp.int32).at[_batch_index((b, length)), slot_BxL].set(
-      jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length)), mode="drop")
+  positions_BxM = (
+    jnp.zeros((b, capacity), jnp.int32)
+    .at[_batch_index((b, length)), slot_BxL]
+    .set(jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length)), mode="drop")
+  )
   count_B = jnp.minimum(keep_BxL.sum(axis=1), capacity)
   return positions_BxM, jnp.arange(capacity)[None] < count_B[:, None]
 

@@ -36,5 +36,5 @@ def schedule(lo_BxN: jax.Array, hi_BxN: jax.Array, n_in: int) -> tuple[jax.Array
   k_BxS = s_S[None] - (take(end_BxN) - take(count_BxN))
   lo, hi = take(lo_BxN), take(jnp.maximum(hi_BxN, lo_BxN))
   in_tile_BxS = jnp.clip(jnp.clip(lo + k_BxS, lo, hi), 0, n_in - 1)  # past the end: stays on the last pair
-  flags_BxS = (FIRST * (k_BxS == 0) + LAST * (k_BxS == take(count_BxN) - 1) + ACTIVE * take(nonempty_BxN))
+  flags_BxS = FIRST * (k_BxS == 0) + LAST * (k_BxS == take(count_BxN) - 1) + ACTIVE * take(nonempty_BxN)
   return tile_BxS, in_tile_BxS, jnp.where(in_range_BxS, flags_BxS, 0).astype(jnp.int32)

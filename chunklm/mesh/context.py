@@ -60,8 +60,7 @@ def gather_weight(w: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   if mesh is None or dict(mesh.shape).get("fsdp", 1) == 1:
     return w
   shape = dict(mesh.shape)
-  return _gathered(P(*mesh_axes_for(axes, w.shape, shape)), P(*mesh_axes_for(axes, w.shape, shape, drop=("fsdp",))),
-                   w)
+  return _gathered(P(*mesh_axes_for(axes, w.shape, shape)), P(*mesh_axes_for(axes, w.shape, shape, drop=("fsdp",))), w)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -99,8 +98,13 @@ def gathered_apply(fn: Callable, x: jax.Array, w: jax.Array, axes: Sequence[str 
   def body(x_local, w_local):
     return fn(x_local, jax.lax.all_gather(w_local, "fsdp", axis=dim, tiled=True))
 
-  return jax.shard_map(body, mesh=mesh, in_specs=(P(rows), P(*(a if a in manual else None for a in stored))),
-                       out_specs=P(rows), axis_names=manual)(x, w)
+  return jax.shard_map(
+    body,
+    mesh=mesh,
+    in_specs=(P(rows), P(*(a if a in manual else None for a in stored))),
+    out_specs=P(rows),
+    axis_names=manual,
+  )(x, w)
 
 
 def per_shard(fn: Callable, *args: jax.Array):

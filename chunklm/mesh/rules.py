@@ -12,13 +12,23 @@ from collections.abc import Mapping, Sequence
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # a batch's rows are split over these, in this order
 RULES = {
-    "vocab": "tensor", "embed": "fsdp", "embed_out": None, "mlp": "tensor", "heads": "tensor", "kv": None,
-    "ssm_inner": "tensor", "ssm_heads": None, "ssm_state": None, "conv": None, "norm": None,
+  "vocab": "tensor",
+  "embed": "fsdp",
+  "embed_out": None,
+  "mlp": "tensor",
+  "heads": "tensor",
+  "kv": None,
+  "ssm_inner": "tensor",
+  "ssm_heads": None,
+  "ssm_state": None,
+  "conv": None,
+  "norm": None,
 }
 
 
-def mesh_axes_for(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Mapping[str, int],
-                  drop: Sequence[str] = ()) -> tuple[str | None, ...]:
+def mesh_axes_for(
+  axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Mapping[str, int], drop: Sequence[str] = ()
+) -> tuple[str | None, ...]:
   """The mesh axis of each dimension of a parameter with logical `axes` (None: replicated); mesh axes in `drop` are
   left out (e.g. `fsdp` for the gathered copy of a weight)."""
   if len(axes) != len(shape):

@@ -33,8 +33,10 @@ class KVCache:
 
 def select_rows(update_B: jax.Array, new, old):
   """Row-wise select over two state pytrees."""
+
   def pick(n, o):
     return jnp.where(update_B.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+
   return jax.tree.map(pick, new, old)
 
 
@@ -113,6 +115,7 @@ def run_rows(step, x_BxE: jax.Array, state, update_B: jax.Array, levels: list[in
   batch = update_B.shape[0]
   small = compact_rows(batch)
   if small == batch:  # one row: run it or not, no gathering
+
     def skip(x, state):
       return jnp.zeros(x.shape, jnp.float32), state, {lv: jnp.zeros_like(update_B) for lv in levels}
 
@@ -132,8 +135,7 @@ def run_rows(step, x_BxE: jax.Array, state, update_B: jax.Array, levels: list[in
       return whole.at[idx_S].set(part.astype(whole.dtype), mode="drop")
 
     y_S, sub, inner_S = step(take(x_BxE), jax.tree.map(take, state), idx_S < batch)
-    return (g + 1, put(y, y_S), jax.tree.map(put, state, sub),
-            {lv: put(inner[lv], b) for lv, b in inner_S.items()})
+    return (g + 1, put(y, y_S), jax.tree.map(put, state, sub), {lv: put(inner[lv], b) for lv, b in inner_S.items()})
 
   init = (jnp.int32(0), jnp.zeros(x_BxE.shape, jnp.float32), state, {lv: jnp.zeros_like(update_B) for lv in levels})
   _, y, state, inner = jax.lax.while_loop(lambda carry: carry[0] < groups, body, init)

@@ -40,8 +40,17 @@ def keep_within_capacity(b_BxL: jax.Array, starts_BxL: jax.Array, capacity: int,
   return starts_BxL | (others_BxL & (rank_BxL < capacity - doc_slots))
 
 
-def chunk(h_BxLxD: jax.Array, routing: Routing, segment_ids_BxL: jax.Array, valid_BxL: jax.Array,
-          capacity: int, doc_slots: int, exact: bool, impl: str = "auto", pooling: str = "select") -> Chunks:
+def chunk(
+  h_BxLxD: jax.Array,
+  routing: Routing,
+  segment_ids_BxL: jax.Array,
+  valid_BxL: jax.Array,
+  capacity: int,
+  doc_slots: int,
+  exact: bool,
+  impl: str = "auto",
+  pooling: str = "select",
+) -> Chunks:
   """The stage's chunks; `impl` is the chunk-op backend (`kernels.api.IMPLS`). A chunk's vector is the state at its
   first position (pooling "select") or the mean of its positions' states ("mean")."""
   starts_BxL = document_starts(segment_ids_BxL) & valid_BxL
@@ -57,14 +66,14 @@ def chunk(h_BxLxD: jax.Array, routing: Routing, segment_ids_BxL: jax.Array, vali
     return jnp.take_along_axis(v_BxL, positions_BxM, axis=1)
 
   return Chunks(
-      z_BxMxD=z_BxMxD,
-      valid_BxM=valid_BxM,
-      segment_ids_BxM=jnp.where(valid_BxM, at_chunks(segment_ids_BxL), -1),
-      p_BxM=at_chunks(routing.p_BxL),
-      starts_BxM=at_chunks(starts_BxL) & valid_BxM,
-      chunk_idx_BxL=chunk_idx_BxL,
-      keep_BxL=keep_BxL,
-      positions_BxM=positions_BxM,
+    z_BxMxD=z_BxMxD,
+    valid_BxM=valid_BxM,
+    segment_ids_BxM=jnp.where(valid_BxM, at_chunks(segment_ids_BxL), -1),
+    p_BxM=at_chunks(routing.p_BxL),
+    starts_BxM=at_chunks(starts_BxL) & valid_BxM,
+    chunk_idx_BxL=chunk_idx_BxL,
+    keep_BxL=keep_BxL,
+    positions_BxM=positions_BxM,
   )
 
 
@@ -78,8 +87,7 @@ def round_bf16(x: jax.Array) -> jax.Array:
   return x.astype(jnp.bfloat16).astype(jnp.float32)
 
 
-def official_ema_inputs(zhat_BxMxD: jax.Array, p_BxM: jax.Array, restart_BxM: jax.Array
-                        ) -> tuple[jax.Array, jax.Array]:
+def official_ema_inputs(zhat_BxMxD: jax.Array, p_BxM: jax.Array, restart_BxM: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(z, p) for `api.ema_scan` that reproduce the official DeChunkLayer, which runs the EMA through Mamba2's scan
   kernel in bfloat16: p clamped to [1e-4, 1 - 1e-4] at every chunk (document starts too), dt = log(1 / (1 - p)) and
   x = zhat / dt and B = p rounded to bfloat16, then zbar_c = exp(-dt_c) zbar_{c-1} + dt_c B_c x_c (state reset at a
@@ -92,8 +100,9 @@ def official_ema_inputs(zhat_BxMxD: jax.Array, p_BxM: jax.Array, restart_BxM: ja
   return u_BxMxD / q_BxM[..., None], q_BxM
 
 
-def dechunk(zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing, impl: str = "auto",
-            compat: str = "chunklm") -> jax.Array:
+def dechunk(
+  zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing, impl: str = "auto", compat: str = "chunklm"
+) -> jax.Array:
   """Smoothed, upsampled main-network output, scaled by STE(confidence): y_BxLxD in float32; `impl` as for chunk.
   compat "official" smooths as the official code does (`official_ema_inputs`)."""
   restart_BxM = chunks.starts_BxM | ~chunks.valid_BxM

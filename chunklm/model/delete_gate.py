@@ -35,8 +35,9 @@ from chunklm.model.routing import Router, RouterStat, Routing, finalize
 K_P, K_I = 0.5, 1e-5
 
 
-def gate_values(h_BxLxD: jax.Array, scale_ln: jax.Array, shift_ln: jax.Array, w: jax.Array, c: jax.Array,
-                k: float) -> jax.Array:
+def gate_values(
+  h_BxLxD: jax.Array, scale_ln: jax.Array, shift_ln: jax.Array, w: jax.Array, c: jax.Array, k: float
+) -> jax.Array:
   """G = k sigmoid(w . LN(h) + c) in float32 (LayerNorm eps 1e-5)."""
   h = h_BxLxD.astype(jnp.float32)
   mu = h.mean(-1, keepdims=True)
@@ -45,8 +46,9 @@ def gate_values(h_BxLxD: jax.Array, scale_ln: jax.Array, shift_ln: jax.Array, w:
   return k * jax.nn.sigmoid(ln @ w + c)
 
 
-def pi_update(p_acc: jax.Array, i_acc: jax.Array, err: jax.Array, k_p: float = K_P, k_i: float = K_I,
-              alpha_min: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+def pi_update(
+  p_acc: jax.Array, i_acc: jax.Array, err: jax.Array, k_p: float = K_P, k_i: float = K_I, alpha_min: float = 0.0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """MrT5's PI controller: err = target deletion - measured deletion; returns (p_acc, i_acc, alpha) with
   p_acc = 0.9 p_acc + 0.1 k_p err, i_acc += k_i err, alpha = max(alpha_min, p_acc + i_acc)."""
   p_acc = 0.9 * p_acc + 0.1 * k_p * err
@@ -87,8 +89,9 @@ class DeleteGateRouter(Router):
     routing = finalize(p_BxL, b_BxL, segment_ids_BxL, valid_BxL, alpha * mean_g, key_bias_BxL=g_BxL)
     if train and self.fixed_alpha < 0:
       deleted = 1.0 - jnp.sum(routing.b_BxL * v) / jnp.maximum(v.sum(), 1.0)
-      p_acc, i_acc, next_alpha = pi_update(self.p_acc[...], self.i_acc[...], self.delta - deleted,
-                                           alpha_min=self.alpha_min)
+      p_acc, i_acc, next_alpha = pi_update(
+        self.p_acc[...], self.i_acc[...], self.delta - deleted, alpha_min=self.alpha_min
+      )
       self.p_acc.set_value(p_acc)
       self.i_acc.set_value(i_acc)
       self.alpha.set_value(next_alpha)

@@ -7,8 +7,7 @@ import math
 import jax
 from flax import nnx
 
-from chunklm.config import Config
-from chunklm.config import capacities
+from chunklm.config import Config, capacities
 from chunklm.model.flops import train_flops_per_byte
 from chunklm.model.lm import build_model
 
@@ -22,10 +21,11 @@ def describe_config(cfg: Config) -> dict:
   caps = capacities(cfg.model, length, cfg.data.doc_slots)
   nominal_chunks = length / math.prod(cfg.model.target_ratio) if caps else length
   return {
-      "params": sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))),
-      "flops_per_byte": train_flops_per_byte(cfg.model, length),
-      "capacities": caps,
-      "executed_flops_per_byte": train_flops_per_byte(cfg.model, length, (1.0, *(length / c for c in caps)))
-      if caps else train_flops_per_byte(cfg.model, length),
-      "executed_ratio": caps[-1] / nominal_chunks if caps else 1.0,
+    "params": sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))),
+    "flops_per_byte": train_flops_per_byte(cfg.model, length),
+    "capacities": caps,
+    "executed_flops_per_byte": train_flops_per_byte(cfg.model, length, (1.0, *(length / c for c in caps)))
+    if caps
+    else train_flops_per_byte(cfg.model, length),
+    "executed_ratio": caps[-1] / nominal_chunks if caps else 1.0,
   }

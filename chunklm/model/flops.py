@@ -80,8 +80,9 @@ def level_positions(cfg: ModelConfig, bytes_per_position: tuple[float, ...] | No
   return tuple(math.prod(cfg.target_ratio[:s]) for s in range(cfg.num_levels))
 
 
-def train_flops_per_byte(cfg: ModelConfig, seq_len: int, bytes_per_position: tuple[float, ...] | None = None,
-                         bytes_per_token: float = 1.0) -> float:
+def train_flops_per_byte(
+  cfg: ModelConfig, seq_len: int, bytes_per_position: tuple[float, ...] | None = None, bytes_per_token: float = 1.0
+) -> float:
   """Training FLOPs per byte of text.
 
   Args:
@@ -99,15 +100,24 @@ def train_flops_per_byte(cfg: ModelConfig, seq_len: int, bytes_per_position: tup
       level_total = stack_flops(cfg, layout[0], level, length)
     else:
       d = cfg.d_model[level]
-      level_total = (stack_flops(cfg, layout[0], level, length) + stack_flops(cfg, layout[2], level, length)
-                     + routing_flops(d, cfg, level, length))
+      level_total = (
+        stack_flops(cfg, layout[0], level, length)
+        + stack_flops(cfg, layout[2], level, length)
+        + routing_flops(d, cfg, level, length)
+      )
     total += level_total / per_byte[level]
   return 3 * total / bytes_per_token
 
 
-def match_flops(target: float, cfg: ModelConfig, seq_len: int, *, bytes_per_token: float = 1.0,
-                bytes_per_position: tuple[float, ...] | None = None, vary: tuple[str, ...] = ("layers", "width"),
-                ) -> tuple[ModelConfig, float]:
+def match_flops(
+  target: float,
+  cfg: ModelConfig,
+  seq_len: int,
+  *,
+  bytes_per_token: float = 1.0,
+  bytes_per_position: tuple[float, ...] | None = None,
+  vary: tuple[str, ...] = ("layers", "width"),
+) -> tuple[ModelConfig, float]:
   """Resizes the innermost stack of `cfg` to `target` training FLOPs per byte; returns (config, relative error).
 
   `vary` picks what may change: "layers" (the count of a single-kind innermost stack such as 'T3') and/or "width"
@@ -126,7 +136,7 @@ def match_flops(target: float, cfg: ModelConfig, seq_len: int, *, bytes_per_toke
   for d in widths:
     for n in depths:
       layout = _with_innermost(cfg.layout, level, f"{single.group(1)}{n}" if single else spec)
-      widths_all = cfg.d_model[:level] + (d,) + cfg.d_model[level + 1:]
+      widths_all = cfg.d_model[:level] + (d,) + cfg.d_model[level + 1 :]
       try:
         d_ff = cfg.d_ff if d == d0 else cfg.d_ff[:level] + (0,)  # a new width gets the default MLP ratio
         trial = dataclasses.replace(cfg, layout=layout, d_model=widths_all, d_ff=d_ff)

@@ -43,9 +43,11 @@ def params_from_named(like, named: dict, where: str):
   names = [path_name(p) for p, _ in flat]
   missing, extra = [n for n in names if n not in named], sorted(set(named) - set(names))
   if missing or extra:
-    raise ValueError(f"{where} does not fit this model: {len(missing)} tensors missing ({', '.join(missing[:3]) or '-'}"
-                     f"{', ...' if len(missing) > 3 else ''}), {len(extra)} unexpected ({', '.join(extra[:3]) or '-'}"
-                     f"{', ...' if len(extra) > 3 else ''})")
+    raise ValueError(
+      f"{where} does not fit this model: {len(missing)} tensors missing ({', '.join(missing[:3]) or '-'}"
+      f"{', ...' if len(missing) > 3 else ''}), {len(extra)} unexpected ({', '.join(extra[:3]) or '-'}"
+      f"{', ...' if len(extra) > 3 else ''})"
+    )
   leaves = []
   for name, (_, want) in zip(names, flat):
     got = named[name]
@@ -64,8 +66,9 @@ def apply(model: nnx.Module, batch: dict, **kwargs) -> tuple[jax.Array, tuple[St
   return model(batch["ids"], batch["segment_ids"], batch["positions"], **kwargs)
 
 
-def forward(graphdef, params, batch: dict, *, exact: bool = False, train: bool = False, rng=None,
-            with_stats: bool = False):
+def forward(
+  graphdef, params, batch: dict, *, exact: bool = False, train: bool = False, rng=None, with_stats: bool = False
+):
   """(logits, stages); with_stats adds the routers' updated statistics (an nnx.State) as a third value."""
   model = merge_model(graphdef, params)
   logits, stages = apply(model, batch, exact=exact, train=train, rng=rng)

@@ -38,8 +38,13 @@ EVAL_THRESHOLD_MOMENTUM = 0.9
 def binomial_log_prob(k: jax.Array, n: jax.Array, q: jax.Array) -> jax.Array:
   """log C(n, k) q^k (1-q)^(n-k) for real k in [0, n] (lgamma form, differentiable in k)."""
   k = jnp.clip(k, 0.0, n)
-  return (jax.lax.lgamma(n + 1.0) - jax.lax.lgamma(k + 1.0) - jax.lax.lgamma(n - k + 1.0)
-          + k * jnp.log(q) + (n - k) * jnp.log1p(-q))
+  return (
+    jax.lax.lgamma(n + 1.0)
+    - jax.lax.lgamma(k + 1.0)
+    - jax.lax.lgamma(n - k + 1.0)
+    + k * jnp.log(q)
+    + (n - k) * jnp.log1p(-q)
+  )
 
 
 class GumbelRouter(Router):
@@ -72,8 +77,9 @@ class GumbelRouter(Router):
     b_BxL = soft_BxL > 0.5
     p_BxL = b_BxL.astype(jnp.float32) + soft_BxL - jax.lax.stop_gradient(soft_BxL)
     decide_BxL = valid_BxL & ~document_starts(segment_ids_BxL)
-    groups_BxL = script_classes(ids_BxL) if self.by_script and ids_BxL is not None \
-        else jnp.zeros(segment_ids_BxL.shape, jnp.int32)
+    groups_BxL = (
+      script_classes(ids_BxL) if self.by_script and ids_BxL is not None else jnp.zeros(segment_ids_BxL.shape, jnp.int32)
+    )
     log_prob = jnp.zeros((), jnp.float32)
     for g, rate in enumerate(self.rates):
       if g and not self.by_script:
@@ -83,8 +89,9 @@ class GumbelRouter(Router):
       log_prob += jnp.sum(binomial_log_prob(k_B, n_B, jnp.float32(rate)))
     aux = -self.prior_weight * log_prob / jnp.maximum(decide_BxL.sum(), 1)
     frac = jnp.sum(b_BxL & decide_BxL) / jnp.maximum(decide_BxL.sum(), 1)
-    update_running_quantile(self.threshold, self.updates, jax.lax.stop_gradient(logit_BxL), decide_BxL, frac,
-                            EVAL_THRESHOLD_MOMENTUM)
+    update_running_quantile(
+      self.threshold, self.updates, jax.lax.stop_gradient(logit_BxL), decide_BxL, frac, EVAL_THRESHOLD_MOMENTUM
+    )
     return finalize(p_BxL, b_BxL, segment_ids_BxL, valid_BxL, aux)
 
   def step(self, h_BxD, h_prev_BxD, has_prev_B, ids_B, state):

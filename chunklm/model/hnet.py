@@ -53,16 +53,25 @@ class MainStack(LayerStack):
   """The innermost main network, called like a nested H-Net: (y_BxLxD, no stages). Positions count within its
   (compressed) sequence; `key_bias_BxL` reaches its attention layers."""
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, plan: ChunkPlan, *,
-               rng: jax.Array | None = None, key_bias_BxL: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    segment_ids_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    plan: ChunkPlan,
+    *,
+    rng: jax.Array | None = None,
+    key_bias_BxL: jax.Array | None = None,
+  ) -> tuple[jax.Array, tuple]:
     del valid_BxL, plan, rng  # a layer stack masks by segment ids and chunks nothing
     return self.run(x_BxLxD, segment_ids_BxL, _positions(x_BxLxD), key_bias_BxL), ()
 
   def init_step_state(self, batch: int, max_len: int) -> list:
     return stack_init(self, batch, max_len)
 
-  def step(self, x_BxD: jax.Array, state: list, update_B: jax.Array, ids_B: jax.Array | None = None
-           ) -> tuple[jax.Array, list, dict]:
+  def step(
+    self, x_BxD: jax.Array, state: list, update_B: jax.Array, ids_B: jax.Array | None = None
+  ) -> tuple[jax.Array, list, dict]:
     del ids_B
     y_BxD, state = stack_step(self, x_BxD, state, update_B)
     return y_BxD, state, {}
@@ -94,20 +103,28 @@ class HNet(nnx.Module):
     # the official code's residual_proj has a bias (PyTorch's default init there; zeros here: converted weights set it)
     self.compat = cfg.compat
     self.ratio_loss_kind = cfg.ratio_loss
-    self.residual_bias = param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) \
-        if cfg.compat == "official" else None
+    self.residual_bias = (
+      param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) if cfg.compat == "official" else None
+    )
     self.main: MainStack | HNet
     if len(inner) == 1:
       self.main = MainStack(inner[0], cfg, level + 1, rngs=rngs, n_residuals=residuals + stack_height(inner[0]))
     else:
       self.main = HNet(cfg, level + 1, rngs=rngs, outer_residuals=residuals)
-    self.pad = param(None, lambda k, s, d: jnp.zeros(s, d), (inner_dim - dim,), ("embed",)) if inner_dim > dim \
-        else None
+    self.pad = param(None, lambda k, s, d: jnp.zeros(s, d), (inner_dim - dim,), ("embed",)) if inner_dim > dim else None
     self.decoder = Stack(dec, cfg, level, rngs=rngs, n_residuals=outer_residuals + stack_height(dec))
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array, plan: ChunkPlan, *,
-               ids_BxL: jax.Array | None = None, rng: jax.Array | None = None,
-               key_bias_BxL: jax.Array | None = None) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    segment_ids_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    plan: ChunkPlan,
+    *,
+    ids_BxL: jax.Array | None = None,
+    rng: jax.Array | None = None,
+    key_bias_BxL: jax.Array | None = None,
+  ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
     """y_BxLxD and the stage records of this stage and the deeper ones, outermost first. `ids_BxL` (the bytes, level 0
     only) and `rng` reach the routers (noise when plan.train); `key_bias_BxL` is ignored (a delete gate's bias is for
     attention over chunks). Under plan.sow each stage sows its ChunkStates (nnx.Intermediate, model/plan.py)."""
@@ -116,18 +133,29 @@ class HNet(nnx.Module):
     h_BxLxD = self.encoder(x_BxLxD, segment_ids_BxL, positions_BxL)
     rng_here = None if rng is None else jax.random.fold_in(rng, self.level)
     routing = self.router(h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL, train=plan.train, rng=rng_here)
-    chunks = chunking.chunk(h_BxLxD, routing, segment_ids_BxL, valid_BxL, plan.capacity(x_BxLxD.shape[1]),
-                            plan.doc_slots, plan.exact, impl=plan.kernel_impl, pooling=self.pooling)
+    chunks = chunking.chunk(
+      h_BxLxD,
+      routing,
+      segment_ids_BxL,
+      valid_BxL,
+      plan.capacity(x_BxLxD.shape[1]),
+      plan.doc_slots,
+      plan.exact,
+      impl=plan.kernel_impl,
+      pooling=self.pooling,
+    )
     z_BxMxD = chunks.z_BxMxD
     bias_BxM = None
     if routing.key_bias_BxL is not None:
-      bias_BxM = jnp.where(chunks.valid_BxM, jnp.take_along_axis(routing.key_bias_BxL, chunks.positions_BxM, axis=1),
-                           0.0)
+      bias_BxM = jnp.where(
+        chunks.valid_BxM, jnp.take_along_axis(routing.key_bias_BxL, chunks.positions_BxM, axis=1), 0.0
+      )
     if self.pad is not None:
       pad_BxMxE = jnp.broadcast_to(self.pad[...].astype(z_BxMxD.dtype), (*z_BxMxD.shape[:2], self.pad.shape[0]))
       z_BxMxD = jnp.concatenate([z_BxMxD, pad_BxMxE], axis=-1)
-    zhat_BxMxD, inner = self.main(z_BxMxD, chunks.segment_ids_BxM, chunks.valid_BxM, plan.inner(), rng=rng,
-                                  key_bias_BxL=bias_BxM)
+    zhat_BxMxD, inner = self.main(
+      z_BxMxD, chunks.segment_ids_BxM, chunks.valid_BxM, plan.inner(), rng=rng, key_bias_BxL=bias_BxM
+    )
     zhat_BxMxD = zhat_BxMxD[..., : x_BxLxD.shape[-1]]
     if plan.sow:  # only when asked: a sow outside nnx.capture would leave state on the module
       self.sow(nnx.Intermediate, SOW_NAME, ChunkStates(zhat_BxMxD, chunks.valid_BxM))
@@ -136,12 +164,19 @@ class HNet(nnx.Module):
       prev_BxMxD = jnp.pad(zhat_BxMxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
       null_BxMxD = jnp.broadcast_to(self.null[...].astype(zhat_BxMxD.dtype), zhat_BxMxD.shape)
       zhat_BxMxD = jnp.where(chunks.starts_BxM[..., None], null_BxMxD, prev_BxMxD)
-    y_BxLxD = (chunking.dechunk(zhat_BxMxD, chunks, routing, impl=plan.kernel_impl, compat=self.compat)
-               + self.residual(h_BxLxD))
+    y_BxLxD = chunking.dechunk(zhat_BxMxD, chunks, routing, impl=plan.kernel_impl, compat=self.compat) + self.residual(
+      h_BxLxD
+    )
     out_BxLxD = self.decoder(y_BxLxD, segment_ids_BxL, positions_BxL)
     # routers with no learnable p (stride, word starts, entropy) get no ratio loss: it would have no gradient
-    here = stage_output(routing, chunks, valid_BxL, learnable_p=self.router.ratio_loss,
-                        target_ratio=self.target_ratio, ratio_loss_kind=self.ratio_loss_kind)
+    here = stage_output(
+      routing,
+      chunks,
+      valid_BxL,
+      learnable_p=self.router.ratio_loss,
+      target_ratio=self.target_ratio,
+      ratio_loss_kind=self.ratio_loss_kind,
+    )
     return out_BxLxD, (here, *inner)
 
   def residual(self, h: jax.Array) -> jax.Array:
@@ -153,13 +188,19 @@ class HNet(nnx.Module):
 
   def init_step_state(self, batch: int, max_len: int) -> dict:
     dim = self.residual_proj.kernel.shape[0]
-    return {"enc": stack_init(self.encoder, batch, max_len), "dec": stack_init(self.decoder, batch, max_len),
-            "main": self.main.init_step_state(batch, max_len), "h_prev": jnp.zeros((batch, dim), jnp.float32),
-            "has_prev": jnp.zeros(batch, bool), "zbar": jnp.zeros((batch, dim), jnp.float32),
-            "router": self.router.init_step_state(batch)}
+    return {
+      "enc": stack_init(self.encoder, batch, max_len),
+      "dec": stack_init(self.decoder, batch, max_len),
+      "main": self.main.init_step_state(batch, max_len),
+      "h_prev": jnp.zeros((batch, dim), jnp.float32),
+      "has_prev": jnp.zeros(batch, bool),
+      "zbar": jnp.zeros((batch, dim), jnp.float32),
+      "router": self.router.init_step_state(batch),
+    }
 
-  def step(self, x_BxD: jax.Array, state: dict, update_B: jax.Array, ids_B: jax.Array | None = None
-           ) -> tuple[jax.Array, dict, dict]:
+  def step(
+    self, x_BxD: jax.Array, state: dict, update_B: jax.Array, ids_B: jax.Array | None = None
+  ) -> tuple[jax.Array, dict, dict]:
     """(y_BxD, new state, {stage: boundary_B}) for one position of the rows in `update_B`; `ids_B` are the bytes
     (level 0 only)."""
     h_BxD, enc = stack_step(self.encoder, x_BxD, state["enc"], update_B)
@@ -167,8 +208,9 @@ class HNet(nnx.Module):
     b_B = chosen_B & update_B
     z_BxE = h_BxD
     if self.pad is not None:
-      z_BxE = jnp.concatenate([h_BxD, jnp.broadcast_to(self.pad[...].astype(h_BxD.dtype),
-                                                       (h_BxD.shape[0], self.pad.shape[0]))], axis=-1)
+      z_BxE = jnp.concatenate(
+        [h_BxD, jnp.broadcast_to(self.pad[...].astype(h_BxD.dtype), (h_BxD.shape[0], self.pad.shape[0]))], axis=-1
+      )
 
     def main_step(z, main_state, update):
       zhat, main_state, inner = self.main.step(z, main_state, update)
@@ -182,10 +224,15 @@ class HNet(nnx.Module):
     zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * state["zbar"], state["zbar"])
     y_BxD = zbar_BxD + self.residual(h_BxD)
     out_BxD, dec = stack_step(self.decoder, y_BxD, state["dec"], update_B)
-    new_state = {"enc": enc, "dec": dec, "main": main,
-                 "h_prev": select_rows(update_B, h_BxD.astype(jnp.float32), state["h_prev"]),
-                 "has_prev": state["has_prev"] | update_B, "zbar": zbar_BxD,
-                 "router": select_rows(update_B, router_state, state["router"])}
+    new_state = {
+      "enc": enc,
+      "dec": dec,
+      "main": main,
+      "h_prev": select_rows(update_B, h_BxD.astype(jnp.float32), state["h_prev"]),
+      "has_prev": state["has_prev"] | update_B,
+      "zbar": zbar_BxD,
+      "router": select_rows(update_B, router_state, state["router"]),
+    }
     return out_BxD, new_state, {self.level: b_B, **inner}
 
   def step_unsupported(self) -> str:

@@ -47,8 +47,16 @@ def constant(value: float):
 class Linear(nnx.Module):
   """y = x @ W (no bias); W has shape in_shape + out_shape so heads can stay a separate axis."""
 
-  def __init__(self, in_dim: int, out_shape: tuple[int, ...], axes: tuple[str | None, ...], *, rngs: nnx.Rngs,
-               std: float = 0.02, dtype=jnp.float32):
+  def __init__(
+    self,
+    in_dim: int,
+    out_shape: tuple[int, ...],
+    axes: tuple[str | None, ...],
+    *,
+    rngs: nnx.Rngs,
+    std: float = 0.02,
+    dtype=jnp.float32,
+  ):
     self.kernel = param(rngs.params(), normal(std), (in_dim, *out_shape), axes)
     self.dtype = dtype
 
@@ -62,7 +70,9 @@ class Embed(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, ids_BxL: jax.Array) -> jax.Array:
-    return with_weight(lambda ids, t: jnp.take(t, ids, axis=0), ids_BxL.astype(jnp.int32), self.table).astype(self.dtype)
+    return with_weight(lambda ids, t: jnp.take(t, ids, axis=0), ids_BxL.astype(jnp.int32), self.table).astype(
+      self.dtype
+    )
 
 
 class RMSNorm(nnx.Module):
@@ -122,34 +132,54 @@ def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias
   (bfloat16/float16, head_dim a multiple of 8 up to 128, an even length, as cuDNN needs with a mask; no learned key
   bias: its gradient would be a full B x 1 x L x L bias gradient), else XLA; an explicit 'cudnn' that does not apply
   is an error."""
-  fits = (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
-          and length % 2 == 0)
+  fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128 and length % 2 == 0
   if impl == "cudnn":
     if not fits or has_key_bias or platform() != "gpu":
-      raise ValueError(f"kernels.attention cudnn needs a GPU, bfloat16 or float16 (got {jnp.dtype(dtype)}), "
-                       f"head_dim a multiple of 8 up to 128 (got {head_dim}), an even length (got {length}) and "
-                       "no key bias (delete_gate)")
+      raise ValueError(
+        f"kernels.attention cudnn needs a GPU, bfloat16 or float16 (got {jnp.dtype(dtype)}), "
+        f"head_dim a multiple of 8 up to 128 (got {head_dim}), an even length (got {length}) and "
+        "no key bias (delete_gate)"
+      )
     return "cudnn"
   if impl == "auto" and fits and not has_key_bias and platform() == "gpu":
     return "cudnn"
   return "xla"
 
 
-def fused_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, segment_ids_BxL: jax.Array,
-                    window: int, implementation: AttentionBackend) -> jax.Array:
+def fused_attention(
+  q_BxLxHxK: jax.Array,
+  k_BxLxHxK: jax.Array,
+  v_BxLxHxK: jax.Array,
+  segment_ids_BxL: jax.Array,
+  window: int,
+  implementation: AttentionBackend,
+) -> jax.Array:
   """The attention of `masked_attention` in the form a fused kernel takes: causal mask and window as flags (so the
   kernel skips the masked blocks), only the document mask as an array (cuDNN adds it as a bias). With
   implementation 'xla' it runs anywhere, which is how the CPU tests check this form against the plain one."""
   same_doc_Bx1xLxL = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
-  return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=same_doc_Bx1xLxL,
-                                      scale=1.0 / math.sqrt(q_BxLxHxK.shape[-1]), is_causal=True,
-                                      local_window_size=(window, 0) if window else None,
-                                      implementation=implementation)
+  return jax.nn.dot_product_attention(
+    q_BxLxHxK,
+    k_BxLxHxK,
+    v_BxLxHxK,
+    mask=same_doc_Bx1xLxL,
+    scale=1.0 / math.sqrt(q_BxLxHxK.shape[-1]),
+    is_causal=True,
+    local_window_size=(window, 0) if window else None,
+    implementation=implementation,
+  )
 
 
-def masked_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array, segment_ids_BxL: jax.Array,
-                     window: int, block: int = 0, key_bias_BxL: jax.Array | None = None,
-                     impl: str = "xla") -> jax.Array:
+def masked_attention(
+  q_BxLxHxK: jax.Array,
+  k_BxLxHxK: jax.Array,
+  v_BxLxHxK: jax.Array,
+  segment_ids_BxL: jax.Array,
+  window: int,
+  block: int = 0,
+  key_bias_BxL: jax.Array | None = None,
+  impl: str = "xla",
+) -> jax.Array:
   """Softmax attention with the causal/document/window mask; with `block`, queries go `block` at a time (each block
   recomputed in the backward pass), so memory grows as block x L instead of L x L. `key_bias_BxL` is added to the
   logits of each key (every head and query). impl 'cudnn' (see attention_backend) runs cuDNN's flash attention with
@@ -182,8 +212,21 @@ def masked_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.
 class Attention(nnx.Module):
   """Multi-head causal self-attention with partial RoPE and document (segment) masking."""
 
-  def __init__(self, dim: int, n_heads: int, *, rngs: nnx.Rngs, rotary_fraction: float, rope_theta: float,
-               window: int, std: float, out_std: float, dtype=jnp.float32, block: int = 0, impl: str = "auto"):
+  def __init__(
+    self,
+    dim: int,
+    n_heads: int,
+    *,
+    rngs: nnx.Rngs,
+    rotary_fraction: float,
+    rope_theta: float,
+    window: int,
+    std: float,
+    out_std: float,
+    dtype=jnp.float32,
+    block: int = 0,
+    impl: str = "auto",
+  ):
     head_dim = dim // n_heads
     self.n_heads, self.head_dim, self.window, self.rope_theta, self.block = n_heads, head_dim, window, rope_theta, block
     self.impl = impl
@@ -191,8 +234,13 @@ class Attention(nnx.Module):
     self.w_qkv = Linear(dim, (3, n_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, std=std, dtype=dtype)
     self.w_out = Linear(n_heads * head_dim, (dim,), ("heads", "embed"), rngs=rngs, std=out_std, dtype=dtype)
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
-               key_bias_BxL: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    segment_ids_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    key_bias_BxL: jax.Array | None = None,
+  ) -> jax.Array:
     qkv_BxLx3xHxK = self.w_qkv(x_BxLxD)
     q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
     q = rope(q, positions_BxL, self.rotary_dim, self.rope_theta)

@@ -24,8 +24,15 @@ class CausalLM(nnx.Module):
   `kernel_impl` picks the H-Net's chunk-op backend (config `kernels.impl`), `attention_impl` the softmax attention's
   (`kernels.attention`), set here once on every stack the backbone runs."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, doc_slots: int = 1, kernel_impl: KernelImpl = "auto",
-               attention_impl: AttentionImpl = "auto"):
+  def __init__(
+    self,
+    cfg: ModelConfig,
+    *,
+    rngs: nnx.Rngs,
+    doc_slots: int = 1,
+    kernel_impl: KernelImpl = "auto",
+    attention_impl: AttentionImpl = "auto",
+  ):
     self.cfg, self.doc_slots, self.kernel_impl = cfg, doc_slots, kernel_impl
     dim, dtype = cfg.d_model[0], jnp.dtype(cfg.dtype)
     self.embed = Embed(cfg.vocab_size, dim, rngs=rngs, dtype=dtype)
@@ -38,8 +45,16 @@ class CausalLM(nnx.Module):
       stack.set_attention_impl(attention_impl)
     self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
 
-  def __call__(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array, *, exact: bool = False,
-               train: bool = False, rng: jax.Array | None = None) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+  def __call__(
+    self,
+    ids_BxL: jax.Array,
+    segment_ids_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    *,
+    exact: bool = False,
+    train: bool = False,
+    rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
     """Returns float32 logits_BxLxV and the H-Net's stage records, outermost first (() for a plain stack); the
     training step turns them into the ratio and router losses and the routing metrics.
 
@@ -52,12 +67,26 @@ class CausalLM(nnx.Module):
   def plan(self, length: int, *, exact: bool = False, train: bool = False, sow: bool = False) -> ChunkPlan:
     """The H-Net's chunking plan for windows of `length` positions: training capacities for this model's doc_slots
     (config.capacities), its chunk-op backend; `exact`, `train` and `sow` as in ChunkPlan."""
-    return ChunkPlan(capacities(self.cfg, length, self.doc_slots), self.doc_slots, exact=exact, train=train,
-                     kernel_impl=self.kernel_impl, sow=sow)
+    return ChunkPlan(
+      capacities(self.cfg, length, self.doc_slots),
+      self.doc_slots,
+      exact=exact,
+      train=train,
+      kernel_impl=self.kernel_impl,
+      sow=sow,
+    )
 
-  def hidden(self, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array, *, exact: bool = False,
-             train: bool = False, rng: jax.Array | None = None, sow: bool = False
-             ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
+  def hidden(
+    self,
+    ids_BxL: jax.Array,
+    segment_ids_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    *,
+    exact: bool = False,
+    train: bool = False,
+    rng: jax.Array | None = None,
+    sow: bool = False,
+  ) -> tuple[jax.Array, tuple[StageOutput, ...]]:
     """The last hidden states h_BxLxD (before the output head) and the stage records, as `__call__`; sow=True has
     each H-Net stage sow its ChunkStates (use `hidden_and_chunk_states`, which captures them)."""
     x_BxLxD = self.embed(ids_BxL)
@@ -67,20 +96,27 @@ class CausalLM(nnx.Module):
     return self.backbone(x_BxLxD, segment_ids_BxL, segment_ids_BxL > 0, plan, ids_BxL=ids_BxL, rng=rng)
 
 
-def hidden_and_chunk_states(model: CausalLM, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array
-                            ) -> tuple[jax.Array, tuple[StageOutput, ...], tuple[ChunkStates, ...]]:
+def hidden_and_chunk_states(
+  model: CausalLM, ids_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array
+) -> tuple[jax.Array, tuple[StageOutput, ...], tuple[ChunkStates, ...]]:
   """`model.hidden` (training capacities, no router noise) and each H-Net stage's ChunkStates, outermost first
   (() for a plain stack): the stages sow them as nnx.Intermediate and nnx.capture gathers them, leaving the model
   holding nothing new."""
-  (h_BxLxD, stages), sown = nnx.capture(CausalLM.hidden, nnx.Intermediate)(model, ids_BxL, segment_ids_BxL,
-                                                                           positions_BxL, sow=True)
+  (h_BxLxD, stages), sown = nnx.capture(CausalLM.hidden, nnx.Intermediate)(
+    model, ids_BxL, segment_ids_BxL, positions_BxL, sow=True
+  )
   return h_BxLxD, stages, sown_chunk_states(sown)
 
 
 def build_model(cfg: Config, seed: int | None = None) -> CausalLM:
   seed = cfg.train.seed if seed is None else seed
-  return CausalLM(cfg.model, rngs=nnx.Rngs(params=seed), doc_slots=cfg.data.doc_slots,
-                  kernel_impl=cfg.kernels.impl, attention_impl=cfg.kernels.attention)
+  return CausalLM(
+    cfg.model,
+    rngs=nnx.Rngs(params=seed),
+    doc_slots=cfg.data.doc_slots,
+    kernel_impl=cfg.kernels.impl,
+    attention_impl=cfg.kernels.attention,
+  )
 
 
 def count_params(model: nnx.Module) -> int:

@@ -35,6 +35,7 @@ from chunklm.model.layers import Linear, RMSNorm, param
 @struct.dataclass
 class Mamba2Cache:
   """Generation state of one Mamba2 layer (float32)."""
+
   conv_state_BxKxC: jax.Array  # last d_conv - 1 conv inputs (K = d_conv - 1, C = d_inner + 2 * d_state), oldest first
   ssm_state_BxHxPxN: jax.Array  # SSM state per head
 
@@ -45,10 +46,12 @@ def uniform(low: float, high: float):
 
 def dt_bias_init(dt_min: float = 1e-3, dt_max: float = 1e-1, floor: float = 1e-4):
   """Inverse softplus of dt drawn log-uniformly in [dt_min, dt_max], so softplus(dt_bias) starts in that range."""
+
   def init(key, shape, dtype):
     u = jax.random.uniform(key, shape, dtype)
     dt = jnp.maximum(jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)), floor)
     return dt + jnp.log(-jnp.expm1(-dt))
+
   return init
 
 
@@ -69,13 +72,20 @@ def causal_conv(u_BxLxC: jax.Array, doc_BxL: jax.Array, w_KxC: jax.Array, b_C: j
   doc_pad = jnp.pad(doc_BxL, ((0, 0), (k_width - 1, 0)), constant_values=-1)  # before the start: no document
   out_BxLxC = jnp.broadcast_to(b_C, u_BxLxC.shape)
   for k in range(k_width):
-    same_BxL = doc_pad[:, k:k + length] == doc_BxL
-    out_BxLxC = out_BxLxC + jnp.where(same_BxL[..., None], u_pad[:, k:k + length] * w_KxC[k][None, None, :], 0.0)
+    same_BxL = doc_pad[:, k : k + length] == doc_BxL
+    out_BxLxC = out_BxLxC + jnp.where(same_BxL[..., None], u_pad[:, k : k + length] * w_KxC[k][None, None, :], 0.0)
   return out_BxLxC
 
 
-def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxLxN: jax.Array, c_BxLxN: jax.Array,
-                doc_BxL: jax.Array, chunk_size: int) -> jax.Array:
+def ssd_chunked(
+  x_BxLxHxP: jax.Array,
+  dt_BxLxH: jax.Array,
+  a_H: jax.Array,
+  b_BxLxN: jax.Array,
+  c_BxLxN: jax.Array,
+  doc_BxL: jax.Array,
+  chunk_size: int,
+) -> jax.Array:
   """y_BxLxHxP = sum over same-document s <= t of (C_t·B_s) exp(sum_{s<u<=t} a_u) dt_s x_s, by chunks (no D term)."""
   batch, length, heads, head_dim = x_BxLxHxP.shape
   q = chunk_size
@@ -83,7 +93,8 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
   if pad:
     # Padded tail positions come after every real one, so they cannot reach real outputs; they get their own doc.
     x_BxLxHxP, dt_BxLxH, b_BxLxN, c_BxLxN = (
-        jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2)) for v in (x_BxLxHxP, dt_BxLxH, b_BxLxN, c_BxLxN))
+      jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2)) for v in (x_BxLxHxP, dt_BxLxH, b_BxLxN, c_BxLxN)
+    )
     doc_BxL = jnp.pad(doc_BxL, ((0, 0), (0, pad)), mode="edge") + (jnp.arange(length + pad) >= length)[None, :]
   nc = (length + pad) // q
 
@@ -124,7 +135,8 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
 
   init_BxHxPxN = jnp.zeros((batch, heads, head_dim, b_BxLxN.shape[-1]), jnp.float32)
   _, carry_CxBxHxPxN = jax.lax.scan(
-      carry_step, init_BxHxPxN, (keep_BxHxC.transpose(2, 0, 1), states_BxCxHxPxN.transpose(1, 0, 2, 3, 4)))
+    carry_step, init_BxHxPxN, (keep_BxHxC.transpose(2, 0, 1), states_BxCxHxPxN.transpose(1, 0, 2, 3, 4))
+  )
 
   # 4. Carried state -> outputs, only for positions in the document of the previous chunk's last position.
   in_prev_BxCxQ = doc_BxCxQ == doc_prev_end_BxC[..., None]
@@ -137,8 +149,20 @@ def ssd_chunked(x_BxLxHxP: jax.Array, dt_BxLxH: jax.Array, a_H: jax.Array, b_BxL
 class Mamba2(nnx.Module):
   """Mamba2 mixer (single B/C group): x_BxLxD -> y_BxLxD, with document resets from segment ids."""
 
-  def __init__(self, dim: int, *, rngs: nnx.Rngs, d_state: int, d_conv: int, expand: int, head_dim: int,
-               chunk_size: int, std: float, out_std: float, dtype=jnp.float32):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    rngs: nnx.Rngs,
+    d_state: int,
+    d_conv: int,
+    expand: int,
+    head_dim: int,
+    chunk_size: int,
+    std: float,
+    out_std: float,
+    dtype=jnp.float32,
+  ):
     d_inner = expand * dim
     if d_inner % head_dim:
       raise ValueError(f"expand * dim = {d_inner} is not a multiple of head_dim = {head_dim}")
@@ -148,8 +172,9 @@ class Mamba2(nnx.Module):
     self.n_heads, self.chunk_size = d_inner // head_dim, chunk_size
     conv_dim = d_inner + 2 * d_state
     # One projection to [z (d_inner), x (d_inner), B (N), C (N), dt (H)], as in Mamba2.
-    self.in_proj = Linear(dim, (2 * d_inner + 2 * d_state + self.n_heads,), ("embed", "ssm_inner"), rngs=rngs,
-                          std=std, dtype=dtype)
+    self.in_proj = Linear(
+      dim, (2 * d_inner + 2 * d_state + self.n_heads,), ("embed", "ssm_inner"), rngs=rngs, std=std, dtype=dtype
+    )
     bound = 1.0 / math.sqrt(d_conv)  # PyTorch's default for a depthwise Conv1d (fan_in = d_conv)
     self.conv_w = param(rngs.params(), uniform(-bound, bound), (d_conv, conv_dim), ("conv", "ssm_inner"))
     self.conv_b = param(rngs.params(), uniform(-bound, bound), (conv_dim,), ("ssm_inner",))
@@ -163,13 +188,13 @@ class Mamba2(nnx.Module):
     """-> z (d_inner), conv input [x, B, C] (d_inner + 2N), dt_raw (H), all float32."""
     zxbcdt = zxbcdt.astype(jnp.float32)
     i, c = self.d_inner, self.d_inner + 2 * self.d_state
-    return zxbcdt[..., :i], zxbcdt[..., i:i + c], zxbcdt[..., i + c:]
+    return zxbcdt[..., :i], zxbcdt[..., i : i + c], zxbcdt[..., i + c :]
 
   def _conv_out(self, xbc: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Post-conv [x, B, C] -> x (..., H, P), B (..., N), C (..., N)."""
     xbc = jax.nn.silu(xbc)
     i, n = self.d_inner, self.d_state
-    return xbc[..., :i].reshape(*xbc.shape[:-1], self.n_heads, self.head_dim), xbc[..., i:i + n], xbc[..., i + n:]
+    return xbc[..., :i].reshape(*xbc.shape[:-1], self.n_heads, self.head_dim), xbc[..., i : i + n], xbc[..., i + n :]
 
   def _output(self, y: jax.Array, z: jax.Array, out_dtype) -> jax.Array:
     """Gated RMSNorm (gate first) and out_proj; y (..., H, P), z (..., d_inner)."""
@@ -191,8 +216,9 @@ class Mamba2(nnx.Module):
   def init_cache(self, batch_size: int) -> Mamba2Cache:
     """Empty (all-zero) state: the same as a reset."""
     return Mamba2Cache(
-        conv_state_BxKxC=jnp.zeros((batch_size, self.d_conv - 1, self.d_inner + 2 * self.d_state), jnp.float32),
-        ssm_state_BxHxPxN=jnp.zeros((batch_size, self.n_heads, self.head_dim, self.d_state), jnp.float32))
+      conv_state_BxKxC=jnp.zeros((batch_size, self.d_conv - 1, self.d_inner + 2 * self.d_state), jnp.float32),
+      ssm_state_BxHxPxN=jnp.zeros((batch_size, self.n_heads, self.head_dim, self.d_state), jnp.float32),
+    )
 
   def step(self, x_BxD: jax.Array, cache: Mamba2Cache, reset_B: jax.Array) -> tuple[jax.Array, Mamba2Cache]:
     """Recurrent form for one token: (y_BxD, new cache); reset_B (bool) clears the state first (new document)."""
@@ -204,8 +230,7 @@ class Mamba2(nnx.Module):
     x_BxHxP, b_BxN, c_BxN = self._conv_out(xbc_BxC)
     dt_BxH = jax.nn.softplus(dt_raw_BxH + self.dt_bias[...][None, :])
     decay_BxH = jnp.exp(dt_BxH * -jnp.exp(self.a_log[...])[None, :])
-    ssm_BxHxPxN = (decay_BxH[..., None, None] * ssm_BxHxPxN
-                   + jnp.einsum("bh,bhp,bn->bhpn", dt_BxH, x_BxHxP, b_BxN))
+    ssm_BxHxPxN = decay_BxH[..., None, None] * ssm_BxHxPxN + jnp.einsum("bh,bhp,bn->bhpn", dt_BxH, x_BxHxP, b_BxN)
     y_BxHxP = jnp.einsum("bhpn,bn->bhp", ssm_BxHxPxN, c_BxN) + self.d_skip[...][None, :, None] * x_BxHxP
     new_cache = Mamba2Cache(conv_state_BxKxC=window_BxKxC[:, 1:], ssm_state_BxHxPxN=ssm_BxHxPxN)
     return self._output(y_BxHxP, z_BxI, x_BxD.dtype), new_cache

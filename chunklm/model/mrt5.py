@@ -30,8 +30,14 @@ from chunklm.model.layers import Embed, Linear, RMSNorm, SwiGLU, constant, norma
 GATE_INIT_BIAS = -3.0  # sigmoid(-3 + w.LN(h)) is small for most positions: the gate starts by keeping them
 
 
-def attend(q_BxQxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, allowed_BxQxS: jax.Array,
-           bias_BxS: jax.Array | None, softmax1: bool) -> jax.Array:
+def attend(
+  q_BxQxHxK: jax.Array,
+  k_BxSxHxK: jax.Array,
+  v_BxSxHxK: jax.Array,
+  allowed_BxQxS: jax.Array,
+  bias_BxS: jax.Array | None,
+  softmax1: bool,
+) -> jax.Array:
   """Softmax attention over the allowed keys (a query with none gets 0), `bias_BxS` added to each key's logits;
   softmax1 adds an implicit zero logit to every row (exp(x_i) / (1 + sum_j exp(x_j)))."""
   logits = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxHxK) / math.sqrt(q_BxQxHxK.shape[-1])
@@ -126,8 +132,9 @@ class MrT5(nnx.Module):
     self.head = Linear(d, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std)
 
   def gate(self, x_BxLxD: jax.Array, valid_BxL: jax.Array) -> jax.Array:
-    g = gate_values(x_BxLxD, self.gate_scale_ln[...], self.gate_shift_ln[...], self.gate_w[...], self.gate_c[...],
-                    self.cfg.gate_scale)
+    g = gate_values(
+      x_BxLxD, self.gate_scale_ln[...], self.gate_shift_ln[...], self.gate_w[...], self.gate_c[...], self.cfg.gate_scale
+    )
     return jnp.where(valid_BxL, g, self.cfg.gate_scale)
 
   def encode_front(self, ids_BxL: jax.Array, valid_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -139,12 +146,19 @@ class MrT5(nnx.Module):
     return x, self.gate(x, valid_BxL)
 
   def encode_back(self, x_BxCxD, pos_BxC, valid_BxC, bias_BxC) -> jax.Array:
-    for block in self.encoder[self.cfg.gate_layer:]:
+    for block in self.encoder[self.cfg.gate_layer :]:
       x_BxCxD = block(x_BxCxD, pos_BxC, _pairs(valid_BxC), bias_BxC)
     return self.enc_norm(x_BxCxD)
 
-  def encode(self, ids_BxL: jax.Array, valid_BxL: jax.Array, mode: str = "soft", capacity: int | None = None,
-             gate_on: jax.Array | float = 1.0, front: tuple[jax.Array, jax.Array] | None = None) -> Encoded:
+  def encode(
+    self,
+    ids_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    mode: str = "soft",
+    capacity: int | None = None,
+    gate_on: jax.Array | float = 1.0,
+    front: tuple[jax.Array, jax.Array] | None = None,
+  ) -> Encoded:
     """mode: 'soft' (G as key bias), 'none' (the gate computed but not applied: a plain encoder), 'hard' (deleted
     positions removed, the rest compacted into `capacity` slots, which must hold every row's kept count), 'mask'
     (soft with the deleted positions' bias at -inf: what hard deletion computes, at full length). `gate_on` scales
@@ -158,8 +172,14 @@ class MrT5(nnx.Module):
       return Encoded(self.encode_back(x, pos, valid_BxL, None), valid_BxL, None, g, keep)
     if mode == "soft":
       bias = g * gate_on
-      return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep,
-                     self.gate(jax.lax.stop_gradient(x), valid_BxL))
+      return Encoded(
+        self.encode_back(x, pos, valid_BxL, bias),
+        valid_BxL,
+        bias,
+        g,
+        keep,
+        self.gate(jax.lax.stop_gradient(x), valid_BxL),
+      )
     if mode == "mask":
       bias = jnp.where(keep, g, -jnp.inf)
       return Encoded(self.encode_back(x, pos, valid_BxL, bias), valid_BxL, bias, g, keep)
@@ -186,12 +206,14 @@ class MrT5(nnx.Module):
     caches = []
     for block in self.decoder:
       kv = block.cross_parts()[1].w_kv(enc.h_BxCxD)
-      caches.append({"k": jnp.zeros((b, max_len, h, kd)), "v": jnp.zeros((b, max_len, h, kd)),
-                     "ck": kv[:, :, 0], "cv": kv[:, :, 1]})
+      caches.append(
+        {"k": jnp.zeros((b, max_len, h, kd)), "v": jnp.zeros((b, max_len, h, kd)), "ck": kv[:, :, 0], "cv": kv[:, :, 1]}
+      )
     return caches
 
-  def decode_step(self, enc: Encoded, token_B: jax.Array, t: jax.Array, caches: list[dict]
-                  ) -> tuple[jax.Array, list[dict]]:
+  def decode_step(
+    self, enc: Encoded, token_B: jax.Array, t: jax.Array, caches: list[dict]
+  ) -> tuple[jax.Array, list[dict]]:
     """(logits_BxV of the byte after position t, caches) for decoder input `token_B` at position t: the cached form
     of `decode`, equal to its row t."""
     b = token_B.shape[0]
@@ -203,8 +225,11 @@ class MrT5(nnx.Module):
       q = rope(block.attn.w_q(h), pos, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_theta)
       kv = block.attn.w_kv(h)
       k = rope(kv[:, :, 0], pos, q.shape[-1], self.cfg.rope_theta)
-      cache = {**cache, "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k, t, axis=1),
-               "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], kv[:, :, 1], t, axis=1)}
+      cache = {
+        **cache,
+        "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k, t, axis=1),
+        "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], kv[:, :, 1], t, axis=1),
+      }
       seen = jnp.broadcast_to(jnp.arange(cache["k"].shape[1])[None, None] <= t, (b, 1, cache["k"].shape[1]))
       out = attend(q, cache["k"], cache["v"], seen, None, self.cfg.softmax1)
       x = x + block.attn.w_out(out.reshape(b, 1, -1))
@@ -216,15 +241,24 @@ class MrT5(nnx.Module):
       new.append(cache)
     return self.head(self.dec_norm(x))[:, 0].astype(jnp.float32), new
 
-  def __call__(self, ids_BxL, valid_BxL, dec_in_BxT, dec_valid_BxT, mode: str = "soft", capacity: int | None = None,
-               gate_on: jax.Array | float = 1.0, front: tuple[jax.Array, jax.Array] | None = None
-               ) -> tuple[jax.Array, Encoded]:
+  def __call__(
+    self,
+    ids_BxL,
+    valid_BxL,
+    dec_in_BxT,
+    dec_valid_BxT,
+    mode: str = "soft",
+    capacity: int | None = None,
+    gate_on: jax.Array | float = 1.0,
+    front: tuple[jax.Array, jax.Array] | None = None,
+  ) -> tuple[jax.Array, Encoded]:
     enc = self.encode(ids_BxL, valid_BxL, mode, capacity, gate_on, front)
     return self.decode(enc, dec_in_BxT, dec_valid_BxT), enc
 
 
-def compact(x_BxLxD: jax.Array, g_BxL: jax.Array, keep_BxL: jax.Array, capacity: int
-            ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def compact(
+  x_BxLxD: jax.Array, g_BxL: jax.Array, keep_BxL: jax.Array, capacity: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Hard deletion: (states, slot holds a kept position, its G, its original position), the kept positions first
   and in order, in `capacity` slots (which must hold every row's kept count)."""
   length = keep_BxL.shape[1]

@@ -44,6 +44,7 @@ class ChunkPlan:
 class ChunkStates:
   """One stage's main-network output over its chunks (cut to the stage's width, before dechunking) and which chunk
   slots hold a chunk: the chunk states a classifier pools (chunklm classify)."""
+
   main_BxMxD: jax.Array
   valid_BxM: jax.Array
 

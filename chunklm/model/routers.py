@@ -10,8 +10,14 @@ from chunklm.model.gumbel_router import GumbelRouter
 from chunklm.model.routing import CosineRouter, Router
 from chunklm.model.rule_routers import StrideRouter, WhitespaceRouter
 
-ROUTERS = {"cosine": CosineRouter, "stride": StrideRouter, "whitespace": WhitespaceRouter, "gumbel": GumbelRouter,
-           "entropy": EntropyRouter, "delete_gate": DeleteGateRouter}
+ROUTERS = {
+  "cosine": CosineRouter,
+  "stride": StrideRouter,
+  "whitespace": WhitespaceRouter,
+  "gumbel": GumbelRouter,
+  "entropy": EntropyRouter,
+  "delete_gate": DeleteGateRouter,
+}
 
 
 def make_router(cfg, level: int, dim: int, *, rngs: nnx.Rngs) -> Router:

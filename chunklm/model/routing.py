@@ -61,8 +61,14 @@ def document_starts(segment_ids_BxL: jax.Array) -> jax.Array:
   return segment_ids_BxL != prev
 
 
-def finalize(p_BxL: jax.Array, b_BxL: jax.Array, segment_ids_BxL: jax.Array, valid_BxL: jax.Array,
-             aux_loss: jax.Array | float = 0.0, key_bias_BxL: jax.Array | None = None) -> Routing:
+def finalize(
+  p_BxL: jax.Array,
+  b_BxL: jax.Array,
+  segment_ids_BxL: jax.Array,
+  valid_BxL: jax.Array,
+  aux_loss: jax.Array | float = 0.0,
+  key_bias_BxL: jax.Array | None = None,
+) -> Routing:
   """Forces p = 1 and b = 1 at document starts, b = 0 on invalid positions."""
   starts = document_starts(segment_ids_BxL) & valid_BxL
   p = jnp.where(starts, 1.0, p_BxL.astype(jnp.float32))
@@ -70,8 +76,14 @@ def finalize(p_BxL: jax.Array, b_BxL: jax.Array, segment_ids_BxL: jax.Array, val
   return Routing(p, b, jnp.asarray(aux_loss, jnp.float32), key_bias_BxL)
 
 
-def update_running_quantile(threshold: RouterStat, updates: RouterStat, stat_BxL: jax.Array, decide_BxL: jax.Array,
-                            frac: jax.Array, momentum: float) -> None:
+def update_running_quantile(
+  threshold: RouterStat,
+  updates: RouterStat,
+  stat_BxL: jax.Array,
+  decide_BxL: jax.Array,
+  frac: jax.Array,
+  momentum: float,
+) -> None:
   """Moves a running threshold towards this batch's level that leaves a fraction `frac` of the decided positions
   above it: threshold <- momentum * threshold + (1 - momentum) * quantile(stat[decide], 1 - frac); the first update
   takes the batch's quantile as is. `updates` counts the batches seen (0 = the threshold is still its initial value).
@@ -96,8 +108,16 @@ class CosineRouter(Router):
     self.w_q = param(None, _identity, (dim, dim), ("embed", "embed_out"))
     self.w_k = param(None, _identity, (dim, dim), ("embed", "embed_out"))
 
-  def __call__(self, h_BxLxD: jax.Array, ids_BxL: jax.Array, segment_ids_BxL: jax.Array,
-               valid_BxL: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> Routing:
+  def __call__(
+    self,
+    h_BxLxD: jax.Array,
+    ids_BxL: jax.Array,
+    segment_ids_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    *,
+    train: bool = False,
+    rng: jax.Array | None = None,
+  ) -> Routing:
     del ids_BxL, train, rng
     h = h_BxLxD.astype(jnp.float32)
     q_BxLxD = _normalize(with_weight(jnp.matmul, h, self.w_q))
@@ -120,5 +140,3 @@ class CosineRouter(Router):
 def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   # rsqrt of the clamped squared norm keeps the gradient finite at x = 0 (an all-zero padding slot)
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
-
-

@@ -77,8 +77,12 @@ def whitespace_end(b3, b2, b1) -> jax.Array:
   one = _in(b1, ASCII_WS)
   two = (b2 == 0xC2) & _in(b1, (0x85, 0xA0))
   e2_80 = (b3 == 0xE2) & (b2 == 0x80) & (((b1 >= 0x80) & (b1 <= 0x8A)) | _in(b1, (0xA8, 0xA9, 0xAF)))
-  three = ((b3 == 0xE1) & (b2 == 0x9A) & (b1 == 0x80)) | e2_80 | ((b3 == 0xE2) & (b2 == 0x81) & (b1 == 0x9F)) \
-      | ((b3 == 0xE3) & (b2 == 0x80) & (b1 == 0x80))
+  three = (
+    ((b3 == 0xE1) & (b2 == 0x9A) & (b1 == 0x80))
+    | e2_80
+    | ((b3 == 0xE2) & (b2 == 0x81) & (b1 == 0x9F))
+    | ((b3 == 0xE3) & (b2 == 0x80) & (b1 == 0x80))
+  )
   return one | two | three
 
 
@@ -92,7 +96,7 @@ def word_starts(cur, p1, p2, p3, mode: str) -> jax.Array:
   """Word-start decision at a byte `cur` given the 3 bytes before it in the document (0 where there is none).
   Works elementwise, so the full forward and the generation step share it."""
   if mode.startswith("regex:"):
-    pattern = mode[len("regex:"):]
+    pattern = mode[len("regex:") :]
     run = pattern.endswith("+") and not pattern.endswith("\\+")
     table = jnp.asarray(byte_class_table(pattern[:-1] if run else pattern))
     hit = table[cur]
@@ -150,7 +154,7 @@ def check_router_data(cfg, docs, sample_bytes: int = 65536) -> None:
   """Refuses a word router on data it cannot chunk: a nucleotide alphabet, or no word start besides document starts
   in the first `sample_bytes` bytes of the training documents. Raises DataError."""
 
-  if "whitespace" not in cfg.router[:cfg.num_stages]:
+  if "whitespace" not in cfg.router[: cfg.num_stages]:
     return
   pieces, total = [], 0
   for i in range(len(docs)):
@@ -160,15 +164,21 @@ def check_router_data(cfg, docs, sample_bytes: int = 65536) -> None:
     pieces.append(doc)
     total += len(doc)
   seen = set().union(*(set(p) for p in pieces)) if pieces else set()
-  hint = ("whitespace routing cannot chunk this data; use model.router=[stride] (fixed blocks) or [cosine] / "
-          "[gumbel] (learned boundaries)")
+  hint = (
+    "whitespace routing cannot chunk this data; use model.router=[stride] (fixed blocks) or [cosine] / "
+    "[gumbel] (learned boundaries)"
+  )
   if seen and seen <= DNA_ALPHABET:
-    raise DataError(f"the training data looks like nucleotides (alphabet {''.join(sorted(map(chr, seen))).strip()}),"
-                    f" which has no word boundaries: {hint}")
+    raise DataError(
+      f"the training data looks like nucleotides (alphabet {''.join(sorted(map(chr, seen))).strip()}),"
+      f" which has no word boundaries: {hint}"
+    )
   found = 0
   for p in pieces:
     ids_1xL = jnp.asarray(np.frombuffer(p, np.uint8).astype(np.int32))[None]
     found += int(document_word_starts(ids_1xL, jnp.ones_like(ids_1xL), cfg.whitespace.boundary)[0, 1:].sum())
   if total and not found:
-    raise DataError(f"model.whitespace.boundary={cfg.whitespace.boundary!r} finds no word start in the first "
-                    f"{total:,} training bytes besides document starts: {hint}")
+    raise DataError(
+      f"model.whitespace.boundary={cfg.whitespace.boundary!r} finds no word start in the first "
+      f"{total:,} training bytes besides document starts: {hint}"
+    )

@@ -35,19 +35,43 @@ class Block(nnx.Module):
     self.norm1 = RMSNorm(dim)
     self.mixer: Attention | Mamba2
     if kind in "tT":
-      self.mixer = Attention(dim, cfg.n_heads[level], rngs=rngs, rotary_fraction=cfg.rotary_fraction,
-                             rope_theta=cfg.rope_theta, window=cfg.window[level], std=cfg.init_std,
-                             out_std=out_std, dtype=dtype, block=cfg.attention_block)
+      self.mixer = Attention(
+        dim,
+        cfg.n_heads[level],
+        rngs=rngs,
+        rotary_fraction=cfg.rotary_fraction,
+        rope_theta=cfg.rope_theta,
+        window=cfg.window[level],
+        std=cfg.init_std,
+        out_std=out_std,
+        dtype=dtype,
+        block=cfg.attention_block,
+      )
     else:
       m = cfg.mamba
-      self.mixer = Mamba2(dim, rngs=rngs, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, head_dim=m.head_dim,
-                          chunk_size=m.chunk_size, std=cfg.init_std, out_std=out_std, dtype=dtype)
+      self.mixer = Mamba2(
+        dim,
+        rngs=rngs,
+        d_state=m.d_state,
+        d_conv=m.d_conv,
+        expand=m.expand,
+        head_dim=m.head_dim,
+        chunk_size=m.chunk_size,
+        std=cfg.init_std,
+        out_std=out_std,
+        dtype=dtype,
+      )
     if kind.isupper():
       self.norm2 = RMSNorm(dim)
       self.mlp = SwiGLU(dim, cfg.ff_dim(level), rngs=rngs, std=cfg.init_std, out_std=out_std, dtype=dtype)
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
-               key_bias_BxL: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    segment_ids_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    key_bias_BxL: jax.Array | None = None,
+  ) -> jax.Array:
     h = self.norm1(x_BxLxD)
     if isinstance(self.mixer, Attention):  # kind t or T
       h = self.mixer(h, segment_ids_BxL, positions_BxL, key_bias_BxL)
@@ -74,14 +98,20 @@ class LayerStack(nnx.Module):
     self.norm = RMSNorm(cfg.d_model[level])
     self.remat = cfg.remat
 
-  def run(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
-          key_bias_BxL: jax.Array | None = None) -> jax.Array:
+  def run(
+    self,
+    x_BxLxD: jax.Array,
+    segment_ids_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    key_bias_BxL: jax.Array | None = None,
+  ) -> jax.Array:
     """`key_bias_BxL` (optional) is added to the attention logits of every key in the attention blocks."""
     x_BxLxD = x_BxLxD.astype(jnp.float32)
     for block in self.blocks:
       if self.remat:  # keep only block inputs for the backward pass; recompute the rest
-        x_BxLxD = nnx.remat(lambda b, x, s, p, k: b(x, s, p, k))(block, x_BxLxD, segment_ids_BxL, positions_BxL,
-                                                                 key_bias_BxL)
+        x_BxLxD = nnx.remat(lambda b, x, s, p, k: b(x, s, p, k))(
+          block, x_BxLxD, segment_ids_BxL, positions_BxL, key_bias_BxL
+        )
       else:
         x_BxLxD = block(x_BxLxD, segment_ids_BxL, positions_BxL, key_bias_BxL)
       x_BxLxD = constrain_batch(x_BxLxD)  # the residual stream stays split over the batch axes of the mesh
@@ -98,7 +128,12 @@ class LayerStack(nnx.Module):
 class Stack(LayerStack):
   """A layer stack: y_BxLxD = norm(blocks(x_BxLxD))."""
 
-  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
-               key_bias_BxL: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    segment_ids_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    key_bias_BxL: jax.Array | None = None,
+  ) -> jax.Array:
     """`key_bias_BxL` (optional) is added to the attention logits of every key in the attention blocks."""
     return self.run(x_BxLxD, segment_ids_BxL, positions_BxL, key_bias_BxL)

@@ -56,23 +56,30 @@ class StageOutput:
     return loss
 
 
-def stage_output(routing: Routing, chunks: chunking.Chunks, valid_BxL: jax.Array, *, learnable_p: bool,
-                 target_ratio: float, ratio_loss_kind: str = "hnet") -> StageOutput:
+def stage_output(
+  routing: Routing,
+  chunks: chunking.Chunks,
+  valid_BxL: jax.Array,
+  *,
+  learnable_p: bool,
+  target_ratio: float,
+  ratio_loss_kind: str = "hnet",
+) -> StageOutput:
   v = valid_BxL.astype(jnp.float32)
   p_BxL = routing.p_BxL.astype(jnp.float32)
   return StageOutput(
-      boundaries_BxL=routing.b_BxL,
-      probs_BxL=routing.p_BxL,
-      chunk_positions_BxM=chunks.positions_BxM,
-      positions=v.sum(),
-      boundaries=(routing.b_BxL.astype(jnp.float32) * v).sum(),
-      kept=chunks.valid_BxM.astype(jnp.float32).sum(),
-      p_sum=(routing.p_BxL * v).sum(),
-      router_aux=routing.aux_loss,
-      uncertainty=(4.0 * p_BxL * (1.0 - p_BxL) * v).sum() / jnp.maximum(v.sum(), 1.0),
-      learnable_p=learnable_p,
-      target_ratio=target_ratio,
-      ratio_loss_kind=ratio_loss_kind,
+    boundaries_BxL=routing.b_BxL,
+    probs_BxL=routing.p_BxL,
+    chunk_positions_BxM=chunks.positions_BxM,
+    positions=v.sum(),
+    boundaries=(routing.b_BxL.astype(jnp.float32) * v).sum(),
+    kept=chunks.valid_BxM.astype(jnp.float32).sum(),
+    p_sum=(routing.p_BxL * v).sum(),
+    router_aux=routing.aux_loss,
+    uncertainty=(4.0 * p_BxL * (1.0 - p_BxL) * v).sum() / jnp.maximum(v.sum(), 1.0),
+    learnable_p=learnable_p,
+    target_ratio=target_ratio,
+    ratio_loss_kind=ratio_loss_kind,
   )
 
 

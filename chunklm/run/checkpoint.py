@@ -39,9 +39,11 @@ class StateMismatch(CheckpointError):
 
 def _abstract(tree):
   """Shapes, dtypes and placements of `tree` (arrays, or ShapeDtypeStructs without a sharding: the default device)."""
+
   def spec(x):
     sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
   return jax.tree.map(spec, tree)
 
 
@@ -51,8 +53,9 @@ class Checkpointer:
     self.read_only = read_only
     if read_only and not self.directory.is_dir():
       raise CheckpointError(f"no checkpoints in {self.directory.parent} (train a model there first)")
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
-                                           enable_async_checkpointing=asynchronous)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=asynchronous
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._pending: int | None = None  # the step being written in the background
 
@@ -96,8 +99,9 @@ class Checkpointer:
     need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) + (1 << 20)
     free = shutil.disk_usage(self._existing_dir()).free
     if free < need:
-      raise CheckpointError(self._storage_message(step, "no space left on device", free,
-                                                  f"needs {need / 2**20:,.0f} MiB"))
+      raise CheckpointError(
+        self._storage_message(step, "no space left on device", free, f"needs {need / 2**20:,.0f} MiB")
+      )
 
   def _existing_dir(self) -> Path:
     where = self.directory
@@ -107,9 +111,11 @@ class Checkpointer:
 
   def _storage_message(self, step: int | None, reason: str, free: int, need: str = "") -> str:
     done = [s for s in self.manager.all_steps(read=True) if s != step]
-    return (f"cannot write the checkpoint of step {step} in {self.directory}: {reason} ({need + ', ' if need else ''}"
-            f"{free / 2**20:,.0f} MiB free); the newest complete checkpoint is "
-            f"{f'step {max(done)}' if done else 'none'}; free some space (or use another --workdir) and re-run to resume")
+    return (
+      f"cannot write the checkpoint of step {step} in {self.directory}: {reason} ({need + ', ' if need else ''}"
+      f"{free / 2**20:,.0f} MiB free); the newest complete checkpoint is "
+      f"{f'step {max(done)}' if done else 'none'}; free some space (or use another --workdir) and re-run to resume"
+    )
 
   def _storage_error(self, e: Exception, step: int | None) -> CheckpointError | None:
     """One line for a write that failed for lack of space or rights (None for anything else)."""
@@ -118,8 +124,9 @@ class Checkpointer:
       return None
     return CheckpointError(self._storage_message(step, reason.lower(), shutil.disk_usage(self._existing_dir()).free))
 
-  def restore(self, step: int, like_state: dict, data_iter: grain.DatasetIterator | None = None,
-              partial: bool = False) -> tuple[dict, dict]:
+  def restore(
+    self, step: int, like_state: dict, data_iter: grain.DatasetIterator | None = None, partial: bool = False
+  ) -> tuple[dict, dict]:
     """(state, meta) at `step`; `like_state` gives structure, shapes and dtypes; `data_iter` is set in place.
 
     With `partial` only the parts `like_state` names are read, e.g. {"params": ...} without the optimizer state
@@ -130,8 +137,9 @@ class Checkpointer:
     self._check_parts(step, like_state, partial)
     if partial:
       item = _abstract(like_state)
-      state_args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                          partial_restore=True)
+      state_args = ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+      )
     else:
       state_args = ocp.args.StandardRestore(_abstract(like_state))
     items: dict[str, Any] = {"state": state_args, "meta": ocp.args.JsonRestore()}
@@ -152,11 +160,14 @@ class Checkpointer:
     wanted = set(like_state)
     if wanted - saved if partial else wanted != saved:
       hint = " (to read only some parts, restore with partial=True)" if wanted < saved and not partial else ""
-      raise StateMismatch(f"the checkpoint at step {step} in {self.directory} holds {sorted(saved)}, not "
-                          f"{sorted(wanted)}: it was written by another kind of run or version{hint}")
+      raise StateMismatch(
+        f"the checkpoint at step {step} in {self.directory} holds {sorted(saved)}, not "
+        f"{sorted(wanted)}: it was written by another kind of run or version{hint}"
+      )
 
-  def restore_latest(self, like_state: dict, data_iter=None, log=logs.warning,
-                     partial: bool = False) -> tuple[int, dict, dict] | None:
+  def restore_latest(
+    self, like_state: dict, data_iter=None, log=logs.warning, partial: bool = False
+  ) -> tuple[int, dict, dict] | None:
     """The newest readable checkpoint as (step, state, meta), or None when there is none at all. Newer unreadable
     ones are moved aside (so training can write those steps again) only once an older one has been read: when none
     can be read, nothing is moved and the error says so. A newest checkpoint of other parts (StateMismatch) is
@@ -184,8 +195,10 @@ class Checkpointer:
       return step, state, meta
     if steps:
       newest, reason = failed[0]
-      raise CheckpointError(f"no checkpoint in {self.directory} can be read (newest, step {newest}: {reason}); "
-                            "nothing was moved: restore them from a copy, or move the directory away to start over")
+      raise CheckpointError(
+        f"no checkpoint in {self.directory} can be read (newest, step {newest}: {reason}); "
+        "nothing was moved: restore them from a copy, or move the directory away to start over"
+      )
     return None
 
   def wait(self) -> None:

@@ -18,8 +18,9 @@ from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.workdir import RunDir
 
 
-def write_params_run(workdir: str | Path, cfg: Config, params, step: int, origin: dict,
-                     tokenizer_bytes: bytes | None = None) -> Path:
+def write_params_run(
+  workdir: str | Path, cfg: Config, params, step: int, origin: dict, tokenizer_bytes: bytes | None = None
+) -> Path:
   """Writes the run directory `workdir` (which must not exist or be empty) holding `params` at `step`."""
   workdir = Path(workdir)
   if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
@@ -46,6 +47,8 @@ def refuse_resume(workdir: str | Path) -> None:
   """A one-line CheckpointError when `workdir` holds parameters only (it cannot continue training)."""
   origin = read_origin(workdir)
   if origin is not None:
-    raise CheckpointError(f"{workdir} holds parameters only ({origin.get('what', 'imported')}), no optimizer state "
-                          f"or data position, so it cannot be resumed; fine-tune it in a new run: chunklm train "
-                          f"--init-from {workdir} --config {RunDir(workdir).config} --workdir NEW_DIR")
+    raise CheckpointError(
+      f"{workdir} holds parameters only ({origin.get('what', 'imported')}), no optimizer state "
+      f"or data position, so it cannot be resumed; fine-tune it in a new run: chunklm train "
+      f"--init-from {workdir} --config {RunDir(workdir).config} --workdir NEW_DIR"
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 from chunklm.errors import UserError
 from chunklm.run.workdir import RunDir
 
+
 class WorkdirBusy(UserError):
   """Another process is writing this workdir."""
 

@@ -28,8 +28,11 @@ class MetricsWriter:
   def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
     self.run = RunDir(workdir)
     self.path = self.run.metrics
-    kept = [r for r in read_jsonl(self.path)
-            if r.get("step", 0) < resume_step or (r.get("step", 0) == resume_step and r.get("split") == "train")]
+    kept = [
+      r
+      for r in read_jsonl(self.path)
+      if r.get("step", 0) < resume_step or (r.get("step", 0) == resume_step and r.get("split") == "train")
+    ]
     self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     self._file = open(self.path, "a")
     self._tb = None
@@ -93,7 +96,7 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tup
     target = 1.0
     for i, k in enumerate(chunk_keys):
       values = [r[k] for r in train if k in r]
-      line, = ax.plot([r["step"] for r in train if k in r], _smooth(values), label=f"{k} (smoothed)")
+      (line,) = ax.plot([r["step"] for r in train if k in r], _smooth(values), label=f"{k} (smoothed)")
       if i < len(targets):
         target *= targets[i]
         ax.axhline(target, ls="--", lw=1, color=line.get_color(), label=f"target {target:g}")

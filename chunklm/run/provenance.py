@@ -34,9 +34,12 @@ def git_commit(where: Path = Path(__file__).parent) -> str | None:
 
 def provenance() -> dict:
   devices = jax.devices()
-  return {**{p: _version(p) for p in PACKAGES}, "git": git_commit(),
-          "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
-          "processes": jax.process_count()}
+  return {
+    **{p: _version(p) for p in PACKAGES},
+    "git": git_commit(),
+    "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
+    "processes": jax.process_count(),
+  }
 
 
 def header(p: dict) -> str:

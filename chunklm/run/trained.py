@@ -68,13 +68,16 @@ def read_config(workdir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
   chunklm whose config format differs, is a one-line error."""
   run = RunDir(workdir)
   if not run.config.exists():
-    raise CheckpointError(f"{workdir} is not a training run (no {run.config.name}); train one with "
-                          f"`chunklm train --workdir {workdir}`")
+    raise CheckpointError(
+      f"{workdir} is not a training run (no {run.config.name}); train one with `chunklm train --workdir {workdir}`"
+    )
   fmt = read_config_format(run.config)
   if fmt != CONFIG_FORMAT:
     written = "chunklm < 0.2.0 (config format 1)" if fmt is None else f"config format {fmt}"
-    raise CheckpointError(f"{workdir} was written by {written}; this chunklm reads config format {CONFIG_FORMAT}: "
-                          "train the run again, or read it with the chunklm version that wrote it")
+    raise CheckpointError(
+      f"{workdir} was written by {written}; this chunklm reads config format {CONFIG_FORMAT}: "
+      "train the run again, or read it with the chunklm version that wrote it"
+    )
   return load_config(run.config, list(overrides))
 
 
@@ -105,15 +108,19 @@ def abstract_params(cfg: Config):
 
 def _check_same_parameters(before, after, overrides) -> None:
   def shapes(params):
-    return {jax.tree_util.keystr(path): (leaf.shape, str(leaf.dtype))
-            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    return {
+      jax.tree_util.keystr(path): (leaf.shape, str(leaf.dtype))
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
 
   a, b = shapes(before), shapes(after)
   differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
   if differ:
-    raise UserError(f"--set {' '.join(overrides)} changes the trained model's parameters ({len(differ)} differ, "
-                    f"e.g. {differ[0]}); only settings that keep them can change after training, e.g. "
-                    f"{INFERENCE_SETTINGS}")
+    raise UserError(
+      f"--set {' '.join(overrides)} changes the trained model's parameters ({len(differ)} differ, "
+      f"e.g. {differ[0]}); only settings that keep them can change after training, e.g. "
+      f"{INFERENCE_SETTINGS}"
+    )
 
 
 def run_tokenizer(cfg: Config, workdir: Path | None = None) -> Tokenizer | None:

@@ -100,7 +100,6 @@ class RunDir:
     return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
 
-
 def is_checkpoint_dir(path: Path) -> bool:
   """Whether `path` names one step's checkpoint (`<run>/checkpoints/<step>`), as --init-from may."""
   return path.name.isdigit() and path.parent.name == CHECKPOINTS

@@ -31,7 +31,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
   pairs = []
   for n, obj in jsonl_objects(path):
     if not (isinstance(obj.get("input"), str) and isinstance(obj.get("target"), str)):
-      raise UserError(f"{path}:{n}: each line needs string fields \"input\" and \"target\"")
+      raise UserError(f'{path}:{n}: each line needs string fields "input" and "target"')
     pairs.append((obj["input"].encode("utf-8"), obj["target"].encode("utf-8") + bytes([EOS])))
   if not pairs:
     raise UserError(f"{path}: no records")
@@ -40,19 +40,25 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 def pack(pairs: list[Pair], seq_len: int, target_len: int, where: str = "data") -> dict:
   b = len(pairs)
-  out = {"ids": np.zeros((b, seq_len), np.int32), "valid": np.zeros((b, seq_len), bool),
-         "dec_in": np.zeros((b, target_len), np.int32), "targets": np.zeros((b, target_len), np.int32),
-         "dec_valid": np.zeros((b, target_len), bool)}
+  out = {
+    "ids": np.zeros((b, seq_len), np.int32),
+    "valid": np.zeros((b, seq_len), bool),
+    "dec_in": np.zeros((b, target_len), np.int32),
+    "targets": np.zeros((b, target_len), np.int32),
+    "dec_valid": np.zeros((b, target_len), bool),
+  }
   for r, (inp, tgt) in enumerate(pairs):
     if len(inp) > seq_len or len(tgt) > target_len:
-      raise UserError(f"{where}: a record has {len(inp)} input / {len(tgt)} target bytes (with EOS); the model takes "
-                      f"{seq_len} / {target_len} (data.seq_len, seq2seq.target_len)")
-    out["ids"][r, :len(inp)] = list(inp)
-    out["valid"][r, :len(inp)] = True
+      raise UserError(
+        f"{where}: a record has {len(inp)} input / {len(tgt)} target bytes (with EOS); the model takes "
+        f"{seq_len} / {target_len} (data.seq_len, seq2seq.target_len)"
+      )
+    out["ids"][r, : len(inp)] = list(inp)
+    out["valid"][r, : len(inp)] = True
     out["dec_in"][r, 0] = BOS
-    out["dec_in"][r, 1:len(tgt)] = list(tgt[:-1])
-    out["targets"][r, :len(tgt)] = list(tgt)
-    out["dec_valid"][r, :len(tgt)] = True
+    out["dec_in"][r, 1 : len(tgt)] = list(tgt[:-1])
+    out["targets"][r, : len(tgt)] = list(tgt)
+    out["dec_valid"][r, : len(tgt)] = True
   return out
 
 
@@ -66,26 +72,35 @@ def _windows(docs: Documents, rng: np.random.Generator, count: int, seq_len: int
   for i in rng.choice(len(docs), size=count, p=p):
     n = int(docs.lengths[i])
     start = int(rng.integers(0, max(n - seq_len, 0) + 1))
-    out.append(docs.doc(i)[start:start + seq_len])
+    out.append(docs.doc(i)[start : start + seq_len])
   return out
 
 
-def span_batch(docs: Documents, seed: int, step: int, batch_size: int, seq_len: int, target_len: int,
-               noise_density: float, mean_span: float) -> dict:
+def span_batch(
+  docs: Documents,
+  seed: int,
+  step: int,
+  batch_size: int,
+  seq_len: int,
+  target_len: int,
+  noise_density: float,
+  mean_span: float,
+) -> dict:
   """Batch `step`: windows drawn with probability by document length, each span-corrupted."""
   rng = np.random.default_rng([seed, step])
   pairs = [corrupt(w, rng, noise_density, mean_span, "the corpus") for w in _windows(docs, rng, batch_size, seq_len)]
   return pack(pairs, seq_len, target_len)
 
 
-def pair_batch(pairs: list[Pair], seed: int, step: int, batch_size: int, seq_len: int, target_len: int,
-               where: str) -> dict:
+def pair_batch(
+  pairs: list[Pair], seed: int, step: int, batch_size: int, seq_len: int, target_len: int, where: str
+) -> dict:
   rng = np.random.default_rng([seed, step])
   return pack([pairs[i] for i in rng.integers(0, len(pairs), batch_size)], seq_len, target_len, where)
 
 
 def chunks(pairs: list[Pair], batch_size: int) -> list[list[Pair]]:
-  return [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]
+  return [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
 
 
 EVAL_WINDOWS = 256  # span objective: held-out windows evaluated (a fixed set)
@@ -108,15 +123,28 @@ class Data:
   def train_batch(self, step: int) -> dict:
     c, s = self.cfg, self.cfg.seq2seq
     if s.objective == "span":
-      return span_batch(self.train_docs, c.data.seed, step, c.train.batch_size, c.data.seq_len, s.target_len,
-                        s.noise_density, s.mean_span)
-    return pair_batch(self.train_pairs, c.data.seed, step, c.train.batch_size, c.data.seq_len, s.target_len,
-                      s.train_file)
+      return span_batch(
+        self.train_docs,
+        c.data.seed,
+        step,
+        c.train.batch_size,
+        c.data.seq_len,
+        s.target_len,
+        s.noise_density,
+        s.mean_span,
+      )
+    return pair_batch(
+      self.train_pairs, c.data.seed, step, c.train.batch_size, c.data.seq_len, s.target_len, s.train_file
+    )
 
   def eval_batches(self, batch_size: int) -> list[dict]:
     c, s = self.cfg, self.cfg.seq2seq
     if s.objective == "span":
       n = -(-EVAL_WINDOWS // batch_size)
-      return [span_batch(self.valid_docs, c.data.seed + 1, i, batch_size, c.data.seq_len, s.target_len,
-                         s.noise_density, s.mean_span) for i in range(n)]
+      return [
+        span_batch(
+          self.valid_docs, c.data.seed + 1, i, batch_size, c.data.seq_len, s.target_len, s.noise_density, s.mean_span
+        )
+        for i in range(n)
+      ]
     return [pack(p, c.data.seq_len, s.target_len) for p in chunks(self.test_pairs, batch_size)]

@@ -63,6 +63,13 @@ def bench_encoder(workdir: str | Path, batch_size: int = 16, repeats: int = 5) -
       FULL(graphdef, params, b["ids"], b["valid"]).block_until_ready()
 
   t_hard, t_full = _median_seconds(hard, repeats), _median_seconds(full, repeats)
-  return {"workdir": str(workdir), "step": step, "target_deletion": cfg.mrt5.target_deletion,
-          "deletion_rate": 1 - kept / max(positions, 1), "slots_per_input": slots / sum(b["ids"].size for b in batches),
-          "bytes": n_bytes, "hard_bytes_per_s": n_bytes / t_hard, "full_bytes_per_s": n_bytes / t_full}
+  return {
+    "workdir": str(workdir),
+    "step": step,
+    "target_deletion": cfg.mrt5.target_deletion,
+    "deletion_rate": 1 - kept / max(positions, 1),
+    "slots_per_input": slots / sum(b["ids"].size for b in batches),
+    "bytes": n_bytes,
+    "hard_bytes_per_s": n_bytes / t_hard,
+    "full_bytes_per_s": n_bytes / t_full,
+  }

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 BYTE_CLASSES = {
-    "vowel": b"aeiouAEIOU",
-    "consonant": b"bcdfghjklmnpqrstvwxyzBCDFGHJKLMNPQRSTVWXYZ",
-    "digit": b"0123456789",
-    "whitespace": b" \t\n\r\x0b\x0c",
-    "punctuation": b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+  "vowel": b"aeiouAEIOU",
+  "consonant": b"bcdfghjklmnpqrstvwxyzBCDFGHJKLMNPQRSTVWXYZ",
+  "digit": b"0123456789",
+  "whitespace": b" \t\n\r\x0b\x0c",
+  "punctuation": b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
 }
 CLASS_NAMES = (*BYTE_CLASSES, "other")  # "other": every byte in no class above (non-ASCII, sentinels)
 

@@ -23,10 +23,8 @@ from chunklm.seq2seq.batches import Data
 from chunklm.seq2seq.byte_classes import CLASS_NAMES, class_counts
 
 
-def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = None, gate_on=1.0,
-           front=None) -> dict:
-  logits, enc = model(batch["ids"], batch["valid"], batch["dec_in"], batch["dec_valid"], mode, capacity, gate_on,
-                      front)
+def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = None, gate_on=1.0, front=None) -> dict:
+  logits, enc = model(batch["ids"], batch["valid"], batch["dec_in"], batch["dec_valid"], mode, capacity, gate_on, front)
   dv = batch["dec_valid"].astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   v = batch["valid"].astype(jnp.float32)
@@ -34,8 +32,14 @@ def losses(model: MrT5, batch: dict, mode: str = "soft", capacity: int | None = 
   n = jnp.maximum(v.sum(), 1)
   g_mean = jnp.sum(g * v) / n
   g_std = jnp.sqrt(jnp.maximum(jnp.sum(jax.lax.stop_gradient(g - g_mean) ** 2 * v) / n, 0.0))
-  return {"ce_sum": jnp.sum(ce * dv), "targets": dv.sum(), "g_mean": g_mean, "g_std": g_std,
-          "kept": jnp.sum(enc.keep_BxL * v), "positions": v.sum()}
+  return {
+    "ce_sum": jnp.sum(ce * dv),
+    "targets": dv.sum(),
+    "g_mean": g_mean,
+    "g_std": g_std,
+    "kept": jnp.sum(enc.keep_BxL * v),
+    "positions": v.sum(),
+  }
 
 
 def hard_front(graphdef, params, batch: dict, buckets) -> tuple[int, np.ndarray, tuple[jax.Array, jax.Array]]:
@@ -66,11 +70,21 @@ _eval_jit = jax.jit(_eval_losses, static_argnums=(0, 3, 4))
 def greedy_decode(graphdef, params, batch: dict, mode: str, capacity: int | None, front_states=None) -> list[bytes]:
   """Greedy continuations from BOS, cut at EOS, up to the decoder length (cached decoding: the encoder runs once,
   each decoder step reads its key/value caches); `front_states` as for `MrT5.encode`."""
-  out = np.asarray(_greedy_jit(graphdef, params, jnp.asarray(batch["ids"]), jnp.asarray(batch["valid"]),
-                               batch["dec_in"].shape[1], mode, capacity, front_states))
+  out = np.asarray(
+    _greedy_jit(
+      graphdef,
+      params,
+      jnp.asarray(batch["ids"]),
+      jnp.asarray(batch["valid"]),
+      batch["dec_in"].shape[1],
+      mode,
+      capacity,
+      front_states,
+    )
+  )
   texts = []
   for row in out.tolist():
-    texts.append(bytes(row[:row.index(EOS)] if EOS in row else row))
+    texts.append(bytes(row[: row.index(EOS)] if EOS in row else row))
   return texts
 
 
@@ -93,8 +107,7 @@ _greedy_jit = jax.jit(_greedy, static_argnums=(0, 4, 5, 6))
 
 
 def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 16, progress: bool = False) -> dict:
-  sums = {"ce_sum": 0.0, "targets": 0.0, "kept": 0.0, "positions": 0.0, "slots": 0.0, "soft_ce_sum": 0.0,
-          "inputs": 0.0}
+  sums = {"ce_sum": 0.0, "targets": 0.0, "kept": 0.0, "positions": 0.0, "slots": 0.0, "soft_ce_sum": 0.0, "inputs": 0.0}
   correct = total = 0
   by_class = np.zeros((len(CLASS_NAMES), 2), np.int64)
   for batch in bar(data.eval_batches(batch_size), enabled=progress, desc="eval", unit="batch"):
@@ -116,13 +129,17 @@ def evaluate_mrt5(cfg: MrT5Run, graphdef, params, data: Data, batch_size: int = 
         total += 1
   n = max(sums["targets"], 1.0)
   deleted_total = max(int(by_class[:, 1].sum()), 1)
-  out = {"bits_per_target_byte": sums["ce_sum"] / n / math.log(2),
-         "bits_per_target_byte_soft": sums["soft_ce_sum"] / n / math.log(2),
-         "deletion_rate": 1 - sums["kept"] / max(sums["positions"], 1.0),
-         "encoder_slots_per_input": sums["slots"] / max(sums["inputs"], 1.0),
-         "deleted_by_class": {name: {"positions": count, "deletion_rate": deleted / count,
-                                     "share_of_deleted": deleted / deleted_total}
-                              for name, (count, deleted) in zip(CLASS_NAMES, by_class.tolist()) if count}}
+  out = {
+    "bits_per_target_byte": sums["ce_sum"] / n / math.log(2),
+    "bits_per_target_byte_soft": sums["soft_ce_sum"] / n / math.log(2),
+    "deletion_rate": 1 - sums["kept"] / max(sums["positions"], 1.0),
+    "encoder_slots_per_input": sums["slots"] / max(sums["inputs"], 1.0),
+    "deleted_by_class": {
+      name: {"positions": count, "deletion_rate": deleted / count, "share_of_deleted": deleted / deleted_total}
+      for name, (count, deleted) in zip(CLASS_NAMES, by_class.tolist())
+      if count
+    },
+  }
   if total:
     out["exact_match"] = correct / total
   return out

@@ -66,8 +66,7 @@ def build(cfg: MrT5Run):
 
 def _optimizer(cfg: MrT5Run, params):
   t = cfg.train
-  adamw = optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
-                      mask=decay_mask(params))
+  adamw = optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=decay_mask(params))
   return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw) if t.grad_clip else adamw
 
 
@@ -102,20 +101,27 @@ def make_train_step(cfg: MrT5Run, graphdef, tx):
 
     (loss, (ce, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    updates = jax.tree_util.tree_map_with_path(
-        lambda path, u: u * m.gate_lr_scale if _is_gate(path) else u, updates)
+    updates = jax.tree_util.tree_map_with_path(lambda path, u: u * m.gate_lr_scale if _is_gate(path) else u, updates)
     params = optax.apply_updates(params, updates)
     if m.gate_ema > 0:  # the average starts from the gate's parameters when it is switched on (untrained before)
-      ema = jax.tree.map(lambda e, x: jnp.where(active, m.gate_ema * e + (1 - m.gate_ema) * x, x), ema,
-                         gate_leaves(params))
+      ema = jax.tree.map(
+        lambda e, x: jnp.where(active, m.gate_ema * e + (1 - m.gate_ema) * x, x), ema, gate_leaves(params)
+      )
     deleted = 1.0 - out["kept"] / jnp.maximum(out["positions"], 1)
     if m.alpha < 0:
-      p_acc, i_acc, new_alpha = pi_update(pi["p_acc"], pi["i_acc"], m.target_deletion - deleted, m.k_p, m.k_i,
-                                          -jnp.inf if m.two_sided else 0.0)
-      pi = jax.tree.map(lambda new, old: jnp.where(active, new, old),
-                        {"p_acc": p_acc, "i_acc": i_acc, "alpha": new_alpha}, pi)
-    return params, opt_state, pi, ema, {"loss": loss, "ce": ce, "deleted": deleted, "alpha": alpha,
-                                        "g_mean": out["g_mean"], "g_std": out["g_std"]}
+      p_acc, i_acc, new_alpha = pi_update(
+        pi["p_acc"], pi["i_acc"], m.target_deletion - deleted, m.k_p, m.k_i, -jnp.inf if m.two_sided else 0.0
+      )
+      pi = jax.tree.map(
+        lambda new, old: jnp.where(active, new, old), {"p_acc": p_acc, "i_acc": i_acc, "alpha": new_alpha}, pi
+      )
+    return (
+      params,
+      opt_state,
+      pi,
+      ema,
+      {"loss": loss, "ce": ce, "deleted": deleted, "alpha": alpha, "g_mean": out["g_mean"], "g_std": out["g_std"]},
+    )
 
   return step
 
@@ -126,10 +132,17 @@ def check_same_run(workdir: str | Path | RunDir, cfg: MrT5Run, elsewhere: str = 
   run = RunDir(workdir)
   if run.config.exists():
     old = load_config(run.config, root=MrT5Run)
-    if (old.mrt5, old.data, old.seq2seq, old.train.seed, old.train.batch_size) != \
-        (cfg.mrt5, cfg.data, cfg.seq2seq, cfg.train.seed, cfg.train.batch_size):
-      raise CheckpointError(f"{workdir} holds an MrT5 run with other model, data or objective settings; resume "
-                            f"with the same config, or {elsewhere}")
+    if (old.mrt5, old.data, old.seq2seq, old.train.seed, old.train.batch_size) != (
+      cfg.mrt5,
+      cfg.data,
+      cfg.seq2seq,
+      cfg.train.seed,
+      cfg.train.batch_size,
+    ):
+      raise CheckpointError(
+        f"{workdir} holds an MrT5 run with other model, data or objective settings; resume "
+        f"with the same config, or {elsewhere}"
+      )
 
 
 def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=logs.info) -> dict:
@@ -141,9 +154,14 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
     data = Data(cfg, run.cache)
     graphdef, params = build(cfg)
     tx = _optimizer(cfg, params)
-    state = {"params": params, "opt": tx.init(params),
-             "pi": {k: jnp.asarray(max(cfg.mrt5.alpha, 0.0) if k == "alpha" else 0.0, jnp.float32)
-                    for k in ("p_acc", "i_acc", "alpha")}}
+    state = {
+      "params": params,
+      "opt": tx.init(params),
+      "pi": {
+        k: jnp.asarray(max(cfg.mrt5.alpha, 0.0) if k == "alpha" else 0.0, jnp.float32)
+        for k in ("p_acc", "i_acc", "alpha")
+      },
+    }
     if cfg.mrt5.gate_ema > 0:
       state["gate_ema"] = gate_leaves(params)
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
@@ -163,16 +181,26 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
     return result
 
 
-def _train_steps(cfg: MrT5Run, graphdef, tx, state: dict, data: Data, ckpt: Checkpointer, run: RunDir, start: int,
-                 progress: bool, log) -> dict:
+def _train_steps(
+  cfg: MrT5Run, graphdef, tx, state: dict, data: Data, ckpt: Checkpointer, run: RunDir, start: int, progress: bool, log
+) -> dict:
   """Steps `start` to train.steps with checkpoints, metrics and progress (train/reporter.py); the final state."""
   step_fn = make_train_step(cfg, graphdef, tx)
   params, opt, pi, ema = state["params"], state["opt"], state["pi"], state.get("gate_ema", {})
   good = [start] if start else []
-  nan = NanPolicy("stop", 1, lambda: f"the last good checkpoint is step {good[-1]}" if good else
-                  "no checkpoint was written yet")
-  reporter = Reporter(run, total=cfg.train.steps, start=start, end=cfg.train.steps, log_every=cfg.train.log_every,
-                      progress=progress, show=("ce", "deleted", "alpha"), nan=nan)
+  nan = NanPolicy(
+    "stop", 1, lambda: f"the last good checkpoint is step {good[-1]}" if good else "no checkpoint was written yet"
+  )
+  reporter = Reporter(
+    run,
+    total=cfg.train.steps,
+    start=start,
+    end=cfg.train.steps,
+    log_every=cfg.train.log_every,
+    progress=progress,
+    show=("ce", "deleted", "alpha"),
+    nan=nan,
+  )
   try:
     with StopFlag() as stop:
       for k in range(start, cfg.train.steps):
@@ -182,8 +210,9 @@ def _train_steps(cfg: MrT5Run, graphdef, tx, state: dict, data: Data, ckpt: Chec
         reporter.dispatched(done, out)
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop.set:
           reporter.flush()
-          ckpt.save(done, {"params": params, "opt": opt, "pi": pi, **({"gate_ema": ema} if ema else {})}, None,
-                    {"step": done})
+          ckpt.save(
+            done, {"params": params, "opt": opt, "pi": pi, **({"gate_ema": ema} if ema else {})}, None, {"step": done}
+          )
           good.append(done)
         if stop.set:
           raise Preempted(f"received SIGTERM: saved checkpoint at step {done}; re-run the same command to resume")

@@ -24,13 +24,28 @@ from chunklm.run.trained import read_config
 from chunklm.run.workdir import RunDir, is_checkpoint_dir
 
 # model fields a fine-tuning run may set differently from the run it starts from (they keep every parameter)
-FREE_MODEL_FIELDS = ("model.target_ratio", "model.ratio_loss_weight", "model.ratio_loss", "model.ratio_start",
-                     "model.ratio_warmup_steps",
-                     "model.confidence_loss_weight", "model.capacity_factor", "model.capacity", "model.lr_multipliers",
-                     "model.init_std", "model.dtype", "model.remat", "model.attention_block",
-                     "model.gumbel.temperature", "model.gumbel.prior_weight", "model.gumbel.script_ratios",
-                     "model.delete_gate.alpha", "model.delete_gate.two_sided", "model.delete_gate.keep_all",
-                     "model.entropy.momentum")
+FREE_MODEL_FIELDS = (
+  "model.target_ratio",
+  "model.ratio_loss_weight",
+  "model.ratio_loss",
+  "model.ratio_start",
+  "model.ratio_warmup_steps",
+  "model.confidence_loss_weight",
+  "model.capacity_factor",
+  "model.capacity",
+  "model.lr_multipliers",
+  "model.init_std",
+  "model.dtype",
+  "model.remat",
+  "model.attention_block",
+  "model.gumbel.temperature",
+  "model.gumbel.prior_weight",
+  "model.gumbel.script_ratios",
+  "model.delete_gate.alpha",
+  "model.delete_gate.two_sided",
+  "model.delete_gate.keep_all",
+  "model.entropy.momentum",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,21 +76,26 @@ def _source(source: str) -> tuple[Path, int | None]:
   return path, None
 
 
-def check_compatible(source: str, src: Config, cfg: Config, tokenizer_bytes: bytes | None,
-                     src_tokenizer_bytes: bytes | None) -> None:
+def check_compatible(
+  source: str, src: Config, cfg: Config, tokenizer_bytes: bytes | None, src_tokenizer_bytes: bytes | None
+) -> None:
   """A one-line CheckpointError when the run of `cfg` cannot start from the run of `src`."""
   if (tokenizer_bytes is None) != (src_tokenizer_bytes is None) or tokenizer_bytes != src_tokenizer_bytes:
     what = lambda b: "bytes" if b is None else "another tokenizer"  # noqa: E731
-    raise CheckpointError(f"--init-from {source}: it reads {what(src_tokenizer_bytes)}, this run "
-                          f"{'bytes' if tokenizer_bytes is None else 'its tokenizer ' + cfg.data.tokenizer}; a model "
-                          "can only be fine-tuned with the tokenizer it was trained with")
+    raise CheckpointError(
+      f"--init-from {source}: it reads {what(src_tokenizer_bytes)}, this run "
+      f"{'bytes' if tokenizer_bytes is None else 'its tokenizer ' + cfg.data.tokenizer}; a model "
+      "can only be fine-tuned with the tokenizer it was trained with"
+    )
   fixed = [d for d in differing_fields(src, cfg, ("model",)) if d.split(":")[0] not in FREE_MODEL_FIELDS]
   if fixed:
     field, _, values = fixed[0].partition(": ")
     old, _, new = values.partition(" -> ")
     more = f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""
-    raise CheckpointError(f"--init-from {source}: {field} is {old} there and {new} here{more}; a fine-tuning run "
-                          "keeps the model's fields except " + ", ".join(f.split(".", 1)[1] for f in FREE_MODEL_FIELDS))
+    raise CheckpointError(
+      f"--init-from {source}: {field} is {old} there and {new} here{more}; a fine-tuning run "
+      "keeps the model's fields except " + ", ".join(f.split(".", 1)[1] for f in FREE_MODEL_FIELDS)
+    )
 
 
 def load_init(source: str, cfg: Config, abstract_params, tokenizer_bytes: bytes | None) -> tuple[dict, InitSource]:
@@ -95,8 +115,9 @@ def load_init(source: str, cfg: Config, abstract_params, tokenizer_bytes: bytes 
     step, state, _ = restored
   else:
     if step not in ckpt.steps():
-      raise CheckpointError(f"--init-from {source}: no checkpoint of step {step}; it has steps "
-                            f"{ckpt.steps() or 'none'}")
+      raise CheckpointError(
+        f"--init-from {source}: no checkpoint of step {step}; it has steps {ckpt.steps() or 'none'}"
+      )
     try:
       state, _ = ckpt.restore(step, like, partial=True)
     except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files

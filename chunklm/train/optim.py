@@ -49,8 +49,10 @@ def paper_lr_multipliers(cfg: ModelConfig) -> tuple[float, ...]:
     return (1.0,)
   ratios = list(cfg.target_ratio) + [1.0]
   total = math.prod(ratios)
-  return tuple(math.sqrt(BPE_BYTES_PER_TOKEN * math.prod(ratios[s:]) / total * cfg.d_model[-1] / cfg.d_model[s])
-               for s in range(stages + 1))
+  return tuple(
+    math.sqrt(BPE_BYTES_PER_TOKEN * math.prod(ratios[s:]) / total * cfg.d_model[-1] / cfg.d_model[s])
+    for s in range(stages + 1)
+  )
 
 
 def level_of(path: tuple) -> int:
@@ -63,9 +65,11 @@ def _names(path: tuple) -> list[str]:
 
 def decay_mask(params):
   """True for matrices that get weight decay; norms, embeddings, biases and SSM scalars get none."""
+
   def decays(path, x):
     names = _names(path)
     return x.ndim >= 2 and "table" not in names
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -77,6 +81,7 @@ def level_multiplier(path: tuple, multipliers: tuple[float, ...]) -> float:
 def scale_by_path(factor_of) -> optax.GradientTransformation:
   """Scales each update by `factor_of(tree path)`: computed from the path of the tree it is given, so it works
   inside `optax.multi_transform`, whose branches see the other branch's leaves as empty nodes."""
+
   def init(params):
     del params
     return optax.EmptyState()
@@ -98,8 +103,11 @@ def make_optimizer(train: TrainConfig, model: ModelConfig, params) -> optax.Grad
   parts = []
   if train.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(train.grad_clip))  # over the trained parameters only
-  parts.append(optax.adamw(lr_schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
-                           weight_decay=train.weight_decay, mask=decay_mask))
+  parts.append(
+    optax.adamw(
+      lr_schedule(train), b1=train.b1, b2=train.b2, eps=train.eps, weight_decay=train.weight_decay, mask=decay_mask
+    )
+  )
   multipliers = lr_multipliers(model)
   named, scales = named_parts(model), train.lr_scales()
   check_selectors([sel for sel, _ in scales], params, model, "train.lr_scale")

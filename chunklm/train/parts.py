@@ -46,8 +46,10 @@ def check_selectors(selectors, params, model: ModelConfig, setting: str) -> None
   parts, names = named_parts(model), names_of(params)
   for sel in selectors:
     if not any(matches(n, sel, parts) for n in names):
-      raise ConfigError(f"{setting}: {sel!r} matches no parameter; named parts of this model: "
-                        f"{', '.join(parts)} (or a glob over parameter paths such as backbone.main.*)")
+      raise ConfigError(
+        f"{setting}: {sel!r} matches no parameter; named parts of this model: "
+        f"{', '.join(parts)} (or a glob over parameter paths such as backbone.main.*)"
+      )
 
 
 def frozen_mask(params, model: ModelConfig, freeze: tuple[str, ...]):

@@ -55,9 +55,19 @@ class RunPlan:
   def train_stream(self) -> grain.DatasetIterator:
     """This process's training batches for every step of the run, from the beginning."""
     c = self.cfg
-    return iter(train_dataset(self.units.train, c.data.seq_len, c.train.batch_size, c.train.steps, c.data.seed,
-                              c.data.prefetch, max_docs=c.data.max_docs_per_window or None,
-                              reverse_complement=c.data.dna.reverse_complement, **self.vocab))
+    return iter(
+      train_dataset(
+        self.units.train,
+        c.data.seq_len,
+        c.train.batch_size,
+        c.train.steps,
+        c.data.seed,
+        c.data.prefetch,
+        max_docs=c.data.max_docs_per_window or None,
+        reverse_complement=c.data.dna.reverse_complement,
+        **self.vocab,
+      )
+    )
 
 
 def plan_run(cfg: Config, run: RunDir, *, splits: Splits | None = None, allow_data_change: bool = False) -> RunPlan:
@@ -74,8 +84,12 @@ def plan_run(cfg: Config, run: RunDir, *, splits: Splits | None = None, allow_da
   changes = None
   if saved is not None:
     changes = check_resume(run.path, saved, cfg, lambda c: setup_state(c, abstract=True)[2], allow_data_change)
-  if tok is not None and tok.path is not None and run.tokenizer.exists() \
-      and run.tokenizer.read_bytes() != tok.path.read_bytes():
+  if (
+    tok is not None
+    and tok.path is not None
+    and run.tokenizer.exists()
+    and run.tokenizer.read_bytes() != tok.path.read_bytes()
+  ):
     raise CheckpointError(f"{run} was trained with another tokenizer than {tok.path}; use another --workdir")
   return RunPlan(cfg, run, splits, units, tok, cap, resuming, changes)
 
@@ -91,8 +105,13 @@ def _doc_cap(cfg: Config, saved: Config | None, units: Splits) -> tuple[Config, 
   return cfg, None
 
 
-def announce(plan: RunPlan, init: InitSource | None, resumed_at: int | None, num_params: int,
-             log: Callable[[str], None] = logs.info) -> dict:
+def announce(
+  plan: RunPlan,
+  init: InitSource | None,
+  resumed_at: int | None,
+  num_params: int,
+  log: Callable[[str], None] = logs.info,
+) -> dict:
   """Writes config.yaml (process 0) and the tokenizer's copy, logs what the run is, and returns its provenance."""
   cfg, run = plan.cfg, plan.run
   if init is not None:
@@ -116,9 +135,13 @@ def announce(plan: RunPlan, init: InitSource | None, resumed_at: int | None, num
   log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))
   if plan.cap is not None:
     log(f"windows: {plan.cap.describe()}")
-  log(f"model: {num_params:,} parameters, layout {json.dumps(to_dict(cfg.model.layout))}, "
-      f"d_model {list(cfg.model.d_model)}")
+  log(
+    f"model: {num_params:,} parameters, layout {json.dumps(to_dict(cfg.model.layout))}, "
+    f"d_model {list(cfg.model.d_model)}"
+  )
   if cfg.model.ratio_warmup_steps > cfg.train.steps:
-    logs.warning(f"model.ratio_warmup_steps {cfg.model.ratio_warmup_steps} > train.steps {cfg.train.steps}: the "
-                 "ratio curriculum ends before its target reaches model.target_ratio")
+    logs.warning(
+      f"model.ratio_warmup_steps {cfg.model.ratio_warmup_steps} > train.steps {cfg.train.steps}: the "
+      "ratio curriculum ends before its target reaches model.target_ratio"
+    )
   return made_by

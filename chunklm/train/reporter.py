@@ -48,8 +48,9 @@ class NanPolicy:
       self.total += 1
       if self.in_a_row >= self.limit:
         raise TrainingDiverged(
-            f"training diverged at step {step}: {self.in_a_row} steps in a row had a non-finite loss or gradient and "
-            f"were skipped (train.nan_skip_limit); {self.last_good()}; {ADVICE}")
+          f"training diverged at step {step}: {self.in_a_row} steps in a row had a non-finite loss or gradient and "
+          f"were skipped (train.nan_skip_limit); {self.last_good()}; {ADVICE}"
+        )
     elif self.skip:
       self.in_a_row = 0
     if not math.isfinite(loss) and not self.skip:
@@ -58,8 +59,10 @@ class NanPolicy:
 
   def state_diverged(self, step: int) -> TrainingDiverged:
     """The error for parameters or optimizer state that are not finite after an update (never saved)."""
-    return TrainingDiverged(f"training diverged at step {step}: the parameters or optimizer state are not finite "
-                            f"after the update; {self.last_good()}; {ADVICE}")
+    return TrainingDiverged(
+      f"training diverged at step {step}: the parameters or optimizer state are not finite "
+      f"after the update; {self.last_good()}; {ADVICE}"
+    )
 
 
 class Reporter:
@@ -69,15 +72,33 @@ class Reporter:
   schedule, logged with each train record; `nan`: the NaN policy applied to every step's metrics.
   """
 
-  def __init__(self, run: RunDir, *, total: int, start: int, end: int, log_every: int, progress: bool = True,
-               show: tuple[str, ...] = ("loss", "bpb"), lr: Callable | None = None, nan: NanPolicy | None = None):
+  def __init__(
+    self,
+    run: RunDir,
+    *,
+    total: int,
+    start: int,
+    end: int,
+    log_every: int,
+    progress: bool = True,
+    show: tuple[str, ...] = ("loss", "bpb"),
+    lr: Callable | None = None,
+    nan: NanPolicy | None = None,
+  ):
     self.total, self.start, self.end, self.log_every = total, start, end, log_every
     self.show_keys, self.lr, self.nan = show, lr, nan
     self.is_main = jax.process_index() == 0
     self.metrics = MetricsWriter(run.path, resume_step=start) if self.is_main else None
     on_terminal = progress_lines.on_terminal()
-    self.bar = tqdm(total=total, initial=start, disable=not progress or not self.is_main or not on_terminal,
-                    unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
+    self.bar = tqdm(
+      total=total,
+      initial=start,
+      disable=not progress or not self.is_main or not on_terminal,
+      unit="step",
+      dynamic_ncols=True,
+      file=sys.stderr,
+      mininterval=0.2,
+    )
     self.lines = progress and self.is_main and not on_terminal
     self.line_every, self.last_line = progress_lines.every(), time.perf_counter()
     self.clock, self.bytes = time.perf_counter(), 0.0
@@ -122,8 +143,9 @@ class Reporter:
       self.bytes += stats["bytes"]
       stats["bytes_per_sec"] = self.bytes / max(time.perf_counter() - self.clock, 1e-9)
       postfix["B/s"] = f"{stats['bytes_per_sec']:,.0f}"
-    postfix.update({k.replace("bytes_per_chunk", "B/chunk"): f"{v:.2f}" for k, v in stats.items()
-                    if k.startswith("bytes_per_chunk")})
+    postfix.update(
+      {k.replace("bytes_per_chunk", "B/chunk"): f"{v:.2f}" for k, v in stats.items() if k.startswith("bytes_per_chunk")}
+    )
     self.show(step, postfix)
     if step % self.log_every == 0 or step == self.end:
       rate = {"bytes_per_sec": stats.pop("bytes_per_sec")} if "bytes_per_sec" in stats else {}
@@ -141,8 +163,11 @@ class Reporter:
       if self.t0 is not None and step > self.start + 1:
         per_step = (now - self.t0) / (step - self.start - 1)
         eta = " ETA " + time.strftime("%H:%M:%S", time.gmtime(per_step * (self.total - step)))
-      print(f"step {step}/{self.total} " + " ".join(f"{k} {v}" for k, v in postfix.items()) + eta, file=sys.stderr,
-            flush=True)
+      print(
+        f"step {step}/{self.total} " + " ".join(f"{k} {v}" for k, v in postfix.items()) + eta,
+        file=sys.stderr,
+        flush=True,
+      )
 
   def close_progress(self) -> None:
     self.bar.close()

@@ -50,8 +50,9 @@ class ResumeChanges:
     return {"changed": self.free + self.data, "data_changed": bool(self.data)}
 
 
-def check_resume(workdir: Path, old: Config, new: Config, state_structure, allow_data_change: bool = False
-                 ) -> ResumeChanges:
+def check_resume(
+  workdir: Path, old: Config, new: Config, state_structure, allow_data_change: bool = False
+) -> ResumeChanges:
   """The changes from the run's saved config `old` to `new`, or a one-line CheckpointError when the rule refuses
   them. `state_structure(cfg)` gives a config's abstract train state (compared as tree structure, shapes, dtypes)."""
   diffs = differing_fields(old, new, SECTIONS)
@@ -59,22 +60,27 @@ def check_resume(workdir: Path, old: Config, new: Config, state_structure, allow
   for d in diffs:
     by_class[field_class(d.split(":")[0])].append(d)
   if not by_class["state"] and diffs:
+
     def layout(cfg):
       tree = state_structure(cfg)
       return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
+
     reference = layout(old)
     if layout(new) != reference:  # name the settings that do it: each one applied alone
-      by_class["state"] = [d for d in by_class["free"] + by_class["data"]
-                           if layout(_with(old, new, d.split(":")[0])) != reference] or diffs
+      by_class["state"] = [
+        d for d in by_class["free"] + by_class["data"] if layout(_with(old, new, d.split(":")[0])) != reference
+      ] or diffs
   if by_class["state"]:
     raise CheckpointError(
-        f"{workdir} holds checkpoints of another model or optimizer state ({'; '.join(by_class['state'])}); they "
-        "cannot continue with these settings: resume with the original ones, or train in another --workdir")
+      f"{workdir} holds checkpoints of another model or optimizer state ({'; '.join(by_class['state'])}); they "
+      "cannot continue with these settings: resume with the original ones, or train in another --workdir"
+    )
   if by_class["data"] and not allow_data_change:
     raise CheckpointError(
-        f"{workdir} was trained on another data stream ({'; '.join(by_class['data'])}); resuming would mix two "
-        "streams in one run: pass --allow-data-change to continue on the new one (recorded in metrics.jsonl), or "
-        "use another --workdir")
+      f"{workdir} was trained on another data stream ({'; '.join(by_class['data'])}); resuming would mix two "
+      "streams in one run: pass --allow-data-change to continue on the new one (recorded in metrics.jsonl), or "
+      "use another --workdir"
+    )
   return ResumeChanges(by_class["free"], by_class["data"])
 
 
@@ -84,4 +90,6 @@ def _with(old: Config, new: Config, key: str) -> Config:
   part = getattr(old, section)
   if "." in name or not hasattr(part, name):
     return new
-  return dataclasses.replace(old, **{section: dataclasses.replace(part, **{name: getattr(getattr(new, section), name)})})
+  return dataclasses.replace(
+    old, **{section: dataclasses.replace(part, **{name: getattr(getattr(new, section), name)})}
+  )

@@ -15,7 +15,8 @@ import os
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from chunklm.config import MeshConfig
 from chunklm.errors import ConfigError
@@ -27,8 +28,10 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
   n = len(devices)
   data = cfg.data if cfg.data > 0 else n // (cfg.fsdp * cfg.tensor)
   if data < 1 or data * cfg.fsdp * cfg.tensor != n:
-    raise ConfigError(f"mesh: data={cfg.data} x fsdp={cfg.fsdp} x tensor={cfg.tensor} does not match the {n} "
-                      "available device(s); use data=-1 to take the remaining devices")
+    raise ConfigError(
+      f"mesh: data={cfg.data} x fsdp={cfg.fsdp} x tensor={cfg.tensor} does not match the {n} "
+      "available device(s); use data=-1 to take the remaining devices"
+    )
   return jax.make_mesh((data, cfg.fsdp, cfg.tensor), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
@@ -39,10 +42,12 @@ def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 def param_shardings(params: nnx.State, mesh: Mesh):
   """NamedShardings for a params tree (leaves inside nnx.Param carry their logical axes)."""
+
   def one(var):
     shape = np.shape(var.get_value())  # a ShapeDtypeStruct in an abstract state: its shape, never its values
     axes = var.get_metadata().get("out_sharding") or (None,) * len(shape)
     return var.replace(NamedSharding(mesh, spec_for(axes, shape, mesh)))
+
   return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
@@ -79,16 +84,20 @@ def device_memory_bytes(device) -> int | None:
 def check_state_fits(abstract_state: dict, shardings: dict, num_params: int) -> None:
   """One line instead of an out-of-memory crash when the train state alone (parameters and optimizer state, as
   sharded) cannot fit on a device; activations come on top, so passing this is necessary, not sufficient."""
-  per_device = sum(math.prod(sh.shard_shape(np.shape(x))) * np.dtype(x.dtype).itemsize
-                   for x, sh in zip(jax.tree.leaves(abstract_state), jax.tree.leaves(shardings)))
+  per_device = sum(
+    math.prod(sh.shard_shape(np.shape(x))) * np.dtype(x.dtype).itemsize
+    for x, sh in zip(jax.tree.leaves(abstract_state), jax.tree.leaves(shardings))
+  )
   device = jax.local_devices()[0]
   limit = device_memory_bytes(device)
   if limit and per_device > limit:
-    gib = 1024 ** 3
-    raise ConfigError(f"the model's parameters and optimizer state need {per_device / gib:.1f} GiB per device "
-                      f"({num_params / 1e6:,.0f} M parameters) but a {device.platform} device has "
-                      f"{limit / gib:.1f} GiB; make the model smaller (model.d_model, the layout) or shard it "
-                      "over more devices with mesh.fsdp")
+    gib = 1024**3
+    raise ConfigError(
+      f"the model's parameters and optimizer state need {per_device / gib:.1f} GiB per device "
+      f"({num_params / 1e6:,.0f} M parameters) but a {device.platform} device has "
+      f"{limit / gib:.1f} GiB; make the model smaller (model.d_model, the layout) or shard it "
+      "over more devices with mesh.fsdp"
+    )
 
 
 def put_abstract(x, sharding: NamedSharding) -> jax.ShapeDtypeStruct:
@@ -114,17 +123,21 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size"
   """The global batch must split evenly over the batch shards (data x fsdp) and over the processes feeding them."""
   shards, procs = batch_shards(mesh), process_count(mesh)
   if batch_size % shards or batch_size % procs:
-    raise ConfigError(f"{what} {batch_size} is not divisible by the {shards} batch shards of the mesh (data "
-                      f"{mesh.shape['data']} x fsdp {mesh.shape['fsdp']}) and by its {procs} process(es)")
+    raise ConfigError(
+      f"{what} {batch_size} is not divisible by the {shards} batch shards of the mesh (data "
+      f"{mesh.shape['data']} x fsdp {mesh.shape['fsdp']}) and by its {procs} process(es)"
+    )
 
 
 def on_mesh(fn, mesh: Mesh):
   """fn called (and so traced) under `jax.set_mesh(mesh)`: the model's activation constraints, weight gathers and
   per-shard Pallas kernels read the mesh from there (`chunklm.mesh.context`)."""
+
   @functools.wraps(fn)
   def call(*args, **kwargs):
     with jax.set_mesh(mesh):
       return fn(*args, **kwargs)
+
   return call
 
 
@@ -137,4 +150,4 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
 def local_rows(batch: dict) -> dict:
   """This process's share of a batch that every process holds in full (evaluation)."""
   n, i = jax.process_count(), jax.process_index()
-  return {k: v[i * len(v) // n:(i + 1) * len(v) // n] for k, v in batch.items()}
+  return {k: v[i * len(v) // n : (i + 1) * len(v) // n] for k, v in batch.items()}

@@ -34,8 +34,12 @@ LN2 = math.log(2.0)
 
 
 def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> dict:
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-          "rng": jax.random.key_data(jax.random.key(seed))}
+  return {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "opt_state": tx.init(params),
+    "rng": jax.random.key_data(jax.random.key(seed)),
+  }
 
 
 def ratio_targets(cfg: ModelConfig, step) -> tuple | None:
@@ -54,9 +58,11 @@ def routing_loss(stages: tuple[StageOutput, ...], cfg: ModelConfig, targets: tup
   p, + sum_s router losses (model/stage_output.py); L_s toward `targets` (`ratio_targets`), default target_ratio."""
   targets = targets or (None,) * len(stages)
   learned = [(st, n) for st, n in zip(stages, targets, strict=True) if st.learnable_p]
-  return (cfg.ratio_loss_weight * sum(st.ratio_loss(n) for st, n in learned)
-          + cfg.confidence_loss_weight * sum(st.uncertainty for st, _ in learned)
-          + sum((st.router_aux for st in stages), jnp.zeros((), jnp.float32)))
+  return (
+    cfg.ratio_loss_weight * sum(st.ratio_loss(n) for st, n in learned)
+    + cfg.confidence_loss_weight * sum(st.uncertainty for st, _ in learned)
+    + sum((st.router_aux for st in stages), jnp.zeros((), jnp.float32))
+  )
 
 
 def loss_fn(params, graphdef, batch: dict, rng=None, step=None):
@@ -72,8 +78,13 @@ def loss_fn(params, graphdef, batch: dict, rng=None, step=None):
   targets = ratio_targets(model.cfg, step)
   extra = routing_loss(stages, model.cfg, targets)
   loss = nll + extra
-  metrics: dict[str, Any] = {"loss": loss, "nll": nll, "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2, "bytes": n_bytes,
-             **stage_metrics(stages, targets)}
+  metrics: dict[str, Any] = {
+    "loss": loss,
+    "nll": nll,
+    "bpb": total_nll / jnp.maximum(n_bytes, 1.0) / LN2,
+    "bytes": n_bytes,
+    **stage_metrics(stages, targets),
+  }
   if targets is not None:
     metrics.update({f"target_ratio_s{s}": n for s, n in enumerate(targets)})
   if stages:
@@ -83,15 +94,17 @@ def loss_fn(params, graphdef, batch: dict, rng=None, step=None):
   return loss, metrics
 
 
-def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: dict, skip_nonfinite: bool = False,
-               frozen=None) -> tuple[dict, dict]:
+def train_step(
+  graphdef, tx: optax.GradientTransformation, state: dict, batch: dict, skip_nonfinite: bool = False, frozen=None
+) -> tuple[dict, dict]:
   """One optimizer step. `skip_nonfinite` (train.nan_policy=skip): a step whose loss, gradient or updated
   parameters are not finite keeps the old parameters and optimizer state (the step counter and RNG still advance)
   and reports metrics["skipped"] = 1. `frozen` (a pytree of bools like the parameters, or None): parameters that
   train.freeze leaves as they are; metrics["grad_norm"] is over the others (and XLA need not compute the rest)."""
   rng, noise = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], graphdef, batch, noise,
-                                                                   state["step"])
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state["params"], graphdef, batch, noise, state["step"]
+  )
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   stats = metrics.pop("stats", None)
@@ -103,11 +116,11 @@ def train_step(graphdef, tx: optax.GradientTransformation, state: dict, batch: d
   metrics["grad_norm"] = optax.tree.norm(trained)
   if skip_nonfinite:
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & all_finite(params)
-    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
-                                     (state["params"], state["opt_state"]))
+    params, opt_state = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old), (params, opt_state), (state["params"], state["opt_state"])
+    )
     metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
-  new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-               "rng": jax.random.key_data(rng)}
+  new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": jax.random.key_data(rng)}
   return new_state, metrics
 
 
@@ -117,11 +130,18 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, state_sharding=None, batch_sharding=None,
-                    skip_nonfinite: bool = False, frozen=None):
+def make_train_step(
+  graphdef,
+  tx: optax.GradientTransformation,
+  state_sharding=None,
+  batch_sharding=None,
+  skip_nonfinite: bool = False,
+  frozen=None,
+):
   """The jitted step; with shardings, state and batch are laid out on the mesh and the state stays there."""
   fn = functools.partial(train_step, graphdef, tx, skip_nonfinite=skip_nonfinite, frozen=frozen)
   if state_sharding is None:
     return jax.jit(fn, donate_argnums=0)
-  return jax.jit(fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
-                 donate_argnums=0)
+  return jax.jit(
+    fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None), donate_argnums=0
+  )

@@ -29,8 +29,15 @@ from chunklm.train.optim import lr_schedule
 from chunklm.train.parts import frozen_mask
 from chunklm.train.plan import RunPlan, announce, plan_run
 from chunklm.train.reporter import NanPolicy, Reporter, TrainingDiverged
-from chunklm.train.sharding import (batch_sharding, check_batch_size, check_state_fits, make_mesh, on_mesh,
-                                    put_batch, state_shardings)
+from chunklm.train.sharding import (
+  batch_sharding,
+  check_batch_size,
+  check_state_fits,
+  make_mesh,
+  on_mesh,
+  put_batch,
+  state_shardings,
+)
 from chunklm.train.signals import StopFlag
 from chunklm.train.state import setup_state
 from chunklm.train.step import all_finite, make_train_step
@@ -58,8 +65,16 @@ class TrainResult:
     return self.run.step
 
 
-def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None, progress: bool = True,
-          log=logs.info, splits: Splits | None = None, allow_data_change: bool = False) -> TrainResult:
+def train(
+  cfg: Config,
+  workdir: str | Path,
+  *,
+  stop_after: int | None = None,
+  progress: bool = True,
+  log=logs.info,
+  splits: Splits | None = None,
+  allow_data_change: bool = False,
+) -> TrainResult:
   """Trains (or resumes) the run in `workdir`, holding its lock throughout (process 0 of a multi-host run)."""
   run = RunDir(workdir)
   with workdir_lock(run.path, enabled=jax.process_index() == 0):
@@ -83,8 +98,9 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
   nan = NanPolicy(cfg.train.nan_policy, cfg.train.nan_skip_limit, saver.last_good)
   reporter = _reporter(plan, start, end, progress, nan, made_by, resumed=restored is not None)
   frozen = frozen_mask(state["params"], cfg.model, cfg.train.freeze) if cfg.train.freeze else None
-  step_fn = on_mesh(make_train_step(graphdef, tx, sharding, batch_sharding(mesh), skip_nonfinite=nan.skip,
-                                    frozen=frozen), mesh)
+  step_fn = on_mesh(
+    make_train_step(graphdef, tx, sharding, batch_sharding(mesh), skip_nonfinite=nan.skip, frozen=frozen), mesh
+  )
   validate = Validation(plan, graphdef, mesh)
   if start < end:  # silent for minutes on a big model; XLA's "Very slow compile?" banner is a notice, not an error
     log(f"compiling the training step (step {start + 1} of {cfg.train.steps} waits for it) ...")
@@ -115,20 +131,38 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
   return _finish(plan, reporter, validate, graphdef, state["params"], step, stop.set, num_params, progress)
 
 
-def _reporter(plan: RunPlan, start: int, end: int, progress: bool, nan: NanPolicy, made_by: dict, resumed: bool
-              ) -> Reporter:
+def _reporter(
+  plan: RunPlan, start: int, end: int, progress: bool, nan: NanPolicy, made_by: dict, resumed: bool
+) -> Reporter:
   """The run's reporter, with the `run` record (provenance) and, on a resume that changed settings, a `resume` one."""
   cfg, changes = plan.cfg, plan.changes
-  reporter = Reporter(plan.run, total=cfg.train.steps, start=start, end=end, log_every=cfg.train.log_every,
-                      progress=progress, lr=lr_schedule(cfg.train), nan=nan)
+  reporter = Reporter(
+    plan.run,
+    total=cfg.train.steps,
+    start=start,
+    end=end,
+    log_every=cfg.train.log_every,
+    progress=progress,
+    lr=lr_schedule(cfg.train),
+    nan=nan,
+  )
   reporter.write(start, "run", made_by)
   if resumed and changes is not None and (changes.free or changes.data):
     reporter.write(start, "resume", changes.record())
   return reporter
 
 
-def _finish(plan: RunPlan, reporter: Reporter, validate: Validation, graphdef, params, step: int, signalled: bool,
-            num_params: int, progress: bool) -> TrainResult:
+def _finish(
+  plan: RunPlan,
+  reporter: Reporter,
+  validate: Validation,
+  graphdef,
+  params,
+  step: int,
+  signalled: bool,
+  num_params: int,
+  progress: bool,
+) -> TrainResult:
   """A finished run's final evaluation and loss plot; the result of any run."""
   cfg = plan.cfg
   reporter.close_progress()
@@ -140,8 +174,10 @@ def _finish(plan: RunPlan, reporter: Reporter, validate: Validation, graphdef, p
   if jax.process_index() == 0:
     plot_curves(plan.run.path, targets=cfg.model.target_ratio if cfg.model.num_stages else ())
   trained = TrainedRun(plan.run.path, cfg, graphdef, params, step, plan.tokenizer)
-  return TrainResult(trained, finished, signalled, valid, order0_entropy(plan.splits.valid), num_params,
-                     plan.splits.valid)
+  return TrainResult(
+    trained, finished, signalled, valid, order0_entropy(plan.splits.valid), num_params, plan.splits.valid
+  )
+
 
 def _placed_state(cfg: Config, mesh):
   """(graphdef, optimizer, train state on the mesh, its shardings, parameter count); refuses a state that cannot fit
@@ -159,7 +195,9 @@ def _initialised(plan: RunPlan, state: dict, sharding: dict) -> tuple[dict, Init
   cfg, tok = plan.cfg, plan.tokenizer
   if plan.resuming or not cfg.train.init_from:
     return state, None
-  params, init = load_init(cfg.train.init_from, cfg, state["params"], tok.path.read_bytes() if tok and tok.path else None)
+  params, init = load_init(
+    cfg.train.init_from, cfg, state["params"], tok.path.read_bytes() if tok and tok.path else None
+  )
   return {**state, "params": jax.device_put(params, sharding["params"])}, init
 
 

@@ -28,8 +28,16 @@ class Validation:
 
   def __call__(self, params, max_bytes: int, progress: bool = False) -> dict:
     p = self.plan
-    return evaluate(self.eval_fn, params, self._docs(max_bytes), p.cfg.data.seq_len, self.batch_size,
-                    progress=progress, put=lambda batch: put_batch(local_rows(batch), self.mesh), **p.vocab)
+    return evaluate(
+      self.eval_fn,
+      params,
+      self._docs(max_bytes),
+      p.cfg.data.seq_len,
+      self.batch_size,
+      progress=progress,
+      put=lambda batch: put_batch(local_rows(batch), self.mesh),
+      **p.vocab,
+    )
 
   def _docs(self, max_bytes: int) -> Documents:
     if max_bytes not in self.docs:

@@ -6,11 +6,14 @@ from chunklm.cli import options
 
 
 def add(sub) -> None:
-  p = sub.add_parser("boundaries", help="where an H-Net puts chunk boundaries: pictures and statistics",
-                     description="Show the chunk boundaries of a trained H-Net on a text (terminal, HTML with the "
-                                 "router's p as a heat strip, PNG), and statistics over a corpus: bytes-per-chunk "
-                                 "histogram per stage, precision/recall against whitespace, word starts and BPE "
-                                 "token starts, the longest and shortest chunks.")
+  p = sub.add_parser(
+    "boundaries",
+    help="where an H-Net puts chunk boundaries: pictures and statistics",
+    description="Show the chunk boundaries of a trained H-Net on a text (terminal, HTML with the "
+    "router's p as a heat strip, PNG), and statistics over a corpus: bytes-per-chunk "
+    "histogram per stage, precision/recall against whitespace, word starts and BPE "
+    "token starts, the longest and shortest chunks.",
+  )
   p.set_defaults(body="boundaries")
   options.add_workdir(p, "a trained H-Net run")
   src = p.add_mutually_exclusive_group()

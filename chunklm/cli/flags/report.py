@@ -6,14 +6,20 @@ from chunklm.cli import options
 
 
 def add(sub) -> None:
-  p = sub.add_parser("report", help="one HTML page per run, or one comparing several",
-                     description="Write an HTML report of one or more runs: config, parameters, loss/BPB and "
-                                 "chunk-ratio curves, final valid figures, the robustness table (if `chunklm "
-                                 "robustness` was run there), a boundary picture and generated samples.")
+  p = sub.add_parser(
+    "report",
+    help="one HTML page per run, or one comparing several",
+    description="Write an HTML report of one or more runs: config, parameters, loss/BPB and "
+    "chunk-ratio curves, final valid figures, the robustness table (if `chunklm "
+    "robustness` was run there), a boundary picture and generated samples.",
+  )
   p.set_defaults(body="report")
   options.add_workdir(p, "a trained run (repeatable)", repeatable=True)
   p.add_argument("--samples", type=int, default=2, help="generated samples per run (default: %(default)s)")
   options.add_seed(p, "sampling")
   options.group(p, "output").add_argument(
-      "--out", default=None, metavar="PATH",
-      help="HTML file (default: <workdir>/report.html, or runs/report.html for several runs)")
+    "--out",
+    default=None,
+    metavar="PATH",
+    help="HTML file (default: <workdir>/report.html, or runs/report.html for several runs)",
+  )

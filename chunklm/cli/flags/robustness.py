@@ -7,14 +7,18 @@ from chunklm.eval.perturb import PERTURBATIONS
 
 
 def add(sub) -> None:
-  p = sub.add_parser("robustness", help="BPB of trained models on clean and character-perturbed text",
-                     description="Score one or more trained models on clean text and on perturbed copies of it "
-                                 "(case flips, deletions, typos, AntSpeak, ...); every model sees the same bytes. "
-                                 "Writes robustness.md, robustness.csv and robustness.png.")
+  p = sub.add_parser(
+    "robustness",
+    help="BPB of trained models on clean and character-perturbed text",
+    description="Score one or more trained models on clean text and on perturbed copies of it "
+    "(case flips, deletions, typos, AntSpeak, ...); every model sees the same bytes. "
+    "Writes robustness.md, robustness.csv and robustness.png.",
+  )
   p.set_defaults(body="robustness")
   options.add_workdir(p, "a trained run (repeatable)", repeatable=True)
-  p.add_argument("--perturbations", default="all",
-                 help="comma-separated subset of: " + ", ".join(PERTURBATIONS) + " (default: all)")
+  p.add_argument(
+    "--perturbations", default="all", help="comma-separated subset of: " + ", ".join(PERTURBATIONS) + " (default: all)"
+  )
   p.add_argument("--strength", type=float, default=0.1, help="probability of touching a character (default: 0.1)")
   options.add_seed(p, "perturbation")
   options.add_run_overrides(p)
