@@ -205,6 +205,7 @@ def _train(
   )
   rng = np.random.default_rng(settings.seed)
   order, pos = rng.permutation(len(train_records)), 0
+  shown: dict[str, str] = {}
   reporter = Reporter(
     run, total=settings.steps, start=0, end=settings.steps, log_every=settings.eval_every, progress=progress
   )
@@ -219,7 +220,8 @@ def _train(
         row = {"loss": float(total), "ce": float(ce)}
         row["test_accuracy"] = evaluate(graphdef, params, test_records, classes, settings)["accuracy"]
         reporter.write(k, "train", row)
-        reporter.show(k, {"loss": f"{row['loss']:.3f}", "test_acc": f"{row['test_accuracy']:.3f}"})
+        shown = {"loss": f"{row['loss']:.3f}", "test_acc": f"{row['test_accuracy']:.3f}"}
+      reporter.show(k, shown)  # every step moves the progress; the figures change at each evaluation
   finally:
     reporter.close()
   ckpt = Checkpointer(run.checkpoints, keep=1, asynchronous=False)

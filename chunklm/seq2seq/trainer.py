@@ -154,16 +154,11 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
     data = Data(cfg, run.cache)
     graphdef, params = build(cfg)
     tx = _optimizer(cfg, params)
-    state = {
-      "params": params,
-      "opt": tx.init(params),
-      "pi": {
-        k: jnp.asarray(max(cfg.mrt5.alpha, 0.0) if k == "alpha" else 0.0, jnp.float32)
-        for k in ("p_acc", "i_acc", "alpha")
-      },
+    pi = {
+      k: jnp.asarray(max(cfg.mrt5.alpha, 0.0) if k == "alpha" else 0.0, jnp.float32)
+      for k in ("p_acc", "i_acc", "alpha")
     }
-    if cfg.mrt5.gate_ema > 0:
-      state["gate_ema"] = gate_leaves(params)
+    state = state_of(params, tx.init(params), pi, gate_leaves(params) if cfg.mrt5.gate_ema > 0 else {})
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     restored = ckpt.restore_latest(state)
     start = 0
@@ -210,15 +205,19 @@ def _train_steps(
         reporter.dispatched(done, out)
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop.set:
           reporter.flush()
-          ckpt.save(
-            done, {"params": params, "opt": opt, "pi": pi, **({"gate_ema": ema} if ema else {})}, None, {"step": done}
-          )
+          ckpt.save(done, state_of(params, opt, pi, ema), None, {"step": done})
           good.append(done)
         if stop.set:
           raise Preempted(f"received SIGTERM: saved checkpoint at step {done}; re-run the same command to resume")
       reporter.flush()
   finally:
     reporter.close()
+  return state_of(params, opt, pi, ema)
+
+
+def state_of(params, opt, pi, ema: dict) -> dict:
+  """The checkpointed state of an MrT5 run: parameters, optimizer, PI controller and (mrt5.gate_ema > 0) the gate's
+  moving average."""
   return {"params": params, "opt": opt, "pi": pi, **({"gate_ema": ema} if ema else {})}
 
 
