@@ -1,5 +1,5 @@
-"""`chunklm bench train | generate | kernels | capacity | compile`: check the flags, measure (`chunklm.bench`), write
-the figures as JSON on request (each benchmark prints its own table)."""
+"""`chunklm bench train | generate | kernels | capacity | compile | data`: check the flags, measure (`chunklm.bench`),
+write the figures as JSON on request (each benchmark prints its own table)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import jax
 
 from chunklm.bench.capacity import bench_capacity
 from chunklm.bench.compile import bench_compile
+from chunklm.bench.data import bench_data
 from chunklm.bench.generate import bench_generate
 from chunklm.bench.kernels import bench_kernels
 from chunklm.bench.train import bench_train
@@ -85,6 +86,20 @@ def compile_tpu(args) -> int:
   _need_config(args)
   report = bench_compile(args.config, args.topology, args.overrides, args.hlo)
   write_json(args.json, {"config": args.config, "overrides": args.overrides, **dataclasses.asdict(report)})
+  return 0
+
+
+def data(args) -> int:
+  if not args.data:
+    raise UserError("bench data: --data is required (the corpus to measure)")
+  if missing := [p for p in args.data if not Path(p).exists()]:
+    raise UserError(f"bench data: --data {missing[0]}: no such file or directory")
+  if args.steps <= 0 or args.repeat <= 0 or args.processes <= 0:
+    raise UserError("bench data: --steps, --repeat and --processes must be positive")
+  figures = bench_data(
+    args.data, args.config, args.steps, args.overrides, args.processes, args.repeat, args.workdir_root, args.keep
+  )
+  write_json(args.json, figures)
   return 0
 
 

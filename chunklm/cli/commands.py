@@ -46,4 +46,5 @@ COMMANDS = {
   "bench kernels": bench.kernels,
   "bench capacity": bench.capacity,
   "bench compile": bench.compile_tpu,
+  "bench data": bench.data,
 }

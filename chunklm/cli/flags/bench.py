@@ -1,4 +1,4 @@
-"""The flags of `chunklm bench train | generate | kernels | capacity | compile`."""
+"""The flags of `chunklm bench train | generate | kernels | capacity | compile | data`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def add(sub) -> None:
     description="Benchmarks that print measured figures with the machine they ran on.",
   )
   bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
-  for add_one in (_add_train, _add_generate, _add_kernels, _add_capacity, _add_compile):
+  for add_one in (_add_train, _add_generate, _add_kernels, _add_capacity, _add_compile, _add_data):
     add_one(bsub)
 
 
@@ -164,3 +164,33 @@ def _add_compile(bsub) -> None:
   )
   options.add_output(b, json_what="the report")
   b.add_argument("--hlo", default=None, metavar="PATH", help="also write the compiled (optimized) HLO text")
+
+
+def _add_data(bsub) -> None:
+  b = bsub.add_parser(
+    "data",
+    help="start-up cost of training on a corpus: CPU s and wall s to step 1, peak RSS, bytes read, workdir size",
+    description="Run `chunklm train` on --data for a few steps in child processes and measure, from outside: "
+    "CPU seconds (user + system) and wall seconds until the trainer starts compiling step 1, peak resident "
+    "memory, bytes read through syscalls (rchar) by then and in all, and the workdir's size split into "
+    "checkpoints/ and the rest. The figures are for the machine it runs on (its CPUs, disk and page cache).",
+  )
+  b.set_defaults(body="bench data")
+  options.add_config(b)
+  options.add_data(b, "training data to measure (repeatable): as `chunklm train --data`", valid=False)
+  b.add_argument("--steps", type=int, default=3, help="training steps per run (sets train.steps; default: %(default)s)")
+  b.add_argument("--repeat", type=int, default=1, help="runs, one after another; the median is reported too")
+  b.add_argument(
+    "--processes",
+    type=int,
+    default=1,
+    help="processes of one multi-process run on this machine (jax.distributed; default: %(default)s)",
+  )
+  b.add_argument(
+    "--workdir-root",
+    default=None,
+    metavar="DIR",
+    help="where the runs' workdirs go (DIR/run-1, ...); default: a temporary directory",
+  )
+  b.add_argument("--keep", action="store_true", help="keep the workdirs (removed after measuring by default)")
+  options.add_output(b)
