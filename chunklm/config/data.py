@@ -40,7 +40,7 @@ class DataConfig:
   valid_sources: tuple[str, ...] = ()  # held-out paths; () = split `sources` by document
   include: tuple[str, ...] = ("*",)  # glob patterns a file inside a directory must match (name or relative path)
   exclude: tuple[str, ...] = ()  # glob patterns that skip files inside directories
-  jsonl_field: str = "text"  # field holding the text in .jsonl records
+  jsonl_field: str = "text"  # field holding the text: the key in .jsonl records, the column of Parquet files
   doc_separator: str = ""  # split text files into documents at this string; "" = one document per file
   valid_fraction: float = 0.02  # fraction of documents held out when valid_sources is empty
   split_seed: int = 0  # seed of the document hash that decides the train/valid split

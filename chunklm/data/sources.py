@@ -1,7 +1,9 @@
-"""Where documents come from: text files, directories, JSONL, FASTA/FASTQ, their .gz, and the built-in corpus.
+"""Where documents come from: text files, directories, JSONL, FASTA/FASTQ, their .gz, Parquet, ArrayRecord, a
+directory `chunklm data prepare` wrote, and the built-in corpus.
 
 Every source yields `(name, bytes)` documents. Bytes are taken as they are on disk: binary and invalid UTF-8 are
-valid input. The built-in default corpus is the source code of the running Python's standard library (no download).
+valid input, but compressed files and archives other than gzip are refused in one line (formats.sniff). The built-in
+default corpus is the source code of the running Python's standard library (no download).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import io
+import itertools
 import json
 import os
 import sysconfig
@@ -16,6 +19,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from chunklm.data.formats import Format, array_record_documents, parquet_documents, prepared_manifest, sniff
 from chunklm.errors import DataError
 
 Document = tuple[str, bytes]
@@ -66,20 +70,25 @@ def _lines(path: Path) -> Iterator[bytes]:
     raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _text_documents(path: Path, name: str, separator: bytes) -> Iterator[Document]:
-  data = _read_all(path)
+def _text_documents(path: Path, name: str, separator: bytes, start: int) -> Iterator[Document]:
   if not separator:
-    yield name, data
+    if not start:  # one record: the whole file
+      yield name, _read_all(path)
     return
-  for i, part in enumerate(data.split(separator)):
-    yield f"{name}#{i}", part
+  yield from itertools.islice(
+    ((f"{name}#{i}", part) for i, part in enumerate(_read_all(path).split(separator))), start, None
+  )
 
 
-def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+def jsonl_objects(path: Path, skip: int = 0) -> Iterator[tuple[int, dict]]:
   """(line number, object) for every non-blank line of a JSONL file (plain or .gz), streamed; a line that is not a
-  JSON object is a one-line DataError naming the file and line."""
+  JSON object is a one-line DataError naming the file and line. The first `skip` non-blank lines are passed over
+  unparsed (resuming inside a file)."""
   for lineno, line in enumerate(_lines(path), 1):
     if not line.strip():
+      continue
+    if skip:
+      skip -= 1
       continue
     try:
       record = json.loads(line)
@@ -90,8 +99,8 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
     yield lineno, record
 
 
-def _jsonl_documents(path: Path, name: str, field: str) -> Iterator[Document]:
-  for lineno, record in jsonl_objects(path):
+def _jsonl_documents(path: Path, name: str, field: str, start: int) -> Iterator[Document]:
+  for lineno, record in jsonl_objects(path, start):
     if field not in record:
       raise DataError(f"{path}:{lineno}: record has no field {field!r} (set data.jsonl_field)")
     text = record[field]
@@ -140,15 +149,33 @@ def _fastq_documents(path: Path, name: str) -> Iterator[Document]:
     raise DataError(f"{path}: FASTQ must have 4 lines per record; the last record has {len(record)}")
 
 
-def file_documents(path: Path, name: str, *, jsonl_field: str = "text", doc_separator: str = "") -> Iterator[Document]:
+def file_documents(
+  path: Path, name: str, *, jsonl_field: str = "text", doc_separator: str = "", start: int = 0
+) -> Iterator[Document]:
+  """The documents of one file, from its `start`-th on: exactly `list(file_documents(path, name))[start:]`, read
+  without the documents before where the format allows (Parquet skips row groups, ArrayRecord seeks, JSONL skips
+  lines unparsed). What the file is comes from its name and first bytes (formats.sniff)."""
+  return _documents(path, name, sniff(path), jsonl_field, doc_separator, start)
+
+
+def _documents(
+  path: Path, name: str, fmt: Format, jsonl_field: str, doc_separator: str, start: int
+) -> Iterator[Document]:
+  """file_documents of a file already sniffed (iter_documents sniffs every file before reading any)."""
+  if start < 0:
+    raise ValueError(f"start must be >= 0, got {start}")
+  if fmt == "parquet":
+    return parquet_documents(path, name, jsonl_field, start)
+  if fmt == "array_record":
+    return array_record_documents(path, name, start)
   kind = _kind(path)
   if kind == "fasta":
-    return _fasta_documents(path, name)
+    return itertools.islice(_fasta_documents(path, name), start, None)
   if kind == "fastq":
-    return _fastq_documents(path, name)
+    return itertools.islice(_fastq_documents(path, name), start, None)
   if kind == "jsonl":
-    return _jsonl_documents(path, name, jsonl_field)
-  return _text_documents(path, name, doc_separator.encode("utf-8"))
+    return _jsonl_documents(path, name, jsonl_field, start)
+  return _text_documents(path, name, doc_separator.encode("utf-8"), start)
 
 
 def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
@@ -160,7 +187,8 @@ def list_files(
   path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (), option: str = "--data"
 ) -> list[Path]:
   """The files a path given with `option` stands for, sorted; raises DataError for missing paths or empty
-  directories."""
+  directories. A directory `chunklm data prepare` wrote stands for its shards, in its manifest's order (include and
+  exclude do not apply)."""
   p = Path(path)
   if not p.exists():
     raise DataError(f"{option} {path}: no such file or directory")
@@ -170,6 +198,9 @@ def list_files(
     return [p]
   if not p.is_dir():
     raise DataError(f"{option} {path}: not a regular file or directory")
+  manifest = prepared_manifest(p)
+  if manifest is not None:
+    return [p / shard["file"] for shard in manifest["shards"]]
   files = []
   for root, dirs, names in os.walk(p):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -201,14 +232,24 @@ def iter_documents(
   doc_separator: str = "",
   option: str = "--data",
 ) -> Iterator[Document]:
-  """All documents of `paths` in a deterministic order. Every path is checked before any is read."""
-  plan = []
+  """All documents of `paths` in a deterministic order. Every path is checked (and every file sniffed) before any is
+  read."""
+  plan = [(f, name, sniff(f)) for f, name in named_files(paths, include, exclude, option)]
+  for f, name, fmt in plan:
+    yield from _documents(f, name, fmt, jsonl_field, doc_separator, 0)
+
+
+def named_files(
+  paths: tuple[str, ...], include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (), option: str = "--data"
+) -> list[tuple[Path, str]]:
+  """(file, the name its documents are named after) for every file of `paths`, in order: a file given by itself is
+  named by its file name, a file in a directory by the directory's name and its path inside it."""
+  named = []
   for path in paths:
     root = Path(path)
     for f in list_files(path, include, exclude, option):
-      plan.append((f, printable(f.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}")))
-  for f, name in plan:
-    yield from file_documents(f, name, jsonl_field=jsonl_field, doc_separator=doc_separator)
+      named.append((f, printable(f.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}")))
+  return named
 
 
 def stdlib_dir() -> Path:
