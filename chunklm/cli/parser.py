@@ -11,6 +11,7 @@ from chunklm.cli.flags import (
   boundaries,
   classify,
   compare,
+  data,
   generate,
   info,
   mrt5,
@@ -31,6 +32,7 @@ FAMILIES = (
   report,
   robustness,
   tokenizer,
+  data,
   info,
   classify,
   weights,
@@ -48,6 +50,7 @@ EPILOG = """examples:
   chunklm boundaries --workdir runs/default --text "def main(args):"
   chunklm robustness --workdir runs/default --workdir runs/x --strength 0.1
   chunklm tokenizer train --vocab-size 4096 --out runs/tok/bpe4096.model
+  chunklm data prepare --data corpus.jsonl.gz --out data/corpus --shards 64
   chunklm info --config hnet_1stage_L
   chunklm classify train --init-from runs/default --data train.jsonl --test test.jsonl --out runs/cls
   chunklm convert from-hnet --checkpoint hnet_2stage_XL.pt --config hnet_2stage_XL.json --out runs/hnet_2stage_XL
