@@ -1,6 +1,4 @@
-import collections
 
-import grain
 import numpy as np
 import pytest
 
@@ -60,57 +58,6 @@ def test_shuffle_is_seeded_and_changes_per_epoch():
   assert all(np.array_equal(a[i]["ids"], b[i]["ids"]) for i in range(len(a)))
   assert not all(np.array_equal(a[i]["ids"], c[i]["ids"]) for i in range(5))
   assert not all(np.array_equal(a[i]["ids"], a[i + e]["ids"]) for i in range(5))
-
-
-def test_iterator_resumes_exactly():
-  docs = make_docs([50] * 30)
-  ds = pipeline.train_dataset(docs, 16, batch_size=4, steps=40, seed=0, prefetch=2)
-  grain.experimental.assert_equal_output_after_checkpoint(ds)
-  it = iter(ds)
-  for _ in range(7):
-    next(it)
-  state = it.get_state()
-  expected = [next(it)["ids"] for _ in range(3)]
-  it2 = iter(ds)
-  it2.set_state(state)
-  assert all(np.array_equal(x, next(it2)["ids"]) for x in expected)
-
-
-def test_per_process_shards_are_disjoint_and_cover_the_global_batch():
-  docs = make_docs([50] * 30)
-  full = next(iter(pipeline.train_dataset(docs, 16, 4, 10, seed=0, prefetch=0, process_index=0, process_count=1)))
-  parts = [
-    next(iter(pipeline.train_dataset(docs, 16, 4, 10, seed=0, prefetch=0, process_index=i, process_count=2)))
-    for i in range(2)
-  ]
-  assert all(p["ids"].shape == (2, 16) for p in parts)
-  rows = {tuple(r) for p in parts for r in p["ids"]}
-  assert rows == {tuple(r) for r in full["ids"]}
-
-
-def test_pod_hosts_read_every_window_once_per_step_and_none_twice():
-  """Simulated hosts of a pod (2, 4, 8 processes) over 12 steps that cross an epoch: per step, the union of their
-  rows is the one-process global batch (no window skipped or duplicated), and within an epoch no window repeats."""
-  docs = make_docs([37, 61, 90, 23, 77, 45] * 4)
-  steps, batch, seq = 12, 8, 16
-
-  def rows(process_index, process_count):
-    ds = pipeline.train_dataset(
-      docs, seq, batch, steps, seed=3, prefetch=0, process_index=process_index, process_count=process_count
-    )
-    return [[tuple(r) + tuple(p) for r, p in zip(b["ids"], b["positions"])] for b in ds][:steps]
-
-  single = rows(0, 1)
-  per_epoch = PackedWindows(docs, seq).windows_per_epoch
-  assert steps * batch > per_epoch  # the run crosses an epoch boundary
-  first_epoch = [r for step in single for r in step][:per_epoch]
-  assert len(set(first_epoch)) == per_epoch
-  for count in (2, 4, 8):
-    hosts = [rows(i, count) for i in range(count)]
-    for s in range(steps):
-      assert all(len(h[s]) == batch // count for h in hosts)
-      union = collections.Counter(r for h in hosts for r in h[s])
-      assert union == collections.Counter(single[s]), (count, s)
 
 
 def test_eval_batches_have_fixed_shape():

@@ -97,3 +97,25 @@ def test_periodic_evals_cap_a_single_document_valid_set(tmp_path, corpus_dir):
   evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "valid"]
   assert [r["step"] for r in evals] == [2, 4]
   assert evals[0]["bytes"] == 700 and evals[1]["bytes"] == valid.stat().st_size > 2000
+
+
+def test_a_mixture_run_reports_each_sources_valid_bpb_and_its_share_of_training_bytes(tmp_path):
+  from conftest import write_corpus
+
+  folders = [write_corpus(tmp_path / name, seed=i) for i, name in enumerate(("prose", "code"))]
+  mixture = (
+    "["
+    + ", ".join(f"{{name: {n}, sources: [{f}], weight: {w}}}" for n, f, w in zip(("prose", "code"), folders, (3, 1)))
+    + "]"
+  )
+  cfg = tiny_config("train.steps=4", "train.checkpoint_every=2", "train.eval_every=2", f"data.mixture={mixture}")
+  result = trainer.train(cfg, tmp_path / "run", progress=False, log=lambda *a, **k: None)
+  assert set(result.valid["sources"]) == {"prose", "code"}
+  records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  valid = [r for r in records if r["split"] == "valid"]
+  assert [r["step"] for r in valid] == [2, 4] and all(set(r["sources"]) == {"prose", "code"} for r in valid)
+  parts = list(valid[-1]["sources"].values())
+  assert min(parts) <= result.valid["bpb"] <= max(parts), "the whole is between its parts"
+  mix = [r for r in records if r["split"] == "mixture"]
+  assert [r["step"] for r in mix] == [2, 4]
+  assert mix[-1]["prose"]["weight"] == pytest.approx(0.75) and mix[-1]["prose"]["share"] > 0.5

@@ -10,8 +10,6 @@ from pathlib import Path
 import jax
 
 from chunklm.config import Config, load_config
-from chunklm.data.corpus import load_splits
-from chunklm.data.pipeline import DocCap, with_doc_cap
 from chunklm.model.describe import describe_config
 from chunklm.model.functional import path_name
 from chunklm.run.trained import abstract_params, read_config
@@ -30,8 +28,7 @@ class Parameter:
 @dataclasses.dataclass(frozen=True)
 class SetupInfo:
   name: str  # the config or workdir described
-  cfg: Config  # resolved, with data.max_docs_per_window set as training would set it
-  doc_cap: DocCap | None  # the cap found from the configured corpus (None: the config sets it)
+  cfg: Config  # as configured; data.max_docs_per_window 0 = set from the corpus at the first training
   figures: dict  # describe_config's, with lr_multipliers, trainable and frozen (model variables)
   parameters: list[Parameter]  # empty unless asked for
 
@@ -45,21 +42,18 @@ def setup_info(
 ) -> SetupInfo:
   """Describe `workdir`'s saved config (with `overrides` that keep its parameters), else the config `config`.
 
-  Where data.max_docs_per_window is 0 it is set as training would set it, from the configured corpus's training
-  split (which reads the corpus: a minute for the built-in one)."""
+  Nothing reads a corpus: where data.max_docs_per_window is 0 (set from the corpus when training starts), the chunk
+  capacities are those of its bound from data.min_doc_bytes, the most a training window can need."""
   if workdir:
     cfg, name = read_config(Path(workdir), tuple(overrides)), str(workdir)
   else:
     cfg, name = load_config(config, list(overrides)), str(config)
-  cap = None
-  if not cfg.data.max_docs_per_window:
-    cfg, cap = with_doc_cap(cfg, load_splits(cfg.data).train)
   figures = describe_config(cfg)
   figures["lr_multipliers"] = lr_multipliers(cfg.model)
   params = abstract_params(cfg)[1]
   check_selectors(cfg.train.freeze, params, cfg.model, "train.freeze")
   figures["trainable"], figures["frozen"] = count_frozen(params, cfg.model, cfg.train.freeze)
-  return SetupInfo(name, cfg, cap, figures, _parameters(cfg, params) if list_params else [])
+  return SetupInfo(name, cfg, figures, _parameters(cfg, params) if list_params else [])
 
 
 def _parameters(cfg: Config, params) -> list[Parameter]:

@@ -11,8 +11,11 @@ from chunklm.config import to_dict
 
 def run(args) -> int:
   info = setup_info(args.config, args.overrides, args.workdir, list_params=args.params)
-  if info.doc_cap:
-    logs.info(f"data.max_docs_per_window from the configured corpus: {info.doc_cap.describe()}")
+  if not info.cfg.data.max_docs_per_window:
+    logs.info(
+      "data.max_docs_per_window: set at the first training, from a sample of the corpus; capacities below are for "
+      f"its bound from data.min_doc_bytes, {info.cfg.data.doc_slots} documents per window"
+    )
   print_info(info)
   return 0
 

@@ -57,7 +57,8 @@ def add_data(p: argparse.ArgumentParser, what: str = "", valid: bool = True) -> 
     help=what
     or "training data (repeatable): text files, directories (recursive; filter with "
     "data.include/data.exclude globs), .jsonl (field data.jsonl_field), FASTA/FASTQ (sequences "
-    "only), and .gz of each; default: the built-in corpus",
+    "only), and .gz of each, Parquet (column data.jsonl_field), ArrayRecord, a `chunklm data prepare` "
+    "directory; streamed, never copied; default: the built-in corpus",
   )
   if valid:
     g.add_argument(

@@ -8,7 +8,7 @@ sections together; loading.py: files, overrides, dumps and diffs.
 """
 
 from chunklm.config.capacity import auto_capacity_factor, capacities, capacity_factor, stage_capacities
-from chunklm.config.data import DataConfig, DnaCase, DnaConfig, DnaIupac, DnaNRuns
+from chunklm.config.data import DataConfig, DnaCase, DnaConfig, DnaIupac, DnaNRuns, MixtureSource
 from chunklm.config.experiment import Config
 from chunklm.config.layout import check_layout, layout_depth, parse_layer_string
 from chunklm.config.loading import (
@@ -71,6 +71,7 @@ __all__ = [
   "DnaConfig",
   "DnaIupac",
   "DnaNRuns",
+  "MixtureSource",
   "EntropyConfig",
   "EntropyMode",
   "EvalConfig",

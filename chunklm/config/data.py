@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Literal
 
 from chunklm.errors import ConfigError
@@ -35,9 +36,28 @@ class DnaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MixtureSource:
+  """One named source of a training mixture (`data.mixture`)."""
+
+  name: str  # names the source in the logs and in metrics.jsonl (its valid bpb, its share of training bytes)
+  sources: tuple[str, ...]  # its paths, as --data takes them
+  weight: float = 1.0  # its share of the training bytes (the weights are normalised)
+  valid_sources: tuple[str, ...] = ()  # its held-out paths; () = held out of `sources` by document hash
+
+  def __post_init__(self):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+      raise ConfigError(f"data.mixture: a source's name is letters, digits, '_', '.' or '-', got {self.name!r}")
+    if not self.sources:
+      raise ConfigError(f"data.mixture: source {self.name!r} has no paths (sources: [PATH, ...])")
+    if not (math.isfinite(self.weight) and self.weight > 0):
+      raise ConfigError(f"data.mixture: source {self.name!r} needs a positive weight, got {self.weight}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
   sources: tuple[str, ...] = ()  # training paths (files, dirs, .jsonl, FASTA/FASTQ, .gz); () = Python stdlib
   valid_sources: tuple[str, ...] = ()  # held-out paths; () = split `sources` by document
+  mixture: tuple[MixtureSource, ...] = ()  # named sources with weights, instead of `sources` (training bytes by weight)
   include: tuple[str, ...] = ("*",)  # glob patterns a file inside a directory must match (name or relative path)
   exclude: tuple[str, ...] = ()  # glob patterns that skip files inside directories
   jsonl_field: str = "text"  # field holding the text: the key in .jsonl records, the column of Parquet files
@@ -47,7 +67,11 @@ class DataConfig:
   seq_len: int = 256  # window length L in bytes
   min_doc_bytes: int = 16  # shorter documents are skipped
   max_docs_per_window: int = 0  # documents one training window may touch (the packer pads beyond); 0 = from the corpus
-  seed: int = 0  # shuffle seed (document order and window order per epoch)
+  seed: int = 0  # shuffle seed (file order per epoch, the shuffle windows, the global shuffle of prepared data)
+  piece_windows: int = 4  # documents are cut into pieces of this many windows, shuffled as units; 0 = whole documents
+  shuffle_buffer_mb: float = 64.0  # MB of pieces each process's stream shuffles at a time (at least one whole record)
+  interleave: int = 8  # files each process reads at a time, a record from each in turn
+  cap_sample_mb: int = 16  # MB of training documents read at start to set max_docs_per_window (when 0)
   mmap_min_mb: int = 256  # corpora larger than this are kept in a memory-mapped cache file, not in RAM
   prefetch: int = 4  # batches prepared ahead by the grain iterator
   tokenizer: str = ""  # sentencepiece model of a token-level model (BPE baseline); "" = bytes
@@ -73,6 +97,15 @@ class DataConfig:
       raise ConfigError(
         f"data.max_docs_per_window: must be >= 2 (a window can start inside one document and begin "
         f"another) or 0 (from the corpus), got {self.max_docs_per_window}"
+      )
+    if self.mixture and (self.sources or self.valid_sources):
+      raise ConfigError("data.mixture replaces data.sources and data.valid_sources (--data, --valid-data): give one")
+    names = [m.name for m in self.mixture]
+    if len(set(names)) < len(names):
+      raise ConfigError(f"data.mixture: source names must differ, got {names}")
+    if self.shuffle_buffer_mb <= 0 or self.interleave < 1 or self.cap_sample_mb < 1 or self.piece_windows < 0:
+      raise ConfigError(
+        "data.shuffle_buffer_mb must be > 0, data.interleave and data.cap_sample_mb >= 1, data.piece_windows >= 0"
       )
     if self.mmap_min_mb < 0 or self.prefetch < 0:
       raise ConfigError("data.mmap_min_mb and data.prefetch must be >= 0")

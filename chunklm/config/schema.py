@@ -313,7 +313,8 @@ class TrainConfig:
 class EvalConfig:
   batch_size: int = 16  # windows per evaluation batch
   max_bytes: int = 262144  # bytes of the valid split used by periodic evals; 0 = all
-  final_max_bytes: int = 0  # bytes used by the final evaluation; 0 = the whole valid split
+  final_max_bytes: int = 4194304  # bytes of the valid split the final evaluation reads; 0 = all of it (at scale, the
+  # valid split is then found by reading the whole corpus at start)
   sample_bytes: int = 160  # bytes generated at the end of training
   sample_prompt: str = ""  # prompt of the end-of-training sample ("" = start of a valid document)
   temperature: float = 0.8

@@ -1,4 +1,5 @@
-"""Packed windows of bytes (or tokens) and the grain pipeline that shuffles, shards, batches and prefetches them.
+"""Packed windows of bytes (or tokens) over documents in memory, for evaluation and benchmarks (training streams its
+windows: data/lanes.py packs them by the same rule), and the document cap measured on a sample.
 
 Each document becomes BOS + its bytes (or its token ids, for the BPE baseline). Per epoch, documents are put in a
 seeded random order and concatenated into one stream; window k holds stream bytes [k*L, k*L + L], so inputs are the
@@ -6,8 +7,7 @@ first L bytes and targets the last L. With `max_docs` (training: `data.max_docs_
 touch more than that many documents: a document that would be one too many starts at the next window instead, and
 the bytes skipped are padding (masked). Nothing is dropped, the epoch gets longer by the padding, and the chunk
 slots an H-Net reserves for document starts are what the data needs. Windows are then visited in a seeded random
-order. Every example is a pure function of its global index, so the
-grain iterator's state is one integer and resume is exact. `segment_ids` number the documents inside a window from 1
+order (or in order, for evaluation); every example is a pure function of its index. `segment_ids` number the documents inside a window from 1
 (0 = padding); `loss_mask` is false where the target belongs to another document (or to padding);
 `target_bytes` is the number of text bytes each target stands for (1 per byte, a piece's length for tokens, 0 where
 masked), so bits per byte = total NLL / total target_bytes for every model kind.
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import grain
-import jax
 import numpy as np
 
 from chunklm.config import Config
@@ -237,50 +235,27 @@ def doc_cap(docs: Documents, seq_len: int, seed: int, quantile: float = 0.999) -
   return DocCap(cap, quantile, int(per_window.max(initial=0)), padding, int(sizes.sum()))
 
 
+def split_pieces(docs: Documents, piece: int) -> Documents:
+  """`docs` cut as training cuts them (`stream.Cutter`, pieces of `piece` units with BOS, 0 = whole), each piece a
+  document of piece - 1 units so that it packs as BOS + bytes would: what the document cap is measured on."""
+  if not piece:
+    return docs
+  starts, lengths = [], []
+  for s, n in zip(docs.starts, docs.lengths):
+    for lo in range(0, int(n), piece):  # sizes as packed: piece units each, the last one what is left
+      starts.append(int(s) + lo)
+      lengths.append(min(piece, int(n) + 1 - lo) - 1)
+  names = tuple(str(i) for i in range(len(starts)))
+  return Documents(docs.data, np.asarray(starts, np.int64), np.asarray(lengths, np.int64), names)
+
+
 def with_doc_cap(cfg: Config, docs: Documents) -> tuple[Config, DocCap | None]:
-  """cfg with data.max_docs_per_window set from `docs` (the training units) where it is 0, and the cap found."""
+  """cfg with data.max_docs_per_window set from `docs` (the training units, cut into training's pieces) where it is 0,
+  and the cap found."""
   if cfg.data.max_docs_per_window:
     return cfg, None
-  cap = doc_cap(docs, cfg.data.seq_len, cfg.data.seed)
+  cap = doc_cap(split_pieces(docs, cfg.data.piece_windows * cfg.data.seq_len), cfg.data.seq_len, cfg.data.seed)
   return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_docs_per_window=cap.max_docs)), cap
-
-
-def train_dataset(
-  docs: Documents,
-  seq_len: int,
-  batch_size: int,
-  steps: int,
-  seed: int,
-  prefetch: int = 4,
-  process_index: int | None = None,
-  process_count: int | None = None,
-  bos: int = BOS,
-  piece_bytes: np.ndarray | None = None,
-  max_docs: int | None = None,
-  reverse_complement: float = 0.0,
-) -> grain.IterDataset:
-  """Shuffled, repeated, per-process batches of packed windows for `steps` steps (global batch `batch_size`),
-  touching at most `max_docs` documents per window."""
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if batch_size % process_count:
-    raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
-  probe = PackedWindows(docs, seq_len, seed=seed)
-  num_epochs = -(-(steps * batch_size) // max(probe.windows_per_epoch, 1)) + 1
-  ds = grain.MapDataset.source(
-    PackedWindows(
-      docs,
-      seq_len,
-      seed=seed,
-      num_epochs=num_epochs,
-      bos=bos,
-      piece_bytes=piece_bytes,
-      max_docs=max_docs,
-      reverse_complement=reverse_complement,
-    )
-  )
-  ds = ds[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
 
 
 def leading_bytes(docs: Documents, max_bytes: int) -> Documents:

@@ -78,12 +78,30 @@ def evaluate(
       _accumulate(totals, pending.pop(0))
   for out in pending:
     _accumulate(totals, out)
+  return _with_rates(totals)
+
+
+def _with_rates(totals: dict[str, float]) -> dict[str, float]:
+  """Summed statistics plus what is derived from them: bits per byte and the routing rates."""
   n = totals.get("bytes", 0.0)
   totals["bpb"] = totals["nll_sum"] / n / math.log(2) if n else float("nan")
   stages = sum(1 for k in totals if k.startswith("boundaries_s"))
   if stages:
     totals.update({k: float(v) for k, v in routing_metrics(totals, stages).items()})
   return totals
+
+
+def combine(results: list[dict[str, float]]) -> dict[str, float]:
+  """The evaluation of several texts together, from `evaluate`'s result on each: their sums added, the rates derived
+  again (bits per byte over all their bytes)."""
+  stages = sum(1 for k in results[0] if k.startswith("boundaries_s"))
+  derived = {"bpb", *(routing_metrics(results[0], stages) if stages else {})}
+  totals: dict[str, float] = {}
+  for res in results:
+    for k, v in res.items():
+      if k not in derived:
+        totals[k] = totals.get(k, 0.0) + v
+  return _with_rates(totals)
 
 
 def _accumulate(totals: dict, out: dict) -> None:

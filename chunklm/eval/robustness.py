@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from chunklm.config import load_config
-from chunklm.data.corpus import Documents, load_documents, load_splits
+from chunklm.data.corpus import Documents, load_documents
 from chunklm.data.pipeline import leading_bytes
+from chunklm.data.split import run_valid_split
 from chunklm.errors import DataError, UserError
 from chunklm.eval.bpb import evaluate, make_eval_step
 from chunklm.eval.perturb import PERTURBATIONS, perturb_documents
@@ -74,7 +75,7 @@ def run_robustness(
     docs = load_documents(tuple(data), load_config(None).data)
     docs = docs.select(docs.lengths > 0)
   else:
-    docs = load_splits(read_config(workdirs[0]).data).valid
+    docs = run_valid_split(read_config(workdirs[0]))
   docs = leading_bytes(docs, max_bytes)
   if docs.num_bytes == 0:
     raise DataError("robustness: no bytes to evaluate")

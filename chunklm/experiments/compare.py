@@ -133,7 +133,7 @@ def train_runs(prep: Prepared, progress: bool = True, log=print) -> list[str]:
       f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}"
     )
     try:
-      train(cfg, wd, progress=progress, log=log, splits=prep.splits)
+      train(cfg, wd, progress=progress, log=log)
     except TrainingDiverged as e:  # one bad point (a learning rate too high) does not end the comparison
       log(f"{name} diverged, left out of the report: {e}")
       diverged.append(name)

@@ -10,6 +10,7 @@ damage: `StateMismatch` is raised at once, with no fallback and nothing moved.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -35,6 +36,11 @@ _STORAGE_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only 
 
 class StateMismatch(CheckpointError):
   """A readable checkpoint whose saved parts are not the ones asked for."""
+
+
+class ProcessCountChange(StateMismatch):
+  """A readable checkpoint whose data position was saved by another number of processes than this run has and
+  cannot be moved to it."""
 
 
 def _abstract(tree):
@@ -143,10 +149,38 @@ class Checkpointer:
     else:
       state_args = ocp.args.StandardRestore(_abstract(like_state))
     items: dict[str, Any] = {"state": state_args, "meta": ocp.args.JsonRestore()}
-    if data_iter is not None:
+    merged = self._data_of_other_processes(step, data_iter) if data_iter is not None else None
+    if data_iter is not None and merged is None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if data_iter is not None and merged is not None:
+      data_iter.set_state(merged)
     return restored["state"], restored["meta"]
+
+  def _data_of_other_processes(self, step: int, data_iter) -> dict | None:
+    """None when the data position was saved by as many processes as this run has (grain restores it); else the
+    states of every saving process merged, for a data stream whose batches do not depend on the process count
+    (`data.lanes.GlobalLanes`: prepared, random-access data). Any other stream raises ProcessCountChange."""
+    folder = self.directory / str(step) / "data"
+    count = jax.process_count()
+    saved = sorted(folder.glob("process_*-of-*.json"))
+    if not saved or any(f.name.endswith(f"-of-{count}.json") for f in saved):
+      return None
+    states = [json.loads(f.read_text()) for f in saved]
+    before = saved[0].name.rsplit("-of-", 1)[1].removesuffix(".json")
+    if not all("lanes" in s.get("source", {}) for s in states):
+      raise ProcessCountChange(
+        f"the checkpoint at step {step} in {self.directory} was written by {before} processes and this run has "
+        f"{count}: a streamed corpus is dealt to processes by file, so its position cannot move to another count; "
+        f"resume with {before} processes, or train on data made by `chunklm data prepare` (random access, one "
+        "global shuffle), which resumes on any count at the same global batch"
+      )
+    lanes: dict = {}
+    sources: dict = {}
+    for s in states:
+      lanes.update(s["lanes"])
+      sources.update(s["source"]["lanes"])
+    return {"lanes": lanes, "source": {"lanes": sources}}
 
   def _check_parts(self, step: int, like_state: dict, partial: bool) -> None:
     """The top-level parts asked for must be the checkpoint's (with `partial`, some of them): otherwise orbax fails

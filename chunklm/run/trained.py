@@ -17,7 +17,8 @@ from flax import nnx
 
 from chunklm import logs
 from chunklm.config import CONFIG_FORMAT, Config, load_config, read_config_format
-from chunklm.data.corpus import Documents, load_splits
+from chunklm.data.corpus import Documents
+from chunklm.data.split import run_valid_split
 from chunklm.data.tokenizer import Tokenizer, check_vocab, tokenize, vocab_kwargs
 from chunklm.errors import CheckpointError, UserError
 from chunklm.model.functional import merge_model, split_model
@@ -57,7 +58,7 @@ class TrainedRun:
 
   def valid_split(self) -> Documents:
     """The run's validation documents, as its config splits its data."""
-    return load_splits(self.cfg.data, cache_dir=RunDir(self.workdir).cache).valid
+    return run_valid_split(self.cfg)
 
   def model(self) -> nnx.Module:
     return merge_model(self.graphdef, self.params)

@@ -1,7 +1,8 @@
 """A training run's plan: everything decided before a step runs or a file is written.
 
-`plan_run` reads the data (bad data fails here, before the workdir is touched), checks the router against it, picks
-the tokenizer (token models), settles the document cap (measured on this corpus, or the one a resumed run saved), and
+`plan_run` opens the data (lists the files, reads the valid split and a sample of training documents: bad data fails
+here, before the workdir is touched), checks the router against the sample, picks the tokenizer (token models), settles
+the document cap (measured on the sample, or the one a resumed run saved), and
 applies the resume rule (`train/resume.py`) to a workdir that holds checkpoints. What it decides is a frozen
 `RunPlan`; `announce` writes it (config.yaml with its provenance header, the tokenizer's copy) and logs it.
 """
@@ -18,9 +19,11 @@ import jax
 
 from chunklm import logs
 from chunklm.config import Config, dump_yaml, to_dict
-from chunklm.data.corpus import Splits, load_splits
-from chunklm.data.pipeline import DocCap, train_dataset, with_doc_cap
-from chunklm.data.tokenizer import Tokenizer, tokenize_splits, vocab_kwargs
+from chunklm.data.corpus import Documents
+from chunklm.data.feed import TrainData, byte_units, open_train_data, train_batches
+from chunklm.data.pipeline import BOS, DocCap, with_doc_cap
+from chunklm.data.split import valid_budget
+from chunklm.data.tokenizer import Tokenizer, tokenize, vocab_kwargs
 from chunklm.errors import CheckpointError, UserError
 from chunklm.model.rule_routers import check_router_data
 from chunklm.run.imported import refuse_resume
@@ -36,8 +39,8 @@ from chunklm.train.state import setup_state
 class RunPlan:
   cfg: Config  # resolved: data.max_docs_per_window filled in
   run: RunDir
-  splits: Splits  # the documents as read (bytes)
-  units: Splits  # what the model reads: the same bytes, or a token model's tokens
+  data: TrainData  # the files, the valid split and the sample of training documents (bytes)
+  valid_units: tuple[Documents, ...]  # each part's valid split as the model reads it: bytes, or a token model's tokens
   tokenizer: Tokenizer | None  # token models only
   cap: DocCap | None  # the document cap measured on this corpus (None: configured or kept from the saved run)
   resuming: bool  # the workdir holds checkpoints
@@ -54,33 +57,32 @@ class RunPlan:
 
   def train_stream(self) -> grain.DatasetIterator:
     """This process's training batches for every step of the run, from the beginning."""
-    c = self.cfg
-    return iter(
-      train_dataset(
-        self.units.train,
-        c.data.seq_len,
-        c.train.batch_size,
-        c.train.steps,
-        c.data.seed,
-        c.data.prefetch,
-        max_docs=c.data.max_docs_per_window or None,
-        reverse_complement=c.data.dna.reverse_complement,
-        **self.vocab,
-      )
+    c, tok = self.cfg, self.tokenizer
+    return train_batches(
+      self.data,
+      c.data,
+      c.train.batch_size,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      max_docs=c.data.max_docs_per_window or None,
+      units=byte_units if tok is None else tok.encode,
+      bos=BOS if tok is None else tok.bos_id,
+      piece_bytes=None if tok is None else tok.piece_bytes,
     )
 
 
-def plan_run(cfg: Config, run: RunDir, *, splits: Splits | None = None, allow_data_change: bool = False) -> RunPlan:
+def plan_run(cfg: Config, run: RunDir, *, allow_data_change: bool = False) -> RunPlan:
   refuse_resume(run.path)  # converted or imported weights: parameters only, fine-tuned with --init-from
-  splits = splits or load_splits(cfg.data, cache_dir=run.cache)  # bad data fails before anything is written
-  check_router_data(cfg.model, splits.train)  # e.g. whitespace routing on DNA
+  data = open_train_data(cfg.data, valid_budget(cfg))  # bad data fails before anything is written
+  check_router_data(cfg.model, data.sample)  # e.g. whitespace routing on DNA
   tok = run_tokenizer(cfg)
   if tok is not None and cfg.data.dna.reverse_complement:
     raise UserError("data.dna.reverse_complement: a token model reads tokens, not bases; use it with byte models")
-  units = tokenize_splits(splits, tok) if tok is not None else splits
+  sample = data.sample if tok is None else tokenize(data.sample, tok)
+  valid = tuple(p.valid if tok is None else tokenize(p.valid, tok) for p in data.parts)
   resuming = run.has_checkpoints()
   saved = read_config(run.path) if resuming and run.config.exists() else None
-  cfg, cap = _doc_cap(cfg, saved, units)
+  cfg, cap = _doc_cap(cfg, saved, sample)
   changes = None
   if saved is not None:
     changes = check_resume(run.path, saved, cfg, lambda c: setup_state(c, abstract=True)[2], allow_data_change)
@@ -91,17 +93,17 @@ def plan_run(cfg: Config, run: RunDir, *, splits: Splits | None = None, allow_da
     and run.tokenizer.read_bytes() != tok.path.read_bytes()
   ):
     raise CheckpointError(f"{run} was trained with another tokenizer than {tok.path}; use another --workdir")
-  return RunPlan(cfg, run, splits, units, tok, cap, resuming, changes)
+  return RunPlan(cfg, run, data, valid, tok, cap, resuming, changes)
 
 
-def _doc_cap(cfg: Config, saved: Config | None, units: Splits) -> tuple[Config, DocCap | None]:
+def _doc_cap(cfg: Config, saved: Config | None, sample: Documents) -> tuple[Config, DocCap | None]:
   """The corpus decides how many documents a window may touch; a resumed run keeps its own cap, and a run of
   chunklm < 0.3 (saved 0) resumes uncapped, as it was trained."""
   kept = saved.data.max_docs_per_window if saved is not None else None
   if kept and not cfg.data.max_docs_per_window:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_docs_per_window=kept)), None
   if kept != 0:
-    return with_doc_cap(cfg, units.train)
+    return with_doc_cap(cfg, sample)
   return cfg, None
 
 
@@ -131,10 +133,10 @@ def announce(
     run.config.write_text("# written by chunklm train\n" + header(made_by) + dump_yaml(cfg))
     if plan.tokenizer is not None and plan.tokenizer.path is not None and not run.tokenizer.exists():
       shutil.copyfile(plan.tokenizer.path, run.tokenizer)  # the run stays usable if the original moves
-  splits = plan.splits
-  log(f"data: {splits.description}" + (f"; {splits.skipped_short} short docs skipped" if splits.skipped_short else ""))
+  log(f"data: {plan.data.description}")
   if plan.cap is not None:
-    log(f"windows: {plan.cap.describe()}")
+    sample = "" if plan.data.complete else f" (measured on the first {plan.data.sample.num_bytes:,} bytes)"
+    log(f"windows: {plan.cap.describe()}{sample}")
   log(
     f"model: {num_params:,} parameters, layout {json.dumps(to_dict(cfg.model.layout))}, "
     f"d_model {list(cfg.model.d_model)}"

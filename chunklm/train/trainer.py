@@ -18,7 +18,8 @@ import jax
 
 from chunklm import logs
 from chunklm.config import Config, to_dict
-from chunklm.data.corpus import Documents, Splits, order0_entropy
+from chunklm.data.corpus import Documents, order0_entropy
+from chunklm.data.lanes import taken_bytes
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.lock import workdir_lock
 from chunklm.run.metrics import plot_curves
@@ -72,13 +73,12 @@ def train(
   stop_after: int | None = None,
   progress: bool = True,
   log=logs.info,
-  splits: Splits | None = None,
   allow_data_change: bool = False,
 ) -> TrainResult:
   """Trains (or resumes) the run in `workdir`, holding its lock throughout (process 0 of a multi-host run)."""
   run = RunDir(workdir)
   with workdir_lock(run.path, enabled=jax.process_index() == 0):
-    plan = plan_run(cfg, run, splits=splits, allow_data_change=allow_data_change)
+    plan = plan_run(cfg, run, allow_data_change=allow_data_change)
     return _train(plan, stop_after=stop_after, progress=progress, log=log)
 
 
@@ -114,11 +114,13 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
         if step % cfg.train.checkpoint_every == 0 or step == end or stop.set:
           reporter.flush()
           saver.save(step, state, data_iter, nan)
+          if len(plan.data.parts) > 1:
+            reporter.write(step, "mixture", mixture_record(plan, data_iter))
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
           reporter.flush()
           res = validate(state["params"], cfg.eval.max_bytes)
           reporter.write(step, "valid", valid_record(res))
-          reporter.note(f"step {step}: valid bpb {res['bpb']:.4f} ({int(res['bytes']):,} bytes)")
+          reporter.note(f"step {step}: valid bpb {res['bpb']:.4f} ({int(res['bytes']):,} bytes){_by_source(res)}")
         if stop.set:
           log(f"received SIGTERM: saved checkpoint at step {step}; re-run the same command to resume")
           break
@@ -128,7 +130,19 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
     raise
   finally:  # a crash or Ctrl-C still completes the checkpoints already started
     ckpt.close()
+    data_iter.close()  # stops the prefetch thread
   return _finish(plan, reporter, validate, graphdef, state["params"], step, stop.set, num_params, progress)
+
+
+def _by_source(res: dict) -> str:
+  return "; " + ", ".join(f"{k} {v:.4f}" for k, v in res["sources"].items()) if "sources" in res else ""
+
+
+def mixture_record(plan: RunPlan, data_iter) -> dict:
+  """The shares of training bytes each source of a mixture has had so far (this process), beside its weight."""
+  taken = taken_bytes(data_iter.get_state())
+  total = max(sum(taken), 1)
+  return {p.name: {"share": t / total, "weight": p.weight, "bytes": t} for p, t in zip(plan.data.parts, taken)}
 
 
 def _reporter(
@@ -174,9 +188,7 @@ def _finish(
   if jax.process_index() == 0:
     plot_curves(plan.run.path, targets=cfg.model.target_ratio if cfg.model.num_stages else ())
   trained = TrainedRun(plan.run.path, cfg, graphdef, params, step, plan.tokenizer)
-  return TrainResult(
-    trained, finished, signalled, valid, order0_entropy(plan.splits.valid), num_params, plan.splits.valid
-  )
+  return TrainResult(trained, finished, signalled, valid, order0_entropy(plan.data.valid), num_params, plan.data.valid)
 
 
 def _placed_state(cfg: Config, mesh):
