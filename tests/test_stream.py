@@ -301,3 +301,17 @@ def test_pieces_put_together_again_are_the_document_and_every_byte_is_predicted_
   assert predicted == sum(len(p[2]) - 1 for p in done) + lane.off, "each unit after a piece's first is predicted once"
   loaded = Counter((a, k) for _, a, k in it.pieces)
   assert max(loaded.values()) == 1, "a piece read twice in one epoch"
+
+
+def test_bench_cap_compares_the_sampled_cap_with_the_whole_corpus(tmp_path):
+  from chunklm.bench.cap_sample import full_cap, sample_caps
+  from chunklm.data.split import valid_budget
+  from conftest import tiny_config
+
+  cfg = tiny_config("data.min_doc_bytes=1", data=_jsonl_shards(tmp_path, files=3))
+  (small, whole_sample) = sample_caps(cfg, [1, 16])
+  whole, docs, nbytes = full_cap(cfg, progress=False)
+  assert whole_sample.sample_bytes == nbytes, "a 16 MB sample of a small corpus is all of it"
+  assert docs == len(open_train_data(cfg.data, valid_budget(cfg)).sample)
+  assert small.sample_bytes <= whole_sample.sample_bytes
+  assert 2 <= whole.max_docs <= whole.most

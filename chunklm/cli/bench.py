@@ -1,4 +1,4 @@
-"""`chunklm bench train | generate | kernels | capacity | compile | data`: check the flags, measure (`chunklm.bench`),
+"""`chunklm bench train | generate | kernels | capacity | compile | data | cap`: check the flags, measure (`chunklm.bench`),
 write the figures as JSON on request (each benchmark prints its own table)."""
 
 from __future__ import annotations
@@ -8,14 +8,17 @@ from pathlib import Path
 
 import jax
 
+from chunklm import logs
+from chunklm.bench.cap_sample import full_cap, sample_caps
 from chunklm.bench.capacity import bench_capacity
 from chunklm.bench.compile import bench_compile
 from chunklm.bench.data import bench_data
 from chunklm.bench.generate import bench_generate
 from chunklm.bench.kernels import bench_kernels
 from chunklm.bench.train import bench_train
-from chunklm.cli.options import comma_ints
+from chunklm.cli.options import comma_ints, config_overrides
 from chunklm.cli.output import write_json
+from chunklm.config import load_config
 from chunklm.errors import UserError
 
 
@@ -100,6 +103,32 @@ def data(args) -> int:
     args.data, args.config, args.steps, args.overrides, args.processes, args.repeat, args.workdir_root, args.keep
   )
   write_json(args.json, figures)
+  return 0
+
+
+def cap(args) -> int:
+  if min(args.sample_mb) <= 0:
+    raise UserError("bench cap: --sample-mb takes positive sizes")
+  cfg = load_config(args.config, config_overrides(args))
+  rows = []
+  for check in sample_caps(cfg, args.sample_mb):
+    logs.info(
+      f"sample {check.sample_mb} MB ({check.sample_bytes:,} bytes, {check.seconds:.1f} s): "
+      f"{check.sample_cap.describe()}"
+    )
+    rows.append(
+      {
+        "sample_mb": check.sample_mb,
+        "bytes": check.sample_bytes,
+        "cap": check.sample_cap.max_docs,
+        "seconds": check.seconds,
+      }
+    )
+  whole, docs, nbytes = full_cap(cfg, progress=args.verbosity != "quiet")
+  logs.info(f"whole corpus ({docs:,} training documents, {nbytes:,} bytes): {whole.describe()}")
+  write_json(
+    args.json, {"samples": rows, "whole": {"docs": docs, "bytes": nbytes, "cap": whole.max_docs, "most": whole.most}}
+  )
   return 0
 
 

@@ -49,4 +49,5 @@ COMMANDS = {
   "bench capacity": bench.capacity,
   "bench compile": bench.compile_tpu,
   "bench data": bench.data,
+  "bench cap": bench.cap,
 }

@@ -1,4 +1,4 @@
-"""The flags of `chunklm bench train | generate | kernels | capacity | compile | data`."""
+"""The flags of `chunklm bench train | generate | kernels | capacity | compile | data | cap`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def add(sub) -> None:
     description="Benchmarks that print measured figures with the machine they ran on.",
   )
   bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
-  for add_one in (_add_train, _add_generate, _add_kernels, _add_capacity, _add_compile, _add_data):
+  for add_one in (_add_train, _add_generate, _add_kernels, _add_capacity, _add_compile, _add_data, _add_cap):
     add_one(bsub)
 
 
@@ -193,4 +193,22 @@ def _add_data(bsub) -> None:
     help="where the runs' workdirs go (DIR/run-1, ...); default: a temporary directory",
   )
   b.add_argument("--keep", action="store_true", help="keep the workdirs (removed after measuring by default)")
+  options.add_output(b)
+
+
+def _add_cap(bsub) -> None:
+  b = bsub.add_parser(
+    "cap",
+    help="the document cap from training's start-up sample against the cap of the whole corpus",
+    description="Measure data.max_docs_per_window as training sets it, on the first --sample-mb MB of training "
+    "documents (data.cap_sample_mb), for each size given; then read every training document (lengths only) and "
+    "measure the cap of the whole corpus, to see how close the sample comes. Reading the whole corpus takes as long "
+    "as reading it once.",
+  )
+  b.set_defaults(body="bench cap")
+  options.add_config(b)
+  options.add_data(b, "the corpus (repeatable): as `chunklm train --data`; default: the built-in corpus", valid=False)
+  b.add_argument(
+    "--sample-mb", type=int, nargs="+", default=[16], metavar="MB", help="sample sizes (default: %(default)s)"
+  )
   options.add_output(b)
