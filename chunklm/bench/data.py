@@ -24,11 +24,15 @@ import threading
 import time
 from pathlib import Path
 
+from chunklm import logs
 from chunklm.errors import UserError
 from chunklm.run.workdir import CHECKPOINTS
 
 FIRST_STEP_LINE = "compiling the training step"  # train/trainer.py logs it right before dispatching step 1
 SAMPLE_S = 0.1  # seconds between samples of /proc
+# settings a --set may change: the final evaluation reads a bounded part of the valid split, not all of it (2 % of the
+# corpus by default: 40 MB of a 2 GB corpus, half an hour of evaluation on a CPU that tells nothing about start-up)
+DEFAULT_SETTINGS = ("eval.final_max_bytes=262144",)
 TICKS = os.sysconf("SC_CLK_TCK")
 MB = 1e6
 
@@ -123,6 +127,8 @@ class _Watch:
     for line in self.proc.stdout:
       if self.first is None and FIRST_STEP_LINE in line:
         self.first = (time.perf_counter() - self.start, _sample(self.proc.pid))
+        logs.info(f"process {self.proc.pid}: compiling step 1 after {self.first[0]:.1f} s")
+      logs.debug(f"  | {line.rstrip()}")
       self.tail = (self.tail + [line.rstrip()])[-40:]
 
   def _exited(self) -> bool:
@@ -172,13 +178,14 @@ def _free_port() -> int:
 def train_commands(
   data: list[str], workdir: Path, config: str, steps: int, overrides: list[str], processes: int
 ) -> list[list[str]]:
-  """The `chunklm train` command line of each process: --steps last, so it wins over a --set train.steps; several
-  processes meet through jax.distributed at a local coordinator (as tests/test_distributed.py runs them) and log
-  with --verbose, which makes every process print the first-step line."""
+  """The `chunklm train` command line of each process: the bench's DEFAULT_SETTINGS first, so a --set overrides
+  them, and --steps last, so it wins over a --set train.steps. Several processes meet through jax.distributed at a
+  local coordinator (as tests/test_distributed.py runs them) and log with --verbose, which makes every process
+  print the first-step line."""
   cmd = [sys.executable, "-m", "chunklm.cli", "train", "--config", config, "--workdir", str(workdir), "--no-progress"]
   for path in data:
     cmd += ["--data", path]
-  for o in [*overrides, f"train.steps={steps}"]:
+  for o in [*DEFAULT_SETTINGS, *overrides, f"train.steps={steps}"]:
     cmd += ["--set", o]
   if processes == 1:
     return [cmd]
@@ -310,13 +317,14 @@ def bench_data(
   if taken := [str(w) for w in workdirs if w.exists()]:
     raise UserError(f"bench data: {taken[0]} exists (a run there would resume): choose another --workdir-root")
   on_disk = sum(_size(Path(p)) if Path(p).is_dir() else Path(p).stat().st_size for p in data)
-  print(f"config   : {config} {' '.join(overrides)}".rstrip())
+  print(f"config   : {config} {' '.join([*DEFAULT_SETTINGS, *overrides])}")
   print(f"data     : {', '.join(data)} ({on_disk / MB:,.0f} MB on disk)")
   print(f"run      : {steps} steps, {processes} process{'es' if processes > 1 else ''}, {repeat} time(s)")
   print(f"machine  : {machine()}")
   runs: list[RunFigures] = []
   try:
-    for w in workdirs:
+    for k, w in enumerate(workdirs):
+      logs.info(f"run {k + 1} of {repeat}: chunklm train in {w}")
       runs.append(run_once(train_commands(data, w, config, steps, overrides, processes), w))
   finally:
     if not keep:

@@ -173,7 +173,8 @@ def _add_data(bsub) -> None:
     description="Run `chunklm train` on --data for a few steps in child processes and measure, from outside: "
     "CPU seconds (user + system) and wall seconds until the trainer starts compiling step 1, peak resident "
     "memory, bytes read through syscalls (rchar) by then and in all, and the workdir's size split into "
-    "checkpoints/ and the rest. The figures are for the machine it runs on (its CPUs, disk and page cache).",
+    "checkpoints/ and the rest. The final evaluation reads 256 KB of the valid split (--set "
+    "eval.final_max_bytes=0 for all of it). The figures are for the machine it runs on (its CPUs, disk and page cache).",
   )
   b.set_defaults(body="bench data")
   options.add_config(b)
