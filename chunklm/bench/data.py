@@ -112,7 +112,8 @@ class _Watch:
   """Watches one child: reads its output for the first-step line and samples /proc until it exits, without reaping
   it before the last sample (an exited, unreaped process still shows its totals), then reaps it with its rusage."""
 
-  def __init__(self, cmd: list[str]):
+  def __init__(self, cmd: list[str], label: str):
+    self.label = label
     self.start = time.perf_counter()
     self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     self.tail: list[str] = []
@@ -127,7 +128,7 @@ class _Watch:
     for line in self.proc.stdout:
       if self.first is None and FIRST_STEP_LINE in line:
         self.first = (time.perf_counter() - self.start, _sample(self.proc.pid))
-        logs.info(f"process {self.proc.pid}: compiling step 1 after {self.first[0]:.1f} s")
+        logs.info(f"{self.label}: compiling step 1 after {self.first[0]:.1f} s")
       logs.debug(f"  | {line.rstrip()}")
       self.tail = (self.tail + [line.rstrip()])[-40:]
 
@@ -198,7 +199,7 @@ def run_once(commands: list[list[str]], workdir: Path) -> RunFigures:
   """Start the processes of one run together, watch them to their exit, and measure the workdir they leave."""
   watches: list[_Watch] = []
   try:
-    watches = [_Watch(c) for c in commands]
+    watches = [_Watch(c, f"process {i}" if len(commands) > 1 else "training") for i, c in enumerate(commands)]
     running = list(watches)
     while running:
       time.sleep(SAMPLE_S)
