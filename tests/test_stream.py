@@ -52,7 +52,13 @@ def _array_record_shards(tmp_path, files: int = 3, docs: int = 50, seed: int = 0
 
 def _cfg(folder, **kw) -> DataConfig:
   base = dict(
-    sources=(str(folder),), seq_len=64, shuffle_buffer_mb=0.004, interleave=2, min_doc_bytes=1, piece_windows=0
+    sources=(str(folder),),
+    seq_len=64,
+    shuffle_buffer_mb=0.004,
+    interleave=2,
+    min_doc_bytes=1,
+    piece_windows=0,
+    lanes_per_row=1,
   )
   return DataConfig(**{**base, **kw})
 
@@ -69,7 +75,7 @@ class _Recording(LaneIterator):
 
 def _iterator(data, cfg, batch, index, count, **kw) -> _Recording:
   source, reader = lane_source(data, cfg, batch, index, count)
-  it = _Recording(source, reader, cfg.seq_len, cutter(cfg), **kw)
+  it = _Recording(source, reader, cfg.seq_len, cutter(cfg), lanes_per_row=cfg.lanes_per_row, **kw)
   it.loaded, it.owned, it.pieces = [], [], []
   return it
 
@@ -155,7 +161,7 @@ def test_the_cap_pads_instead_of_touching_one_document_too_many(tmp_path):
 def test_resume_reads_exactly_the_batches_an_uninterrupted_run_reads(tmp_path, kind):
   folder = _array_record_shards(tmp_path) if kind == "random access" else _jsonl_shards(tmp_path)
   rc = dataclasses.replace(DataConfig().dna, reverse_complement=0.5)
-  cfg = _cfg(folder, dna=rc, prefetch=2, piece_windows=1 if "pieces" in kind else 0)
+  cfg = _cfg(folder, dna=rc, prefetch=2, piece_windows=1 if "pieces" in kind else 0, lanes_per_row=3)
   data = open_train_data(cfg, 2048)
   straight = train_batches(data, cfg, 4, process_index=0, process_count=1, max_docs=3)
   for _ in range(23):
@@ -171,7 +177,7 @@ def test_resume_reads_exactly_the_batches_an_uninterrupted_run_reads(tmp_path, k
 
 
 def test_random_access_data_resumes_on_another_process_count_at_the_same_global_batch(tmp_path):
-  cfg = _cfg(_array_record_shards(tmp_path))
+  cfg = _cfg(_array_record_shards(tmp_path), lanes_per_row=2)
   data = open_train_data(cfg, 2048)
   two = [train_batches(data, cfg, 4, process_index=p, process_count=2, max_docs=3) for p in range(2)]
   for _ in range(11):
@@ -181,6 +187,7 @@ def test_random_access_data_resumes_on_another_process_count_at_the_same_global_
   merged = {
     "lanes": {**states[0]["lanes"], **states[1]["lanes"]},
     "source": {"lanes": {**states[0]["source"]["lanes"], **states[1]["source"]["lanes"]}},
+    "step": states[0]["step"],
   }
   one = train_batches(data, cfg, 4, process_index=0, process_count=1, max_docs=3)
   one.set_state(merged)
@@ -259,7 +266,7 @@ def test_a_mixture_gives_each_source_its_weight_of_the_training_bytes(tmp_path, 
   assert [p.name for p in data.parts] == ["a", "b", "c"] and data.random_access == random_access
   assert [len(p.valid) > 0 for p in data.parts] == [True] * 3
   it = _iterator(data, cfg, 4, 0, 1)
-  for _ in range(300):
+  for _ in range(1000):
     next(it)
   taken = np.array(taken_bytes(it.get_state()), float)
   np.testing.assert_allclose(taken / taken.sum(), [0.6, 0.3, 0.1], atol=0.01)
@@ -315,3 +322,16 @@ def test_bench_cap_compares_the_sampled_cap_with_the_whole_corpus(tmp_path):
   assert docs == len(open_train_data(cfg.data, valid_budget(cfg)).sample)
   assert small.sample_bytes <= whole_sample.sample_bytes
   assert 2 <= whole.max_docs <= whole.most
+
+
+def test_a_rows_lanes_take_turns_so_consecutive_steps_read_other_pieces(tmp_path):
+  cfg = _cfg(_jsonl_shards(tmp_path), piece_windows=4, lanes_per_row=3)
+  data = open_train_data(cfg, 2048)
+  it = _iterator(data, cfg, 2, 0, 1)
+  assert len(it.lanes) == 6
+  for _ in range(9):
+    before = {g: (lane.doc, lane.off) for g, lane in it.lanes.items()}
+    next(it)
+    moved = {g for g, lane in it.lanes.items() if (lane.doc, lane.off) != before[g]}
+    turn = (it.step - 1) % 3
+    assert moved == {turn, 3 + turn}, "the lanes whose turn it is read, and only they"

@@ -69,6 +69,7 @@ class DataConfig:
   max_docs_per_window: int = 0  # documents one training window may touch (the packer pads beyond); 0 = from the corpus
   seed: int = 0  # shuffle seed (file order per epoch, the shuffle windows, the global shuffle of prepared data)
   piece_windows: int = 4  # documents are cut into pieces of this many windows, shuffled as units; 0 = whole documents
+  lanes_per_row: int = 4  # lanes (streams of pieces) each batch row takes its windows from in turn, step after step
   shuffle_buffer_mb: float = 64.0  # MB of pieces each process's stream shuffles at a time (at least one whole record)
   interleave: int = 8  # files each process reads at a time, a record from each in turn
   cap_sample_mb: int = 16  # MB of training documents read at start to set max_docs_per_window (when 0)
@@ -103,9 +104,9 @@ class DataConfig:
     names = [m.name for m in self.mixture]
     if len(set(names)) < len(names):
       raise ConfigError(f"data.mixture: source names must differ, got {names}")
-    if self.shuffle_buffer_mb <= 0 or self.interleave < 1 or self.cap_sample_mb < 1 or self.piece_windows < 0:
-      raise ConfigError(
-        "data.shuffle_buffer_mb must be > 0, data.interleave and data.cap_sample_mb >= 1, data.piece_windows >= 0"
-      )
+    if self.shuffle_buffer_mb <= 0 or min(self.interleave, self.cap_sample_mb, self.lanes_per_row) < 1:
+      raise ConfigError("data.shuffle_buffer_mb must be > 0, data.interleave, cap_sample_mb and lanes_per_row >= 1")
+    if self.piece_windows < 0:
+      raise ConfigError(f"data.piece_windows: must be >= 0, got {self.piece_windows}")
     if self.mmap_min_mb < 0 or self.prefetch < 0:
       raise ConfigError("data.mmap_min_mb and data.prefetch must be >= 0")

@@ -178,14 +178,21 @@ def lane_source(
   if batch_size % process_count:
     raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
   cut = cut or cutter(cfg)
-  lanes = batch_size // process_count
+  lanes = batch_size // process_count * cfg.lanes_per_row
   reader = Reader(data.shards, cfg, builtin=data.builtin)
   weights = [p.weight for p in data.parts]
   if data.random_access:
     ids = list(range(process_index * lanes, (process_index + 1) * lanes))
     records = [(p.files.start, list(p.records or ()), p.rule) for p in data.parts]
     source: LaneSource = GlobalLanes(
-      reader, records, weights, batch=batch_size, lane_ids=ids, seed=cfg.seed, min_bytes=cfg.min_doc_bytes, cutter=cut
+      reader,
+      records,
+      weights,
+      batch=batch_size * cfg.lanes_per_row,
+      lane_ids=ids,
+      seed=cfg.seed,
+      min_bytes=cfg.min_doc_bytes,
+      cutter=cut,
     )
     return source, reader
   streams = [_host_stream(reader, part, cfg, cut, process_index, process_count) for part in data.parts]
@@ -237,7 +244,9 @@ def train_batches(
 
   def make() -> LaneIterator:
     source, reader = lane_source(data, cfg, batch_size, process_index, process_count, cut)
-    return LaneIterator(source, reader, cfg.seq_len, cut, piece_bytes=piece_bytes, max_docs=max_docs)
+    return LaneIterator(
+      source, reader, cfg.seq_len, cut, piece_bytes=piece_bytes, max_docs=max_docs, lanes_per_row=cfg.lanes_per_row
+    )
 
   ds: grain.IterDataset = LaneDataset(make)
   if cfg.prefetch:

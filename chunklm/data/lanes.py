@@ -172,6 +172,7 @@ class LaneIterator(grain.DatasetIterator):
     *,
     piece_bytes: np.ndarray | None = None,
     max_docs: int | None = None,
+    lanes_per_row: int = 1,
   ):
     super().__init__()
     if max_docs is not None and max_docs < 2:
@@ -182,6 +183,9 @@ class LaneIterator(grain.DatasetIterator):
     self.piece_bytes, self.max_docs = piece_bytes, max_docs
     self.dtype = cutter.units(b"").dtype
     self.lanes = {g: _Lane() for g in source.lane_ids}
+    self.per_row, self.step = lanes_per_row, 0
+    if len(source.lane_ids) % lanes_per_row:
+      raise ValueError(f"{len(source.lane_ids)} lanes do not make rows of {lanes_per_row}")
 
   def _load(self, lane: _Lane, epoch: int, piece: Piece) -> None:
     lane.load(epoch, piece)
@@ -213,7 +217,9 @@ class LaneIterator(grain.DatasetIterator):
     return tokens, seg, pos
 
   def __next__(self) -> dict[str, np.ndarray]:
-    rows = [self._window(g) for g in self.source.lane_ids]
+    turn = self.step % self.per_row  # a row's lanes take turns, so consecutive steps read other pieces
+    self.step += 1
+    rows = [self._window(g) for g in self.source.lane_ids[turn :: self.per_row]]
     tokens = np.stack([r[0] for r in rows])
     seg = np.stack([r[1] for r in rows])
     pos = np.stack([r[2] for r in rows])
@@ -233,12 +239,13 @@ class LaneIterator(grain.DatasetIterator):
       str(g): {"doc": [lane.doc[0], *lane.doc[1], lane.doc[2]] if lane.doc else None, "off": lane.off}
       for g, lane in self.lanes.items()
     }
-    return {"lanes": lanes, "source": self.source.get_state()}
+    return {"lanes": lanes, "source": self.source.get_state(), "step": self.step}
 
   def set_state(self, state: dict) -> None:
     """Restores the position `get_state` gave; with GlobalLanes, `state` may hold more lanes than this process reads
     (the states of every process of a run with another process count, merged)."""
     self.source.set_state(state["source"])
+    self.step = state["step"]
     saved = {g: state["lanes"][str(g)] for g in self.source.lane_ids}
     wanted: list[Address] = [(s["doc"][1], s["doc"][2], s["doc"][3]) for s in saved.values() if s["doc"]]
     docs = self.reader.documents_at(wanted)

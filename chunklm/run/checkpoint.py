@@ -180,7 +180,7 @@ class Checkpointer:
     for s in states:
       lanes.update(s["lanes"])
       sources.update(s["source"]["lanes"])
-    return {"lanes": lanes, "source": {"lanes": sources}}
+    return {"lanes": lanes, "source": {"lanes": sources}, "step": states[0]["step"]}
 
   def _check_parts(self, step: int, like_state: dict, partial: bool) -> None:
     """The top-level parts asked for must be the checkpoint's (with `partial`, some of them): otherwise orbax fails

@@ -115,7 +115,10 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
           reporter.flush()
           saver.save(step, state, data_iter, nan)
           if len(plan.data.parts) > 1:
-            reporter.write(step, "mixture", mixture_record(plan, data_iter))
+            mix = mixture_record(plan, data_iter)
+            reporter.write(step, "mixture", mix)
+            shares = ", ".join(f"{k} {v['share']:.1%} (weight {v['weight']:.1%})" for k, v in mix.items())
+            reporter.note(f"step {step}: training bytes so far: {shares}")
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
           reporter.flush()
           res = validate(state["params"], cfg.eval.max_bytes)
