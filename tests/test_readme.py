@@ -114,11 +114,12 @@ FAST = {
   "classify train": ["--steps", "2", "--eval-every", "2", "--seq-len", "64", "--no-progress"],
   "mrt5 train": ["--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--no-progress"],
   "mrt5 bench": ["--repeats", "1"],
+  "data prepare": ["--no-progress", "--workers", "1"],
 }
 
 
 def _key(words: list[str]) -> str:
-  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer", "classify", "mrt5") else words[0]
+  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer", "classify", "mrt5", "data") else words[0]
 
 
 def promised_files(words: list[str]) -> list[Path]:
@@ -133,6 +134,8 @@ def promised_files(words: list[str]) -> list[Path]:
     return [out / "report.md", out / "report.html"]
   if key == "tokenizer train":
     return [Path(args.out)]
+  if key == "data prepare":
+    return [Path(args.out) / "manifest.json"]
   if key == "robustness":
     return [Path(args.out or args.workdir[0]) / f"robustness.{ext}" for ext in ("md", "csv", "png")]
   if key == "boundaries":

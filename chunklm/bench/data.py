@@ -30,9 +30,6 @@ from chunklm.run.workdir import CHECKPOINTS
 
 FIRST_STEP_LINE = "compiling the training step"  # train/trainer.py logs it right before dispatching step 1
 SAMPLE_S = 0.1  # seconds between samples of /proc
-# settings a --set may change: the final evaluation reads a bounded part of the valid split, not all of it (2 % of the
-# corpus by default: 40 MB of a 2 GB corpus, half an hour of evaluation on a CPU that tells nothing about start-up)
-DEFAULT_SETTINGS = ("eval.final_max_bytes=262144",)
 TICKS = os.sysconf("SC_CLK_TCK")
 MB = 1e6
 
@@ -179,15 +176,17 @@ def _free_port() -> int:
 def train_commands(
   data: list[str], workdir: Path, config: str, steps: int, overrides: list[str], processes: int
 ) -> list[list[str]]:
-  """The `chunklm train` command line of each process: the bench's DEFAULT_SETTINGS first, so a --set overrides
-  them, and --steps last, so it wins over a --set train.steps. Several processes meet through jax.distributed at a
-  local coordinator (as tests/test_distributed.py runs them) and log with --verbose, which makes every process
-  print the first-step line."""
+  """The `chunklm train` command line of each process: the config as it is (its train.steps, so its evaluation
+  settings and the valid split they read are what a real run starts with) and `--stop-after steps`, which ends the
+  run with a checkpoint after that many steps and before any final evaluation. Several processes meet through
+  jax.distributed at a local coordinator (as tests/test_distributed.py runs them) and log with --verbose, which makes
+  every process print the first-step line."""
   cmd = [sys.executable, "-m", "chunklm.cli", "train", "--config", config, "--workdir", str(workdir), "--no-progress"]
   for path in data:
     cmd += ["--data", path]
-  for o in [*DEFAULT_SETTINGS, *overrides, f"train.steps={steps}"]:
+  for o in overrides:
     cmd += ["--set", o]
+  cmd += ["--stop-after", str(steps)]
   if processes == 1:
     return [cmd]
   coordinator = f"localhost:{_free_port()}"
@@ -318,7 +317,7 @@ def bench_data(
   if taken := [str(w) for w in workdirs if w.exists()]:
     raise UserError(f"bench data: {taken[0]} exists (a run there would resume): choose another --workdir-root")
   on_disk = sum(_size(Path(p)) if Path(p).is_dir() else Path(p).stat().st_size for p in data)
-  print(f"config   : {config} {' '.join([*DEFAULT_SETTINGS, *overrides])}")
+  print(f"config   : {config} {' '.join(overrides)} (--stop-after {steps})")
   print(f"data     : {', '.join(data)} ({on_disk / MB:,.0f} MB on disk)")
   print(f"run      : {steps} steps, {processes} process{'es' if processes > 1 else ''}, {repeat} time(s)")
   print(f"machine  : {machine()}")

@@ -179,7 +179,12 @@ def _add_data(bsub) -> None:
   b.set_defaults(body="bench data")
   options.add_config(b)
   options.add_data(b, "training data to measure (repeatable): as `chunklm train --data`", valid=False)
-  b.add_argument("--steps", type=int, default=3, help="training steps per run (sets train.steps; default: %(default)s)")
+  b.add_argument(
+    "--steps",
+    type=int,
+    default=3,
+    help="training steps per run (--stop-after: no final evaluation; default: %(default)s)",
+  )
   b.add_argument("--repeat", type=int, default=1, help="runs, one after another; the median is reported too")
   b.add_argument(
     "--processes",
