@@ -70,7 +70,7 @@ class DataConfig:
   seed: int = 0  # shuffle seed (file order per epoch, the shuffle windows, the global shuffle of prepared data)
   piece_windows: int = 4  # documents are cut into pieces of this many windows, shuffled as units; 0 = whole documents
   lanes_per_row: int = 4  # lanes (streams of pieces) each batch row takes its windows from in turn, step after step
-  shuffle_buffer_mb: float = 64.0  # MB of pieces each process's stream shuffles at a time (at least one whole record)
+  shuffle_buffer_mb: float = 32.0  # MB of pieces each process's stream shuffles at a time (at least one whole record)
   interleave: int = 8  # files each process reads at a time, a record from each in turn
   cap_sample_mb: int = 16  # MB of training documents read at start to set max_docs_per_window (when 0)
   mmap_min_mb: int = 256  # corpora larger than this are kept in a memory-mapped cache file, not in RAM

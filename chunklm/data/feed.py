@@ -47,6 +47,7 @@ class TrainData:
   description: str  # one line: where the data came from and how it was split
   sample: Documents  # the streams' first training documents (bytes): the document cap is measured on them
   complete: bool  # the sample is every training document
+  sample_bytes: int  # the sample's size (kept when the plan lets the sample go)
   builtin: bool  # the built-in corpus (its files are whole documents)
 
   @property
@@ -96,7 +97,8 @@ def open_train_data(cfg: DataConfig, valid_bytes: int) -> TrainData:
     )
     lines.append(f"{what}: {train}{', random access' if parts[-1].records else ''}; {valid.description}")
   sample = samples[0] if len(samples) == 1 else concatenate(samples)
-  return TrainData(tuple(shards), tuple(parts), "; ".join(lines), sample, complete, not cfg.sources and not cfg.mixture)
+  builtin = not cfg.sources and not cfg.mixture
+  return TrainData(tuple(shards), tuple(parts), "; ".join(lines), sample, complete, sample.num_bytes, builtin)
 
 
 def _check_sample(sample: Documents, whole: bool, what: str, cfg: DataConfig) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import grain
 import jax
+import numpy as np
 
 from chunklm import logs
 from chunklm.config import Config, dump_yaml, to_dict
@@ -93,6 +94,7 @@ def plan_run(cfg: Config, run: RunDir, *, allow_data_change: bool = False) -> Ru
     and run.tokenizer.read_bytes() != tok.path.read_bytes()
   ):
     raise CheckpointError(f"{run} was trained with another tokenizer than {tok.path}; use another --workdir")
+  data = dataclasses.replace(data, sample=data.sample.select(np.zeros(len(data.sample), bool)))  # measured: let go
   return RunPlan(cfg, run, data, valid, tok, cap, resuming, changes)
 
 
@@ -135,7 +137,7 @@ def announce(
       shutil.copyfile(plan.tokenizer.path, run.tokenizer)  # the run stays usable if the original moves
   log(f"data: {plan.data.description}")
   if plan.cap is not None:
-    sample = "" if plan.data.complete else f" (measured on the first {plan.data.sample.num_bytes:,} bytes)"
+    sample = "" if plan.data.complete else f" (measured on the first {plan.data.sample_bytes:,} bytes)"
     log(f"windows: {plan.cap.describe()}{sample}")
   log(
     f"model: {num_params:,} parameters, layout {json.dumps(to_dict(cfg.model.layout))}, "
