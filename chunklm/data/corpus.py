@@ -148,7 +148,8 @@ def load_documents(
   return build(clean(docs, cfg.dna), cache_file, cfg.mmap_min_mb << 20)
 
 
-def _split_hash(name: str, seed: int) -> float:
+def split_hash(name: str, seed: int) -> float:
+  """Where a document's name falls in [0, 1) for the train/valid split (held out below data.valid_fraction)."""
   digest = hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest()
   return int.from_bytes(digest, "little") / 2.0**64
 
@@ -175,7 +176,7 @@ def load_splits(cfg: DataConfig, cache_dir: Path | None = None) -> Splits:
         f"{what}: {len(docs)} document(s) cannot be split by document; pass --valid-data PATH "
         "or set data.doc_separator to split files into documents"
       )
-    h = np.array([_split_hash(n, cfg.split_seed) for n in docs.names])
+    h = np.array([split_hash(n, cfg.split_seed) for n in docs.names])
     is_valid = h < cfg.valid_fraction
     if not is_valid.any():
       is_valid[np.argmin(h)] = True  # tiny corpora: hold out at least one document

@@ -10,19 +10,13 @@ budget (`valid_budget`), so they hold out the same documents.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterator
 
 from chunklm.config import Config, DataConfig
 from chunklm.data import sources as src
-from chunklm.data.corpus import Documents, build
+from chunklm.data.corpus import Documents, build, split_hash
 from chunklm.data.shards import Address, Reader, describe_sources, list_shards
 from chunklm.errors import DataError
-
-
-def split_hash(name: str, seed: int) -> float:
-  digest = hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest()
-  return int.from_bytes(digest, "little") / 2.0**64
 
 
 @dataclasses.dataclass(frozen=True)
