@@ -56,3 +56,20 @@ def test_a_streamed_corpus_saved_by_two_processes_is_refused_on_one_in_a_line_th
   with pytest.raises(ProcessCountChange, match=r"written by 2 processes and this run has 1.*chunklm data prepare"):
     Checkpointer(tmp_path / "checkpoints").restore_latest({"w": jnp.zeros(3)}, one)
   assert (tmp_path / "checkpoints" / "5").is_dir(), "a readable checkpoint is never moved aside"
+
+
+def test_a_position_saved_by_the_in_memory_pipeline_restarts_the_stream_with_a_warning(tmp_path, caplog):
+  data, cfg, _ = _saved_by_two(tmp_path, _jsonl_shards(tmp_path))
+  step = tmp_path / "checkpoints" / "5"
+  for f in (step / "data").glob("*.json"):
+    f.unlink()
+  (step / "data" / "process_0-of-1.json").write_text(json.dumps({"next_index": 40}))  # grain's MapDataset iterator
+  write_manifest(step)
+  one = train_batches(data, cfg, 4, process_index=0, process_count=1, max_docs=3)
+  fresh = train_batches(data, cfg, 4, process_index=0, process_count=1, max_docs=3)
+  with caplog.at_level("WARNING", logger="chunklm"):
+    restored = Checkpointer(tmp_path / "checkpoints").restore_latest({"w": jnp.zeros(3)}, one)
+  assert restored is not None and restored[0] == 5, "the model resumes: a readable checkpoint is not damaged"
+  assert "in-memory pipeline" in caplog.text
+  a, b = next(one), next(fresh)
+  assert all((a[k] == b[k]).all() for k in a), "the stream starts from its beginning"

@@ -149,24 +149,39 @@ class Checkpointer:
     else:
       state_args = ocp.args.StandardRestore(_abstract(like_state))
     items: dict[str, Any] = {"state": state_args, "meta": ocp.args.JsonRestore()}
-    merged = self._data_of_other_processes(step, data_iter) if data_iter is not None else None
-    if data_iter is not None and merged is None:
+    how, merged = self._data_restore(step, data_iter) if data_iter is not None else ("none", None)
+    if how == "grain":
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    if data_iter is not None and merged is not None:
+    if how == "merged" and data_iter is not None:
       data_iter.set_state(merged)
     return restored["state"], restored["meta"]
 
-  def _data_of_other_processes(self, step: int, data_iter) -> dict | None:
+  def _data_restore(self, step: int, data_iter) -> tuple[str, dict | None]:
+    """How to restore the data position of `step`: "grain" (saved by as many processes as this run has), "merged"
+    (the merged states of another number of processes), or "none" (saved by chunklm's in-memory pipeline before the
+    data was streamed: a position that means nothing to the streams, which start from their beginning, said in a
+    warning)."""
+    saved = sorted((self.directory / str(step) / "data").glob("process_*-of-*.json"))
+    if not saved:
+      return "grain", None
+    states = [json.loads(f.read_text()) for f in saved]
+    if "lanes" in data_iter.get_state() and not all("lanes" in s for s in states):
+      logs.warning(
+        f"the data position in the checkpoint at step {step} was saved by chunklm's in-memory pipeline (before "
+        "0.4); the model and optimizer resume, the streamed data starts from its beginning"
+      )
+      return "none", None
+    merged = self._data_of_other_processes(step, saved, states)
+    return ("grain", None) if merged is None else ("merged", merged)
+
+  def _data_of_other_processes(self, step: int, saved: list[Path], states: list[dict]) -> dict | None:
     """None when the data position was saved by as many processes as this run has (grain restores it); else the
     states of every saving process merged, for a data stream whose batches do not depend on the process count
     (`data.lanes.GlobalLanes`: prepared, random-access data). Any other stream raises ProcessCountChange."""
-    folder = self.directory / str(step) / "data"
     count = jax.process_count()
-    saved = sorted(folder.glob("process_*-of-*.json"))
-    if not saved or any(f.name.endswith(f"-of-{count}.json") for f in saved):
+    if any(f.name.endswith(f"-of-{count}.json") for f in saved):
       return None
-    states = [json.loads(f.read_text()) for f in saved]
     before = saved[0].name.rsplit("-of-", 1)[1].removesuffix(".json")
     if not all("lanes" in s.get("source", {}) for s in states):
       raise ProcessCountChange(
