@@ -11,6 +11,7 @@ each process, which keeps every count-th document (a warning says so: prepare th
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import grain
 import numpy as np
@@ -20,11 +21,11 @@ from chunklm import logs
 from chunklm.config import DataConfig
 from chunklm.data.corpus import Documents, build
 from chunklm.data.formats import sniff
-from chunklm.data.lanes import GlobalLanes, HostLanes, LaneDataset, LaneIterator, LaneSource, Units
+from chunklm.data.lanes import GlobalLanes, HostLanes, LaneDataset, LaneIterator, LaneSource
 from chunklm.data.pipeline import BOS
 from chunklm.data.shards import Reader, Shard, describe_sources, list_shards
 from chunklm.data.split import SplitRule, read_valid
-from chunklm.data.stream import Cutter, HostStream, byte_units
+from chunklm.data.stream import Cutter, HostStream, Units, byte_units
 from chunklm.errors import DataError
 
 
@@ -50,9 +51,9 @@ class TrainData:
   sample_bytes: int  # the sample's size (kept when the plan lets the sample go)
   builtin: bool  # the built-in corpus (its files are whole documents)
 
-  @property
+  @functools.cached_property
   def valid(self) -> Documents:
-    """Every part's valid split, one after another."""
+    """Every part's valid split, one after another (joined once)."""
     return self.parts[0].valid if len(self.parts) == 1 else concatenate([p.valid for p in self.parts])
 
   @property

@@ -32,8 +32,6 @@ from chunklm.data.shards import Address, Reader
 from chunklm.data.split import SplitRule
 from chunklm.data.stream import Cutter, HostStream, Piece
 
-Units = Callable[[bytes], np.ndarray]  # a document's bytes -> what the model reads (bytes, or token ids)
-
 
 def pick(taken: list[int], weights: list[float]) -> int:
   """The part furthest behind its share of the bytes taken so far (ties: the first): a deterministic weighted

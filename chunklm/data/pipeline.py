@@ -22,6 +22,7 @@ import numpy as np
 from chunklm.config import Config
 from chunklm.data.corpus import Documents
 from chunklm.data.dna import reverse_complement
+from chunklm.data.stream import piece_bounds
 
 BOS = 0xFE  # never appears in valid UTF-8; marks every document start (as in the H-Net code)
 
@@ -236,17 +237,15 @@ def doc_cap(docs: Documents, seq_len: int, seed: int, quantile: float = 0.999) -
 
 
 def split_pieces(docs: Documents, piece: int) -> Documents:
-  """`docs` cut as training cuts them (`stream.Cutter`, pieces of `piece` units with BOS, 0 = whole), each piece a
-  document of piece - 1 units so that it packs as BOS + bytes would: what the document cap is measured on."""
+  """`docs` cut as training cuts them (`stream.piece_bounds`: pieces of `piece` units counting BOS, 0 = whole), each
+  piece a document one unit shorter than the piece, so that it packs as BOS + bytes would: what the document cap is
+  measured on (lengths only: the pieces' starts are not where their bytes are)."""
   if not piece:
     return docs
-  starts, lengths = [], []
-  for s, n in zip(docs.starts, docs.lengths):
-    for lo in range(0, int(n), piece):  # sizes as packed: piece units each, the last one what is left
-      starts.append(int(s) + lo)
-      lengths.append(min(piece, int(n) + 1 - lo) - 1)
-  names = tuple(str(i) for i in range(len(starts)))
-  return Documents(docs.data, np.asarray(starts, np.int64), np.asarray(lengths, np.int64), names)
+  lengths = [hi - lo - 1 for n in docs.lengths for lo, hi in piece_bounds(int(n) + 1, piece)]
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths else np.zeros(0, np.int64)
+  names = tuple(str(i) for i in range(len(lengths)))
+  return Documents(docs.data, starts, np.asarray(lengths, np.int64), names)
 
 
 def with_doc_cap(cfg: Config, docs: Documents) -> tuple[Config, DocCap | None]:

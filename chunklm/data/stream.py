@@ -27,6 +27,7 @@ def byte_units(data: bytes) -> np.ndarray:
   return np.frombuffer(data, np.uint8)
 
 
+Units = Callable[[bytes], np.ndarray]  # a document's bytes -> what the model reads (bytes, or token ids)
 Piece = tuple[Address, int, np.ndarray, int]  # (document address, piece index, units, position of its first unit)
 
 
@@ -38,7 +39,7 @@ class Cutter:
   target of piece k - 1, so every unit is predicted once wherever the pieces land. Shuffling pieces instead of
   documents is what lets a window shuffle mix long documents (source files, genomes) across a corpus."""
 
-  units: Callable[[bytes], np.ndarray]
+  units: Units
   bos: int
   piece: int = 0
   reverse_complement: float = 0.0
@@ -54,20 +55,24 @@ class Cutter:
 
   def count(self, n: int) -> int:
     """Pieces of a document of n units (BOS included)."""
-    return 1 if not self.piece else max(1, -(-n // self.piece))
+    return len(piece_bounds(n, self.piece))
 
   def pieces(self, epoch: int, address: Address, data: bytes) -> list[Piece]:
     whole = self._whole(epoch, address, data)
-    return [self._cut(whole, address, k) for k in range(self.count(len(whole)))]
+    return [(address, k, whole[lo:hi], lo) for k, (lo, hi) in enumerate(piece_bounds(len(whole), self.piece))]
 
   def piece_at(self, epoch: int, address: Address, k: int, data: bytes) -> Piece:
-    return self._cut(self._whole(epoch, address, data), address, k)
+    whole = self._whole(epoch, address, data)
+    lo, hi = piece_bounds(len(whole), self.piece)[k]
+    return address, k, whole[lo:hi], lo
 
-  def _cut(self, whole: np.ndarray, address: Address, k: int) -> Piece:
-    if not self.piece:
-      return address, 0, whole, 0
-    lo = max(k * self.piece - 1, 0)
-    return address, k, whole[lo : (k + 1) * self.piece], lo
+
+def piece_bounds(n: int, piece: int) -> list[tuple[int, int]]:
+  """[lo, hi) of each piece of a document of n units (BOS included) cut into pieces of `piece` (0: whole): piece
+  k > 0 starts one unit before k * piece (`Cutter`)."""
+  if not piece:
+    return [(0, n)]
+  return [(max(k * piece - 1, 0), min((k + 1) * piece, n)) for k in range(max(1, -(-n // piece)))]
 
 
 @dataclasses.dataclass
