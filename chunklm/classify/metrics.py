@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chunklm.plots import figure
+from chunklm.plots import figure, save
 
 
 def classification_report(labels, predicted, classes: list[str]) -> dict:
@@ -61,4 +61,4 @@ def confusion_png(report: dict, path: str | Path, title: str = "") -> None:
   ax.set_title(title or f"accuracy {report['accuracy']:.3f}, macro F1 {report['macro_f1']:.3f}")
   fig.colorbar(image, ax=ax, label="share of the true class")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save(fig, path, dpi=120)

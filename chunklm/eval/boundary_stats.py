@@ -19,8 +19,9 @@ from chunklm.data.tokenizer import Tokenizer
 from chunklm.errors import UserError
 from chunklm.eval.boundaries import ByteRouting, _show, characters, corpus_routing, picture, text_routing
 from chunklm.eval.kmer_boundaries import kmer_markdown
-from chunklm.plots import figure
+from chunklm.plots import figure, save
 from chunklm.run.trained import open_run
+from chunklm.storage.paths import ensure_dir, location
 
 
 def chunk_lengths(starts: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def histogram_png(stats: dict, path: Path) -> Path:
     ax.set_xlabel("bytes per chunk (last bin: longer)")
     ax.set_ylabel("chunks")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save(fig, path, dpi=100)
   return path
 
 
@@ -166,7 +167,7 @@ def text_png(data: bytes, r: ByteRouting, path: Path, per_row: int = 64, min_col
     fontsize=9,
   )  # ~13 characters per inch at 9 pt
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save(fig, path, dpi=110)
   return path
 
 
@@ -189,7 +190,8 @@ def run_boundaries(
       f"{workdir} holds a plain {cfg.model.layout[0]} stack without routing stages; boundaries need an H-Net"
     )
   out = out or workdir / "boundaries"
-  out.mkdir(parents=True, exist_ok=True)
+  out = location(out, "--out")
+  ensure_dir(out)
   result: dict = {}
   if text is not None:
     if len(text) > cfg.data.seq_len - 1:

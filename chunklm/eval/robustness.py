@@ -10,6 +10,7 @@ how each model's mean relative increase compares with the first model's.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,9 @@ from chunklm.data.split import run_valid_split
 from chunklm.errors import DataError, UserError
 from chunklm.eval.bpb import evaluate, make_eval_step
 from chunklm.eval.perturb import PERTURBATIONS, perturb_documents
-from chunklm.plots import figure
+from chunklm.plots import figure, save
 from chunklm.run.trained import open_run, read_config
+from chunklm.storage.paths import ensure_dir, location
 
 
 def score(
@@ -88,7 +90,8 @@ def run_robustness(
   for name, wd in zip(names, workdirs):
     log(f"scoring {name} ({wd})...")
     results[name] = score(wd, texts, overrides=overrides, progress=progress)
-  out.mkdir(parents=True, exist_ok=True)
+  out = location(out, "--out")
+  ensure_dir(out)
   _write(out, results, texts, strength, seed)
   log(f"wrote {out / 'robustness.md'}, robustness.csv and robustness.png")
   return results
@@ -115,10 +118,11 @@ def _write(out: Path, results: dict, texts: dict, strength: float, seed: int) ->
     mean = {"perturbation": "mean", "bytes": round(float(np.mean([r["bytes"] for r in perturbed])))}
     mean.update({k: float(np.mean([r[k] for r in perturbed])) for k in rows[0] if k not in mean})
     rows.append(mean)
-  with open(out / "robustness.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  table = io.StringIO(newline="")
+  writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  (out / "robustness.csv").write_text(table.getvalue())
   head = ["perturbation", "bytes"] + [f"{m}: BPB (Δ, Δ%)" for m in models]
   lines = [
     f"# Robustness (strength {strength}, seed {seed})",
@@ -158,4 +162,4 @@ def _plot(path: Path, rows: list[dict], models: list[str]) -> None:
   ax.grid(axis="y", alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save(fig, path, dpi=100)

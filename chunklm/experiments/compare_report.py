@@ -11,7 +11,7 @@ from pathlib import Path
 
 from chunklm.config import Config
 from chunklm.model.flops import train_flops_per_byte
-from chunklm.plots import figure
+from chunklm.plots import figure, save
 from chunklm.run.metrics import read_jsonl
 from chunklm.run.workdir import RunDir
 
@@ -91,7 +91,7 @@ def plot(rows: list[Row], out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  save(fig, out, dpi=100)
   return out
 
 

@@ -18,7 +18,7 @@ import math
 import statistics
 
 from chunklm.errors import ConfigError, UserError
-from chunklm.plots import figure
+from chunklm.plots import figure, save
 
 BUDGET_KEY = "budget_bytes"
 
@@ -241,7 +241,7 @@ def plot(
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save(fig, path, dpi=100)
   return path
 
 
@@ -355,5 +355,5 @@ def plot_budget(summaries: list[Summary], flops_per_byte: dict[tuple, float], pa
   axes[0].minorticks_off()  # the budgets are the ticks
   axes[0].set_xticks(budgets, [f"{b / 1e6:g} MB" for b in budgets])
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save(fig, path, dpi=100)
   return path

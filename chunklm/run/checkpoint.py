@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from chunklm import logs
-from chunklm.errors import CheckpointError
+from chunklm.errors import CheckpointError, UserError
 from chunklm.run.integrity import verify, write_manifest
+from chunklm.storage.objects import move_tree, storage_error
+from chunklm.storage.paths import ensure_dir, is_remote, location
 
 # orbax logs a failed background write (with tracebacks) from each of its threads; `save`/`close` raise it once,
 # as one line, so those logs are silenced
@@ -54,13 +57,22 @@ def _abstract(tree):
 
 
 class Checkpointer:
-  def __init__(self, directory: str | Path, *, keep: int = 3, read_only: bool = False, asynchronous: bool = True):
-    self.directory = Path(directory).absolute()
+  def __init__(
+    self, directory: str | os.PathLike, *, keep: int = 3, read_only: bool = False, asynchronous: bool = True
+  ):
+    where = location(directory)
+    self.directory: epath.Path = where if is_remote(where) else where.absolute()
     self.read_only = read_only
     if read_only and not self.directory.is_dir():
       raise CheckpointError(f"no checkpoints in {self.directory.parent} (train a model there first)")
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=asynchronous
+      max_to_keep=keep,
+      create=not read_only,
+      read_only=read_only,
+      enable_async_checkpointing=asynchronous,
+      # the unfinished write of a killed run (a tmp directory; in a bucket, a step without its commit file) is
+      # removed when the next writer opens the run, so its files are not left beside the rewritten step
+      cleanup_tmp_directories=not read_only,
     )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._pending: int | None = None  # the step being written in the background
@@ -102,6 +114,8 @@ class Checkpointer:
   def _check_room(self, step: int, state: dict) -> None:
     """Refuses a write that cannot fit in the free space before it starts (so the disk is not filled and nothing
     half-written is left to clean up); a write that fails anyway is reported by `_storage_error`."""
+    if is_remote(self.directory):
+      return  # a bucket has no free space to check; a refused write is reported by _storage_error
     need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) + (1 << 20)
     free = shutil.disk_usage(self._existing_dir()).free
     if free < need:
@@ -109,7 +123,7 @@ class Checkpointer:
         self._storage_message(step, "no space left on device", free, f"needs {need / 2**20:,.0f} MiB")
       )
 
-  def _existing_dir(self) -> Path:
+  def _existing_dir(self):
     where = self.directory
     while not where.exists():
       where = where.parent
@@ -123,8 +137,10 @@ class Checkpointer:
       f"{f'step {max(done)}' if done else 'none'}; free some space (or use another --workdir) and re-run to resume"
     )
 
-  def _storage_error(self, e: Exception, step: int | None) -> CheckpointError | None:
+  def _storage_error(self, e: Exception, step: int | None) -> UserError | None:
     """One line for a write that failed for lack of space or rights (None for anything else)."""
+    if is_remote(self.directory):
+      return storage_error(e, f"cannot write the checkpoint of step {step} in {self.directory}")
     reason = next((r for r in _STORAGE_ERRORS if r in str(e)), None)
     if reason is None:
       return None
@@ -175,7 +191,7 @@ class Checkpointer:
     merged = self._data_of_other_processes(step, saved, states)
     return ("grain", None) if merged is None else ("merged", merged)
 
-  def _data_of_other_processes(self, step: int, saved: list[Path], states: list[dict]) -> dict | None:
+  def _data_of_other_processes(self, step: int, saved: list, states: list[dict]) -> dict | None:
     """None when the data position was saved by as many processes as this run has (grain restores it); else the
     states of every saving process merged, for a data stream whose batches do not depend on the process count
     (`data.lanes.GlobalLanes`: prepared, random-access data). Any other stream raises ProcessCountChange."""
@@ -203,7 +219,8 @@ class Checkpointer:
     a part of another shape inside still fails in orbax (and reads as unreadable)."""
     handler = ocp.PyTreeCheckpointHandler()
     try:
-      saved = set(handler.metadata((self.directory / str(step) / "state").resolve()).tree)
+      where = self.directory / str(step) / "state"
+      saved = set(handler.metadata(where if is_remote(where) else where.resolve()).tree)
     finally:
       handler.close()
     wanted = set(like_state)
@@ -235,8 +252,8 @@ class Checkpointer:
         moved = ""
         if not self.read_only:
           aside = self.directory.with_name(self.directory.name + "-unreadable") / f"{bad}-{time.time_ns()}"
-          aside.parent.mkdir(exist_ok=True)
-          shutil.move(self.directory / str(bad), aside)
+          ensure_dir(aside.parent)
+          move_tree(self.directory / str(bad), aside)
           moved = f" (moved to {aside})"
         log(f"checkpoint at step {bad} is unreadable ({reason}){moved}; using step {step}")
       if failed and not self.read_only:

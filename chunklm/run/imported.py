@@ -10,23 +10,28 @@ robustness, classify, `train --init-from`): `config.yaml`, one checkpoint holdin
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+
+from etils import epath
 
 from chunklm.config import Config, dump_yaml
 from chunklm.errors import CheckpointError
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.workdir import RunDir
+from chunklm.storage.objects import check_access
+from chunklm.storage.paths import ensure_dir, location
 
 
 def write_params_run(
-  workdir: str | Path, cfg: Config, params, step: int, origin: dict, tokenizer_bytes: bytes | None = None
-) -> Path:
+  workdir: str | os.PathLike, cfg: Config, params, step: int, origin: dict, tokenizer_bytes: bytes | None = None
+) -> epath.Path:
   """Writes the run directory `workdir` (which must not exist or be empty) holding `params` at `step`."""
-  workdir = Path(workdir)
-  if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
-    raise CheckpointError(f"{workdir} already exists and is not empty; choose a new directory for the run")
-  workdir.mkdir(parents=True, exist_ok=True)
-  run = RunDir(workdir)
+  where = location(workdir, "--out")
+  check_access(where, "--out")
+  if where.exists() and (not where.is_dir() or any(where.iterdir())):
+    raise CheckpointError(f"{where} already exists and is not empty; choose a new directory for the run")
+  ensure_dir(where)
+  run = RunDir(where)
   run.config.write_text(dump_yaml(cfg))
   if tokenizer_bytes is not None:
     run.tokenizer.write_bytes(tokenizer_bytes)
@@ -34,16 +39,16 @@ def write_params_run(
   ckpt.save(step, {"params": params}, None, {"step": step, "params_only": True})
   ckpt.close()
   run.origin.write_text(json.dumps(origin, indent=1) + "\n")
-  return workdir
+  return where
 
 
-def read_origin(workdir: str | Path) -> dict | None:
+def read_origin(workdir: str | os.PathLike) -> dict | None:
   """Where a parameters-only run's weights came from (None for a trained run)."""
   path = RunDir(workdir).origin
   return json.loads(path.read_text()) if path.is_file() else None
 
 
-def refuse_resume(workdir: str | Path) -> None:
+def refuse_resume(workdir: str | os.PathLike) -> None:
   """A one-line CheckpointError when `workdir` holds parameters only (it cannot continue training)."""
   origin = read_origin(workdir)
   if origin is not None:

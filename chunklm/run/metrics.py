@@ -2,57 +2,97 @@
 
 On resume, records past the resumed step (and evaluations at it, which are redone) are dropped from the JSONL first,
 so a killed-and-resumed run has exactly the records of a straight run.
+
+In object storage (a `gs://` workdir), where objects cannot be appended to, the records are kept in memory and
+metrics.jsonl is rewritten whole at each `sync` (the trainer's checkpoints and evaluations, and `close`); TensorBoard
+writes its events to a local staging folder whose files are copied into `tb/` at the same moments. A crash loses at
+most the records since the last checkpoint, and the resume from that checkpoint writes them again.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 from tensorboardX import SummaryWriter
 
-from chunklm.plots import figure
+from chunklm.plots import figure, save
 from chunklm.run.workdir import RunDir
+from chunklm.storage.paths import is_remote, location
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-  path = Path(path)
-  if not path.exists():
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  where = location(path)
+  if not where.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [json.loads(line) for line in where.read_text().splitlines() if line.strip()]
 
 
 class MetricsWriter:
-  def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
     self.run = RunDir(workdir)
     self.path = self.run.metrics
+    self.remote = is_remote(self.path)
     kept = [
-      r
+      json.dumps(r) + "\n"
       for r in read_jsonl(self.path)
       if r.get("step", 0) < resume_step or (r.get("step", 0) == resume_step and r.get("split") == "train")
     ]
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    self._file = open(self.path, "a")
+    self._lines = kept  # what metrics.jsonl holds (written whole on object storage)
+    self._file = None
     self._tb = None
+    self._staging: tempfile.TemporaryDirectory | None = None
+    self.path.write_text("".join(kept))
+    if not self.remote:
+      self._file = open(self.path, "a")
     if tensorboard:
-      self._tb = SummaryWriter(str(self.run.tensorboard), purge_step=resume_step + 1 if resume_step else None)
+      if self.remote:
+        self._staging = tempfile.TemporaryDirectory(prefix="chunklm-tb-")
+      tb_dir = self._staging.name if self._staging else os.fspath(self.run.tensorboard)
+      self._tb = SummaryWriter(tb_dir, purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, split: str, values: dict) -> None:
     record = {"step": int(step), "split": split}
     record.update({k: _plain(v) for k, v in values.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    line = json.dumps(record) + "\n"
+    if self._file is not None:
+      self._file.write(line)
+      self._file.flush()
+    else:
+      self._lines.append(line)
     if self._tb is not None:
       for k, v in record.items():
         if k not in ("step", "split") and isinstance(v, (int, float)) and math.isfinite(v):
           self._tb.add_scalar(f"{split}/{k}", v, step)
 
+  def sync(self) -> None:
+    """Makes what was written so far durable in the workdir (on a local disk every record already is)."""
+    if not self.remote:
+      return
+    if self._tb is not None:
+      self._tb.flush()
+    self._publish()
+
+  def _publish(self) -> None:
+    self.path.write_text("".join(self._lines))
+    if self._staging is not None:
+      for f in sorted(Path(self._staging.name).iterdir()):
+        (self.run.tensorboard / f.name).write_bytes(f.read_bytes())
+
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
+    if self.remote:
+      self._publish()
+    if self._staging is not None:
+      self._staging.cleanup()
 
 
 def _plain(v):
@@ -69,7 +109,9 @@ def _smooth(values: list[float], alpha: float = 0.1) -> list[float]:
   return out
 
 
-def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tuple[float, ...] = ()) -> Path | None:
+def plot_curves(
+  workdir: str | os.PathLike, out: str | os.PathLike | None = None, targets: tuple[float, ...] = ()
+) -> epath.Path | None:
   """loss.png: training and valid BPB, and H-Net bytes per chunk per stage (dashed: the targets N, compounded)."""
   run = RunDir(workdir)
   records = read_jsonl(run.metrics)
@@ -107,6 +149,6 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None, targets: tup
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  out = Path(out or run.loss_plot)
-  fig.savefig(out, dpi=100)
+  out = location(out or run.loss_plot)
+  save(fig, out, dpi=100)
   return out

@@ -9,10 +9,11 @@ tokenizer the run keeps a copy of (the workdir's `tokenizer.model`), and `units(
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
+from etils import epath
 from flax import nnx
 
 from chunklm import logs
@@ -25,6 +26,8 @@ from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.workdir import RunDir
+from chunklm.storage.objects import check_access
+from chunklm.storage.paths import location
 
 # Settings that may change after training (they keep every parameter); named in the refusal of the others.
 INFERENCE_SETTINGS = "model.delete_gate.keep_all, model.capacity_factor, kernels.impl, kernels.attention"
@@ -32,7 +35,7 @@ INFERENCE_SETTINGS = "model.delete_gate.keep_all, model.capacity_factor, kernels
 
 @dataclasses.dataclass
 class TrainedRun:
-  workdir: Path
+  workdir: epath.Path  # local or gs://
   cfg: Config
   graphdef: Any
   params: Any  # every model variable (nnx.Param and router statistics) as one pytree
@@ -64,7 +67,7 @@ class TrainedRun:
     return merge_model(self.graphdef, self.params)
 
 
-def read_config(workdir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
+def read_config(workdir: str | os.PathLike, overrides: tuple[str, ...] = ()) -> Config:
   """The resolved config of a run, with `overrides` (KEY=VALUE) applied; a workdir without one, or one written by a
   chunklm whose config format differs, is a one-line error."""
   run = RunDir(workdir)
@@ -82,14 +85,15 @@ def read_config(workdir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
   return load_config(run.config, list(overrides))
 
 
-def open_run(workdir: str | Path, overrides: tuple[str, ...] = (), log=logs.warning) -> TrainedRun:
+def open_run(workdir: str | os.PathLike, overrides: tuple[str, ...] = (), log=logs.warning) -> TrainedRun:
   """The newest readable checkpoint of `workdir`, ready for inference.
 
   `overrides` change the saved config before the model is built, for settings that keep the parameters (e.g.
   model.delete_gate.keep_all, model.capacity_factor, kernels.impl, kernels.attention); one that changes them is a UserError naming the
   parameters it would change. `log` takes the warnings about unreadable checkpoints.
   """
-  workdir = Path(workdir)
+  workdir = location(workdir, "--workdir")
+  check_access(workdir, "--workdir")
   cfg = read_config(workdir, overrides)
   graphdef, abstract = abstract_params(cfg)
   if overrides:
@@ -124,7 +128,7 @@ def _check_same_parameters(before, after, overrides) -> None:
     )
 
 
-def run_tokenizer(cfg: Config, workdir: Path | None = None) -> Tokenizer | None:
+def run_tokenizer(cfg: Config, workdir: epath.Path | None = None) -> Tokenizer | None:
   """The run's tokenizer (None for byte models): the workdir's copy if it has one, else `data.tokenizer`.
 
   Raises DataError for a missing/unreadable file and ConfigError when its vocabulary does not fit the model.

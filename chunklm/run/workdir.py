@@ -5,22 +5,30 @@ Every command that reads or writes a run (`train`, `eval`, `mrt5`, `classify`, `
 
     <workdir>/
       config.yaml        the resolved config (train, mrt5 train, classify train)
-      checkpoints/<step>/ orbax checkpoints with SHA-256 checksums (run/checkpoint.py)
+      checkpoints/<step>/ orbax checkpoints with checksums (run/checkpoint.py, run/integrity.py)
       metrics.jsonl      one JSON record per line: {"step", "split", ...} (run/metrics.py)
       tb/                TensorBoard event files
       loss.png           the training curves
-      cache/             memory-mapped corpora (data.mmap_min_mb)
+      cache/             memory-mapped corpora of MrT5 and compare (for a gs:// workdir: a local folder,
+                         ~/.cache/chunklm/<hash of the URL>)
       tokenizer.model    a token model's copy of its tokenizer
       eval.json          MrT5: the final evaluation
       classify.json      a classifier's settings, classes and start
       origin.json        where an imported or converted run's parameters came from (it cannot resume)
-      .lock              held while a process writes the run (run/lock.py)
+      .lock              held while a process writes the run (run/lock.py; a lease object on gs://)
+
+The workdir may be a local path or a `gs://bucket/prefix` URL: every path below is an `etils.epath.Path`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import hashlib
+import os
+
+from etils import epath
+
+from chunklm.storage.paths import is_remote, location
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -39,10 +47,10 @@ LOCK = ".lock"
 class RunDir:
   """The paths of one run's files; creating the object touches nothing on disk."""
 
-  path: Path
+  path: epath.Path  # a local path or a gs:// URL (storage/paths.py)
 
-  def __init__(self, path: str | Path | RunDir):
-    object.__setattr__(self, "path", path.path if isinstance(path, RunDir) else Path(path))
+  def __init__(self, path: str | os.PathLike | RunDir):
+    object.__setattr__(self, "path", path.path if isinstance(path, RunDir) else location(path, "--workdir"))
 
   def __str__(self) -> str:
     return str(self.path)
@@ -52,47 +60,51 @@ class RunDir:
     return self.path.name
 
   @property
-  def config(self) -> Path:
+  def config(self) -> epath.Path:
     return self.path / CONFIG
 
   @property
-  def checkpoints(self) -> Path:
+  def checkpoints(self) -> epath.Path:
     return self.path / CHECKPOINTS
 
   @property
-  def metrics(self) -> Path:
+  def metrics(self) -> epath.Path:
     return self.path / METRICS
 
   @property
-  def tensorboard(self) -> Path:
+  def tensorboard(self) -> epath.Path:
     return self.path / TENSORBOARD
 
   @property
-  def loss_plot(self) -> Path:
+  def loss_plot(self) -> epath.Path:
     return self.path / LOSS_PLOT
 
   @property
-  def cache(self) -> Path:
-    return self.path / CACHE
+  def cache(self) -> epath.Path:
+    """Where corpora are memory-mapped: a local folder even for a workdir in object storage (no memory maps there)."""
+    if not is_remote(self.path):
+      return self.path / CACHE
+    digest = hashlib.sha256(os.fspath(self.path).encode()).hexdigest()[:16]
+    return epath.Path(os.path.expanduser("~/.cache/chunklm")) / digest
 
   @property
-  def tokenizer(self) -> Path:
+  def tokenizer(self) -> epath.Path:
     return self.path / TOKENIZER
 
   @property
-  def eval_json(self) -> Path:
+  def eval_json(self) -> epath.Path:
     return self.path / EVAL
 
   @property
-  def classifier(self) -> Path:
+  def classifier(self) -> epath.Path:
     return self.path / CLASSIFIER
 
   @property
-  def origin(self) -> Path:
+  def origin(self) -> epath.Path:
     return self.path / ORIGIN
 
   @property
-  def lock(self) -> Path:
+  def lock(self) -> epath.Path:
     return self.path / LOCK
 
   def has_checkpoints(self) -> bool:
@@ -100,6 +112,6 @@ class RunDir:
     return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
 
-def is_checkpoint_dir(path: Path) -> bool:
+def is_checkpoint_dir(path: epath.Path) -> bool:
   """Whether `path` names one step's checkpoint (`<run>/checkpoints/<step>`), as --init-from may."""
   return path.name.isdigit() and path.parent.name == CHECKPOINTS

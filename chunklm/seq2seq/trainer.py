@@ -206,6 +206,7 @@ def _train_steps(
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop.set:
           reporter.flush()
           ckpt.save(done, state_of(params, opt, pi, ema), None, {"step": done})
+          reporter.sync()  # metrics.jsonl in a bucket is rewritten here
           good.append(done)
         if stop.set:
           raise Preempted(f"received SIGTERM: saved checkpoint at step {done}; re-run the same command to resume")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from chunklm.config import Config, differing_fields
@@ -22,6 +22,8 @@ from chunklm.errors import CheckpointError
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.trained import read_config
 from chunklm.run.workdir import RunDir, is_checkpoint_dir
+from chunklm.storage.objects import check_access
+from chunklm.storage.paths import location
 
 # model fields a fine-tuning run may set differently from the run it starts from (they keep every parameter)
 FREE_MODEL_FIELDS = (
@@ -50,7 +52,7 @@ FREE_MODEL_FIELDS = (
 
 @dataclasses.dataclass(frozen=True)
 class InitSource:
-  workdir: Path  # the source run
+  workdir: epath.Path  # the source run
   step: int  # its checkpoint the parameters come from
   sha256: str  # of the parameters (every leaf's bytes, in tree order)
 
@@ -68,9 +70,10 @@ def params_sha256(params) -> str:
   return h.hexdigest()
 
 
-def _source(source: str) -> tuple[Path, int | None]:
-  """(run directory, checkpoint step or None for the newest) of an --init-from path."""
-  path = Path(source)
+def _source(source: str) -> tuple[epath.Path, int | None]:
+  """(run directory, checkpoint step or None for the newest) of an --init-from path (local or gs://)."""
+  path = location(source, "--init-from")
+  check_access(path, "--init-from")
   if is_checkpoint_dir(path):
     return path.parent.parent, int(path.name)
   return path, None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from collections.abc import Callable
 
 import grain
@@ -133,7 +132,7 @@ def announce(
   if jax.process_index() == 0:
     run.config.write_text("# written by chunklm train\n" + header(made_by) + dump_yaml(cfg))
     if plan.tokenizer is not None and plan.tokenizer.path is not None and not run.tokenizer.exists():
-      shutil.copyfile(plan.tokenizer.path, run.tokenizer)  # the run stays usable if the original moves
+      run.tokenizer.write_bytes(plan.tokenizer.path.read_bytes())  # the run stays usable if the original moves
   log(f"data: {plan.data.description}")
   if plan.cap is not None:
     sample = "" if plan.data.complete else f" (measured on the first {plan.data.sample_bytes:,} bytes)"

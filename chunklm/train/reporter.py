@@ -110,6 +110,11 @@ class Reporter:
     if self.metrics is not None:
       self.metrics.write(step, split, values)
 
+  def sync(self) -> None:
+    """Makes the records so far durable in the workdir (a rewrite of metrics.jsonl on object storage)."""
+    if self.metrics is not None:
+      self.metrics.sync()
+
   def note(self, text: str) -> None:
     """A line between progress redraws (process 0)."""
     if self.is_main:

@@ -25,6 +25,7 @@ from chunklm.run.lock import workdir_lock
 from chunklm.run.metrics import plot_curves
 from chunklm.run.trained import TrainedRun
 from chunklm.run.workdir import RunDir
+from chunklm.storage.paths import ensure_dir
 from chunklm.train.init_from import InitSource, load_init
 from chunklm.train.optim import lr_schedule
 from chunklm.train.parts import frozen_mask
@@ -77,18 +78,18 @@ def train(
 ) -> TrainResult:
   """Trains (or resumes) the run in `workdir`, holding its lock throughout (process 0 of a multi-host run)."""
   run = RunDir(workdir)
-  with workdir_lock(run.path, enabled=jax.process_index() == 0):
+  with workdir_lock(run.path, enabled=jax.process_index() == 0) as lock:
     plan = plan_run(cfg, run, allow_data_change=allow_data_change)
-    return _train(plan, stop_after=stop_after, progress=progress, log=log)
+    return _train(plan, stop_after=stop_after, progress=progress, log=log, lock=lock)
 
 
-def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> TrainResult:
+def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log, lock) -> TrainResult:
   cfg, run = plan.cfg, plan.run
   mesh = make_mesh(cfg.mesh)
   graphdef, tx, state, sharding, num_params = _placed_state(cfg, mesh)
   data_iter = plan.train_stream()
   state, init = _initialised(plan, state, sharding)
-  run.path.mkdir(parents=True, exist_ok=True)
+  ensure_dir(run.path)
   ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
   restored = ckpt.restore_latest(state, None if plan.new_stream else data_iter)
   start, state = (0, state) if restored is None else restored[:2]
@@ -113,7 +114,9 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
         reporter.dispatched(step, m)
         if step % cfg.train.checkpoint_every == 0 or step == end or stop.set:
           reporter.flush()
+          lock.check()  # a lease lost on object storage: stop before writing beside its new holder
           saver.save(step, state, data_iter, nan)
+          reporter.sync()
           if len(plan.data.parts) > 1:
             mix = mixture_record(plan, data_iter)
             reporter.write(step, "mixture", mix)
@@ -124,6 +127,7 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log) -> Tra
           res = validate(state["params"], cfg.eval.max_bytes)
           reporter.write(step, "valid", valid_record(res))
           reporter.note(f"step {step}: valid bpb {res['bpb']:.4f} ({int(res['bytes']):,} bytes){_by_source(res)}")
+          reporter.sync()
         if stop.set:
           log(f"received SIGTERM: saved checkpoint at step {step}; re-run the same command to resume")
           break
