@@ -19,6 +19,7 @@ from chunklm.config import DataConfig
 from chunklm.data import sources as src
 from chunklm.data.dna import clean
 from chunklm.errors import DataError
+from chunklm.storage.files import AnyPath, stamp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +112,17 @@ def _load_cached(cache_file: Path) -> Documents:
 
 def _fingerprint(paths: tuple[str, ...], cfg: DataConfig, option: str) -> str:
   h = hashlib.sha256()
-  files = (
-    src.stdlib_files() if not paths else [f for p in paths for f in src.list_files(p, cfg.include, cfg.exclude, option)]
+  files: list[AnyPath] = (
+    [*src.stdlib_files()]
+    if not paths
+    else [f for p in paths for f in src.list_files(p, cfg.include, cfg.exclude, option)]
   )
   for f in files:
-    st = f.stat()
-    h.update(os.fsencode(f.resolve()) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())  # any file name, as bytes
+    if isinstance(f, Path):
+      st = f.stat()
+      h.update(os.fsencode(f.resolve()) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())  # any file name, as bytes
+    else:  # an object in Cloud Storage: its URL, size and generation
+      h.update(f"{f}|{stamp(f)}\n".encode())
   h.update(
     f"{cfg.jsonl_field}|{cfg.doc_separator}|{cfg.dna.case}|{cfg.dna.iupac}|{cfg.dna.n_runs}|"
     f"{cfg.dna.n_run_min}".encode()

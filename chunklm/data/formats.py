@@ -4,6 +4,10 @@ one column) and ArrayRecord (one document per record), plus the manifest of a `c
 A file given as text is sniffed first (a few hundred bytes, once): compressed files and archives that are not gzip
 (zstd, bzip2, xz, lz4, zip, tar, 7z) and TFRecord files are refused in one line instead of being trained on as raw
 bytes, and Parquet or ArrayRecord files are read as records whatever their names.
+
+Files in Cloud Storage (gs://) are read in place through `storage.files.open_binary` (ranged requests, a bounded
+read-ahead), Parquet included; the ArrayRecord reader opens local files only, so an ArrayRecord file on gs:// is
+refused in one line (`array_record_refusal`): mount the bucket (gcsfuse) and pass the mount's path.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 
 from chunklm.errors import DataError
+from chunklm.storage import files
+from chunklm.storage.files import AnyPath
+from chunklm.storage.paths import is_remote
 
 try:
   import pyarrow as pa
@@ -31,6 +38,7 @@ except ImportError:  # the optional extra chunklm[data]: without it a Parquet fi
 Format = Literal["text", "parquet", "array_record"]
 
 HEAD_BYTES = 512  # enough for every magic below, tar's "ustar" at offset 257 included
+SNIFF_READ_AHEAD = 16 << 10  # what sniffing an object in Cloud Storage fetches per request past what it reads
 PARQUET_MAGIC = b"PAR1"  # at the start and at the end of every Parquet file
 # The first 24 bytes of every ArrayRecord file: the riegeli block header that the file signature chunk starts with
 # (its hash, previous chunk 0, next chunk at byte 64), the same in every file ArrayRecordWriter writes.
@@ -58,7 +66,7 @@ _INNER = (
 )
 
 
-def _cannot_read(path: Path, e: BaseException) -> DataError:
+def _cannot_read(path: AnyPath, e: BaseException) -> DataError:
   return DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
 
 
@@ -75,14 +83,28 @@ def _container(head: bytes) -> tuple[str, str] | None:
   return None
 
 
-def _refusal(path: Path, what: str, fix: str) -> DataError:
+def _refusal(path: AnyPath, what: str, fix: str) -> DataError:
   return DataError(f"{path}: {what}, not text; {fix}, or leave it out with data.exclude")
 
 
-def _sniff_gzip(path: Path) -> None:
+def array_record_refusal(path: AnyPath, what: str = "an ArrayRecord file") -> DataError:
+  """The one line for ArrayRecord data in Cloud Storage, which the ArrayRecord reader cannot open."""
+  return DataError(
+    f"{path}: {what}: ArrayRecord shards must be on a local disk or a mounted bucket (gcsfuse); JSONL, text and "
+    "Parquet stream from gs:// directly"
+  )
+
+
+def _array_record(path: AnyPath) -> Format:
+  if is_remote(path):
+    raise array_record_refusal(path)
+  return "array_record"
+
+
+def _sniff_gzip(path: AnyPath) -> None:
   """A gzip file is read as text when named *.gz and holding no container (tar, zip, Parquet, ...)."""
   try:
-    with gzip.open(path, "rb") as f:
+    with files.open_binary(path, gunzip=True, read_ahead=SNIFF_READ_AHEAD) as f:
       inner = f.read(HEAD_BYTES)
   except _READ_ERRORS as e:
     raise _cannot_read(path, e) from None
@@ -93,7 +115,7 @@ def _sniff_gzip(path: Path) -> None:
     raise DataError(f"{path}: a gzip-compressed file without the .gz suffix; rename it to end in .gz or gunzip it")
 
 
-def sniff(path: Path) -> Format:
+def sniff(path: AnyPath) -> Format:
   """How to read `path`: "parquet" or "array_record" (by suffix or magic bytes) or "text" (every text kind: plain,
   JSONL, FASTA/FASTQ and their .gz). Raises a one-line DataError for what chunklm cannot read as text: compressed
   files and archives (also inside a .gz), TFRecord files."""
@@ -106,9 +128,9 @@ def sniff(path: Path) -> Format:
   if suffix == ".parquet":
     return "parquet"
   if suffix == ".array_record":
-    return "array_record"
+    return _array_record(path)
   try:
-    with open(path, "rb") as f:
+    with files.open_binary(path, read_ahead=SNIFF_READ_AHEAD) as f:
       head = f.read(HEAD_BYTES)
       if head.startswith(PARQUET_MAGIC) and f.seek(0, 2) >= 12:
         f.seek(-4, 2)
@@ -117,7 +139,7 @@ def sniff(path: Path) -> Format:
   except OSError as e:
     raise _cannot_read(path, e) from None
   if head.startswith(ARRAY_RECORD_MAGIC):
-    return "array_record"
+    return _array_record(path)
   if head.startswith(GZIP_MAGIC):
     _sniff_gzip(path)
     return "text"
@@ -127,12 +149,12 @@ def sniff(path: Path) -> Format:
   return "text"
 
 
-def _need_pyarrow(path: Path) -> None:
+def _need_pyarrow(path: AnyPath) -> None:
   if pq is None:
     raise DataError(f"{path} is a Parquet file; install chunklm[data] (pyarrow) to read it")
 
 
-def _text_column(path: Path, pf, column: str) -> None:
+def _text_column(path: AnyPath, pf, column: str) -> None:
   """Refuses a Parquet file whose `column` is missing or holds neither strings nor bytes."""
   schema = pf.schema_arrow
   index = schema.get_field_index(column)
@@ -173,12 +195,22 @@ def _values(chunk) -> Iterator[bytes | None]:
     yield bytes(data[offsets[i] : offsets[i + 1]]) if valid[i] else None
 
 
-def parquet_documents(path: Path, name: str, column: str, start: int = 0) -> Iterator[tuple[str, bytes]]:
+def parquet_documents(path: AnyPath, name: str, column: str, start: int = 0) -> Iterator[tuple[str, bytes]]:
   """One document per non-null value of `column` (strings as UTF-8, binary as stored), named `{name}:{row}`; read
-  one row group at a time. `start` skips that many documents, whole row groups by their statistics' null counts."""
+  one row group at a time. `start` skips that many documents, whole row groups by their statistics' null counts.
+  An object in Cloud Storage is read by ranges (the footer, then each row group's column), never whole."""
   _need_pyarrow(path)
+  with contextlib.ExitStack() as stack:
+    try:
+      source = stack.enter_context(files.open_binary(path)) if is_remote(path) else path
+    except OSError as e:
+      raise _cannot_read(path, e) from None
+    yield from _parquet_rows(path, source, name, column, start)
+
+
+def _parquet_rows(path: AnyPath, source, name: str, column: str, start: int) -> Iterator[tuple[str, bytes]]:
   try:
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(source)
     _text_column(path, pf, column)
     row, skip = 0, start
     for g in range(pf.num_row_groups):
@@ -199,8 +231,9 @@ def parquet_documents(path: Path, name: str, column: str, start: int = 0) -> Ite
     raise _cannot_read(path, e) from None
 
 
-def array_record_documents(path: Path, name: str, start: int = 0, batch: int = 64) -> Iterator[tuple[str, bytes]]:
+def array_record_documents(path: AnyPath, name: str, start: int = 0, batch: int = 64) -> Iterator[tuple[str, bytes]]:
   """One document per record, bytes as stored, named `{name}:{index}`; from record `start` on by random access."""
+  _array_record(path)
   try:
     reader = ArrayRecordReader(str(path))
     ok = reader.ok()
@@ -233,14 +266,10 @@ def prepared_manifest(path: str | Path) -> dict | None:
     return None
   try:
     text = file.read_bytes()
-    manifest = json.loads(text)
   except OSError as e:
     raise _cannot_read(file, e) from None
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    if MANIFEST_FORMAT.encode() not in text:
-      return None  # some other program's manifest.json: an ordinary directory
-    raise DataError(f"{file}: damaged manifest of prepared data ({e}); prepare the data again") from None
-  if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+  manifest = _parse_manifest(file, text)
+  if manifest is None:
     return None
   shards = manifest.get("shards")
   if not isinstance(shards, list) or not all(
@@ -257,3 +286,26 @@ def prepared_manifest(path: str | Path) -> dict | None:
         "it changed or was cut short: prepare the data again"
       )
   return manifest
+
+
+def _parse_manifest(file: AnyPath, text: bytes) -> dict | None:
+  """The manifest `text` of prepared data, or None when it is some other program's manifest.json."""
+  try:
+    manifest = json.loads(text)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    if MANIFEST_FORMAT.encode() not in text:
+      return None  # some other program's manifest.json: an ordinary directory
+    raise DataError(f"{file}: damaged manifest of prepared data ({e}); prepare the data again") from None
+  if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    return None
+  return manifest
+
+
+def is_prepared_manifest(file: AnyPath) -> bool:
+  """Whether the manifest.json `file` (local or in Cloud Storage) is one `chunklm data prepare` wrote."""
+  try:
+    with files.open_binary(file) as f:
+      text = f.read()
+  except OSError as e:
+    raise _cannot_read(file, e) from None
+  return _parse_manifest(file, text) is not None

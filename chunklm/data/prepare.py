@@ -33,8 +33,10 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from chunklm import progress
 from chunklm.config import DataConfig
 from chunklm.data.formats import MANIFEST, MANIFEST_FORMAT, sniff
-from chunklm.data.sources import file_documents, named_files
+from chunklm.data.sources import as_path, file_documents, named_files
 from chunklm.errors import DataError
+from chunklm.storage import files
+from chunklm.storage.paths import is_remote
 
 SHARD_FILE = "documents-{:05d}-of-{:05d}.array_record"
 BATCH_BYTES = 64 << 20  # input files are read in batches of about this many bytes on disk (part of the order)
@@ -100,7 +102,7 @@ def _part(parts: str, shard: int, batch: int) -> Path:
 
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with files.open_binary(as_path(path)) as f:
     while block := f.read(1 << 20):
       h.update(block)
   return h.hexdigest()
@@ -113,7 +115,7 @@ def _read_batch(job: _Batch) -> tuple[int, list[dict]]:
   held = j = 0
   entries = []
   for path, name in job.files:
-    docs = file_documents(Path(path), name, jsonl_field=job.jsonl_field, doc_separator=job.doc_separator)
+    docs = file_documents(as_path(path), name, jsonl_field=job.jsonl_field, doc_separator=job.doc_separator)
     for _, doc in docs:
       buf = buffers.setdefault((job.index + j) % job.shards, bytearray())
       buf += _LENGTH.pack(len(doc))
@@ -122,7 +124,7 @@ def _read_batch(job: _Batch) -> tuple[int, list[dict]]:
       if held >= _FLUSH_BYTES:
         _flush(buffers, job)
         held = 0
-    entries.append({"path": path, "bytes": os.path.getsize(path), "sha256": _sha256(path)})
+    entries.append({"path": path, "bytes": files.size(as_path(path)), "sha256": _sha256(path)})
   _flush(buffers, job)
   return job.index, entries
 
@@ -208,12 +210,17 @@ def prepare(
     raise DataError("data prepare: no sources; pass --data PATH")
   if shards < 0 or workers < 0:
     raise DataError(f"data prepare: --shards and --workers must be >= 0, got {shards} and {workers}")
+  if is_remote(as_path(out, "--out")):
+    raise DataError(
+      f"--out {out}: data prepare writes ArrayRecord shards, which must be on a local disk or a mounted bucket "
+      "(gcsfuse); pass a local path (its --data may be gs://)"
+    )
   out = Path(out)
   _check_out(out)
   named = named_files(cfg.sources, cfg.include, cfg.exclude)
   for f, _ in named:
     sniff(f)  # now: a container is refused before hours of reading, not after
-  sizes = [f.stat().st_size for f, _ in named]
+  sizes = [files.size(f) for f, _ in named]
   n = shards or default_shards(sum(sizes))
   groups = batches(sizes, batch_bytes)
   tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from array_record.python.array_record_module import ArrayRecordReader
@@ -20,15 +19,17 @@ from chunklm.config import DataConfig
 from chunklm.data import sources as src
 from chunklm.data.dna import clean
 from chunklm.errors import DataError
+from chunklm.storage import files
+from chunklm.storage.files import AnyPath
 
 Address = tuple[int, int, int]  # (file, record, part)
 
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
-  path: Path
+  path: AnyPath  # a local file, or an object in Cloud Storage (read in place)
   name: str  # what documents are named after (a path relative to what was given)
-  size: int  # bytes on disk
+  size: int  # bytes on disk (in the bucket)
 
 
 def list_shards(paths: tuple[str, ...], cfg: DataConfig, option: str = "--data") -> tuple[Shard, ...]:
@@ -36,7 +37,7 @@ def list_shards(paths: tuple[str, ...], cfg: DataConfig, option: str = "--data")
   if not paths:
     root = src.stdlib_dir()
     return tuple(Shard(f, f.relative_to(root).as_posix(), f.stat().st_size) for f in src.stdlib_files())
-  return tuple(Shard(f, name, f.stat().st_size) for f, name in src.named_files(paths, cfg.include, cfg.exclude, option))
+  return tuple(Shard(f, name, files.size(f)) for f, name in src.named_files(paths, cfg.include, cfg.exclude, option))
 
 
 def describe_sources(paths: tuple[str, ...]) -> str:

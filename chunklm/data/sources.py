@@ -4,6 +4,11 @@ directory `chunklm data prepare` wrote, and the built-in corpus.
 Every source yields `(name, bytes)` documents. Bytes are taken as they are on disk: binary and invalid UTF-8 are
 valid input, but compressed files and archives other than gzip are refused in one line (formats.sniff). The built-in
 default corpus is the source code of the running Python's standard library (no download).
+
+A path may be a `gs://bucket/prefix`: it is listed in one flat listing (the same files, names and order as the same
+tree on a disk) and its objects are streamed in place with a bounded read-ahead (storage.files.open_binary), never
+copied to the local disk; ArrayRecord files must be local (formats.array_record_refusal). Another scheme (`s3://`) is
+a one-line UserError.
 """
 
 from __future__ import annotations
@@ -14,13 +19,28 @@ import io
 import itertools
 import json
 import os
+import re
 import sysconfig
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from chunklm.data.formats import Format, array_record_documents, parquet_documents, prepared_manifest, sniff
+from etils import epath
+
+from chunklm.data.formats import (
+  MANIFEST,
+  Format,
+  array_record_documents,
+  array_record_refusal,
+  is_prepared_manifest,
+  parquet_documents,
+  prepared_manifest,
+  sniff,
+)
 from chunklm.errors import DataError
+from chunklm.storage import files
+from chunklm.storage.files import AnyPath
+from chunklm.storage.paths import is_remote, location
 
 Document = tuple[str, bytes]
 
@@ -28,15 +48,25 @@ FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".faa", ".frn")
 FASTQ_SUFFIXES = (".fq", ".fastq")
 JSONL_SUFFIXES = (".jsonl",)
 _STDLIB_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def _open_bytes(path: Path) -> io.BufferedIOBase:
-  if path.suffix == ".gz":
-    return gzip.open(path, "rb")
-  return open(path, "rb")
+def as_path(path: str | os.PathLike, option: str = "--data") -> AnyPath:
+  """The file or directory `path` names: a local path, or a `gs://bucket/prefix` read in place (no local copy);
+  another scheme (`s3://`, `http://`) is a one-line UserError naming `option`."""
+  if isinstance(path, epath.Path) and is_remote(path):
+    return path
+  if not _URL.match(os.fspath(path)):
+    return Path(path)
+  found = location(path, option)
+  return found if is_remote(found) else Path(os.fspath(found))
 
 
-def _kind(path: Path) -> str:
+def _open_bytes(path: AnyPath) -> io.BufferedIOBase:
+  return files.open_binary(path, gunzip=path.suffix == ".gz")
+
+
+def _kind(path: AnyPath) -> str:
   suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
   suffix = suffix.lower()
   if suffix in FASTA_SUFFIXES:
@@ -52,7 +82,7 @@ def _kind(path: Path) -> str:
 READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error)
 
 
-def _read_all(path: Path) -> bytes:
+def _read_all(path: AnyPath) -> bytes:
   try:
     with _open_bytes(path) as f:
       return f.read()
@@ -60,7 +90,7 @@ def _read_all(path: Path) -> bytes:
     raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _lines(path: Path) -> Iterator[bytes]:
+def _lines(path: AnyPath) -> Iterator[bytes]:
   """The file's lines (without line ends), streamed so large JSONL/FASTA/FASTQ files need not fit in memory twice."""
   try:
     with _open_bytes(path) as f:
@@ -70,7 +100,7 @@ def _lines(path: Path) -> Iterator[bytes]:
     raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _text_documents(path: Path, name: str, separator: bytes, start: int) -> Iterator[Document]:
+def _text_documents(path: AnyPath, name: str, separator: bytes, start: int) -> Iterator[Document]:
   if not separator:
     if not start:  # one record: the whole file
       yield name, _read_all(path)
@@ -80,7 +110,7 @@ def _text_documents(path: Path, name: str, separator: bytes, start: int) -> Iter
   )
 
 
-def jsonl_objects(path: Path, skip: int = 0) -> Iterator[tuple[int, dict]]:
+def jsonl_objects(path: AnyPath, skip: int = 0) -> Iterator[tuple[int, dict]]:
   """(line number, object) for every non-blank line of a JSONL file (plain or .gz), streamed; a line that is not a
   JSON object is a one-line DataError naming the file and line. The first `skip` non-blank lines are passed over
   unparsed (resuming inside a file)."""
@@ -99,7 +129,7 @@ def jsonl_objects(path: Path, skip: int = 0) -> Iterator[tuple[int, dict]]:
     yield lineno, record
 
 
-def _jsonl_documents(path: Path, name: str, field: str, start: int) -> Iterator[Document]:
+def _jsonl_documents(path: AnyPath, name: str, field: str, start: int) -> Iterator[Document]:
   for lineno, record in jsonl_objects(path, start):
     if field not in record:
       raise DataError(f"{path}:{lineno}: record has no field {field!r} (set data.jsonl_field)")
@@ -115,7 +145,7 @@ def _record_name(header: bytes, fallback: int) -> str:
   return words[0].decode("utf-8", "replace") if words else str(fallback)
 
 
-def _fasta_documents(path: Path, name: str) -> Iterator[Document]:
+def _fasta_documents(path: AnyPath, name: str) -> Iterator[Document]:
   """One document per record: the sequence lines joined, without header or newlines."""
   header, count = None, 0
   seq: list[bytes] = []
@@ -132,7 +162,7 @@ def _fasta_documents(path: Path, name: str) -> Iterator[Document]:
     yield f"{name}:{header}", b"".join(seq)
 
 
-def _fastq_documents(path: Path, name: str) -> Iterator[Document]:
+def _fastq_documents(path: AnyPath, name: str) -> Iterator[Document]:
   """One document per read: the sequence line only (records are 4 lines: @id, sequence, +, qualities)."""
   record: list[bytes] = []
   count = 0
@@ -150,7 +180,7 @@ def _fastq_documents(path: Path, name: str) -> Iterator[Document]:
 
 
 def file_documents(
-  path: Path, name: str, *, jsonl_field: str = "text", doc_separator: str = "", start: int = 0
+  path: AnyPath, name: str, *, jsonl_field: str = "text", doc_separator: str = "", start: int = 0
 ) -> Iterator[Document]:
   """The documents of one file, from its `start`-th on: exactly `list(file_documents(path, name))[start:]`, read
   without the documents before where the format allows (Parquet skips row groups, ArrayRecord seeks, JSONL skips
@@ -159,7 +189,7 @@ def file_documents(
 
 
 def _documents(
-  path: Path, name: str, fmt: Format, jsonl_field: str, doc_separator: str, start: int
+  path: AnyPath, name: str, fmt: Format, jsonl_field: str, doc_separator: str, start: int
 ) -> Iterator[Document]:
   """file_documents of a file already sniffed (iter_documents sniffs every file before reading any)."""
   if start < 0:
@@ -185,11 +215,13 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
 
 def list_files(
   path: str | os.PathLike, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (), option: str = "--data"
-) -> list[Path]:
+) -> list[AnyPath]:
   """The files a path given with `option` stands for, sorted; raises DataError for missing paths or empty
   directories. A directory `chunklm data prepare` wrote stands for its shards, in its manifest's order (include and
-  exclude do not apply)."""
-  p = Path(path)
+  exclude do not apply). A `gs://bucket/prefix` is listed in one flat listing and its objects are read in place."""
+  p = as_path(path, option)
+  if isinstance(p, epath.Path):
+    return _remote_files(p, path, include, exclude, option)
   if not p.exists():
     raise DataError(f"{option} {path}: no such file or directory")
   if p.is_file():
@@ -201,7 +233,7 @@ def list_files(
   manifest = prepared_manifest(p)
   if manifest is not None:
     return [p / shard["file"] for shard in manifest["shards"]]
-  files = []
+  found: list[AnyPath] = []
   for root, dirs, names in os.walk(p):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     for n in sorted(names):
@@ -209,13 +241,43 @@ def list_files(
       rel = f.relative_to(p).as_posix()
       if n.startswith(".") or not f.is_file() or not _matches(rel, include) or _matches(rel, exclude):
         continue
-      files.append(f)
-  if not files:
+      found.append(f)
+  return _some(found, path, include, exclude, option)
+
+
+def _some(
+  found: list[AnyPath], path: str | os.PathLike, include: tuple[str, ...], exclude: tuple[str, ...], option: str
+) -> list[AnyPath]:
+  if not found:
     raise DataError(
       f"{option} {path}: directory has no files matching include={list(include)} "
       f"exclude={list(exclude)} (set data.include / data.exclude)"
     )
-  return files
+  return found
+
+
+def _remote_files(
+  p: epath.Path, path: str | os.PathLike, include: tuple[str, ...], exclude: tuple[str, ...], option: str
+) -> list[AnyPath]:
+  """list_files of a gs:// prefix or object: the same rules (hidden names, include/exclude, walk order) from one
+  flat listing; a missing bucket and missing credentials fail first, in one line."""
+  files.check_readable(p, option)
+  listed = files.walk_files(p)
+  if not listed:
+    if files.kind(p) == "file":
+      return [p]
+    raise DataError(f"{option} {path}: no such file or directory")
+  names = [rel for rel, _ in listed]
+  if MANIFEST in names and is_prepared_manifest(p / MANIFEST):
+    raise array_record_refusal(p, "prepared data")
+  found: list[AnyPath] = [
+    p / rel
+    for rel in names
+    if not any(part.startswith(".") for part in rel.split("/"))
+    and _matches(rel, include)
+    and not _matches(rel, exclude)
+  ]
+  return _some(found, path, include, exclude, option)
 
 
 def printable(name: str) -> str:
@@ -241,12 +303,13 @@ def iter_documents(
 
 def named_files(
   paths: tuple[str, ...], include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (), option: str = "--data"
-) -> list[tuple[Path, str]]:
+) -> list[tuple[AnyPath, str]]:
   """(file, the name its documents are named after) for every file of `paths`, in order: a file given by itself is
-  named by its file name, a file in a directory by the directory's name and its path inside it."""
+  named by its file name, a file in a directory by the directory's name and its path inside it (the same names for
+  a directory on disk and the same files under a gs:// prefix)."""
   named = []
   for path in paths:
-    root = Path(path)
+    root = as_path(path, option)
     for f in list_files(path, include, exclude, option):
       named.append((f, printable(f.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}")))
   return named
@@ -259,13 +322,13 @@ def stdlib_dir() -> Path:
 def stdlib_files() -> list[Path]:
   """The built-in corpus: the standard library's .py files, without test suites and installed packages."""
   root = stdlib_dir()
-  files: list[Path] = []
+  found: list[Path] = []
   for dirpath, dirs, names in os.walk(root):
     dirs[:] = sorted(d for d in dirs if d not in _STDLIB_SKIP_DIRS and not d.startswith("."))
-    files.extend(Path(dirpath, n) for n in sorted(names) if n.endswith(".py"))
-  if not files:
+    found.extend(Path(dirpath, n) for n in sorted(names) if n.endswith(".py"))
+  if not found:
     raise DataError(f"the built-in corpus is empty: no .py files under {root}; pass --data PATH")
-  return files
+  return found
 
 
 def default_documents() -> Iterator[Document]:

@@ -22,13 +22,14 @@ from chunklm import logs
 from chunklm.config import DataConfig
 from chunklm.data.corpus import Documents, Splits, load_splits
 from chunklm.errors import ConfigError, DataError
+from chunklm.storage.paths import ensure_dir, is_remote, location
 
 _INVALID = re.compile("([\udc80-\udcff]+)")  # bytes that are not UTF-8, after decode(..., "surrogateescape")
 
 
 class Tokenizer:
   def __init__(self, path: str | Path | None = None, *, model_proto: bytes | None = None):
-    self.path = Path(path) if path is not None else None
+    self.path = location(path, "tokenizer") if path is not None else None
     if model_proto is None:
       if self.path is None or not self.path.is_file():
         raise DataError(f"tokenizer {path} not found; train one with `chunklm tokenizer train --out {path}`")
@@ -94,7 +95,7 @@ def train_tokenizer(
 
   if vocab_size < 300:
     raise ConfigError(f"--vocab-size {vocab_size}: must be at least 300 (256 byte pieces + control pieces + merges)")
-  out = Path(out)
+  dest = location(out, "--out")
   log(f"training a {vocab_size}-piece BPE tokenizer on {len(docs)} documents ({docs.num_bytes:,} bytes)...")
   t = time.perf_counter()
   buf = io.BytesIO()
@@ -127,12 +128,15 @@ def train_tokenizer(
     raise DataError(
       f"sentencepiece could not train a {vocab_size}-piece vocabulary on this data: {str(e).strip().splitlines()[-1]}"
     ) from None
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(out.suffix + ".tmp")
-  tmp.write_bytes(buf.getvalue())
-  tmp.replace(out)
-  log(f"wrote {out} in {time.perf_counter() - t:.1f} s")
-  return Tokenizer(out)
+  ensure_dir(dest.parent)
+  if is_remote(dest):
+    dest.write_bytes(buf.getvalue())  # one object: whole or absent
+  else:
+    tmp = dest.with_suffix(dest.suffix + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(dest)  # atomic
+  log(f"wrote {dest} in {time.perf_counter() - t:.1f} s")
+  return Tokenizer(dest)
 
 
 def tokenize(docs: Documents, tok: Tokenizer) -> Documents:
