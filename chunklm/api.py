@@ -149,4 +149,4 @@ def _as_list(values, what: str) -> list:
 
 def load(workdir: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Model:
   """The newest readable checkpoint of a run directory (trained, converted or imported) as a Model."""
-  return Model(open_run(Path(workdir), tuple(overrides), log=lambda *a, **k: None))
+  return Model(open_run(workdir, tuple(overrides), log=lambda *a, **k: None))

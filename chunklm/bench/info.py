@@ -45,7 +45,7 @@ def setup_info(
   Nothing reads a corpus: where data.max_docs_per_window is 0 (set from the corpus when training starts), the chunk
   capacities are those of its bound from data.min_doc_bytes, the most a training window can need."""
   if workdir:
-    cfg, name = read_config(Path(workdir), tuple(overrides)), str(workdir)
+    cfg, name = read_config(workdir, tuple(overrides)), str(workdir)
   else:
     cfg, name = load_config(config, list(overrides)), str(config)
   figures = describe_config(cfg)

@@ -13,6 +13,7 @@ import sys
 from chunklm import logs, progress
 from chunklm.cli.parser import build_parser
 from chunklm.errors import UserError
+from chunklm.storage.objects import from_storage, storage_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
   except UserError as e:
     print(f"chunklm: error: {e}", file=sys.stderr)
     return getattr(e, "exit_code", 2)
+  except Exception as e:
+    error = storage_error(e) if from_storage(e) else None  # e.g. credentials that lapse in a long gs:// run
+    if error is None:
+      raise
+    print(f"chunklm: error: {error}", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:
     print("chunklm: interrupted", file=sys.stderr)
     return 130

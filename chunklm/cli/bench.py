@@ -20,6 +20,7 @@ from chunklm.cli.options import comma_ints, config_overrides
 from chunklm.cli.output import write_json
 from chunklm.config import load_config
 from chunklm.errors import UserError
+from chunklm.storage.paths import is_remote, location
 
 
 def train(args) -> int:
@@ -37,7 +38,7 @@ def generate(args) -> int:
   write_json(
     args.json,
     bench_generate(
-      [Path(w) for w in args.workdir],
+      [location(w, "--workdir") for w in args.workdir],
       sizes,
       args.units,
       args.repeats,
@@ -95,6 +96,8 @@ def compile_tpu(args) -> int:
 def data(args) -> int:
   if not args.data:
     raise UserError("bench data: --data is required (the corpus to measure)")
+  if remote := [p for p in args.data if is_remote(location(p, "--data"))]:
+    raise UserError(f"bench data: --data {remote[0]}: measures a corpus on a local disk (bytes read by syscalls)")
   if missing := [p for p in args.data if not Path(p).exists()]:
     raise UserError(f"bench data: --data {missing[0]}: no such file or directory")
   if args.steps <= 0 or args.repeat <= 0 or args.processes <= 0:

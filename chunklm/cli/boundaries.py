@@ -10,6 +10,7 @@ import numpy as np
 from chunklm.cli.output import write_json
 from chunklm.errors import UserError
 from chunklm.eval.boundary_stats import run_boundaries
+from chunklm.storage.paths import location
 
 
 def run(args) -> int:
@@ -20,12 +21,12 @@ def run(args) -> int:
     except OSError as e:
       raise UserError(f"--file {args.file}: {e.strerror}") from None
   result = run_boundaries(
-    Path(args.workdir),
+    location(args.workdir, "--workdir"),
     text,
     tuple(args.data),
     args.max_bytes,
     args.tokenizer,
-    Path(args.out) if args.out else None,
+    location(args.out, "--out") if args.out else None,
     tuple(args.overrides),
   )
   write_json(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from chunklm import logs
 from chunklm.classify.metrics import confusion_png, print_report
@@ -12,6 +11,7 @@ from chunklm.classify.trainer import ClassifySettings, load_classifier, predict_
 from chunklm.classify.trainer import evaluate as evaluate_classifier
 from chunklm.cli.output import write_json
 from chunklm.errors import UserError
+from chunklm.storage.paths import location
 
 
 def train(args) -> int:
@@ -36,7 +36,7 @@ def train(args) -> int:
   report = train_classifier(
     train_records,
     test_records,
-    Path(args.out),
+    location(args.out, "--out"),
     settings,
     init_from=args.init_from,
     config=args.config,
@@ -45,8 +45,8 @@ def train(args) -> int:
   )
   print(f"test set ({args.test}):")
   print_report(report)
-  confusion_png(report, Path(args.out) / "confusion.png")
-  logs.info(f"wrote {Path(args.out) / 'confusion.png'}")
+  confusion_png(report, location(args.out, "--out") / "confusion.png")
+  logs.info(f"wrote {location(args.out, '--out') / 'confusion.png'}")
   write_json(args.json, report)
   return 0
 
@@ -72,7 +72,7 @@ def predict(args) -> int:
     for p in probs
   ]
   if args.out:
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    location(args.out, "--out").write_text("\n".join(lines) + "\n")
     logs.info(f"wrote {len(lines):,} predictions to {args.out}")
   else:
     print("\n".join(lines))

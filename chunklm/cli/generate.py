@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from chunklm.errors import UserError
 from chunklm.eval.generate import generate_from_workdir
 from chunklm.eval.summary import show_bytes
+from chunklm.storage.paths import location
 
 
 def run(args) -> int:
@@ -15,7 +15,7 @@ def run(args) -> int:
     raise UserError("--max-bytes, --temperature and --top-k must be >= 0 and --top-p in (0, 1]")
   prompts = [os.fsencode(p) for p in args.prompt or [""]]  # the bytes typed, UTF-8 or not
   outs = generate_from_workdir(
-    Path(args.workdir),
+    location(args.workdir, "--workdir"),
     prompts,
     max_bytes=args.max_bytes,
     temperature=args.temperature,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from chunklm import logs
 from chunklm.errors import UserError
+from chunklm.storage.paths import ensure_dir, location
 
 
 def write_json(path: str | None, obj) -> None:
@@ -20,9 +20,10 @@ def write_json(path: str | None, obj) -> None:
       return x.tolist()
     return str(x)
 
+  where = location(path, "--json")
   try:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=1, default=plain) + "\n")
+    ensure_dir(where.parent)
+    where.write_text(json.dumps(obj, indent=1, default=plain) + "\n")
   except OSError as e:
     raise UserError(f"--json {path}: {e.strerror}") from None
   logs.info(f"wrote {path}")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from chunklm.cli.output import write_json
 from chunklm.eval.perturb import PERTURBATIONS
 from chunklm.eval.robustness import run_robustness
+from chunklm.storage.paths import location
 
 
 def run(args) -> int:
   names = list(PERTURBATIONS) if args.perturbations == "all" else [p.strip() for p in args.perturbations.split(",")]
-  workdirs = [Path(w) for w in args.workdir]
+  workdirs = [location(w, "--workdir") for w in args.workdir]
   results = run_robustness(
     workdirs,
     tuple(args.data),
@@ -19,7 +18,7 @@ def run(args) -> int:
     args.strength,
     args.seed,
     args.max_bytes,
-    Path(args.out) if args.out else workdirs[0],
+    location(args.out, "--out") if args.out else workdirs[0],
     tuple(args.overrides),
     progress=not args.no_progress,
   )

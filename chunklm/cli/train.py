@@ -12,6 +12,7 @@ from chunklm.config import load_config
 from chunklm.errors import UserError
 from chunklm.eval.summary import sample_and_picture, show_bytes
 from chunklm.run.workdir import RunDir
+from chunklm.storage.paths import location
 from chunklm.train.signals import EXIT_CODE
 from chunklm.train.trainer import TrainResult, train
 
@@ -24,7 +25,7 @@ def run(args) -> int:
   elif args.coordinator or args.num_processes is not None or args.process_id is not None:
     raise UserError("--coordinator, --num-processes and --process-id need --distributed")
   cfg = load_config(args.config, config_overrides(args))
-  workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
+  workdir = location(args.workdir or Path("runs") / Path(args.config).stem, "--workdir")
   result = train(
     cfg, workdir, stop_after=args.stop_after, progress=not args.no_progress, allow_data_change=args.allow_data_change
   )

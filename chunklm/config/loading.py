@@ -34,6 +34,7 @@ import yaml
 
 from chunklm.config.experiment import Config
 from chunklm.errors import ConfigError
+from chunklm.storage.paths import is_remote, location
 
 CONFIG_FORMAT = 2  # the layout of config files this version reads and writes; bump when a key is renamed or removed
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
@@ -217,7 +218,7 @@ def config_tree(
 
 def read_config_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
   """The mapping of sections in config file `path`, merged over its `base` chain; `config_format` is checked."""
-  chain = (*chain, path.resolve())
+  chain = (*chain, _canonical(path))
   tree = read_yaml(path)
   _check_format(tree.pop("config_format", None), path)
   base = tree.pop("base", None)
@@ -226,10 +227,15 @@ def read_config_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
   if not isinstance(base, str) or not base:
     raise ConfigError(f"{path}: base must be a bundled config name or a path relative to this file, got {base!r}")
   base_path = _resolve_base(base, path)
-  if base_path.resolve() in chain:
-    names = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+  if _canonical(base_path) in chain:
+    names = " -> ".join(str(p) for p in (*chain, _canonical(base_path)))
     raise ConfigError(f"{path}: config bases form a cycle ({names}); remove one of the base keys")
   return merge_trees(read_config_tree(base_path, chain), tree)
+
+
+def _canonical(path: Path) -> Path:
+  """The path a config file is known by in a base chain (resolved locally; a gs:// URL as it is)."""
+  return path if is_remote(path) else path.resolve()
 
 
 def _resolve_base(base: str, including: Path) -> Path:
@@ -265,7 +271,7 @@ def _check_format(fmt: Any, path: Path) -> None:
 
 def read_config_format(path: str | os.PathLike) -> int | None:
   """The `config_format` of a saved config file, without validating the rest; None when it has none (format 1)."""
-  fmt = read_yaml(Path(path)).get("config_format")
+  fmt = read_yaml(location(path)).get("config_format")
   if fmt is not None and (not isinstance(fmt, int) or isinstance(fmt, bool)):
     raise ConfigError(f"{path}: config_format must be an integer, got {fmt!r}")
   return fmt
@@ -293,7 +299,7 @@ def read_yaml(path: Path) -> dict:
 
 def resolve_bundled(path: str | os.PathLike, folder: Path, what: str) -> Path:
   """A path, or the name of a YAML file in `folder` ('x' or 'x.yaml'); else an error listing the bundled ones."""
-  p = Path(path)
+  p = location(path, what)
   if p.is_file():
     return p
   for candidate in (folder / p.name, folder / f"{p.name}.yaml"):

@@ -9,7 +9,6 @@ encodes prompts with its tokenizer and decodes what it samples.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -155,7 +154,7 @@ def generate_from_workdir(
   overrides: tuple[str, ...] = (),
 ):
   """`chunklm.generate`: continuations from a trained run's newest checkpoint; one prompt in, one out (bytes)."""
-  run = open_run(Path(workdir), tuple(overrides), log=lambda *a, **k: None)
+  run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
   single = isinstance(prompts, (str, bytes))
   given: list = [prompts] if single else list(prompts)
   items: list[bytes] = [p.encode() if isinstance(p, str) else p for p in given]

@@ -54,7 +54,7 @@ def eval_run(
 ) -> RunEval:
   """The newest checkpoint of `workdir` (with `overrides` that keep its parameters) scored on the documents of
   `paths` (default: the run's validation split), only their first `max_bytes` bytes when positive."""
-  run = open_run(Path(workdir), tuple(overrides))
+  run = open_run(workdir, tuple(overrides))
   if paths:
     docs = load_documents(tuple(paths), run.cfg.data)
     docs = docs.select(docs.lengths > 0)

@@ -24,6 +24,7 @@ from chunklm.plots import figure
 from chunklm.run.metrics import plot_curves, read_jsonl
 from chunklm.run.trained import open_run
 from chunklm.run.workdir import RunDir
+from chunklm.storage.paths import ensure_dir, location
 
 SECTIONS = ("config", "size", "curves", "valid", "robustness", "boundaries", "samples")
 
@@ -66,8 +67,7 @@ def run_section(workdir: Path, samples: int, sample_bytes: int, seed: int = 0) -
   )
   rob = workdir / "robustness.csv"
   if rob.exists():
-    with open(rob) as f:
-      table = list(csv.reader(f))
+    table = list(csv.reader(rob.read_text().splitlines()))
     parts.append('<h3 class="robustness">robustness</h3>' + _table(table[0], table[1:]))
   else:
     parts.append(
@@ -154,8 +154,8 @@ def run_report(
     f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}"
     f"</style></head><body><h1>{html.escape(title)}</h1>{head}{''.join(sections)}</body></html>"
   )
-  out = out or (workdirs[0] / "report.html" if len(workdirs) == 1 else Path("runs") / "report.html")
-  out.parent.mkdir(parents=True, exist_ok=True)
+  out = location(out or (workdirs[0] / "report.html" if len(workdirs) == 1 else Path("runs") / "report.html"))
+  ensure_dir(out.parent)
   out.write_text(page)
   log(f"wrote {out}")
   return out

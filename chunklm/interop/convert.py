@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
+import os
 
 import numpy as np
+from etils import epath
 
 from chunklm.config import Config, load_config
 from chunklm.errors import UserError
@@ -28,16 +29,17 @@ from chunklm.interop.torch_files import load_state_dict, save_state_dict
 from chunklm.model.functional import named_leaves, params_from_named
 from chunklm.run.imported import write_params_run
 from chunklm.run.trained import abstract_params, open_run
+from chunklm.storage.paths import ensure_dir, location
 
 
-def read_official_config(path: str | Path) -> dict:
-  path = Path(path)
-  if not path.is_file():
-    raise UserError(f"{path}: no such config file")
+def read_official_config(path: str | os.PathLike) -> dict:
+  where = location(path, "--config")
+  if not where.is_file():
+    raise UserError(f"{where}: no such config file")
   try:
-    return json.loads(path.read_text())
+    return json.loads(where.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path}: not JSON ({e})") from None
+    raise UserError(f"{where}: not JSON ({e})") from None
 
 
 def official_params(state: dict[str, np.ndarray], js: dict, base: Config, where: str):
@@ -48,13 +50,15 @@ def official_params(state: dict[str, np.ndarray], js: dict, base: Config, where:
   return cfg, params_from_named(like, named, where)
 
 
-def from_hnet(checkpoint: str | Path, config: str | Path, out: str | Path, base: Config | None = None) -> Path:
+def from_hnet(
+  checkpoint: str | os.PathLike, config: str | os.PathLike, out: str | os.PathLike, base: Config | None = None
+) -> epath.Path:
   """Writes the run directory `out` from an official checkpoint; returns it."""
   js = read_official_config(config)
   model_from_official(js, str(config))  # a bad config fails before the (large) checkpoint is read
   state, dtype = load_state_dict(checkpoint)
   cfg, params = official_params(state, js, base or load_config(None), str(checkpoint))
-  digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+  digest = hashlib.sha256(location(checkpoint).read_bytes()).hexdigest()
   origin = {
     "what": f"converted from the official H-Net checkpoint {checkpoint}",
     "checkpoint": str(checkpoint),
@@ -65,14 +69,16 @@ def from_hnet(checkpoint: str | Path, config: str | Path, out: str | Path, base:
   return write_params_run(out, cfg, params, 0, origin)
 
 
-def to_hnet(workdir: str | Path, out: str | Path, dtype: str = "float32") -> tuple[Path, Path]:
+def to_hnet(
+  workdir: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32"
+) -> tuple[epath.Path, epath.Path]:
   """Writes `out`/model.pt and `out`/config.json for the official code from a chunklm H-Net run; returns both."""
   run = open_run(workdir, log=lambda *a, **k: None)
   check_exportable(run.cfg.model)
-  out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
+  dest = location(out, "--out")
+  ensure_dir(dest)
   named = {k: np.asarray(v) for k, v in named_leaves(run.params).items()}
-  pt, js = out / "model.pt", out / "config.json"
+  pt, js = dest / "model.pt", dest / "config.json"
   save_state_dict(pt, to_official(named, run.cfg.model), dtype)
   js.write_text(json.dumps(official_config(run.cfg.model), indent=4) + "\n")
   return pt, js
