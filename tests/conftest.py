@@ -9,6 +9,7 @@ import jax
 import pytest
 
 from chunklm.config import load_config
+from gcs_emulator import Emulator
 
 # Synchronous CPU dispatch (set before the CPU client exists). The interpreted Pallas TPU kernels run their body in
 # io_callbacks that dispatch JAX ops themselves; with asynchronous dispatch such an op can queue behind an op the
@@ -60,3 +61,11 @@ def write_corpus(root: Path, n_docs: int = 24, seed: int = 0, size: int = 300) -
 @pytest.fixture
 def corpus_dir(tmp_path: Path) -> Path:
   return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """Cloud Storage on 127.0.0.1 (tests/gcs_emulator.py), for the whole session; `.bucket()` makes a fresh bucket."""
+  emulator = Emulator().start()
+  yield emulator
+  emulator.stop()
