@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import jax
@@ -69,3 +72,50 @@ def gcs_emulator():
   emulator = Emulator().start()
   yield emulator
   emulator.stop()
+
+
+# A child process that trains a tiny run and SIGKILLs itself at one moment, chosen by patching the code that runs then
+# (no hook in chunklm itself):
+#   training: while step 3's metrics are written (the checkpoint of step 2 may still be being written);
+#   save:     in the background thread that commits step 4, after all its files are written, before the commit
+#             (orbax's rename of the temporary directory on a disk; its commit file in a bucket).
+_KILLED_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from conftest import tiny_config
+    from chunklm.train import trainer
+    from chunklm.run.metrics import MetricsWriter
+    from orbax.checkpoint._src.path.atomicity import {commit} as Commit
+
+    def die():
+      os.kill(os.getpid(), signal.SIGKILL)
+
+    if {moment!r} == "training":
+      write = MetricsWriter.write
+      def write_then_die(self, step, split, values):
+        write(self, step, split, values)
+        if split == "train" and step == 3:
+          die()
+      MetricsWriter.write = write_then_die
+    else:
+      finalize = Commit.finalize
+      async def die_before_commit(self, *args, **kwargs):
+        if self._final_path.name == "4":
+          die()
+        await finalize(self, *args, **kwargs)
+      Commit.finalize = die_before_commit
+    cfg = tiny_config("train.steps=4", "train.checkpoint_every=2", data={data!r})
+    trainer.train(cfg, {workdir!r}, progress=False, log=lambda *a, **k: None)
+""")
+
+
+def killed_child(moment: str, workdir: str, data: str) -> int:
+  """Trains 4 steps (checkpoints at 2 and 4) of the tiny config in a child killed with -9 at `moment` ("training"
+  or "save"); its return code."""
+  commit = "CommitFileTemporaryPath" if workdir.startswith("gs://") else "AtomicRenameTemporaryPath"
+  code = _KILLED_CHILD.format(
+    tests=str(Path(__file__).parent), commit=commit, moment=moment, data=data, workdir=workdir
+  )
+  child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert child.returncode == -9, child.stderr[-2000:]
+  return child.returncode

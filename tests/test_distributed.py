@@ -24,6 +24,22 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def train_on_two_processes(cmd: list[str], workdir) -> list[tuple[str, str]]:
+  """Runs `cmd` (a `chunklm train` command line without --workdir) as processes 0 and 1 of a --distributed run in
+  `workdir`; (stdout, stderr) of each, after checking that both succeeded."""
+  cmd = [*cmd, "--workdir", str(workdir), "--distributed", "--coordinator", f"localhost:{free_port()}"]
+  procs = [
+    subprocess.Popen(
+      [*cmd, "--num-processes", "2", "--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for i in range(2)
+  ]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, out[-2000:] + err[-3000:]
+  return outs
+
+
 def bpb(stdout: str) -> float:
   return float(re.search(r"valid bits per byte\s*: ([0-9.]+)", stdout).group(1))
 
@@ -45,30 +61,7 @@ def test_two_processes_train_like_one(tmp_path, corpus_dir):
   ]
   single = subprocess.run(cmd + ["--workdir", str(tmp_path / "one")], capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr
-  coordinator = f"localhost:{free_port()}"
-  procs = [
-    subprocess.Popen(
-      cmd
-      + [
-        "--workdir",
-        str(tmp_path / "two"),
-        "--distributed",
-        "--coordinator",
-        coordinator,
-        "--num-processes",
-        "2",
-        "--process-id",
-        str(i),
-      ],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outs = [p.communicate(timeout=300) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, out[-2000:] + err[-3000:]
+  outs = train_on_two_processes(cmd, tmp_path / "two")
   assert "process 0 of 2" in outs[0][0] and "process 1 of 2" in outs[1][0]
   assert "valid bits per byte" in outs[0][0] and "valid bits per byte" not in outs[1][0]  # process 0 reports
   assert bpb(outs[0][0]) == pytest.approx(bpb(single.stdout), rel=1e-4)
@@ -98,21 +91,8 @@ def test_two_processes_write_one_metrics_file_and_one_log(tmp_path, corpus_dir):
     "--data",
     str(corpus_dir),
     "--no-progress",
-    "--workdir",
-    str(run),
-    "--distributed",
-    "--coordinator",
-    f"localhost:{free_port()}",
-    "--num-processes",
-    "2",
   ]
-  procs = [
-    subprocess.Popen(cmd + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for i in range(2)
-  ]
-  outs = [p.communicate(timeout=300) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, out[-2000:] + err[-3000:]
+  outs = train_on_two_processes(cmd, run)
   records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   keys = [(r["step"], r["split"]) for r in records]
   assert keys == [(0, "run"), (1, "train"), (2, "train"), (2, "valid"), (3, "train"), (4, "train"), (4, "valid")]

@@ -4,10 +4,6 @@ SIGTERM mid-run is in test_preemption.py (slow)."""
 
 import hashlib
 import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +19,7 @@ from chunklm.run.metrics import read_jsonl
 from chunklm.run.trained import open_run
 from chunklm.train import trainer
 from chunklm.train.resume import check_resume, field_class
-from conftest import TINY, tiny_config
+from conftest import TINY, killed_child, tiny_config
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 
@@ -305,51 +301,12 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path, monkey
   assert Checkpointer(tmp_path / "checkpoints", read_only=True).steps() == [1]
 
 
-# A child process that trains the `trained` fixture's run and SIGKILLs itself at one moment, chosen by patching the
-# code that runs at that moment (no hook in chunklm itself):
-#   training: while step 3's metrics are written (the checkpoint of step 2 may still be being written);
-#   save:     in the background thread that commits step 4, after all its files are written, before the rename.
-_KILLED_CHILD = textwrap.dedent("""
-    import os, signal, sys
-    from pathlib import Path
-    sys.path.insert(0, {tests!r})
-    from conftest import tiny_config
-    from chunklm.train import trainer
-    from chunklm.run.metrics import MetricsWriter
-    from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
-
-    def die():
-      os.kill(os.getpid(), signal.SIGKILL)
-
-    if {moment!r} == "training":
-      write = MetricsWriter.write
-      def write_then_die(self, step, split, values):
-        write(self, step, split, values)
-        if split == "train" and step == 3:
-          die()
-      MetricsWriter.write = write_then_die
-    else:
-      finalize = AtomicRenameTemporaryPath.finalize
-      async def die_before_commit(self):
-        if self._final_path.name == "4":
-          die()
-        await finalize(self)
-      AtomicRenameTemporaryPath.finalize = die_before_commit
-    cfg = tiny_config("train.steps=4", "train.checkpoint_every=2", data=Path({corpus!r}))
-    trainer.train(cfg, Path({workdir!r}), progress=False, log=lambda *a, **k: None)
-""")
-
-
 @pytest.mark.parametrize("moment", ["training", "save"])
 def test_kill_9_loses_no_committed_checkpoint_and_resume_matches_the_straight_run(
   moment, trained, tmp_path, corpus_dir_module
 ):
   workdir = tmp_path / "killed"
-  code = _KILLED_CHILD.format(
-    tests=str(Path(__file__).parent), moment=moment, corpus=str(corpus_dir_module), workdir=str(workdir)
-  )
-  child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-  assert child.returncode == -9, child.stderr[-2000:]
+  killed_child(moment, str(workdir), str(corpus_dir_module))
   committed = Checkpointer(workdir / "checkpoints", read_only=True).steps()
   assert committed in ([], [2]) if moment == "training" else committed == [2]
   before = {k: v for k, v in snapshot(workdir).items() if k.split("/")[0] in map(str, committed)}

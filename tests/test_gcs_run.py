@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import fsspec
@@ -25,8 +23,8 @@ from chunklm.run.trained import open_run
 from chunklm.storage.objects import listing
 from chunklm.storage.paths import location
 from chunklm.train import trainer
-from conftest import TINY, tiny_config, write_corpus
-from test_distributed import free_port
+from conftest import TINY, killed_child, tiny_config, write_corpus
+from test_distributed import train_on_two_processes
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 TINY_RUN = ("train.steps=4", "train.checkpoint_every=2")
@@ -55,47 +53,10 @@ def straight(bucket):
   return url
 
 
-# A child process that trains in the bucket and SIGKILLs itself at one moment, chosen by patching the code that runs
-# then (no hook in chunklm): training: while step 3's metrics are written; save: in the thread that commits step 4
-# (orbax's commit file on object storage), after all its files are written, before the commit.
-_KILLED_CHILD = textwrap.dedent("""
-    import os, signal, sys
-    sys.path.insert(0, {tests!r})
-    from conftest import tiny_config
-    from chunklm.train import trainer
-    from chunklm.run.metrics import MetricsWriter
-    from orbax.checkpoint._src.path.atomicity import CommitFileTemporaryPath
-
-    def die():
-      os.kill(os.getpid(), signal.SIGKILL)
-
-    if {moment!r} == "training":
-      write = MetricsWriter.write
-      def write_then_die(self, step, split, values):
-        write(self, step, split, values)
-        if split == "train" and step == 3:
-          die()
-      MetricsWriter.write = write_then_die
-    else:
-      finalize = CommitFileTemporaryPath.finalize
-      async def die_before_commit(self, *args, **kwargs):
-        if self._final_path.name == "4":
-          die()
-        await finalize(self, *args, **kwargs)
-      CommitFileTemporaryPath.finalize = die_before_commit
-    cfg = tiny_config(*{settings!r}, data={data!r})
-    trainer.train(cfg, {workdir!r}, progress=False, log=lambda *a, **k: None)
-""")
-
-
 @pytest.mark.parametrize("moment", ["training", "save"])
 def test_kill_9_in_the_bucket_and_resume_matches_the_straight_run(moment, bucket, straight):
   url, data = f"gs://{bucket}/killed-{moment}", f"gs://{bucket}/corpus"
-  code = _KILLED_CHILD.format(
-    tests=str(Path(__file__).parent), moment=moment, settings=TINY_RUN, data=data, workdir=url
-  )
-  child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-  assert child.returncode == -9, child.stderr[-2000:]
+  killed_child(moment, url, data)
   committed = Checkpointer(f"{url}/checkpoints", read_only=True).steps()
   assert committed in ([], [2]) if moment == "training" else committed == [2]
   assert any(o.endswith("/.lock") for o in objects(url))  # the dead trainer's lease is still there
@@ -186,19 +147,7 @@ def test_two_processes_train_in_the_bucket_with_one_metrics_writer_and_resume(bu
   def train(steps: int) -> None:
     cmd = [sys.executable, "-m", "chunklm.cli", "train", "--config", "byte_transformer_tiny", "--no-progress"]
     cmd += [a for o in [*settings, f"train.steps={steps}"] for a in ("--set", o)]
-    cmd += ["--data", str(corpus_dir), "--workdir", url, "--distributed", "--coordinator", f"localhost:{free_port()}"]
-    procs = [
-      subprocess.Popen(
-        [*cmd, "--num-processes", "2", "--process-id", str(i)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-      )
-      for i in range(2)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-      assert p.returncode == 0, out[-2000:] + err[-3000:]
+    train_on_two_processes([*cmd, "--data", str(corpus_dir)], url)
 
   train(4)
   assert Checkpointer(f"{url}/checkpoints", read_only=True).steps() == [2, 4]
