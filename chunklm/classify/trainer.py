@@ -148,11 +148,13 @@ def train_classifier(
   """Trains and saves a classifier in `out`; returns its final test evaluation (see evaluate)."""
   settings.check()
   run = RunDir(out)
-  with workdir_lock(run.path, "chunklm classify train"):
+  with workdir_lock(run.path, "chunklm classify train") as lock:
     if run.classifier.exists() or run.config.exists() or run.has_checkpoints():
       what = "a classifier" if run.classifier.exists() else "another run"
       raise UserError(f"{out} already holds {what}; give another --out")
-    return _train(train_records, test_records, run, settings, init_from, config, overrides, progress, log)
+    result = _train(train_records, test_records, run, settings, init_from, config, overrides, progress, log)
+    lock.check()
+    return result
 
 
 def _train(

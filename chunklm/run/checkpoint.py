@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -58,8 +59,17 @@ def _abstract(tree):
 
 class Checkpointer:
   def __init__(
-    self, directory: str | os.PathLike, *, keep: int = 3, read_only: bool = False, asynchronous: bool = True
+    self,
+    directory: str | os.PathLike,
+    *,
+    keep: int = 3,
+    read_only: bool = False,
+    asynchronous: bool = True,
+    guard: Callable[[], None] | None = None,
   ):
+    """`guard` is called before each save and raises to prevent it (the workdir lock's `check`: a run whose lease
+    on a bucket went to another trainer must not write a checkpoint beside it)."""
+    self.guard = guard
     where = location(directory)
     self.directory: epath.Path = where if is_remote(where) else where.absolute()
     self.read_only = read_only
@@ -83,6 +93,8 @@ class Checkpointer:
   def save(self, step: int, state: dict, data_iter: grain.DatasetIterator | None, meta: dict) -> None:
     """Starts writing `step` in the background, after the previous write has finished (its failure surfaces
     here, at once, not one save later)."""
+    if self.guard is not None:
+      self.guard()
     self._finish(self._pending)
     self._check_room(step, state)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
@@ -94,11 +106,12 @@ class Checkpointer:
       self._reraise(e, step)
     self._pending = step
 
-  def _finish(self, step: int | None) -> None:
-    """Waits for the write of `step` (if any) and records its checksums once it is complete."""
+  def _finish(self, step: int | None, record: bool = True) -> None:
+    """Waits for the write of `step` (if any) and records its checksums once it is complete (unless `record` is
+    False: a run that lost its workdir's lease writes nothing more)."""
     try:
       self.manager.wait_until_finished()
-      if step is not None and jax.process_index() == 0 and (self.directory / str(step)).is_dir():
+      if record and step is not None and jax.process_index() == 0 and (self.directory / str(step)).is_dir():
         write_manifest(self.directory / str(step))
     except Exception as e:  # noqa: BLE001 - as in save
       self._reraise(e, step)
@@ -270,6 +283,6 @@ class Checkpointer:
   def wait(self) -> None:
     self._finish(self._pending)
 
-  def close(self) -> None:
-    self._finish(self._pending)  # after a failed write the manager is left as it is: the process is ending
+  def close(self, record: bool = True) -> None:
+    self._finish(self._pending, record)  # after a failed write the manager is left as it is: the process is ending
     self.manager.close()

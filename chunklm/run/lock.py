@@ -17,6 +17,10 @@ import socket
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 from chunklm.errors import UserError
 from chunklm.run.lease import Lease, WorkdirBusy
 from chunklm.run.workdir import RunDir
@@ -27,15 +31,21 @@ __all__ = ["WorkdirBusy", "workdir_lock"]
 
 
 class _Held:
-  """What `workdir_lock` yields: `check()` raises WorkdirBusy once a lease has been lost (a no-op for a flock,
-  which cannot be lost)."""
+  """What `workdir_lock` yields: `check()` raises WorkdirBusy once a lease has been lost (a flock cannot be)."""
 
   def __init__(self, lease: Lease | None = None):
     self.lease = lease
 
   def check(self) -> None:
-    if self.lease is not None:
-      self.lease.check()
+    """Raises WorkdirBusy when the lease is lost, on every process of a multi-process run (process 0 holds it and
+    tells the others: a collective, so every process calls it at the same points, e.g. before each checkpoint)."""
+    lost = self.lease.reason_lost() if self.lease is not None else None
+    if jax.process_count() > 1:
+      if int(multihost_utils.broadcast_one_to_all(np.int32(lost is not None))) and lost is None:
+        lost = "process 0 lost it"
+    if lost is not None:
+      where = self.lease.workdir if self.lease is not None else "the workdir"
+      raise WorkdirBusy(f"lost the lease of {where}: {lost}; this run stops without writing more")
 
 
 def _stamp(what: str) -> str:

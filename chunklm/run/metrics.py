@@ -84,12 +84,14 @@ class MetricsWriter:
       for f in sorted(Path(self._staging.name).iterdir()):
         (self.run.tensorboard / f.name).write_bytes(f.read_bytes())
 
-  def close(self) -> None:
+  def close(self, publish: bool = True) -> None:
+    """Closes the sinks; `publish=False` (a run that lost its workdir's lease) leaves the workdir in a bucket as the
+    last `sync` left it."""
     if self._file is not None:
       self._file.close()
     if self._tb is not None:
       self._tb.close()
-    if self.remote:
+    if self.remote and publish:
       self._publish()
     if self._staging is not None:
       self._staging.cleanup()

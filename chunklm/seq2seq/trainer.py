@@ -45,7 +45,7 @@ from chunklm.model.delete_gate import pi_update
 from chunklm.model.functional import path_name, split_model
 from chunklm.model.mrt5 import MrT5
 from chunklm.run.checkpoint import Checkpointer
-from chunklm.run.lock import workdir_lock
+from chunklm.run.lock import WorkdirBusy, workdir_lock
 from chunklm.run.workdir import RunDir
 from chunklm.seq2seq.batches import Data
 from chunklm.seq2seq.evaluation import evaluate_mrt5, losses
@@ -149,7 +149,7 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
   """Trains (or resumes) the MrT5 run in `workdir` and returns its final evaluation (also in eval.json). SIGTERM
   saves a checkpoint and raises `Preempted`."""
   run = RunDir(workdir)
-  with workdir_lock(run.path, "chunklm mrt5 train"):
+  with workdir_lock(run.path, "chunklm mrt5 train") as lock:
     check_same_run(run, cfg)
     data = Data(cfg, run.cache)
     graphdef, params = build(cfg)
@@ -159,7 +159,7 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
       for k in ("p_acc", "i_acc", "alpha")
     }
     state = state_of(params, tx.init(params), pi, gate_leaves(params) if cfg.mrt5.gate_ema > 0 else {})
-    ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints, guard=lock.check)
     restored = ckpt.restore_latest(state)
     start = 0
     if restored is not None:
@@ -211,8 +211,10 @@ def _train_steps(
         if stop.set:
           raise Preempted(f"received SIGTERM: saved checkpoint at step {done}; re-run the same command to resume")
       reporter.flush()
-  finally:
-    reporter.close()
+  except BaseException as e:
+    reporter.close(publish=not isinstance(e, WorkdirBusy))  # a lost lease: nothing more into the workdir
+    raise
+  reporter.close()
   return state_of(params, opt, pi, ema)
 
 

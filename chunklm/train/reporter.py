@@ -177,8 +177,8 @@ class Reporter:
   def close_progress(self) -> None:
     self.bar.close()
 
-  def close(self) -> None:
+  def close(self, publish: bool = True) -> None:
     self.bar.close()
     if self.metrics is not None:
-      self.metrics.close()
+      self.metrics.close(publish)
       self.metrics = None

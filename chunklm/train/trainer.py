@@ -21,7 +21,7 @@ from chunklm.config import Config, to_dict
 from chunklm.data.corpus import Documents, order0_entropy
 from chunklm.data.lanes import taken_bytes
 from chunklm.run.checkpoint import Checkpointer
-from chunklm.run.lock import workdir_lock
+from chunklm.run.lock import WorkdirBusy, workdir_lock
 from chunklm.run.metrics import plot_curves
 from chunklm.run.trained import TrainedRun
 from chunklm.run.workdir import RunDir
@@ -90,7 +90,7 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log, lock) 
   data_iter = plan.train_stream()
   state, init = _initialised(plan, state, sharding)
   ensure_dir(run.path)
-  ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
+  ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints, guard=lock.check)
   restored = ckpt.restore_latest(state, None if plan.new_stream else data_iter)
   start, state = (0, state) if restored is None else restored[:2]
   made_by = announce(plan, init, start if restored is not None else None, num_params, log)
@@ -105,7 +105,7 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log, lock) 
   validate = Validation(plan, graphdef, mesh)
   if start < end:  # silent for minutes on a big model; XLA's "Very slow compile?" banner is a notice, not an error
     log(f"compiling the training step (step {start + 1} of {cfg.train.steps} waits for it) ...")
-  step, stop = start, StopFlag()
+  step, stop, lost = start, StopFlag(), False
   try:
     with stop:
       while step < end:
@@ -114,8 +114,7 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log, lock) 
         reporter.dispatched(step, m)
         if step % cfg.train.checkpoint_every == 0 or step == end or stop.set:
           reporter.flush()
-          lock.check()  # a lease lost on object storage: stop before writing beside its new holder
-          saver.save(step, state, data_iter, nan)
+          saver.save(step, state, data_iter, nan)  # refused by the lock's guard once a lease is lost
           reporter.sync()
           if len(plan.data.parts) > 1:
             mix = mixture_record(plan, data_iter)
@@ -132,12 +131,14 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log, lock) 
           log(f"received SIGTERM: saved checkpoint at step {step}; re-run the same command to resume")
           break
       reporter.flush()
-  except BaseException:
-    reporter.close()
+  except BaseException as e:
+    lost = isinstance(e, WorkdirBusy)  # the lease went to another trainer: write nothing more into the workdir
+    reporter.close(publish=not lost)
     raise
   finally:  # a crash or Ctrl-C still completes the checkpoints already started
-    ckpt.close()
+    ckpt.close(record=not lost)
     data_iter.close()  # stops the prefetch thread
+  lock.check()  # nor the final evaluation and plot
   return _finish(plan, reporter, validate, graphdef, state["params"], step, stop.set, num_params, progress)
 
 
