@@ -7,8 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from chunklm.data.sources import jsonl_objects
+from chunklm.data.sources import as_path, jsonl_objects
 from chunklm.errors import UserError
+from chunklm.storage import files
+from chunklm.storage.files import AnyPath
 
 
 @dataclass(frozen=True)
@@ -20,19 +22,19 @@ class Record:
 def read_records(path: str | Path, label_regex: str | None = None, labelled: bool = True) -> list[Record]:
   """The records of a .jsonl file, or of a FASTA file (.fa, .fasta, .fna) with `label_regex` on the headers.
   Every problem is a one-line UserError naming the file and the line."""
-  path = Path(path)
-  if not path.is_file():
-    raise UserError(f"{path}: no such file")
-  if path.suffix.lower() in (".fa", ".fasta", ".fna"):
-    records = _read_fasta(path, label_regex, labelled)
+  where = as_path(path, "--data")
+  if not where.is_file():
+    raise UserError(f"{where}: no such file")
+  if where.suffix.lower() in (".fa", ".fasta", ".fna"):
+    records = _read_fasta(where, label_regex, labelled)
   else:
-    records = _read_jsonl(path, labelled)
+    records = _read_jsonl(where, labelled)
   if not records:
-    raise UserError(f"{path}: no records")
+    raise UserError(f"{where}: no records")
   return records
 
 
-def _read_jsonl(path: Path, labelled: bool) -> list[Record]:
+def _read_jsonl(path: AnyPath, labelled: bool) -> list[Record]:
   records = []
   for n, obj in jsonl_objects(path):
     if not isinstance(obj.get("text"), str):
@@ -44,7 +46,7 @@ def _read_jsonl(path: Path, labelled: bool) -> list[Record]:
   return records
 
 
-def _read_fasta(path: Path, label_regex: str | None, labelled: bool) -> list[Record]:
+def _read_fasta(path: AnyPath, label_regex: str | None, labelled: bool) -> list[Record]:
   if labelled and not label_regex:
     raise UserError(f"{path}: FASTA records need --label-regex to read each label from its header")
   try:
@@ -69,7 +71,7 @@ def _read_fasta(path: Path, label_regex: str | None, labelled: bool) -> list[Rec
       label = m.group(1) if m else None
     records.append(Record(b"".join(parts), label))
 
-  with path.open("rb") as f:
+  with files.open_binary(path) as f:
     for n, raw in enumerate(f, 1):
       line = raw.strip()
       if line.startswith(b">"):

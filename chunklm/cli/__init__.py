@@ -13,7 +13,39 @@ import sys
 from chunklm import logs, progress
 from chunklm.cli.parser import build_parser
 from chunklm.errors import UserError
-from chunklm.storage.objects import from_storage, storage_error
+from chunklm.storage.objects import check_access, from_storage, storage_error
+from chunklm.storage.paths import location
+
+# the flags that name files or directories; each may be a local path or a gs:// URL
+PATH_FLAGS = (
+  "workdir",
+  "data",
+  "valid_data",
+  "test",
+  "init_from",
+  "out",
+  "json",
+  "plot",
+  "weights",
+  "checkpoint",
+  "file",
+  "config",
+  "spec",
+  "workdir_root",
+)
+
+
+def check_path_flags(args) -> None:
+  """Before any work: every path flag names a place chunklm can use: a URL has a scheme chunklm reads and writes,
+  and its bucket exists and can be listed with the credentials at hand (one line each otherwise, instead of a
+  traceback after the work, when the result is written)."""
+  for name in PATH_FLAGS:
+    value = getattr(args, name, None)
+    for v in value if isinstance(value, list) else [value]:
+      if isinstance(v, str) and ":/" in v:
+        flag = "--" + name.replace("_", "-")
+        where = location(v, flag)
+        check_access(where, flag)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
   try:
     progress.set_every(getattr(args, "progress_every", None))
+    check_path_flags(args)
     return COMMANDS[args.body](args)
   except UserError as e:
     print(f"chunklm: error: {e}", file=sys.stderr)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
 from chunklm.cli.output import write_json
 from chunklm.errors import UserError
 from chunklm.eval.boundary_stats import run_boundaries
+from chunklm.storage.objects import reason
 from chunklm.storage.paths import location
 
 
@@ -17,9 +17,9 @@ def run(args) -> int:
   text = os.fsencode(args.text) if args.text is not None else None
   if args.file is not None:
     try:
-      text = Path(args.file).read_bytes()
+      text = location(args.file, "--file").read_bytes()
     except OSError as e:
-      raise UserError(f"--file {args.file}: {e.strerror}") from None
+      raise UserError(f"--file {args.file}: {reason(e)}") from None
   result = run_boundaries(
     location(args.workdir, "--workdir"),
     text,

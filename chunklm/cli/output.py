@@ -6,6 +6,7 @@ import json
 
 from chunklm import logs
 from chunklm.errors import UserError
+from chunklm.storage.objects import reason
 from chunklm.storage.paths import ensure_dir, location
 
 
@@ -25,5 +26,5 @@ def write_json(path: str | None, obj) -> None:
     ensure_dir(where.parent)
     where.write_text(json.dumps(obj, indent=1, default=plain) + "\n")
   except OSError as e:
-    raise UserError(f"--json {path}: {e.strerror}") from None
+    raise UserError(f"--json {path}: {reason(e)}") from None
   logs.info(f"wrote {path}")

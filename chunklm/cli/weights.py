@@ -9,11 +9,9 @@ from chunklm.errors import UserError
 from chunklm.interop.convert import from_hnet, to_hnet
 from chunklm.interop.weights import export_weights, import_weights
 from chunklm.run.trained import read_config
-from chunklm.storage.paths import location
 
 
 def from_official(args) -> int:
-  _check_paths(args)
   bad = [o for o in args.overrides if o.split("=", 1)[0].startswith("model.")]
   if bad:
     raise UserError(
@@ -31,29 +29,18 @@ def from_official(args) -> int:
 
 
 def to_official(args) -> int:
-  _check_paths(args)
   pt, js = to_hnet(args.workdir, args.out, args.dtype)
   print(f"wrote {pt} and {js}")
   return 0
 
 
 def export(args) -> int:
-  _check_paths(args)
   tensors, step = export_weights(args.workdir, args.out)
   print(f"wrote {args.out}: {tensors} tensors of step {step}, config in the metadata")
   return 0
 
 
 def import_run(args) -> int:
-  _check_paths(args)
   out = import_weights(args.weights, args.out)
   print(f"wrote {out}; fine-tune it with: chunklm train --init-from {out} --config {out}/config.yaml --workdir NEW_DIR")
   return 0
-
-
-def _check_paths(args) -> None:
-  """Every path flag names a place chunklm can read or write (a local path or gs://) before any work starts."""
-  for flag in ("workdir", "checkpoint", "config", "weights", "out"):
-    value = getattr(args, flag, None)
-    if value is not None:
-      location(value, f"--{flag}")

@@ -27,6 +27,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 from chunklm.errors import DataError
 from chunklm.storage import files
 from chunklm.storage.files import AnyPath
+from chunklm.storage.objects import reason
 from chunklm.storage.paths import is_remote
 
 try:
@@ -67,7 +68,7 @@ _INNER = (
 
 
 def _cannot_read(path: AnyPath, e: BaseException) -> DataError:
-  return DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+  return DataError(f"cannot read {path}: {reason(e)}")
 
 
 def _container(head: bytes) -> tuple[str, str] | None:

@@ -40,6 +40,7 @@ from chunklm.data.formats import (
 from chunklm.errors import DataError
 from chunklm.storage import files
 from chunklm.storage.files import AnyPath
+from chunklm.storage.objects import reason
 from chunklm.storage.paths import is_remote, location
 
 Document = tuple[str, bytes]
@@ -87,7 +88,7 @@ def _read_all(path: AnyPath) -> bytes:
     with _open_bytes(path) as f:
       return f.read()
   except READ_ERRORS as e:
-    raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    raise DataError(f"cannot read {path}: {reason(e)}") from None
 
 
 def _lines(path: AnyPath) -> Iterator[bytes]:
@@ -97,7 +98,7 @@ def _lines(path: AnyPath) -> Iterator[bytes]:
       for line in f:
         yield line.rstrip(b"\r\n")
   except READ_ERRORS as e:
-    raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    raise DataError(f"cannot read {path}: {reason(e)}") from None
 
 
 def _text_documents(path: AnyPath, name: str, separator: bytes, start: int) -> Iterator[Document]:

@@ -15,7 +15,7 @@ import numpy as np
 from chunklm.config.mrt5 import MrT5Run
 from chunklm.data.corpus import Documents, load_splits
 from chunklm.data.pipeline import BOS
-from chunklm.data.sources import jsonl_objects
+from chunklm.data.sources import as_path, jsonl_objects
 from chunklm.data.span_corruption import EOS, corrupt
 from chunklm.errors import DataError, UserError
 
@@ -25,16 +25,16 @@ Pair = tuple[bytes, bytes]
 def read_pairs(path: str | Path) -> list[Pair]:
   """(input, target + EOS) of every record of a JSONL file; a record without string `input` and `target` fields is
   a one-line error naming the line."""
-  path = Path(path)
-  if not path.is_file():
-    raise UserError(f"{path}: no such file")
+  where = as_path(path, "--data")
+  if not where.is_file():
+    raise UserError(f"{where}: no such file")
   pairs = []
-  for n, obj in jsonl_objects(path):
+  for n, obj in jsonl_objects(where):
     if not (isinstance(obj.get("input"), str) and isinstance(obj.get("target"), str)):
-      raise UserError(f'{path}:{n}: each line needs string fields "input" and "target"')
+      raise UserError(f'{where}:{n}: each line needs string fields "input" and "target"')
     pairs.append((obj["input"].encode("utf-8"), obj["target"].encode("utf-8") + bytes([EOS])))
   if not pairs:
-    raise UserError(f"{path}: no records")
+    raise UserError(f"{where}: no records")
   return pairs
 
 

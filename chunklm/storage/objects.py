@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import re
 import shutil
 import time
 from datetime import datetime
@@ -161,6 +162,9 @@ def storage_error(e: BaseException, where: str = "") -> UserError | None:
       text.split("\n", 1)[1].strip().splitlines()[0][:200] if text.startswith("Forbidden:") and "\n" in text else head
     )
     return UserError(f"{prefix}permission denied by Cloud Storage ({detail}); grant the account access to the bucket")
+  missing = re.search(r"/b/([^/?]+)/o(?:\?|$)", text) if isinstance(e, FileNotFoundError) else None
+  if missing:  # a 404 on a bucket's object list or upload URL: the bucket is not there
+    return UserError(f"{prefix}the bucket gs://{missing.group(1)} does not exist (or is not visible to you)")
   if type(e).__name__ == "ClientConnectorError":  # aiohttp: no route, refused, or a name that does not resolve
     return UserError(f"{prefix}cannot reach Cloud Storage ({head})")
   return None
@@ -176,4 +180,16 @@ def from_storage(e: BaseException) -> bool:
     or text.startswith("Forbidden:")
     or "gs://" in text
     or "googleapis.com" in text
+    or "/storage/v1/b/" in text
   )
+
+
+def reason(e: BaseException) -> str:
+  """Why a read or write failed, in a few words on one line: the OS's words for a local file, the one-line storage
+  error for an object (gcsfs puts the server's message on a second line), else the first line of the error."""
+  strerror = getattr(e, "strerror", None)
+  if strerror:
+    return str(strerror)
+  error = storage_error(e) if from_storage(e) else None
+  text = str(error if error is not None else e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__

@@ -25,6 +25,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 REMOTE_SCHEMES = ("gs",)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_ONE_SLASH = re.compile(r"^(gs|gcs|s3|file|https?|hdfs|az|abfs):/+(?=[^/])")
 
 Location = epath.Path
 
@@ -36,6 +37,8 @@ def location(value: str | os.PathLike, what: str = "path") -> epath.Path:
   text = os.fspath(value)
   scheme, sep, rest = text.partition("://")
   if not sep:
+    if typo := _ONE_SLASH.match(text):  # pathlib's str() of a URL, or a typo: would make a local folder "gs:"
+      raise UserError(f"{what} {text}: did you mean {typo.group(1)}://{text[typo.end() :]}?")
     return epath.Path(text)
   if scheme == "file":
     return epath.Path(rest)
