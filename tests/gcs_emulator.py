@@ -7,7 +7,7 @@ token in `GOOGLE_AUTH_TOKEN_FOR_TESTING`). Child
 processes (the CLI runs of the tests) inherit them. No request leaves the machine and no credentials are needed.
 
 `ErrorServer` answers every request the way Cloud Storage answers a caller without credentials (401) or without
-permission (403), for the one-line errors of those cases.
+permission (403), or only the writes (403) of an account that may read, for the one-line errors of those cases.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import http.server
 import json
 import os
 import threading
+import urllib.error
+import urllib.request
 import uuid
 
 import fsspec
@@ -104,12 +106,35 @@ class _Refuse(http.server.BaseHTTPRequestHandler):
     pass
 
 
-class ErrorServer:
-  """An endpoint that refuses every request with `status` (401: no credentials, 403: no permission)."""
+class _ReadOnly(_Refuse):
+  """Reads go to the emulator behind it; writes are refused with 403 (an account with read access only)."""
 
-  def __init__(self, status: int):
+  upstream = ""
+
+  def do_GET(self):
+    request = urllib.request.Request(self.upstream + self.path, headers={k: v for k, v in self.headers.items()})
+    try:
+      with urllib.request.urlopen(request) as reply:
+        status, headers, body = reply.status, reply.headers, reply.read()
+    except urllib.error.HTTPError as e:
+      status, headers, body = e.code, e.headers, e.read()
+    self.send_response(status)
+    for key in ("Content-Type", "Content-Range", "Date", "ETag"):
+      if headers.get(key):
+        self.send_header(key, headers[key])
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+
+class ErrorServer:
+  """An endpoint that refuses every request with `status` (401: no credentials, 403: no permission), or with
+  `read_only=` an emulator's URL, serves reads from it and refuses writes with 403."""
+
+  def __init__(self, status: int, read_only: str | None = None):
     message = _Refuse.message if status == 401 else "caller does not have storage.objects.create access"
-    handler = type("Refuse", (_Refuse,), {"status": status, "message": message})
+    base = _ReadOnly if read_only else _Refuse
+    handler = type("Refuse", (base,), {"status": status, "message": message, "upstream": read_only or ""})
     self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import fsspec
@@ -17,8 +18,8 @@ import pytest
 import chunklm
 from chunklm.cli import main
 from chunklm.run.checkpoint import Checkpointer
-from chunklm.run.lock import workdir_lock
-from chunklm.run.metrics import read_jsonl
+from chunklm.run.lock import WorkdirBusy, workdir_lock
+from chunklm.run.metrics import MetricsWriter, read_jsonl
 from chunklm.run.trained import open_run
 from chunklm.storage.objects import listing
 from chunklm.storage.paths import location
@@ -71,6 +72,32 @@ def test_kill_9_in_the_bucket_and_resume_matches_the_straight_run(moment, bucket
   assert not {(k, v["generation"]) for k, v in unfinished.items()} & {
     (k, v["generation"]) for k, v in rewritten.items()
   }
+
+
+def test_a_trainer_that_loses_its_lease_stops_and_writes_nothing_more(bucket, monkeypatch):
+  """Another trainer takes the lease (here: overwrites it) while step 3 runs: the run stops before the checkpoint of
+  step 4 with a one-line WorkdirBusy, and writes neither metrics nor checksums nor plots into the workdir after."""
+  url = f"gs://{bucket}/lost"
+  monkeypatch.setenv("CHUNKLM_LEASE_SECONDS", "0.4")  # renewed every 0.1 s
+  seen: dict[str, bytes] = {}
+  write = MetricsWriter.write
+
+  def intrude_at_step_3(self, step, split, values):
+    write(self, step, split, values)
+    if split == "train" and step == 3:
+      fs = fsspec.filesystem("gs")
+      fs.pipe(f"{bucket}/lost/.lock", b'{"holder": "another trainer"}')
+      seen["metrics"] = fs.cat(f"{bucket}/lost/metrics.jsonl")  # as the checkpoint of step 2 left it
+      time.sleep(0.3)  # a renewal finds the other generation
+
+  monkeypatch.setattr(MetricsWriter, "write", intrude_at_step_3)
+  with pytest.raises(WorkdirBusy, match=rf"lost the lease of {url}: another process took it over"):
+    trainer.train(tiny_config(*TINY_RUN, data=f"gs://{bucket}/corpus"), url, **QUIET)
+  fs = fsspec.filesystem("gs")
+  assert Checkpointer(f"{url}/checkpoints", read_only=True).steps() == [2]
+  assert fs.cat(f"{bucket}/lost/metrics.jsonl") == seen["metrics"]
+  assert fs.cat(f"{bucket}/lost/.lock") == b'{"holder": "another trainer"}'
+  assert "loss.png" not in [o.rsplit("/", 1)[1] for o in objects(url)]
 
 
 def test_the_run_directory_in_the_bucket(straight):
