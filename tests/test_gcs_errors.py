@@ -180,3 +180,14 @@ def test_bad_input_for_a_run_in_a_bucket_leaves_nothing_there(gcs_emulator, caps
   assert main(["train", "--workdir", url, "--data", f"gs://{bucket}/nothing-here", "--no-progress"]) == 2
   assert "no such file or directory" in capsys.readouterr().err
   assert fsspec.filesystem("gs").find(bucket) == []  # not even the lease
+
+
+def test_comparisons_keep_their_runs_on_a_local_disk(gcs_emulator, capsys, tmp_path):
+  bucket = gcs_emulator.bucket()
+  for argv in (
+    ["compare", "--spec", "tiny_code", "--out", f"gs://{bucket}/c"],
+    ["mrt5", "compare", "--sweep", "mrt5.target_deletion=0,0.5", "--out", f"gs://{bucket}/c"],
+  ):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "keeps its runs and report in a local directory" in err, err

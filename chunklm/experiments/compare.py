@@ -42,6 +42,7 @@ from chunklm.model.describe import describe_config
 from chunklm.run.metrics import read_jsonl
 from chunklm.run.trained import read_config
 from chunklm.run.workdir import RunDir
+from chunklm.storage.paths import local_path
 from chunklm.train.trainer import TrainingDiverged, train
 
 
@@ -258,7 +259,7 @@ def run_compare(
   replaces the spec's; `sweep` ("KEY=V1,V2", repeatable) and `seeds` replace the spec's; `only` trains just these
   models' runs (the report still shows every finished run of the spec)."""
   spec = with_cli(load_spec(spec_path), budget_bytes, list(sweep), seeds, list(only))
-  out = Path(out or Path("runs") / "compare" / spec.name)
+  out = local_path(out or Path("runs") / "compare" / spec.name, "--out", "compare")
   prep = prepare(spec, out, list(data_args), list(only), budget_given=budget_bytes is not None, log=log)
   diverged = train_runs(prep, progress, log)
   return report(prep, diverged, log)

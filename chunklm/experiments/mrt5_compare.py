@@ -21,6 +21,7 @@ from chunklm.run.metrics import read_jsonl
 from chunklm.run.workdir import RunDir
 from chunklm.seq2seq.bench import bench_encoder
 from chunklm.seq2seq.trainer import check_same_run, load_mrt5_config, train_mrt5
+from chunklm.storage.paths import local_path
 
 TARGET_KEY = "mrt5.target_deletion"
 TRACK_POINTS = 0.05  # the acceptance: the deletion rate within ±5 points of its target
@@ -88,7 +89,7 @@ def run_mrt5_compare(
     r.name: load_mrt5_config(config, list(overrides) + sweeps.overrides(r, base.train.seed, base.data.seed))
     for r in runs
   }  # every setting checked before anything trains
-  out = Path(out)
+  out = local_path(out, "--out", "mrt5 compare")
   rows = []
   for i, r in enumerate(runs, 1):
     cfg, wd = cfgs[r.name], out / r.name

@@ -165,7 +165,7 @@ def storage_error(e: BaseException, where: str = "") -> UserError | None:
   missing = re.search(r"/b/([^/?]+)/o(?:\?|$)", text) if isinstance(e, FileNotFoundError) else None
   if missing:  # a 404 on a bucket's object list or upload URL: the bucket is not there
     return UserError(f"{prefix}the bucket gs://{missing.group(1)} does not exist (or is not visible to you)")
-  if type(e).__name__ == "ClientConnectorError":  # aiohttp: no route, refused, or a name that does not resolve
+  if any(c.__name__ == "ClientConnectorError" for c in type(e).__mro__):  # aiohttp: no route, refused, unknown name
     return UserError(f"{prefix}cannot reach Cloud Storage ({head})")
   return None
 

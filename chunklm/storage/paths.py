@@ -12,7 +12,9 @@ callers that care (run/lock.py, run/metrics.py, run/checkpoint.py) take another 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import pathlib
 import re
 
 from etils import epath
@@ -22,6 +24,10 @@ from chunklm.errors import UserError
 # gcsfs (2026.x) asks a gRPC control plane for each bucket's layout, which an emulator does not serve (a minute of
 # retries per bucket); chunklm reads and writes flat and hierarchical buckets alike through the JSON API
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# gcsfs logs each request that ran out of retries with its traceback, and google-auth each credential source it
+# tried, before the error reaches chunklm, which says it in one line (storage/objects.py: storage_error)
+logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
+logging.getLogger("google.auth").setLevel(logging.ERROR)
 
 REMOTE_SCHEMES = ("gs",)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
@@ -71,3 +77,15 @@ def ensure_dir(path: epath.Path) -> None:
   gcsfs's mkdir would create a missing bucket instead of failing)."""
   if not is_remote(path):
     path.mkdir(parents=True, exist_ok=True)
+
+
+def local_path(value: str | os.PathLike, what: str, command: str) -> pathlib.Path:
+  """`value` as a local path, for the outputs that are not written to object storage yet (`compare` and
+  `mrt5 compare` keep their runs and report in a local directory); a gs:// URL is a one-line UserError."""
+  where = location(value, what)
+  if is_remote(where):
+    raise UserError(
+      f"{what} {value}: {command} keeps its runs and report in a local directory; pass a local path and copy the "
+      "result to the bucket after (its runs are ordinary run directories)"
+    )
+  return pathlib.Path(os.fspath(where))
