@@ -20,15 +20,23 @@ from chunklm.cli import main
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.lock import WorkdirBusy, workdir_lock
 from chunklm.run.metrics import MetricsWriter, read_jsonl
-from chunklm.run.trained import open_run
+from chunklm.run.trained import abstract_params, open_run, read_config
 from chunklm.storage.objects import listing
 from chunklm.storage.paths import location
 from chunklm.train import trainer
+from chunklm.train.init_from import load_init
 from conftest import TINY, killed_child, tiny_config, write_corpus
 from test_distributed import train_on_two_processes
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 TINY_RUN = ("train.steps=4", "train.checkpoint_every=2")
+SMALL = [
+  "data.seq_len=64",
+  "train.batch_size=2",
+  "eval.batch_size=2",
+  "eval.final_max_bytes=2048",
+  "eval.sample_bytes=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +82,7 @@ def test_kill_9_in_the_bucket_and_resume_matches_the_straight_run(moment, bucket
   }
 
 
+@pytest.mark.slow  # CI budget (~15 s); .ci/run runs the slow tests of this file
 def test_a_trainer_that_loses_its_lease_stops_and_writes_nothing_more(bucket, monkeypatch):
   """Another trainer takes the lease (here: overwrites it) while step 3 runs: the run stops before the checkpoint of
   step 4 with a one-line WorkdirBusy, and writes neither metrics nor checksums nor plots into the workdir after."""
@@ -126,7 +135,7 @@ def test_a_replaced_object_reads_as_damaged_and_the_older_step_is_used(bucket, s
 def hnet_run(bucket):
   """`chunklm train` of hnet_1stage_tiny for 10 steps, its workdir and data in the bucket."""
   url = f"gs://{bucket}/hnet"
-  flags = ["train.steps=10", "train.checkpoint_every=5", "train.eval_every=0", "eval.final_max_bytes=8192"]
+  flags = ["train.steps=10", "train.checkpoint_every=5", "train.eval_every=0", *SMALL]
   argv = ["train", "--config", "hnet_1stage_tiny", "--workdir", url, "--data", f"gs://{bucket}/corpus/"]
   assert main([*argv, "--no-progress", *[a for f in flags for a in ("--set", f)]]) == 0
   return url
@@ -144,11 +153,17 @@ def test_the_commands_that_read_a_run_take_its_url(bucket, hnet_run, capsys):
   assert main(["import", "--weights", weights, "--out", f"gs://{bucket}/imported"]) == 0
   model, again = chunklm.load(hnet_run), chunklm.load(f"gs://{bucket}/imported")
   jax.tree.map(np.testing.assert_array_equal, model.run.params, again.run.params)
+  cfg = read_config(hnet_run)  # what `train --init-from URL` reads (the whole fine-tune: the slow test below)
+  params, source = load_init(f"{hnet_run}/checkpoints/5", cfg, abstract_params(cfg)[1], None)
+  assert source.step == 5 and str(source.workdir) == hnet_run
+
+
+@pytest.mark.slow  # CI budget: one more H-Net compile (~15 s); .ci/run runs the slow tests of this file
+def test_fine_tuning_from_a_run_in_the_bucket(bucket, hnet_run):
   tuned = f"gs://{bucket}/tuned"
   argv = ["train", "--config", "hnet_1stage_tiny", "--workdir", tuned, "--init-from", hnet_run, "--no-progress"]
   assert (
-    main([*argv, "--data", f"gs://{bucket}/corpus", "--set", "train.steps=2", "--set", "eval.final_max_bytes=4096"])
-    == 0
+    main([*argv, "--data", f"gs://{bucket}/corpus", *[a for f in ["train.steps=2", *SMALL] for a in ("--set", f)]]) == 0
   )
   made_by = [r for r in read_jsonl(f"{tuned}/metrics.jsonl") if r["split"] == "run"][0]
   assert made_by["init_from"].startswith(f"{hnet_run} (step 10")
