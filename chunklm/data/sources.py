@@ -40,7 +40,7 @@ from chunklm.data.formats import (
 from chunklm.errors import DataError
 from chunklm.storage import files
 from chunklm.storage.files import AnyPath
-from chunklm.storage.objects import reason
+from chunklm.storage.objects import check_access, reason
 from chunklm.storage.paths import is_remote, location
 
 Document = tuple[str, bytes]
@@ -262,7 +262,7 @@ def _remote_files(
 ) -> list[AnyPath]:
   """list_files of a gs:// prefix or object: the same rules (hidden names, include/exclude, walk order) from one
   flat listing; a missing bucket and missing credentials fail first, in one line."""
-  files.check_readable(p, option)
+  check_access(p, option)
   listed = files.walk_files(p)
   if not listed:
     if files.kind(p) == "file":

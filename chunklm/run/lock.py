@@ -19,13 +19,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from chunklm.errors import UserError
 from chunklm.run.lease import Lease, WorkdirBusy
 from chunklm.run.workdir import RunDir
 from chunklm.storage.objects import check_access
-from chunklm.storage.paths import Location, is_remote, location
+from chunklm.storage.paths import is_remote, location
 
 __all__ = ["WorkdirBusy", "workdir_lock"]
 
@@ -70,7 +71,7 @@ def workdir_lock(workdir: str | os.PathLike, what: str = "chunklm train", enable
 
 
 @contextlib.contextmanager
-def _leased(workdir: Location, what: str):
+def _leased(workdir: epath.Path, what: str):
   check_access(workdir, "--workdir")
   lease = Lease(RunDir(workdir).lock, workdir, _stamp(what))
   lease.acquire()

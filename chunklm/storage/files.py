@@ -21,8 +21,7 @@ from typing import Literal, TypeAlias
 
 from etils import epath
 
-from chunklm.errors import UserError
-from chunklm.storage.objects import check_access, filesystem, listing
+from chunklm.storage.objects import filesystem, listing
 from chunklm.storage.paths import is_remote
 
 READ_AHEAD_BYTES = 8 << 20  # an open object holds at most the bytes last asked for plus this much
@@ -30,21 +29,6 @@ BUFFER_BYTES = 256 << 10  # lines are split in Python's buffered reader, fed thi
 
 # what chunklm reads data from: a local path (pathlib) or a gs:// object or prefix (etils.epath)
 AnyPath: TypeAlias = "pathlib.Path | epath.Path"
-
-
-def _filesystem(path: AnyPath):
-  try:
-    return filesystem(epath.Path(os.fspath(path)))
-  except ImportError:
-    raise UserError(f"{path}: reading gs:// needs gcsfs; install chunklm[gcs]") from None
-
-
-def check_readable(path: AnyPath, what: str) -> None:
-  """A one-line UserError when `path` is in a bucket that is missing or cannot be listed (missing credentials,
-  refused permission) or gcsfs is not installed; nothing for a local path."""
-  if is_remote(path):
-    _filesystem(path)
-    check_access(epath.Path(os.fspath(path)), what)
 
 
 class _Gunzipped(gzip.GzipFile):
@@ -67,7 +51,7 @@ def open_binary(path: AnyPath, *, gunzip: bool = False, read_ahead: int | None =
   asks for less), through a buffer of at most BUFFER_BYTES, so an open object holds at most both."""
   if not is_remote(path):
     return gzip.open(path, "rb") if gunzip else open(path, "rb")
-  fs, key = _filesystem(path)
+  fs, key = filesystem(epath.Path(os.fspath(path)))
   block = READ_AHEAD_BYTES if read_ahead is None else read_ahead
   raw = fs.open(key, "rb", block_size=block, cache_type="readahead")
   source = io.BufferedReader(raw, max(min(BUFFER_BYTES, block), io.DEFAULT_BUFFER_SIZE))
@@ -92,7 +76,7 @@ def kind(path: AnyPath) -> Literal["file", "directory"] | None:
   if not is_remote(path):
     p = pathlib.Path(path)
     return "file" if p.is_file() else "directory" if p.is_dir() else None
-  fs, key = _filesystem(path)
+  fs, key = filesystem(epath.Path(os.fspath(path)))
   try:
     info = fs.info(key)
   except FileNotFoundError:
@@ -104,7 +88,7 @@ def size(path: AnyPath) -> int:
   """The size of the file `path` in bytes (an object's from the listing gcsfs keeps, else one request)."""
   if not is_remote(path):
     return os.stat(path).st_size
-  fs, key = _filesystem(path)
+  fs, key = filesystem(epath.Path(os.fspath(path)))
   return int(fs.size(key))
 
 
@@ -113,6 +97,6 @@ def stamp(path: AnyPath) -> str:
   if not is_remote(path):
     st = os.stat(path)
     return f"{st.st_size}|{st.st_mtime_ns}"
-  fs, key = _filesystem(path)
+  fs, key = filesystem(epath.Path(os.fspath(path)))
   info = fs.info(key)
   return f"{info['size']}|{info.get('generation')}"

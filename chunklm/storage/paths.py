@@ -33,8 +33,6 @@ REMOTE_SCHEMES = ("gs",)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _ONE_SLASH = re.compile(r"^(gs|gcs|s3|file|https?|hdfs|az|abfs):/+(?=[^/])")
 
-Location = epath.Path
-
 
 def location(value: str | os.PathLike, what: str = "path") -> epath.Path:
   """The path `value` names: local, or `gs://bucket/prefix`; `what` (e.g. "--workdir") names it in errors."""
