@@ -100,21 +100,27 @@ _KILLED_CHILD = textwrap.dedent("""
     else:
       finalize = Commit.finalize
       async def die_before_commit(self, *args, **kwargs):
-        if self._final_path.name == "4":
+        if self._final_path.name == {dying_step!r}:
           die()
         await finalize(self, *args, **kwargs)
       Commit.finalize = die_before_commit
-    cfg = tiny_config("train.steps=4", "train.checkpoint_every=2", data={data!r})
+    cfg = tiny_config("train.steps=4", "train.checkpoint_every=2", *{extra!r}, data={data!r})
     trainer.train(cfg, {workdir!r}, progress=False, log=lambda *a, **k: None)
 """)
 
 
-def killed_child(moment: str, workdir: str, data: str) -> int:
-  """Trains 4 steps (checkpoints at 2 and 4) of the tiny config in a child killed with -9 at `moment` ("training"
-  or "save"); its return code."""
+def killed_child(moment: str, workdir: str, data: str, extra: tuple[str, ...] = (), dying_step: int = 4) -> int:
+  """Trains 4 steps (checkpoints at 2 and 4) of the tiny config (with `extra` overrides) in a child killed with -9
+  at `moment` ("training", or "save": while the checkpoint of `dying_step` is committed); its return code."""
   commit = "CommitFileTemporaryPath" if workdir.startswith("gs://") else "AtomicRenameTemporaryPath"
   code = _KILLED_CHILD.format(
-    tests=str(Path(__file__).parent), commit=commit, moment=moment, data=data, workdir=workdir
+    tests=str(Path(__file__).parent),
+    commit=commit,
+    moment=moment,
+    data=data,
+    workdir=workdir,
+    extra=tuple(extra),
+    dying_step=str(dying_step),
   )
   child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert child.returncode == -9, child.stderr[-2000:]

@@ -154,7 +154,7 @@ def test_incompatible_workdir_and_missing_workdir(tmp_path, corpus_dir, capsys):
   code, _, err = run_cli(capsys, *base, "--set", "model.n_heads=4")
   assert code == 2 and "another model or optimizer state (model.n_heads: [2] -> [4])" in err
   code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path / "nothing"))
-  assert code == 2 and "not a training run" in err
+  assert code == 2 and "does not exist; this takes a language-model run" in err
   one_doc = ["--data", str(corpus_dir / "doc000.py")]
   code, out, _ = run_cli(capsys, "eval", "--workdir", str(wd), *one_doc, "--no-progress", "--set", "kernels.impl=xla")
   assert code == 0 and "with kernels.impl=xla on" in out

@@ -123,7 +123,7 @@ def test_bad_sources_are_one_line(source, corpus, tmp_path):
   with pytest.raises(CheckpointError, match="no such run directory"):
     load_init(str(tmp_path / "nothing"), cfg, abstract, None)
   (tmp_path / "empty").mkdir()
-  with pytest.raises(CheckpointError, match="is not a training run"):
+  with pytest.raises(CheckpointError, match="is an empty directory; this takes a language-model run"):
     load_init(str(tmp_path / "empty"), cfg, abstract, None)
   with pytest.raises(CheckpointError, match=r"no checkpoint of step 7; it has steps \[2\]"):
     load_init(str(source / "checkpoints" / "7"), cfg, abstract, None)

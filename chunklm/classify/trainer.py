@@ -27,6 +27,7 @@ from chunklm.errors import UserError
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.kind import CLASSIFIER_HEADER, require
 from chunklm.run.lock import workdir_lock
 from chunklm.run.trained import open_run
 from chunklm.run.workdir import RunDir
@@ -91,7 +92,7 @@ def _base_model(init_from: str | None, config: str | None, overrides: list[str],
       "classify train: give either --init-from RUN (fine-tune a trained model) or --config C (train from scratch)"
     )
   if init_from is not None:
-    run = open_run(init_from, tuple(overrides))
+    run = open_run(init_from, tuple(overrides), flag="--init-from")
     cfg, lm, start = run.cfg, merge_model(run.graphdef, run.params), f"{init_from} (step {run.step})"
   else:
     cfg = load_config(config, overrides)
@@ -148,10 +149,12 @@ def train_classifier(
   """Trains and saves a classifier in `out`; returns its final test evaluation (see evaluate)."""
   settings.check()
   run = RunDir(out)
+  require(
+    run.path, ("new", "other"), "--out", "classify train writes a new classifier there", hint="give another --out"
+  )
   with workdir_lock(run.path, "chunklm classify train") as lock:
-    if run.classifier.exists() or run.config.exists() or run.has_checkpoints():
-      what = "a classifier" if run.classifier.exists() else "another run"
-      raise UserError(f"{out} already holds {what}; give another --out")
+    if run.config.exists() or run.has_checkpoints():  # written meanwhile: nothing more is written
+      raise UserError(f"{out} already holds another run; give another --out")
     result = _train(train_records, test_records, run, settings, init_from, config, overrides, progress, log)
     lock.check()
     return result
@@ -199,7 +202,7 @@ def _train(
     "test_records": len(test_records),
     "records_cut": cut,
   }
-  run.config.write_text(dump_yaml(cfg))
+  run.config.write_text(CLASSIFIER_HEADER + "\n" + dump_yaml(cfg))
   log(
     f"classify: {len(classes)} classes {classes}; {len(train_records):,} training records "
     f"({cut:,} cut to {settings.seq_len} bytes), {len(test_records):,} test records; backbone {start}"
@@ -236,10 +239,9 @@ def _train(
 def load_classifier(workdir: str | Path, log=logs.warning):
   """(graphdef, params, classes, settings, meta) of a saved classifier."""
   run = RunDir(workdir)
+  require(run.path, ("classifier",), "--workdir", "this takes a classifier (train one with `chunklm classify train`)")
   if not run.classifier.is_file():
-    raise UserError(
-      f"{run} holds no classifier ({run.classifier.name} missing); train one with `chunklm classify train`"
-    )
+    raise UserError(f"{run} holds a classifier that did not finish training (no {run.classifier.name}); train it again")
   meta = json.loads(run.classifier.read_text())
   settings = ClassifySettings(**meta["settings"])
   cfg: Config = load_config(run.config)

@@ -13,6 +13,7 @@ import sys
 from chunklm import logs, progress
 from chunklm.cli.parser import build_parser
 from chunklm.errors import UserError
+from chunklm.run.kind import check_output
 from chunklm.storage.objects import check_access, from_storage, storage_error
 from chunklm.storage.paths import location
 
@@ -34,18 +35,23 @@ PATH_FLAGS = (
   "workdir_root",
 )
 
+# the flags that name what a command writes: never one of a run's own files (run/kind.py)
+OUTPUT_FLAGS = ("out", "json", "plot")
+
 
 def check_path_flags(args) -> None:
   """Before any work: every path flag names a place chunklm can use: a URL has a scheme chunklm reads and writes,
-  and its bucket exists and can be listed with the credentials at hand (one line each otherwise, instead of a
-  traceback after the work, when the result is written)."""
+  and its bucket exists and can be listed with the credentials at hand, and no output would replace a run's own
+  file (one line each otherwise, instead of a traceback or a damaged run after the work, when the result is
+  written)."""
   for name in PATH_FLAGS:
     value = getattr(args, name, None)
     for v in value if isinstance(value, list) else [value]:
+      flag = "--" + name.replace("_", "-")
       if isinstance(v, str) and ":/" in v:
-        flag = "--" + name.replace("_", "-")
-        where = location(v, flag)
-        check_access(where, flag)
+        check_access(location(v, flag), flag)
+      if isinstance(v, str) and name in OUTPUT_FLAGS:
+        check_output(v, flag)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,26 @@ def _abstract(tree):
   return jax.tree.map(spec, tree)
 
 
+class _Vanished(Exception):
+  """A checkpoint removed (pruned by the run's writer) between listing and reading it."""
+
+
+_RELISTS = 6  # listings tried while a writer prunes checkpoints under a reader
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{dotted path: shape} of the array leaves of `tree` (orbax metadata or arrays alike)."""
+
+  def name(key) -> str:
+    return str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key))))
+
+  return {
+    ".".join(name(k) for k in path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    if hasattr(leaf, "shape")
+  }
+
+
 class Checkpointer:
   def __init__(
     self,
@@ -233,7 +253,8 @@ class Checkpointer:
     handler = ocp.PyTreeCheckpointHandler()
     try:
       where = self.directory / str(step) / "state"
-      saved = set(handler.metadata(where if is_remote(where) else where.resolve()).tree)
+      tree = handler.metadata(where if is_remote(where) else where.resolve()).tree
+      saved = set(tree)
     finally:
       handler.close()
     wanted = set(like_state)
@@ -243,6 +264,22 @@ class Checkpointer:
         f"the checkpoint at step {step} in {self.directory} holds {sorted(saved)}, not "
         f"{sorted(wanted)}: it was written by another kind of run or version{hint}"
       )
+    if "params" in like_state:
+      self._check_shapes(step, tree["params"], like_state["params"])
+
+  def _check_shapes(self, step: int, saved_params, wanted_params) -> None:
+    """The parameters asked for must have the names and shapes of the saved ones: otherwise the model described
+    (e.g. a config.yaml edited after training) is not the one saved, and orbax's failure would read as damage."""
+    saved, wanted = _shapes(saved_params), _shapes(wanted_params)
+    differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    if differ:
+      k = differ[0]
+      raise StateMismatch(
+        f"the checkpoint at step {step} in {self.directory} holds another model than the config describes "
+        f"({len(differ)} parameters differ, e.g. {k}: saved {saved.get(k, 'none')}, config {wanted.get(k, 'none')})"
+        "; was the run's config.yaml edited after training? Restore it, or pass only settings that keep the "
+        "parameters"
+      )
 
   def restore_latest(
     self, like_state: dict, data_iter=None, log=logs.warning, partial: bool = False
@@ -251,6 +288,17 @@ class Checkpointer:
     ones are moved aside (so training can write those steps again) only once an older one has been read: when none
     can be read, nothing is moved and the error says so. A newest checkpoint of other parts (StateMismatch) is
     raised at once: nothing is moved and no older one is tried. `log` takes the warning for each unreadable one."""
+    for _ in range(_RELISTS):
+      try:
+        return self._restore_newest(like_state, data_iter, log, partial)
+      except _Vanished:  # a writer pruned a checkpoint while it was read: list them again
+        self.manager.reload()
+    raise CheckpointError(
+      f"the checkpoints in {self.directory} were removed while being read, {_RELISTS} times (a training run "
+      "keeping only its newest ones?); try again"
+    )
+
+  def _restore_newest(self, like_state: dict, data_iter, log, partial: bool) -> tuple[int, dict, dict] | None:
     steps = self.steps()
     failed: list[tuple[int, str]] = []
     for step in reversed(steps):
@@ -259,6 +307,8 @@ class Checkpointer:
       except StateMismatch:
         raise  # readable, of another shape: not damage, so nothing is moved aside
       except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files; we only need to know it failed
+        if not (self.directory / str(step)).exists():
+          raise _Vanished from None  # removed since it was listed (keep_checkpoints): not damage
         failed.append((step, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__))
         continue
       for bad, reason in failed:

@@ -17,6 +17,7 @@ from etils import epath
 from chunklm.config import Config, dump_yaml
 from chunklm.errors import CheckpointError
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.kind import require_empty
 from chunklm.run.workdir import RunDir
 from chunklm.storage.objects import check_access
 from chunklm.storage.paths import ensure_dir, location
@@ -28,8 +29,7 @@ def write_params_run(
   """Writes the run directory `workdir` (which must not exist or be empty) holding `params` at `step`."""
   where = location(workdir, "--out")
   check_access(where, "--out")
-  if where.exists() and (not where.is_dir() or any(where.iterdir())):
-    raise CheckpointError(f"{where} already exists and is not empty; choose a new directory for the run")
+  require_empty(where, "--out", "a run of imported parameters")
   ensure_dir(where)
   run = RunDir(where)
   run.config.write_text(dump_yaml(cfg))

@@ -25,6 +25,7 @@ from chunklm.errors import CheckpointError, UserError
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.kind import require_lm
 from chunklm.run.workdir import RunDir
 from chunklm.storage.objects import check_access
 from chunklm.storage.paths import location
@@ -67,14 +68,12 @@ class TrainedRun:
     return merge_model(self.graphdef, self.params)
 
 
-def read_config(workdir: str | os.PathLike, overrides: tuple[str, ...] = ()) -> Config:
-  """The resolved config of a run, with `overrides` (KEY=VALUE) applied; a workdir without one, or one written by a
-  chunklm whose config format differs, is a one-line error."""
+def read_config(workdir: str | os.PathLike, overrides: tuple[str, ...] = (), flag: str = "--workdir") -> Config:
+  """The resolved config of a language-model run, with `overrides` (KEY=VALUE) applied; anything else given as
+  `flag` (another kind of run, a file, nothing), or a run written by a chunklm whose config format differs, is a
+  one-line error."""
+  require_lm(workdir, flag)
   run = RunDir(workdir)
-  if not run.config.exists():
-    raise CheckpointError(
-      f"{workdir} is not a training run (no {run.config.name}); train one with `chunklm train --workdir {workdir}`"
-    )
   fmt = read_config_format(run.config)
   if fmt != CONFIG_FORMAT:
     written = "chunklm < 0.2.0 (config format 1)" if fmt is None else f"config format {fmt}"
@@ -85,16 +84,19 @@ def read_config(workdir: str | os.PathLike, overrides: tuple[str, ...] = ()) -> 
   return load_config(run.config, list(overrides))
 
 
-def open_run(workdir: str | os.PathLike, overrides: tuple[str, ...] = (), log=logs.warning) -> TrainedRun:
+def open_run(
+  workdir: str | os.PathLike, overrides: tuple[str, ...] = (), log=logs.warning, flag: str = "--workdir"
+) -> TrainedRun:
   """The newest readable checkpoint of `workdir`, ready for inference.
 
   `overrides` change the saved config before the model is built, for settings that keep the parameters (e.g.
-  model.delete_gate.keep_all, model.capacity_factor, kernels.impl, kernels.attention); one that changes them is a UserError naming the
-  parameters it would change. `log` takes the warnings about unreadable checkpoints.
+  model.delete_gate.keep_all, model.capacity_factor, kernels.impl, kernels.attention); one that changes them is a
+  UserError naming the parameters it would change. `log` takes the warnings about unreadable checkpoints; `flag`
+  names the run in errors.
   """
-  workdir = location(workdir, "--workdir")
-  check_access(workdir, "--workdir")
-  cfg = read_config(workdir, overrides)
+  workdir = location(workdir, flag)
+  check_access(workdir, flag)
+  cfg = read_config(workdir, overrides, flag)
   graphdef, abstract = abstract_params(cfg)
   if overrides:
     _check_same_parameters(abstract_params(read_config(workdir))[1], abstract, overrides)

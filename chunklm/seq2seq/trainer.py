@@ -45,12 +45,14 @@ from chunklm.model.delete_gate import pi_update
 from chunklm.model.functional import path_name, split_model
 from chunklm.model.mrt5 import MrT5
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.kind import require, require_new_or
 from chunklm.run.lock import WorkdirBusy, workdir_lock
 from chunklm.run.workdir import RunDir
 from chunklm.seq2seq.batches import Data
 from chunklm.seq2seq.evaluation import evaluate_mrt5, losses
 from chunklm.train.optim import decay_mask, lr_schedule
 from chunklm.train.reporter import NanPolicy, Reporter
+from chunklm.train.resume import MRT5_RULE, ResumeChanges, check_resume
 from chunklm.train.signals import Preempted, StopFlag
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mrt5"
@@ -145,26 +147,52 @@ def check_same_run(workdir: str | Path | RunDir, cfg: MrT5Run, elsewhere: str = 
       )
 
 
+def initial_state(cfg: MrT5Run, params, tx) -> dict:
+  """The state an MrT5 run starts from (`state_of`): `params`, a fresh optimizer and controller."""
+  pi = {
+    k: jnp.asarray(max(cfg.mrt5.alpha, 0.0) if k == "alpha" else 0.0, jnp.float32) for k in ("p_acc", "i_acc", "alpha")
+  }
+  return state_of(params, tx.init(params), pi, gate_leaves(params) if cfg.mrt5.gate_ema > 0 else {})
+
+
+def _abstract_state(cfg: MrT5Run) -> dict:
+  """`initial_state` as shapes and dtypes, allocating nothing (what the resume rule compares)."""
+
+  def make():
+    params = build(cfg)[1]
+    return initial_state(cfg, params, _optimizer(cfg, params))
+
+  return jax.eval_shape(make)
+
+
+def _resume_changes(run: RunDir, cfg: MrT5Run) -> ResumeChanges | None:
+  """The settings changed since the run's checkpoints were written, or a one-line CheckpointError when the resume
+  rule (train/resume.py, MRT5_RULE) refuses them; None for a new run."""
+  if not (run.config.exists() and run.has_checkpoints()):
+    return None
+  old = load_config(run.config, root=MrT5Run)
+  return check_resume(run.path, old, cfg, _abstract_state, rule=MRT5_RULE)
+
+
 def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=logs.info) -> dict:
   """Trains (or resumes) the MrT5 run in `workdir` and returns its final evaluation (also in eval.json). SIGTERM
   saves a checkpoint and raises `Preempted`."""
   run = RunDir(workdir)
+  require_new_or(run.path, ("mrt5",), "--workdir", "chunklm mrt5 train")
   with workdir_lock(run.path, "chunklm mrt5 train") as lock:
-    check_same_run(run, cfg)
+    changes = _resume_changes(run, cfg)
     data = Data(cfg, run.cache)
     graphdef, params = build(cfg)
     tx = _optimizer(cfg, params)
-    pi = {
-      k: jnp.asarray(max(cfg.mrt5.alpha, 0.0) if k == "alpha" else 0.0, jnp.float32)
-      for k in ("p_acc", "i_acc", "alpha")
-    }
-    state = state_of(params, tx.init(params), pi, gate_leaves(params) if cfg.mrt5.gate_ema > 0 else {})
+    state = initial_state(cfg, params, tx)
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints, guard=lock.check)
     restored = ckpt.restore_latest(state)
     start = 0
     if restored is not None:
       start, state, _ = restored
       log(f"resumed from step {start}")
+      if changes is not None and changes.free:
+        log(f"changed on resume: {'; '.join(changes.free)}")
     run.config.write_text(dump_yaml(cfg))
     try:
       state = _train_steps(cfg, graphdef, tx, state, data, ckpt, run, start, progress, log)
@@ -240,8 +268,7 @@ def open_mrt5(workdir: str | Path, log=logs.warning):
   """(cfg, graphdef, params, step) of the newest checkpoint of an MrT5 run; params are those inference uses (the
   gate's moving average in place of its last parameters where mrt5.gate_ema > 0)."""
   run = RunDir(workdir)
-  if not run.config.exists():
-    raise CheckpointError(f"{run} is not an MrT5 run (no {run.config.name}); train one with `chunklm mrt5 train`")
+  require(run.path, ("mrt5",), "--workdir", "this takes an MrT5 run (train one with `chunklm mrt5 train`)")
   cfg = load_config(run.config, root=MrT5Run)
   graphdef, like = build(cfg)
   like = {"params": like, **({"gate_ema": gate_leaves(like)} if cfg.mrt5.gate_ema > 0 else {})}

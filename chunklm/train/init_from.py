@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from chunklm.config import Config, differing_fields
 from chunklm.errors import CheckpointError
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.kind import require_lm
 from chunklm.run.trained import read_config
 from chunklm.run.workdir import RunDir, is_checkpoint_dir
 from chunklm.storage.objects import check_access
@@ -79,6 +80,11 @@ def _source(source: str) -> tuple[epath.Path, int | None]:
   return path, None
 
 
+def check_source(source: str) -> None:
+  """A one-line error, before any data is read, when --init-from names no language-model run (run/kind.py)."""
+  require_lm(_source(source)[0], "--init-from")
+
+
 def check_compatible(
   source: str, src: Config, cfg: Config, tokenizer_bytes: bytes | None, src_tokenizer_bytes: bytes | None
 ) -> None:
@@ -106,7 +112,7 @@ def load_init(source: str, cfg: Config, abstract_params, tokenizer_bytes: bytes 
   workdir, step = _source(source)
   if not workdir.is_dir():
     raise CheckpointError(f"--init-from {source}: no such run directory")
-  src = read_config(workdir)  # a one-line error for a directory that is not a run
+  src = read_config(workdir, flag="--init-from")  # a one-line error for a directory that is not an LM run
   copy = RunDir(workdir).tokenizer
   check_compatible(source, src, cfg, tokenizer_bytes, copy.read_bytes() if copy.exists() else None)
   ckpt = Checkpointer(RunDir(workdir).checkpoints, read_only=True)

@@ -82,6 +82,8 @@ def plan_run(cfg: Config, run: RunDir, *, allow_data_change: bool = False) -> Ru
   resuming = run.has_checkpoints()
   saved = read_config(run.path) if resuming and run.config.exists() else None
   cfg, cap = _doc_cap(cfg, saved, sample)
+  if saved is not None and saved.train.init_from and not cfg.train.init_from:  # resumed without --init-from
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=saved.train.init_from))
   changes = None
   if saved is not None:
     changes = check_resume(run.path, saved, cfg, lambda c: setup_state(c, abstract=True)[2], allow_data_change)

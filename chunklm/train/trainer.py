@@ -21,12 +21,14 @@ from chunklm.config import Config, to_dict
 from chunklm.data.corpus import Documents, order0_entropy
 from chunklm.data.lanes import taken_bytes
 from chunklm.run.checkpoint import Checkpointer
+from chunklm.run.imported import refuse_resume
+from chunklm.run.kind import require_new_or
 from chunklm.run.lock import WorkdirBusy, workdir_lock
 from chunklm.run.metrics import plot_curves
 from chunklm.run.trained import TrainedRun
 from chunklm.run.workdir import RunDir
 from chunklm.storage.paths import ensure_dir
-from chunklm.train.init_from import InitSource, load_init
+from chunklm.train.init_from import InitSource, check_source, load_init
 from chunklm.train.optim import lr_schedule
 from chunklm.train.parts import frozen_mask
 from chunklm.train.plan import RunPlan, announce, plan_run
@@ -78,6 +80,10 @@ def train(
 ) -> TrainResult:
   """Trains (or resumes) the run in `workdir`, holding its lock throughout (process 0 of a multi-host run)."""
   run = RunDir(workdir)
+  if cfg.train.init_from:
+    check_source(cfg.train.init_from)
+  if require_new_or(run.path, ("lm", "params"), "--workdir", "chunklm train") == "params":
+    refuse_resume(run.path)  # parameters only: fine-tuned with --init-from (before the lock: nothing is written)
   with workdir_lock(run.path, enabled=jax.process_index() == 0) as lock:
     plan = plan_run(cfg, run, allow_data_change=allow_data_change)
     return _train(plan, stop_after=stop_after, progress=progress, log=log, lock=lock)
@@ -88,11 +94,13 @@ def _train(plan: RunPlan, *, stop_after: int | None, progress: bool, log, lock) 
   mesh = make_mesh(cfg.mesh)
   graphdef, tx, state, sharding, num_params = _placed_state(cfg, mesh)
   data_iter = plan.train_stream()
-  state, init = _initialised(plan, state, sharding)
+  state, init = (state, None) if plan.resuming else _initialised(plan, state, sharding)  # a bad source: nothing written
   ensure_dir(run.path)
   ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints, guard=lock.check)
   restored = ckpt.restore_latest(state, None if plan.new_stream else data_iter)
   start, state = (0, state) if restored is None else restored[:2]
+  if restored is None and plan.resuming:  # no complete checkpoint (killed while writing the first): start over
+    state, init = _initialised(plan, state, sharding)
   made_by = announce(plan, init, start if restored is not None else None, num_params, log)
   end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
   saver = _Saver(ckpt, run.checkpoints, {"config": to_dict(cfg)}, start if restored is not None else None)
@@ -211,9 +219,10 @@ def _placed_state(cfg: Config, mesh):
 
 
 def _initialised(plan: RunPlan, state: dict, sharding: dict) -> tuple[dict, InitSource | None]:
-  """A fine-tuning run's first start takes another run's parameters (`train.init_from`); resuming never does."""
+  """A fine-tuning run that has no complete checkpoint yet takes another run's parameters (`train.init_from`);
+  resuming from a checkpoint never does."""
   cfg, tok = plan.cfg, plan.tokenizer
-  if plan.resuming or not cfg.train.init_from:
+  if not cfg.train.init_from:
     return state, None
   params, init = load_init(
     cfg.train.init_from, cfg, state["params"], tok.path.read_bytes() if tok and tok.path else None

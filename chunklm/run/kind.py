@@ -1,0 +1,161 @@
+"""What a directory holds, said once: every command that opens a run, or writes one, asks here first.
+
+A directory given as a run is one of these kinds, told apart by the files each command writes (run/workdir.py):
+
+  lm          `chunklm train`: config.yaml of a language model (sections model, data, train, ...)
+  params      `chunklm import` / `convert from-hnet`: a language model's parameters only (origin.json beside it)
+  classifier  `chunklm classify train`: classify.json (or a config.yaml that says it was written by classify)
+  mrt5        `chunklm mrt5 train`: config.yaml with an `mrt5` section
+  comparison  `chunklm compare` / `mrt5 compare`: summary.json and report.md over one directory per model
+  new         nothing there yet, or an empty directory
+  other       a file, or a directory holding none of the above
+
+`require` turns a kind a command cannot use into one line naming what the directory is, which command made it and
+what the command wants instead; `check_output` refuses an output file that would replace one of a run's own files.
+Both read a few small files and nothing else (no checkpoint, no jax).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from etils import epath
+
+from chunklm.config import read_yaml
+from chunklm.errors import CheckpointError, ConfigError, UserError
+from chunklm.run import workdir as layout
+from chunklm.run.workdir import RunDir
+from chunklm.storage.paths import location
+
+Kind = Literal["lm", "params", "classifier", "mrt5", "comparison", "new", "other"]
+
+# what each kind is, in the messages
+DESCRIBED: dict[str, str] = {
+  "lm": "a language-model run (made by `chunklm train`)",
+  "params": "a language model's parameters only (made by `chunklm import` or `convert from-hnet`)",
+  "classifier": "a classifier (made by `chunklm classify train`)",
+  "mrt5": "an MrT5 run (made by `chunklm mrt5 train`)",
+  "comparison": "a comparison of several runs (made by `chunklm compare`; pass one of its model directories)",
+  "new": "empty",
+  "other": "not a run",
+}
+CLASSIFIER_HEADER = "# written by chunklm classify train"
+RUN_FILES = (
+  layout.CONFIG,
+  layout.CHECKPOINTS,
+  layout.METRICS,
+  layout.TENSORBOARD,
+  layout.LOSS_PLOT,
+  layout.CACHE,
+  layout.TOKENIZER,
+  layout.EVAL,
+  layout.CLASSIFIER,
+  layout.ORIGIN,
+  layout.LOCK,
+)
+
+
+def kind_of(path: str | os.PathLike) -> Kind:
+  """The kind of run `path` holds (see the module docstring)."""
+  where = location(path)
+  if not where.exists():
+    return "new"
+  if not where.is_dir():
+    return "other"
+  run = RunDir(where)
+  if run.classifier.exists():
+    return "classifier"
+  if run.config.is_file():
+    return _config_kind(run)
+  if (where / "summary.json").is_file() and (where / "report.md").is_file():
+    return "comparison"
+  return "new" if not any(where.iterdir()) else "other"
+
+
+def _config_kind(run: RunDir) -> Kind:
+  try:
+    with run.config.open("r") as f:
+      first = f.readline()
+  except (OSError, UnicodeDecodeError):
+    return "other"
+  if first.startswith(CLASSIFIER_HEADER):
+    return "classifier"  # killed before it wrote classify.json
+  try:
+    sections = read_yaml(run.config)
+  except ConfigError:
+    return "other"
+  if "mrt5" in sections:
+    return "mrt5"
+  if "model" not in sections:
+    return "other"
+  return "params" if run.origin.exists() else "lm"
+
+
+def require(path: str | os.PathLike, accepted: tuple[Kind, ...], flag: str, wants: str, *, hint: str = "") -> Kind:
+  """The kind of `path`, which must be one of `accepted`; else a one-line CheckpointError: `flag path` is <what it
+  is>; `wants` (what the command takes), then `hint`."""
+  kind = kind_of(path)
+  if kind in accepted:
+    return kind
+  where = location(path)
+  if kind == "new" and not where.exists():
+    what = "does not exist"
+  elif kind == "other" and where.exists() and not where.is_dir():
+    what = "is a file, not a run directory"
+  elif kind == "other":
+    what = f"is not a run (no {layout.CONFIG} of a chunklm run)"
+  elif kind == "new":
+    what = "is an empty directory"
+  else:
+    what = f"is {DESCRIBED[kind]}"
+  raise CheckpointError(f"{flag} {path} {what}; {wants}{'; ' + hint if hint else ''}")
+
+
+LM_RUN: tuple[Kind, ...] = ("lm", "params")
+WANTS_LM = "this takes a language-model run (from `chunklm train`, `import` or `convert from-hnet`)"
+
+
+def require_lm(path: str | os.PathLike, flag: str = "--workdir") -> None:
+  """A language-model run (trained, or parameters imported/converted), as eval, generate, export ... read."""
+  require(path, LM_RUN, flag, WANTS_LM)
+
+
+def require_new_or(path: str | os.PathLike, same: tuple[Kind, ...], flag: str, command: str) -> Kind:
+  """A directory `command` may write a run into: new, empty, holding no run, or a run of its own kind `same`
+  (resumed); a directory holding another kind of run is refused (nothing is written into it)."""
+  return require(
+    path,
+    ("new", "other", *same),
+    flag,
+    f"{command} writes its own run there and never into another run's directory",
+    hint="give another " + flag,
+  )
+
+
+def require_empty(path: str | os.PathLike, flag: str, what: str) -> None:
+  """A directory that does not exist or is empty (import, convert and classify outputs)."""
+  where = location(path)
+  if where.exists() and not where.is_dir():
+    raise UserError(f"{flag} {path} is a file; {what} needs a new or empty directory")
+  if where.exists() and any(where.iterdir()):
+    kind = kind_of(where)
+    held = f"it holds {DESCRIBED[kind]}" if kind not in ("other", "new") else "it is not empty"
+    raise UserError(f"{flag} {path}: {held}; {what} needs a new or empty directory, nothing was written")
+
+
+def check_output(path: str | os.PathLike, flag: str) -> None:
+  """An output file or folder must not replace one of a run's own files (e.g. --json RUN/metrics.jsonl, --out
+  RUN/checkpoints/4): a one-line UserError naming the run."""
+  where: epath.Path = location(path, flag)
+  for parent in list(where.parents)[:4]:  # a run's deepest files: checkpoints/<step>/<item>/<file>
+    if parent.name == "":
+      break
+    if kind_of(parent) in ("lm", "params", "classifier", "mrt5"):
+      inside = where.relative_to(parent).parts
+      if inside and inside[0] in RUN_FILES:
+        raise UserError(
+          f"{flag} {path} would replace {inside[0]} of the run in {parent}; write it elsewhere (e.g. {parent}/"
+          f"{where.stem or 'out'}-{flag.strip('-')}{where.suffix})"
+        )
+      return
