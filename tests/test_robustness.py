@@ -73,6 +73,7 @@ def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_
   capsys.readouterr()
   from chunklm.eval.robustness import run_robustness
 
+  printed: list[str] = []
   res = run_robustness(
     [tmp_path / "bytes", tmp_path / "bpe"],
     (str(corpus_dir / "doc001.py"),),
@@ -81,7 +82,8 @@ def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_
     0,
     0,
     tmp_path / "out",
-    log=lambda *a: None,
+    log=printed.append,
+    warn=printed.append,
   )
   for text in ("clean", "uppercase", "delete", "antspeak"):
     assert res["bytes"][text]["bytes"] == res["bpe"][text]["bytes"]  # the same text bytes for both models
@@ -91,7 +93,10 @@ def test_suite_scores_byte_and_token_models_on_identical_bytes(tmp_path, corpus_
   row = lambda name: next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
   deltas = [float(row(t).split("|")[3].split("(")[1].split(",")[0]) for t in ("uppercase", "delete", "antspeak")]
   assert float(row("mean").split("|")[3].split("(")[1].split(",")[0]) == pytest.approx(sum(deltas) / 3, abs=2e-4)
-  assert "- bpe: mean relative increase" in md
+  assert "- bpe (clean " in md
+  assert [line.split()[:2] for line in printed if line.startswith("bytes ")] == [
+    ["bytes", f"{res['bytes']['clean']['bpb']:.4f}"]  # the printout: each model's clean BPB beside its increases
+  ]
   assert (tmp_path / "out" / "robustness.csv").read_text().startswith("perturbation,bytes,bytes BPB")
   code = main(["robustness", "--workdir", str(tmp_path / "bytes"), "--perturbations", "nope"])
   assert code == 2 and "unknown perturbation" in capsys.readouterr().err
@@ -105,8 +110,32 @@ def test_report_ends_with_the_mean_over_perturbations(tmp_path):
   bpb = {"h": (2.0, 2.5, 3.0), "t": (1.8, 2.7, 3.6)}  # clean, a, b
   results = {m: {t: {"bpb": v} for t, v in zip(("clean", "a", "b"), vals)} for m, vals in bpb.items()}
   texts = {t: SimpleNamespace(num_bytes=n) for t, n in (("clean", 100), ("a", 100), ("b", 120))}
-  robustness._write(tmp_path, results, texts, 0.1, 0)
+  lines, warning = robustness._write(tmp_path, results, texts, 0.1, 0, entropy=4.5)
   md = (tmp_path / "robustness.md").read_text()
   assert "| mean | 110 | 2.7500 (+0.7500, +37.5%) | 3.1500 (+1.3500, +75.0%) |" in md
-  assert "- t: mean relative increase +75.0% vs h's +37.5% (2.00x of it)" in md
+  # each model's clean BPB beside its mean increases, absolute and relative, in the printout and the report
+  assert lines[0].split() == ["model", "clean", "BPB", "mean", "BPB", "mean", "increase", "relative", "increase"]
+  assert lines[1].split() == ["h", "2.0000", "2.7500", "+0.7500", "+37.5%"]
+  assert lines[2].split() == ["t", "1.8000", "3.1500", "+1.3500", "+75.0%"]
+  assert all(line in md for line in lines) and "order-0 byte entropy 4.5000 bits per byte" in md
+  assert "- t (clean 1.8000) vs h (clean 2.0000): mean increase +1.3500 vs +0.7500 BPB (1.80x), relative" in md
+  assert "relative +75.0% vs +37.5% (2.00x)" in md
+  assert md.index("```") < md.index("| perturbation |")  # the summary leads the page
+  assert warning == "" and "Warning" not in md  # 2.0 / 1.8 is within CLEAN_SPREAD
   assert (tmp_path / "robustness.csv").read_text().splitlines()[-1].startswith("mean,110,2.75,0.75,37.5,")
+
+
+def test_widely_different_clean_bpb_warns_that_relative_increases_do_not_compare(tmp_path):
+  from types import SimpleNamespace
+
+  from chunklm.eval import robustness
+
+  # a trained model, and a 20-step one near the unigram entropy whose relative increase looks 4x smaller
+  bpb = {"trained": (2.0, 3.0), "20-step": (5.5, 6.0)}
+  results = {m: {t: {"bpb": v} for t, v in zip(("clean", "delete"), vals)} for m, vals in bpb.items()}
+  texts = {t: SimpleNamespace(num_bytes=100) for t in ("clean", "delete")}
+  _, warning = robustness._write(tmp_path, results, texts, 0.2, 0)
+  assert "trained 2.0000, 20-step 5.5000: 2.75x" in warning and "relative increases are not comparable" in warning
+  assert f"**Warning**: {warning}." in (tmp_path / "robustness.md").read_text()
+  assert robustness.clean_spread({"a": 2.0, "b": 2.5}) == ""  # 1.25x: still comparable
+  assert robustness.clean_spread({"a": 2.0}) == ""

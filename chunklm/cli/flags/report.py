@@ -9,9 +9,11 @@ def add(sub) -> None:
   p = sub.add_parser(
     "report",
     help="one HTML page per run, or one comparing several",
-    description="Write an HTML report of one or more runs: config, parameters, loss/BPB and "
-    "chunk-ratio curves, final valid figures, the robustness table (if `chunklm "
-    "robustness` was run there), a boundary picture and generated samples.",
+    description="Write an HTML report of one or more runs, led by its answer: what the run is (the chunklm that "
+    "trained it, step, training time, data), the final valid BPB beside the order-0 byte entropy of the same "
+    "bytes, train BPB and bytes per chunk per stage; then parameters, loss/BPB and chunk-ratio curves, the "
+    "robustness table (if `chunklm robustness` was run there), a boundary picture, generated samples, every "
+    "final valid figure and the config (folded).",
   )
   p.set_defaults(body="report")
   options.add_workdir(p, "a trained run (repeatable)", repeatable=True)

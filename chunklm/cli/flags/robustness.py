@@ -12,7 +12,9 @@ def add(sub) -> None:
     help="BPB of trained models on clean and character-perturbed text",
     description="Score one or more trained models on clean text and on perturbed copies of it "
     "(case flips, deletions, typos, AntSpeak, ...); every model sees the same bytes. "
-    "Writes robustness.md, robustness.csv and robustness.png.",
+    "Prints each model's clean BPB beside its mean increase, absolute and relative (a warning when the clean BPBs "
+    "differ so widely that relative increases do not compare), and writes robustness.md, robustness.csv and "
+    "robustness.png.",
   )
   p.set_defaults(body="robustness")
   options.add_workdir(p, "a trained run (repeatable)", repeatable=True)
