@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,33 @@ def test_an_output_never_replaces_a_runs_own_file(kinds, tmp_path, capsys, flag,
   err = capsys.readouterr().err
   assert f"would replace {target.split('/')[0]} of the run in {run}" in err
   assert snapshot(run) == before
+
+
+@pytest.fixture
+def read_only_run(kinds, tmp_path):
+  """A run on a read-only bind mount (needs the rights to mount: skipped without them)."""
+  src, mnt = tmp_path / "src", tmp_path / "mnt"
+  shutil.copytree(kinds / "lm", src / "run")
+  mnt.mkdir()
+  mounted = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip("cannot mount here (not root)")
+  try:
+    if subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True).returncode != 0:
+      pytest.skip("cannot remount read-only here")
+    yield mnt / "run"
+  finally:
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_run_on_a_read_only_mount_is_one_line_for_every_writer(read_only_run, capsys):
+  run = read_only_run
+  for args, message in [
+    (["train", "--workdir", str(run), "--config", str(run / "config.yaml"), "--no-progress"], "cannot write into"),
+    (["eval", "--workdir", str(run), "--json", str(run.parent / "e.json")], "a read-only file system"),
+    (["export", "--workdir", str(run), "--out", str(run.parent / "x.safetensors")], "a read-only file system"),
+    (["import", "--weights", str(run / "config.yaml"), "--out", str(run.parent / "imp")], "a read-only file system"),
+  ]:
+    assert main(args) == 2, args
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

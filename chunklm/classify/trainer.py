@@ -152,7 +152,7 @@ def train_classifier(
   require(
     run.path, ("new", "other"), "--out", "classify train writes a new classifier there", hint="give another --out"
   )
-  with workdir_lock(run.path, "chunklm classify train") as lock:
+  with workdir_lock(run.path, "chunklm classify train", flag="--out") as lock:
     if run.config.exists() or run.has_checkpoints():  # written meanwhile: nothing more is written
       raise UserError(f"{out} already holds another run; give another --out")
     result = _train(train_records, test_records, run, settings, init_from, config, overrides, progress, log)

@@ -8,6 +8,7 @@ calls one library function and prints the results. Log lines (what a command is 
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from chunklm import logs, progress
@@ -35,6 +36,18 @@ PATH_FLAGS = (
   "workdir_root",
 )
 
+# what the file system answers about a path the user chose (read-only, no rights, full, a file where a folder is
+# needed): one line naming the path, whichever command met it
+USER_OS_ERRORS = (
+  errno.EROFS,
+  errno.EACCES,
+  errno.EPERM,
+  errno.ENOSPC,
+  errno.EDQUOT,
+  errno.ENOTDIR,
+  errno.EISDIR,
+  errno.ENAMETOOLONG,
+)
 # the flags that name what a command writes: never one of a run's own files (run/kind.py)
 OUTPUT_FLAGS = ("out", "json", "plot")
 
@@ -54,6 +67,18 @@ def check_path_flags(args) -> None:
         check_output(v, flag)
 
 
+def _one_line(e: Exception) -> str | None:
+  """What the user is told of an error that is not chunklm's own but is about their input (None: a bug, which keeps
+  its traceback): the storage's refusals (e.g. credentials that lapse in a long gs:// run), and a local path the
+  file system refuses (e.g. a read-only mount)."""
+  error = storage_error(e) if from_storage(e) else None
+  if error is not None:
+    return str(error)
+  if isinstance(e, OSError) and e.errno in USER_OS_ERRORS and e.filename:
+    return f"cannot use {e.filename}: {e.strerror}"
+  return None
+
+
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   logs.set_verbosity(args.verbosity or "normal")
@@ -68,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chunklm: error: {e}", file=sys.stderr)
     return getattr(e, "exit_code", 2)
   except Exception as e:
-    error = storage_error(e) if from_storage(e) else None  # e.g. credentials that lapse in a long gs:// run
+    error = _one_line(e)
     if error is None:
       raise
     print(f"chunklm: error: {error}", file=sys.stderr)

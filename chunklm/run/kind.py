@@ -11,7 +11,8 @@ A directory given as a run is one of these kinds, told apart by the files each c
   other       a file, or a directory holding none of the above
 
 `require` turns a kind a command cannot use into one line naming what the directory is, which command made it and
-what the command wants instead; `check_output` refuses an output file that would replace one of a run's own files.
+what the command wants instead; `check_output` refuses an output that would replace one of a run's own files, or
+that cannot be written at all.
 Both read a few small files and nothing else (no checkpoint, no jax).
 """
 
@@ -26,7 +27,7 @@ from chunklm.config import read_yaml
 from chunklm.errors import CheckpointError, ConfigError, UserError
 from chunklm.run import workdir as layout
 from chunklm.run.workdir import RunDir
-from chunklm.storage.paths import location
+from chunklm.storage.paths import is_remote, location
 
 Kind = Literal["lm", "params", "classifier", "mrt5", "comparison", "new", "other"]
 
@@ -148,6 +149,13 @@ def check_output(path: str | os.PathLike, flag: str) -> None:
   """An output file or folder must not replace one of a run's own files (e.g. --json RUN/metrics.jsonl, --out
   RUN/checkpoints/4): a one-line UserError naming the run."""
   where: epath.Path = location(path, flag)
+  if not is_remote(where):  # a read-only mount or a folder without rights: said before the work, not after it
+    existing = next(p for p in [where, *where.parents] if p.exists())
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+      raise UserError(
+        f"{flag} {path}: cannot write in {existing if existing.is_dir() else existing.parent} "
+        "(a read-only file system, or no rights there)"
+      )
   for parent in list(where.parents)[:4]:  # a run's deepest files: checkpoints/<step>/<item>/<file>
     if parent.name == "":
       break

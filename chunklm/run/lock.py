@@ -54,19 +54,21 @@ def _stamp(what: str) -> str:
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str | os.PathLike, what: str = "chunklm train", enabled: bool = True):
+def workdir_lock(
+  workdir: str | os.PathLike, what: str = "chunklm train", enabled: bool = True, flag: str = "--workdir"
+):
   """Holds the workdir's lock inside the block (creating the directory); `enabled=False` is a no-op (processes
   other than 0 of a multi-host run, which share process 0's workdir). A workdir this call created and nothing else
-  wrote into is removed again on the way out."""
+  wrote into is removed again on the way out. `flag` names the directory in errors."""
   if not enabled:
     yield _Held()
     return
-  where = location(workdir, "--workdir")
+  where = location(workdir, flag)
   if is_remote(where):
     with _leased(where, what) as held:
       yield held
   else:
-    with _flocked(Path(os.fspath(where)), what) as held:
+    with _flocked(Path(os.fspath(where)), what, flag) as held:
       yield held
 
 
@@ -82,16 +84,19 @@ def _leased(workdir: epath.Path, what: str):
 
 
 @contextlib.contextmanager
-def _flocked(workdir: Path, what: str):
+def _flocked(workdir: Path, what: str, flag: str):
   if workdir.exists() and not workdir.is_dir():
-    raise UserError(f"--workdir {workdir} is a file, not a directory")
+    raise UserError(f"{flag} {workdir} is a file, not a directory")
   created = not workdir.exists()
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise UserError(f"cannot create --workdir {workdir}: {e.strerror}") from None
+    raise UserError(f"cannot create {flag} {workdir}: {e.strerror}") from None
   path = Path(os.fspath(RunDir(workdir).lock))
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:  # e.g. a read-only mount: the run can be read (eval, generate), not written
+    raise UserError(f"cannot write into {flag} {workdir} ({path.name}: {e.strerror}); use another {flag}") from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
