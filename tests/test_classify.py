@@ -50,14 +50,25 @@ def test_records_jsonl_and_fasta(tmp_path):
     ('{"label": 1}\n', None, 'string field "text"'),
     ('{"text": "a"}\n', None, 'field "label"'),
     ("not json\n", None, "invalid JSON"),
+    (b'{"text": "\xff", "label": 1}\n', None, r"b\.jsonl:1: not UTF-8 text \(byte 0xff"),
+    ('{"text": "a\\ud800", "label": 1}\n', None, r'b\.jsonl:1: field "text" holds a lone surrogate \(\\ud800\)'),
+    ('{"text": "a", "label": "\\udfff"}\n', None, r'b\.jsonl:1: field "label" holds a lone surrogate'),
+    (
+      '{"text": "a", "label": 1, "x": ' + "[" * 5000 + "]" * 5000 + "}\n",
+      None,
+      r"b\.jsonl:1: JSON nested more than 100",
+    ),
+    ('{"text": ["a"], "label": 1}\n', None, r'b\.jsonl:1: each line needs a string field "text"'),
+    ('{"text": "a", "label": ["x"]}\n', None, r'b\.jsonl:1: each line needs a field "label"'),
     (">r1 x\nAC\n", r"species=(\w+)", "does not match the header"),
     (">r1 x\nAC\n", None, "need --label-regex"),
     (">r1 x\nAC\n", "x", "needs one group"),
   ]:
-    path = tmp_path / ("b.fa" if text.startswith(">") else "b.jsonl")
-    path.write_text(text)
-    with pytest.raises(UserError, match=message):
+    path = tmp_path / ("b.fa" if str(text).startswith(">") else "b.jsonl")
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(UserError, match=message) as e:
       read_records(path, regex)
+    assert "\n" not in str(e.value)
 
 
 def test_report_matches_hand_counts():
@@ -232,7 +243,7 @@ def test_classify_never_writes_into_another_run(tmp_path, capsys):
   before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
   data = ["--data", str(tmp_path / "t.jsonl"), "--test", str(tmp_path / "t.jsonl")]
   assert main(["classify", "train", "--init-from", str(source), *data, "--out", str(source)]) == 2
-  assert "already holds another run" in capsys.readouterr().err
+  assert "is a language-model run (made by `chunklm train`); classify train writes a new" in capsys.readouterr().err
   assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
 
 
@@ -242,7 +253,7 @@ def test_classify_never_writes_into_another_run(tmp_path, capsys):
     ([], "either --init-from RUN"),
     (["--config", "hnet_1stage_tiny", "--init-from", "x"], "either --init-from RUN"),
     (["--config", "hnet_1stage_tiny", "--steps", "0"], "--steps must be >= 1"),
-    (["--init-from", "nowhere"], "is not a training run"),
+    (["--init-from", "nowhere"], "does not exist; this takes a language-model run"),
   ],
 )
 def test_bad_classify_input_is_one_line(tmp_path, capsys, args, message):
@@ -271,4 +282,4 @@ def test_bad_classify_input_is_one_line(tmp_path, capsys, args, message):
   )
   assert "at least 2 classes" in capsys.readouterr().err
   assert main(["classify", "eval", "--workdir", str(tmp_path), "--data", str(tmp_path / "t.jsonl")]) == 2
-  assert "holds no classifier" in capsys.readouterr().err
+  assert "is not a run (no config.yaml of a chunklm run); this takes a classifier" in capsys.readouterr().err

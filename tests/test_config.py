@@ -145,6 +145,30 @@ def test_invalid_yaml_reports_line(tmp_path):
     load_config(path)
 
 
+def test_config_files_are_read_within_bounds(tmp_path):
+  """A config file is YAML chunklm did not write (config.untrusted): an alias bomb, a file over 1 MiB and bytes that
+  are not UTF-8 are one-line ConfigErrors at once; aliases and merge keys work as before."""
+  path = tmp_path / "c.yaml"
+  path.write_text("base_train: &t {steps: 3}\ntrain:\n  <<: *t\n  batch_size: 4\n")
+  with pytest.raises(ConfigError, match="base_train: unknown key"):  # the merge itself loads
+    load_config(path)
+  path.write_text("train: {steps: &n 3, batch_size: *n}\n")
+  assert load_config(path).train.batch_size == 3
+  bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+  )
+  for text, message in [
+    (bomb, r"c\.yaml: YAML aliases expand to more than 100,000 values"),
+    ("model: {}\n" + "#" * (1 << 20), r"c\.yaml: the config file is over the 1,048,576 bytes allowed"),
+    (b"train: {steps: \xff}\n", r"c\.yaml: not UTF-8 text \(byte 0xff at offset 15\)"),
+    ("model: " + "[" * 200 + "]" * 200 + "\n", r"c\.yaml: YAML nested more than 100 levels deep"),
+  ]:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=message) as e:
+      load_config(path)
+    assert "\n" not in str(e.value)
+
+
 def test_missing_config_lists_bundled():
   with pytest.raises(ConfigError, match="bundled configs: .*byte_transformer_tiny"):
     load_config("no_such_config")

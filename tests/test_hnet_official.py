@@ -131,6 +131,33 @@ def test_bad_state_dicts_and_configs_are_one_line_errors():
     model_from_official({**js, "tie_embeddings": True}, "c.json")
 
 
+ATTN = ONE_STAGE["attn_cfg"]
+WRONG_FIELDS = [  # (fields over ONE_STAGE, the error's words: the field named)
+  ({"d_model": "wide"}, "d_model must list one width per level, got 'wide'"),
+  ({"d_model": [64, "96"]}, "d_model[1] must be a positive integer, got '96'"),
+  ({"d_model": [-64, 96]}, "d_model[0] must be a positive integer, got -64"),
+  ({"ssm_cfg": 3}, "ssm_cfg must be an object with fields chunk_size, d_conv, d_state, expand, got 3"),
+  ({"ssm_cfg": {**SSM, "d_state": 0}}, "ssm_cfg.d_state must be a positive integer, got 0"),
+  ({"attn_cfg": [2, 2]}, "attn_cfg must be an object with fields num_heads, rotary_emb_dim, window_size, got [2, 2]"),
+  ({"attn_cfg": {**ATTN, "num_heads": [0, 2]}}, "attn_cfg.num_heads[0] must be a positive integer, got 0"),
+  ({"attn_cfg": {**ATTN, "num_heads": [2, 64]}}, "attn_cfg.num_heads[1] 64 does not divide d_model[1] 96"),
+  ({"attn_cfg": {**ATTN, "rotary_emb_dim": [16.5, 24]}}, "attn_cfg.rotary_emb_dim[0] must be an integer >= 0"),
+  ({"attn_cfg": {**ATTN, "window_size": [-2, -1]}}, "attn_cfg.window_size[0] must be an integer >= -1, got -2"),
+  ({"d_intermediate": [0, -256]}, "d_intermediate[1] must be an integer >= 0, got -256"),
+  ({"vocab_size": "256"}, "vocab_size must be a positive integer, got '256'"),
+  ({"tie_embeddings": "no"}, "tie_embeddings must be true or false, got 'no'"),
+  ({"arch_layout": "m2"}, "arch_layout must be a nested list of layer strings, got 'm2'"),
+  ({"arch_layout": ["m2", ["T2"], 2]}, "arch_layout: decoder must be a layer string, got 2"),
+]
+
+
+@pytest.mark.parametrize("fields, message", WRONG_FIELDS, ids=[m.split()[0] for _, m in WRONG_FIELDS])
+def test_config_fields_of_the_wrong_type_or_size_are_named(fields, message):
+  with pytest.raises(UserError) as e:
+    model_from_official({**ONE_STAGE, **fields}, "c.json")
+  assert str(e.value).startswith(f"c.json: {message}")
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-rounding"])
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_compat_official_equals_a_torch_reference_of_the_official_forward(name, bf16, monkeypatch):
@@ -226,3 +253,36 @@ def test_convert_cli_bad_config_and_model_overrides_are_one_line(tmp_path, capsy
   cj.write_text(json.dumps(ONE_STAGE))
   assert cli.main([*args, "--set", "model.d_model=[8, 8]"]) == 2
   assert "the model comes from the official config" in capsys.readouterr().err
+  for text, message in [  # JSON chunklm did not write (config.untrusted)
+    ("[" * 100_000 + "]" * 100_000, "JSON nested more than 100 levels deep"),
+    (b'{"d_model": "\xff"}', "not UTF-8 text (byte 0xff at offset 13)"),
+    (json.dumps({**ONE_STAGE, "x": "y" * (1 << 20)}), "over the 1,048,576 bytes an official config may have"),
+    (json.dumps({**ONE_STAGE, "ssm_cfg": 4}), "ssm_cfg must be an object"),
+  ]:
+    cj.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_convert_out_must_be_new_or_empty(tmp_path, capsys):
+  """to-hnet and from-hnet never write into an existing file or a non-empty directory (to-hnet replaced model.pt);
+  both are refused before the run or the checkpoint is read (no torch needed)."""
+  (tmp_path / "file").write_text("x")
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "model.pt").write_bytes(b"kept")
+  cj = tmp_path / "c.json"
+  cj.write_text(json.dumps(ONE_STAGE))
+  for out, message in [
+    (tmp_path / "file", "is a file; name a new (or empty) directory"),
+    (tmp_path / "full", "already exists and is not empty"),
+    (tmp_path / "file" / "sub", "file is a file, not a directory"),
+  ]:
+    for args in (
+      ["convert", "to-hnet", "--workdir", str(tmp_path / "no_run")],
+      ["convert", "from-hnet", "--checkpoint", str(tmp_path / "none.pt"), "--config", str(cj)],
+    ):
+      assert cli.main([*args, "--out", str(out)]) == 2
+      err = capsys.readouterr().err
+      assert message in err and len(err.strip().splitlines()) == 1, err
+  assert (tmp_path / "full" / "model.pt").read_bytes() == b"kept"

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from chunklm.config import Refused, utf8
 from chunklm.data.sources import as_path, jsonl_objects
 from chunklm.errors import UserError
 from chunklm.storage import files
@@ -35,14 +36,21 @@ def read_records(path: str | Path, label_regex: str | None = None, labelled: boo
 
 
 def _read_jsonl(path: AnyPath, labelled: bool) -> list[Record]:
+  """The records of a JSONL file (data.sources.jsonl_objects: invalid JSON, non-UTF-8 lines and deep nesting are
+  refused there); a text or label that is missing, of another type, or not UTF-8 (a lone surrogate) is one line."""
   records = []
   for n, obj in jsonl_objects(path):
-    if not isinstance(obj.get("text"), str):
+    text, label = obj.get("text"), obj.get("label")
+    if not isinstance(text, str):
       raise UserError(f'{path}:{n}: each line needs a string field "text"')
-    label = obj.get("label")
-    if labelled and (label is None or isinstance(label, (dict, list))):
+    if (labelled and label is None) or (label is not None and not isinstance(label, (str, int, float))):
       raise UserError(f'{path}:{n}: each line needs a field "label" (a string or number)')
-    records.append(Record(obj["text"].encode("utf-8"), None if label is None else str(label)))
+    try:
+      data = utf8(text, 'field "text"')
+      name = None if label is None else utf8(str(label), 'field "label"').decode("utf-8")
+    except Refused as e:
+      raise UserError(f"{path}:{n}: {e}") from None
+    records.append(Record(data, name))
   return records
 
 

@@ -4,7 +4,8 @@ A config is data: every field is typed and documented in one line, a closed set 
 the loader checks, other values are checked once in `__post_init__`, and unknown keys are errors that list the valid
 ones. layout.py: layer strings and nested layouts; routers.py: the router registry and the routers' settings
 sections; schema.py and data.py: the sections; capacity.py: static chunk capacities; experiment.py: Config, the
-sections together; loading.py: files, overrides, dumps and diffs.
+sections together; loading.py: files, overrides, dumps and diffs; untrusted.py: bounded loading of YAML and
+JSON that chunklm did not write.
 """
 
 from chunklm.config.capacity import auto_capacity_factor, capacities, capacity_factor, stage_capacities
@@ -56,6 +57,7 @@ from chunklm.config.schema import (
   Schedule,
   TrainConfig,
 )
+from chunklm.config.untrusted import MAX_TEXT, Refused, load_json, load_yaml, utf8
 
 __all__ = [
   "BYTE_ROUTERS",
@@ -78,6 +80,7 @@ __all__ = [
   "GumbelConfig",
   "KernelImpl",
   "KernelsConfig",
+  "MAX_TEXT",
   "MambaConfig",
   "MeshConfig",
   "ModelConfig",
@@ -85,6 +88,7 @@ __all__ = [
   "Pooling",
   "ROUTERS",
   "RatioLoss",
+  "Refused",
   "RouterKind",
   "RouterName",
   "SCRIPTS",
@@ -102,6 +106,8 @@ __all__ = [
   "from_dict",
   "layout_depth",
   "load_config",
+  "load_json",
+  "load_yaml",
   "merge_trees",
   "parse_layer_string",
   "read_config_format",
@@ -111,4 +117,5 @@ __all__ = [
   "resolve_config_path",
   "stage_capacities",
   "to_dict",
+  "utf8",
 ]

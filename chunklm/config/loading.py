@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from chunklm.config.experiment import Config
+from chunklm.config.untrusted import MAX_TEXT, Refused, load_yaml
 from chunklm.errors import ConfigError
 from chunklm.storage.paths import is_remote, location
 
@@ -278,16 +279,25 @@ def read_config_format(path: str | os.PathLike) -> int | None:
 
 
 def read_yaml(path: Path) -> dict:
+  """The mapping in config file `path`, read as YAML chunklm did not write (config.untrusted: at most 1 MiB, aliases
+  expanding to at most 100,000 values, 100 levels deep); every problem is a one-line ConfigError."""
   try:
-    text = path.read_text()
+    with path.open("rb") as f:
+      data = f.read(MAX_TEXT + 1)  # no more: a huge file is refused without reading it all
   except OSError as e:
     raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+  if len(data) > MAX_TEXT:
+    raise ConfigError(f"{path}: the config file is over the {MAX_TEXT:,} bytes allowed")
   try:
-    tree = yaml.safe_load(text)
-  except yaml.YAMLError as e:
-    mark = getattr(e, "problem_mark", None)
-    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-    raise ConfigError(f"invalid YAML in {path}{where}: {getattr(e, 'problem', None) or e}") from None
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+  try:
+    tree = load_yaml(text)
+  except Refused as e:
+    if e.syntax:
+      raise ConfigError(f"invalid YAML in {path}{e.mark}: {e.problem}") from None
+    raise ConfigError(f"{path}: {e}") from None
   if tree is None:
     return {}
   if not isinstance(tree, dict):

@@ -17,7 +17,6 @@ import fnmatch
 import gzip
 import io
 import itertools
-import json
 import os
 import re
 import sysconfig
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from etils import epath
 
+from chunklm.config import Refused, load_json
 from chunklm.data.formats import (
   MANIFEST,
   Format,
@@ -107,14 +107,33 @@ def _text_documents(path: AnyPath, name: str, separator: bytes, start: int) -> I
       yield name, _read_all(path)
     return
   yield from itertools.islice(
-    ((f"{name}#{i}", part) for i, part in enumerate(_read_all(path).split(separator))), start, None
+    ((f"{name}#{i}", part) for i, part in enumerate(split_stream(path, separator))), start, None
   )
+
+
+def split_stream(path: AnyPath, separator: bytes, block: int = 1 << 20) -> Iterator[bytes]:
+  """`contents.split(separator)` of the file, read `block` bytes at a time: a file of many documents is never held
+  whole (only the document being read and one block)."""
+  pending = bytearray()
+  try:
+    with _open_bytes(path) as f:
+      while chunk := f.read(block):
+        searched = max(len(pending) - len(separator) + 1, 0)  # no separator starts before this: it was searched
+        pending += chunk
+        lo = 0
+        while (i := pending.find(separator, max(lo, searched))) >= 0:
+          yield bytes(pending[lo:i])
+          lo = i + len(separator)
+        del pending[:lo]
+  except READ_ERRORS as e:
+    raise DataError(f"cannot read {path}: {reason(e)}") from None
+  yield bytes(pending)
 
 
 def jsonl_objects(path: AnyPath, skip: int = 0) -> Iterator[tuple[int, dict]]:
   """(line number, object) for every non-blank line of a JSONL file (plain or .gz), streamed; a line that is not a
-  JSON object is a one-line DataError naming the file and line. The first `skip` non-blank lines are passed over
-  unparsed (resuming inside a file)."""
+  JSON object (invalid JSON, not UTF-8, nested more than 100 levels: config.untrusted) is a one-line DataError naming
+  the file and line. The first `skip` non-blank lines are passed over unparsed (resuming inside a file)."""
   for lineno, line in enumerate(_lines(path), 1):
     if not line.strip():
       continue
@@ -122,9 +141,9 @@ def jsonl_objects(path: AnyPath, skip: int = 0) -> Iterator[tuple[int, dict]]:
       skip -= 1
       continue
     try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+      record = load_json(line, limit=None)  # a record may hold a whole document
+    except Refused as e:
+      raise DataError(f"{path}:{lineno}: invalid JSON ({e.problem})" if e.syntax else f"{path}:{lineno}: {e}") from None
     if not isinstance(record, dict):
       raise DataError(f"{path}:{lineno}: not a JSON object")
     yield lineno, record

@@ -16,7 +16,7 @@ import os
 import numpy as np
 from etils import epath
 
-from chunklm.config import Config, load_config
+from chunklm.config import MAX_TEXT, Config, Refused, load_config, load_json
 from chunklm.errors import UserError
 from chunklm.interop.hnet_official import (
   check_exportable,
@@ -26,6 +26,7 @@ from chunklm.interop.hnet_official import (
   to_official,
 )
 from chunklm.interop.torch_files import load_state_dict, save_state_dict
+from chunklm.interop.weights import new_dir
 from chunklm.model.functional import named_leaves, params_from_named
 from chunklm.run.imported import write_params_run
 from chunklm.run.trained import abstract_params, open_run
@@ -33,13 +34,22 @@ from chunklm.storage.paths import ensure_dir, location
 
 
 def read_official_config(path: str | os.PathLike) -> dict:
+  """The official config JSON at `path`: JSON chunklm did not write (config.untrusted), at most 1 MiB; its fields are
+  checked by model_from_official."""
   where = location(path, "--config")
   if not where.is_file():
     raise UserError(f"{where}: no such config file")
   try:
-    return json.loads(where.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{where}: not JSON ({e})") from None
+    with where.open("rb") as f:
+      data = f.read(MAX_TEXT + 1)  # no more: a huge file is refused without reading it all
+  except OSError as e:
+    raise UserError(f"{where}: cannot read it ({e.strerror or e})") from None
+  if len(data) > MAX_TEXT:
+    raise UserError(f"{where}: over the {MAX_TEXT:,} bytes an official config may have; not a config JSON")
+  try:
+    return load_json(data)
+  except Refused as e:
+    raise UserError(f"{where}: not JSON{e.mark}: {e.problem}" if e.syntax else f"{where}: {e}") from None
 
 
 def official_params(state: dict[str, np.ndarray], js: dict, base: Config, where: str):
@@ -55,7 +65,8 @@ def from_hnet(
 ) -> epath.Path:
   """Writes the run directory `out` from an official checkpoint; returns it."""
   js = read_official_config(config)
-  model_from_official(js, str(config))  # a bad config fails before the (large) checkpoint is read
+  model_from_official(js, str(config))  # a bad config or --out fails before the (large) checkpoint is read
+  new_dir(out)
   state, dtype = load_state_dict(checkpoint)
   cfg, params = official_params(state, js, base or load_config(None), str(checkpoint))
   digest = hashlib.sha256(location(checkpoint).read_bytes()).hexdigest()
@@ -73,9 +84,9 @@ def to_hnet(
   workdir: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32"
 ) -> tuple[epath.Path, epath.Path]:
   """Writes `out`/model.pt and `out`/config.json for the official code from a chunklm H-Net run; returns both."""
+  dest = new_dir(out)
   run = open_run(workdir, log=lambda *a, **k: None)
   check_exportable(run.cfg.model)
-  dest = location(out, "--out")
   ensure_dir(dest)
   named = {k: np.asarray(v) for k, v in named_leaves(run.params).items()}
   pt, js = dest / "model.pt", dest / "config.json"

@@ -29,8 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from chunklm.config import MambaConfig, ModelConfig, from_dict, layout_depth, parse_layer_string
-from chunklm.errors import UserError
+from chunklm.config import MambaConfig, ModelConfig, check_layout, from_dict, layout_depth, parse_layer_string
+from chunklm.errors import ConfigError, UserError
 
 CONFIG_FIELDS = {"arch_layout", "d_model", "d_intermediate", "vocab_size", "ssm_cfg", "attn_cfg", "tie_embeddings"}
 SSM_FIELDS = {"chunk_size", "d_conv", "d_state", "expand"}
@@ -126,18 +126,35 @@ def _bad(where: str, message: str) -> UserError:
   return UserError(f"{where}: {message}")
 
 
-def _per_level(value, levels: int, name: str, where: str) -> list:
-  values = value if isinstance(value, list) else [value] * levels
-  if len(values) != levels:
-    raise _bad(where, f"{name} has {len(values)} values, the layout has {levels} levels")
-  return values
+def _show(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
 
 
-def model_from_official(js: dict, where: str) -> ModelConfig:
-  """The chunklm model of an official config JSON (compat official); a one-line UserError for fields it does not
-  know or values chunklm cannot compute as the official code does."""
+def _int(value, name: str, where: str, minimum: int) -> int:
+  """`value` when it is an integer >= `minimum` (not a bool), else a one-line UserError naming the field."""
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise _bad(where, f"{name} must be {kind}, got {_show(value)}")
+  return value
+
+
+def _per_level(value, levels: int, name: str, where: str, minimum: int) -> list[int]:
+  """One integer per level: a list of `levels` of them, or one for every level."""
+  if not isinstance(value, list):
+    return [_int(value, name, where, minimum)] * levels
+  if len(value) != levels:
+    raise _bad(where, f"{name} has {len(value)} values, the layout has {levels} levels")
+  return [_int(v, f"{name}[{i}]", where, minimum) for i, v in enumerate(value)]
+
+
+def _check_fields(js, where: str) -> None:
+  """Known fields only, the required ones present, and each of its JSON type (sizes are checked per level later)."""
   if not isinstance(js, dict):
     raise _bad(where, "not a JSON object")
+  for name, fields in (("ssm_cfg", SSM_FIELDS), ("attn_cfg", ATTN_FIELDS)):
+    if not isinstance(js.get(name, {}), dict):
+      raise _bad(where, f"{name} must be an object with fields {', '.join(sorted(fields))}, got {_show(js[name])}")
   for fields, got, what in (
     (CONFIG_FIELDS, js, ""),
     (SSM_FIELDS, js.get("ssm_cfg", {}), "ssm_cfg."),
@@ -149,30 +166,54 @@ def model_from_official(js: dict, where: str) -> ModelConfig:
   missing = sorted({"arch_layout", "d_model"} - set(js))
   if missing:
     raise _bad(where, f"missing field {missing[0]}")
+  if not isinstance(js["arch_layout"], list):
+    raise _bad(where, f"arch_layout must be a nested list of layer strings, got {_show(js['arch_layout'])}")
+  if not isinstance(js["d_model"], list):
+    raise _bad(where, f"d_model must list one width per level, got {_show(js['d_model'])}")
+  _int(js.get("vocab_size", 256), "vocab_size", where, 1)
+  for key, value in js.get("ssm_cfg", {}).items():
+    _int(value, f"ssm_cfg.{key}", where, 1)
+  if not isinstance(js.get("tie_embeddings", False), bool):
+    raise _bad(where, f"tie_embeddings must be true or false, got {_show(js['tie_embeddings'])}")
   if js.get("tie_embeddings", False):
     raise _bad(where, "tie_embeddings true is not supported (chunklm's embedding and LM head are separate)")
-  layout, d_model = js["arch_layout"], js["d_model"]
+
+
+def _levels(layout: list, where: str) -> int:
   try:
-    levels = layout_depth(_nested_tuple(layout)) + 1
-  except Exception as e:  # noqa: BLE001  (the layout checker's message names the problem)
-    raise _bad(where, f"arch_layout {layout}: {e}") from None
+    nested = _nested_tuple(layout)
+    check_layout(nested, "arch_layout")
+  except ConfigError as e:
+    raise _bad(where, str(e)) from None
+  levels = layout_depth(nested) + 1
   if levels < 2:
     raise _bad(where, "arch_layout has no routing stage; only H-Nets are converted")
-  if not isinstance(d_model, list) or len(d_model) != levels:
-    raise _bad(where, f"d_model must list one width per level ({levels})")
+  return levels
+
+
+def model_from_official(js: dict, where: str) -> ModelConfig:
+  """The chunklm model of an official config JSON (compat official); a one-line UserError naming the field for fields
+  it does not know, values of the wrong type or size, or values chunklm cannot compute as the official code does."""
+  _check_fields(js, where)
+  layout = js["arch_layout"]
+  levels = _levels(layout, where)
+  if len(js["d_model"]) != levels:
+    raise _bad(where, f"d_model must list one width per level ({levels}), got {_show(js['d_model'])}")
+  d_model = [_int(d, f"d_model[{i}]", where, 1) for i, d in enumerate(js["d_model"])]
   attn = js.get("attn_cfg", {})
-  heads = _per_level(attn.get("num_heads", [1] * levels), levels, "attn_cfg.num_heads", where)
-  rotary = _per_level(attn.get("rotary_emb_dim", [0] * levels), levels, "attn_cfg.rotary_emb_dim", where)
-  windows = _per_level(attn.get("window_size", [-1] * levels), levels, "attn_cfg.window_size", where)
-  d_int = _per_level(js.get("d_intermediate", [0] * levels), levels, "d_intermediate", where)
+  heads = _per_level(attn.get("num_heads", [1] * levels), levels, "attn_cfg.num_heads", where, 1)
+  rotary = _per_level(attn.get("rotary_emb_dim", [0] * levels), levels, "attn_cfg.rotary_emb_dim", where, 0)
+  windows = _per_level(attn.get("window_size", [-1] * levels), levels, "attn_cfg.window_size", where, -1)
+  d_int = _per_level(js.get("d_intermediate", [0] * levels), levels, "d_intermediate", where, 0)
   strings = _level_strings(_nested_tuple(layout), levels)
   fractions = set()
   for level in range(levels):
+    if d_model[level] % heads[level]:
+      raise _bad(where, f"attn_cfg.num_heads[{level}] {heads[level]} does not divide d_model[{level}] {d_model[level]}")
     kinds = "".join(k for s in strings[level] for k, _ in parse_layer_string(s))
     if any(k in "tT" for k in kinds):
-      head_dim = d_model[level] // heads[level]
-      fractions.add(rotary[level] / head_dim)
-      if windows[level] == 0 or windows[level] < -1:
+      fractions.add(rotary[level] / (d_model[level] // heads[level]))
+      if windows[level] == 0:
         raise _bad(
           where,
           f"attn_cfg.window_size {windows[level]} at level {level} is not supported (-1 = global, or > 0 keys back)",
@@ -185,7 +226,6 @@ def model_from_official(js: dict, where: str) -> ModelConfig:
       f"rotary_emb_dim / head_dim differs between levels ({sorted(fractions)}); chunklm rotates "
       "one fraction of every head",
     )
-  ssm = {**dataclasses.asdict(MambaConfig()), "head_dim": MAMBA_HEAD_DIM, **js.get("ssm_cfg", {})}
   stages = levels - 1
   tree = {
     "layout": layout,
@@ -195,14 +235,14 @@ def model_from_official(js: dict, where: str) -> ModelConfig:
     "window": [0 if w == -1 else w for w in windows],
     "rotary_fraction": fractions.pop() if fractions else 0.5,
     "vocab_size": js.get("vocab_size", 256),
-    "mamba": ssm,
+    "mamba": {**dataclasses.asdict(MambaConfig()), "head_dim": MAMBA_HEAD_DIM, **js.get("ssm_cfg", {})},
     "router": ["cosine"] * stages,
     "pooling": ["select"] * stages,
     "target_ratio": list(TARGETS.get(stages, (3.0,) * stages)),
     "compat": "official",
   }
   try:
-    return from_dict(ModelConfig, tree, "model.")
+    return from_dict(ModelConfig, tree, "model")
   except UserError as e:
     raise _bad(where, str(e)) from None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chunklm.config import Refused, utf8
 from chunklm.config.mrt5 import MrT5Run
 from chunklm.data.corpus import Documents, load_splits
 from chunklm.data.pipeline import BOS
@@ -29,10 +30,13 @@ def read_pairs(path: str | Path) -> list[Pair]:
   if not where.is_file():
     raise UserError(f"{where}: no such file")
   pairs = []
-  for n, obj in jsonl_objects(where):
+  for n, obj in jsonl_objects(where):  # invalid JSON, non-UTF-8 lines and deep nesting are refused there
     if not (isinstance(obj.get("input"), str) and isinstance(obj.get("target"), str)):
       raise UserError(f'{where}:{n}: each line needs string fields "input" and "target"')
-    pairs.append((obj["input"].encode("utf-8"), obj["target"].encode("utf-8") + bytes([EOS])))
+    try:
+      pairs.append((utf8(obj["input"], 'field "input"'), utf8(obj["target"], 'field "target"') + bytes([EOS])))
+    except Refused as e:
+      raise UserError(f"{where}:{n}: {e}") from None
   if not pairs:
     raise UserError(f"{where}: no records")
   return pairs

@@ -55,7 +55,7 @@ def _add_to_hnet(vsub) -> None:
   )
   v.set_defaults(body="convert to-hnet")
   v.add_argument("--workdir", required=True, help="the chunklm run (its newest checkpoint)")
-  v.add_argument("--out", required=True, metavar="DIR", help="directory for model.pt and config.json")
+  v.add_argument("--out", required=True, metavar="DIR", help="directory for model.pt and config.json (new or empty)")
   v.add_argument(
     "--dtype",
     default="float32",
