@@ -37,6 +37,9 @@ RatioLoss = Literal["hnet", "hinge"]  # H-Net's two-sided ratio loss | a one-sid
 Compat = Literal["chunklm", "official"]  # H-Net numerics: chunklm's own, or the official code's (converted weights)
 
 
+MAX_STEPS = 2**31 - 1  # train.steps: the most optax's int32 step count reaches
+
+
 @dataclasses.dataclass(frozen=True)
 class MambaConfig:
   d_state: int = 128  # SSM state size N per head
@@ -303,6 +306,11 @@ class TrainConfig:
     for name in ("warmup_steps", "eval_every", "weight_decay", "grad_clip"):
       if getattr(self, name) < 0:
         raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+    if self.steps > MAX_STEPS:
+      raise ConfigError(
+        f"train.steps {self.steps}: at most {MAX_STEPS:,} (the optimizer counts its steps in int32); "
+        "stop a run early with --stop-after N instead"
+      )
     if self.lr <= 0:
       raise ConfigError(f"train.lr: must be positive, got {self.lr}")
     if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.decay_fraction <= 1:

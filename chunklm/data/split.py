@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from chunklm import logs
 from chunklm.config import Config, DataConfig
 from chunklm.data import sources as src
 from chunklm.data.corpus import Documents, build, split_hash
@@ -65,27 +66,34 @@ def valid_budget(cfg: Config) -> int:
   return max(cfg.eval.max_bytes, cfg.eval.final_max_bytes)
 
 
-def run_valid_split(cfg: Config) -> Documents:
-  """The valid split of the run `cfg` configures, exactly as its training held it out."""
-  return read_valid(cfg.data, valid_budget(cfg)).docs
+def run_valid_split(cfg: Config, max_bytes: int = 0) -> Documents:
+  """The valid split of the run `cfg` configures, exactly as its training held it out; with `max_bytes`, only its
+  leading documents, at least `max_bytes` bytes of them where there are: the same documents in the same order as
+  the whole split begins with, read by a scan that stops there (memory and time grow with `max_bytes`, not with the
+  corpus or the run's evaluation budget)."""
+  return read_valid(cfg.data, valid_budget(cfg), wanted=max_bytes).docs
 
 
-def read_valid(cfg: DataConfig, max_bytes: int) -> ValidSplit:
+def read_valid(cfg: DataConfig, max_bytes: int, wanted: int = 0) -> ValidSplit:
   """The valid documents, at least `max_bytes` of them where there are (0 = all): from `data.valid_sources`, or held
-  out of `data.sources` by document hash in a scan that stops once the budget is met."""
+  out of `data.sources` by document hash in a scan that stops once the budget is met. With `wanted` (0 = no limit),
+  the scan stops as soon as it holds `wanted` bytes of the split's leading documents (the same documents in the same
+  order as without it); its rule then describes the records scanned, for reading, not for training."""
   what = describe_sources(cfg.sources)
   rule = SplitRule(cfg.valid_fraction, cfg.split_seed)
   if cfg.valid_sources:
     shards = list_shards(cfg.valid_sources, cfg, "--valid-data")
     docs = _collect(
-      (d for f in range(len(shards)) for _, parts in Reader(shards, cfg).records(f) for d in parts), cfg, max_bytes
+      (d for f in range(len(shards)) for _, parts in Reader(shards, cfg).records(f) for d in parts),
+      cfg,
+      min((b for b in (max_bytes, wanted) if b), default=0),
     )
     if docs.num_bytes == 0:
       raise DataError(f"{', '.join(cfg.valid_sources)}: the validation split is empty")
     desc = f"valid from {', '.join(cfg.valid_sources)}: {len(docs)} docs ({docs.num_bytes:,} bytes)"
     return ValidSplit(docs, dataclasses.replace(rule, held_out=False), desc)
   shards = list_shards(cfg.sources, cfg)
-  scan = _HashScan(Reader(shards, cfg, builtin=not cfg.sources), rule, cfg.min_doc_bytes, max_bytes)
+  scan = _HashScan(Reader(shards, cfg, builtin=not cfg.sources), rule, cfg.min_doc_bytes, max_bytes, wanted)
   docs, rule = scan.run(what)
   scanned = "all files" if rule.boundary is None else f"the first {rule.boundary[0] + 1} of {len(shards)} files"
   desc = (
@@ -109,14 +117,16 @@ def _collect(docs: Iterator[src.Document], cfg: DataConfig, max_bytes: int) -> D
 
 
 class _HashScan:
-  """Reads the training sources in order, keeping the documents the hash holds out, until `budget` bytes."""
+  """Reads the training sources in order, keeping the documents the hash holds out, until `budget` bytes (where
+  the split ends), or until `wanted` bytes of its leading documents once a training document has been seen (so that
+  neither small-corpus rule can change them)."""
 
-  def __init__(self, reader: Reader, rule: SplitRule, min_bytes: int, budget: int):
-    self.reader, self.rule, self.min_bytes, self.budget = reader, rule, min_bytes, budget
+  def __init__(self, reader: Reader, rule: SplitRule, min_bytes: int, budget: int, wanted: int = 0):
+    self.reader, self.rule, self.min_bytes, self.budget, self.wanted = reader, rule, min_bytes, budget, wanted
 
   def run(self, what: str) -> tuple[Documents, SplitRule]:
     valid: list[src.Document] = []
-    total, count, train = 0, 0, 0
+    total, count, train, train_bytes = 0, 0, 0, 0
     lowest: tuple[float, Address] | None = None
     highest: tuple[float, Address] | None = None
     boundary = None
@@ -134,7 +144,8 @@ class _HashScan:
             total += len(data)
           else:
             train += 1
-        if self.budget and total >= self.budget:
+            train_bytes += len(data)
+        if (self.budget and total >= self.budget) or (self.wanted and total >= self.wanted and train):
           boundary = (f, r + 1)
           break
       if boundary is not None:
@@ -157,4 +168,18 @@ class _HashScan:
     docs = build(iter(valid))
     if docs.num_bytes == 0:
       raise DataError(f"{what}: the validation split is empty")
+    if boundary is None:
+      warn_if_lopsided(what, docs.num_bytes, total + train_bytes, self.rule.fraction)
     return docs, rule
+
+
+def warn_if_lopsided(what: str, valid_bytes: int, all_bytes: int, fraction: float) -> None:
+  """One warning line when the documents the hash holds out are far more of the corpus's bytes than
+  `data.valid_fraction` of its documents (a few large documents): above 3x the fraction and 5 % of the bytes."""
+  share = valid_bytes / max(all_bytes, 1)
+  if share > 3 * fraction and share > 0.05:
+    logs.warning(
+      f"{what}: the valid split holds {share:.0%} of the corpus's bytes ({valid_bytes:,} of {all_bytes:,}) at "
+      f"data.valid_fraction {fraction} of its documents; set data.valid_sources (--valid-data) or split the data "
+      "into more, smaller documents (e.g. data.doc_separator)"
+    )

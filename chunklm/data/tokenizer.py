@@ -20,10 +20,12 @@ import sentencepiece as spm
 
 from chunklm import logs
 from chunklm.config import DataConfig
-from chunklm.data.corpus import Documents, Splits, load_splits
+from chunklm.data.corpus import Documents, Splits
+from chunklm.data.feed import open_train_data
 from chunklm.errors import ConfigError, DataError
 from chunklm.storage.paths import ensure_dir, is_remote, location
 
+SAMPLE_MB = 64  # MB of training documents `chunklm tokenizer train` reads (sentencepiece samples sentences of them)
 _INVALID = re.compile("([\udc80-\udcff]+)")  # bytes that are not UTF-8, after decode(..., "surrogateescape")
 
 
@@ -176,15 +178,27 @@ class TrainedTokenizer:
     return self.valid_bytes / max(self.valid_tokens, 1)
 
 
-def train_on_splits(cfg: DataConfig, vocab_size: int, out: str | Path, *, log=logs.info) -> TrainedTokenizer:
-  """BPE trained on the training split of the data `cfg` configures, written to `out`, and measured on the valid
-  split: bytes per token and whether every document round-trips exactly."""
-  splits = load_splits(cfg)
-  log(f"data: {splits.description}")
-  tok = train_tokenizer(splits.train, vocab_size, out, log=log)
-  valid = tokenize(splits.valid, tok)
+def train_on_splits(
+  cfg: DataConfig,
+  vocab_size: int,
+  out: str | Path,
+  *,
+  valid_bytes: int = 0,
+  sample_mb: int = SAMPLE_MB,
+  log=logs.info,
+) -> TrainedTokenizer:
+  """BPE trained on a bounded sample of the training split of the data `cfg` configures (its first `sample_mb` MB
+  of training documents, as training's first epoch reads them: `feed.open_train_data`), written to `out`, and
+  measured on `valid_bytes` of the valid split (0 = all; the run's `split.valid_budget` holds out the same
+  documents): bytes per token and whether every document round-trips exactly. Memory does not grow with the
+  corpus."""
+  data = open_train_data(dataclasses.replace(cfg, cap_sample_mb=sample_mb), valid_bytes)
+  log(f"data: {data.description}")
+  if not data.complete:
+    log(f"tokenizer sample: the first {data.sample.num_bytes:,} bytes of training documents (of a larger corpus)")
+  tok = train_tokenizer(data.sample, vocab_size, out, log=log)
+  valid = tokenize(data.valid, tok)
   exact = all(
-    tok.decode(valid.data[s : s + n]) == splits.valid.doc(i)
-    for i, (s, n) in enumerate(zip(valid.starts, valid.lengths))
+    tok.decode(valid.data[s : s + n]) == data.valid.doc(i) for i, (s, n) in enumerate(zip(valid.starts, valid.lengths))
   )
-  return TrainedTokenizer(tok, splits.valid.num_bytes, valid.num_bytes, exact)
+  return TrainedTokenizer(tok, data.valid.num_bytes, valid.num_bytes, exact)

@@ -85,7 +85,7 @@ def run_robustness(
     docs = load_documents(tuple(data), load_config(None).data)
     docs = docs.select(docs.lengths > 0)
   else:
-    docs = run_valid_split(read_config(workdirs[0]))
+    docs = run_valid_split(read_config(workdirs[0]), max_bytes)  # a scan that stops at the bytes scored
   docs = leading_bytes(docs, max_bytes)
   if docs.num_bytes == 0:
     raise DataError("robustness: no bytes to evaluate")

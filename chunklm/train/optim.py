@@ -22,20 +22,24 @@ BPE_BYTES_PER_TOKEN = 4.6  # N^GPT in the paper's Eq. 11 (GPT-2 BPE on FineWeb-E
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
-  warmup = min(cfg.warmup_steps, cfg.steps)
+  """The learning rate at each step: a closed form of the step (nothing is tabulated, so building it does not grow
+  with train.steps). Its constants are Python floats: an int past int32 cannot enter a jitted computation (the
+  config refuses train.steps above MAX_STEPS, config/schema.py)."""
+  warmup = float(min(cfg.warmup_steps, cfg.steps))
   peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+  decay_start = float(max(cfg.steps - int(round(cfg.decay_fraction * cfg.steps)), warmup))
+  last = float(cfg.steps - 1)
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    warm = peak * jnp.minimum(1.0, (step + 1) / max(warmup, 1))
+    warm = peak * jnp.minimum(1.0, (step + 1) / max(warmup, 1.0))
     if cfg.schedule == "constant":
       return warm
     if cfg.schedule == "cosine":
-      frac = jnp.clip((step - warmup) / max(cfg.steps - 1 - warmup, 1), 0.0, 1.0)  # floor at the last step
+      frac = jnp.clip((step - warmup) / max(last - warmup, 1.0), 0.0, 1.0)  # floor at the last step
       decayed = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
     else:  # wsd: stable, then a "1 - sqrt" cooldown over the last decay_fraction of the steps
-      decay_start = max(cfg.steps - int(round(cfg.decay_fraction * cfg.steps)), warmup)
-      frac = jnp.clip((step - decay_start) / max(cfg.steps - 1 - decay_start, 1), 0.0, 1.0)
+      frac = jnp.clip((step - decay_start) / max(last - decay_start, 1.0), 0.0, 1.0)
       decayed = floor + (peak - floor) * (1 - jnp.sqrt(frac))
     return jnp.where(step < warmup, warm, decayed)
 
