@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from chunklm.data.corpus import Documents
 from chunklm.errors import UserError
 from chunklm.eval.boundaries import picture, text_routing
 from chunklm.eval.bpb import make_eval_step
-from chunklm.eval.generate import generate_many
+from chunklm.eval.generate import ArgumentTypeError, check_sampling, generate_run, stop_list
 from chunklm.eval.run_eval import score_documents
 from chunklm.run.trained import TrainedRun, open_run
 
@@ -72,6 +74,8 @@ class Model:
     """Bits per byte of each text, read as one document from its start (a str is encoded as UTF-8)."""
     single = isinstance(texts, (str, bytes, bytearray))
     items = [_as_bytes(t, "score") for t in ([texts] if single else _as_list(texts, "score"))]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+      raise InputTypeError(f"score: batch_size must be a positive int, got {batch_size!r}")
     if any(not t for t in items):
       raise UserError("score: empty text (no bytes to predict)")
     if self._eval_step is None:
@@ -79,7 +83,7 @@ class Model:
     out = []
     for text in items:
       docs = Documents(np.frombuffer(text, np.uint8), np.array([0]), np.array([len(text)]), ("text",))
-      bpb = score_documents(self.run, docs, batch_size, eval_step=self._eval_step)["bpb"]
+      bpb = score_documents(self.run, docs, int(batch_size), eval_step=self._eval_step, flag="score: batch_size")["bpb"]
       out.append(bpb if math.isfinite(bpb) else float("nan"))
     return out[0] if single else out
 
@@ -91,25 +95,30 @@ class Model:
     temperature: float = 0.8,
     top_k: int = 0,
     top_p: float = 0.95,
-    stop: str | bytes = b"",
+    stop: str | bytes | list | tuple = (),
     seed: int = 0,
+    stop_at_eos: bool = True,
   ) -> bytes | list[bytes]:
-    """Continuations (bytes) of one prompt or a batch of them, as `chunklm generate`."""
+    """Continuations (bytes) of one prompt or a batch of them, as `chunklm generate`: `stop` is a string or a list
+    of them (a continuation ends before the first to occur); it also ends at the model's end-of-sequence id (a BPE
+    tokenizer's EOS, 0xFF for a converted official H-Net) unless `stop_at_eos` is False. A prompt may have up to
+    data.seq_len - 1 bytes (tokens)."""
     single = isinstance(prompts, (str, bytes, bytearray))
     items = [_as_bytes(p, "generate") for p in ([prompts] if single else _as_list(prompts, "generate"))]
-    if max_bytes < 1:
-      raise UserError(f"generate: max_bytes must be >= 1, got {max_bytes}")
-    out = generate_many(
-      self.run.graphdef,
-      self.params,
+    check_sampling(max_bytes=max_bytes, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    stops = stop_list(stop, "generate: stop")
+    if not isinstance(stop_at_eos, bool):
+      raise InputTypeError(f"generate: stop_at_eos must be True or False, got {stop_at_eos!r}")
+    out = generate_run(
+      self.run,
       items,
-      max_new_bytes=max_bytes,
+      max_bytes=max_bytes,
       temperature=temperature,
       top_k=top_k,
       top_p=top_p,
-      stop=_as_bytes(stop, "stop"),
+      stop=stops,
       seed=seed,
-      tokenizer=self.run.tokenizer,
+      stop_at_eos=stop_at_eos,
     )
     return out[0] if single else out
 
@@ -127,7 +136,7 @@ class Model:
     return Boundaries(data, list(r.starts), list(r.probs), picture(data, list(r.starts)))
 
 
-class InputTypeError(UserError, TypeError):
+class InputTypeError(ArgumentTypeError):
   """An argument of the wrong type (a UserError, one line, and a TypeError for `except TypeError`)."""
 
 
@@ -149,4 +158,10 @@ def _as_list(values, what: str) -> list:
 
 def load(workdir: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Model:
   """The newest readable checkpoint of a run directory (trained, converted or imported) as a Model."""
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise InputTypeError(f"load: expected a run directory (str or path), got {type(workdir).__name__}")
+  if isinstance(overrides, str) or not isinstance(overrides, (list, tuple)):
+    raise InputTypeError(f"load: overrides must be a list of 'KEY=VALUE' strings, got {type(overrides).__name__}")
+  if not all(isinstance(o, str) for o in overrides):
+    raise InputTypeError("load: overrides must be a list of 'KEY=VALUE' strings")
   return Model(open_run(workdir, tuple(overrides), log=lambda *a, **k: None))

@@ -9,6 +9,8 @@ import pytest
 import chunklm
 from chunklm.config import load_config
 from chunklm.errors import UserError
+from chunklm.eval.bpb import check_eval_batch, lowered_batch
+from chunklm.eval.generate import eos_id
 from chunklm.interop.convert import official_params
 from chunklm.model.functional import named_leaves
 from chunklm.run.imported import write_params_run
@@ -54,10 +56,45 @@ def test_score_generate_boundaries(converted):
 
 def test_a_wrong_type_is_one_clear_line(converted):
   m = chunklm.load(converted[0])
-  for call in (lambda: m.score(123), lambda: m.generate(4.5), lambda: m.score([b"ok", None])):
-    with pytest.raises(UserError, match=r"^(score|generate): expected str") as e:
+  for call, message in (
+    (lambda: m.score(123), "score: expected str"),
+    (lambda: m.generate(4.5), "generate: expected str"),
+    (lambda: m.score([b"ok", None]), "score: expected str"),
+    (lambda: m.score("x", batch_size="8"), "score: batch_size must be a positive int"),
+    (lambda: m.generate("x", top_k="5"), "generate: top_k must be an int, got str"),
+    (lambda: m.generate("x", temperature=None), "generate: temperature must be a number"),
+    (lambda: m.generate("x", stop=[1]), "generate: stop: expected str, bytes or a list"),
+    (lambda: m.generate("x", stop_at_eos="no"), "generate: stop_at_eos must be True or False"),
+    (lambda: m.boundaries(7), "boundaries: expected str"),
+    (lambda: chunklm.load(123), "load: expected a run directory"),
+    (lambda: chunklm.load(converted[0], "model.x=1"), "load: overrides must be a list"),
+  ):
+    with pytest.raises(UserError, match="^" + message) as e:
       call()
     assert isinstance(e.value, TypeError) and "\n" not in str(e.value)  # `except TypeError` catches it too
+
+
+def test_generate_limits_and_end_of_sequence(converted):
+  """A converted official H-Net ends a continuation at 0xFF (its code's EOS); the prompt is bounded by the window."""
+  m = chunklm.load(converted[0])
+  assert eos_id(m.config, m.run.tokenizer) == 0xFF
+  for call, message in (
+    (lambda: m.generate("x" * 100), "a prompt has 100 bytes; this model reads documents of up to 63 bytes"),
+    (lambda: m.generate("x", top_p=0.0), r"generate: top_p must be in \(0, 1\]"),
+    (lambda: m.generate("x", max_bytes=0), "generate: max_bytes must be between 1"),
+  ):
+    with pytest.raises(UserError, match=message):
+      call()
+
+
+def test_evaluation_batches_are_lowered_to_the_windows_and_must_fit(converted):
+  """`chunklm eval --batch-size`, eval.batch_size, score(batch_size=): no batch beyond the windows there are, and
+  one line before allocating when a batch's activations cannot fit in memory."""
+  model = chunklm.load(converted[0]).config.model
+  assert check_eval_batch(model, 10_000_000, 64, 3, "--batch-size") == 8 and lowered_batch(10**7, 1000) == 1000
+  assert lowered_batch(4, 3) == 4 and lowered_batch(16, 3) == 8
+  with pytest.raises(UserError, match=r"^--batch-size 10,000,000: a batch of 10,000,000 windows of 64 needs about"):
+    check_eval_batch(model, 10_000_000, 64, 10**9, "--batch-size")
 
 
 def test_score_equals_the_reference_bits_per_byte(converted):

@@ -1,6 +1,9 @@
 """`chunklm compare`: specs, data identity, FLOPs matching, an end-to-end tiny comparison and its resumption."""
 
 import dataclasses
+import os
+import signal
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -12,6 +15,7 @@ from chunklm.experiments import compare, compare_configs, compare_report, compar
 from chunklm.experiments import sweep as sweeps
 from chunklm.model.flops import match_flops, train_flops_per_byte
 from chunklm.run.metrics import read_jsonl
+from chunklm.train.signals import Preempted
 from conftest import TINY
 from test_hnet import HNET1
 
@@ -417,3 +421,39 @@ def test_budget_sweep_end_to_end(tmp_path, corpus_dir):
   assert "| model | 512 bytes | 1,536 bytes |" in md and "points per doubling of the budget" in md
   assert "budget_bytes swept over 512, 1,536" in md and "best of" not in md
   assert (out / "sweep.png").exists()
+
+
+def test_sigterm_stops_the_whole_comparison(monkeypatch, tmp_path):
+  """SIGTERM while a model trains: it checkpoints (train returns `signalled`) and the comparison ends with exit 143
+  before the next model; SIGTERM between two models (here: while one finishes) stops before the next one too."""
+  trained = []
+
+  def fake_train(cfg, wd, progress, log):
+    trained.append(wd.name)
+    if wd.name == "b":
+      os.kill(os.getpid(), signal.SIGTERM)  # arrives outside the trainer's own handler: the comparison's flag
+    return SimpleNamespace(signalled=wd.name == "a", run=SimpleNamespace(step=3))
+
+  monkeypatch.setattr(compare, "train", fake_train)
+  monkeypatch.setattr(compare, "finished", lambda wd, cfg: False)
+  cfg = load_config("byte_transformer_tiny", SMALL)
+  prep = SimpleNamespace(todo=["a", "b", "c"], configs=dict.fromkeys("abc", cfg), out=tmp_path)
+  with pytest.raises(Preempted, match="a saved its checkpoint at step 3; re-run the same command") as e:
+    compare.train_runs(prep, progress=False, log=lambda *a: None)
+  assert e.value.exit_code == 143 and trained == ["a"]
+  prep.todo = ["b", "c"]
+  with pytest.raises(Preempted):
+    compare.train_runs(prep, progress=False, log=lambda *a: None)
+  assert trained == ["a", "b"] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_evaluation_bytes_of_a_quick_trial_and_of_the_flag():
+  spec = compare_spec.CompareSpec("s", (compare_spec.ModelSpec("m", "byte_transformer_tiny"),))
+  assert compare_spec.with_eval_bytes(spec, None, None) == spec  # the spec's: all valid bytes at the end
+  assert compare_spec.with_eval_bytes(spec, None, 10**7) == spec  # not a quick trial
+  quick = compare_spec.with_eval_bytes(spec, None, 8192)
+  assert quick.eval_max_bytes == quick.final_eval_max_bytes == 65536
+  given = compare_spec.with_eval_bytes(spec, 4096, 8192)
+  assert given.eval_max_bytes == given.final_eval_max_bytes == 4096
+  cfg = compare_configs._budgeted(load_config("byte_transformer_tiny", SMALL), 8192, given, 1.0)
+  assert cfg.eval.max_bytes == cfg.eval.final_max_bytes == 4096

@@ -1,6 +1,8 @@
 """Generation with caches: step-by-step logits equal the full forward for every model kind (across chunk
 boundaries and stages), and cached sampling equals recomputing the whole window."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 from flax import nnx
 
 from chunklm.data.pipeline import BOS
-from chunklm.eval.generate import generate_many, sample_logits
+from chunklm.errors import UserError
+from chunklm.eval.generate import check_sampling, eos_id, generate_many, padded_length, sample_logits, stop_list
 from chunklm.model import cache
 from chunklm.model.functional import forward, split_model
 from chunklm.model.lm import build_model
@@ -182,3 +185,50 @@ def test_run_rows_matches_masking_every_row(rows):
   jax.tree.map(np.testing.assert_array_equal, new, new_ref)
   np.testing.assert_array_equal(inner[1], inner_ref[1])
   assert cache.compact_rows(8) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer():
+  return split_model(build_model(tiny_config(), 0))
+
+
+def test_stop_strings_end_of_sequence_and_bounds(tiny_transformer):
+  """One compiled loop for all of these (lengths padded, stop ids padded, a top-k past the vocabulary = all ids):
+  a continuation ends before the EOS id or the first stop string to occur; a prompt longer than the model's window
+  and empty work are answered without running the model."""
+  graphdef, params = tiny_transformer
+
+  def gen(**kw):  # sampled: the same draws with any stop, so each cut is a prefix of the full continuation
+    return generate_many(graphdef, params, [b"ab"], max_new_bytes=24, temperature=1.0, seed=1, **kw)[0]
+
+  full = gen()
+  assert len(full) == 24
+  assert gen(eos=full[5]) == full[: full.index(full[5])]
+  two = full[7:9]
+  assert gen(stop=[b"\x00\x01", two]) == full[: full.index(two)] and gen(stop=two) == gen(stop=[two])
+  assert gen(top_k=10**6) == full
+  with pytest.raises(UserError, match="a prompt has 70 bytes; this model reads documents of up to 63 bytes"):
+    generate_many(graphdef, params, [b"x" * 70], max_new_bytes=4, max_prompt=63)
+  assert generate_many(graphdef, params, [b"ab", b"c"], max_new_bytes=0) == [b"", b""]
+
+
+def test_sampling_settings_and_lengths():
+  assert [padded_length(n) for n in (1, 64, 65, 97, 129, 200, 257, 100_001)] == [64, 64, 96, 128, 192, 256, 384, 131072]
+  ok = {"max_bytes": 10, "temperature": 0.8, "top_k": 0, "top_p": 0.95}
+  check_sampling(**ok)
+  for bad, message in (
+    ({"top_p": 0.0}, r"--top-p must be in \(0, 1\]"),
+    ({"top_p": 1.5}, r"--top-p must be in \(0, 1\]"),
+    ({"temperature": -1.0}, "--temperature must be >= 0"),
+    ({"temperature": float("nan")}, "--temperature must be a finite number"),
+    ({"top_k": -1}, "--top-k must be >= 0"),
+    ({"max_bytes": 0}, "--max-bytes must be between 1 and 1,048,576"),
+    ({"max_bytes": 10**9}, "--max-bytes must be between 1 and 1,048,576"),
+    ({"max_bytes": 2.5}, "--max-bytes must be an int"),
+  ):
+    with pytest.raises(UserError, match=message):
+      check_sampling(**{**ok, **bad}, flags=True)
+  with pytest.raises(TypeError, match="generate: top_k must be an int, got str"):
+    check_sampling(**{**ok, "top_k": "5"})
+  assert stop_list("\n") == [b"\n"] and stop_list(["a", b"bc", ""]) == [b"a", b"bc"]
+  assert eos_id(tiny_config()) is None and eos_id(SimpleNamespace(model=SimpleNamespace(compat="official"))) == 0xFF

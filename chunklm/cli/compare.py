@@ -13,6 +13,8 @@ from chunklm.experiments.compare import run_compare
 def run(args) -> int:
   if args.budget_bytes is not None and args.budget_bytes <= 0:
     raise UserError(f"--budget-bytes must be positive, got {args.budget_bytes}")
+  if args.eval_max_bytes is not None and args.eval_max_bytes < 0:
+    raise UserError(f"--eval-max-bytes must be >= 0 (0 = the whole valid split), got {args.eval_max_bytes}")
   if args.seeds is not None and args.seeds < 1:
     raise UserError(f"--seeds must be at least 1, got {args.seeds}")
   _, rows = run_compare(
@@ -24,6 +26,7 @@ def run(args) -> int:
     sweep=args.sweep,
     seeds=args.seeds,
     only=[m.strip() for m in args.models.split(",") if m.strip()],
+    eval_max_bytes=args.eval_max_bytes,
   )
   write_json(args.json, [dataclasses.asdict(r) for r in rows])
   return 0

@@ -5,14 +5,20 @@ from __future__ import annotations
 import os
 
 from chunklm.errors import UserError
-from chunklm.eval.generate import generate_from_workdir
+from chunklm.eval.generate import check_sampling, generate_from_workdir
 from chunklm.eval.summary import show_bytes
 from chunklm.storage.paths import location
 
 
 def run(args) -> int:
-  if args.max_bytes < 0 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
-    raise UserError("--max-bytes, --temperature and --top-k must be >= 0 and --top-p in (0, 1]")
+  check_sampling(
+    max_bytes=args.max_bytes,
+    temperature=args.temperature,
+    top_k=args.top_k,
+    top_p=args.top_p,
+    seed=args.seed,
+    flags=True,
+  )
   prompts = [os.fsencode(p) for p in args.prompt or [""]]  # the bytes typed, UTF-8 or not
   outs = generate_from_workdir(
     location(args.workdir, "--workdir"),
@@ -21,8 +27,9 @@ def run(args) -> int:
     temperature=args.temperature,
     top_k=args.top_k,
     top_p=args.top_p,
-    stop=escaped_bytes(args.stop, "--stop"),
+    stop=[escaped_bytes(s, "--stop") for s in args.stop],
     seed=args.seed,
+    stop_at_eos=not args.ignore_eos,
     overrides=tuple(args.overrides),
   )
   for prompt, out in zip(prompts, outs):

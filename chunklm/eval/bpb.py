@@ -17,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from chunklm.config import ModelConfig
 from chunklm.data.corpus import Documents
 from chunklm.data.pipeline import BOS, PackedWindows, eval_batches
+from chunklm.errors import UserError
+from chunklm.mesh.memory import GIB, device_memory
 from chunklm.model.functional import forward
 from chunklm.model.stage_output import counts, routing_metrics
 from chunklm.progress import bar
@@ -56,15 +59,22 @@ def evaluate(
   put=lambda batch: batch,
   bos: int = BOS,
   piece_bytes: np.ndarray | None = None,
+  model: ModelConfig | None = None,
+  flag: str = "eval.batch_size",
 ) -> dict[str, float]:
   """{'bpb', 'bytes', 'predicted', 'nll_sum', and summed routing statistics} over all of `docs`.
 
   `put` places each (global, host-side) batch on devices, e.g. split over a mesh; `bos` and `piece_bytes` describe a
-  token model's vocabulary (None for bytes).
+  token model's vocabulary (None for bytes). A batch size far above the number of windows is lowered (see
+  `lowered_batch`); with
+  `model`, one whose activations cannot fit in memory is refused before anything is allocated (`flag` names it).
   """
   totals: dict[str, float] = {}
   pending = []
   n_windows = len(PackedWindows(docs, seq_len, shuffle=False, pad_last=True))
+  if model is not None:
+    batch_size = check_eval_batch(model, batch_size, seq_len, n_windows, flag)
+  batch_size = lowered_batch(batch_size, n_windows)
   n_batches = -(-n_windows // batch_size)
   for batch in bar(
     eval_batches(docs, seq_len, batch_size, bos, piece_bytes),
@@ -107,3 +117,40 @@ def combine(results: list[dict[str, float]]) -> dict[str, float]:
 def _accumulate(totals: dict, out: dict) -> None:
   for k, v in jax.device_get(out).items():
     totals[k] = totals.get(k, 0.0) + float(np.asarray(v, np.float64))
+
+
+ACTIVATION_FACTOR = 16  # float32 values live per d_model-wide position of a level (projections, Mamba2's expansion)
+
+
+def activation_bytes(model: ModelConfig, batch: int, seq_len: int) -> int:
+  """A rough estimate of what one evaluation forward of `batch` windows holds at its peak: batch x seq_len x d_model
+  x 4 bytes x ACTIVATION_FACTOR summed over the levels (each at full length; an H-Net keeps every outer level's
+  residual while its inner ones run), plus the logits and their softmax. Not x layers: without a backward pass
+  each layer's activations are freed once the next has read them."""
+  per_position = 3 * model.vocab_size + sum(model.d_model[: model.num_levels]) * ACTIVATION_FACTOR
+  return batch * seq_len * per_position * 4
+
+
+def check_fits(need: int, what: str, advice: str) -> None:
+  """One line instead of an out-of-memory crash when `need` bytes cannot fit in the device's memory."""
+  limit, where = device_memory()
+  if limit and need > limit:
+    raise UserError(f"{what} needs about {need / GIB:,.1f} GiB but {where} {limit / GIB:,.1f} GiB; {advice}")
+
+
+def lowered_batch(batch_size: int, n_windows: int) -> int:
+  """The batch size to evaluate `n_windows` windows with: `batch_size`, lowered to `n_windows` (but not below 8, so
+  texts of 1 to 8 windows share one compiled shape): no batch of padding rows."""
+  return max(1, min(batch_size, max(n_windows, 8)))
+
+
+def check_eval_batch(model: ModelConfig, batch_size: int, seq_len: int, n_windows: int, flag: str) -> int:
+  """`lowered_batch(batch_size, n_windows)`, refused in one line when its activations (`activation_bytes`) cannot
+  fit in memory."""
+  batch = lowered_batch(batch_size, n_windows)
+  check_fits(
+    activation_bytes(model, batch, seq_len),
+    f"{flag} {batch_size:,}: a batch of {batch:,} windows of {seq_len:,}",
+    f"use a smaller {flag}",
+  )
+  return batch

@@ -54,6 +54,8 @@ def score(
       batch_size or run.cfg.eval.batch_size,
       progress=progress,
       desc=f"{workdir.name}: {name}",
+      model=run.cfg.model,  # a batch that cannot fit is one line, before anything is allocated
+      flag="--batch-size",
       **run.vocab,
     )
     for name, docs in texts.items()

@@ -23,10 +23,17 @@ class RunEval:
 
 
 def score_documents(
-  run: TrainedRun, docs: Documents, batch_size: int | None = None, *, progress: bool = False, eval_step=None
+  run: TrainedRun,
+  docs: Documents,
+  batch_size: int | None = None,
+  *,
+  progress: bool = False,
+  eval_step=None,
+  flag: str = "--batch-size",
 ) -> dict[str, float]:
   """The figures of `evaluate` for `run` on every byte of `docs` (its tokens for a token model), `batch_size`
-  windows at a time (default: eval.batch_size); `eval_step`: a compiled `make_eval_step(run.graphdef)` to reuse.
+  windows at a time (default: eval.batch_size; lowered to the number of windows, refused in one line naming `flag`
+  when its activations cannot fit in memory); `eval_step`: a compiled `make_eval_step(run.graphdef)` to reuse.
   DNA (a byte model on nucleotide letters, one byte per base) adds bits_per_base, equal to bpb."""
   step = eval_step or make_eval_step(run.graphdef)
   res = evaluate(
@@ -36,6 +43,8 @@ def score_documents(
     run.cfg.data.seq_len,
     batch_size or run.cfg.eval.batch_size,
     progress=progress,
+    model=run.cfg.model,
+    flag=flag if batch_size else "eval.batch_size",
     **run.vocab,
   )
   if not run.cfg.data.tokenizer and looks_like_dna(docs.data[: 1 << 20]):

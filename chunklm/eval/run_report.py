@@ -31,7 +31,7 @@ from chunklm.data.corpus import Documents, order0_entropy
 from chunklm.data.pipeline import leading_bytes
 from chunklm.errors import UserError
 from chunklm.eval.boundaries import picture, text_routing
-from chunklm.eval.generate import generate_many
+from chunklm.eval.generate import generate_run
 from chunklm.eval.robustness import clean_spread
 from chunklm.eval.summary import show_bytes, snippet_of
 from chunklm.model.describe import describe_config
@@ -212,16 +212,7 @@ def _robustness_html(workdir: Path) -> str:
 
 def _samples_html(run: TrainedRun, snippet: bytes, samples: int, sample_bytes: int, seed: int) -> str:
   prompts = [snippet[: 16 * (i + 1)] for i in range(samples)]
-  outs = generate_many(
-    run.graphdef,
-    run.params,
-    prompts,
-    max_new_bytes=sample_bytes,
-    temperature=0.8,
-    top_p=0.95,
-    seed=seed,
-    tokenizer=run.tokenizer,
-  )
+  outs = generate_run(run, prompts, max_bytes=sample_bytes, temperature=0.8, top_p=0.95, seed=seed)
   pres = "".join(
     f"<pre><b>{html.escape(show_bytes(p))}</b>{html.escape(show_bytes(o))}</pre>" for p, o in zip(prompts, outs)
   )

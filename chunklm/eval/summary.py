@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from chunklm.data.corpus import Documents
 from chunklm.eval.boundaries import boundary_levels, picture
-from chunklm.eval.generate import generate
+from chunklm.eval.generate import generate_run
 from chunklm.model.cache import unsupported
 from chunklm.run.trained import TrainedRun
 
@@ -38,16 +38,17 @@ def sample_and_picture(run: TrainedRun, valid: Documents) -> tuple[bytes, str, s
   why_not = unsupported(run.model()) if cfg.eval.sample_bytes else ""
   sample = b""
   if cfg.eval.sample_bytes and not why_not:
-    prompt = cfg.eval.sample_prompt.encode() or snippet[:32]
-    sample = prompt + generate(
-      run.graphdef,
-      run.params,
-      prompt,
-      max_new_bytes=cfg.eval.sample_bytes,
-      temperature=cfg.eval.temperature,
-      top_p=cfg.eval.top_p,
-      seed=cfg.train.seed,
-      tokenizer=run.tokenizer,
+    prompt = (cfg.eval.sample_prompt.encode() or snippet[:32])[-(cfg.data.seq_len - 1) :]  # what the model reads
+    sample = (
+      prompt
+      + generate_run(
+        run,
+        [prompt],
+        max_bytes=cfg.eval.sample_bytes,
+        temperature=cfg.eval.temperature,
+        top_p=cfg.eval.top_p,
+        seed=cfg.train.seed,
+      )[0]
     )
   pic = ""
   if cfg.model.num_stages:

@@ -35,6 +35,7 @@ from chunklm.experiments.compare_spec import (
   expand_spec,
   load_spec,
   with_cli,
+  with_eval_bytes,
   with_references,
   without,
 )
@@ -43,6 +44,7 @@ from chunklm.run.metrics import read_jsonl
 from chunklm.run.trained import read_config
 from chunklm.run.workdir import RunDir
 from chunklm.storage.paths import local_path
+from chunklm.train.signals import Preempted, StopFlag
 from chunklm.train.trainer import TrainingDiverged, train
 
 
@@ -122,22 +124,33 @@ def prepare(
 
 
 def train_runs(prep: Prepared, progress: bool = True, log=print) -> list[str]:
-  """Trains the runs to do (a finished one is reused); returns those that diverged."""
+  """Trains the runs to do (a finished one is reused); returns those that diverged. SIGTERM stops the whole
+  comparison: the run training then saves a checkpoint (as `chunklm train` does) and `Preempted` is raised (exit
+  143) before the next run starts; the same command resumes it."""
   diverged = []
-  for i, name in enumerate(prep.todo, 1):
-    cfg, wd = prep.configs[name], prep.out / name
-    if finished(wd, cfg):
-      log(f"[{i}/{len(prep.todo)}] {name}: finished run in {wd}, reused")
-      continue
-    log(
-      f"[{i}/{len(prep.todo)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
-      f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}"
-    )
-    try:
-      train(cfg, wd, progress=progress, log=log)
-    except TrainingDiverged as e:  # one bad point (a learning rate too high) does not end the comparison
-      log(f"{name} diverged, left out of the report: {e}")
-      diverged.append(name)
+  with StopFlag() as stop:  # between runs (and while a run evaluates at its end) SIGTERM only raises this flag
+    for i, name in enumerate(prep.todo, 1):
+      cfg, wd = prep.configs[name], prep.out / name
+      if finished(wd, cfg):
+        log(f"[{i}/{len(prep.todo)}] {name}: finished run in {wd}, reused")
+        continue
+      if stop.set:
+        raise Preempted(f"received SIGTERM: stopped before {name}; re-run the same command to resume the comparison")
+      log(
+        f"[{i}/{len(prep.todo)}] {name}: {cfg.train.steps} steps x {cfg.train.batch_size} x {cfg.data.seq_len} "
+        f"{'tokens' if cfg.data.tokenizer else 'bytes'} in {wd}"
+      )
+      try:
+        result = train(cfg, wd, progress=progress, log=log)
+      except TrainingDiverged as e:  # one bad point (a learning rate too high) does not end the comparison
+        log(f"{name} diverged, left out of the report: {e}")
+        diverged.append(name)
+        continue
+      if result.signalled or stop.set:
+        raise Preempted(
+          f"received SIGTERM: {name} saved its checkpoint at step {result.run.step}; "
+          "re-run the same command to resume the comparison"
+        )
   return diverged
 
 
@@ -182,9 +195,13 @@ def _notes(prep: Prepared, diverged: list[str], missing: list[str]) -> list[str]
     budget = f"training bytes per run: budget_bytes swept over {budgets}"
   else:
     budget = f"budget {spec.budget_bytes:,} training bytes per model"
+  valid = f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents)"
+  if 0 < spec.final_eval_max_bytes < splits.valid.num_bytes:
+    valid = f"the first {spec.final_eval_max_bytes:,} of {valid}"
+  else:
+    valid = f"every byte of {valid}"
   notes = [
-    f"spec: {spec.name}; {budget}; valid BPB on every byte of "
-    f"{splits.valid.num_bytes:,} valid bytes ({len(splits.valid)} documents), identical for every model",
+    f"spec: {spec.name}; {budget}; valid BPB on {valid}, identical for every model",
     f"data: {splits.description}",
   ]
   if prep.tokenized:
@@ -253,12 +270,15 @@ def run_compare(
   seeds: int | None = None,
   only: Sequence[str] = (),
   log=print,
+  eval_max_bytes: int | None = None,
 ) -> tuple[Path, list[compare_report.Row]]:
   """Trains (or reuses) every run of the spec, then writes <out>/report.md and report.html; returns report.md
   and the table's rows. `data_args` are KEY=VALUE overrides for every model (after the spec's own); `budget_bytes`
   replaces the spec's; `sweep` ("KEY=V1,V2", repeatable) and `seeds` replace the spec's; `only` trains just these
-  models' runs (the report still shows every finished run of the spec)."""
+  models' runs (the report still shows every finished run of the spec); `eval_max_bytes`: leading valid bytes of
+  every evaluation (`with_eval_bytes`: a quick trial's default is bounded)."""
   spec = with_cli(load_spec(spec_path), budget_bytes, list(sweep), seeds, list(only))
+  spec = with_eval_bytes(spec, eval_max_bytes, budget_bytes)
   out = local_path(out or Path("runs") / "compare" / spec.name, "--out", "compare")
   prep = prepare(spec, out, list(data_args), list(only), budget_given=budget_bytes is not None, log=log)
   diverged = train_runs(prep, progress, log)

@@ -150,7 +150,7 @@ def _flops_matched(
 
 def _budgeted(cfg: Config, budget_bytes: int, spec: CompareSpec, bytes_per_token: float) -> Config:
   """`cfg` trained on `budget_bytes`, evaluated `spec.evals` times on the spec's leading valid bytes and at the end
-  on all of them."""
+  on all of them (or the spec's final_eval_max_bytes leading ones)."""
   steps = steps_for(cfg, budget_bytes, bytes_per_token)
   train_cfg = dataclasses.replace(
     cfg.train,
@@ -159,7 +159,7 @@ def _budgeted(cfg: Config, budget_bytes: int, spec: CompareSpec, bytes_per_token
     eval_every=max(1, steps // spec.evals) if spec.evals else 0,
     checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps)),
   )
-  ev = dataclasses.replace(cfg.eval, max_bytes=spec.eval_max_bytes, final_max_bytes=0)
+  ev = dataclasses.replace(cfg.eval, max_bytes=spec.eval_max_bytes, final_max_bytes=spec.final_eval_max_bytes)
   return dataclasses.replace(cfg, train=train_cfg, eval=ev)
 
 

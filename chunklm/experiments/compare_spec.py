@@ -39,6 +39,7 @@ class CompareSpec:
   budget_bytes: int = 2_500_000  # training bytes per model
   evals: int = 5  # valid evaluations during training (evenly spaced), plus the final one on all valid bytes
   eval_max_bytes: int = 65536  # leading valid bytes used by the evaluations during training
+  final_eval_max_bytes: int = 0  # leading valid bytes of the final evaluation; 0 = all (--eval-max-bytes sets both)
   tokenizer_vocab: int = 4096  # pieces of the BPE tokenizer trained for token models
   data: tuple[str, ...] = ()  # data.* overrides for every model, as KEY=VALUE (e.g. data.seq_len is per model)
   efficiency_reference: str = ""  # report the bytes each model needs to reach this model's final valid BPB
@@ -60,8 +61,10 @@ class CompareSpec:
       raise ConfigError(
         f"compare spec {self.name}: efficiency_reference {self.efficiency_reference!r} is not one of its models {names}"
       )
-    if self.budget_bytes <= 0 or self.evals < 0 or self.eval_max_bytes < 0:
-      raise ConfigError("compare spec: budget_bytes must be positive, evals and eval_max_bytes >= 0")
+    if self.budget_bytes <= 0 or self.evals < 0 or self.eval_max_bytes < 0 or self.final_eval_max_bytes < 0:
+      raise ConfigError(
+        "compare spec: budget_bytes must be positive, evals, eval_max_bytes and final_eval_max_bytes >= 0"
+      )
     if self.seeds < 1:
       raise ConfigError(f"compare spec {self.name}: seeds must be at least 1, got {self.seeds}")
     keys = [k for k, _ in self.sweep]
@@ -91,6 +94,21 @@ def _sweep_pairs(sweep, path: Path) -> list[tuple[str, tuple[str, ...]]]:
   if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
     raise ConfigError(f"{path}: sweep must map config keys to lists of values, e.g. sweep: {{train.lr: [1e-3, 2e-3]}}")
   return [(str(k), sweeps.check_values(str(k), v)) for k, v in sweep.items()]
+
+
+QUICK_BUDGET = 1_000_000  # a --budget-bytes below this is a quick trial: its evaluations read at most...
+QUICK_EVAL_BYTES = 65536  # ... these leading valid bytes each, the final one included (unless --eval-max-bytes)
+
+
+def with_eval_bytes(spec: CompareSpec, eval_max_bytes: int | None, budget_bytes: int | None) -> CompareSpec:
+  """The spec with `eval_max_bytes` leading valid bytes for every evaluation, the final one included (each run's
+  eval.max_bytes and eval.final_max_bytes); without it, a quick trial (--budget-bytes below QUICK_BUDGET) reads at
+  most QUICK_EVAL_BYTES per evaluation instead of the whole valid split at the end."""
+  if eval_max_bytes is None and budget_bytes is not None and budget_bytes < QUICK_BUDGET:
+    eval_max_bytes = min(spec.eval_max_bytes or QUICK_EVAL_BYTES, QUICK_EVAL_BYTES)
+  if eval_max_bytes is None:
+    return spec
+  return dataclasses.replace(spec, eval_max_bytes=eval_max_bytes, final_eval_max_bytes=eval_max_bytes)
 
 
 def with_cli(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import jax
 import numpy as np
@@ -20,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from chunklm.config import MeshConfig
 from chunklm.errors import ConfigError
+from chunklm.mesh.memory import GIB, device_memory
 from chunklm.mesh.rules import AXES, BATCH_AXES, mesh_axes_for
 
 
@@ -68,19 +68,6 @@ def state_shardings(state: dict, mesh: Mesh) -> dict:
   return {"step": replicated, "params": p_shard, "opt_state": opt, "rng": replicated}
 
 
-def device_memory_bytes(device) -> int | None:
-  """What one device can hold: an accelerator's memory limit, or for CPU devices the host's RAM shared by them."""
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-  if stats and stats.get("bytes_limit"):
-    return int(stats["bytes_limit"])
-  if device.platform == "cpu":
-    try:
-      return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(jax.local_device_count(), 1)
-    except (ValueError, OSError):
-      return None
-  return None
-
-
 def check_state_fits(abstract_state: dict, shardings: dict, num_params: int) -> None:
   """One line instead of an out-of-memory crash when the train state alone (parameters and optimizer state, as
   sharded) cannot fit on a device; activations come on top, so passing this is necessary, not sufficient."""
@@ -88,15 +75,12 @@ def check_state_fits(abstract_state: dict, shardings: dict, num_params: int) -> 
     math.prod(sh.shard_shape(np.shape(x))) * np.dtype(x.dtype).itemsize
     for x, sh in zip(jax.tree.leaves(abstract_state), jax.tree.leaves(shardings))
   )
-  device = jax.local_devices()[0]
-  limit = device_memory_bytes(device)
+  limit, where = device_memory()
   if limit and per_device > limit:
-    gib = 1024**3
     raise ConfigError(
-      f"the model's parameters and optimizer state need {per_device / gib:.1f} GiB per device "
-      f"({num_params / 1e6:,.0f} M parameters) but a {device.platform} device has "
-      f"{limit / gib:.1f} GiB; make the model smaller (model.d_model, the layout) or shard it "
-      "over more devices with mesh.fsdp"
+      f"the model's parameters and optimizer state need {per_device / GIB:.1f} GiB per device "
+      f"({num_params / 1e6:,.0f} M parameters) but {where} {limit / GIB:.1f} GiB; make the model smaller "
+      "(model.d_model, the layout) or shard it over more devices with mesh.fsdp"
     )
 
 

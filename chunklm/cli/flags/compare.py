@@ -12,7 +12,7 @@ def add(sub) -> None:
     description="Train (or reuse) every model of a comparison spec on the same training bytes with "
     "the same byte budget, evaluate all on the same valid bytes, and write report.md and "
     "report.html with a table and BPB curves vs training bytes and FLOPs. Re-running "
-    "resumes where it stopped.",
+    "resumes where it stopped; SIGTERM stops it after the running model's checkpoint (exit 143).",
   )
   p.set_defaults(body="compare")
   p.add_argument("--spec", required=True, help="comparison spec: a path or a bundled name (configs/compare/)")
@@ -21,7 +21,17 @@ def add(sub) -> None:
     type=int,
     default=None,
     metavar="N",
-    help="training bytes per model instead of the spec's budget_bytes (e.g. a quick trial run)",
+    help="training bytes per model instead of the spec's budget_bytes (e.g. a quick trial run); below "
+    "1,000,000 every evaluation reads at most the first 65,536 valid bytes unless --eval-max-bytes says otherwise",
+  )
+  p.add_argument(
+    "--eval-max-bytes",
+    type=int,
+    default=None,
+    metavar="N",
+    help="leading valid bytes read by every evaluation of every model, the final one included (eval.max_bytes "
+    "and eval.final_max_bytes; 0 = all). Default: the spec's eval_max_bytes during training and the whole valid "
+    "split at the end; a --budget-bytes trial below 1,000,000 bytes: 65,536 for all",
   )
   p.add_argument(
     "--sweep",
