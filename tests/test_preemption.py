@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from chunklm.run.trained import open_run
+from chunklm.train.signals import StopFlag
 from conftest import TINY
 
 
@@ -72,3 +73,18 @@ def test_sigterm_saves_and_resume_matches_straight_run(tmp_path, corpus_dir):
     (r["step"], round(r["loss"], 5)) for r in map(json.loads, (wd / "metrics.jsonl").open()) if r["split"] == "train"
   ]
   assert curve(killed) == curve(tmp_path / "straight")
+
+
+def test_a_sigterm_caught_by_an_outer_flag_stops_the_inner_loop_too():
+  """`chunklm compare` holds a flag while it sets up each model's run; a SIGTERM then must stop that run's loop at
+  its first step boundary (not after it trains to the end), and one inside the loop stops the comparison."""
+  with StopFlag() as outer:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert outer.set
+    with StopFlag() as inner:
+      assert inner.set
+  with StopFlag() as outer:
+    with StopFlag() as inner:
+      assert not inner.set
+      os.kill(os.getpid(), signal.SIGTERM)
+    assert inner.set and outer.set
