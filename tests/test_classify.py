@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from chunklm.classify import trainer as clf_trainer
 from chunklm.classify.classifier import Classifier
 from chunklm.classify.metrics import classification_report
 from chunklm.classify.records import read_records
+from chunklm.classify.trainer import ClassifySettings, train_classifier
 from chunklm.cli import main
 from chunklm.errors import UserError
 from chunklm.model.lm import build_model, hidden_and_chunk_states
@@ -283,3 +285,32 @@ def test_bad_classify_input_is_one_line(tmp_path, capsys, args, message):
   assert "at least 2 classes" in capsys.readouterr().err
   assert main(["classify", "eval", "--workdir", str(tmp_path), "--data", str(tmp_path / "t.jsonl")]) == 2
   assert "is not a run (no config.yaml of a chunklm run); this takes a classifier" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # CI budget: two short classifier trainings (~15 s on 2 cores); run by .ci/run
+def test_a_killed_classifier_trains_again_and_records_each_step_once(tmp_path, monkeypatch):
+  """Interrupted before it finished (no classify.json): the same command trains it again from the start; its
+  metrics.jsonl then holds each step once. A finished classifier is never written over."""
+  write_task(tmp_path / "train.jsonl", 32, 0)
+  records = read_records(tmp_path / "train.jsonl")
+  config = tmp_path / "tiny.yaml"
+  config.write_text("model:\n  layout: [T1]\n  d_model: [32]\n  n_heads: [2]\n")
+  settings = ClassifySettings(steps=4, batch_size=4, seq_len=32, eval_every=1)
+  out = tmp_path / "clf"
+  real, calls = clf_trainer.evaluate, []
+
+  def interrupted(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(clf_trainer, "evaluate", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    train_classifier(records, records, out, settings, config=str(config), progress=False)
+  monkeypatch.setattr(clf_trainer, "evaluate", real)
+  train_classifier(records, records, out, settings, config=str(config), progress=False)
+  steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3, 4] and (out / "classify.json").exists()
+  with pytest.raises(UserError, match="is a classifier .*give another --out"):
+    train_classifier(records, records, out, settings, config=str(config), progress=False)

@@ -27,7 +27,7 @@ from chunklm.errors import UserError
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
 from chunklm.run.checkpoint import Checkpointer
-from chunklm.run.kind import CLASSIFIER_HEADER, require
+from chunklm.run.kind import CLASSIFIER_HEADER, DESCRIBED, require
 from chunklm.run.lock import workdir_lock
 from chunklm.run.trained import open_run
 from chunklm.run.workdir import RunDir
@@ -149,11 +149,16 @@ def train_classifier(
   """Trains and saves a classifier in `out`; returns its final test evaluation (see evaluate)."""
   settings.check()
   run = RunDir(out)
-  require(
-    run.path, ("new", "other"), "--out", "classify train writes a new classifier there", hint="give another --out"
-  )
+  wants = "classify train writes a new classifier there"
+  unfinished = require(run.path, ("new", "other", "classifier"), "--out", wants, hint="give another --out")
+  if unfinished == "classifier" and run.classifier.exists():
+    raise UserError(f"--out {out} is {DESCRIBED['classifier']}; {wants}; give another --out")
   with workdir_lock(run.path, "chunklm classify train", flag="--out") as lock:
-    if run.config.exists() or run.has_checkpoints():  # written meanwhile: nothing more is written
+    if unfinished == "classifier":  # killed before it finished (no classify.json): trained again from the start
+      log(f"{out} holds a classifier that did not finish training: training it again from the start")
+      if run.checkpoints.exists():
+        run.checkpoints.rmtree()
+    elif run.config.exists() or run.has_checkpoints():  # written meanwhile: nothing more is written
       raise UserError(f"{out} already holds another run; give another --out")
     result = _train(train_records, test_records, run, settings, init_from, config, overrides, progress, log)
     lock.check()
