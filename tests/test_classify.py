@@ -314,3 +314,12 @@ def test_a_killed_classifier_trains_again_and_records_each_step_once(tmp_path, m
   assert steps == [1, 2, 3, 4] and (out / "classify.json").exists()
   with pytest.raises(UserError, match="is a classifier .*give another --out"):
     train_classifier(records, records, out, settings, config=str(config), progress=False)
+
+
+@pytest.mark.parametrize("steps, warmup", [(1, 30), (2, 0), (40, 30)])
+def test_the_classifier_schedule_works_for_any_step_count(steps, warmup):
+  params = {"head": {"w": jnp.ones(3)}, "lm": {"w": jnp.ones(3)}}
+  tx = clf_trainer._optimizer(params, ClassifySettings(steps=steps, warmup_steps=warmup))
+  updates, _ = tx.update(params, tx.init(params), params)
+  moved = float(jnp.abs(updates["head"]["w"]).sum())
+  assert np.isfinite(moved) and (moved > 0) == (steps == 1 or warmup == 0)  # no warm-up: the first step moves

@@ -191,6 +191,8 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["mrt5", "train", "--workdir", str(tmp_path / "w"), "--no-progress", *extra]) == 2, message
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+  assert main(["mrt5", "eval", "--workdir", str(tmp_path / "w"), "--batch-size", "0"]) == 2
+  assert "--batch-size must be >= 1" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     main(["mrt5", "fly"])
 

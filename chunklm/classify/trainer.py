@@ -111,8 +111,8 @@ def _base_model(init_from: str | None, config: str | None, overrides: list[str],
 
 def _optimizer(params, s: ClassifySettings) -> optax.GradientTransformation:
   def schedule(peak):
-    return optax.warmup_cosine_decay_schedule(
-      0.0, peak, min(s.warmup_steps, s.steps - 1) or 1, s.steps, end_value=0.1 * peak
+    return optax.warmup_cosine_decay_schedule(  # a 1-step run: no warm-up (its one step at the peak rate)
+      0.0, peak, min(s.warmup_steps, s.steps - 1), s.steps, end_value=0.1 * peak
     )
 
   def adamw(peak):

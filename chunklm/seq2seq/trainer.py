@@ -40,7 +40,7 @@ from flax import nnx
 from chunklm import logs
 from chunklm.config import dump_yaml, load_config
 from chunklm.config.mrt5 import MrT5Run
-from chunklm.errors import CheckpointError
+from chunklm.errors import CheckpointError, UserError
 from chunklm.model.delete_gate import pi_update
 from chunklm.model.functional import path_name, split_model
 from chunklm.model.mrt5 import MrT5
@@ -259,6 +259,8 @@ def eval_record(workdir: str | Path, step: int, result: dict) -> dict:
 
 def eval_mrt5_run(workdir: str | Path, batch_size: int = 16, progress: bool = False) -> dict:
   """`chunklm mrt5 eval`: the newest checkpoint of the MrT5 run in `workdir` evaluated on its own data."""
+  if batch_size < 1:
+    raise UserError(f"--batch-size must be >= 1, got {batch_size}")
   cfg, graphdef, params, step = open_mrt5(workdir)
   data = Data(cfg, RunDir(workdir).cache)
   return eval_record(workdir, step, evaluate_mrt5(cfg, graphdef, params, data, batch_size, progress=progress))
