@@ -23,7 +23,10 @@ from chunklm.data.corpus import split_hash
 from chunklm.data.sources import split_stream
 from chunklm.data.split import read_valid
 from chunklm.errors import ConfigError
+from chunklm.seq2seq.batches import EVAL_WINDOWS, Data
+from chunklm.seq2seq.trainer import load_mrt5_config
 from chunklm.train.optim import lr_schedule
+from conftest import write_corpus
 
 
 def test_a_separated_file_is_split_a_block_at_a_time_exactly_as_whole(tmp_path):
@@ -131,3 +134,11 @@ def test_more_steps_than_the_optimizer_counts_are_refused_in_one_line():
   with pytest.raises(ConfigError, match=r"train.steps 1000000000000: at most 2,147,483,647") as e:
     TrainConfig(steps=10**12)  # when the config loads, before any data is read
   assert "\n" not in str(e.value)
+
+
+def test_an_mrt5_evaluation_batch_is_lowered_to_the_windows_there_are(tmp_path):
+  corpus = write_corpus(tmp_path / "corpus")
+  cfg = load_mrt5_config("mrt5_tiny", [f"data.sources=[{corpus}]", "data.seq_len=48", "seq2seq.target_len=20"])
+  t = time.perf_counter()
+  batches = Data(cfg, tmp_path / "cache").eval_batches(10**8)
+  assert [len(b["ids"]) for b in batches] == [EVAL_WINDOWS] and time.perf_counter() - t < 20

@@ -142,7 +142,9 @@ class Data:
     )
 
   def eval_batches(self, batch_size: int) -> list[dict]:
+    """The held-out batches; a batch size above the examples there are is lowered to them (no padding rows)."""
     c, s = self.cfg, self.cfg.seq2seq
+    batch_size = min(batch_size, EVAL_WINDOWS if s.objective == "span" else max(len(self.test_pairs), 1))
     if s.objective == "span":
       n = -(-EVAL_WINDOWS // batch_size)
       return [
