@@ -16,7 +16,7 @@ from flax import nnx
 from chunklm.classify import trainer as clf_trainer
 from chunklm.classify.classifier import Classifier
 from chunklm.classify.metrics import classification_report
-from chunklm.classify.records import read_records
+from chunklm.classify.records import Record, read_records
 from chunklm.classify.trainer import ClassifySettings, train_classifier
 from chunklm.cli import main
 from chunklm.errors import UserError
@@ -323,3 +323,8 @@ def test_the_classifier_schedule_works_for_any_step_count(steps, warmup):
   updates, _ = tx.update(params, tx.init(params), params)
   moved = float(jnp.abs(updates["head"]["w"]).sum())
   assert np.isfinite(moved) and (moved > 0) == (steps == 1 or warmup == 0)  # no warm-up: the first step moves
+
+
+def test_a_seq_len_far_above_the_records_pads_nothing():
+  arrays = clf_trainer.batch_arrays([Record(b"abc", "a"), Record(b"hello", "b")], 10**8, ["a", "b"])
+  assert arrays["ids"].shape == (2, 5) and arrays["lengths"].tolist() == [3, 5]

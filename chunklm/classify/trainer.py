@@ -24,6 +24,7 @@ from chunklm.classify.metrics import classification_report
 from chunklm.classify.records import Record, class_list
 from chunklm.config import Config, ModelConfig, dump_yaml, load_config
 from chunklm.errors import UserError
+from chunklm.eval.bpb import activation_bytes, check_fits
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
 from chunklm.run.checkpoint import Checkpointer
@@ -64,7 +65,9 @@ class ClassifySettings:
 
 
 def batch_arrays(records: list[Record], seq_len: int, classes: list[str] | None = None) -> dict:
-  """ids_BxL (bytes, zero-padded), lengths_B (bytes kept, >= 1) and, with `classes`, labels_B."""
+  """ids_BxL (bytes, zero-padded), lengths_B (bytes kept, >= 1) and, with `classes`, labels_B. L is `seq_len`, or
+  the longest record's length where that is shorter (a --seq-len far above the records pads nothing)."""
+  seq_len = min(seq_len, max((len(r.data) for r in records), default=1) or 1)
   ids = np.zeros((len(records), seq_len), np.int32)
   lengths = np.zeros(len(records), np.int32)
   for i, r in enumerate(records):
@@ -198,6 +201,12 @@ def _train(
     return optax.apply_updates(params, updates), opt_state, total, ce
 
   train = batch_arrays(train_records, settings.seq_len, classes)
+  width = train["ids"].shape[1]
+  check_fits(  # a training step holds its activations for the backward pass: about 3x a forward's
+    3 * activation_bytes(cfg.model, min(settings.batch_size, len(train_records)), width),
+    f"--batch-size {settings.batch_size} x --seq-len {width} (the longest record)",
+    "use a smaller --batch-size or --seq-len",
+  )
   cut = sum(len(r.data) > settings.seq_len for r in train_records)
   meta = {
     "settings": dataclasses.asdict(settings),
