@@ -98,6 +98,59 @@ def test_gathers_and_scatters_the_compiler_lowers_through_an_all_reduce_count_as
   assert c["all-reduce"] == {"count": 2, "bytes": 4 + 4 * 512, "max_bytes": 4 * 512, "as_all_reduce": 0}  # kept whole
 
 
+# On a v5e 2-D torus the TPU compiler overlaps a weight's all-gather with compute as a chain: an all-gather op in
+# the fusion that starts it, one in each continuation fusion, one in the fusion that ends it, each with the whole
+# result and the same chain_id (cut down from a real compile of a byte Transformer for v5e:4x4, fsdp 16).
+V5E_CHAIN_HLO = """
+%fused_computation.450 (param_0.1365: bf16[64,2,2752]) -> (bf16[64,2,2752], bf16[1024,2,2752], s32[2], u32[]) {
+  %param_0.1365 = bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)} parameter(0)
+  %all-gather.47 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)} all-gather(%param_0.1365), channel_id=1, replica_groups={{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}, dimensions={0}, use_global_device_ids=true, frontend_attributes={chain_id="1"}, backend_config={"barrier_config":{"barrier_type":"CUSTOM","id":"0"},"async_collective_fusion_config":{"flag_start":"-1","flag_end":"-1"}}
+  ROOT %custom-call.9 = (bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, s32[2]{0:S(4)}, u32[]{:S(2)}) custom-call(%all-gather.47), custom_call_target="AsyncCollectiveStart"
+}
+
+%async_collective_fusion.283 (param_0.1368: bf16[64,2,2752], param_1.1: bf16[1024,2,2752], param_2.1: f32[4,256,1024]) -> (f32[4,256,1024], bf16[64,2,2752], bf16[1024,2,2752], bf16[1024,2,2752]) {
+  %param_0.1368 = bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)} parameter(0)
+  %param_1.1 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)} parameter(1)
+  %all-gather.49 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)} all-gather(%param_0.1368), channel_id=1, replica_groups={{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}, dimensions={0}, use_global_device_ids=true, frontend_attributes={chain_id="1"}
+  %add.7 = f32[4,256,1024]{2,1,0:T(8,128)} add(%param_2.1, %param_2.1)
+  ROOT %tuple.178 = (f32[4,256,1024]{2,1,0:T(8,128)}, bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)}) tuple(%add.7, %param_0.1368, %param_1.1, %all-gather.49)
+}
+
+%fused_computation.454 (param_0.1387: bf16[64,2,2752], param_1.1733: bf16[1024,2,2752]) -> bf16[1024,2,2752] {
+  %param_0.1387 = bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)} parameter(0)
+  %param_1.1733 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)} parameter(1)
+  %all-gather.55 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)} all-gather(%param_0.1387), channel_id=1, replica_groups={{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}, dimensions={0}, use_global_device_ids=true, frontend_attributes={chain_id="1"}
+  ROOT %custom-call.11 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)} custom-call(%param_0.1387, %param_1.1733, %all-gather.55), custom_call_target="AsyncCollectiveDone"
+}
+
+%fused_computation.460 (param.53: f32[16,1024]) -> f32[256,1024] {
+  %param.53 = f32[16,1024]{0,1:T(8,128)S(1)} parameter(0)
+  ROOT %all-gather.96 = f32[256,1024]{0,1:T(8,128)S(1)} all-gather(%param.53), channel_id=1, replica_groups={{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}, dimensions={1}, use_global_device_ids=true, frontend_attributes={async_collective_name="all-gather-start"}
+}
+
+ENTRY %main.4_spmd (p0: bf16[64,2,2752], p1: f32[4,256,1024], p2: f32[16,1024]) -> (bf16[1024,2,2752], f32[256,1024]) {
+  %async-collective-start.1 = (bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, s32[2]{0:S(4)}, u32[]{:S(2)}) fusion(%p0), kind=kCustom, calls=%fused_computation.450
+  %gte.1 = bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)} get-tuple-element(%async-collective-start.1), index=0
+  %gte.2 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)} get-tuple-element(%async-collective-start.1), index=1
+  %fusion.283 = (f32[4,256,1024]{2,1,0:T(8,128)}, bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)}) fusion(%gte.1, %gte.2, %p1), kind=kOutput, calls=%async_collective_fusion.283
+  %gte.3 = bf16[64,2,2752]{2,0,1:T(8,128)(2,1)S(1)} get-tuple-element(%fusion.283), index=1
+  %gte.4 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)} get-tuple-element(%fusion.283), index=3
+  %async-collective-done.1 = bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)} fusion(%gte.3, %gte.4), kind=kCustom, calls=%fused_computation.454
+  %fusion.460 = f32[256,1024]{0,1:T(8,128)S(1)} fusion(%p2), kind=kCustom, calls=%fused_computation.460
+  ROOT %out = (bf16[1024,2,2752]{2,0,1:T(8,128)(2,1)S(1)}, f32[256,1024]{0,1:T(8,128)S(1)}) tuple(%async-collective-done.1, %fusion.460)
+}
+"""
+
+
+def test_a_chained_all_gather_counts_once_beside_a_plain_one():
+  c = count_collectives(V5E_CHAIN_HLO)
+  chained, plain = 2 * 1024 * 2 * 2752, 4 * 256 * 1024  # the chain's 3 ops are one gathered tensor
+  assert c["all-gather"] == {"count": 2, "bytes": chained + plain, "max_bytes": chained, "as_all_reduce": 0}
+  assert sum(c[k]["count"] for k in ("reduce-scatter", "all-reduce", "all-to-all", "collective-permute")) == 0
+  other_chain = V5E_CHAIN_HLO.replace('chain_id="1"}\n  ROOT %custom-call.11', 'chain_id="2"}\n  ROOT %custom-call.11')
+  assert count_collectives(other_chain)["all-gather"]["count"] == 3  # another chain_id is another tensor
+
+
 def test_abstract_state_allocates_nothing_and_matches_the_real_one():
   cfg = load_config("hnet_1stage_tiny", ["model.d_model=[32,48]", "model.n_heads=[2,2]", "model.mamba.head_dim=16"])
   _, _, abstract, n_abstract = setup_state(cfg, abstract=True)

@@ -6,7 +6,11 @@ The TPU compiler does not always keep the collective the program asked for:
     zero buffer with this chip's shard written in (a dynamic-update-slice, perhaps copied to another memory space
     first), and a reduce-scatter as an all-reduce whose result is only sliced (a dynamic-slice, perhaps inside the
     fusion that uses it, e.g. the optimizer update);
-  - it combines many collectives into one op over a tuple of tensors.
+  - it combines many collectives into one op over a tuple of tensors;
+  - on a 2-D torus (v5e) it overlaps a weight's all-gather with compute as a chain: one `all-gather` op in the
+    fusion that starts it (an `AsyncCollectiveStart` custom-call), one in each continuation fusion and one in the
+    fusion that ends it (`AsyncCollectiveDone`), each over the whole group with the whole result, all marked with
+    the same `frontend_attributes={chain_id="N"}`; the chain is one gathered tensor and counts once.
 Each tensor counts as the all-gather / reduce-scatter it is, with `as_all_reduce` saying how many the compiler
 lowered through an all-reduce. What is left under "all-reduce" is a real one: a sum every chip keeps whole (the
 loss, metrics, gradients of replicated parameters).
@@ -43,6 +47,7 @@ _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9
 _NAME = re.compile(r"%([\w.\-]+)")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _INDEX = re.compile(r"\bindex=(\d+)")
+_CHAIN = re.compile(r"\bchain_id=\"([^\"]*)\"")  # in frontend_attributes: the members of one chained collective
 _ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
 _COPIES = ("copy", "bitcast", "copy-start", "copy-done")  # the same values, in another layout or memory space
 _PASS_THROUGH = {"get-tuple-element", "all-reduce-done", *_COPIES}
@@ -57,6 +62,7 @@ class _Instruction:
   computation: str
   calls: str | None
   index: int | None  # a get-tuple-element's index, a parameter's number
+  chain: str | None = None  # the chain a continued collective belongs to
 
 
 def _split_operands(rest: str) -> tuple[str, str]:
@@ -86,7 +92,7 @@ def _parse(hlo_text: str) -> tuple[dict[str, _Instruction], dict[str, str], dict
       continue
     root, name, shape, opcode, rest = m.groups()
     operands, attributes = _split_operands(rest)
-    calls, index = _CALLS.search(attributes), _INDEX.search(attributes)
+    calls, index, chain = _CALLS.search(attributes), _INDEX.search(attributes), _CHAIN.search(attributes)
     if opcode == "parameter" and operands.strip().isdigit():
       index = re.match(r"(\d+)", operands.strip())
     instructions[name] = _Instruction(
@@ -97,6 +103,7 @@ def _parse(hlo_text: str) -> tuple[dict[str, _Instruction], dict[str, str], dict
       computation,
       calls.group(1) if calls else None,
       int(index.group(1)) if index else None,
+      chain.group(1) if chain else None,
     )
     if root:
       roots[computation] = opcode
@@ -120,7 +127,8 @@ def _element_shapes(shape: str) -> list[str]:
 def count_collectives(hlo_text: str) -> dict[str, dict]:
   """{kind: {count, bytes, max_bytes, as_all_reduce}} over the compiled HLO. Counts are tensors (an op the compiler
   combined over k tensors counts k); bytes are each tensor's result per chip (for a reduce-scatter, this chip's
-  shard); an asynchronous start/done pair counts once, an op inside a loop body once."""
+  shard); an asynchronous start/done pair counts once, a chain of ops continuing one collective once, an op inside
+  a loop body once."""
   instructions, results, roots = _parse(hlo_text)
   users: dict[str, list[_Instruction]] = {}
   for ins in instructions.values():
@@ -166,10 +174,15 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
     out[kind]["max_bytes"] = max(out[kind]["max_bytes"], size)
     out[kind]["as_all_reduce"] += lowered
 
+  chains: set[tuple[str, str]] = set()
   for ins in instructions.values():
     kind = ins.opcode.removesuffix("-start")
     if kind not in COLLECTIVES:  # an asynchronous "-done" is counted with its start
       continue
+    if ins.chain is not None:  # a chain's members each hold the whole result: its first member stands for it
+      if (kind, ins.chain) in chains:
+        continue
+      chains.add((kind, ins.chain))
     if kind != "all-reduce":
       add(kind, _bytes(ins.shape, last_only=ins.opcode.endswith("-start")))
       continue
