@@ -11,6 +11,7 @@ import pytest
 
 from chunklm.cli import main
 from chunklm.run import lease as lease_module
+from chunklm.run.kind import kind_of
 from chunklm.run.lease import Lease, WorkdirBusy
 from chunklm.run.workdir import RunDir
 from chunklm.storage.objects import put_if
@@ -191,3 +192,18 @@ def test_comparisons_keep_their_runs_on_a_local_disk(gcs_emulator, capsys, tmp_p
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "keeps its runs and report in a local directory" in err, err
+
+
+def test_run_kinds_in_a_bucket_are_told_apart(gcs_emulator, capsys):
+  """run/kind.py in a bucket: folders are prefixes there, told apart by a fresh listing of their names."""
+  bucket = gcs_emulator.bucket()
+  clf = location(f"gs://{bucket}/clf")
+  (clf / "classify.json").write_text("{}")
+  (clf / "config.yaml").write_text("# written by chunklm classify train\nmodel: {}\n")
+  (location(f"gs://{bucket}/run/checkpoints") / "x").write_text("x")
+  assert [kind_of(f"gs://{bucket}/{p}") for p in ("clf", "run", "nothing")] == ["classifier", "other", "new"]
+  for workdir, message in [("clf", "is a classifier (made by"), ("nothing", "does not exist")]:
+    assert main(["eval", "--workdir", f"gs://{bucket}/{workdir}"]) == 2
+    assert message in capsys.readouterr().err
+  assert main(["eval", "--workdir", f"gs://{bucket}/clf", "--json", f"gs://{bucket}/clf/config.yaml"]) == 2
+  assert "would replace config.yaml of the run" in capsys.readouterr().err

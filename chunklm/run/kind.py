@@ -27,6 +27,7 @@ from chunklm.config import read_yaml
 from chunklm.errors import CheckpointError, ConfigError, UserError
 from chunklm.run import workdir as layout
 from chunklm.run.workdir import RunDir
+from chunklm.storage.objects import filesystem
 from chunklm.storage.paths import is_remote, location
 
 Kind = Literal["lm", "params", "classifier", "mrt5", "comparison", "new", "other"]
@@ -60,18 +61,35 @@ RUN_FILES = (
 def kind_of(path: str | os.PathLike) -> Kind:
   """The kind of run `path` holds (see the module docstring)."""
   where = location(path)
-  if not where.exists():
-    return "new"
-  if not where.is_dir():
-    return "other"
+  names = _entries(where)
+  if names is None:
+    return "other"  # a file
   run = RunDir(where)
-  if run.classifier.exists():
+  if layout.CLASSIFIER in names:
     return "classifier"
-  if run.config.is_file():
+  if layout.CONFIG in names:
     return _config_kind(run)
-  if (where / "summary.json").is_file() and (where / "report.md").is_file():
+  if {"summary.json", "report.md"} <= names:
     return "comparison"
-  return "new" if not any(where.iterdir()) else "other"
+  return "other" if names else "new"
+
+
+def _entries(where: epath.Path) -> set[str] | None:
+  """The names directly inside `where` (empty when nothing is there), or None for a file. In a bucket, one fresh
+  listing of the prefix: folders are only prefixes there, and a cached listing may predate another process's
+  writes."""
+  if is_remote(where):
+    fs, rest = filesystem(where)
+    fs.invalidate_cache(rest)
+    try:
+      return {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(rest, detail=False) if name.rstrip("/") != rest}
+    except FileNotFoundError:
+      return set()
+  if not where.exists():
+    return set()
+  if not where.is_dir():
+    return None
+  return {p.name for p in where.iterdir()}
 
 
 def _config_kind(run: RunDir) -> Kind:
@@ -100,14 +118,13 @@ def require(path: str | os.PathLike, accepted: tuple[Kind, ...], flag: str, want
   if kind in accepted:
     return kind
   where = location(path)
-  if kind == "new" and not where.exists():
-    what = "does not exist"
-  elif kind == "other" and where.exists() and not where.is_dir():
+  local = not is_remote(where)
+  if kind == "new":
+    what = "is an empty directory" if local and where.exists() else "does not exist"
+  elif kind == "other" and _entries(where) is None:
     what = "is a file, not a run directory"
   elif kind == "other":
     what = f"is not a run (no {layout.CONFIG} of a chunklm run)"
-  elif kind == "new":
-    what = "is an empty directory"
   else:
     what = f"is {DESCRIBED[kind]}"
   raise CheckpointError(f"{flag} {path} {what}; {wants}{'; ' + hint if hint else ''}")
@@ -137,9 +154,10 @@ def require_new_or(path: str | os.PathLike, same: tuple[Kind, ...], flag: str, c
 def require_empty(path: str | os.PathLike, flag: str, what: str) -> None:
   """A directory that does not exist or is empty (import, convert and classify outputs)."""
   where = location(path)
-  if where.exists() and not where.is_dir():
+  names = _entries(where)
+  if names is None:
     raise UserError(f"{flag} {path} is a file; {what} needs a new or empty directory")
-  if where.exists() and any(where.iterdir()):
+  if names:
     kind = kind_of(where)
     held = f"it holds {DESCRIBED[kind]}" if kind not in ("other", "new") else "it is not empty"
     raise UserError(f"{flag} {path}: {held}; {what} needs a new or empty directory, nothing was written")
@@ -157,8 +175,8 @@ def check_output(path: str | os.PathLike, flag: str) -> None:
         "(a read-only file system, or no rights there)"
       )
   for parent in list(where.parents)[:4]:  # a run's deepest files: checkpoints/<step>/<item>/<file>
-    if parent.name == "":
-      break
+    if parent.name == "" or (is_remote(parent) and "/" not in os.fspath(parent).partition("://")[2]):
+      break  # the root, or a bucket's
     if kind_of(parent) in ("lm", "params", "classifier", "mrt5"):
       inside = where.relative_to(parent).parts
       if inside and inside[0] in RUN_FILES:
