@@ -164,4 +164,4 @@ def load(workdir: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Mo
     raise InputTypeError(f"load: overrides must be a list of 'KEY=VALUE' strings, got {type(overrides).__name__}")
   if not all(isinstance(o, str) for o in overrides):
     raise InputTypeError("load: overrides must be a list of 'KEY=VALUE' strings")
-  return Model(open_run(workdir, tuple(overrides), log=lambda *a, **k: None))
+  return Model(open_run(workdir, tuple(overrides), log=lambda *a, **k: None, flag="chunklm.load:"))
