@@ -28,7 +28,7 @@ from chunklm.data.corpus import Documents
 from chunklm.errors import UserError
 from chunklm.eval.boundaries import picture, text_routing
 from chunklm.eval.bpb import make_eval_step
-from chunklm.eval.generate import ArgumentTypeError, check_sampling, generate_run, stop_list
+from chunklm.eval.generate import ArgumentTypeError, checked_generate
 from chunklm.eval.run_eval import score_documents
 from chunklm.run.trained import TrainedRun, open_run
 
@@ -103,24 +103,17 @@ class Model:
     of them (a continuation ends before the first to occur); it also ends at the model's end-of-sequence id (a BPE
     tokenizer's EOS, 0xFF for a converted official H-Net) unless `stop_at_eos` is False. A prompt may have up to
     data.seq_len - 1 bytes (tokens)."""
-    single = isinstance(prompts, (str, bytes, bytearray))
-    items = [_as_bytes(p, "generate") for p in ([prompts] if single else _as_list(prompts, "generate"))]
-    check_sampling(max_bytes=max_bytes, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    stops = stop_list(stop, "generate: stop")
-    if not isinstance(stop_at_eos, bool):
-      raise InputTypeError(f"generate: stop_at_eos must be True or False, got {stop_at_eos!r}")
-    out = generate_run(
+    return checked_generate(
       self.run,
-      items,
+      prompts,
       max_bytes=max_bytes,
       temperature=temperature,
       top_k=top_k,
       top_p=top_p,
-      stop=stops,
+      stop=stop,
       seed=seed,
       stop_at_eos=stop_at_eos,
     )
-    return out[0] if single else out
 
   def boundaries(self, text: str | bytes) -> Boundaries:
     """Where each stage of an H-Net starts its chunks in `text` (one document, up to data.seq_len - 1 bytes)."""

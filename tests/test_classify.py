@@ -124,6 +124,7 @@ def test_pooled_features_are_the_models_states(layout):
       np.testing.assert_allclose(feats[b], want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # CI budget: two classifier trainings end to end (~30 s); run by .ci/run
 def test_classify_train_eval_predict_from_scratch_and_fine_tuned(tmp_path, capsys):
   write_task(tmp_path / "train.jsonl", 96, 0)
   write_task(tmp_path / "test.jsonl", 40, 1)

@@ -301,7 +301,9 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path, monkey
   assert Checkpointer(tmp_path / "checkpoints", read_only=True).steps() == [1]
 
 
-@pytest.mark.parametrize("moment", ["training", "save"])
+@pytest.mark.parametrize(
+  "moment", [pytest.param("training", marks=pytest.mark.slow), "save"]
+)  # CI budget: the kill while training runs in .ci/run (the bucket's twin too); the kill while saving stays here
 def test_kill_9_loses_no_committed_checkpoint_and_resume_matches_the_straight_run(
   moment, trained, tmp_path, corpus_dir_module
 ):

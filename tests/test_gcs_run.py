@@ -62,6 +62,7 @@ def straight(bucket):
   return url
 
 
+@pytest.mark.slow  # CI budget: two killed children and resumes (~40 s); .ci/run runs the slow tests of this file
 @pytest.mark.parametrize("moment", ["training", "save"])
 def test_kill_9_in_the_bucket_and_resume_matches_the_straight_run(moment, bucket, straight):
   url, data = f"gs://{bucket}/killed-{moment}", f"gs://{bucket}/corpus"

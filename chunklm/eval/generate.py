@@ -314,9 +314,26 @@ def generate_run(
   )
 
 
-def generate_from_workdir(
-  workdir,
-  prompts: str | bytes | list,
+def _prompts(prompts) -> tuple[list[bytes], bool]:
+  """(prompts as bytes, whether one was given rather than a list); a wrong type is one line."""
+  single = isinstance(prompts, (str, bytes, bytearray))
+  given = [prompts] if single else prompts
+  if not isinstance(given, (list, tuple)) or not all(isinstance(p, (str, bytes, bytearray)) for p in given):
+    raise ArgumentTypeError(f"generate: expected str, bytes or a list of them, got {type(prompts).__name__}")
+  return [p.encode() if isinstance(p, str) else bytes(p) for p in given], single
+
+
+def checked_generate(run, prompts: str | bytes | list, **settings):
+  """`generate_run` for the public entry points (`chunklm generate`, `chunklm.generate`, `Model.generate`): one
+  prompt in, one continuation out (bytes), or a list for a list; every argument's type and value checked first,
+  each a one-line UserError. `settings`: max_bytes, temperature, top_k, top_p, stop (a string or a list of them),
+  seed, stop_at_eos."""
+  items, single = _prompts(prompts)
+  out = generate_run(run, items, **_checked_settings(**settings))
+  return out[0] if single else out
+
+
+def _checked_settings(
   *,
   max_bytes: int = 200,
   temperature: float = 0.8,
@@ -325,27 +342,25 @@ def generate_from_workdir(
   stop=(),
   seed: int = 0,
   stop_at_eos: bool = True,
-  overrides: tuple[str, ...] = (),
-):
-  """`chunklm.generate`: continuations from a trained run's newest checkpoint; one prompt in, one out (bytes).
-  `stop`: a string or a list of them; the settings are checked before the run is read."""
+) -> dict:
   check_sampling(max_bytes=max_bytes, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-  single = isinstance(prompts, (str, bytes, bytearray))
-  given = [prompts] if single else prompts
-  if not isinstance(given, (list, tuple)) or not all(isinstance(p, (str, bytes, bytearray)) for p in given):
-    raise ArgumentTypeError(f"generate: expected str, bytes or a list of them, got {type(prompts).__name__}")
-  items = [p.encode() if isinstance(p, str) else bytes(p) for p in given]
-  stops = stop_list(stop, "generate: stop")
-  run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
-  out = generate_run(
-    run,
-    items,
+  if not isinstance(stop_at_eos, bool):
+    raise ArgumentTypeError(f"generate: stop_at_eos must be True or False, got {stop_at_eos!r}")
+  return dict(
     max_bytes=max_bytes,
     temperature=temperature,
     top_k=top_k,
     top_p=top_p,
-    stop=stops,
+    stop=stop_list(stop, "generate: stop"),
     seed=seed,
     stop_at_eos=stop_at_eos,
   )
-  return out[0] if single else out
+
+
+def generate_from_workdir(workdir, prompts: str | bytes | list, *, overrides: tuple[str, ...] = (), **settings):
+  """`chunklm.generate`: `checked_generate` on a trained run's newest checkpoint; the prompts and settings are
+  checked before the run is read."""
+  _prompts(prompts)
+  _checked_settings(**settings)
+  run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
+  return checked_generate(run, prompts, **settings)
