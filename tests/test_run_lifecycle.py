@@ -18,6 +18,7 @@ from chunklm.run.trained import open_run
 from chunklm.seq2seq.trainer import load_mrt5_config, train_mrt5
 from chunklm.train import trainer
 from conftest import killed_child, tiny_config, write_corpus
+from test_mrt5_train import TINY as MRT5_TINY
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 
@@ -101,24 +102,10 @@ def test_a_checkpoint_pruned_while_it_is_read_is_not_damage(source, tmp_path, mo
   assert (step, pruned, warnings) == (3, [2], [])
 
 
-MRT5_TINY = [
-  "mrt5.d_model=32",
-  "mrt5.n_heads=2",
-  "mrt5.enc_layers=3",
-  "mrt5.gate_layer=1",
-  "mrt5.dec_layers=1",
-  "data.seq_len=48",
-  "data.min_doc_bytes=4",
-  "seq2seq.target_len=20",
-  "train.batch_size=4",
-  "train.checkpoint_every=2",
-]
-
-
 @pytest.mark.slow  # CI budget: two short MrT5 trainings (~30 s on 2 cores); run by .ci/run
 def test_an_mrt5_resume_follows_the_resume_rule(corpus, tmp_path):
   def cfg(*extra):
-    return load_mrt5_config("mrt5_tiny", [*MRT5_TINY, f"data.sources=[{corpus}]", *extra])
+    return load_mrt5_config("mrt5_tiny", [*MRT5_TINY, "train.checkpoint_every=2", f"data.sources=[{corpus}]", *extra])
 
   run = tmp_path / "mrt5"
   train_mrt5(cfg("train.steps=2"), run, **QUIET)
