@@ -183,3 +183,11 @@ def test_a_run_on_a_read_only_mount_is_one_line_for_every_writer(read_only_run, 
     assert main(args) == 2, args
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_damaged_config_is_named_not_called_not_a_run(tmp_path, capsys):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.yaml").write_text("model: [unclosed\n")
+  assert main(["eval", "--workdir", str(run)]) == 2
+  assert f"invalid YAML in {run / 'config.yaml'} (line 2" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from typing import Literal
 from etils import epath
 
 from chunklm.config import read_yaml
-from chunklm.errors import CheckpointError, ConfigError, UserError
+from chunklm.errors import CheckpointError, UserError
 from chunklm.run import workdir as layout
 from chunklm.run.workdir import RunDir
 from chunklm.storage.objects import filesystem
@@ -93,17 +93,13 @@ def _entries(where: epath.Path) -> set[str] | None:
 
 
 def _config_kind(run: RunDir) -> Kind:
-  try:
-    with run.config.open("r") as f:
-      first = f.readline()
-  except (OSError, UnicodeDecodeError):
-    return "other"
-  if first.startswith(CLASSIFIER_HEADER):
+  """The kind of a directory holding config.yaml; a config.yaml that cannot be read is its own one-line error
+  (invalid YAML, over the size allowed: config/untrusted.py), not "not a run"."""
+  with run.config.open("rb") as f:
+    first = f.readline(len(CLASSIFIER_HEADER) + 1)
+  if first.startswith(CLASSIFIER_HEADER.encode()):
     return "classifier"  # killed before it wrote classify.json
-  try:
-    sections = read_yaml(run.config)
-  except ConfigError:
-    return "other"
+  sections = read_yaml(run.config)
   if "mrt5" in sections:
     return "mrt5"
   if "model" not in sections:
