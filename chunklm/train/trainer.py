@@ -80,7 +80,7 @@ def train(
 ) -> TrainResult:
   """Trains (or resumes) the run in `workdir`, holding its lock throughout (process 0 of a multi-host run)."""
   run = RunDir(workdir)
-  if cfg.train.init_from:
+  if cfg.train.init_from and not run.has_checkpoints():  # a resume reads its own checkpoints, not the source
     check_source(cfg.train.init_from)
   if require_new_or(run.path, ("lm", "params"), "--workdir", "chunklm train") == "params":
     refuse_resume(run.path)  # parameters only: fine-tuned with --init-from (before the lock: nothing is written)
