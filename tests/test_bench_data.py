@@ -63,6 +63,7 @@ def test_make_shards_refuses_a_directory_with_shards(shards):
   assert done.returncode == 2 and "already holds shards" in done.stderr
 
 
+@pytest.mark.slow  # CI budget (the default suite measured 16:26 on a clean clone); .ci/run runs it
 def test_bench_data_reports_start_up_figures(shards, tmp_path, capsys):
   figures_json = tmp_path / "data.json"
   root = tmp_path / "runs"

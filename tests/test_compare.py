@@ -365,6 +365,7 @@ def test_sweep_command_line_errors(tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # CI budget (the default suite measured 16:26 on a clean clone); .ci/run runs it
 def test_sweep_over_seeds_end_to_end(tmp_path, corpus_dir, capsys):
   models = [
     {"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},
@@ -404,6 +405,7 @@ def test_sweep_over_seeds_end_to_end(tmp_path, corpus_dir, capsys):
   assert main(args) == 0 and capsys.readouterr().out.count("reused") == 2
 
 
+@pytest.mark.slow  # CI budget (the default suite measured 16:26 on a clean clone); .ci/run runs it
 def test_budget_sweep_end_to_end(tmp_path, corpus_dir):
   models = [
     {"name": "t", "config": "byte_transformer_tiny", "set": SMALL + ["model.d_model=16"]},

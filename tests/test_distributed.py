@@ -71,6 +71,7 @@ def test_two_processes_train_like_one(tmp_path, corpus_dir):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p2)
 
 
+@pytest.mark.slow  # CI budget (the default suite measured 16:26 on a clean clone); .ci/run runs it
 @pytest.mark.multiprocess
 def test_two_processes_write_one_metrics_file_and_one_log(tmp_path, corpus_dir):
   """One writer per run: process 0 writes metrics.jsonl (each record once, in step order) and prints the run's

@@ -142,6 +142,7 @@ def hnet_run(bucket):
   return url
 
 
+@pytest.mark.slow  # CI budget (the default suite measured 16:26 on a clean clone); .ci/run runs it
 def test_the_commands_that_read_a_run_take_its_url(bucket, hnet_run, capsys):
   assert Checkpointer(f"{hnet_run}/checkpoints", read_only=True).steps() == [5, 10]
   assert main(["eval", "--workdir", hnet_run, "--json", f"{hnet_run}-eval.json"]) == 0

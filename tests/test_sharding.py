@@ -108,6 +108,7 @@ def _equivalent(cases: list[str]) -> None:
     assert r["max_param_diff"] < 1e-4, case
 
 
+@pytest.mark.slow  # CI budget (the default suite measured 16:26 on a clean clone); .ci/run runs it
 def test_pallas_chunk_ops_run_per_shard_under_a_mesh_and_match():
   proc = subprocess.run(
     [sys.executable, str(EQUIVALENCE), "ops:interpret"], capture_output=True, text=True, timeout=900
