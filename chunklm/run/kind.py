@@ -96,8 +96,8 @@ def _config_kind(run: RunDir) -> Kind:
   """The kind of a directory holding config.yaml; a config.yaml that cannot be read is its own one-line error
   (invalid YAML, over the size allowed: config/untrusted.py), not "not a run"."""
   with run.config.open("rb") as f:
-    first = f.readline(len(CLASSIFIER_HEADER) + 1)
-  if first.startswith(CLASSIFIER_HEADER.encode()):
+    first = f.read(len(CLASSIFIER_HEADER))
+  if first == CLASSIFIER_HEADER.encode():
     return "classifier"  # killed before it wrote classify.json
   sections = read_yaml(run.config)
   if "mrt5" in sections:
