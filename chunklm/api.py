@@ -10,7 +10,9 @@
     m.config, m.params, m.step                     # the resolved config, the parameter pytree, its step
 
 Everything runs at evaluation capacity (nothing dropped), on the default device, as `chunklm eval`, `generate` and
-`boundaries` do; `overrides` are the settings that may change after training (e.g. kernels.impl=xla).
+`boundaries` do; `overrides` are the settings that may change after training (e.g. kernels.impl=xla). The scoring
+calls (`logprobs`, `loglikelihood`, `loglikelihood_rolling`) make one forward pass per request, batched across
+requests (chunklm/eval/scoring.py); they are what the lm-evaluation-harness adapter calls.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from chunklm.eval.boundaries import picture, text_routing
 from chunklm.eval.bpb import make_eval_step
 from chunklm.eval.generate import ArgumentTypeError, checked_generate
 from chunklm.eval.run_eval import score_documents
+from chunklm.eval.scoring import Scorer
 from chunklm.run.trained import TrainedRun, open_run
 
 
@@ -54,6 +57,7 @@ class Model:
   def __init__(self, run: TrainedRun):
     self.run = run
     self._eval_step = None
+    self._scorer: Scorer | None = None
 
   @property
   def config(self) -> Config:
@@ -115,6 +119,44 @@ class Model:
       stop_at_eos=stop_at_eos,
     )
 
+  def scorer(self, batch_size: int = 32) -> Scorer:
+    """The scorer of this model with `batch_size` rows per forward pass (kept while the batch size stays)."""
+    if self._scorer is None or self._scorer.batch_size != batch_size:
+      self._scorer = Scorer(self.run, _positive(batch_size, "batch_size"))
+    return self._scorer
+
+  def logprobs(self, text: str | bytes, *, stride: int | None = None) -> np.ndarray:
+    """The natural-log probability of each byte of `text` (read as one document from its start) given the bytes
+    before it: one float64 per byte. A token model's token log-probability sits on the token's last byte (0 on its
+    others), so sums over token-aligned spans, and the total, are exact. Texts longer than the window are read in
+    rolling windows `stride` units apart (default data.seq_len: no overlap, as `chunklm eval`)."""
+    data = _as_bytes(text, "logprobs")
+    scorer = self.scorer()
+    per_unit, unit_bytes = scorer.unit_logprobs(data, stride)
+    out = np.zeros(len(data), np.float64)
+    out[np.cumsum(unit_bytes) - 1] = per_unit
+    return out
+
+  def loglikelihood(self, requests: list, *, batch_size: int = 32) -> list[tuple[float, bool]]:
+    """For each (context, continuation) pair: the log-probability of the continuation given the context, and
+    whether greedy decoding would produce it; one forward pass per pair, `batch_size` pairs per pass."""
+    pairs = []
+    if isinstance(requests, (str, bytes, bytearray)):
+      raise InputTypeError("loglikelihood: expected a list of (context, continuation) pairs, got one text")
+    for item in _as_list(requests, "loglikelihood"):
+      if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise InputTypeError("loglikelihood: expected a list of (context, continuation) pairs")
+      pairs.append((_as_bytes(item[0], "loglikelihood"), _as_bytes(item[1], "loglikelihood")))
+    return self.scorer(batch_size).loglikelihood(pairs)
+
+  def loglikelihood_rolling(self, texts: list, *, stride: int | None = None, batch_size: int = 32) -> list[float]:
+    """The log-probability of each whole text from its start, in rolling windows `stride` units apart (default
+    data.seq_len; a smaller stride gives each prediction more context), `batch_size` windows per pass."""
+    if isinstance(texts, (str, bytes, bytearray)):
+      raise InputTypeError("loglikelihood_rolling: expected a list of texts, got one text (put it in a list)")
+    items = [_as_bytes(t, "loglikelihood_rolling") for t in _as_list(texts, "loglikelihood_rolling")]
+    return self.scorer(batch_size).rolling(items, stride)
+
   def boundaries(self, text: str | bytes) -> Boundaries:
     """Where each stage of an H-Net starts its chunks in `text` (one document, up to data.seq_len - 1 bytes)."""
     stages = self.config.model.num_stages
@@ -139,6 +181,12 @@ def _as_bytes(value, what: str) -> bytes:
   if isinstance(value, (bytes, bytearray)):
     return bytes(value)
   raise InputTypeError(f"{what}: expected str or bytes, got {type(value).__name__}")
+
+
+def _positive(value, what: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise InputTypeError(f"{what} must be a positive int, got {value!r}")
+  return int(value)
 
 
 def _as_list(values, what: str) -> list:
