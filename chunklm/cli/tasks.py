@@ -1,0 +1,36 @@
+"""`chunklm tasks make`: offline lm-evaluation-harness task folders from a text (`chunklm.eval.task_files`)."""
+
+from __future__ import annotations
+
+from chunklm.eval.perturb import PERTURBATIONS
+from chunklm.eval.task_files import DEFAULT_STRENGTHS, make_tasks
+
+
+def _names(value: str) -> list[str]:
+  return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def make(args) -> int:
+  summary = make_tasks(
+    args.text,
+    args.out,
+    families=_names(args.families),
+    n=args.n,
+    seed=args.seed,
+    strengths=args.strength or list(DEFAULT_STRENGTHS),
+    perturbations=list(PERTURBATIONS) if args.perturbations == "all" else _names(args.perturbations),
+    noisy_choices=args.noisy_choices,
+    noisy_on=_names(args.noisy_on),
+    context_bytes=args.context_bytes,
+    continuation_bytes=args.continuation_bytes,
+    progress=not args.no_progress,
+  )
+  tasks = summary["tasks"]
+  print(f"wrote {len(tasks)} tasks ({sum(tasks.values()):,} items) to {summary['folder']}")
+  for group, members in summary["groups"].items():
+    print(f"  {group}: {len(members)} tasks, {sum(tasks[t] for t in members):,} items")
+  for task in summary["run"]:
+    if task in tasks:
+      print(f"  {task}: {tasks[task]:,} items")
+  print(f"run: lm_eval --model ... --include_path {summary['folder']} --tasks {','.join(summary['run'])}")
+  return 0

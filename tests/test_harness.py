@@ -1,0 +1,143 @@
+"""The lm-evaluation-harness adapter (chunklm/eval/harness.py) on the harness itself: local task YAMLs of its three
+request types (multiple choice, rolling loglikelihood, generation) run through `lm_eval.simple_evaluate` on an
+H-Net, a byte and a BPE Transformer, and the harness's figures equal what the model's own calls give; `chunklm
+lm-eval` runs the same task on all three from one command and writes the results into each run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from chunklm.cli import main
+from chunklm.errors import UserError
+from tiny_models import make_models, text_of
+
+lm_eval = pytest.importorskip("lm_eval")
+from lm_eval import evaluator  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from chunklm.eval.harness import ChunkLM  # noqa: E402
+from chunklm.eval.harness_run import interval95  # noqa: E402
+
+CHOICES = ["cat", "dog", "tree", "mat"]
+
+
+def _task(folder, name: str, rows: list[dict], body: str) -> None:
+  data = folder / f"{name}.jsonl"
+  data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (folder / f"{name}.yaml").write_text(
+    f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+    f"  cache_dir: {folder / 'hf_cache'}\ntest_split: test\n{body}metadata:\n  version: 1\n"
+  )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("harness")
+  tasks = root / "tasks"
+  tasks.mkdir()
+  rng = np.random.default_rng(0)
+  choice_rows = [
+    {"query": text_of(5, s).rstrip(".\n"), "choices": CHOICES, "gold": int(rng.integers(4))} for s in range(8)
+  ]
+  _task(
+    tasks,
+    "t_choice",
+    choice_rows,
+    'output_type: multiple_choice\ndoc_to_text: "{{query}}"\ndoc_to_choice: "{{choices}}"\n'
+    'doc_to_target: "{{gold}}"\nmetric_list:\n  - metric: acc\n',
+  )
+  page_rows = [{"page": text_of(n, s)} for s, n in ((1, 4), (2, 30), (3, 70))]  # 1 to 5 windows
+  _task(
+    tasks,
+    "t_rolling",
+    page_rows,
+    'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{page}}"\n'
+    "metric_list:\n  - metric: bits_per_byte\n",
+  )
+  gen_rows = [{"query": text_of(4, s).rstrip(".\n"), "answer": " the"} for s in range(4)]
+  _task(
+    tasks,
+    "t_generate",
+    gen_rows,
+    'output_type: generate_until\ndoc_to_text: "{{query}}"\ndoc_to_target: "{{answer}}"\n'
+    'generation_kwargs:\n  until: ["\\n", " "]\n  max_gen_toks: 6\n  do_sample: false\n'
+    "metric_list:\n  - metric: exact_match\n",
+  )
+  return make_models(root), tasks, {"choice": choice_rows, "page": page_rows, "gen": gen_rows}
+
+
+# CI budget: the H-Net and BPE cases and the command on every kind are slow tests that .ci/run runs
+@pytest.mark.parametrize(
+  "kind", [pytest.param("hnet", marks=pytest.mark.slow), "bytes", pytest.param("bpe", marks=pytest.mark.slow)]
+)
+def test_the_harness_figures_are_the_models_own(setup, kind):
+  models, tasks, rows = setup
+  m = models[kind]
+  lm = ChunkLM(run=m.run, batch_size=4, progress=False)
+  out = evaluator.simple_evaluate(
+    model=lm,
+    tasks=["t_choice", "t_rolling", "t_generate"],
+    task_manager=TaskManager(include_path=str(tasks)),
+    log_samples=True,
+    bootstrap_iters=0,
+  )
+  res = out["results"]
+  # multiple choice: the harness's accuracy is the argmax of the model's own loglikelihoods (context, " choice")
+  picks = [
+    int(np.argmax([ll for ll, _ in m.loglikelihood([(r["query"], " " + c) for c in CHOICES])])) for r in rows["choice"]
+  ]
+  assert res["t_choice"]["acc,none"] == pytest.approx(np.mean([p == r["gold"] for p, r in zip(picks, rows["choice"])]))
+  # rolling: bits per byte over the pages, from the model's own whole-text log-probabilities
+  texts = [r["page"] for r in rows["page"]]
+  total = sum(m.loglikelihood_rolling(texts))
+  n_bytes = sum(len(t.encode()) for t in texts)
+  assert res["t_rolling"]["bits_per_byte,none"] == pytest.approx(-total / n_bytes / math.log(2), rel=1e-5)
+  # generation: greedy, cut at the first stop string, at most max_gen_toks bytes
+  samples = out["samples"]["t_generate"]
+  for s, r in zip(sorted(samples, key=lambda s: s["doc_id"]), rows["gen"]):
+    (got,) = s["resps"][0]
+    raw = m.generate(r["query"], max_bytes=6, temperature=0.0, stop=["\n", " "])
+    assert got == raw.decode("utf-8", errors="replace") and len(raw) <= 6 and b"\n" not in raw and b" " not in raw
+
+
+@pytest.mark.slow
+def test_lm_eval_runs_one_task_on_every_model_kind_and_writes_into_the_run(setup, capsys, tmp_path):
+  models, tasks, rows = setup
+  for kind, m in models.items():
+    out = tmp_path / f"{kind}.json"
+    args = ["lm-eval", "--workdir", str(m.run.workdir), "--tasks", "t_choice", "--include-path", str(tasks)]
+    assert main([*args, "--limit", "4", "--batch-size", "2", "--no-progress", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "t_choice" in printed and "acc" in printed and "95 % interval" in printed
+    written = json.loads(out.read_text())
+    saved = sorted((m.run.workdir / "lm_eval").glob("results_*.json"))
+    assert saved and json.loads(saved[-1].read_text())["results"] == written["results"]
+    assert written["chunklm"]["kind"] == m.run.kind and written["results"]["t_choice"]["acc,none"] in (
+      0,
+      0.25,
+      0.5,
+      0.75,
+      1,
+    )
+    [row] = interval95(written)
+    assert row["low"] <= row["value"] <= row["high"]
+
+
+def test_bad_harness_input_is_one_line(setup, capsys):
+  models, tasks, _ = setup
+  run = str(models["bytes"].run.workdir)
+  for extra, message in (
+    (["--tasks", "no_such_task", "--include-path", str(tasks)], "the harness knows no task or group no_such_task"),
+    (["--tasks", "t_choice", "--include-path", str(tasks / "missing")], "not a folder of task YAML files"),
+    (["--tasks", " , ", "--include-path", str(tasks)], "name at least one harness task"),
+    (["--tasks", "t_choice", "--include-path", str(tasks), "--batch-size", "0"], "batch_size must be a positive int"),
+  ):
+    assert main(["lm-eval", "--workdir", run, *extra, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+  with pytest.raises(UserError, match="give a run directory"):
+    ChunkLM()
