@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "chunklm"
 MAX_LINES = 400
-OPTIONAL_EXTRAS = {"torch", "libtpu"}  # may be imported where used, with a comment saying why
+OPTIONAL_EXTRAS = {"torch", "libtpu", "lm_eval"}  # may be imported where used, with a comment saying why
 STARTUP_DEFERRED = {
   "__init__.py": {"chunklm.eval.generate", "chunklm.api"},
   "cli/__init__.py": {"chunklm.cli.commands"},

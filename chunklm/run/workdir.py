@@ -41,6 +41,7 @@ EVAL = "eval.json"
 CLASSIFIER = "classify.json"
 ORIGIN = "origin.json"
 LOCK = ".lock"
+LM_EVAL = "lm_eval"  # the harness's results JSON of each `chunklm lm-eval`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +103,10 @@ class RunDir:
   @property
   def origin(self) -> epath.Path:
     return self.path / ORIGIN
+
+  @property
+  def lm_eval(self) -> epath.Path:
+    return self.path / LM_EVAL
 
   @property
   def lock(self) -> epath.Path:
