@@ -5,6 +5,7 @@ pass per request; greedy generation gives is_greedy; batching changes nothing bu
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -124,3 +125,20 @@ def test_bad_requests_are_one_line(models):
       call()
     assert "\n" not in str(e.value)
   assert m.loglikelihood_rolling([""]) == [0.0] and m.logprobs("").shape == (0,)
+
+
+def test_bench_score_counts_passes_and_batching_changes_no_figure(models, tmp_path, capsys):
+  from chunklm.cli import main
+
+  text = tmp_path / "t.txt"
+  text.write_text("".join(text_of(30, s) for s in range(20)))
+  out = tmp_path / "b.json"
+  run = str(models["bytes"].run.workdir)
+  args = ["bench", "score", "--workdir", run, "--batch", "1,4", "--requests", "8", "--repeats", "1"]
+  assert (
+    main([*args, "--context-bytes", "30", "--continuation-bytes", "6", "--data", str(text), "--json", str(out)]) == 0
+  )
+  assert "| requests/s |" in capsys.readouterr().out
+  rows = json.loads(out.read_text())
+  assert [r["forward_passes"] for r in rows] == [8, 2] and rows[1]["max_abs_difference"] < 1e-4
+  assert main([*args, "--requests", "0"]) == 2 and "must be positive" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`chunklm bench train | generate | kernels | capacity | compile | data | cap`: check the flags, measure (`chunklm.bench`),
+"""`chunklm bench train | generate | score | kernels | capacity | compile | data | cap`: check the flags, measure (`chunklm.bench`),
 write the figures as JSON on request (each benchmark prints its own table)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from chunklm.bench.compile import bench_compile
 from chunklm.bench.data import bench_data
 from chunklm.bench.generate import bench_generate
 from chunklm.bench.kernels import bench_kernels
+from chunklm.bench.scoring import bench_score
 from chunklm.bench.train import bench_train
 from chunklm.cli.options import comma_ints, config_overrides
 from chunklm.cli.output import write_json
@@ -46,6 +47,29 @@ def generate(args) -> int:
       args.top_p,
       args.seed,
       tuple(args.overrides),
+    ),
+  )
+  return 0
+
+
+def score(args) -> int:
+  sizes = comma_ints(args.batch, "--batch")
+  if min(sizes) <= 0 or args.requests <= 0 or args.repeats <= 0:
+    raise UserError("--batch sizes, --requests and --repeats must be positive")
+  if args.context_bytes < 0 or args.continuation_bytes <= 0:
+    raise UserError("--context-bytes must be >= 0 and --continuation-bytes > 0")
+  write_json(
+    args.json,
+    bench_score(
+      [location(w, "--workdir") for w in args.workdir],
+      sizes,
+      n_requests=args.requests,
+      context_bytes=args.context_bytes,
+      continuation_bytes=args.continuation_bytes,
+      repeats=args.repeats,
+      paths=tuple(args.data),
+      seed=args.seed,
+      overrides=tuple(args.overrides),
     ),
   )
   return 0

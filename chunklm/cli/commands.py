@@ -49,6 +49,7 @@ COMMANDS = {
   "mrt5 compare": mrt5.compare,
   "bench train": bench.train,
   "bench generate": bench.generate,
+  "bench score": bench.score,
   "bench kernels": bench.kernels,
   "bench capacity": bench.capacity,
   "bench compile": bench.compile_tpu,

@@ -8,11 +8,20 @@ from chunklm.cli import options
 def add(sub) -> None:
   p = sub.add_parser(
     "bench",
-    help="benchmarks (training throughput, generation, chunk-op kernels)",
+    help="benchmarks (training throughput, generation, scoring, chunk-op kernels)",
     description="Benchmarks that print measured figures with the machine they ran on.",
   )
   bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
-  for add_one in (_add_train, _add_generate, _add_kernels, _add_capacity, _add_compile, _add_data, _add_cap):
+  for add_one in (
+    _add_train,
+    _add_generate,
+    _add_score,
+    _add_kernels,
+    _add_capacity,
+    _add_compile,
+    _add_data,
+    _add_cap,
+  ):
     add_one(bsub)
 
 
@@ -52,6 +61,28 @@ def _add_generate(bsub) -> None:
   b.add_argument("--top-p", type=float, default=0.95, help="nucleus mass; 1 = no nucleus sort (default: %(default)s)")
   options.add_seed(b, "sampling")
   options.add_run_overrides(b)
+  options.add_output(b)
+
+
+def _add_score(bsub) -> None:
+  b = bsub.add_parser(
+    "score",
+    help="scored requests/s of trained runs (what lm-eval spends its time in), one per pass vs batched",
+    description="Score --requests harness-shaped loglikelihood requests (a context and a continuation cut from "
+    "the run's validation split or --data) with each run at each batch size, back to back; report requests per "
+    "second (median of --repeats, after a compile pass), forward passes, the speed-up over the first batch size "
+    "and the largest difference from its figures.",
+  )
+  b.set_defaults(body="bench score")
+  options.add_workdir(b, "a trained run (repeatable)", repeatable=True)
+  b.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default: %(default)s)")
+  b.add_argument("--requests", type=int, default=256, help="requests per pass (default: %(default)s)")
+  b.add_argument("--context-bytes", type=int, default=200, help="bytes of each context (default: %(default)s)")
+  b.add_argument("--continuation-bytes", type=int, default=40, help="bytes of each continuation (default: %(default)s)")
+  b.add_argument("--repeats", type=int, default=3, help="timed passes (default: %(default)s)")
+  options.add_seed(b, "request sampling")
+  options.add_run_overrides(b)
+  options.add_data(b, "text to cut requests from (default: the first run's validation split)", valid=False)
   options.add_output(b)
 
 
