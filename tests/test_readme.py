@@ -109,6 +109,9 @@ FAST = {
   "report": ["--samples", "1"],
   "bench train": ["--steps", "1", "--warmup", "0"],
   "bench generate": ["--units", "4", "--repeats", "1"],
+  "bench score": ["--requests", "32", "--repeats", "1"],
+  "tasks make": ["--n", "8", "--no-progress"],
+  "lm-eval": ["--limit", "4", "--no-progress"],
   "bench kernels": ["--no-step", "--repeats", "1", "--warmup", "0", "--dtype", "float32"],
   "bench capacity": ["--max-bytes", "8192"],
   "classify train": ["--steps", "2", "--eval-every", "2", "--seq-len", "64", "--no-progress"],
@@ -119,7 +122,7 @@ FAST = {
 
 
 def _key(words: list[str]) -> str:
-  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer", "classify", "mrt5", "data") else words[0]
+  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer", "classify", "mrt5", "data", "tasks") else words[0]
 
 
 def promised_files(words: list[str]) -> list[Path]:
@@ -146,6 +149,10 @@ def promised_files(words: list[str]) -> list[Path]:
     return [Path(args.out) / "classify.json", Path(args.out) / "confusion.png"]
   if key == "classify eval":
     return [Path(args.plot)]
+  if key == "tasks make":
+    return [Path(args.out) / "README.md", Path(args.out) / "cloze"]
+  if key == "lm-eval":
+    return [Path(args.workdir) / "lm_eval"]
   return []
 
 
