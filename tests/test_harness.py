@@ -17,6 +17,7 @@ from tiny_models import make_models, text_of
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval import evaluator  # noqa: E402
+from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from chunklm.eval.harness import ChunkLM  # noqa: E402
@@ -141,3 +142,10 @@ def test_bad_harness_input_is_one_line(setup, capsys):
     assert message in err and len(err.splitlines()) == 1, err
   with pytest.raises(UserError, match="give a run directory"):
     ChunkLM()
+
+
+def test_the_harness_finds_the_adapter_by_name(setup):
+  """`--model chunklm --model_args workdir=RUN,batch_size=4`: the registry and the harness's argument string."""
+  run = setup[0]["bytes"].run.workdir
+  lm = get_model("chunklm").create_from_arg_string(f"workdir={run},batch_size=4,stride=32", {"device": "cpu"})
+  assert isinstance(lm, ChunkLM) and lm.scorer.batch_size == 4 and lm.stride == 32 and lm.run.workdir == run

@@ -140,5 +140,5 @@ def test_bench_score_counts_passes_and_batching_changes_no_figure(models, tmp_pa
   )
   assert "| requests/s |" in capsys.readouterr().out
   rows = json.loads(out.read_text())
-  assert [r["forward_passes"] for r in rows] == [8, 2] and rows[1]["max_abs_difference"] < 1e-4
+  assert [r["forward_passes"] for r in rows] == [16, 8, 2] and rows[2]["max_abs_difference"] < 1e-4
   assert main([*args, "--requests", "0"]) == 2 and "must be positive" in capsys.readouterr().err
