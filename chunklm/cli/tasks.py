@@ -32,5 +32,5 @@ def make(args) -> int:
   for task in summary["run"]:
     if task in tasks:
       print(f"  {task}: {tasks[task]:,} items")
-  print(f"run: lm_eval --model ... --include_path {summary['folder']} --tasks {','.join(summary['run'])}")
+  print(f"run: chunklm lm-eval --workdir RUN --include-path {summary['folder']} --tasks {','.join(summary['run'])}")
   return 0

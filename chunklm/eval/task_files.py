@@ -367,6 +367,12 @@ twice). At strength 0 a noisy task holds the clean text; `uppercase` and `antspe
 
 ## Run
 
+A chunklm run (H-Net, byte or BPE Transformer):
+
+    chunklm lm-eval --workdir RUN --include-path {summary["folder"]} --tasks {",".join(summary["run"])}
+
+Any other harness model:
+
     lm_eval --model hf --model_args pretrained=MODEL --include_path {summary["folder"]} --tasks {",".join(summary["run"])}
 
 The accuracy drop a perturbation causes is acc(`<base>_noisy_<perturbation>_s<strength>`) minus
