@@ -190,7 +190,7 @@ def test_cli_makes_tasks_and_errors_are_one_line(text, tmp_path, capsys):
   out = tmp_path / "out"
   code = main(["tasks", "make", "--text", str(text), "--out", str(out), "--n", "8", "--perturbations", "swap"])
   stdout = capsys.readouterr().out
-  assert code == 0 and "chunklm_cloze_noisy_s0.05: 1 tasks, 8 items" in stdout and f"--include_path {out}" in stdout
+  assert code == 0 and "chunklm_cloze_noisy_s0.05: 1 tasks, 8 items" in stdout and f"--include-path {out}" in stdout
   assert json.loads((out / MARKER).read_text())["settings"]["strengths"] == [0.05, 0.15]
   for bad, message in [(["--strength", "-0.1"], "--strength must be in [0, 1]"), (["--n", "0"], "--n must be")]:
     assert main(["tasks", "make", "--text", str(text), "--out", str(tmp_path / "x"), *bad]) == 2
