@@ -21,7 +21,7 @@ from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from chunklm.eval.harness import ChunkLM  # noqa: E402
-from chunklm.eval.harness_run import interval95  # noqa: E402
+from chunklm.eval.harness_run import interval95, noise_drops  # noqa: E402
 
 CHOICES = ["cat", "dog", "tree", "mat"]
 
@@ -149,3 +149,19 @@ def test_the_harness_finds_the_adapter_by_name(setup):
   run = setup[0]["bytes"].run.workdir
   lm = get_model("chunklm").create_from_arg_string(f"workdir={run},batch_size=4,stride=32", {"device": "cpu"})
   assert isinstance(lm, ChunkLM) and lm.scorer.batch_size == 4 and lm.stride == 32 and lm.run.workdir == run
+
+
+def test_noise_drops_pair_items_by_id():
+  """Drop = mean over shared items of (noisy - clean); the 95 % interval from the per-item differences."""
+  clean = [{"doc_id": i, "acc": float(i % 2)} for i in range(6)]  # items 1, 3, 5 right
+  noisy = [{"doc_id": i, "acc": float(i in (1, 2))} for i in range(5)]  # item 5 missing: only 0-4 pair
+  rows = noise_drops(
+    {"x": clean, "x_noisy_random_case_s0.15": noisy, "x_noisy_s0.15": noisy, "y_noisy_swap_s0.1": noisy}
+  )
+  [row] = rows  # groups and tasks without their clean base are left out
+  diffs = [0 - 0, 1 - 1, 1 - 0, 0 - 1, 0 - 0]
+  mean = sum(diffs) / 5
+  sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 4)
+  assert row["perturbation"] == "random_case" and row["strength"] == 0.15 and row["n"] == 5
+  assert row["clean"] == pytest.approx(2 / 5) and row["noisy"] == pytest.approx(2 / 5) and row["drop"] == 0
+  assert row["high"] - row["drop"] == pytest.approx(1.96 * sd / math.sqrt(5))

@@ -1,5 +1,5 @@
 """`chunklm lm-eval`: harness tasks on a trained run (`chunklm.eval.harness_run.run_tasks`), the harness's table
-and 95 % intervals printed."""
+and 95 % intervals printed, and each noisy task's paired accuracy drop."""
 
 from __future__ import annotations
 
@@ -25,5 +25,10 @@ def run(args) -> int:
   print(table(results))
   for row in interval95(results):
     print(f"{row['task']} {row['metric']}: {row['value']:.4f} (95 % interval {row['low']:.4f} to {row['high']:.4f})")
+  for d in results["chunklm"]["noise_drops"]:
+    print(
+      f"{d['task']}: accuracy {d['noisy']:.4f} vs {d['clean']:.4f} clean on the same {d['n']:,} items, drop "
+      f"{d['drop']:+.4f} (95 % interval {d['low']:+.4f} to {d['high']:+.4f})"
+    )
   write_json(args.json, results)
   return 0

@@ -53,6 +53,8 @@ EPILOG = """examples:
   chunklm compare --spec tiny_code                # byte Transformer vs BPE Transformer vs H-Net
   chunklm boundaries --workdir runs/default --text "def main(args):"
   chunklm robustness --workdir runs/default --workdir runs/x --strength 0.1
+  chunklm tasks make --text held_out.txt --out runs/tasks      # offline harness tasks: probes, cloze, noisy cloze
+  chunklm lm-eval --workdir runs/x --tasks chunklm_cloze --include-path runs/tasks   # accuracy (chunklm[eval])
   chunklm tokenizer train --vocab-size 4096 --out runs/tok/bpe4096.model
   chunklm data prepare --data corpus.jsonl.gz --out data/corpus --shards 64
   chunklm info --config hnet_1stage_L

@@ -4,15 +4,22 @@ results JSON written into the run (`lm_eval/results_<time>.json`) and its table 
 Nothing downloads: the Hugging Face libraries the harness reads data with are kept offline (HF_DATASETS_OFFLINE,
 HF_HUB_OFFLINE, unless the caller set them), so a task runs when its data is local: the bundled offline tasks
 (`chunklm tasks make`), a task folder of the user's (`--include-path`), or a standard task whose dataset is already in
-the Hugging Face cache. Each figure comes with the harness's standard error; `interval95` adds 95 % intervals.
+the Hugging Face cache. Each figure comes with the harness's standard error; `interval95` adds 95 % intervals. A noisy task
+(`<base>_noisy_<perturbation>_s<strength>`, as `chunklm tasks make` names them) run beside its clean base gets its
+accuracy drop on the same items, paired item by item, with a 95 % interval (`noise_drops`): much narrower than the
+difference of two independent accuracies, since most items are answered alike with and without noise.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
+import re
 from collections.abc import Callable
+
+import numpy as np
 
 from chunklm.errors import UserError
 from chunklm.eval.harness import ChunkLM, require
@@ -20,6 +27,7 @@ from chunklm.run.trained import open_run
 from chunklm.run.workdir import RunDir
 from chunklm.storage.paths import ensure_dir
 
+NOISY = re.compile(r"^(?P<base>.+?)_noisy_(?P<perturbation>[a-z_]+)_s(?P<strength>[0-9.]+)$")
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
 
 
@@ -80,15 +88,22 @@ def run_tasks(
     task_manager=manager,
     limit=limit,
     num_fewshot=num_fewshot,
-    log_samples=False,
+    log_samples=True,  # per item, for the paired noise drops; not kept
     random_seed=seed,
     numpy_random_seed=seed,
     torch_random_seed=seed,
     fewshot_random_seed=seed,
     bootstrap_iters=1000,
   )
+  samples = results.pop("samples", {}) if results else {}
   results = plain(results)
-  results["chunklm"] = {"workdir": str(run.workdir), "step": run.step, "kind": run.kind, "overrides": list(overrides)}
+  results["chunklm"] = {
+    "workdir": str(run.workdir),
+    "step": run.step,
+    "kind": run.kind,
+    "overrides": list(overrides),
+    "noise_drops": noise_drops(samples),
+  }
   if write:
     where = save(run.workdir, results)
     log(f"wrote {where}")
@@ -110,6 +125,38 @@ def save(workdir, results: dict):
   where = folder / f"results_{stamp}.json"
   where.write_text(json.dumps(results, indent=1) + "\n")
   return where
+
+
+def noise_drops(samples: dict[str, list[dict]]) -> list[dict]:
+  """For each noisy task whose clean base ran too: accuracy on the items both hold, clean and noisy, and the drop
+  (noisy - clean) with its paired 95 % interval (mean ± 1.96 standard errors of the per-item differences)."""
+  rows = []
+  for task, items in sorted(samples.items()):
+    match = NOISY.match(task)
+    if not match or match["base"] not in samples:
+      continue
+    clean = {s["doc_id"]: float(s["acc"]) for s in samples[match["base"]] if "acc" in s}
+    pairs = np.array([(float(s["acc"]), clean[s["doc_id"]]) for s in items if "acc" in s and s["doc_id"] in clean])
+    if not len(pairs):
+      continue
+    diff = pairs[:, 0] - pairs[:, 1]
+    half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    drop = float(diff.mean())
+    rows.append(
+      {
+        "task": task,
+        "base": match["base"],
+        "perturbation": match["perturbation"],
+        "strength": float(match["strength"]),
+        "n": len(diff),
+        "clean": float(pairs[:, 1].mean()),
+        "noisy": float(pairs[:, 0].mean()),
+        "drop": drop,
+        "low": drop - half,
+        "high": drop + half,
+      }
+    )
+  return rows
 
 
 def interval95(results: dict) -> list[dict]:
