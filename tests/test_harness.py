@@ -165,3 +165,39 @@ def test_noise_drops_pair_items_by_id():
   assert row["perturbation"] == "random_case" and row["strength"] == 0.15 and row["n"] == 5
   assert row["clean"] == pytest.approx(2 / 5) and row["noisy"] == pytest.approx(2 / 5) and row["drop"] == 0
   assert row["high"] - row["drop"] == pytest.approx(1.96 * sd / math.sqrt(5))
+
+
+@pytest.mark.slow  # CI budget: .ci/run runs the slow tests of this file
+def test_tasks_noisy_copies_a_harness_task_and_lm_eval_pairs_the_drops(setup, tmp_path, capsys):
+  models, tasks, rows = setup
+  out = tmp_path / "noisy"
+  make = ["tasks", "noisy", "--task", "t_choice", "--include-path", str(tasks), "--out", str(out)]
+  assert main([*make, "--perturbations", "swap,delete", "--strength", "0.3"]) == 0
+  capsys.readouterr()
+  copied = [json.loads(line) for line in (out / "noisy" / "data" / "chunklm_t_choice.jsonl").open()]
+  assert [(r["query"], r["choices"], r["gold"]) for r in copied] == [
+    (r["query"], [" " + c for c in CHOICES], r["gold"]) for r in rows["choice"]
+  ]  # the requests the harness builds: its target delimiter before each choice
+  noisy = [json.loads(line) for line in (out / "noisy" / "data" / "chunklm_t_choice_noisy_swap_s0.3.jsonl").open()]
+  assert [r["gold"] for r in noisy] == [r["gold"] for r in copied] and any(
+    a["query"] != b["query"] for a, b in zip(noisy, copied)
+  )
+  result = tmp_path / "r.json"
+  run = str(models["bytes"].run.workdir)
+  names = "t_choice,chunklm_t_choice,chunklm_t_choice_noisy_s0.3"
+  args = ["lm-eval", "--workdir", run, "--tasks", names, "--include-path", str(tasks), "--include-path", str(out)]
+  assert main([*args, "--no-progress", "--no-write", "--json", str(result)]) == 0
+  assert "drop" in capsys.readouterr().out
+  res = json.loads(result.read_text())
+  assert res["results"]["chunklm_t_choice"]["acc,none"] == res["results"]["t_choice"]["acc,none"]
+  drops = {d["perturbation"]: d for d in res["chunklm"]["noise_drops"]}
+  assert set(drops) == {"swap", "delete"} and all(d["n"] == len(rows["choice"]) for d in drops.values())
+  for d in drops.values():
+    noisy_acc = res["results"][f"chunklm_t_choice_noisy_{d['perturbation']}_s0.3"]["acc,none"]
+    assert d["drop"] == pytest.approx(noisy_acc - res["results"]["chunklm_t_choice"]["acc,none"])
+  for extra, message in (
+    (["--task", "t_rolling", "--include-path", str(tasks)], "is a loglikelihood_rolling task"),
+    (["--task", "t_choice", "--include-path", str(tasks), "--perturbations", "nope"], "unknown perturbation 'nope'"),
+  ):
+    assert main(["tasks", "noisy", *extra, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err

@@ -33,6 +33,7 @@ COMMANDS = {
   "robustness": robustness.run,
   "lm-eval": lm_eval.run,
   "tasks make": tasks.make,
+  "tasks noisy": tasks.noisy,
   "tokenizer train": tokenizer.train,
   "data prepare": data.prepare,
   "info": info.run,

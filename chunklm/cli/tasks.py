@@ -1,9 +1,11 @@
-"""`chunklm tasks make`: offline lm-evaluation-harness task folders from a text (`chunklm.eval.task_files`)."""
+"""`chunklm tasks make | noisy`: offline lm-evaluation-harness task folders from a text (`chunklm.eval.task_files`),
+or a harness task's clean and noisy copies (`chunklm.eval.task_noisy`)."""
 
 from __future__ import annotations
 
 from chunklm.eval.perturb import PERTURBATIONS
 from chunklm.eval.task_files import DEFAULT_STRENGTHS, make_tasks
+from chunklm.eval.task_noisy import noisy_tasks
 
 
 def _names(value: str) -> list[str]:
@@ -25,6 +27,26 @@ def make(args) -> int:
     continuation_bytes=args.continuation_bytes,
     progress=not args.no_progress,
   )
+  _print(summary)
+  return 0
+
+
+def noisy(args) -> int:
+  summary = noisy_tasks(
+    args.task,
+    args.out,
+    include_paths=tuple(args.include_path),
+    limit=args.limit,
+    strengths=args.strength or list(DEFAULT_STRENGTHS),
+    perturbations=list(PERTURBATIONS) if args.perturbations == "all" else _names(args.perturbations),
+    noisy_choices=args.noisy_choices,
+    seed=args.seed,
+  )
+  _print(summary)
+  return 0
+
+
+def _print(summary: dict) -> None:
   tasks = summary["tasks"]
   print(f"wrote {len(tasks)} tasks ({sum(tasks.values()):,} items) to {summary['folder']}")
   for group, members in summary["groups"].items():
@@ -33,4 +55,3 @@ def make(args) -> int:
     if task in tasks:
       print(f"  {task}: {tasks[task]:,} items")
   print(f"run: chunklm lm-eval --workdir RUN --include-path {summary['folder']} --tasks {','.join(summary['run'])}")
-  return 0

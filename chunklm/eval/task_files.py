@@ -199,17 +199,17 @@ def _check(
       raise UserError(f"tasks make: --noisy-on {base} needs the {family} family too (the clean task to compare with)")
 
 
-def _check_out(out: Path) -> list[str]:
+def earlier_files(out: Path) -> list[str]:
   """The files an earlier run wrote in `out` (to replace); none for a new or empty folder. Anything else is refused."""
   if out.exists() and not out.is_dir():
-    raise UserError(f"tasks make: --out {out} is a file, not a folder")
+    raise UserError(f"tasks: --out {out} is a file, not a folder")
   if not out.exists() or not any(out.iterdir()):
     return []
   try:
     return list(json.loads((out / MARKER).read_text())["files"])
   except (OSError, ValueError, KeyError, TypeError):
     raise UserError(
-      f"tasks make: --out {out} is a folder that `chunklm tasks make` did not write (no readable {MARKER}); "
+      f"tasks: --out {out} is a folder that `chunklm tasks` did not write (no readable {MARKER}); "
       "choose a new or empty folder"
     ) from None
 
@@ -280,7 +280,7 @@ def make_tasks(
   noisy_on = list(dict.fromkeys(noisy_on))
   _check(families, n, strengths, perturbations, noisy_on, context_bytes, continuation_bytes)
   out = Path(out_dir).absolute()
-  old = _check_out(out)
+  old = earlier_files(out)
   data = _read_text(text_path)
   folder = Folder(out)
   made: dict[str, list[dict[str, Any]]] = {}
@@ -318,11 +318,11 @@ def make_tasks(
     "run": folder.top(),
   }
   folder.files["README.md"] = readme(summary)
-  _write(out, old, folder.files, summary)
+  write_folder(out, old, folder.files, summary)
   return summary
 
 
-def _write(out: Path, old: list[str], files: dict[str, str], summary: dict[str, Any]) -> None:
+def write_folder(out: Path, old: list[str], files: dict[str, str], summary: dict[str, Any]) -> None:
   """Replace what an earlier run wrote (the files its marker lists) with `files`; the marker first, listing them,
   so an interrupted run can be replaced too."""
   for rel in old:

@@ -1,4 +1,4 @@
-"""The flags of `chunklm tasks make`."""
+"""The flags of `chunklm tasks make | noisy`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from chunklm.eval.task_probes import PROBES
 def add(sub) -> None:
   p = sub.add_parser(
     "tasks",
-    help="make offline lm-evaluation-harness tasks from a text you own",
+    help="make offline lm-evaluation-harness tasks from a text you own, or noisy copies of a harness task",
     description="Evaluation tasks for lm-evaluation-harness, made from a local text; nothing is downloaded.",
   )
   tsub = p.add_subparsers(dest="tasks", required=True, metavar="WHAT")
@@ -76,3 +76,39 @@ def add(sub) -> None:
     help="where to write the folders: a new or empty folder, or one this command wrote (replaced)",
   )
   options.add_progress(t)
+  _add_noisy(tsub)
+
+
+def _add_noisy(tsub) -> None:
+  t = tsub.add_parser(
+    "noisy",
+    help="write a multiple-choice harness task and its character-noised copies (accuracy under noise)",
+    description="Build the requests of a multiple-choice lm-evaluation-harness task (e.g. hellaswag, with its "
+    "data in the Hugging Face cache, or a task of --include-path) as the harness itself does, and write them as a "
+    "clean task chunklm_<task> and noisy copies with the contexts perturbed (chunklm_<task>_noisy_<perturbation>_"
+    "s<strength>, one group per strength). `chunklm lm-eval` on the clean task and its copies prints each copy's "
+    "accuracy drop on the same items, paired, with a 95 % interval. Needs chunklm[eval].",
+  )
+  t.set_defaults(body="tasks noisy")
+  g = options.group(t, "data")
+  g.add_argument("--task", required=True, help="a multiple-choice harness task")
+  g.add_argument("--include-path", action="append", default=[], metavar="DIR", help="a folder of task YAMLs")
+  g.add_argument("--limit", type=int, default=None, help="the first N documents (default: all)")
+  options.add_seed(t, "perturbation")
+  n = options.group(t, "noise")
+  n.add_argument(
+    "--strength",
+    type=float,
+    action="append",
+    default=None,
+    help="probability of touching a character, in [0, 1] (repeatable; default: "
+    + " and ".join(f"{s:g}" for s in DEFAULT_STRENGTHS)
+    + ")",
+  )
+  n.add_argument(
+    "--perturbations", default="all", help="comma-separated subset of: " + ", ".join(PERTURBATIONS) + " (default: all)"
+  )
+  n.add_argument("--noisy-choices", action="store_true", help="perturb the choices too, not only the contexts")
+  options.group(t, "output").add_argument(
+    "--out", required=True, metavar="DIR", help="a new or empty folder, or one `chunklm tasks` wrote (replaced)"
+  )
