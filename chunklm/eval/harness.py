@@ -12,9 +12,9 @@ The harness's three request types map onto the scoring primitives (eval/scoring.
   argmax at each scored unit;
 - loglikelihood_rolling: the text in rolling windows `stride` units apart (default data.seq_len: disjoint windows,
   as the harness's own Hugging Face models use);
-- generate_until: greedy decoding (sampling where the task sets do_sample or a temperature) until the task's stop
-  strings or the model's end-of-sequence id, at most max_gen_toks bytes (a byte is the unit every model shares); a
-  context longer than the window keeps its end.
+- generate_until: greedy decoding (sampling where the task sets do_sample: its temperature, default 1, and top_p)
+  until the task's stop strings or the model's end-of-sequence id, at most max_gen_toks bytes (a byte is the unit
+  every model shares); a context longer than the window keeps its end.
 Needs the optional extra chunklm[eval] (lm-eval, which needs no torch).
 """
 
@@ -112,11 +112,11 @@ class ChunkLM(LM):
       groups.setdefault(_settings(r.args[1]), []).append(i)
     update = self._bar(len(requests), "generate_until", disable_tqdm)
     for settings, members in groups.items():
-      until, max_bytes, temperature = settings
+      until, max_bytes, temperature, top_p = settings
       for lo in range(0, len(members), self.scorer.batch_size):
         part = members[lo : lo + self.scorer.batch_size]
         prompts = [self._fitted(_utf8(requests[i].args[0]), max_bytes) for i in part]
-        texts = generate_run(self.run, prompts, max_bytes=max_bytes, temperature=temperature, top_p=1.0, stop=until)
+        texts = generate_run(self.run, prompts, max_bytes=max_bytes, temperature=temperature, top_p=top_p, stop=until)
         for i, text in zip(part, texts):
           out[i] = text.decode("utf-8", errors="replace")
           self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
@@ -142,13 +142,16 @@ class ChunkLM(LM):
 
 
 def _settings(gen_kwargs) -> tuple:
-  """(stop strings, max bytes, temperature) of a generate_until request's keyword arguments."""
+  """(stop strings, max bytes, temperature, top_p) of a generate_until request's keyword arguments: greedy unless
+  do_sample is set, as the harness's Hugging Face models."""
   kwargs = dict(gen_kwargs or {})
   until = kwargs.get("until") or []
   until = [until] if isinstance(until, str) else list(until)
   max_bytes = _int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN), "max_gen_toks")
-  temperature = float(kwargs.get("temperature", 0.0) or 0.0) if kwargs.get("do_sample", True) else 0.0
-  return tuple(s.encode("utf-8") for s in until if s), max_bytes, temperature
+  sample = bool(kwargs.get("do_sample", False))
+  temperature = float(kwargs.get("temperature", 1.0)) if sample else 0.0
+  top_p = float(kwargs.get("top_p", 1.0)) if sample else 1.0
+  return tuple(s.encode("utf-8") for s in until if s), max_bytes, temperature, top_p
 
 
 def _int(value, what: str) -> int:
