@@ -49,18 +49,7 @@ def add(sub) -> None:
     help="cloze: bytes of each continuation to choose from, cut at a word end (default: %(default)s)",
   )
   n = options.group(t, "noise", "the noisy family: multiple-choice tasks with perturbed contexts")
-  n.add_argument(
-    "--strength",
-    type=float,
-    action="append",
-    default=None,
-    help="probability of touching a character, in [0, 1] (repeatable; default: "
-    + " and ".join(f"{s:g}" for s in DEFAULT_STRENGTHS)
-    + ")",
-  )
-  n.add_argument(
-    "--perturbations", default="all", help="comma-separated subset of: " + ", ".join(PERTURBATIONS) + " (default: all)"
-  )
+  _add_noise(n)
   n.add_argument(
     "--noisy-on",
     default=",".join(DEFAULT_NOISY_ON),
@@ -96,6 +85,15 @@ def _add_noisy(tsub) -> None:
   g.add_argument("--limit", type=int, default=None, help="the first N documents (default: all)")
   options.add_seed(t, "perturbation")
   n = options.group(t, "noise")
+  _add_noise(n)
+  n.add_argument("--noisy-choices", action="store_true", help="perturb the choices too, not only the contexts")
+  options.group(t, "output").add_argument(
+    "--out", required=True, metavar="DIR", help="a new or empty folder, or one `chunklm tasks` wrote (replaced)"
+  )
+
+
+def _add_noise(n) -> None:
+  """--strength and --perturbations, alike for `tasks make` and `tasks noisy`."""
   n.add_argument(
     "--strength",
     type=float,
@@ -107,8 +105,4 @@ def _add_noisy(tsub) -> None:
   )
   n.add_argument(
     "--perturbations", default="all", help="comma-separated subset of: " + ", ".join(PERTURBATIONS) + " (default: all)"
-  )
-  n.add_argument("--noisy-choices", action="store_true", help="perturb the choices too, not only the contexts")
-  options.group(t, "output").add_argument(
-    "--out", required=True, metavar="DIR", help="a new or empty folder, or one `chunklm tasks` wrote (replaced)"
   )
