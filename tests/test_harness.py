@@ -13,11 +13,11 @@ import pytest
 
 from chunklm.cli import main
 from chunklm.errors import UserError
-from tiny_models import make_models, text_of
+from tiny_models import SEQ, make_models, text_of
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval import evaluator  # noqa: E402
-from lm_eval.api.registry import get_model  # noqa: E402
+from lm_eval.api.registry import get_model, model_registry  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from chunklm.eval.harness import ChunkLM  # noqa: E402
@@ -149,6 +149,23 @@ def test_the_harness_finds_the_adapter_by_name(setup):
   run = setup[0]["bytes"].run.workdir
   lm = get_model("chunklm").create_from_arg_string(f"workdir={run},batch_size=4,stride=32", {"device": "cpu"})
   assert isinstance(lm, ChunkLM) and lm.scorer.batch_size == 4 and lm.stride == 32 and lm.run.workdir == run
+  assert {"hf", "dummy", "chunklm"} <= set(model_registry.keys())  # the harness's own models stay registered
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+def test_a_long_generation_context_keeps_its_end_and_room_for_the_answer(setup, kind):
+  lm = ChunkLM(run=setup[0][kind].run, progress=False)
+  long = (text_of(200, 9) * 2).encode()
+  for max_bytes, keep in ((16, SEQ - 1 - 16), (100, SEQ // 2)):
+    fitted = lm._fitted(long, max_bytes)
+    assert long.endswith(fitted) and len(lm.scorer.encode(fitted)) <= keep
+    assert len(lm.scorer.encode(fitted)) >= keep - 8  # no more cut than the tokens at the cut need
+
+
+def test_the_adapter_scores_what_the_api_refuses_and_says_so_once(setup, caplog):
+  lm = ChunkLM(run=setup[0]["bytes"].run, progress=False)
+  empty, long = lm.scorer.loglikelihood([(b"the cat", b""), (b"the", b"x" * (SEQ + 5))])
+  assert empty == (0.0, True) and math.isfinite(long[0]) and long[0] < 0
 
 
 def test_noise_drops_pair_items_by_id():
@@ -176,8 +193,9 @@ def test_tasks_noisy_copies_a_harness_task_and_lm_eval_pairs_the_drops(setup, tm
   capsys.readouterr()
   copied = [json.loads(line) for line in (out / "noisy" / "data" / "chunklm_t_choice.jsonl").open()]
   assert [(r["query"], r["choices"], r["gold"]) for r in copied] == [
-    (r["query"], [" " + c for c in CHOICES], r["gold"]) for r in rows["choice"]
-  ]  # the requests the harness builds: its target delimiter before each choice
+    (r["query"], CHOICES, r["gold"]) for r in rows["choice"]
+  ]  # the requests the harness builds; the copy keeps the task's target delimiter (" ") between query and choice
+  assert "target_delimiter: ' '" in (out / "noisy" / "chunklm_t_choice.yaml").read_text()
   noisy = [json.loads(line) for line in (out / "noisy" / "data" / "chunklm_t_choice_noisy_swap_s0.3.jsonl").open()]
   assert [r["gold"] for r in noisy] == [r["gold"] for r in copied] and any(
     a["query"] != b["query"] for a, b in zip(noisy, copied)

@@ -108,6 +108,17 @@ def test_long_contexts_keep_their_end_and_trailing_spaces_move_to_the_continuati
   assert a == b
 
 
+def test_a_token_model_reads_the_contexts_own_tokens_as_the_harness(models):
+  """lm_eval's TemplateLM._encode_pair: context tokens of the context alone, then the whole text's after as many."""
+  scorer = models["bpe"].scorer()
+  for context, continuation in ((b"the ca", b"t sat"), (b"the dog", b" ran off"), (b"", b"the mat")):
+    ctx = scorer.encode(context)
+    whole = scorer.encode(context + continuation)
+    row = scorer.pair_row(context, continuation)
+    assert row.stream.tolist() == [scorer.bos, *ctx.tolist(), *whole[len(ctx) :].tolist()]
+    assert row.n_scored == len(whole) - len(ctx)
+
+
 def test_bad_requests_are_one_line(models):
   m = models["bytes"]
   for call, message in (

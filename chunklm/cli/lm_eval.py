@@ -26,9 +26,10 @@ def run(args) -> int:
   for row in interval95(results):
     print(f"{row['task']} {row['metric']}: {row['value']:.4f} (95 % interval {row['low']:.4f} to {row['high']:.4f})")
   for d in results["chunklm"]["noise_drops"]:
+    interval = "" if d["low"] is None else f" (95 % interval {d['low']:+.4f} to {d['high']:+.4f})"
     print(
       f"{d['task']}: accuracy {d['noisy']:.4f} vs {d['clean']:.4f} clean on the same {d['n']:,} items, drop "
-      f"{d['drop']:+.4f} (95 % interval {d['low']:+.4f} to {d['high']:+.4f})"
+      f"{d['drop']:+.4f}{interval}"
     )
   write_json(args.json, results)
   return 0

@@ -30,6 +30,7 @@ from chunklm.progress import bar
 from chunklm.run.trained import TrainedRun, open_run
 
 try:
+  import lm_eval.models  # noqa: F401  (the harness's own models first: it fills an empty registry only)
   from lm_eval.api.model import LM
   from lm_eval.api.registry import register_model
 except ImportError:  # the optional extra chunklm[eval]: without it the adapter is refused in one line (`require`)
@@ -71,11 +72,12 @@ class ChunkLM(LM):
     if run is None:
       if workdir is None:
         raise UserError("ChunkLM: give a run directory (workdir) or an opened run (run), one of them")
-      run = open_run(workdir, tuple(overrides), log=lambda *a, **k: None)
+      given = (overrides,) if isinstance(overrides, str) else tuple(overrides)  # one from --model_args is a str
+      run = open_run(workdir, given, log=lambda *a, **k: None)
     elif workdir is not None:
       raise UserError("ChunkLM: give a run directory (workdir) or an opened run (run), one of them")
     self.run = run
-    self.scorer = Scorer(self.run, _int(batch_size, "batch_size"))
+    self.scorer = Scorer(self.run, _int(batch_size, "batch_size"), lenient=True)
     self.stride = None if stride in (None, "") else _int(stride, "stride")
     self.progress = progress
 
@@ -124,8 +126,9 @@ class ChunkLM(LM):
     return [o or "" for o in out]
 
   def _fitted(self, context: bytes, max_bytes: int) -> bytes:
-    """The end of `context` that the model reads (data.seq_len - 1 units at most)."""
-    keep = self.scorer.seq_len - 1
+    """The end of `context` that the model reads: room is left for `max_bytes` new bytes inside the window (as the
+    harness's Hugging Face models leave max_gen_toks), but the context keeps at least half the window."""
+    keep = max(self.scorer.seq_len - 1 - max_bytes, self.scorer.seq_len // 2)
     units = self.scorer.encode(context)
     if len(units) <= keep:
       return context

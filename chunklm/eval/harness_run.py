@@ -121,7 +121,7 @@ def save(workdir, results: dict):
   """`results` as RUN/lm_eval/results_<UTC time>.json; the path written."""
   folder = RunDir(workdir).lm_eval
   ensure_dir(folder)
-  stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+  stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S_%f")  # two runs in a second: two files
   where = folder / f"results_{stamp}.json"
   where.write_text(json.dumps(results, indent=1) + "\n")
   return where
@@ -140,7 +140,7 @@ def noise_drops(samples: dict[str, list[dict]]) -> list[dict]:
     if not len(pairs):
       continue
     diff = pairs[:, 0] - pairs[:, 1]
-    half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else None  # JSON has no NaN
     drop = float(diff.mean())
     rows.append(
       {
@@ -152,8 +152,8 @@ def noise_drops(samples: dict[str, list[dict]]) -> list[dict]:
         "clean": float(pairs[:, 1].mean()),
         "noisy": float(pairs[:, 0].mean()),
         "drop": drop,
-        "low": drop - half,
-        "high": drop + half,
+        "low": None if half is None else drop - half,
+        "high": None if half is None else drop + half,
       }
     )
   return rows

@@ -8,11 +8,14 @@ count. Every request becomes rows:
 - `loglikelihood(context, continuation)`: one row, BOS + context + continuation, the continuation's units scored;
   whether each is the model's most likely unit gives "is greedy". Trailing whitespace of the context moves to the
   continuation (as the harness does for token models), for every model kind, so byte and token models score the
-  same bytes. A row longer than the window keeps its last data.seq_len + 1 units: the context's start is cut.
+  same bytes. A token model reads the context's own tokens, then the whole text's tokens after as many (the
+  harness's `_encode_pair`). A row longer than the window keeps its last data.seq_len + 1 units: the context's
+  start is cut.
 - `rolling(text, stride)`: a text of any length, as lm-evaluation-harness's rolling windows. The first row predicts
   the first seq_len units from BOS; each next row ends `stride` units further, reads the seq_len units before its
   end and scores the `stride` units no earlier row scored. Every unit is scored once; stride = seq_len (default)
-  tiles the text exactly as `chunklm eval` does, a smaller stride gives each prediction more context.
+  tiles the text as `chunklm eval` does except the last window, which reads a whole window before its end; a
+  smaller stride gives each prediction more context.
 
 Rows are grouped by padded length (64, 96, 128, ... up to data.seq_len: one compiled shape per length) and run
 `batch_size` rows to a forward pass, padded with masked rows; their activations are checked to fit in memory
@@ -29,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chunklm import logs
 from chunklm.data.pipeline import BOS
 from chunklm.errors import UserError
 from chunklm.eval.bpb import activation_bytes, check_fits, lowered_batch
@@ -75,9 +79,11 @@ def split_trailing_space(context: bytes, continuation: bytes) -> tuple[bytes, by
 
 class Scorer:
   """Scores requests on one trained run (`chunklm.run.trained.TrainedRun`), `batch_size` rows per forward pass.
-  `calls` counts the forward passes made."""
+  `calls` counts the forward passes made. `lenient` (the harness adapter): an empty continuation scores 0 (and is
+  greedy) and one longer than the window keeps its last data.seq_len units, where the API refuses both in one
+  line; each is logged once as a warning."""
 
-  def __init__(self, run, batch_size: int = 32):
+  def __init__(self, run, batch_size: int = 32, *, lenient: bool = False):
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
       raise UserError(f"scoring: the batch size must be a positive int, got {batch_size!r}")
     self.run, self.batch_size = run, batch_size
@@ -85,6 +91,8 @@ class Scorer:
     self.bos = BOS if run.tokenizer is None else run.tokenizer.bos_id
     self._step = jax.jit(functools.partial(logprob_step, run.graphdef))
     self.calls = 0
+    self.lenient = lenient
+    self._warned: set[str] = set()
 
   def encode(self, text: bytes) -> np.ndarray:
     """The units the model reads of `text`: its bytes, or its tokens."""
@@ -98,22 +106,31 @@ class Scorer:
 
   # requests -> rows
 
-  def pair_row(self, context: bytes, continuation: bytes) -> Row:
-    """The row of one loglikelihood request (see the module docstring)."""
+  def _refuse(self, message: str) -> None:
+    """A request the API refuses in one line; the lenient scorer warns once and goes on."""
+    if not self.lenient:
+      raise UserError(message)
+    if message not in self._warned:
+      self._warned.add(message)
+      logs.warning(f"{message} (scored as the harness's models do; further such requests are not reported)")
+
+  def pair_row(self, context: bytes, continuation: bytes) -> Row | None:
+    """The row of one loglikelihood request (see the module docstring); None for an empty continuation."""
     context, continuation = split_trailing_space(context, continuation)
+    ctx = self.encode(context)
     if self.run.tokenizer is None:
-      ctx, cont = self.encode(context), self.encode(continuation)
-    else:  # tokens of the whole text, split where the context's own tokens end (as the harness's causal models)
-      whole, ctx = self.encode(context + continuation), self.encode(context)
-      cont = whole[len(ctx) :]
-      ctx = whole[: len(ctx)]
+      cont = self.encode(continuation)
+    else:  # the whole text's tokens after as many as the context's own (the harness's _encode_pair)
+      cont = self.encode(context + continuation)[len(ctx) :]
     if not len(cont):
-      raise UserError("loglikelihood: the continuation is empty (nothing to score)")
+      self._refuse("loglikelihood: the continuation is empty (nothing to score)")
+      return None
     if len(cont) > self.seq_len:
-      raise UserError(
+      self._refuse(
         f"loglikelihood: a continuation of {len(cont):,} units is longer than this model's window "
         f"(data.seq_len {self.seq_len:,}); score it with loglikelihood_rolling"
       )
+      cont = cont[-self.seq_len :]
     stream = np.concatenate([[self.bos], ctx, cont]).astype(np.int32)
     cut = max(len(stream) - (self.seq_len + 1), 0)
     return Row(stream[cut:], cut, len(cont))
@@ -168,7 +185,9 @@ class Scorer:
 
   def loglikelihood(self, pairs: Iterable[tuple[bytes, bytes]], progress=None) -> list[tuple[float, bool]]:
     """(log-probability of the continuation given the context, whether greedy decoding gives it) per pair."""
-    return [(s.total, s.is_greedy) for s in self.score_rows([self.pair_row(c, x) for c, x in pairs], progress)]
+    rows = [self.pair_row(c, x) for c, x in pairs]
+    scored = iter(self.score_rows([r for r in rows if r is not None], progress))
+    return [(0.0, True) if r is None else ((s := next(scored)).total, s.is_greedy) for r in rows]
 
   def rolling(self, texts: Iterable[bytes], stride: int | None = None, progress=None) -> list[float]:
     """The log-probability of each whole text (from its start), in rolling windows `stride` units apart."""

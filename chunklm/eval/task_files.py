@@ -79,8 +79,9 @@ def _dataset(path: Path) -> dict[str, Any]:
   }
 
 
-def mc_yaml(name: str, data: Path) -> dict[str, Any]:
-  """The harness config of a multiple-choice task over the records in `data`."""
+def mc_yaml(name: str, data: Path, delimiter: str = "") -> dict[str, Any]:
+  """The harness config of a multiple-choice task over the records in `data`; `delimiter` goes between the query
+  and each choice (none: the choices carry their own leading space)."""
   return {
     "task": name,
     **_dataset(data),
@@ -88,7 +89,7 @@ def mc_yaml(name: str, data: Path) -> dict[str, Any]:
     "doc_to_text": "query",
     "doc_to_choice": "choices",
     "doc_to_target": "gold",
-    "target_delimiter": "",
+    "target_delimiter": delimiter,
     "num_fewshot": 0,
     "metric_list": _MC_METRICS,
     "metadata": {"version": 1},
@@ -144,11 +145,13 @@ class Folder:
     self.groups: dict[str, list[str]] = {}
     self.words: int | None = None  # eligible words of the text, when the probes were made
 
-  def task(self, family: str, name: str, records: list[dict[str, Any]], *, gen: bool = False) -> None:
+  def task(
+    self, family: str, name: str, records: list[dict[str, Any]], *, gen: bool = False, delimiter: str = ""
+  ) -> None:
     """Task `name` (and with `gen` its generation twin `name`_gen) over `records`, in folder `family`."""
     data = f"{family}/data/{name}.jsonl"
     self.files[data] = _jsonl(records)
-    self.files[f"{family}/{name}.yaml"] = _dump(mc_yaml(name, self.root / data))
+    self.files[f"{family}/{name}.yaml"] = _dump(mc_yaml(name, self.root / data, delimiter))
     self.tasks[name] = len(records)
     if gen:
       self.files[f"{family}/{name}_gen.yaml"] = _dump(gen_yaml(f"{name}_gen", self.root / data))

@@ -1,10 +1,11 @@
 """Any multiple-choice harness task under character noise (`chunklm tasks noisy`): the papers' "accuracy under
 noise" protocol (noised HellaSwag in H-Net and BLT) for a task whose data is local.
 
-The harness itself builds the task's requests (its prompt template, description, few-shot examples and target
-delimiter, `--limit` documents), so each document becomes one record exactly as the harness would score it: `query`
-the context, `choices` the continuations with their delimiter, `gold` the true one. Those records are written as a
-clean task `chunklm_<task>`, which scores what the original task scores, and as noisy copies with the context (and
+The harness itself builds the task's requests (its prompt template, description, few-shot examples drawn with the
+seed, `--limit` documents), so each document becomes one record exactly as the harness would score it: `query` the
+context, `choices` the continuations after the task's target delimiter (which the copies keep), `gold` the true
+one. Those records are written as a clean task `chunklm_<task>`, which scores what the original task scores (acc and
+acc_norm), and as noisy copies with the context (and
 with --noisy-choices the choices) perturbed per perturbation and strength: `chunklm_<task>_noisy_<perturbation>_s<strength>`,
 grouped per strength. `chunklm lm-eval` run on the clean task and its noisy copies together gives each copy's accuracy
 drop on the same items, paired. The whole context is perturbed, few-shot examples included. Tasks whose choices sit
@@ -27,8 +28,11 @@ from chunklm.eval.task_cloze import noisy_records
 from chunklm.eval.task_files import MARKER, Folder, earlier_files, write_folder
 
 
-def harness_records(name: str, include_paths: tuple[str, ...] = (), limit: int | None = None) -> list[dict[str, Any]]:
-  """One record per document of multiple-choice harness task `name`: the requests the harness builds for it."""
+def harness_records(
+  name: str, include_paths: tuple[str, ...] = (), limit: int | None = None, seed: int = 0
+) -> tuple[list[dict[str, Any]], str]:
+  """(one record per document of multiple-choice harness task `name`: the requests the harness builds for it, with
+  few-shot examples drawn by `seed`; the task's target delimiter)."""
   require()
   manager = task_manager(include_paths)
   check_tasks(manager, [name])
@@ -42,7 +46,9 @@ def harness_records(name: str, include_paths: tuple[str, ...] = (), limit: int |
       f"{' with its choices in the context' if getattr(task, 'multiple_input', False) else ''}; "
       "noise applies to multiple-choice tasks whose choices follow the context"
     )
+  task.set_fewshot_seed(seed)
   task.build_all_requests(limit=limit)
+  delimiter = task.config.target_delimiter
   by_doc: dict[int, list] = {}
   for inst in task.instances:
     by_doc.setdefault(inst.doc_id, []).append(inst)
@@ -51,13 +57,29 @@ def harness_records(name: str, include_paths: tuple[str, ...] = (), limit: int |
     doc = insts[0].doc
     n_choices = len(task.doc_to_choice(doc))
     args = [i.arguments for i in sorted(insts, key=lambda i: i.idx)[:n_choices]]  # not acc_mutual_info's extra ones
-    choices = [cont for _, cont in args]
-    target = task.doc_to_target(doc)
-    gold = target if isinstance(target, int) else task.doc_to_choice(doc).index(target)
+    choices = [cont.removeprefix(delimiter) for _, cont in args]
+    gold = _gold(name, task.doc_to_target(doc), task.doc_to_choice(doc))
     records.append({"id": doc_id, "query": args[0][0], "choices": choices, "gold": gold, "answer": choices[gold]})
   if not records:
     raise UserError(f"tasks noisy: --task {name} has no documents to evaluate")
-  return records
+  return records, delimiter
+
+
+def _gold(name: str, target, choices: list[str]) -> int:
+  """The index of the one true choice; one line for targets this copy cannot hold (several, or none of the choices)."""
+  if isinstance(target, int) and 0 <= target < len(choices):
+    return target
+  if isinstance(target, str) and target in choices:
+    return choices.index(target)
+  raise UserError(f"tasks noisy: --task {name} has a target ({target!r}) that is not one of its choices")
+
+
+def _noisy(records: list[dict[str, Any]], name: str, strength: float, seed: int, choices: bool) -> list[dict]:
+  """`noisy_records`, whose choices carry a leading space that stays clean: given one here, then taken off."""
+  spaced = [dict(r, choices=[" " + c for c in r["choices"]]) for r in records]
+  out = noisy_records(spaced, name, strength, seed, choices=choices)
+  unspaced = [[c[1:] for c in r["choices"]] for r in out]
+  return [dict(r, choices=cs, answer=cs[r["gold"]]) for r, cs in zip(out, unspaced)]
 
 
 def noisy_tasks(
@@ -81,14 +103,14 @@ def noisy_tasks(
     raise UserError(f"tasks noisy: unknown perturbation {unknown[0]!r}; available: all, {', '.join(PERTURBATIONS)}")
   out = Path(out_dir).absolute()
   old = earlier_files(out)
-  records = harness_records(name, include_paths, limit)
+  records, delimiter = harness_records(name, include_paths, limit, seed)
   folder = Folder(out)
   base = f"chunklm_{name}"
-  folder.task("noisy", base, records)
+  folder.task("noisy", base, records, delimiter=delimiter)
   for s in strengths:
     names = [f"{base}_noisy_{p}_s{s:g}" for p in perturbations]
     for p, task in zip(perturbations, names):
-      folder.task("noisy", task, noisy_records(records, p, s, seed, choices=noisy_choices))
+      folder.task("noisy", task, _noisy(records, p, s, seed, noisy_choices), delimiter=delimiter)
     folder.group("noisy", f"{base}_noisy_s{s:g}", names)
   digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
   summary = {

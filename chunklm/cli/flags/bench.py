@@ -70,8 +70,9 @@ def _add_score(bsub) -> None:
     help="scored requests/s of trained runs (what lm-eval spends its time in), one per pass vs batched",
     description="Score --requests harness-shaped loglikelihood requests (a context and a continuation cut from "
     "the run's validation split or --data) with each run at each batch size, back to back; report requests per "
-    "second (median of --repeats, after a compile pass), forward passes, the speed-up over the first batch size "
-    "and the largest difference from its figures.",
+    "second (median of --repeats, after a compile pass) and forward passes, beside the same requests scored as two "
+    "score() evaluations each (the speed-ups are against that), and the largest difference from the first batch "
+    "size's figures.",
   )
   b.set_defaults(body="bench score")
   options.add_workdir(b, "a trained run (repeatable)", repeatable=True)
