@@ -86,7 +86,7 @@ class Model:
       self._eval_step = make_eval_step(self.run.graphdef)
     out = []
     for text in items:
-      docs = Documents(np.frombuffer(text, np.uint8), np.array([0]), np.array([len(text)]), ("text",))
+      docs = Documents.one(text)
       bpb = score_documents(self.run, docs, int(batch_size), eval_step=self._eval_step, flag="score: batch_size")["bpb"]
       out.append(bpb if math.isfinite(bpb) else float("nan"))
     return out[0] if single else out

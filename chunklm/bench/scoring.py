@@ -49,7 +49,7 @@ def two_evaluations(run: TrainedRun, pairs: list[tuple[bytes, bytes]], eval_step
   whole document by the exact-BPB evaluation (what `Model.score` runs)."""
 
   def nll(text: bytes) -> float:
-    docs = Documents(np.frombuffer(text, np.uint8), np.array([0]), np.array([len(text)]), ("text",))
+    docs = Documents.one(text)
     return score_documents(run, docs, 8, eval_step=eval_step)["nll_sum"] if text else 0.0
 
   return [nll(c) - nll(c + x) for c, x in pairs]

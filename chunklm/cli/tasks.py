@@ -12,6 +12,15 @@ def _names(value: str) -> list[str]:
   return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _noise(args) -> dict:
+  """The noise flags, alike for `tasks make` and `tasks noisy`."""
+  return {
+    "strengths": args.strength or list(DEFAULT_STRENGTHS),
+    "perturbations": list(PERTURBATIONS) if args.perturbations == "all" else _names(args.perturbations),
+    "noisy_choices": args.noisy_choices,
+  }
+
+
 def make(args) -> int:
   summary = make_tasks(
     args.text,
@@ -19,9 +28,7 @@ def make(args) -> int:
     families=_names(args.families),
     n=args.n,
     seed=args.seed,
-    strengths=args.strength or list(DEFAULT_STRENGTHS),
-    perturbations=list(PERTURBATIONS) if args.perturbations == "all" else _names(args.perturbations),
-    noisy_choices=args.noisy_choices,
+    **_noise(args),
     noisy_on=_names(args.noisy_on),
     context_bytes=args.context_bytes,
     continuation_bytes=args.continuation_bytes,
@@ -37,9 +44,7 @@ def noisy(args) -> int:
     args.out,
     include_paths=tuple(args.include_path),
     limit=args.limit,
-    strengths=args.strength or list(DEFAULT_STRENGTHS),
-    perturbations=list(PERTURBATIONS) if args.perturbations == "all" else _names(args.perturbations),
-    noisy_choices=args.noisy_choices,
+    **_noise(args),
     seed=args.seed,
   )
   _print(summary)

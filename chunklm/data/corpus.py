@@ -31,6 +31,11 @@ class Documents:
   lengths: np.ndarray  # int64 [n_docs]
   names: tuple[str, ...]
 
+  @classmethod
+  def one(cls, text: bytes, name: str = "text") -> Documents:
+    """`text` as a single document."""
+    return cls(np.frombuffer(text, np.uint8), np.array([0]), np.array([len(text)]), (name,))
+
   def __len__(self) -> int:
     return len(self.starts)
 

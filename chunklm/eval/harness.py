@@ -100,9 +100,9 @@ class ChunkLM(LM):
     return out
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-    texts = [_utf8(r.args[0]) for r in requests]
-    rows = sum(len(self.scorer.rolling_rows(t, self.stride)) for t in texts)  # windows, what the bar counts
-    out = self.scorer.rolling(texts, self.stride, self._bar(rows, "loglikelihood_rolling", disable_tqdm))
+    per_text = [self.scorer.rolling_rows(_utf8(r.args[0]), self.stride) for r in requests]
+    windows = sum(len(rows) for rows in per_text)  # what the bar counts
+    out = self.scorer.rolling_totals(per_text, self._bar(windows, "loglikelihood_rolling", disable_tqdm))
     for r, res in zip(requests, out):
       self.cache_hook.add_partial("loglikelihood_rolling", r.args, res)
     return out

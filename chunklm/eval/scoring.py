@@ -25,7 +25,6 @@ first (one line otherwise). Everything runs at evaluation capacity (an H-Net dro
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable
 
 import jax
@@ -89,7 +88,6 @@ class Scorer:
     self.run, self.batch_size = run, batch_size
     self.seq_len = run.cfg.data.seq_len
     self.bos = BOS if run.tokenizer is None else run.tokenizer.bos_id
-    self._step = jax.jit(functools.partial(logprob_step, run.graphdef))
     self.calls = 0
     self.lenient = lenient
     self._warned: set[str] = set()
@@ -172,7 +170,8 @@ class Scorer:
       )
       for lo in range(0, len(members), batch):
         part = members[lo : lo + batch]
-        logp, greedy = jax.device_get(self._step(self.run.params, _batch([rows[i] for i in part], batch, length)))
+        batch_arrays = _batch([rows[i] for i in part], batch, length)
+        logp, greedy = jax.device_get(_logprob_step(self.run.graphdef, self.run.params, batch_arrays))
         self.calls += 1
         for r, i in enumerate(part):
           n, k = len(rows[i].stream) - 1, rows[i].n_scored
@@ -191,7 +190,10 @@ class Scorer:
 
   def rolling(self, texts: Iterable[bytes], stride: int | None = None, progress=None) -> list[float]:
     """The log-probability of each whole text (from its start), in rolling windows `stride` units apart."""
-    per_text = [self.rolling_rows(t, stride) for t in texts]
+    return self.rolling_totals([self.rolling_rows(t, stride) for t in texts], progress)
+
+  def rolling_totals(self, per_text: list[list[Row]], progress=None) -> list[float]:
+    """The log-probability of each text from its `rolling_rows`."""
     scores = iter(self.score_rows([r for rows in per_text for r in rows], progress))
     return [float(sum(next(scores).total for _ in rows)) for rows in per_text]
 
@@ -201,6 +203,9 @@ class Scorer:
     scored = self.score_rows(rows)
     logprobs = np.concatenate([s.logprobs for s in scored]) if scored else np.zeros(0)
     return logprobs, self.unit_bytes(self.encode(text))
+
+
+_logprob_step = jax.jit(logprob_step, static_argnums=0)  # one compiled step per model and shape, shared by scorers
 
 
 def _batch(rows: list[Row], batch: int, length: int) -> dict[str, np.ndarray]:
