@@ -1,7 +1,7 @@
 """Tile sizes of the chunk-op kernels, per backend, and how a tile size is fitted to an array dimension.
 
 `block_l` positions (L axis), `block_m` chunk slots (M axis), `block_d` features (D axis), `block_scan` chunk rows
-per step of the EMA scan. TPU tiles respect Mosaic's (8, 128) rule for float32 and (16, 128) for bfloat16 once fitted
+per step of the EMA scan, `ssd_heads` heads per SSD program. TPU tiles respect Mosaic's (8, 128) rule for float32 and (16, 128) for bfloat16 once fitted
 (`fit`): a block is either the whole dimension or the given size, so on TPU block_l must be a multiple of 128 (it is
 the lane axis of segment_pool's index rows) and block_m of 16. GPU tiles are powers of two
 (Triton), at least 16 wherever they feed a `dot`. Interpret-mode tests use tiny tiles (8) to cross many tile edges on
@@ -19,6 +19,7 @@ class Tiles:
   block_m: int  # chunk slots per tile
   block_d: int  # features per tile
   block_scan: int  # chunk rows per step of the EMA scan (TPU: rows of one in-tile log-step scan; GPU: rows per program)
+  ssd_heads: int = 2  # heads per program of the TPU SSD kernels (raised until they fill 128 lanes; GPU: always 1)
 
   def __post_init__(self):
     for f in dataclasses.fields(self):

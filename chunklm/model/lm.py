@@ -21,7 +21,7 @@ from chunklm.model.stage_output import StageOutput
 
 class CausalLM(nnx.Module):
   """`doc_slots` bounds the documents in one training window (chunk slots reserved for document starts);
-  `kernel_impl` picks the H-Net's chunk-op backend (config `kernels.impl`), `attention_impl` the softmax attention's
+  `kernel_impl` picks the H-Net's chunk-op and SSD backend (config `kernels.impl`), `attention_impl` the softmax attention's
   (`kernels.attention`), set here once on every stack the backbone runs."""
 
   def __init__(
@@ -43,6 +43,7 @@ class CausalLM(nnx.Module):
       self.backbone = HNet(cfg, 0, rngs=rngs)
     for stack in [self.backbone] if isinstance(self.backbone, Stack) else self.backbone.stacks():
       stack.set_attention_impl(attention_impl)
+      stack.set_ssd_impl(kernel_impl)
     self.head = Linear(dim, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=cfg.init_std, dtype=dtype)
 
   def __call__(

@@ -14,11 +14,7 @@ Document reset rule: `segment_ids` are turned into a document index that grows b
 document, so no state crosses a boundary; a conv tap contributes only when its source position is in the output
 position's document. Resets are exact 0/1 masks (never -inf in log space), so gradients across documents are exactly 0.
 
-Chunked form (block Q = chunk_size): inside a chunk, s reaches t through exp(sum_{s<u<=t} a_u) * [s <= t] *
-[doc_s == doc_t] (the sum taken directly, not as a difference of cumulative sums, so not even rounding crosses a
-boundary); each chunk's own end state keeps only positions in the document of its last position; the state carried
-into chunk c is multiplied by [doc(end c) == doc(end c-1)] before moving on and reaches only positions in the document
-of the previous chunk's last position. Documents are contiguous runs, so these masks are exact.
+The chunked (SSD) scan and its kernels are `chunklm.kernels.ssd` (backend: `kernels.impl`).
 """
 
 from __future__ import annotations
@@ -29,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from chunklm.kernels.ssd import ssd
 from chunklm.model.layers import Linear, RMSNorm, param
 
 
@@ -77,75 +74,6 @@ def causal_conv(u_BxLxC: jax.Array, doc_BxL: jax.Array, w_KxC: jax.Array, b_C: j
   return out_BxLxC
 
 
-def ssd_chunked(
-  x_BxLxHxP: jax.Array,
-  dt_BxLxH: jax.Array,
-  a_H: jax.Array,
-  b_BxLxN: jax.Array,
-  c_BxLxN: jax.Array,
-  doc_BxL: jax.Array,
-  chunk_size: int,
-) -> jax.Array:
-  """y_BxLxHxP = sum over same-document s <= t of (C_t·B_s) exp(sum_{s<u<=t} a_u) dt_s x_s, by chunks (no D term)."""
-  batch, length, heads, head_dim = x_BxLxHxP.shape
-  q = chunk_size
-  pad = -length % q
-  if pad:
-    # Padded tail positions come after every real one, so they cannot reach real outputs; they get their own doc.
-    x_BxLxHxP, dt_BxLxH, b_BxLxN, c_BxLxN = (
-      jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2)) for v in (x_BxLxHxP, dt_BxLxH, b_BxLxN, c_BxLxN)
-    )
-    doc_BxL = jnp.pad(doc_BxL, ((0, 0), (0, pad)), mode="edge") + (jnp.arange(length + pad) >= length)[None, :]
-  nc = (length + pad) // q
-
-  def chunk(v):
-    return v.reshape(batch, nc, q, *v.shape[2:])
-
-  x_BxCxQxHxP, b_BxCxQxN, c_BxCxQxN, doc_BxCxQ = map(chunk, (x_BxLxHxP, b_BxLxN, c_BxLxN, doc_BxL))
-  dt_BxHxCxQ = chunk(dt_BxLxH).transpose(0, 3, 1, 2)
-  a_BxHxCxQ = dt_BxHxCxQ * a_H[None, :, None, None]
-  xdt_BxCxQxHxP = x_BxCxQxHxP * dt_BxHxCxQ.transpose(0, 2, 3, 1)[..., None]
-
-  # 1. Within chunks: quadratic form with a causal, same-document decay matrix (t = target, s = source).
-  # cs_t = sum of a_u over u <= t in t's document (within the chunk), computed as a 0/1-masked matmul: values of
-  # other documents are multiplied by exact zeros, so none enters even through rounding, and for s, t in one
-  # document cs_t - cs_s = sum_{s<u<=t} a_u. Masked entries get -inf before exp: exp is 0 and its gradient exactly 0.
-  causal_QxQ = jnp.tril(jnp.ones((q, q), dtype=bool))
-  same_BxCxQxQ = (doc_BxCxQ[..., :, None] == doc_BxCxQ[..., None, :]) & causal_QxQ[None, None]
-  cs_BxHxCxQ = jnp.einsum("bcts,bhcs->bhct", same_BxCxQxQ.astype(jnp.float32), a_BxHxCxQ)
-  diff_BxHxCxQxQ = cs_BxHxCxQ[..., :, None] - cs_BxHxCxQ[..., None, :]
-  decay_BxHxCxQxQ = jnp.exp(jnp.where(same_BxCxQxQ[:, None], diff_BxHxCxQxQ, -jnp.inf))
-  cb_BxCxQxQ = jnp.einsum("bctn,bcsn->bcts", c_BxCxQxN, b_BxCxQxN)
-  y_diag = jnp.einsum("bcts,bhcts,bcshp->bcthp", cb_BxCxQxQ, decay_BxHxCxQxQ, xdt_BxCxQxHxP)
-
-  # 2. Each chunk's end state from its own positions in the document of its last position (the decay matrix's last
-  # row is exactly that: exp(sum_{s<u<=end} a_u) * [doc_s == doc_end]).
-  states_BxCxHxPxN = jnp.einsum("bcsn,bhcs,bcshp->bchpn", b_BxCxQxN, decay_BxHxCxQxQ[..., -1, :], xdt_BxCxQxHxP)
-  # From the chunk start to position t: only used where the whole prefix is in one document (no restart), so no leak.
-  acum_BxHxCxQ = cs_BxHxCxQ
-
-  # 3. Across chunks: carry_c = state entering chunk c; kept only if chunk c ends in the same document as c - 1.
-  doc_end_BxC = doc_BxCxQ[..., -1]
-  doc_prev_end_BxC = jnp.concatenate([jnp.full_like(doc_end_BxC[:, :1], -1), doc_end_BxC[:, :-1]], axis=1)
-  keep_BxHxC = jnp.where(doc_end_BxC == doc_prev_end_BxC, 1.0, 0.0)[:, None] * jnp.exp(acum_BxHxCxQ[..., -1])
-
-  def carry_step(carry_BxHxPxN, inputs):
-    keep_BxH, state_BxHxPxN = inputs
-    return keep_BxH[..., None, None] * carry_BxHxPxN + state_BxHxPxN, carry_BxHxPxN
-
-  init_BxHxPxN = jnp.zeros((batch, heads, head_dim, b_BxLxN.shape[-1]), jnp.float32)
-  _, carry_CxBxHxPxN = jax.lax.scan(
-    carry_step, init_BxHxPxN, (keep_BxHxC.transpose(2, 0, 1), states_BxCxHxPxN.transpose(1, 0, 2, 3, 4))
-  )
-
-  # 4. Carried state -> outputs, only for positions in the document of the previous chunk's last position.
-  in_prev_BxCxQ = doc_BxCxQ == doc_prev_end_BxC[..., None]
-  from_start_BxHxCxQ = jnp.where(in_prev_BxCxQ[:, None], jnp.exp(acum_BxHxCxQ), 0.0)
-  y_off = jnp.einsum("bctn,bhct,cbhpn->bcthp", c_BxCxQxN, from_start_BxHxCxQ, carry_CxBxHxPxN)
-
-  return (y_diag + y_off).reshape(batch, nc * q, heads, head_dim)[:, :length]
-
-
 class Mamba2(nnx.Module):
   """Mamba2 mixer (single B/C group): x_BxLxD -> y_BxLxD, with document resets from segment ids."""
 
@@ -170,6 +98,7 @@ class Mamba2(nnx.Module):
       raise ValueError(f"d_conv ({d_conv}) and chunk_size ({chunk_size}) must be >= 1")
     self.d_inner, self.d_state, self.d_conv, self.head_dim = d_inner, d_state, d_conv, head_dim
     self.n_heads, self.chunk_size = d_inner // head_dim, chunk_size
+    self.impl = "auto"  # the SSD backend (kernels.impl); the model sets it after construction (Stack.set_ssd_impl)
     conv_dim = d_inner + 2 * d_state
     # One projection to [z (d_inner), x (d_inner), B (N), C (N), dt (H)], as in Mamba2.
     self.in_proj = Linear(
@@ -209,8 +138,8 @@ class Mamba2(nnx.Module):
     x_BxLxHxP, b_BxLxN, c_BxLxN = self._conv_out(xbc_BxLxC)
     dt_BxLxH = jax.nn.softplus(dt_raw_BxLxH + self.dt_bias[...][None, None, :])
     a_H = -jnp.exp(self.a_log[...])
-    y_BxLxHxP = ssd_chunked(x_BxLxHxP, dt_BxLxH, a_H, b_BxLxN, c_BxLxN, doc_BxL, self.chunk_size)
-    y_BxLxHxP = y_BxLxHxP + self.d_skip[...][None, None, :, None] * x_BxLxHxP
+    d_H = self.d_skip[...]
+    y_BxLxHxP = ssd(x_BxLxHxP, dt_BxLxH, a_H, b_BxLxN, c_BxLxN, d_H, doc_BxL, self.chunk_size, impl=self.impl)
     return self._output(y_BxLxHxP, z_BxLxI, x_BxLxD.dtype)
 
   def init_cache(self, batch_size: int) -> Mamba2Cache:

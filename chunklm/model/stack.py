@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.config import AttentionImpl, ModelConfig, parse_layer_string
+from chunklm.config import AttentionImpl, KernelImpl, ModelConfig, parse_layer_string
 from chunklm.mesh.context import constrain_batch
 from chunklm.model.layers import Attention, RMSNorm, SwiGLU
 from chunklm.model.mamba2 import Mamba2
@@ -122,6 +122,13 @@ class LayerStack(nnx.Module):
     construction, on the stacks it runs (CausalLM), so no constructor passes it down."""
     for block in self.blocks:
       if isinstance(block.mixer, Attention):  # kind t or T
+        block.mixer.impl = impl
+
+  def set_ssd_impl(self, impl: KernelImpl) -> None:
+    """Every Mamba2 block's SSD backend (`kernels.impl`, whose 'auto' keeps the XLA SSD: see `kernels/ssd.py`), set
+    once by the model as `set_attention_impl` is."""
+    for block in self.blocks:
+      if isinstance(block.mixer, Mamba2):
         block.mixer.impl = impl
 
 

@@ -1,0 +1,118 @@
+"""The SSD kernels' operand layout, shared by the TPU and GPU families, built in plain JAX outside the kernels.
+
+Every per-chunk tile a kernel reads is a block whose last two dimensions are either whole array dimensions or
+multiples of Mosaic's (8, 128) tile, so the TPU kernels need no relayout and the Triton kernels load them as 2-D
+blocks. With L padded to a multiple of the chunk Q (padded positions form a document of their own, after every real
+one, so they reach no real output), C = L / Q chunks, K = H / G head blocks of G heads:
+  x_BxLxI          x as it comes (I = H P: a reshape, no copy); head h of a block is the lane slice [hP, (h+1)P)
+  dt_BxKxLxG       dt per head block (a small transpose)
+  doc_BxLx1        the document index as float32 (exact below 2^24)
+  prev_BxCx1x1     the document of the previous chunk's last position (-1 before the first chunk)
+  b_BxLxN, c_BxLxN B and C, shared by the heads
+  a_Kx1xG, d_Kx1xG A_h and D_h per head block
+Backward outputs come per head block (dt's and A's cotangents as BxKxLxG, B's and C's as BxKxLxN summed over the
+block's heads) and are summed over blocks here (`gradients`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+  batch: int
+  length: int  # padded to a multiple of chunk
+  heads: int
+  head_dim: int
+  state: int
+  chunk: int
+  group: int  # heads per kernel program (G)
+
+  @property
+  def chunks(self) -> int:
+    return self.length // self.chunk
+
+  @property
+  def blocks(self) -> int:
+    return self.heads // self.group
+
+
+def dims(x_BxLxHxP: jax.Array, b_BxLxN: jax.Array, chunk: int, group: int) -> Dims:
+  batch, length, heads, head_dim = x_BxLxHxP.shape
+  if heads % group:
+    raise ValueError(f"heads per SSD program ({group}) must divide the number of heads ({heads})")
+  padded = length + (-length % chunk)
+  return Dims(batch, padded, heads, head_dim, b_BxLxN.shape[-1], chunk, group)
+
+
+def cost(n: Dims, operands, backward: bool) -> pl.CostEstimate:
+  """What a SSD kernel call costs: C B^T and M xdt per position (2 Q (N + P) FLOPs), the state in and out (4 P N);
+  the backward about 3x; one exp per decay entry; every operand read (twice backward) and y written."""
+  per_position = 2 * n.chunk * (n.state + n.head_dim) + 4 * n.head_dim * n.state
+  positions = n.batch * n.length * n.heads
+  return pl.CostEstimate(
+    flops=(3 if backward else 1) * positions * per_position,
+    transcendentals=positions * n.chunk,
+    bytes_accessed=sum(v.nbytes for v in operands) * (2 if backward else 1) + positions * n.head_dim * 4,
+  )
+
+
+def _pad(v: jax.Array, length: int) -> jax.Array:
+  return jnp.pad(v, ((0, 0), (0, length - v.shape[1])) + ((0, 0),) * (v.ndim - 2))
+
+
+def operands(x_BxLxHxP, dt_BxLxH, a_H, b_BxLxN, c_BxLxN, d_H, doc_BxL, n: Dims) -> tuple[jax.Array, ...]:
+  """(x_BxLxI, dt_BxKxLxG, doc_BxLx1, prev_BxCx1x1, b_BxLxN, c_BxLxN, a_Kx1xG, d_Kx1xG), L padded."""
+  length = x_BxLxHxP.shape[1]
+  tail = (jnp.arange(n.length) >= length)[None, :]
+  doc_BxL = _pad(doc_BxL, n.length)
+  doc_BxL = jnp.where(tail, doc_BxL[:, length - 1 : length] + 1, doc_BxL).astype(jnp.float32)
+  x_BxLxI = _pad(x_BxLxHxP, n.length).reshape(n.batch, n.length, n.heads * n.head_dim)
+  dt_BxKxLxG = _pad(dt_BxLxH, n.length).reshape(n.batch, n.length, n.blocks, n.group).transpose(0, 2, 1, 3)
+  ends_BxC = doc_BxL[:, n.chunk - 1 :: n.chunk]
+  prev_BxC = jnp.concatenate([jnp.full((n.batch, 1), -1.0, jnp.float32), ends_BxC[:, :-1]], axis=1)
+  heads = lambda v: v.astype(jnp.float32).reshape(n.blocks, 1, n.group)  # noqa: E731
+  return (
+    x_BxLxI,
+    dt_BxKxLxG,
+    doc_BxL[..., None],
+    prev_BxC[..., None, None],
+    _pad(b_BxLxN, n.length),
+    _pad(c_BxLxN, n.length),
+    heads(a_H),
+    heads(d_H),
+  )
+
+
+def per_head(v_BxLxI: jax.Array, n: Dims, length: int) -> jax.Array:
+  """A kernel's x-shaped output back to B x L x H x P, without the padding."""
+  return v_BxLxI.reshape(n.batch, n.length, n.heads, n.head_dim)[:, :length]
+
+
+def gradients(raw: tuple[jax.Array, ...], dt_BxLxH, a_H, x_BxLxHxP, dy_BxLxHxP, n: Dims):
+  """The SSD op's cotangents (dx, ddt, da, db, dc, dd) from a backward kernel's raw outputs
+  (dx_BxLxI, ddtx_BxKxLxG, dcs_BxKxLxG, db_BxKxLxN, dc_BxKxLxN): dt's through x dt and through a = dt A."""
+  dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN = raw
+  length = x_BxLxHxP.shape[1]
+
+  def heads_last(v_BxKxLxG):
+    return v_BxKxLxG.transpose(0, 2, 1, 3).reshape(n.batch, n.length, n.heads)[:, :length]
+
+  da_BxLxH = heads_last(da_BxKxLxG)
+  dt_f32 = dt_BxLxH.astype(jnp.float32)
+  ddt_BxLxH = heads_last(ddtx_BxKxLxG) + a_H.astype(jnp.float32)[None, None, :] * da_BxLxH
+  dx_BxLxHxP = per_head(dx_BxLxI, n, length)
+  dd_H = jnp.einsum("blhp,blhp->h", dy_BxLxHxP.astype(jnp.float32), x_BxLxHxP.astype(jnp.float32))
+  return (
+    dx_BxLxHxP.astype(x_BxLxHxP.dtype),
+    ddt_BxLxH.astype(dt_BxLxH.dtype),
+    jnp.einsum("blh,blh->h", dt_f32, da_BxLxH).astype(a_H.dtype),
+    db_BxKxLxN.sum(axis=1)[:, :length],
+    dc_BxKxLxN.sum(axis=1)[:, :length],
+    dd_H,
+  )

@@ -1,0 +1,143 @@
+"""Pallas TPU (Mosaic) kernels of the Mamba2 SSD scan, forward and backward (operands: `ssd_layout.py`).
+
+Grid (B, K head blocks, C chunks), the chunk axis 'arbitrary' (in order, forward; in reverse, backward) and the
+others 'parallel'. A program holds one chunk of G heads: x, B, C and dt tiles in VMEM, the Q x Q decay and C B^T
+matrices of one head at a time, and the state carried between chunks in a VMEM scratch (G x P x N, float32), so the
+scan is one pass over the sequence with nothing but y (and, for the backward, the entering states) written out.
+The chunk's arithmetic is `ssd_chunk.py`; matmuls run on the MXU in float32.
+
+VMEM per program, float32 words: about 2 Q^2 per head at a time (decay, C B^T; the backward 4 Q^2) plus
+double-buffered tiles of Q (G P + 2 N) words and the G P N state: for Q = 256, G = 2, P = 64, N = 128 about 3 MiB
+forward and 5 MiB backward, inside every TPU's default scoped VMEM (16 MiB on v5e, 32 MiB on v5p).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from chunklm.kernels import ssd_chunk
+from chunklm.kernels.ssd_layout import Dims, cost
+
+F32 = jnp.float32
+
+
+def _tiles(refs, j: int, p: int):
+  """Head j's tiles (x, dt, doc, b, c, a, d, prev) of one program, as float32."""
+  x_ref, dt_ref, doc_ref, prev_ref, b_ref, c_ref, a_ref, d_ref = refs
+  return (
+    x_ref[0, :, j * p : (j + 1) * p].astype(F32),
+    dt_ref[0, 0, :, j : j + 1].astype(F32),
+    doc_ref[0],
+    b_ref[0].astype(F32),
+    c_ref[0].astype(F32),
+    a_ref[0, :, j : j + 1],
+    d_ref[0, :, j : j + 1],
+    prev_ref[0, 0],
+  )
+
+
+def _fwd_kernel(*refs, group: int, p: int):
+  ins, (y_ref, states_ref, carry_ref) = refs[:8], refs[8:]
+
+  @pl.when(pl.program_id(2) == 0)
+  def _init():
+    carry_ref[...] = jnp.zeros_like(carry_ref)
+
+  for j in range(group):
+    x, dt, doc, b, c, a, d, prev = _tiles(ins, j, p)
+    carry = carry_ref[j]
+    y, carry_out = ssd_chunk.forward(x, dt, doc, b, c, a, d, prev, carry)
+    y_ref[0, :, j * p : (j + 1) * p] = y.astype(y_ref.dtype)
+    states_ref[0, 0, j] = carry
+    carry_ref[j] = carry_out
+
+
+def _bwd_kernel(*refs, group: int, p: int):
+  ins, (states_ref, dy_ref), outs = refs[:8], refs[8:10], refs[10:]
+  dx_ref, ddt_ref, da_ref, db_ref, dc_ref, g_ref = outs
+
+  @pl.when(pl.program_id(2) == 0)
+  def _init():
+    g_ref[...] = jnp.zeros_like(g_ref)
+
+  db = dc = None
+  for j in range(group):
+    x, dt, doc, b, c, a, d, prev = _tiles(ins, j, p)
+    dy = dy_ref[0, :, j * p : (j + 1) * p].astype(F32)
+    dx, ddt, da, db_j, dc_j, dcarry = ssd_chunk.backward(
+      x, dt, doc, b, c, a, d, prev, states_ref[0, 0, j], dy, g_ref[j]
+    )
+    dx_ref[0, :, j * p : (j + 1) * p] = dx.astype(dx_ref.dtype)
+    ddt_ref[0, 0, :, j : j + 1] = ddt
+    da_ref[0, 0, :, j : j + 1] = da
+    db, dc = (db_j, dc_j) if db is None else (db + db_j, dc + dc_j)
+    g_ref[j] = dcarry
+  db_ref[0, 0] = db
+  dc_ref[0, 0] = dc
+
+
+def _specs(n: Dims, reverse: bool):
+  """BlockSpecs of the eight operands, for grid (b, k, i): chunk i, or C - 1 - i in reverse."""
+  q, g, p = n.chunk, n.group, n.head_dim
+  ch = (lambda i: n.chunks - 1 - i) if reverse else (lambda i: i)
+  rows = lambda width: pl.BlockSpec((1, q, width), lambda b, k, i: (b, ch(i), 0))  # noqa: E731
+  x_spec = pl.BlockSpec((1, q, g * p), lambda b, k, i: (b, ch(i), k))
+  per_block = pl.BlockSpec((1, 1, q, g), lambda b, k, i: (b, k, ch(i), 0))
+  heads = pl.BlockSpec((1, 1, g), lambda b, k, i: (k, 0, 0))
+  prev = pl.BlockSpec((1, 1, 1, 1), lambda b, k, i: (b, ch(i), 0, 0))
+  states = pl.BlockSpec((1, 1, g, p, n.state), lambda b, k, i: (b, ch(i), k, 0, 0))
+  block_n = pl.BlockSpec((1, 1, q, n.state), lambda b, k, i: (b, k, ch(i), 0))
+  return x_spec, per_block, rows(1), prev, rows(n.state), rows(n.state), heads, heads, states, block_n
+
+
+_PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "interpret"))
+def forward(operands: tuple[jax.Array, ...], *, n: Dims, interpret=False) -> tuple[jax.Array, jax.Array]:
+  """(y_BxLxI, states_BxCxHxPxN): the outputs and the state entering each chunk (the backward's residual)."""
+  x_spec, *_, states_spec, _ = _specs(n, reverse=False)
+  x_BxLxI = operands[0]
+  return pl.pallas_call(
+    functools.partial(_fwd_kernel, group=n.group, p=n.head_dim),
+    out_shape=(
+      jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype),
+      jax.ShapeDtypeStruct((n.batch, n.chunks, n.heads, n.head_dim, n.state), F32),
+    ),
+    grid=(n.batch, n.blocks, n.chunks),
+    in_specs=list(_specs(n, reverse=False)[:8]),
+    out_specs=(x_spec, states_spec),
+    scratch_shapes=[pltpu.VMEM((n.group, n.head_dim, n.state), F32)],
+    compiler_params=_PARAMS,
+    cost_estimate=cost(n, operands, backward=False),
+    interpret=interpret,
+    name="ssd_fwd",
+  )(*operands)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "interpret"))
+def backward(
+  operands: tuple[jax.Array, ...], states_BxCxHxPxN: jax.Array, dy_BxLxI: jax.Array, *, n: Dims, interpret=False
+) -> tuple[jax.Array, ...]:
+  """Raw cotangents (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN); `ssd_layout.gradients` finishes."""
+  specs = _specs(n, reverse=True)
+  x_spec, per_block, block_n = specs[0], specs[1], specs[9]
+  col = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.group), F32)
+  by_block = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.state), F32)
+  return pl.pallas_call(
+    functools.partial(_bwd_kernel, group=n.group, p=n.head_dim),
+    out_shape=(jax.ShapeDtypeStruct(dy_BxLxI.shape, operands[0].dtype), col, col, by_block, by_block),
+    grid=(n.batch, n.blocks, n.chunks),
+    in_specs=[*specs[:8], specs[8], x_spec],
+    out_specs=(x_spec, per_block, per_block, block_n, block_n),
+    scratch_shapes=[pltpu.VMEM((n.group, n.head_dim, n.state), F32)],
+    compiler_params=_PARAMS,
+    cost_estimate=cost(n, (*operands, states_BxCxHxPxN, dy_BxLxI), backward=True),
+    interpret=interpret,
+    name="ssd_bwd",
+  )(*operands, states_BxCxHxPxN, dy_BxLxI)
