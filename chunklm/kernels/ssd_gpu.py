@@ -38,7 +38,7 @@ def check(n: Dims) -> None:
     raise ValueError(f"the GPU SSD kernel runs one head per program (group 1), got {n.group}")
 
 
-def _tiles(refs, b, h, c, n: Dims) -> tuple[jax.Array, ...]:
+def _tiles(refs, b, h, c, n: Dims):
   """Chunk c of head h of row b: (x, dt, doc, b, c, a, d, prev) as float32 tiles."""
   x_ref, dt_ref, doc_ref, prev_ref, b_ref, c_ref, a_ref, d_ref = refs
   rows = pl.ds(c * n.chunk, n.chunk)
@@ -61,7 +61,8 @@ def _fwd_kernel(*refs, n: Dims):
   cols = pl.ds(h * n.head_dim, n.head_dim)
 
   def body(c, carry_PxN):
-    y_QxP, carry_out = ssd_chunk.forward(*_tiles(ins, b, h, c, n), carry_PxN)
+    x, dt, doc, bq, cq, a, d, prev = _tiles(ins, b, h, c, n)
+    y_QxP, carry_out = ssd_chunk.forward(x, dt, doc, bq, cq, a, d, prev, carry_PxN)
     plgpu.store(y_ref.at[b, pl.ds(c * n.chunk, n.chunk), cols], y_QxP.astype(y_ref.dtype))
     plgpu.store(states_ref.at[b, c, h, pl.ds(0, n.head_dim), pl.ds(0, n.state)], carry_PxN)
     return carry_out
@@ -79,7 +80,8 @@ def _bwd_kernel(*refs, n: Dims):
     rows = pl.ds(c * n.chunk, n.chunk)
     carry_PxN = plgpu.load(states_ref.at[b, c, h, *state])
     dy_QxP = plgpu.load(dy_ref.at[b, rows, cols]).astype(F32)
-    dx, ddt, da, db, dc, dcarry = ssd_chunk.backward(*_tiles(ins, b, h, c, n), carry_PxN, dy_QxP, g_PxN)
+    x, dt, doc, bq, cq, a, d, prev = _tiles(ins, b, h, c, n)
+    dx, ddt, da, db, dc, dcarry = ssd_chunk.backward(x, dt, doc, bq, cq, a, d, prev, carry_PxN, dy_QxP, g_PxN)
     plgpu.store(dx_ref.at[b, rows, cols], dx.astype(dx_ref.dtype))
     plgpu.store(ddt_ref.at[b, h, rows, pl.ds(0, 1)], ddt)
     plgpu.store(da_ref.at[b, h, rows, pl.ds(0, 1)], da)
