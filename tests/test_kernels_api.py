@@ -140,7 +140,7 @@ def test_bench_kernels_runs_on_cpu(tmp_path, capsys, corpus_dir):
         "--impl",
         "interpret",
         "--ops",
-        "upsample",
+        "upsample,ssd",
         "--dtype",
         "float32",
         "--repeats",
@@ -159,6 +159,9 @@ def test_bench_kernels_runs_on_cpu(tmp_path, capsys, corpus_dir):
   rows = json.loads(out.read_text())["ops"]
   assert {(r["impl"], r["pass"]) for r in rows} == {(i, p) for i in ("xla", "interpret") for p in ("fwd", "fwd+bwd")}
   assert all(r["ms"] > 0 and r["gbps"] > 0 and r["peak_frac"] is None for r in rows)
+  ssd_rows = json.loads(out.read_text())["ssd"]
+  assert {(r["impl"], r["pass"]) for r in ssd_rows} == {(r["impl"], r["pass"]) for r in rows}
+  assert all(r["tflops"] > 0 and r["gflop"] > 0 for r in ssd_rows)
   assert main(["bench", "kernels", "--impl", "pallas", "--shapes", "small", "--no-step"]) == 2  # no GPU/TPU here
   assert "needs a GPU or TPU" in capsys.readouterr().err
   from chunklm.bench.kernels import bench_step, peak_gbps

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chunklm.bench import kernels_ssd
+from chunklm.errors import UserError
 from chunklm.kernels import api, ssd_chunk, ssd_reference
 from chunklm.kernels.ssd import heads_per_program, ssd
 from chunklm.kernels.tuning import Tiles
@@ -166,3 +168,15 @@ def test_hnet_step_with_interpreted_ssd_and_chunk_kernels_equals_xla():
   np.testing.assert_allclose(v_k, v_xla, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g_k), jax.tree.leaves(g_xla)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bench_ssd_rows_shapes_and_peaks(capsys):
+  rows = kernels_ssd.bench_ssd(kernels_ssd.SHAPES["small"], ("xla",), ("float32",), 1, 0, None, None)
+  assert [r["pass"] for r in rows] == ["fwd", "fwd+bwd"] and all(r["ms"] > 0 and r["vs_xla"] == 1 for r in rows)
+  assert rows[1]["gflop"] == 4 * rows[0]["gflop"] and "2x128x2x16x16x32" in capsys.readouterr().out
+  assert kernels_ssd.parse_shapes("8x2048x16x64x64x128") == ((8, 2048, 16, 64, 64, 128),)
+  for bad in ("8x2048x16", "8x2048x16x64x64x0", ""):
+    with pytest.raises(UserError, match="--ssd-shapes"):
+      kernels_ssd.parse_shapes(bad)
+  assert kernels_ssd.peak_tflops("NVIDIA H200") == 989 and kernels_ssd.peak_tflops("TPU v5 lite") == 197
+  assert kernels_ssd.peak_tflops("cpu") is None

@@ -1,6 +1,6 @@
 """`chunklm bench kernels`: every chunk op, forward and forward+backward, per impl: median time, achieved GB/s, the
-fraction of the device's peak memory bandwidth and the speed-up over the XLA reference; then a whole H-Net training
-step per impl.
+fraction of the device's peak memory bandwidth and the speed-up over the XLA reference; the Mamba2 SSD scan the same
+way with FLOP/s (`kernels_ssd.py`); then a whole H-Net training step per impl.
 
 Inputs: boundaries drawn with probability 1/5 (mean chunk length 5), the first position of every row a boundary,
 M = ceil(1.5 L / 5) chunk slots (the model's default capacity factor). GB/s counts the bytes an op must move at least
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chunklm.bench import kernels_ssd
 from chunklm.bench.timing import median_time, real_batches, time_train_steps, with_corpus_cap
 from chunklm.config import load_config
 from chunklm.errors import UserError
@@ -24,6 +25,7 @@ from chunklm.kernels import api
 from chunklm.train.trainer import setup_state
 
 OPS = ("downsample", "upsample", "segment_pool", "ema_scan")
+ALL_OPS = (*OPS, "ssd")
 DTYPES = ("float32", "bfloat16")
 SHAPES = {  # (B, L, D)
   "full": tuple((b, length, d) for b in (8, 32) for length in (4096, 8192) for d in (512, 1024, 2048)),
@@ -218,14 +220,16 @@ def bench_kernels(
   impls: str | None = None,
   shapes: str = "full",
   dtypes: str = "float32,bfloat16",
-  ops: str = ",".join(OPS),
+  ops: str = ",".join(ALL_OPS),
   repeats: int = 20,
   warmup: int = 3,
   step_config: str | None = None,
   step_overrides=(),
   step_steps: int = 10,
+  ssd_shapes: str = "auto",
 ) -> dict:
-  """Runs the benchmark and prints it; `step_config` None skips the training-step part."""
+  """Runs the benchmark and prints it; `step_config` None skips the training-step part; `ssd_shapes` 'auto' follows
+  `shapes` (small with small, else full)."""
   impl_list = _split(impls, api.IMPLS, "impl") if impls else default_impls()
   if "xla" not in impl_list:
     impl_list = ("xla", *impl_list)  # the baseline of every ratio
@@ -235,25 +239,45 @@ def bench_kernels(
     except ValueError as e:
       raise UserError(f"bench kernels: {e}") from None
   shape_list = parse_shapes(shapes)
+  ssd_list = kernels_ssd.parse_shapes(
+    ssd_shapes if ssd_shapes != "auto" else ("small" if shapes == "small" else "full")
+  )
+  op_list, dtype_list = _split(ops, ALL_OPS, "op"), _split(dtypes, DTYPES, "dtype")
   if repeats < 1 or warmup < 0 or step_steps < 1:
     raise UserError("bench kernels: --repeats and --step-steps must be >= 1 and --warmup >= 0")
   dev = jax.devices()[0]
   peak = peak_gbps(dev.device_kind) if dev.platform != "cpu" else None
+  peak_tf = kernels_ssd.peak_tflops(dev.device_kind) if dev.platform != "cpu" else None
   print(f"device            : {dev.device_kind} ({dev.platform}), jax {jax.__version__}")
   print(f"peak HBM bandwidth: {f'{peak / 1e3:.2f} TB/s' if peak else 'n/a'}")
+  print(f"peak bf16 matmul  : {f'{peak_tf:.0f} TFLOP/s' if peak_tf else 'n/a'}")
   print(f"impls             : {', '.join(f'{i} -> {_describe(i)}' for i in impl_list)}")
   print(
     f"timing            : median of {repeats} after {warmup} warm-up calls; mean chunk length {MEAN_CHUNK:g}; "
     "vs XLA = XLA time / this time\n"
   )
-  print(
-    f"{'op':13s} {'B':>3s} {'L':>6s} {'M':>5s} {'D':>5s} {'dtype':9s} {'impl':9s} {'pass':8s} {'ms':>10s} "
-    f"{'GB/s':>9s} {'% peak':>7s} {'vs XLA':>8s}"
-  )
-  rows = bench_ops(
-    shape_list, impl_list, _split(dtypes, DTYPES, "dtype"), _split(ops, OPS, "op"), repeats, warmup, peak
-  )
-  out = {"device": dev.device_kind, "platform": dev.platform, "peak_gbps": peak, "ops": rows, "step": []}
+  chunk_ops = tuple(op for op in op_list if op in OPS)
+  rows: list[dict] = []
+  if chunk_ops:
+    print(
+      f"{'op':13s} {'B':>3s} {'L':>6s} {'M':>5s} {'D':>5s} {'dtype':9s} {'impl':9s} {'pass':8s} {'ms':>10s} "
+      f"{'GB/s':>9s} {'% peak':>7s} {'vs XLA':>8s}"
+    )
+    rows = bench_ops(shape_list, impl_list, dtype_list, chunk_ops, repeats, warmup, peak)
+  ssd_rows = []
+  if "ssd" in op_list:
+    print(f"\nSSD scan (auto = {_describe('xla')} for the SSD until a device measures the kernels faster):")
+    print(kernels_ssd.HEADER)
+    ssd_rows = kernels_ssd.bench_ssd(ssd_list, impl_list, dtype_list, repeats, warmup, peak, peak_tf)
+  out = {
+    "device": dev.device_kind,
+    "platform": dev.platform,
+    "peak_gbps": peak,
+    "peak_tflops": peak_tf,
+    "ops": rows,
+    "ssd": ssd_rows,
+    "step": [],
+  }
   if step_config:
     print(f"\ntraining step ({' '.join([step_config, *step_overrides])}), median of {step_steps}:")
     print(f"{'config':22s} {'impl':9s} {'compile':>10s} {'step':>13s} {'bytes/s':>14s} {'vs XLA':>7s}")

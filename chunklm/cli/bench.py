@@ -92,6 +92,7 @@ def kernels(args) -> int:
       step_config,
       args.step_overrides,
       args.step_steps,
+      args.ssd_shapes,
     ),
   )
   return 0

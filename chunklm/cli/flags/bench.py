@@ -93,7 +93,8 @@ def _add_kernels(bsub) -> None:
     help="chunk-op kernels vs the XLA reference: time, GB/s, %% of peak bandwidth",
     description="Time every chunk op (downsample, upsample, segment_pool, ema_scan), forward and "
     "forward+backward, with each chunk-op impl: median time, achieved GB/s, fraction "
-    "of the device's peak memory bandwidth and speed-up over the XLA reference; then "
+    "of the device's peak memory bandwidth and speed-up over the XLA reference; the "
+    "Mamba2 SSD scan likewise, with FLOP/s and % of the matmul peak; then "
     "a whole H-Net training step with each impl.",
   )
   b.set_defaults(body="bench kernels")
@@ -115,9 +116,16 @@ def _add_kernels(bsub) -> None:
   b.add_argument("--dtype", default="float32,bfloat16", metavar="LIST", help="comma-separated (default: %(default)s)")
   b.add_argument(
     "--ops",
-    default="downsample,upsample,segment_pool,ema_scan",
+    default="downsample,upsample,segment_pool,ema_scan,ssd",
     metavar="LIST",
-    help="comma-separated ops (default: all)",
+    help="comma-separated ops (default: all; ssd is the Mamba2 scan, timed on --ssd-shapes)",
+  )
+  b.add_argument(
+    "--ssd-shapes",
+    default="auto",
+    metavar="SET|BxLxHxPxNxQ,...",
+    help="full: the Mamba2 layers of hnet_1stage_S (8x2048x16x64x64x128) and hnet_1stage_L "
+    "(2x8192x32x64x128x256); small: a CPU-sized check; auto: as --shapes (default)",
   )
   b.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (default: %(default)s)")
   b.add_argument("--warmup", type=int, default=3, help="untimed calls after compilation (default: %(default)s)")
