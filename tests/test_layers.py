@@ -87,7 +87,8 @@ def test_blockwise_attention_equals_dense_with_gradients():
 
 def test_fused_attention_form_equals_the_masked_one_with_gradients():
   """The arguments cuDNN gets (causal and window as flags, the document mask as an array), run through XLA here,
-  give the plain masked attention, with gradients; the auto backend is XLA off a GPU, an impossible cudnn an error."""
+  give the plain masked attention, with gradients; the auto backend is XLA off a GPU or TPU, an impossible cudnn an
+  error."""
   from chunklm.model.layers import attention_backend, fused_attention, masked_attention
 
   key = jax.random.split(jax.random.key(1), 3)
@@ -101,10 +102,11 @@ def test_fused_attention_form_equals_the_masked_one_with_gradients():
     g2 = jax.grad(lambda *a: jnp.sum(jnp.sin(fused(*a))), argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(g1, g2):
       np.testing.assert_allclose(a, b, atol=1e-5)
-  gpu = jax.default_backend() == "gpu"
-  assert attention_backend("auto", jnp.bfloat16, 64, 256, False) == ("cudnn" if gpu else "xla")
+  backend = jax.default_backend()  # on a TPU auto takes Splash where it applies (tests/test_splash.py)
+  picked = {"gpu": "cudnn", "tpu": "splash"}.get(backend, "xla")
+  assert attention_backend("auto", jnp.bfloat16, 64, 256, False) == picked
   for args in ((jnp.float32, 64, 256, False), (jnp.bfloat16, 64, 255, False), (jnp.bfloat16, 64, 256, True)):
-    assert attention_backend("auto", *args) == "xla"
+    assert attention_backend("auto", *args) == ("splash" if backend == "tpu" and not args[-1] else "xla")
     with pytest.raises(ValueError, match="kernels.attention cudnn needs"):
       attention_backend("cudnn", *args)
   assert attention_backend("xla", jnp.bfloat16, 64, 256, False) == "xla"

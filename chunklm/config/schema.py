@@ -32,7 +32,7 @@ DType = Literal["float32", "bfloat16"]
 Schedule = Literal["cosine", "wsd", "constant"]
 NanPolicy = Literal["stop", "skip"]
 KernelImpl = Literal["auto", "xla", "pallas", "interpret"]  # chunk-op backends (chunklm.kernels.api)
-AttentionImpl = Literal["auto", "xla", "cudnn"]  # softmax-attention backends
+AttentionImpl = Literal["auto", "xla", "cudnn", "splash"]  # softmax-attention backends
 RatioLoss = Literal["hnet", "hinge"]  # H-Net's two-sided ratio loss | a one-sided bound (FLEXITOKENS' idea)
 Compat = Literal["chunklm", "official"]  # H-Net numerics: chunklm's own, or the official code's (converted weights)
 
@@ -349,5 +349,5 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class KernelsConfig:
   impl: KernelImpl = "auto"  # chunk-op backend: auto (Pallas on GPU/TPU, XLA on CPU) | xla | pallas | interpret
-  attention: AttentionImpl = "auto"  # softmax attention: auto (cuDNN flash attention on a GPU where it applies,
-  #                                    else XLA) | xla | cudnn
+  attention: AttentionImpl = "auto"  # softmax attention: auto (cuDNN flash attention on a GPU, Splash on a TPU,
+  #                                    where they apply, else XLA) | xla | cudnn | splash (on CPU: interpreted)

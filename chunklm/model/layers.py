@@ -9,6 +9,7 @@ Under a mesh with an `fsdp` axis, weight matrices are stored sharded and gathere
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -16,9 +17,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from chunklm.mesh.context import gathered_apply, platform
+from chunklm.kernels import splash
+from chunklm.mesh.context import gathered_apply, per_shard, platform
 
-AttentionBackend = Literal["cudnn", "xla"]  # what attention_backend picks (jax.nn.dot_product_attention's names)
+AttentionBackend = Literal["cudnn", "splash", "xla"]  # what attention_backend picks
 
 
 def param(key: jax.Array | None, init, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
@@ -128,20 +130,35 @@ def attention_mask(segment_ids_BxL: jax.Array, window: int = 0, rows: jax.Array 
 
 
 def attention_backend(impl: str, dtype, head_dim: int, length: int, has_key_bias: bool) -> AttentionBackend:
-  """'cudnn' or 'xla' for `kernels.attention`: auto takes cuDNN's flash attention on a GPU when it applies
-  (bfloat16/float16, head_dim a multiple of 8 up to 128, an even length, as cuDNN needs with a mask; no learned key
-  bias: its gradient would be a full B x 1 x L x L bias gradient), else XLA; an explicit 'cudnn' that does not apply
-  is an error."""
+  """'cudnn', 'splash' or 'xla' for `kernels.attention` on the target platform (the traced mesh's, `platform()`).
+
+  auto takes cuDNN's flash attention on a GPU when it applies (bfloat16/float16, head_dim a multiple of 8 up to 128,
+  an even length, as cuDNN needs with a mask; no learned key bias: its gradient would be a full B x 1 x L x L bias
+  gradient), and Splash attention (kernels/splash.py) on a TPU when it applies (no key bias: Splash has no bias
+  input; head_dim up to splash.MAX_HEAD_DIM; length at least 128, as shorter ones would be padded to 128 for
+  nothing), else XLA. An explicit 'cudnn' or 'splash' that does not apply is an error. Explicit 'splash' also runs
+  on CPU, in the Pallas interpreter (for tests and debugging, as `kernels.impl=interpret` for the chunk ops)."""
+  target = platform()
+  splash_fits = not has_key_bias and head_dim <= splash.MAX_HEAD_DIM
+  if impl == "splash":
+    if not splash_fits or target not in ("tpu", "cpu"):
+      raise ValueError(
+        f"kernels.attention splash needs a TPU (or CPU, where it runs interpreted; the target is {target}), "
+        f"head_dim up to {splash.MAX_HEAD_DIM} (got {head_dim}) and no key bias (delete_gate)"
+      )
+    return "splash"
+  if impl == "auto" and target == "tpu":
+    return "splash" if splash_fits and length >= splash.LANES else "xla"
   fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128 and length % 2 == 0
   if impl == "cudnn":
-    if not fits or has_key_bias or platform() != "gpu":
+    if not fits or has_key_bias or target != "gpu":
       raise ValueError(
         f"kernels.attention cudnn needs a GPU, bfloat16 or float16 (got {jnp.dtype(dtype)}), "
         f"head_dim a multiple of 8 up to 128 (got {head_dim}), an even length (got {length}) and "
         "no key bias (delete_gate)"
       )
     return "cudnn"
-  if impl == "auto" and fits and not has_key_bias and platform() == "gpu":
+  if impl == "auto" and fits and not has_key_bias and target == "gpu":
     return "cudnn"
   return "xla"
 
@@ -152,7 +169,7 @@ def fused_attention(
   v_BxLxHxK: jax.Array,
   segment_ids_BxL: jax.Array,
   window: int,
-  implementation: AttentionBackend,
+  implementation: Literal["cudnn", "xla"],
 ) -> jax.Array:
   """The attention of `masked_attention` in the form a fused kernel takes: causal mask and window as flags (so the
   kernel skips the masked blocks), only the document mask as an array (cuDNN adds it as a bias). With
@@ -183,12 +200,19 @@ def masked_attention(
   """Softmax attention with the causal/document/window mask; with `block`, queries go `block` at a time (each block
   recomputed in the backward pass), so memory grows as block x L instead of L x L. `key_bias_BxL` is added to the
   logits of each key (every head and query). impl 'cudnn' (see attention_backend) runs cuDNN's flash attention with
-  the causal mask and window as its own mask type and the document mask as an additive bias; `block` is moot there
-  (flash attention never holds L x L scores)."""
+  the causal mask and window as its own mask type and the document mask as an additive bias; impl 'splash' runs
+  Splash attention (kernels/splash.py: causal mask and window static, documents as segment ids, no key bias),
+  compiled on a TPU target and interpreted elsewhere, per device's rows under a mesh (`per_shard`: Pallas kernels
+  cannot be partitioned automatically). `block` is moot for both (flash attention never holds L x L scores)."""
   length, head_dim = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1]
   scale = 1.0 / math.sqrt(head_dim)
   if impl == "cudnn":
     return fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, window, "cudnn")
+  if impl == "splash":
+    if key_bias_BxL is not None:
+      raise ValueError("attention impl 'splash' takes no key bias (delete_gate); use 'xla'")
+    run = functools.partial(splash.splash_attention, window=window, interpret=platform() != "tpu")
+    return per_shard(run, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL)
   bias = None if key_bias_BxL is None else key_bias_BxL.astype(q_BxLxHxK.dtype)[:, None, None, :]
   if not block or block >= length:
     mask = attention_mask(segment_ids_BxL, window)
