@@ -242,3 +242,26 @@ def test_routing_loss_settings_are_checked():
     hnet_config(1, "model.ratio_loss=nope")
   with pytest.raises(ConfigError, match="must be >= 0"):
     hnet_config(1, "model.confidence_loss_weight=-1")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunk_ops_move_rows_in_the_compute_dtype_and_the_residual_stays_float32(dtype, monkeypatch):
+  from chunklm.kernels import api
+  from chunklm.model import chunking
+
+  seen = []
+  for name in ("downsample", "upsample", "ema_scan"):
+    real = getattr(api, name)
+    spy = lambda x, *a, real=real, name=name, **k: (seen.append((name, x.dtype)), real(x, *a, **k))[1]
+    monkeypatch.setattr(api, name, spy)
+  dechunked = []
+  real_dechunk = chunking.dechunk
+  monkeypatch.setattr(chunking, "dechunk", lambda *a, **k: dechunked.append(real_dechunk(*a, **k)) or dechunked[-1])
+  cfg = tiny_config(*HNET1, f"model.dtype={dtype}")
+  graphdef, params = split_model(build_model(cfg, 0))
+  batch = {"ids": jnp.zeros((1, 16), jnp.int32), "segment_ids": jnp.ones((1, 16), jnp.int32)}
+  batch["positions"] = jnp.arange(16)[None]
+  logits, _ = forward(graphdef, params, batch)
+  assert {name for name, _ in seen} == {"downsample", "upsample", "ema_scan"}
+  assert all(d == jnp.dtype(dtype) for _, d in seen), seen
+  assert dechunked[0].dtype == jnp.float32 and bool(jnp.isfinite(logits).all())  # y = dechunk * STE + W_res x_hat

@@ -69,7 +69,7 @@ def breakdown(cfg: Config, repeats: int = 5) -> list[tuple[str, float]]:
 
     def route_chunk_dechunk(m, h, cap=caps[level], seg=seg):
       r = m.router(h, None, seg, seg > 0)
-      ch = chunking.chunk(h, r, seg, seg > 0, cap, cfg.data.doc_slots, exact=False)
+      ch = chunking.chunk(h.astype(m.moved_dtype), r, seg, seg > 0, cap, cfg.data.doc_slots, exact=False)
       return chunking.dechunk(ch.z_BxMxD, ch, r, compat=m.compat) + m.residual(h)
 
     g, params = _fwd_bwd(net, route_chunk_dechunk)

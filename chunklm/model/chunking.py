@@ -104,6 +104,7 @@ def dechunk(
   zhat_BxMxD: jax.Array, chunks: Chunks, routing: Routing, impl: str = "auto", compat: str = "chunklm"
 ) -> jax.Array:
   """Smoothed, upsampled main-network output, scaled by STE(confidence): y_BxLxD in float32; `impl` as for chunk.
+  The EMA averages in float32 and returns, and the upsample moves, zhat's dtype (the model's compute dtype).
   compat "official" smooths as the official code does (`official_ema_inputs`)."""
   restart_BxM = chunks.starts_BxM | ~chunks.valid_BxM
   if compat == "official":
@@ -111,7 +112,7 @@ def dechunk(
     zbar_BxMxD = round_bf16(api.ema_scan(z_BxMxD, p_BxM, impl=impl))
   else:
     p_BxM = jnp.where(restart_BxM, 1.0, jnp.clip(chunks.p_BxM, 1e-4, 1 - 1e-4))
-    zbar_BxMxD = api.ema_scan(zhat_BxMxD.astype(jnp.float32), p_BxM, impl=impl)
+    zbar_BxMxD = api.ema_scan(zhat_BxMxD, p_BxM, impl=impl)
   up_BxLxD = api.upsample(zbar_BxMxD, chunks.chunk_idx_BxL, impl=impl)
   confidence_BxL = jnp.where(routing.b_BxL, routing.p_BxL, 1.0 - routing.p_BxL)
   return up_BxLxD * ste_one(confidence_BxL)[..., None]

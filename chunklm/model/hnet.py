@@ -4,7 +4,13 @@ The main network of a stage is a plain layer stack (innermost) or another H-Net,
 ('m4', ('T22',), 'm4') is 1-stage, ('m4', ('T1m4', ('T27',), 'm4T1'), 'm4') 2-stage. A wider inner level gets a
 shared learned vector (zero-initialised) appended to each chunk vector on the way in and is cut back to the outer
 width on the way out; there are no projections between levels. The decoder input is
-y_t = dechunk(main(chunk(x_hat)))_t * STE(c_t) + W_res x_hat_t, computed in float32 with W_res zero-initialised.
+y_t = dechunk(main(chunk(x_hat)))_t * STE(c_t) + W_res x_hat_t, summed in float32 with W_res zero-initialised.
+Precision: the chunk ops move rows in the compute dtype (`model.dtype`): x_hat is rounded to it before chunking, the
+main network's output before dechunking, and the EMA (float32 inside the kernels) returns its average in it, so in a
+bfloat16 model the B x L x D upsample result and the B x M x D chunk tensors are half the bytes of float32 (the
+official H-Net's dechunk output is bfloat16 too). What stays float32 and why: each stack's residual stream and the
+W_res x_hat path (sums of many small updates), the EMA's running average (a recurrence over hundreds of chunks), the
+boundary probabilities and the confidence STE (the ratio loss and router gradients).
 Attention positions count within each level's own (compressed) sequence.
 
 Pooling (`model.pooling` per stage): `select` (H-Net) takes the encoder state at each chunk's first byte, which is
@@ -102,6 +108,10 @@ class HNet(nnx.Module):
     self.residual_proj = Linear(dim, (dim,), ("embed", "embed_out"), rngs=rngs, std=0.0)  # zero init
     # the official code's residual_proj has a bias (PyTorch's default init there; zeros here: converted weights set it)
     self.compat = cfg.compat
+    # The rows the chunk ops move (chunk vectors in, the main network's output out, its smoothed copy upsampled to
+    # every position) travel in the compute dtype; the residual streams, W_res x_hat, the EMA's running average and
+    # the boundary probabilities stay float32 (see the module docstring).
+    self.moved_dtype = jnp.dtype(cfg.dtype)
     self.ratio_loss_kind = cfg.ratio_loss
     self.residual_bias = (
       param(None, lambda k, s, d: jnp.zeros(s, d), (dim,), ("embed",)) if cfg.compat == "official" else None
@@ -134,7 +144,7 @@ class HNet(nnx.Module):
     rng_here = None if rng is None else jax.random.fold_in(rng, self.level)
     routing = self.router(h_BxLxD, ids_BxL, segment_ids_BxL, valid_BxL, train=plan.train, rng=rng_here)
     chunks = chunking.chunk(
-      h_BxLxD,
+      h_BxLxD.astype(self.moved_dtype),
       routing,
       segment_ids_BxL,
       valid_BxL,
@@ -164,6 +174,7 @@ class HNet(nnx.Module):
       prev_BxMxD = jnp.pad(zhat_BxMxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
       null_BxMxD = jnp.broadcast_to(self.null[...].astype(zhat_BxMxD.dtype), zhat_BxMxD.shape)
       zhat_BxMxD = jnp.where(chunks.starts_BxM[..., None], null_BxMxD, prev_BxMxD)
+    zhat_BxMxD = zhat_BxMxD.astype(self.moved_dtype)
     y_BxLxD = chunking.dechunk(zhat_BxMxD, chunks, routing, impl=plan.kernel_impl, compat=self.compat) + self.residual(
       h_BxLxD
     )
@@ -206,15 +217,15 @@ class HNet(nnx.Module):
     h_BxD, enc = stack_step(self.encoder, x_BxD, state["enc"], update_B)
     p_B, chosen_B, router_state = self.router.step(h_BxD, state["h_prev"], state["has_prev"], ids_B, state["router"])
     b_B = chosen_B & update_B
-    z_BxE = h_BxD
+    z_BxE = h_BxD.astype(self.moved_dtype)  # as the forward's chunk ops move it
     if self.pad is not None:
       z_BxE = jnp.concatenate(
-        [h_BxD, jnp.broadcast_to(self.pad[...].astype(h_BxD.dtype), (h_BxD.shape[0], self.pad.shape[0]))], axis=-1
+        [z_BxE, jnp.broadcast_to(self.pad[...].astype(z_BxE.dtype), (h_BxD.shape[0], self.pad.shape[0]))], axis=-1
       )
 
     def main_step(z, main_state, update):
       zhat, main_state, inner = self.main.step(z, main_state, update)
-      return zhat.astype(jnp.float32), main_state, inner
+      return zhat.astype(self.moved_dtype).astype(jnp.float32), main_state, inner
 
     zhat_BxE, main, inner = run_rows(main_step, z_BxE, state["main"], b_B, list(self.main.stage_levels()))
     zhat_BxD = zhat_BxE[:, : h_BxD.shape[-1]]
@@ -222,7 +233,8 @@ class HNet(nnx.Module):
     start_p = 1 - 1e-4 if self.compat == "official" else 1.0
     p_use = jnp.where(state["has_prev"], jnp.clip(p_B, 1e-4, 1 - 1e-4), start_p)[:, None]
     zbar_BxD = jnp.where(b_B[:, None], p_use * zhat_BxD + (1 - p_use) * state["zbar"], state["zbar"])
-    y_BxD = zbar_BxD + self.residual(h_BxD)
+    # the forward's EMA keeps its average in float32 and returns it in the moved dtype
+    y_BxD = zbar_BxD.astype(self.moved_dtype).astype(jnp.float32) + self.residual(h_BxD)
     out_BxD, dec = stack_step(self.decoder, y_BxD, state["dec"], update_B)
     new_state = {
       "enc": enc,
