@@ -23,7 +23,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from chunklm.kernels import ssd_chunk
-from chunklm.kernels.ssd_layout import Dims, cost
+from chunklm.kernels.ssd_layout import Dims, backward_shapes, cost, forward_shapes
 
 F32 = jnp.float32
 ANY = pl.BlockSpec(memory_space=pl.ANY)
@@ -100,13 +100,9 @@ def _params():
 def forward(operands: tuple[jax.Array, ...], *, n: Dims, interpret=False) -> tuple[jax.Array, jax.Array]:
   """(y_BxLxI, states_BxCxHxPxN), as `ssd_tpu.forward`."""
   check(n)
-  x_BxLxI = operands[0]
   return pl.pallas_call(
     functools.partial(_fwd_kernel, n=n),
-    out_shape=(
-      jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype),
-      jax.ShapeDtypeStruct((n.batch, n.chunks, n.heads, n.head_dim, n.state), F32),
-    ),
+    out_shape=forward_shapes(operands[0], n),
     grid=(n.batch, n.heads),
     in_specs=[ANY] * 8,
     out_specs=(ANY, ANY),
@@ -123,11 +119,9 @@ def backward(
 ) -> tuple[jax.Array, ...]:
   """Raw cotangents, as `ssd_tpu.backward`."""
   check(n)
-  col = jax.ShapeDtypeStruct((n.batch, n.heads, n.length, 1), F32)
-  by_head = jax.ShapeDtypeStruct((n.batch, n.heads, n.length, n.state), F32)
   return pl.pallas_call(
     functools.partial(_bwd_kernel, n=n),
-    out_shape=(jax.ShapeDtypeStruct(dy_BxLxI.shape, operands[0].dtype), col, col, by_head, by_head),
+    out_shape=backward_shapes(operands[0], n),
     grid=(n.batch, n.heads),
     in_specs=[ANY] * 10,
     out_specs=(ANY,) * 5,

@@ -62,6 +62,19 @@ def cost(n: Dims, operands, backward: bool) -> pl.CostEstimate:
   )
 
 
+def forward_shapes(x_BxLxI: jax.Array, n: Dims) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """A forward kernel's outputs: y_BxLxI (x's dtype) and the state entering each chunk, states_BxCxHxPxN (float32)."""
+  states = jax.ShapeDtypeStruct((n.batch, n.chunks, n.heads, n.head_dim, n.state), jnp.float32)
+  return jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype), states
+
+
+def backward_shapes(x_BxLxI: jax.Array, n: Dims) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """A backward kernel's raw outputs (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN), see `gradients`."""
+  col = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.group), jnp.float32)
+  by_block = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.state), jnp.float32)
+  return jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype), col, col, by_block, by_block
+
+
 def _pad(v: jax.Array, length: int) -> jax.Array:
   return jnp.pad(v, ((0, 0), (0, length - v.shape[1])) + ((0, 0),) * (v.ndim - 2))
 

@@ -21,7 +21,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from chunklm.kernels import ssd_chunk
-from chunklm.kernels.ssd_layout import Dims, cost
+from chunklm.kernels.ssd_layout import Dims, backward_shapes, cost, forward_shapes
 
 F32 = jnp.float32
 
@@ -102,13 +102,9 @@ _PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arb
 def forward(operands: tuple[jax.Array, ...], *, n: Dims, interpret=False) -> tuple[jax.Array, jax.Array]:
   """(y_BxLxI, states_BxCxHxPxN): the outputs and the state entering each chunk (the backward's residual)."""
   x_spec, *_, states_spec, _ = _specs(n, reverse=False)
-  x_BxLxI = operands[0]
   return pl.pallas_call(
     functools.partial(_fwd_kernel, group=n.group, p=n.head_dim),
-    out_shape=(
-      jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype),
-      jax.ShapeDtypeStruct((n.batch, n.chunks, n.heads, n.head_dim, n.state), F32),
-    ),
+    out_shape=forward_shapes(operands[0], n),
     grid=(n.batch, n.blocks, n.chunks),
     in_specs=list(_specs(n, reverse=False)[:8]),
     out_specs=(x_spec, states_spec),
@@ -127,11 +123,9 @@ def backward(
   """Raw cotangents (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN); `ssd_layout.gradients` finishes."""
   specs = _specs(n, reverse=True)
   x_spec, per_block, block_n = specs[0], specs[1], specs[9]
-  col = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.group), F32)
-  by_block = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.state), F32)
   return pl.pallas_call(
     functools.partial(_bwd_kernel, group=n.group, p=n.head_dim),
-    out_shape=(jax.ShapeDtypeStruct(dy_BxLxI.shape, operands[0].dtype), col, col, by_block, by_block),
+    out_shape=backward_shapes(operands[0], n),
     grid=(n.batch, n.blocks, n.chunks),
     in_specs=[*specs[:8], specs[8], x_spec],
     out_specs=(x_spec, per_block, per_block, block_n, block_n),
