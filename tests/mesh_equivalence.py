@@ -10,11 +10,14 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from chunklm.bench import kernels_ssd  # noqa: E402
 from chunklm.bench.kernels import OPS, make_inputs, op_call  # noqa: E402
 from chunklm.bench.timing import real_batches  # noqa: E402
 from chunklm.config import MeshConfig, load_config  # noqa: E402
+from chunklm.kernels.ssd import ssd  # noqa: E402
 from chunklm.train.sharding import batch_sharding, make_mesh, on_mesh, put_batch, state_shardings  # noqa: E402
 from chunklm.train.step import make_train_step  # noqa: E402
 from chunklm.train.trainer import setup_state  # noqa: E402
@@ -56,11 +59,14 @@ def run(name: str, impl: str, devices: list, mesh_cfg: MeshConfig):
 
 
 def ops(impl: str) -> float:
-  """The largest difference of any chunk op's output or input gradient, under the mesh vs without one."""
+  """The largest difference of any chunk op's (and the SSD's) output or input gradient, under the mesh vs without,
+  relative to 1 + the output's largest value (a sum over the batch, as dD is, adds its shards in another order)."""
   mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2), jax.devices())
   worst = 0.0
-  for op in OPS:
-    fn, args, aux = op_call(op, impl, make_inputs(4, 32, 8, "float32"))
+  *ssd_args, ssd_doc = kernels_ssd.make_inputs((4, 40, 2, 16, 16, 16), "float32")
+  ssd_case = (lambda a, doc: ssd(*a, doc, 16, impl=impl)), tuple(ssd_args), ssd_doc + jnp.arange(40) // 13
+  for op in (*OPS, "ssd"):
+    fn, args, aux = ssd_case if op == "ssd" else op_call(op, impl, make_inputs(4, 32, 8, "float32"))
 
     def both(a, x, f=fn):
       return f(a, x), jax.grad(lambda a: f(a, x).sum())(a)
@@ -74,7 +80,7 @@ def ops(impl: str) -> float:
       [
         worst,
         *(
-          float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+          float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (1.0 + np.max(np.abs(np.asarray(a)))))
           for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(sharded))
         ),
       ]
