@@ -13,16 +13,18 @@ from chunklm.bench import kernels_ssd
 from chunklm.errors import UserError
 from chunklm.kernels import api, ssd_chunk, ssd_reference
 from chunklm.kernels.ssd import heads_per_program, ssd
+from chunklm.kernels.ssd import kernel_chunk as ssd_kernel_chunk
 from chunklm.kernels.tuning import Tiles
 from chunklm.model.mamba2 import document_index
 from kernel_cases import FUZZ
 from test_kernels_api import hnet_loss_and_grads
 
 TPU = api.Backend("tpu", interpret=True, tiles=Tiles(8, 8, 8, 8, ssd_heads=1))
-GPU = api.Backend("gpu", interpret=True)
+GPU = api.Backend("gpu", interpret=True, tiles=Tiles(8, 8, 8, 8))  # ssd_chunk 0: the model's chunk, as TPU's
 # CI budget: the TPU interpreter takes 5-20 s per shape on 2 cores, so the default suite runs one TPU case and the GPU
 # family everywhere; the other TPU cases, both fuzzes and the whole H-Net step are slow (.ci/run runs them).
 SLOW = pytest.mark.slow
+TINY_16 = Tiles(8, 8, 8, 8, ssd_heads=1, ssd_chunk=16)
 NAMES = ("x", "dt", "a", "b", "c", "d")
 
 
@@ -109,6 +111,18 @@ def test_kernel_bfloat16_within_a_stated_bound(backend):
   # output's largest value (one rounding is at most 2^-8 of it).
   args = inputs(2, 48, 2, 16, 16, cuts=(10, 33), dtype=jnp.bfloat16)
   assert_matches(backend, args, chunk=16, rtol=2**-7, atol=2**-7)
+
+
+@pytest.mark.parametrize(
+  "backend",
+  [api.Backend("gpu", interpret=True), pytest.param(api.Backend("tpu", interpret=True, tiles=TINY_16), marks=SLOW)],
+  ids=["gpu-default-tile-64", "tpu-tile-16"],
+)
+def test_kernel_step_need_not_be_the_model_chunk(backend):
+  # the scan's result does not depend on the chunk: the kernels step by their own tile (GPU default 64 here, the
+  # model's chunk 32; TPU 16), and match the reference at the model's chunk
+  assert ssd_kernel_chunk(backend, 32) in (64, 16)
+  assert_matches(backend, inputs(2, 100, 2, 16, 16, cuts=(20, 64, 65)), chunk=32)
 
 
 def test_heads_per_program_fill_whole_lane_rows_on_tpu():

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from chunklm.kernels import ssd_gpu, ssd_layout, ssd_reference, ssd_tpu
 from chunklm.kernels.api import Backend, resolve
-from chunklm.kernels.tuning import TPU
+from chunklm.kernels.tuning import GPU, TPU
 from chunklm.mesh.context import per_shard
 
 
@@ -36,6 +36,13 @@ def heads_per_program(backend: Backend, heads: int, head_dim: int) -> int:
     if heads % g == 0 and (g * head_dim) % 128 == 0:
       return g
   return heads
+
+
+def kernel_chunk(backend: Backend, model_chunk: int) -> int:
+  """Positions per kernel step: the family's `ssd_chunk` tile (the scan's result does not depend on it; see
+  tuning.py), or the model's chunk size where the tile is 0."""
+  tiles = backend.tiles or (TPU if backend.kernels == "tpu" else GPU)
+  return tiles.ssd_chunk or model_chunk
 
 
 def ssd(
@@ -69,6 +76,7 @@ def ssd(
     y = ssd_reference.ssd(x_BxLxHxP, dt_BxLxH, a_H, b_BxLxN, c_BxLxN, d_H, doc_BxL, chunk_size)
     return y.astype(x_BxLxHxP.dtype)
   group = heads_per_program(backend, heads, x_BxLxHxP.shape[-1])
+  chunk_size = kernel_chunk(backend, chunk_size)
   a_BxH, d_BxH = (jnp.broadcast_to(v[None], (batch, heads)) for v in (a_H, d_H))  # per_shard splits every arg by rows
   fn = functools.partial(_per_shard, backend, chunk_size, group)
   return per_shard(fn, x_BxLxHxP, dt_BxLxH, a_BxH, b_BxLxN, c_BxLxN, d_BxH, doc_BxL.astype(jnp.int32))
