@@ -64,16 +64,51 @@ def assert_matches(impl, args, chunk, rtol=2e-5, atol=2e-5):
 @pytest.mark.parametrize(
   "backend,length,cuts",
   [
-    pytest.param(TPU, 64, (5, 16, 40), id="tpu-docs-inside-and-on-chunk-edges"),
+    pytest.param(TPU, 64, (5, 16, 40), id="tpu-docs-inside-and-on-chunk-edges", marks=SLOW),
     pytest.param(TPU, 61, (15, 16, 17), id="tpu-ragged-length-short-docs", marks=SLOW),
     pytest.param(TPU, 48, (), id="tpu-one-doc", marks=SLOW),
     pytest.param(GPU, 64, (5, 16, 40), id="gpu-docs-inside-and-on-chunk-edges"),
     pytest.param(GPU, 61, (15, 16, 17), id="gpu-ragged-length-short-docs"),
-    pytest.param(GPU, 48, (), id="gpu-one-doc"),
+    pytest.param(GPU, 48, (), id="gpu-one-doc", marks=SLOW),
   ],
 )
 def test_kernel_equals_xla_ssd_float32(backend, length, cuts):
   assert_matches(backend, inputs(2, length, 4, 16, 16, cuts=cuts), chunk=16)
+
+
+def test_tpu_kernel_with_several_head_blocks():
+  # 8 heads of 32 channels, 4 per program (the fewest filling 128 lanes): 2 head blocks, their B and C cotangents
+  # summed across blocks
+  assert heads_per_program(TPU, 8, 32) == 4
+  assert_matches(TPU, inputs(2, 40, 8, 32, 16, cuts=(5, 16, 31)), chunk=16)
+
+
+def naive_ssd_float64(x, dt, a, b, c, d, doc):
+  """y_BxLxHxP one position at a time in float64 (the recurrence itself, no chunks): an independent reference."""
+  x, dt, a, b, c, d = (jnp.asarray(v, jnp.float64) for v in (x, dt, a, b, c, d))
+  reset_BxL = jnp.pad(doc[:, 1:] != doc[:, :-1], ((0, 0), (1, 0)), constant_values=True)
+
+  def step(h_BxHxPxN, t):
+    decay_BxH = jnp.where(reset_BxL[:, t, None], 0.0, jnp.exp(dt[:, t] * a[None, :]))
+    h_BxHxPxN = decay_BxH[..., None, None] * h_BxHxPxN + jnp.einsum("bh,bhp,bn->bhpn", dt[:, t], x[:, t], b[:, t])
+    return h_BxHxPxN, jnp.einsum("bhpn,bn->bhp", h_BxHxPxN, c[:, t]) + d[None, :, None] * x[:, t]
+
+  h0 = jnp.zeros((x.shape[0], x.shape[2], x.shape[3], b.shape[-1]), jnp.float64)
+  return jax.lax.scan(step, h0, jnp.arange(x.shape[1]))[1].swapaxes(0, 1)
+
+
+@pytest.mark.parametrize("impl", ["xla", GPU], ids=["xla", "gpu-kernel"])
+def test_gradient_of_a_when_decays_underflow_matches_float64(impl):
+  # dt |A| of 20-150 per step: every decay past the diagonal underflows, so dA comes only from the diagonal terms,
+  # which must be exactly 0 and not two large terms cancelling up to rounding (the reference's and the kernel's
+  # bug before: dA off by about 3x)
+  x, dt, a, b, c, d, doc = inputs(1, 48, 2, 16, 16, cuts=(20,))
+  dt = dt * 0 + jnp.asarray(np.random.default_rng(3).uniform(20, 50, size=dt.shape), jnp.float32)
+  dy = jnp.asarray(np.random.default_rng(4).normal(size=x.shape), jnp.float32)
+  got = jax.grad(lambda a: jnp.sum(ssd(x, dt, a, b, c, d, doc, 16, impl=impl) * dy))(a)
+  with jax.enable_x64(True):
+    want = jax.grad(lambda a: jnp.sum(naive_ssd_float64(x, dt, a, b, c, d, doc) * dy))(jnp.asarray(a, jnp.float64))
+  np.testing.assert_allclose(got, np.asarray(want), rtol=1e-3, atol=1e-6)
 
 
 @SLOW

@@ -3,8 +3,9 @@
 Shapes are B x L x H x P x N x Q (batch, positions, heads, head channels, state, chunk); the named sets are the Mamba2
 layers of hnet_1stage_S (d_inner 1024: 16 heads, N 64, Q 128, 2048-byte windows) and hnet_1stage_L (32 heads,
 N 128, Q 256, 8192 bytes) at a per-device batch, and a CPU-sized check. Documents of ~1000 positions (a boundary
-every 997) so resets happen inside and across chunks. FLOPs are the chunked algorithm's (`ssd_layout.cost`: C B^T
-and the masked weighted sum per chunk, the state in and out; forward+backward about 4x forward); bytes are what the
+every 997) so resets happen inside and across chunks. FLOPs are the chunked algorithm's at the step each impl takes
+(`ssd_layout.flops`: C B^T and the masked weighted sum per chunk, the state in and out; forward+backward about 4x
+forward; the XLA form steps by the shape's Q, the kernels by their `ssd_chunk` tile, shown as "Q"); bytes are what the
 op must move at least (x, dt, B, C read and y written; the backward reads them again with dy and writes their
 cotangents). "% peak" is achieved FLOP/s over the chip's dense bfloat16 matmul peak: the kernels multiply in
 float32, so that is an upper bound they cannot reach; it says how far the op is from being compute-bound.
@@ -18,8 +19,9 @@ import numpy as np
 
 from chunklm.bench.timing import median_time
 from chunklm.errors import UserError
-from chunklm.kernels.ssd import ssd
-from chunklm.kernels.ssd_layout import Dims, cost
+from chunklm.kernels.api import resolve
+from chunklm.kernels.ssd import kernel_chunk, ssd
+from chunklm.kernels.ssd_layout import Dims, flops
 
 SHAPES = {  # (B, L, H, P, N, Q)
   "full": ((8, 2048, 16, 64, 64, 128), (2, 8192, 32, 64, 128, 256)),
@@ -74,9 +76,10 @@ def make_inputs(shape: tuple[int, ...], dtype: str, seed: int = 0) -> tuple[jax.
   return normal(b, length, h, p), dt, a, normal(b, length, n), normal(b, length, n), jnp.ones((h,)), doc
 
 
-def flops_and_bytes(shape: tuple[int, ...], itemsize: int, backward: bool) -> tuple[float, float]:
-  b, length, h, p, n, q = shape
-  fwd = cost(Dims(b, length, h, p, n, q, 1), (), backward=False).flops
+def flops_and_bytes(shape: tuple[int, ...], itemsize: int, backward: bool, chunk: int) -> tuple[float, float]:
+  """(FLOPs, bytes) of one call stepping `chunk` positions at a time (the kernels' own step, the XLA form's Q)."""
+  b, length, h, p, n, _ = shape
+  fwd = flops(Dims(b, length, h, p, n, chunk, 1), backward=False)
   moved = b * length * (2 * h * p + h + 2 * n) * itemsize  # x, dt, B, C in; y out
   return (4 * fwd if backward else fwd), (3 * moved if backward else moved)
 
@@ -100,7 +103,9 @@ def bench_ssd(shapes, impls, dtypes, repeats: int, warmup: int, peak_gbps: float
             fn = jax.jit(f)
           seconds = median_time(fn, (x, dt, a, b, c, d), repeats, warmup)
           base = seconds if impl == "xla" else base
-          flops, moved = flops_and_bytes(shape, jnp.dtype(dtype).itemsize, backward)
+          backend = None if impl in ("xla", "auto") else resolve(impl)
+          chunk = shape[5] if backend is None else kernel_chunk(backend, shape[5])
+          done, moved = flops_and_bytes(shape, jnp.dtype(dtype).itemsize, backward, chunk)
           row = {
             "op": "ssd",
             "shape": "x".join(map(str, shape)),
@@ -108,11 +113,12 @@ def bench_ssd(shapes, impls, dtypes, repeats: int, warmup: int, peak_gbps: float
             "impl": impl,
             "pass": "fwd+bwd" if backward else "fwd",
             "ms": seconds * 1e3,
-            "gflop": flops / 1e9,
+            "chunk": chunk,
+            "gflop": done / 1e9,
             "mb": moved / 1e6,
             "gbps": moved / seconds / 1e9,
-            "tflops": flops / seconds / 1e12,
-            "peak_frac": flops / seconds / 1e12 / peak_tf if peak_tf else None,
+            "tflops": done / seconds / 1e12,
+            "peak_frac": done / seconds / 1e12 / peak_tf if peak_tf else None,
             "hbm_frac": moved / seconds / 1e9 / peak_gbps if peak_gbps else None,
             "vs_xla": base / seconds if base else None,
           }
@@ -122,7 +128,7 @@ def bench_ssd(shapes, impls, dtypes, repeats: int, warmup: int, peak_gbps: float
 
 
 HEADER = (
-  f"{'op':4s} {'BxLxHxPxNxQ':24s} {'dtype':9s} {'impl':9s} {'pass':8s} {'ms':>10s} {'GFLOP':>8s} {'MB':>8s} "
+  f"{'op':4s} {'BxLxHxPxNxQ':24s} {'dtype':9s} {'impl':9s} {'pass':8s} {'Q':>4s} {'ms':>10s} {'GFLOP':>8s} {'MB':>8s} "
   f"{'TFLOP/s':>8s} {'% peak':>7s} {'GB/s':>8s} {'vs XLA':>8s}"
 )
 
@@ -131,7 +137,7 @@ def print_row(r: dict) -> None:
   peak = f"{100 * r['peak_frac']:6.1f}%" if r["peak_frac"] is not None else "    n/a"
   ratio = f"{r['vs_xla']:7.3g}x" if r["vs_xla"] is not None else "     n/a"
   print(
-    f"{r['op']:4s} {r['shape']:24s} {r['dtype']:9s} {r['impl']:9s} {r['pass']:8s} {r['ms']:10.3f} "
+    f"{r['op']:4s} {r['shape']:24s} {r['dtype']:9s} {r['impl']:9s} {r['pass']:8s} {r['chunk']:4d} {r['ms']:10.3f} "
     f"{r['gflop']:8.3g} {r['mb']:8.1f} {r['tflops']:8.3f} {peak} {r['gbps']:8.1f} {ratio}",
     flush=True,
   )

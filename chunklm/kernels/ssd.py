@@ -111,7 +111,7 @@ def _ssd_bwd(backend, chunk, group, res, dy_BxLxHxP):
   dy_BxLxI = jnp.pad(dy_BxLxHxP, ((0, 0), (0, n.length - length), (0, 0), (0, 0))).reshape(n.batch, n.length, -1)
   raw = _call(backend, "backward", operands, states, dy_BxLxI, n=n)
   dx, ddt, da, db, dc, dd = ssd_layout.gradients(raw, dt, a, x, dy_BxLxHxP, n)
-  return dx, ddt, da, db.astype(b.dtype), dc.astype(b.dtype), dd.astype(d.dtype), None
+  return dx, ddt, da, db.astype(b.dtype), dc.astype(c.dtype), dd.astype(d.dtype), None
 
 
 _ssd.defvjp(_ssd_fwd, _ssd_bwd)

@@ -61,7 +61,8 @@ def _decays(dt_Qx1, doc_Qx1, a_1x1, prev_1x1):
   decay = jnp.where(same, jnp.exp(jnp.where(same, diff, 0.0)), 0.0)  # no exp of a masked (possibly huge) value
   cs_end, doc_end = last(cs_Qx1), last(doc_Qx1)
   w_Qx1 = jnp.where(doc_Qx1 == prev_1x1, jnp.exp(cs_Qx1), 0.0)
-  l_Qx1 = jnp.where(doc_Qx1 == doc_end, jnp.exp(cs_end - cs_Qx1), 0.0)
+  in_end_Qx1 = doc_Qx1 == doc_end
+  l_Qx1 = jnp.where(in_end_Qx1, jnp.exp(jnp.where(in_end_Qx1, cs_end - cs_Qx1, 0.0)), 0.0)
   keep = jnp.where(doc_end == prev_1x1, jnp.exp(cs_end), 0.0)
   return same, decay, cs_Qx1, w_Qx1, l_Qx1, keep, eye
 
@@ -95,12 +96,14 @@ def backward(x_QxP, dt_Qx1, doc_Qx1, b_QxN, c_QxN, a_1x1, d_1x1, prev_1x1, carry
   dc_QxN = dot(dcb_QxQ, b_QxN) + w_Qx1 * dot(dy_QxP, carry_PxN)
   dcarry_PxN = keep * g_PxN + dot(w_Qx1 * dy_QxP, c_QxN, trans_a=True)
   # Back to cs: decay[t, s] = exp(cs_t - cs_s), w_t = exp(cs_t), l_s = exp(cs_end - cs_s), keep = exp(cs_end).
-  e_QxQ = dm_QxQ * cb_QxQ * decay
-  dl_Qx1 = jnp.sum(b_QxN * xg_QxN, axis=1, keepdims=True) * l_Qx1
+  # The diagonal (t = s) and the last position's own l are exp(0) = 1 whatever cs is: leaving them out keeps their
+  # gradients exactly 0 instead of a + and a - term that cancel only up to rounding (all of dA when decays underflow).
+  row = jax.lax.broadcasted_iota(jnp.int32, cs_Qx1.shape, 0)
+  e_QxQ = jnp.where(eye, 0.0, dm_QxQ * cb_QxQ * decay)
+  dl_Qx1 = jnp.where(row == cs_Qx1.shape[0] - 1, 0.0, jnp.sum(b_QxN * xg_QxN, axis=1, keepdims=True) * l_Qx1)
   dw_Qx1 = jnp.sum(dy_QxP * carry_c_QxP, axis=1, keepdims=True) * w_Qx1
   dkeep = jnp.sum(jnp.sum(g_PxN * carry_PxN, axis=1, keepdims=True), axis=0, keepdims=True) * keep
   d_end = jnp.sum(dl_Qx1, axis=0, keepdims=True) + dkeep
-  row = jax.lax.broadcasted_iota(jnp.int32, cs_Qx1.shape, 0)
   dcs_Qx1 = (
     jnp.sum(e_QxQ, axis=1, keepdims=True)
     - to_col(jnp.sum(e_QxQ, axis=0, keepdims=True), eye)

@@ -6,8 +6,9 @@ keeping the P x N state in registers, loading each chunk's tiles straight from g
 entering states, the backward's residual). The chunk's arithmetic is `ssd_chunk.py`: its matmuls become Triton dots
 on the tensor cores (float32 accumulation), so Q, P and N must be powers of two of at least 16 (checked).
 
-Parallelism is B x H programs (a 1-stage S model at batch 8: 8 x 24 = 192 programs for an H100's 132 SMs), and one
-program holds a whole chunk's Q x Q matrices: at Q = 256 they do not fit in registers and spill. The official
+Parallelism is B x H programs (the S model's Mamba2 layers at batch 8: 8 x 16 = 128 programs, under one wave of an
+H100's 132 SMs), and one program holds a whole chunk's Q x Q matrices, so it steps by its own tile (`ssd_chunk`, 64;
+the backward still keeps about five of them and will spill: see tuning.py). The official
 Mamba2 (mamba_ssm) splits the chunk into sub-tiles and the scan into several kernels for that reason; this kernel is
 the simple form, correct and lowering for CUDA, whose speed has not been measured (no GPU was lent when it was
 written), so `kernels.impl=auto` keeps the XLA SSD on GPUs.

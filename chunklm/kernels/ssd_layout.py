@@ -50,16 +50,22 @@ def dims(x_BxLxHxP: jax.Array, b_BxLxN: jax.Array, chunk: int, group: int) -> Di
   return Dims(batch, padded, heads, head_dim, b_BxLxN.shape[-1], chunk, group)
 
 
-def cost(n: Dims, operands, backward: bool) -> pl.CostEstimate:
-  """What a SSD kernel call costs: C B^T and M xdt per position (2 Q (N + P) FLOPs), the state in and out (4 P N);
-  the backward about 3x; one exp per decay entry; every operand read (twice backward) and y written."""
+def flops(n: Dims, backward: bool) -> int:
+  """FLOPs of the chunked scan: C B^T and M xdt per position (2 Q (N + P)), the state in and out (4 P N); the
+  backward about 3x the forward."""
   per_position = 2 * n.chunk * (n.state + n.head_dim) + 4 * n.head_dim * n.state
-  positions = n.batch * n.length * n.heads
-  return pl.CostEstimate(
-    flops=(3 if backward else 1) * positions * per_position,
-    transcendentals=positions * n.chunk,
-    bytes_accessed=sum(v.nbytes for v in operands) * (2 if backward else 1) + positions * n.head_dim * 4,
-  )
+  return (3 if backward else 1) * n.batch * n.length * n.heads * per_position
+
+
+def cost(n: Dims, operands, backward: bool) -> pl.CostEstimate:
+  """What a SSD kernel call costs: `flops`; one exp per decay entry; every operand read (the backward's include the
+  saved states and dy), and the outputs written: y and the entering states forward, about twice the operands
+  backward."""
+  read = sum(v.nbytes for v in operands)
+  states = 4 * n.batch * n.chunks * n.heads * n.head_dim * n.state
+  written = 2 * read if backward else operands[0].nbytes + states
+  transcendentals = n.batch * n.length * n.heads * n.chunk
+  return pl.CostEstimate(flops=flops(n, backward), transcendentals=transcendentals, bytes_accessed=read + written)
 
 
 def forward_shapes(x_BxLxI: jax.Array, n: Dims) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -109,7 +115,7 @@ def per_head(v_BxLxI: jax.Array, n: Dims, length: int) -> jax.Array:
 
 def gradients(raw: tuple[jax.Array, ...], dt_BxLxH, a_H, x_BxLxHxP, dy_BxLxHxP, n: Dims):
   """The SSD op's cotangents (dx, ddt, da, db, dc, dd) from a backward kernel's raw outputs
-  (dx_BxLxI, ddtx_BxKxLxG, dcs_BxKxLxG, db_BxKxLxN, dc_BxKxLxN): dt's through x dt and through a = dt A."""
+  (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN): dt's through x dt and through a = dt A."""
   dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN = raw
   length = x_BxLxHxP.shape[1]
 

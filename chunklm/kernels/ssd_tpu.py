@@ -6,9 +6,10 @@ matrices of one head at a time, and the state carried between chunks in a VMEM s
 scan is one pass over the sequence with nothing but y (and, for the backward, the entering states) written out.
 The chunk's arithmetic is `ssd_chunk.py`; matmuls run on the MXU in float32.
 
-VMEM per program, float32 words: about 2 Q^2 per head at a time (decay, C B^T; the backward 4 Q^2) plus
-double-buffered tiles of Q (G P + 2 N) words and the G P N state: for Q = 256, G = 2, P = 64, N = 128 about 3 MiB
-forward and 5 MiB backward, inside every TPU's default scoped VMEM (16 MiB on v5e, 32 MiB on v5p).
+VMEM per program (an estimate, in float32 words): about 3 Q^2 per head at a time (decay, C B^T, their product; the
+backward about 6 Q^2) plus double-buffered tiles of Q (G P + 2 N) words (with dy and dx backward) and the G P N
+state: for the default Q = 128 with G = 2, P = 64, N = 128 about 1 MiB forward and 2 MiB backward (Q = 256: about 3
+and 5 MiB), inside every TPU's default scoped VMEM (16 MiB on v5e, 32 MiB on v5p).
 """
 
 from __future__ import annotations

@@ -12,9 +12,11 @@ use the model's `mamba.chunk_size`; 0 = use it) and `ssd_heads` heads per TPU pr
   TPU: Q = 128 fills the 128 x 128 MXU of v5e/v5p in every Q x Q and Q x N matmul; the backward keeps about six
        Q x Q float32 matrices live per head (0.4 MiB) beside the tiles, far inside the default scoped VMEM (16 MiB
        on v5e, 32 MiB on v5p); 2 heads of 64 channels fill the 128 lanes of x's block.
-  GPU: a Triton program holds the whole chunk's Q x Q matrices in registers: Q = 64 is three 4096-float matrices,
-       about 96 registers per thread at 4 warps, where Q = 128 would spill (255 registers at most); Hopper's
-       228 KiB of shared memory per SM is not the limit.
+  GPU: a Triton program holds the whole chunk's Q x Q matrices in registers. At Q = 64 the forward's three
+       4096-float matrices are about 96 registers per thread at 4 warps; the backward keeps about five plus six
+       Q x 64 tiles, about 350 registers, past the 255 a thread has, so it spills at any Q >= 64 (Q = 32 would not,
+       but halves the dots' depth). 64 is the guess to measure; a split backward (as mamba_ssm's several kernels)
+       is the fix if spilling costs.
 The defaults are starting points, not measurements: `chunklm bench kernels` (and `scripts/device_check.sh`) measure
 them on a device.
 """
