@@ -4,8 +4,10 @@ The devices come from `jax.experimental.topologies.get_topology_desc` (libtpu, t
 check what a pod run would do: the model, optimizer and train state are abstract (`jax.ShapeDtypeStruct`, nothing is
 allocated), the batch has the pipeline's fields, the mesh and shardings are the trainer's own, and the step is traced
 under the mesh, so the chunk ops take the target's kernels (TPU Pallas inside `shard_map` for `pallas`/`auto`).
-What XLA reports is per chip: argument / temporary / output / aliased bytes, FLOPs, code size; the collectives are
-counted in the compiled HLO by what they do (`bench/hlo.py`).
+What XLA reports is per chip: argument / temporary / output / aliased bytes, FLOPs and bytes accessed (its cost
+analysis of the compiled step), code size; the collectives are counted in the compiled HLO by what they do and its
+custom-calls by kind, the Pallas kernels by name, so a reader sees whether the kernels are in the program
+(`bench/hlo.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax
 import numpy as np
 from jax.experimental.topologies import get_topology_desc
 
-from chunklm.bench.hlo import count_collectives
+from chunklm.bench.hlo import count_collectives, count_custom_calls
 from chunklm.bench.timing import with_corpus_cap
 from chunklm.config import Config, load_config
 from chunklm.data.corpus import Documents
@@ -94,8 +96,10 @@ class CompileReport:
   hbm_bytes: float | None
   flops_per_chip: float
   nominal_flops_per_chip: float
+  bytes_accessed_per_chip: float  # XLA's cost analysis: bytes the compiled step reads and writes in HBM
   code_bytes: int
   collectives: dict
+  custom_calls: dict  # {"kernels": {Pallas kernel: calls}, "other": {custom-call target: calls}}
   largest_param_bytes: int
 
 
@@ -148,8 +152,10 @@ def compile_step(cfg: Config, topology: str, devices: list | None = None, hlo_pa
     hbm_bytes=hbm * GIB if hbm else None,
     flops_per_chip=float(cost.get("flops", 0.0)),
     nominal_flops_per_chip=nominal,
+    bytes_accessed_per_chip=float(cost.get("bytes accessed", 0.0)),
     code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0)),
     collectives=count_collectives(hlo),
+    custom_calls=count_custom_calls(hlo),
     largest_param_bytes=largest,
   )
 
@@ -172,7 +178,11 @@ def print_report(r: CompileReport, name: str, impl: str) -> None:
     f"FLOPs per chip   : {r.flops_per_chip / 1e12:.2f} T compiled vs {r.nominal_flops_per_chip / 1e12:.2f} T "
     f"nominal (chunklm info at the target ratios): {ratio:.2f}x"
   )
+  intensity = r.flops_per_chip / r.bytes_accessed_per_chip if r.bytes_accessed_per_chip else float("nan")
+  print(f"bytes per chip   : {gib(r.bytes_accessed_per_chip)} accessed (XLA cost analysis): {intensity:.0f} FLOPs/byte")
   print(f"code size        : {r.code_bytes / 2**20:.1f} MiB")
+  print(f"Pallas kernels   : {_calls(r.custom_calls['kernels'], 'none')}")
+  print(f"other custom-call: {_calls(r.custom_calls['other'], 'none')}")
   print(f"largest weight   : {r.largest_param_bytes / 2**20:.1f} MiB in bf16")
   for kind, c in r.collectives.items():
     via = f" ({c['as_all_reduce']} lowered through an all-reduce)" if c.get("as_all_reduce") else ""
@@ -184,6 +194,13 @@ def print_report(r: CompileReport, name: str, impl: str) -> None:
     f"| {name} | {impl} | {r.topology} | {mesh} | {gib(m['peak'])} | {r.hbm_bytes and m['peak'] / r.hbm_bytes:.0%} | "
     f"{ratio:.2f}x | {mib['all-gather']} | {mib['reduce-scatter']} | {mib['all-reduce']} | {r.compile_s:.0f} s |"
   )
+
+
+def _calls(counts: dict[str, int], none: str) -> str:
+  """'12 calls: a 2, b 10' (sorted by name), or `none`."""
+  if not counts:
+    return none
+  return f"{sum(counts.values())} calls: " + ", ".join(f"{k} {n}" for k, n in counts.items())
 
 
 def bench_compile(config: str, topology: str, overrides: list[str], hlo_path: str | None = None) -> CompileReport:

@@ -1,4 +1,5 @@
-"""The collectives of a compiled XLA program, counted in its HLO text, by what they do.
+"""The collectives of a compiled XLA program, counted in its HLO text, by what they do; and its custom-calls (the
+Pallas kernels by name).
 
 The TPU compiler does not always keep the collective the program asked for:
   - a reduce-scatter may be fused with its slice into a computation named `all-reduce-scatter*`;
@@ -51,6 +52,10 @@ _CHAIN = re.compile(r"\bchain_id=\"([^\"]*)\"")  # in frontend_attributes: the m
 _ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
 _COPIES = ("copy", "bitcast", "copy-start", "copy-done")  # the same values, in another layout or memory space
 _PASS_THROUGH = {"get-tuple-element", "all-reduce-done", *_COPIES}
+KERNEL_TARGETS = ("tpu_custom_call", "__gpu$xla.gpu.triton")  # a Pallas kernel: Mosaic (TPU), Triton (GPU)
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+_PALLAS_SCOPE = re.compile(r'op_name="(?:[^"]*/)?([^/"]+)/pallas_call"')
+_CALL_SUFFIX = re.compile(r"(\.clone|\.\d+)+$")
 
 
 @dataclasses.dataclass
@@ -174,6 +179,9 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
     out[kind]["max_bytes"] = max(out[kind]["max_bytes"], size)
     out[kind]["as_all_reduce"] += lowered
 
+  for computation, shape in results.items():  # a fused reduce-scatter: its results are the shards, one per tensor
+    for shard in _element_shapes(shape) if computation.startswith("all-reduce-scatter") else ():
+      add("reduce-scatter", _bytes(shard))
   chains: set[tuple[str, str]] = set()
   for ins in instructions.values():
     kind = ins.opcode.removesuffix("-start")
@@ -186,8 +194,7 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
     if kind != "all-reduce":
       add(kind, _bytes(ins.shape, last_only=ins.opcode.endswith("-start")))
       continue
-    if ins.computation.startswith("all-reduce-scatter"):  # the fused form: the computation's result is the shard
-      add("reduce-scatter", _bytes(results[ins.computation]))
+    if ins.computation.startswith("all-reduce-scatter"):  # the fused form, counted above
       continue
     shapes = _element_shapes(ins.shape)
     for i, shape in enumerate(shapes):
@@ -200,3 +207,26 @@ def count_collectives(hlo_text: str) -> dict[str, dict]:
       else:
         add("all-reduce", _bytes(shape))
   return out
+
+
+def count_custom_calls(hlo_text: str) -> dict[str, dict[str, int]]:
+  """{"kernels": {name: count}, "other": {target: count}} over the compiled HLO's custom-calls. Kernels are the
+  Pallas calls (Mosaic on TPU, Triton on GPU) by kernel name: the op before `/pallas_call` in the call's metadata
+  (`op_name=".../chunk_ema_scan/pallas_call"`), else the instruction's name less its numeric and `.clone` suffixes
+  (XLA names the call after the kernel: `%chunk_ema_scan.2`). Every other custom-call counts by its target. Each
+  call in the program text counts once (one inside a loop body once)."""
+  kernels: dict[str, int] = {}
+  other: dict[str, int] = {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if m is None or m.group(4) != "custom-call":
+      continue
+    target = _TARGET.search(m.group(5))
+    name = target.group(1) if target else "?"
+    if name in KERNEL_TARGETS:
+      scope = _PALLAS_SCOPE.search(m.group(5))
+      kernel = scope.group(1) if scope else _CALL_SUFFIX.sub("", m.group(2))
+      kernels[kernel] = kernels.get(kernel, 0) + 1
+    else:
+      other[name] = other.get(name, 0) + 1
+  return {"kernels": dict(sorted(kernels.items())), "other": dict(sorted(other.items()))}

@@ -183,12 +183,14 @@ def _add_capacity(bsub) -> None:
 def _add_compile(bsub) -> None:
   b = bsub.add_parser(
     "compile",
-    help="compile the training step for a TPU slice on this host: memory, FLOPs, collectives per chip",
+    help="compile the training step for a TPU slice on this host: memory, FLOPs, bytes, kernels, collectives per chip",
     description="Lower and compile a config's training step ahead of time for a TPU topology "
     "that is not attached (needs the tpu extra: pip install 'chunklm[tpu]'). Nothing "
     "is allocated: model, optimizer state and batch are abstract, placed with the "
     "trainer's own mesh and shardings. Prints per-chip peak memory against the chip's "
-    "HBM, compiled FLOPs against the nominal estimate, code size and every collective "
+    "HBM, compiled FLOPs against the nominal estimate, bytes accessed (XLA's cost "
+    "analysis), code size, the Pallas kernels in the program by name and the other "
+    "custom-calls by target, and every collective "
     "(count, bytes, largest) by what it does: all-gathers and reduce-scatters that the "
     "TPU compiler lowers through an all-reduce (it does over a whole torus) count as "
     "what they are and are marked so. Large configs take minutes to compile.",
