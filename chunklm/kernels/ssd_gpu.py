@@ -122,7 +122,7 @@ def backward(
   check(n)
   return pl.pallas_call(
     functools.partial(_bwd_kernel, n=n),
-    out_shape=backward_shapes(operands[0], n),
+    out_shape=backward_shapes(operands[0], n, bc_blocks=n.heads),
     grid=(n.batch, n.heads),
     in_specs=[ANY] * 10,
     out_specs=(ANY,) * 5,

@@ -10,8 +10,8 @@ one, so they reach no real output), C = L / Q chunks, K = H / G head blocks of G
   prev_BxCx1x1     the document of the previous chunk's last position (-1 before the first chunk)
   b_BxLxN, c_BxLxN B and C, shared by the heads
   a_Kx1xG, d_Kx1xG A_h and D_h per head block
-Backward outputs come per head block (dt's and A's cotangents as BxKxLxG, B's and C's as BxKxLxN summed over the
-block's heads) and are summed over blocks here (`gradients`).
+Backward outputs come per head block (dt's and A's cotangents as BxKxLxG) and B's and C's as J partial sums
+(BxJxLxN: J = 1 on TPU, whose kernel sums over every head; J = H on GPU, one per program), summed here (`gradients`).
 """
 
 from __future__ import annotations
@@ -74,10 +74,11 @@ def forward_shapes(x_BxLxI: jax.Array, n: Dims) -> tuple[jax.ShapeDtypeStruct, .
   return jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype), states
 
 
-def backward_shapes(x_BxLxI: jax.Array, n: Dims) -> tuple[jax.ShapeDtypeStruct, ...]:
-  """A backward kernel's raw outputs (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN), see `gradients`."""
+def backward_shapes(x_BxLxI: jax.Array, n: Dims, bc_blocks: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """A backward kernel's raw outputs (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxJxLxN, dc_BxJxLxN), see `gradients`;
+  J = `bc_blocks` partial sums of B's and C's cotangents (1 where the kernel sums over the heads itself)."""
   col = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.group), jnp.float32)
-  by_block = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.state), jnp.float32)
+  by_block = jax.ShapeDtypeStruct((n.batch, bc_blocks, n.length, n.state), jnp.float32)
   return jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype), col, col, by_block, by_block
 
 
@@ -115,8 +116,8 @@ def per_head(v_BxLxI: jax.Array, n: Dims, length: int) -> jax.Array:
 
 def gradients(raw: tuple[jax.Array, ...], dt_BxLxH, a_H, x_BxLxHxP, dy_BxLxHxP, n: Dims):
   """The SSD op's cotangents (dx, ddt, da, db, dc, dd) from a backward kernel's raw outputs
-  (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN): dt's through x dt and through a = dt A."""
-  dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN = raw
+  (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxJxLxN, dc_BxJxLxN): dt's through x dt and through a = dt A."""
+  dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxJxLxN, dc_BxJxLxN = raw
   length = x_BxLxHxP.shape[1]
 
   def heads_last(v_BxKxLxG):
@@ -131,7 +132,7 @@ def gradients(raw: tuple[jax.Array, ...], dt_BxLxH, a_H, x_BxLxHxP, dy_BxLxHxP, 
     dx_BxLxHxP.astype(x_BxLxHxP.dtype),
     ddt_BxLxH.astype(dt_BxLxH.dtype),
     jnp.einsum("blh,blh->h", dt_f32, da_BxLxH).astype(a_H.dtype),
-    db_BxKxLxN.sum(axis=1)[:, :length],
-    dc_BxKxLxN.sum(axis=1)[:, :length],
+    db_BxJxLxN.sum(axis=1)[:, :length],
+    dc_BxJxLxN.sum(axis=1)[:, :length],
     dd_H,
   )

@@ -1,9 +1,12 @@
 """Pallas TPU (Mosaic) kernels of the Mamba2 SSD scan, forward and backward (operands: `ssd_layout.py`).
 
-Grid (B, K head blocks, C chunks), the chunk axis 'arbitrary' (in order, forward; in reverse, backward) and the
-others 'parallel'. A program holds one chunk of G heads: x, B, C and dt tiles in VMEM, the Q x Q decay and C B^T
-matrices of one head at a time, and the state carried between chunks in a VMEM scratch (G x P x N, float32), so the
-scan is one pass over the sequence with nothing but y (and, for the backward, the entering states) written out.
+Grid (B, C chunks, K head blocks): rows 'parallel'; chunks in order (forward) or in reverse (backward), and inside a
+chunk the head blocks, both 'arbitrary'. A program holds one chunk of G heads: x, B, C and dt tiles in VMEM, the
+Q x Q decay and C B^T matrices of one head at a time, and every head's state carried between chunks in a VMEM scratch
+(H x P x N float32: 1 MiB for 32 heads of 64 x 128), so the scan is one pass over the sequence with nothing but y
+(and the entering states, the backward's residual) written out. With the head blocks innermost, a chunk's B and C
+stay in VMEM across them (read once) and the backward sums their cotangents over all heads in place (one B x L x N
+output each, not one per head block).
 The chunk's arithmetic is `ssd_chunk.py`; matmuls run on the MXU in float32.
 
 VMEM per program (an estimate, in float32 words): about 3 Q^2 per head at a time (decay, C B^T, their product; the
@@ -44,59 +47,64 @@ def _tiles(refs, j: int, p: int):
 
 def _fwd_kernel(*refs, group: int, p: int):
   ins, (y_ref, states_ref, carry_ref) = refs[:8], refs[8:]
+  k = pl.program_id(2)
 
-  @pl.when(pl.program_id(2) == 0)
+  @pl.when(pl.program_id(1) == 0)
   def _init():
-    carry_ref[...] = jnp.zeros_like(carry_ref)
+    carry_ref[k] = jnp.zeros(carry_ref.shape[1:], F32)
 
   for j in range(group):
     x, dt, doc, b, c, a, d, prev = _tiles(ins, j, p)
-    carry = carry_ref[j]
+    carry = carry_ref[k, j]
     y, carry_out = ssd_chunk.forward(x, dt, doc, b, c, a, d, prev, carry)
     y_ref[0, :, j * p : (j + 1) * p] = y.astype(y_ref.dtype)
     states_ref[0, 0, j] = carry
-    carry_ref[j] = carry_out
+    carry_ref[k, j] = carry_out
 
 
 def _bwd_kernel(*refs, group: int, p: int):
   ins, (states_ref, dy_ref), outs = refs[:8], refs[8:10], refs[10:]
   dx_ref, ddt_ref, da_ref, db_ref, dc_ref, g_ref = outs
+  k = pl.program_id(2)
 
-  @pl.when(pl.program_id(2) == 0)
+  @pl.when(pl.program_id(1) == 0)
   def _init():
-    g_ref[...] = jnp.zeros_like(g_ref)
+    g_ref[k] = jnp.zeros(g_ref.shape[1:], F32)
 
-  db = dc = None
+  @pl.when(k == 0)  # the chunk's B and C cotangents are summed over every head block, in place
+  def _zero():
+    db_ref[...] = jnp.zeros_like(db_ref)
+    dc_ref[...] = jnp.zeros_like(dc_ref)
+
   for j in range(group):
     x, dt, doc, b, c, a, d, prev = _tiles(ins, j, p)
     dy = dy_ref[0, :, j * p : (j + 1) * p].astype(F32)
-    dx, ddt, da, db_j, dc_j, dcarry = ssd_chunk.backward(
-      x, dt, doc, b, c, a, d, prev, states_ref[0, 0, j], dy, g_ref[j]
-    )
+    dx, ddt, da, db, dc, dcarry = ssd_chunk.backward(x, dt, doc, b, c, a, d, prev, states_ref[0, 0, j], dy, g_ref[k, j])
     dx_ref[0, :, j * p : (j + 1) * p] = dx.astype(dx_ref.dtype)
     ddt_ref[0, 0, :, j : j + 1] = ddt
     da_ref[0, 0, :, j : j + 1] = da
-    db, dc = (db_j, dc_j) if db is None else (db + db_j, dc + dc_j)
-    g_ref[j] = dcarry
-  db_ref[0, 0] = db
-  dc_ref[0, 0] = dc
+    db_ref[0, 0] += db
+    dc_ref[0, 0] += dc
+    g_ref[k, j] = dcarry
 
 
 def _specs(n: Dims, reverse: bool):
-  """BlockSpecs of the eight operands, for grid (b, k, i): chunk i, or C - 1 - i in reverse."""
+  """BlockSpecs of the eight operands, the states and the B/C cotangents, for grid (b, i, k): chunk i (C - 1 - i in
+  reverse), head block k innermost, so B and C are read once per chunk and their cotangents summed in place."""
   q, g, p = n.chunk, n.group, n.head_dim
   ch = (lambda i: n.chunks - 1 - i) if reverse else (lambda i: i)
-  rows = lambda width: pl.BlockSpec((1, q, width), lambda b, k, i: (b, ch(i), 0))  # noqa: E731
-  x_spec = pl.BlockSpec((1, q, g * p), lambda b, k, i: (b, ch(i), k))
-  per_block = pl.BlockSpec((1, 1, q, g), lambda b, k, i: (b, k, ch(i), 0))
-  heads = pl.BlockSpec((1, 1, g), lambda b, k, i: (k, 0, 0))
-  prev = pl.BlockSpec((1, 1, 1, 1), lambda b, k, i: (b, ch(i), 0, 0))
-  states = pl.BlockSpec((1, 1, g, p, n.state), lambda b, k, i: (b, ch(i), k, 0, 0))
-  block_n = pl.BlockSpec((1, 1, q, n.state), lambda b, k, i: (b, k, ch(i), 0))
-  return x_spec, per_block, rows(1), prev, rows(n.state), rows(n.state), heads, heads, states, block_n
+  rows = lambda width: pl.BlockSpec((1, q, width), lambda b, i, k: (b, ch(i), 0))  # noqa: E731
+  x_spec = pl.BlockSpec((1, q, g * p), lambda b, i, k: (b, ch(i), k))
+  per_block = pl.BlockSpec((1, 1, q, g), lambda b, i, k: (b, k, ch(i), 0))
+  heads = pl.BlockSpec((1, 1, g), lambda b, i, k: (k, 0, 0))
+  prev = pl.BlockSpec((1, 1, 1, 1), lambda b, i, k: (b, ch(i), 0, 0))
+  states = pl.BlockSpec((1, 1, g, p, n.state), lambda b, i, k: (b, ch(i), k, 0, 0))
+  summed_n = pl.BlockSpec((1, 1, q, n.state), lambda b, i, k: (b, 0, ch(i), 0))
+  return x_spec, per_block, rows(1), prev, rows(n.state), rows(n.state), heads, heads, states, summed_n
 
 
-_PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
+# Only rows are independent: chunks carry the state, and head blocks add into one B/C cotangent per chunk.
+_PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary", "arbitrary"))
 
 
 @functools.partial(jax.jit, static_argnames=("n", "interpret"))
@@ -106,10 +114,10 @@ def forward(operands: tuple[jax.Array, ...], *, n: Dims, interpret=False) -> tup
   return pl.pallas_call(
     functools.partial(_fwd_kernel, group=n.group, p=n.head_dim),
     out_shape=forward_shapes(operands[0], n),
-    grid=(n.batch, n.blocks, n.chunks),
+    grid=(n.batch, n.chunks, n.blocks),
     in_specs=list(_specs(n, reverse=False)[:8]),
     out_specs=(x_spec, states_spec),
-    scratch_shapes=[pltpu.VMEM((n.group, n.head_dim, n.state), F32)],
+    scratch_shapes=[pltpu.VMEM((n.blocks, n.group, n.head_dim, n.state), F32)],
     compiler_params=_PARAMS,
     cost_estimate=cost(n, operands, backward=False),
     interpret=interpret,
@@ -123,14 +131,14 @@ def backward(
 ) -> tuple[jax.Array, ...]:
   """Raw cotangents (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN); `ssd_layout.gradients` finishes."""
   specs = _specs(n, reverse=True)
-  x_spec, per_block, block_n = specs[0], specs[1], specs[9]
+  x_spec, per_block, summed_n = specs[0], specs[1], specs[9]
   return pl.pallas_call(
     functools.partial(_bwd_kernel, group=n.group, p=n.head_dim),
-    out_shape=backward_shapes(operands[0], n),
-    grid=(n.batch, n.blocks, n.chunks),
+    out_shape=backward_shapes(operands[0], n, bc_blocks=1),
+    grid=(n.batch, n.chunks, n.blocks),
     in_specs=[*specs[:8], specs[8], x_spec],
-    out_specs=(x_spec, per_block, per_block, block_n, block_n),
-    scratch_shapes=[pltpu.VMEM((n.group, n.head_dim, n.state), F32)],
+    out_specs=(x_spec, per_block, per_block, summed_n, summed_n),
+    scratch_shapes=[pltpu.VMEM((n.blocks, n.group, n.head_dim, n.state), F32)],
     compiler_params=_PARAMS,
     cost_estimate=cost(n, (*operands, states_BxCxHxPxN, dy_BxLxI), backward=True),
     interpret=interpret,
