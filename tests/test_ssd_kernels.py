@@ -185,6 +185,8 @@ def test_bad_shapes_are_one_line_value_errors():
     ssd(x, dt, a, b, c[..., :4], d, doc, 8)
   with pytest.raises(ValueError, match="chunk_size"):
     ssd(x, dt, a, b, c, d, doc, 0)
+  with pytest.raises(ValueError, match="multiple of 128"):  # Mosaic's block rule for the position rows
+    ssd(*inputs(1, 64, 2, 64, 16), 16, impl=api.Backend("tpu", tiles=TINY_16))
   with pytest.raises(ValueError, match="power of two"):
     ssd(*inputs(1, 16, 2, 8, 12), 16, impl=GPU)  # Triton dots need power-of-two tiles of at least 16
 

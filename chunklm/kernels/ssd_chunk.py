@@ -6,7 +6,7 @@ one axis kept as a column (Q x 1) or a row (1 x Q), and matmuls (`dot`) accumula
 into a column (and back) by a reduction against the identity, not a transpose, so no 1-D layout change is needed.
 
 Tiles (Q = chunk positions, P = head channels, N = state size), all float32:
-  x_QxP, dt_Qx1 (> 0), doc_Qx1 (document index, non-decreasing, as float), b_QxN, c_QxN;
+  x_QxP, dt_1xQ (> 0), doc_1xQ (document index, non-decreasing, as float), b_QxN, c_QxN;
   a_1x1 = A_h (< 0), d_1x1 = D_h, prev_1x1 = the document of the previous chunk's last position (-1 for the first);
   carry_PxN = the state entering the chunk (already cut where a document ended before the chunk).
 With a_t = dt_t A_h, cs_t = sum of a_u over u <= t in t's document, S[t, s] = [doc_s = doc_t, s <= t]:
@@ -16,6 +16,8 @@ With a_t = dt_t A_h, cs_t = sum of a_u over u <= t in t's document, S[t, s] = [d
         l_s = [doc_s = doc_end] exp(cs_end - cs_s),  keep = [doc_end = prev] exp(cs_end)
 which is `ssd_reference.ssd_chunked` restricted to one chunk. The backward takes the cotangents of y and of
 carry_out and returns those of every input tile and of carry (the adjoint carried to the previous chunk).
+Per-position scalars (dt and doc in; dt's and A's cotangents out) are rows: in HBM a row of Q values is Q lanes,
+where a column would take a whole 128-lane row per value on a TPU (its layout pads the minor dimension to 128).
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ def last(col_Qx1: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(row == col_Qx1.shape[0] - 1, col_Qx1, 0.0), axis=0, keepdims=True)
 
 
-def _decays(dt_Qx1, doc_Qx1, a_1x1, prev_1x1):
-  """The chunk's decay factors: (same_QxQ, decay_QxQ, cs_Qx1, w_Qx1, l_Qx1, keep_1x1, eye_QxQ)."""
-  t, s = _iota(dt_Qx1.shape[0])
+def _decays(dt_1xQ, doc_1xQ, a_1x1, prev_1x1):
+  """The chunk's decay factors: (same_QxQ, decay_QxQ, cs_Qx1, w_Qx1, l_Qx1, keep_1x1, eye_QxQ, dt_Qx1)."""
+  t, s = _iota(dt_1xQ.shape[1])
   eye = t == s
-  same = (doc_Qx1 == to_row(doc_Qx1, eye)) & (s <= t)
-  a_row = to_row(dt_Qx1 * a_1x1, eye)
+  doc_Qx1, dt_Qx1 = to_col(doc_1xQ, eye), to_col(dt_1xQ, eye)
+  same = (doc_Qx1 == doc_1xQ) & (s <= t)
+  a_row = dt_1xQ * a_1x1
   cs_Qx1 = jnp.sum(jnp.where(same, a_row, 0.0), axis=1, keepdims=True)
   diff = cs_Qx1 - to_row(cs_Qx1, eye)
   decay = jnp.where(same, jnp.exp(jnp.where(same, diff, 0.0)), 0.0)  # no exp of a masked (possibly huge) value
@@ -64,12 +67,12 @@ def _decays(dt_Qx1, doc_Qx1, a_1x1, prev_1x1):
   in_end_Qx1 = doc_Qx1 == doc_end
   l_Qx1 = jnp.where(in_end_Qx1, jnp.exp(jnp.where(in_end_Qx1, cs_end - cs_Qx1, 0.0)), 0.0)
   keep = jnp.where(doc_end == prev_1x1, jnp.exp(cs_end), 0.0)
-  return same, decay, cs_Qx1, w_Qx1, l_Qx1, keep, eye
+  return same, decay, cs_Qx1, w_Qx1, l_Qx1, keep, eye, dt_Qx1
 
 
-def forward(x_QxP, dt_Qx1, doc_Qx1, b_QxN, c_QxN, a_1x1, d_1x1, prev_1x1, carry_PxN):
+def forward(x_QxP, dt_1xQ, doc_1xQ, b_QxN, c_QxN, a_1x1, d_1x1, prev_1x1, carry_PxN):
   """(y_QxP, carry_out_PxN) of one chunk of one head (see the module docstring)."""
-  _, decay, _, w_Qx1, l_Qx1, keep, _ = _decays(dt_Qx1, doc_Qx1, a_1x1, prev_1x1)
+  _, decay, _, w_Qx1, l_Qx1, keep, _, dt_Qx1 = _decays(dt_1xQ, doc_1xQ, a_1x1, prev_1x1)
   xdt_QxP = x_QxP * dt_Qx1
   m_QxQ = dot(c_QxN, b_QxN, trans_b=True) * decay
   y_QxP = dot(m_QxQ, xdt_QxP) + w_Qx1 * dot(c_QxN, carry_PxN, trans_b=True) + d_1x1 * x_QxP
@@ -77,10 +80,10 @@ def forward(x_QxP, dt_Qx1, doc_Qx1, b_QxN, c_QxN, a_1x1, d_1x1, prev_1x1, carry_
   return y_QxP, carry_out_PxN
 
 
-def backward(x_QxP, dt_Qx1, doc_Qx1, b_QxN, c_QxN, a_1x1, d_1x1, prev_1x1, carry_PxN, dy_QxP, g_PxN):
+def backward(x_QxP, dt_1xQ, doc_1xQ, b_QxN, c_QxN, a_1x1, d_1x1, prev_1x1, carry_PxN, dy_QxP, g_PxN):
   """Cotangents of one chunk given dy (of y) and g (of carry_out):
-  (dx_QxP, ddt_Qx1 through x dt only, da_Qx1 = dL/d(dt_t A_h), db_QxN, dc_QxN, dcarry_PxN)."""
-  same, decay, cs_Qx1, w_Qx1, l_Qx1, keep, eye = _decays(dt_Qx1, doc_Qx1, a_1x1, prev_1x1)
+  (dx_QxP, ddt_1xQ through x dt only, da_1xQ = dL/d(dt_t A_h), db_QxN, dc_QxN, dcarry_PxN)."""
+  same, decay, cs_Qx1, w_Qx1, l_Qx1, keep, eye, dt_Qx1 = _decays(dt_1xQ, doc_1xQ, a_1x1, prev_1x1)
   xdt_QxP = x_QxP * dt_Qx1
   cb_QxQ = dot(c_QxN, b_QxN, trans_b=True)
   m_QxQ = cb_QxQ * decay
@@ -90,7 +93,7 @@ def backward(x_QxP, dt_Qx1, doc_Qx1, b_QxN, c_QxN, a_1x1, d_1x1, prev_1x1, carry
   dm_QxQ = dot(dy_QxP, xdt_QxP, trans_b=True)
   dxdt_QxP = dot(m_QxQ, dy_QxP, trans_a=True) + l_Qx1 * dot(b_QxN, g_PxN, trans_b=True)
   dx_QxP = dxdt_QxP * dt_Qx1 + d_1x1 * dy_QxP
-  ddt_Qx1 = jnp.sum(dxdt_QxP * x_QxP, axis=1, keepdims=True)
+  ddt_1xQ = to_row(jnp.sum(dxdt_QxP * x_QxP, axis=1, keepdims=True), eye)
   dcb_QxQ = dm_QxQ * decay
   db_QxN = dot(dcb_QxQ, c_QxN, trans_a=True) + l_Qx1 * xg_QxN
   dc_QxN = dot(dcb_QxQ, b_QxN) + w_Qx1 * dot(dy_QxP, carry_PxN)
@@ -112,5 +115,5 @@ def backward(x_QxP, dt_Qx1, doc_Qx1, b_QxN, c_QxN, a_1x1, d_1x1, prev_1x1, carry
     + jnp.where(row == cs_Qx1.shape[0] - 1, d_end, 0.0)
   )
   # cs_t = sum_s same[t, s] a_s, so da_s = sum_t same[t, s] dcs_t.
-  da_Qx1 = to_col(jnp.sum(jnp.where(same, dcs_Qx1, 0.0), axis=0, keepdims=True), eye)
-  return dx_QxP, ddt_Qx1, da_Qx1, db_QxN, dc_QxN, dcarry_PxN
+  da_1xQ = jnp.sum(jnp.where(same, dcs_Qx1, 0.0), axis=0, keepdims=True)
+  return dx_QxP, ddt_1xQ, da_1xQ, db_QxN, dc_QxN, dcarry_PxN

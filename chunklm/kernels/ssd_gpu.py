@@ -46,8 +46,8 @@ def _tiles(refs, b, h, c, n: Dims):
   one = pl.ds(0, 1)
   return (
     plgpu.load(x_ref.at[b, rows, pl.ds(h * n.head_dim, n.head_dim)]).astype(F32),
-    plgpu.load(dt_ref.at[b, h, rows, one]).astype(F32),
-    plgpu.load(doc_ref.at[b, rows, one]),
+    plgpu.load(dt_ref.at[b, h, one, rows]).astype(F32),
+    plgpu.load(doc_ref.at[b, one, rows]),
     plgpu.load(b_ref.at[b, rows, pl.ds(0, n.state)]).astype(F32),
     plgpu.load(c_ref.at[b, rows, pl.ds(0, n.state)]).astype(F32),
     plgpu.load(a_ref.at[h, one, one]),
@@ -84,8 +84,8 @@ def _bwd_kernel(*refs, n: Dims):
     x, dt, doc, bq, cq, a, d, prev = _tiles(ins, b, h, c, n)
     dx, ddt, da, db, dc, dcarry = ssd_chunk.backward(x, dt, doc, bq, cq, a, d, prev, carry_PxN, dy_QxP, g_PxN)
     plgpu.store(dx_ref.at[b, rows, cols], dx.astype(dx_ref.dtype))
-    plgpu.store(ddt_ref.at[b, h, rows, pl.ds(0, 1)], ddt)
-    plgpu.store(da_ref.at[b, h, rows, pl.ds(0, 1)], da)
+    plgpu.store(ddt_ref.at[b, h, pl.ds(0, 1), rows], ddt)
+    plgpu.store(da_ref.at[b, h, pl.ds(0, 1), rows], da)
     plgpu.store(db_ref.at[b, h, rows, pl.ds(0, n.state)], db)
     plgpu.store(dc_ref.at[b, h, rows, pl.ds(0, n.state)], dc)
     return dcarry

@@ -5,12 +5,14 @@ multiples of Mosaic's (8, 128) tile, so the TPU kernels need no relayout and the
 blocks. With L padded to a multiple of the chunk Q (padded positions form a document of their own, after every real
 one, so they reach no real output), C = L / Q chunks, K = H / G head blocks of G heads:
   x_BxLxI          x as it comes (I = H P: a reshape, no copy); head h of a block is the lane slice [hP, (h+1)P)
-  dt_BxKxLxG       dt per head block (a small transpose)
-  doc_BxLx1        the document index as float32 (exact below 2^24)
+  dt_BxKxGxL       dt per head block, positions last (a small transpose)
+  doc_Bx1xL        the document index as float32 (exact below 2^24)
   prev_BxCx1x1     the document of the previous chunk's last position (-1 before the first chunk)
   b_BxLxN, c_BxLxN B and C, shared by the heads
   a_Kx1xG, d_Kx1xG A_h and D_h per head block
-Backward outputs come per head block (dt's and A's cotangents as BxKxLxG) and B's and C's as J partial sums
+Per-position scalars keep positions in the minor dimension: a TPU lays the minor dimension out in 128 lanes, so a
+B x L x 1 column would take 128x its bytes in HBM. Backward outputs come per head block (dt's and A's cotangents as
+BxKxGxL) and B's and C's as J partial sums
 (BxJxLxN: J = 1 on TPU, whose kernel sums over every head; J = H on GPU, one per program), summed here (`gradients`).
 """
 
@@ -75,11 +77,11 @@ def forward_shapes(x_BxLxI: jax.Array, n: Dims) -> tuple[jax.ShapeDtypeStruct, .
 
 
 def backward_shapes(x_BxLxI: jax.Array, n: Dims, bc_blocks: int) -> tuple[jax.ShapeDtypeStruct, ...]:
-  """A backward kernel's raw outputs (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxJxLxN, dc_BxJxLxN), see `gradients`;
+  """A backward kernel's raw outputs (dx_BxLxI, ddtx_BxKxGxL, da_BxKxGxL, db_BxJxLxN, dc_BxJxLxN), see `gradients`;
   J = `bc_blocks` partial sums of B's and C's cotangents (1 where the kernel sums over the heads itself)."""
-  col = jax.ShapeDtypeStruct((n.batch, n.blocks, n.length, n.group), jnp.float32)
+  row = jax.ShapeDtypeStruct((n.batch, n.blocks, n.group, n.length), jnp.float32)
   by_block = jax.ShapeDtypeStruct((n.batch, bc_blocks, n.length, n.state), jnp.float32)
-  return jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype), col, col, by_block, by_block
+  return jax.ShapeDtypeStruct(x_BxLxI.shape, x_BxLxI.dtype), row, row, by_block, by_block
 
 
 def _pad(v: jax.Array, length: int) -> jax.Array:
@@ -87,20 +89,20 @@ def _pad(v: jax.Array, length: int) -> jax.Array:
 
 
 def operands(x_BxLxHxP, dt_BxLxH, a_H, b_BxLxN, c_BxLxN, d_H, doc_BxL, n: Dims) -> tuple[jax.Array, ...]:
-  """(x_BxLxI, dt_BxKxLxG, doc_BxLx1, prev_BxCx1x1, b_BxLxN, c_BxLxN, a_Kx1xG, d_Kx1xG), L padded."""
+  """(x_BxLxI, dt_BxKxGxL, doc_Bx1xL, prev_BxCx1x1, b_BxLxN, c_BxLxN, a_Kx1xG, d_Kx1xG), L padded."""
   length = x_BxLxHxP.shape[1]
   tail = (jnp.arange(n.length) >= length)[None, :]
   doc_BxL = _pad(doc_BxL, n.length)
   doc_BxL = jnp.where(tail, doc_BxL[:, length - 1 : length] + 1, doc_BxL).astype(jnp.float32)
   x_BxLxI = _pad(x_BxLxHxP, n.length).reshape(n.batch, n.length, n.heads * n.head_dim)
-  dt_BxKxLxG = _pad(dt_BxLxH, n.length).reshape(n.batch, n.length, n.blocks, n.group).transpose(0, 2, 1, 3)
+  dt_BxKxGxL = _pad(dt_BxLxH, n.length).reshape(n.batch, n.length, n.blocks, n.group).transpose(0, 2, 3, 1)
   ends_BxC = doc_BxL[:, n.chunk - 1 :: n.chunk]
   prev_BxC = jnp.concatenate([jnp.full((n.batch, 1), -1.0, jnp.float32), ends_BxC[:, :-1]], axis=1)
   heads = lambda v: v.astype(jnp.float32).reshape(n.blocks, 1, n.group)  # noqa: E731
   return (
     x_BxLxI,
-    dt_BxKxLxG,
-    doc_BxL[..., None],
+    dt_BxKxGxL,
+    doc_BxL[:, None, :],
     prev_BxC[..., None, None],
     _pad(b_BxLxN, n.length),
     _pad(c_BxLxN, n.length),
@@ -116,16 +118,16 @@ def per_head(v_BxLxI: jax.Array, n: Dims, length: int) -> jax.Array:
 
 def gradients(raw: tuple[jax.Array, ...], dt_BxLxH, a_H, x_BxLxHxP, dy_BxLxHxP, n: Dims):
   """The SSD op's cotangents (dx, ddt, da, db, dc, dd) from a backward kernel's raw outputs
-  (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxJxLxN, dc_BxJxLxN): dt's through x dt and through a = dt A."""
-  dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxJxLxN, dc_BxJxLxN = raw
+  (dx_BxLxI, ddtx_BxKxGxL, da_BxKxGxL, db_BxJxLxN, dc_BxJxLxN): dt's through x dt and through a = dt A."""
+  dx_BxLxI, ddtx_BxKxGxL, da_BxKxGxL, db_BxJxLxN, dc_BxJxLxN = raw
   length = x_BxLxHxP.shape[1]
 
-  def heads_last(v_BxKxLxG):
-    return v_BxKxLxG.transpose(0, 2, 1, 3).reshape(n.batch, n.length, n.heads)[:, :length]
+  def heads_last(v_BxKxGxL):
+    return v_BxKxGxL.transpose(0, 3, 1, 2).reshape(n.batch, n.length, n.heads)[:, :length]
 
-  da_BxLxH = heads_last(da_BxKxLxG)
+  da_BxLxH = heads_last(da_BxKxGxL)
   dt_f32 = dt_BxLxH.astype(jnp.float32)
-  ddt_BxLxH = heads_last(ddtx_BxKxLxG) + a_H.astype(jnp.float32)[None, None, :] * da_BxLxH
+  ddt_BxLxH = heads_last(ddtx_BxKxGxL) + a_H.astype(jnp.float32)[None, None, :] * da_BxLxH
   dx_BxLxHxP = per_head(dx_BxLxI, n, length)
   dd_H = jnp.einsum("blhp,blhp->h", dy_BxLxHxP.astype(jnp.float32), x_BxLxHxP.astype(jnp.float32))
   return (

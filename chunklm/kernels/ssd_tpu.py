@@ -35,7 +35,7 @@ def _tiles(refs, j: int, p: int):
   x_ref, dt_ref, doc_ref, prev_ref, b_ref, c_ref, a_ref, d_ref = refs
   return (
     x_ref[0, :, j * p : (j + 1) * p].astype(F32),
-    dt_ref[0, 0, :, j : j + 1].astype(F32),
+    dt_ref[0, 0, j : j + 1, :].astype(F32),
     doc_ref[0],
     b_ref[0].astype(F32),
     c_ref[0].astype(F32),
@@ -81,8 +81,8 @@ def _bwd_kernel(*refs, group: int, p: int):
     dy = dy_ref[0, :, j * p : (j + 1) * p].astype(F32)
     dx, ddt, da, db, dc, dcarry = ssd_chunk.backward(x, dt, doc, b, c, a, d, prev, states_ref[0, 0, j], dy, g_ref[k, j])
     dx_ref[0, :, j * p : (j + 1) * p] = dx.astype(dx_ref.dtype)
-    ddt_ref[0, 0, :, j : j + 1] = ddt
-    da_ref[0, 0, :, j : j + 1] = da
+    ddt_ref[0, 0, j : j + 1, :] = ddt
+    da_ref[0, 0, j : j + 1, :] = da
     db_ref[0, 0] += db
     dc_ref[0, 0] += dc
     g_ref[k, j] = dcarry
@@ -95,12 +95,21 @@ def _specs(n: Dims, reverse: bool):
   ch = (lambda i: n.chunks - 1 - i) if reverse else (lambda i: i)
   rows = lambda width: pl.BlockSpec((1, q, width), lambda b, i, k: (b, ch(i), 0))  # noqa: E731
   x_spec = pl.BlockSpec((1, q, g * p), lambda b, i, k: (b, ch(i), k))
-  per_block = pl.BlockSpec((1, 1, q, g), lambda b, i, k: (b, k, ch(i), 0))
+  per_block = pl.BlockSpec((1, 1, g, q), lambda b, i, k: (b, k, 0, ch(i)))
+  doc = pl.BlockSpec((1, 1, q), lambda b, i, k: (b, 0, ch(i)))
   heads = pl.BlockSpec((1, 1, g), lambda b, i, k: (k, 0, 0))
   prev = pl.BlockSpec((1, 1, 1, 1), lambda b, i, k: (b, ch(i), 0, 0))
   states = pl.BlockSpec((1, 1, g, p, n.state), lambda b, i, k: (b, ch(i), k, 0, 0))
   summed_n = pl.BlockSpec((1, 1, q, n.state), lambda b, i, k: (b, 0, ch(i), 0))
-  return x_spec, per_block, rows(1), prev, rows(n.state), rows(n.state), heads, heads, states, summed_n
+  return x_spec, per_block, doc, prev, rows(n.state), rows(n.state), heads, heads, states, summed_n
+
+
+def check(n: Dims, interpret) -> None:
+  """Mosaic's block rule for the position rows (dt, doc, their cotangents): Q a multiple of 128 or the whole L."""
+  if not interpret and n.chunk % 128 and n.chunk != n.length:
+    raise ValueError(
+      f"the TPU SSD kernel steps by a multiple of 128 positions (Tiles.ssd_chunk; the default is 128), got {n.chunk}"
+    )
 
 
 # Only rows are independent: chunks carry the state, and head blocks add into one B/C cotangent per chunk.
@@ -110,6 +119,7 @@ _PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary", "ar
 @functools.partial(jax.jit, static_argnames=("n", "interpret"))
 def forward(operands: tuple[jax.Array, ...], *, n: Dims, interpret=False) -> tuple[jax.Array, jax.Array]:
   """(y_BxLxI, states_BxCxHxPxN): the outputs and the state entering each chunk (the backward's residual)."""
+  check(n, interpret)
   x_spec, *_, states_spec, _ = _specs(n, reverse=False)
   return pl.pallas_call(
     functools.partial(_fwd_kernel, group=n.group, p=n.head_dim),
@@ -129,7 +139,8 @@ def forward(operands: tuple[jax.Array, ...], *, n: Dims, interpret=False) -> tup
 def backward(
   operands: tuple[jax.Array, ...], states_BxCxHxPxN: jax.Array, dy_BxLxI: jax.Array, *, n: Dims, interpret=False
 ) -> tuple[jax.Array, ...]:
-  """Raw cotangents (dx_BxLxI, ddtx_BxKxLxG, da_BxKxLxG, db_BxKxLxN, dc_BxKxLxN); `ssd_layout.gradients` finishes."""
+  """Raw cotangents (dx_BxLxI, ddtx_BxKxGxL, da_BxKxGxL, db_Bx1xLxN, dc_Bx1xLxN); `ssd_layout.gradients` finishes."""
+  check(n, interpret)
   specs = _specs(n, reverse=True)
   x_spec, per_block, summed_n = specs[0], specs[1], specs[9]
   return pl.pallas_call(
