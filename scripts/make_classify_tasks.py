@@ -115,12 +115,15 @@ def code_task(train_txt: Path, valid_txt: Path, marker: str, size: int, n_train:
   return train, test, {"python_files": [len(py_train), len(py_test)]}
 
 
-def write_jsonl(path: Path, rows: list[tuple[bytes, str]], rng: random.Random) -> None:
+def write_jsonl(path: Path, rows: list[tuple[bytes, str]] | list[tuple[bytes, str, dict]], rng: random.Random) -> None:
+  """One {"text", "label"} line per row, in an order shuffled by `rng`; a row's third item (a dict, optional: where
+  the text came from, say) adds fields after those two, which `chunklm classify` does not read."""
   rows = list(rows)
   rng.shuffle(rows)
   with path.open("w", encoding="utf-8") as f:
-    for data, label in rows:
-      f.write(json.dumps({"text": data.decode("utf-8", "replace"), "label": label}) + "\n")
+    for data, label, *where in rows:
+      record = {"text": data.decode("utf-8", "replace"), "label": label, **(where[0] if where else {})}
+      f.write(json.dumps(record) + "\n")
 
 
 def main() -> None:
