@@ -21,8 +21,8 @@ from chunklm.model.stage_output import StageOutput
 
 class CausalLM(nnx.Module):
   """`doc_slots` bounds the documents in one training window (chunk slots reserved for document starts);
-  `kernel_impl` picks the H-Net's chunk-op and SSD backend (config `kernels.impl`), `attention_impl` the softmax attention's
-  (`kernels.attention`), set here once on every stack the backbone runs."""
+  `kernel_impl` picks the H-Net's chunk-op and SSD backend (config `kernels.impl`), `attention_impl` the softmax
+  attention's (`kernels.attention`), set here once on every stack the backbone runs."""
 
   def __init__(
     self,
