@@ -13,7 +13,8 @@ PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 export PYTHONPATH=${PYTHONPATH:-.}
 MARK=$("$PY" -c "import jax; print('tpu' if jax.default_backend() == 'tpu' else 'gpu')")
 "$PY" -c "import jax; print(jax.__version__, jax.devices())" | tee "$OUT/device.txt"
-timeout 240 "$PY" -m pytest -q -m "$MARK" tests/test_kernels_device.py tests/test_layers.py 2>&1 | tail -25 | tee "$OUT/pytest.txt"
+timeout 240 "$PY" -m pytest -q -m "$MARK" tests/test_kernels_device.py tests/test_layers.py 2>&1 | tail -25 \
+  | tee "$OUT/pytest.txt"
 timeout 180 "$PY" -m chunklm bench kernels --ops ssd --impl xla,pallas --ssd-shapes full --dtype float32,bfloat16 \
   --no-step --repeats 10 --warmup 2 --json "$OUT/ssd.json" 2>&1 | tee "$OUT/ssd.txt"
 for impl in auto pallas; do
