@@ -173,6 +173,7 @@ BLOCKS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # CI budget (.ci/run runs it)
 def test_fsdp_layers_give_the_values_and_gradients_of_the_whole_weight():
   proc = subprocess.run([sys.executable, "-c", BLOCKS], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
