@@ -11,8 +11,9 @@ from flax import nnx
 from chunklm.config.mrt5 import MrT5Config
 from chunklm.data.span_corruption import EOS, SENTINELS, corrupt, noise_spans, restore
 from chunklm.errors import ConfigError, DataError
+from chunklm.model.bidirectional import attend
 from chunklm.model.delete_gate import pi_update
-from chunklm.model.mrt5 import MrT5, attend, bucket_capacity
+from chunklm.model.mrt5 import MrT5, bucket_capacity
 from chunklm.seq2seq.byte_classes import CLASS_NAMES, class_counts
 
 CFG = MrT5Config(d_model=32, n_heads=2, enc_layers=3, dec_layers=2, gate_layer=1)

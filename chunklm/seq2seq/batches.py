@@ -18,7 +18,8 @@ from chunklm.data.corpus import Documents, load_splits
 from chunklm.data.pipeline import BOS
 from chunklm.data.sources import as_path, jsonl_objects
 from chunklm.data.span_corruption import EOS, corrupt
-from chunklm.errors import DataError, UserError
+from chunklm.data.windows import random_windows
+from chunklm.errors import UserError
 
 Pair = tuple[bytes, bytes]
 
@@ -66,20 +67,6 @@ def pack(pairs: list[Pair], seq_len: int, target_len: int, where: str = "data") 
   return out
 
 
-def _windows(docs: Documents, rng: np.random.Generator, count: int, seq_len: int) -> list[bytes]:
-  lengths = docs.lengths.astype(np.float64)
-  usable = lengths >= 2
-  if not usable.any():
-    raise DataError("no document of >= 2 bytes to corrupt")
-  p = np.where(usable, lengths, 0.0) / lengths[usable].sum()
-  out = []
-  for i in rng.choice(len(docs), size=count, p=p):
-    n = int(docs.lengths[i])
-    start = int(rng.integers(0, max(n - seq_len, 0) + 1))
-    out.append(docs.doc(i)[start : start + seq_len])
-  return out
-
-
 def span_batch(
   docs: Documents,
   seed: int,
@@ -92,7 +79,9 @@ def span_batch(
 ) -> dict:
   """Batch `step`: windows drawn with probability by document length, each span-corrupted."""
   rng = np.random.default_rng([seed, step])
-  pairs = [corrupt(w, rng, noise_density, mean_span, "the corpus") for w in _windows(docs, rng, batch_size, seq_len)]
+  pairs = [
+    corrupt(w, rng, noise_density, mean_span, "the corpus") for w in random_windows(docs, rng, batch_size, seq_len)
+  ]
   return pack(pairs, seq_len, target_len)
 
 

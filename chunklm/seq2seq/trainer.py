@@ -46,14 +46,13 @@ from chunklm.model.functional import path_name, split_model
 from chunklm.model.mrt5 import MrT5
 from chunklm.run.checkpoint import Checkpointer
 from chunklm.run.kind import require, require_new_or
-from chunklm.run.lock import WorkdirBusy, workdir_lock
+from chunklm.run.lock import workdir_lock
 from chunklm.run.workdir import RunDir
 from chunklm.seq2seq.batches import Data
 from chunklm.seq2seq.evaluation import evaluate_mrt5, losses
-from chunklm.train.optim import decay_mask, lr_schedule
-from chunklm.train.reporter import NanPolicy, Reporter
+from chunklm.train.loop import run_steps
+from chunklm.train.optim import plain_adamw
 from chunklm.train.resume import MRT5_RULE, ResumeChanges, check_resume
-from chunklm.train.signals import Preempted, StopFlag
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mrt5"
 
@@ -67,9 +66,7 @@ def build(cfg: MrT5Run):
 
 
 def _optimizer(cfg: MrT5Run, params):
-  t = cfg.train
-  adamw = optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=decay_mask(params))
-  return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw) if t.grad_clip else adamw
+  return plain_adamw(cfg.train, params)
 
 
 def _is_gate(path) -> bool:
@@ -207,43 +204,16 @@ def train_mrt5(cfg: MrT5Run, workdir: str | Path, *, progress: bool = True, log=
 def _train_steps(
   cfg: MrT5Run, graphdef, tx, state: dict, data: Data, ckpt: Checkpointer, run: RunDir, start: int, progress: bool, log
 ) -> dict:
-  """Steps `start` to train.steps with checkpoints, metrics and progress (train/reporter.py); the final state."""
+  """Steps `start` to train.steps on the shared loop (train/loop.py); the final state."""
   step_fn = make_train_step(cfg, graphdef, tx)
-  params, opt, pi, ema = state["params"], state["opt"], state["pi"], state.get("gate_ema", {})
-  good = [start] if start else []
-  nan = NanPolicy(
-    "stop", 1, lambda: f"the last good checkpoint is step {good[-1]}" if good else "no checkpoint was written yet"
+
+  def step(state, batch, k):
+    params, opt, pi, ema, out = step_fn(state["params"], state["opt"], state["pi"], state.get("gate_ema", {}), batch, k)
+    return state_of(params, opt, pi, ema), out
+
+  return run_steps(
+    run, ckpt, cfg.train, state, start, step, data.train_batch, show=("ce", "deleted", "alpha"), progress=progress
   )
-  reporter = Reporter(
-    run,
-    total=cfg.train.steps,
-    start=start,
-    end=cfg.train.steps,
-    log_every=cfg.train.log_every,
-    progress=progress,
-    show=("ce", "deleted", "alpha"),
-    nan=nan,
-  )
-  try:
-    with StopFlag() as stop:
-      for k in range(start, cfg.train.steps):
-        batch = jax.tree.map(jnp.asarray, data.train_batch(k))
-        params, opt, pi, ema, out = step_fn(params, opt, pi, ema, batch, jnp.int32(k))
-        done = k + 1
-        reporter.dispatched(done, out)
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop.set:
-          reporter.flush()
-          ckpt.save(done, state_of(params, opt, pi, ema), None, {"step": done})
-          reporter.sync()  # metrics.jsonl in a bucket is rewritten here
-          good.append(done)
-        if stop.set:
-          raise Preempted(f"received SIGTERM: saved checkpoint at step {done}; re-run the same command to resume")
-      reporter.flush()
-  except BaseException as e:
-    reporter.close(publish=not isinstance(e, WorkdirBusy))  # a lost lease: nothing more into the workdir
-    raise
-  reporter.close()
-  return state_of(params, opt, pi, ema)
 
 
 def state_of(params, opt, pi, ema: dict) -> dict:

@@ -101,6 +101,20 @@ def lr_multipliers(cfg: ModelConfig) -> tuple[float, ...]:
   return cfg.lr_multipliers or paper_lr_multipliers(cfg)
 
 
+def plain_adamw(train: TrainConfig, params) -> optax.GradientTransformation:
+  """AdamW on train.* (schedule, decay mask, clipping at train.grad_clip): the optimizer of the runs with their own
+  objective (MrT5, MergeDNA), which have no per-level multipliers, scales or frozen parts."""
+  adamw = optax.adamw(
+    lr_schedule(train),
+    b1=train.b1,
+    b2=train.b2,
+    eps=train.eps,
+    weight_decay=train.weight_decay,
+    mask=decay_mask(params),
+  )
+  return optax.chain(optax.clip_by_global_norm(train.grad_clip), adamw) if train.grad_clip else adamw
+
+
 def make_optimizer(train: TrainConfig, model: ModelConfig, params) -> optax.GradientTransformation:
   """AdamW (clipping, decay mask) x per-level multipliers x `train.lr_scale`; parameters that `train.freeze` selects
   get no update and no optimizer state."""
