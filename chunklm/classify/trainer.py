@@ -22,19 +22,22 @@ from chunklm import logs
 from chunklm.classify.classifier import HEADS, POOLINGS, Classifier, Head, Pooling
 from chunklm.classify.metrics import classification_report
 from chunklm.classify.records import Record, class_list
-from chunklm.config import Config, ModelConfig, dump_yaml, load_config
+from chunklm.config import Config, dump_yaml, load_config, read_yaml
+from chunklm.config.mergedna import MergeDNARun
 from chunklm.errors import UserError
 from chunklm.eval.bpb import activation_bytes, check_fits
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.lm import build_model
+from chunklm.model.mergedna import MergeDNA
 from chunklm.run.checkpoint import Checkpointer
-from chunklm.run.kind import CLASSIFIER_HEADER, DESCRIBED, require
+from chunklm.run.kind import CLASSIFIER_HEADER, DESCRIBED, kind_of, require
 from chunklm.run.lock import workdir_lock
 from chunklm.run.trained import open_run
 from chunklm.run.workdir import RunDir
+from chunklm.train.mergedna_trainer import CONFIG_DIR as MERGEDNA_CONFIGS
+from chunklm.train.mergedna_trainer import load_mergedna_config, open_mergedna
 from chunklm.train.optim import decay_mask
 from chunklm.train.reporter import Reporter
-from chunklm.train.step import routing_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +91,29 @@ def batch_arrays(records: list[Record], seq_len: int, classes: list[str] | None 
   return out
 
 
+def _is_mergedna(config: str) -> bool:
+  """Does `config` (a file or a bundled name) describe a MergeDNA model (a `mergedna` section)?"""
+  if (MERGEDNA_CONFIGS / f"{config}.yaml").is_file():
+    return True
+  path = Path(config)
+  return path.suffix in (".yaml", ".yml") and path.is_file() and "mergedna" in read_yaml(path)
+
+
 def _base_model(init_from: str | None, config: str | None, overrides: list[str], seed: int):
-  """(Config, CausalLM, description of the start): a trained run's model, or a fresh one of a config."""
+  """(config, backbone, description of the start): a trained run's model (a language model or MergeDNA), or a
+  fresh one of a config."""
   if (init_from is None) == (config is None):
     raise UserError(
       "classify train: give either --init-from RUN (fine-tune a trained model) or --config C (train from scratch)"
     )
+  if init_from is not None and kind_of(init_from) == "mergedna":
+    if overrides:
+      raise UserError("classify train: --set applies to a language model; a MergeDNA backbone is taken as trained")
+    mcfg, model, step = open_mergedna(init_from, flag="--init-from")
+    return mcfg, model, f"{init_from} (step {step})"
+  if config is not None and _is_mergedna(config):
+    mcfg = load_mergedna_config(config, overrides)
+    return mcfg, MergeDNA(mcfg.mergedna, rngs=nnx.Rngs(params=seed)), f"{config} from scratch (seed {seed})"
   if init_from is not None:
     run = open_run(init_from, tuple(overrides), flag="--init-from")
     cfg, lm, start = run.cfg, merge_model(run.graphdef, run.params), f"{init_from} (step {run.step})"
@@ -128,11 +148,11 @@ def _optimizer(params, s: ClassifySettings) -> optax.GradientTransformation:
   return optax.multi_transform({"head": adamw(s.lr), "backbone": backbone}, labels)
 
 
-def _loss_fn(graphdef, model_cfg: ModelConfig):
+def _loss_fn(graphdef):
   def loss(params, batch):
-    logits_BxC, stages = merge_model(graphdef, params)(batch["ids"], batch["lengths"])
+    logits_BxC, aux = merge_model(graphdef, params)(batch["ids"], batch["lengths"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["labels"]).mean()
-    return ce + routing_loss(stages, model_cfg), ce
+    return ce + aux, ce
 
   return loss
 
@@ -168,6 +188,17 @@ def train_classifier(
     return result
 
 
+def _check_memory(cfg, batch: int, records: int, width: int) -> None:
+  """A one-line error when a training step of a language model would not fit in memory (a MergeDNA backbone has
+  no activation estimate; its records are short)."""
+  if isinstance(cfg, Config):
+    check_fits(  # a training step holds its activations for the backward pass: about 3x a forward's
+      3 * activation_bytes(cfg.model, min(batch, records), width),
+      f"--batch-size {batch} x --seq-len {width} (the longest record)",
+      "use a smaller --batch-size or --seq-len",
+    )
+
+
 def _train(
   train_records: list[Record],
   test_records: list[Record],
@@ -192,7 +223,7 @@ def _train(
   graphdef, params = split_model(clf)
   tx = _optimizer(params, settings)
   opt_state = tx.init(params)
-  loss = _loss_fn(graphdef, cfg.model)
+  loss = _loss_fn(graphdef)
 
   @jax.jit
   def step(params, opt_state, batch):
@@ -202,15 +233,12 @@ def _train(
 
   train = batch_arrays(train_records, settings.seq_len, classes)
   width = train["ids"].shape[1]
-  check_fits(  # a training step holds its activations for the backward pass: about 3x a forward's
-    3 * activation_bytes(cfg.model, min(settings.batch_size, len(train_records)), width),
-    f"--batch-size {settings.batch_size} x --seq-len {width} (the longest record)",
-    "use a smaller --batch-size or --seq-len",
-  )
+  _check_memory(cfg, settings.batch_size, len(train_records), width)
   cut = sum(len(r.data) > settings.seq_len for r in train_records)
   meta = {
     "settings": dataclasses.asdict(settings),
     "classes": classes,
+    "backbone": "mergedna" if isinstance(cfg, MergeDNARun) else "lm",
     "start": start,
     "train_records": len(train_records),
     "test_records": len(test_records),
@@ -258,11 +286,21 @@ def load_classifier(workdir: str | Path, log=logs.warning):
     raise UserError(f"{run} holds a classifier that did not finish training (no {run.classifier.name}); train it again")
   meta = json.loads(run.classifier.read_text())
   settings = ClassifySettings(**meta["settings"])
-  cfg: Config = load_config(run.config)
   classes = meta["classes"]
+  if meta.get("backbone") == "mergedna":
+    mcfg = load_config(run.config, root=MergeDNARun)
+
+    def backbone():
+      return MergeDNA(mcfg.mergedna, rngs=nnx.Rngs(params=0))
+  else:
+    cfg: Config = load_config(run.config)
+
+    def backbone():
+      return build_model(cfg, 0)
+
   abstract = nnx.eval_shape(
     lambda: Classifier(
-      build_model(cfg, 0),
+      backbone(),
       len(classes),
       pooling=settings.pooling,
       head=settings.head,

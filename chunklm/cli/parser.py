@@ -15,6 +15,7 @@ from chunklm.cli.flags import (
   generate,
   info,
   lm_eval,
+  mergedna,
   mrt5,
   report,
   robustness,
@@ -41,6 +42,7 @@ FAMILIES = (
   classify,
   weights,
   mrt5,
+  mergedna,
   bench,
 )  # in the order of `chunklm --help`
 

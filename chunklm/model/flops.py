@@ -12,6 +12,7 @@ import math
 import re
 
 from chunklm.config import ModelConfig
+from chunklm.config.mergedna import MergeDNAConfig
 from chunklm.errors import ConfigError
 from chunklm.model.stack import layer_kinds
 
@@ -156,3 +157,26 @@ def _with_innermost(layout: tuple, level: int, spec: str) -> tuple:
   if level == 0:
     return (spec,)
   return (layout[0], _with_innermost(layout[1], level - 1, spec), layout[2])
+
+
+def bidirectional_block_flops(d: int, ff: int, keys: float) -> float:
+  """Forward FLOPs per position of a non-causal block (model/bidirectional.py): q, k, v and output projections,
+  scores and values over `keys` keys, SwiGLU."""
+  return 2 * d * 3 * d + 2 * d * d + 4 * d * keys + 6 * d * ff
+
+
+def mergedna_train_flops_per_base(
+  cfg: MergeDNAConfig, seq_len: int, ratios: tuple[float, ...] | None = None, passes: int = 2
+) -> float:
+  """Training FLOPs per base of MergeDNA (model/mergedna.py) on windows of `seq_len` bases, with each merging
+  block's measured ratio (default: the targets) and `passes` runs of the latent stacks and the local decoder per
+  batch (2: reconstruction and masked modelling). Merging, unmerging and the offset embedding are not counted."""
+  ratios = ratios or cfg.merge_ratios
+  d, ff, w = cfg.d_model, cfg.ff_dim(), cfg.window
+  total, per = 0.0, 1.0  # per: bases per position at the current level
+  for r in ratios:
+    total += (cfg.local_layers * bidirectional_block_flops(d, ff, w / per) + 2 * 2 * d * d) / per
+    per *= r
+  latent = (cfg.latent_layers + cfg.latent_dec_layers) * bidirectional_block_flops(d, ff, seq_len / per) / per
+  decoder = cfg.local_dec_layers * bidirectional_block_flops(d, ff, w) + 2 * d * cfg.vocab_size
+  return 3 * (total + passes * (latent + decoder))

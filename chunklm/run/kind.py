@@ -6,6 +6,7 @@ A directory given as a run is one of these kinds, told apart by the files each c
   params      `chunklm import` / `convert from-hnet`: a language model's parameters only (origin.json beside it)
   classifier  `chunklm classify train`: classify.json (or a config.yaml that says it was written by classify)
   mrt5        `chunklm mrt5 train`: config.yaml with an `mrt5` section
+  mergedna    `chunklm mergedna train`: config.yaml with a `mergedna` section
   comparison  `chunklm compare` / `mrt5 compare`: summary.json and report.md over one directory per model
   new         nothing there yet, or an empty directory
   other       a file, or a directory holding none of the above
@@ -30,7 +31,7 @@ from chunklm.run.workdir import RunDir
 from chunklm.storage.objects import filesystem
 from chunklm.storage.paths import is_remote, location
 
-Kind = Literal["lm", "params", "classifier", "mrt5", "comparison", "new", "other"]
+Kind = Literal["lm", "params", "classifier", "mrt5", "mergedna", "comparison", "new", "other"]
 
 # what each kind is, in the messages
 DESCRIBED: dict[str, str] = {
@@ -38,6 +39,7 @@ DESCRIBED: dict[str, str] = {
   "params": "a language model's parameters only (made by `chunklm import` or `convert from-hnet`)",
   "classifier": "a classifier (made by `chunklm classify train`)",
   "mrt5": "an MrT5 run (made by `chunklm mrt5 train`)",
+  "mergedna": "a MergeDNA run (made by `chunklm mergedna train`)",
   "comparison": "a comparison of several runs (made by `chunklm compare`; pass one of its model directories)",
   "new": "empty",
   "other": "not a run",
@@ -102,6 +104,8 @@ def _config_kind(run: RunDir) -> Kind:
   sections = read_yaml(run.config)
   if "mrt5" in sections:
     return "mrt5"
+  if "mergedna" in sections:
+    return "mergedna"
   if "model" not in sections:
     return "other"
   return "params" if run.origin.exists() else "lm"

@@ -10,7 +10,8 @@ Every config field is in one of three classes:
     beginning and records the change in metrics.jsonl.
   - free: everything else (steps, learning-rate schedule, cadences, evaluation, mesh, kernels, `data.prefetch`,
     `data.mmap_min_mb`): changed freely; the change is recorded in metrics.jsonl.
-An MrT5 run (`MRT5_RULE`) has the same three classes: `mrt5.*` is state, `data.*` and `seq2seq.*` are data.
+An MrT5 run (`MRT5_RULE`) has the same three classes: `mrt5.*` is state, `data.*` and `seq2seq.*` are data; so
+does a MergeDNA run (`MERGEDNA_RULE`): `mergedna.*` is state, `data.*` and `objective.*` are data.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ MRT5_RULE = ResumeRule(
   state_sections=("mrt5",),
   state_keys=("train.seed", "train.init_from"),
   data_sections=("data", "seq2seq"),
+  data_keys=("train.batch_size",),
+  data_change_flag="",
+)
+# a MergeDNA run (`chunklm mergedna train`): the objective decides what each batch trains on, as the data does
+MERGEDNA_RULE = ResumeRule(
+  sections=("mergedna", "objective", "data", "train"),
+  state_sections=("mergedna",),
+  state_keys=("train.seed", "train.init_from"),
+  data_sections=("data", "objective"),
   data_keys=("train.batch_size",),
   data_change_flag="",
 )
