@@ -20,7 +20,7 @@ from chunklm.model.flops import mergedna_train_flops_per_base
 from chunklm.model.functional import named_leaves
 from chunklm.model.mergedna import MergeDNA
 from chunklm.model.merging import allowed_edges, compose, merge, unmerge
-from chunklm.train.mergedna_loss import losses, select_masked
+from chunklm.train.mergedna_loss import losses, select_masked, token_losses
 from chunklm.train.mergedna_trainer import load_mergedna_config, open_mergedna, train_mergedna
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
@@ -96,6 +96,76 @@ def test_merging_is_the_per_row_loop_including_the_overflow(capacity):
   np.testing.assert_array_equal(np.asarray(out.group_BxN), want_group)
   np.testing.assert_array_equal(np.asarray(out.overflow_B), want_overflow)
   assert (capacity == 6) == bool(want_overflow.any())  # the small capacity does drop groups
+
+
+def test_the_straight_through_gradient_is_the_soft_merge_derivative():
+  """dL/dm_i for L = sum_g v_g . z_g: each side of edge i lends the other side's token with weight 1/2 x its size,
+  so the derivative is 1/2 sum over the two sides of w (x_lent - z_g) . v_g / size_g (dropped groups: nothing)."""
+  rng = np.random.default_rng(6)
+  b, n, d, window, capacity = 2, 12, 3, 4, 5
+  x = rng.normal(size=(b, n, d)).astype(np.float32)
+  valid = np.ones((b, n), bool)
+  start = np.broadcast_to(np.arange(n), (b, n)).copy()
+  size = rng.integers(1, 4, size=(b, n))
+  m = rng.uniform(size=(b, n)).astype(np.float32)
+  v = rng.normal(size=(b, capacity, d)).astype(np.float32)
+  allowed = allowed_edges(jnp.asarray(valid), jnp.asarray(start), window)
+
+  def loss(m_):
+    out = merge(jnp.asarray(x), jnp.asarray(valid), jnp.asarray(start), jnp.asarray(size), m_, allowed, capacity)
+    return jnp.sum(out.x_BxMxD * v)
+
+  got = np.asarray(jax.grad(loss)(jnp.asarray(m)))
+  z, _, zsize, group, _ = _loop_merge(x, valid, start, size, m, window, capacity)
+  want = np.zeros((b, n))
+  for r in range(b):
+    for i in np.flatnonzero(np.asarray(allowed[r])):
+      for lent, g in ((i, group[r, i - 1]), (i - 1, group[r, i])):
+        if g < capacity:
+          want[r, i] += 0.5 * size[r, lent] * (x[r, lent] - z[r, g]) @ v[r, g] / zsize[r, g]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert np.count_nonzero(np.abs(want) > 1e-6) >= 8  # most allowed edges have a gradient (some groups dropped)
+
+
+def test_raising_a_merge_score_moves_the_left_token_the_way_merging_does():
+  x = jnp.asarray([[[1.0, 0.0], [0.0, 1.0], [0.2, 0.2]]])  # tokens 0 and 1 merged; token 2 not
+  valid, pos = jnp.ones((1, 3), bool), jnp.arange(3)[None]
+
+  def left(m_):
+    out = merge(x, valid, pos, valid.astype(jnp.int32), m_, jnp.asarray([[False, True, True]]), 3)
+    return jnp.sum(out.x_BxMxD[0, 0])  # 1.0 now; 0.8 if token 2 joined
+
+  assert float(jax.grad(left)(jnp.asarray([[0.0, 0.9, 0.2]]))[0, 2]) < 0
+
+
+def test_dropped_groups_unmerge_to_zeros_and_the_rest_to_their_token():
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(1, 16, 4)).astype(np.float32))
+  valid, pos = jnp.ones((1, 16), bool), jnp.arange(16)[None]
+  m = jnp.asarray(rng.uniform(size=(1, 16)).astype(np.float32))
+  out = merge(x, valid, pos, valid.astype(jnp.int32), m, allowed_edges(valid, pos, 4), 3)
+  back = np.asarray(unmerge(out.x_BxMxD, compose(pos, out.group_BxN, 3)))
+  group = np.asarray(out.group_BxN[0])
+  assert int(out.overflow_B[0]) == int((group == 3).sum()) > 0
+  np.testing.assert_array_equal(back[0, group == 3], 0.0)
+  np.testing.assert_array_equal(back[0, group < 3], np.asarray(out.x_BxMxD[0])[group[group < 3]])
+
+
+def test_pooling_and_token_losses_ignore_padding():
+  model = MergeDNA(CFG, rngs=nnx.Rngs(params=0))
+  ids = _dna(np.random.default_rng(8), 2, 48)
+  padded = jnp.concatenate([ids, _dna(np.random.default_rng(9), 2, 16)], axis=1)  # junk past each record's end
+  a, _ = model.pooled(ids, jnp.asarray([48, 30]))
+  b, _ = model.pooled(padded, jnp.asarray([48, 30]))
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  tok = model.tokenize(ids, jnp.ones((2, 48), bool))
+  ce = jnp.asarray(np.random.default_rng(10).uniform(size=(2, 48)).astype(np.float32))
+  per = np.asarray(token_losses(ce, tok))
+  src, ok = np.asarray(tok.src_BxL), np.asarray(tok.valid_BxM)
+  for r in range(2):
+    for t in range(ok.shape[1]):
+      want = np.asarray(ce[r])[src[r] == t].mean() if ok[r, t] else 0.0
+      assert per[r, t] == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 def test_merge_then_unmerge_is_exact_at_ratio_1():
@@ -180,6 +250,8 @@ def test_flops_count_each_stack_at_its_level():
   want = 3 * (local + 2 * (latent + decoder))
   assert mergedna_train_flops_per_base(cfg, 64) == pytest.approx(want)
   assert mergedna_train_flops_per_base(cfg, 64, (4.0,)) < want  # fewer, longer tokens: a cheaper latent
+  executed = 3 * (local + 2 * (block(48) * 48 / 64 + decoder))  # the latent at its capacity, 1.5 x 64 / 2 = 48
+  assert mergedna_train_flops_per_base(cfg, 64, executed=True) == pytest.approx(executed)
 
 
 @pytest.mark.slow  # about 45 s alone (.ci/run runs it)

@@ -14,6 +14,7 @@ from chunklm.cli.parser import build_parser
 from chunklm.config import load_config
 from chunklm.experiments.compare import load_spec
 from chunklm.seq2seq.trainer import load_mrt5_config
+from chunklm.train.mergedna_trainer import load_mergedna_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,8 @@ def check(words: list[str]) -> None:
   args = build_parser().parse_args(words)
   if words[0] == "mrt5" and getattr(args, "config", None):
     load_mrt5_config(args.config)
+  elif words[0] == "mergedna" and getattr(args, "config", None):
+    load_mergedna_config(args.config)
   elif getattr(args, "config", None) and not str(args.config).startswith("configs/"):
     load_config(args.config, [])
   elif getattr(args, "config", None):
@@ -117,12 +120,15 @@ FAST = {
   "classify train": ["--steps", "2", "--eval-every", "2", "--seq-len", "64", "--no-progress"],
   "mrt5 train": ["--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--no-progress"],
   "mrt5 bench": ["--repeats", "1"],
+  "mergedna train": ["--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--no-progress"],
+  "mergedna boundaries": ["--max-bases", "2048"],
   "data prepare": ["--no-progress", "--workers", "1"],
 }
 
 
 def _key(words: list[str]) -> str:
-  return " ".join(words[:2]) if words[0] in ("bench", "tokenizer", "classify", "mrt5", "data", "tasks") else words[0]
+  families = ("bench", "tokenizer", "classify", "mrt5", "mergedna", "data", "tasks")
+  return " ".join(words[:2]) if words[0] in families else words[0]
 
 
 def promised_files(words: list[str]) -> list[Path]:
@@ -153,6 +159,11 @@ def promised_files(words: list[str]) -> list[Path]:
     return [Path(args.out) / "README.md", Path(args.out) / "cloze"]
   if key == "lm-eval":
     return [Path(args.workdir) / "lm_eval"]
+  if key == "mergedna train":
+    wd = Path(args.workdir)
+    return [wd / "config.yaml", wd / "metrics.jsonl", wd / "eval.json", wd / "checkpoints"]
+  if key == "mergedna boundaries":
+    return [Path(args.out) / "boundaries.md", Path(args.out) / "tokens.png"]
   return []
 
 
@@ -170,6 +181,14 @@ def workspace(tmp_path_factory):
   for name in ("heapq.py", "string.py", "csv.py", "fractions.py"):
     (corpus / name).write_bytes((STDLIB / name).read_bytes())
   (root / "held_out.txt").write_bytes((STDLIB / "shutil.py").read_bytes())
+  genomes, rng = root / "genomes", __import__("random").Random(0)
+  genomes.mkdir()
+  for name, n in (("train.fa", 3), ("valid.fa", 1)):  # random genomes of 4,096 bases
+    (genomes / name).write_text("".join(f">g{i}\n{''.join(rng.choices('ACGT', k=4096))}\n" for i in range(n)))
+  with (root / "dna_train.jsonl").open("w") as f, (root / "dna_test.jsonl").open("w") as g:
+    for i in range(40):  # two classes: GC-rich and AT-rich reads
+      bases = "GCGCAT" if i % 2 else "ATATGC"
+      (f if i < 30 else g).write(json.dumps({"text": "".join(rng.choices(bases, k=64)), "label": bases[:2]}) + "\n")
   for name, files in (("train.jsonl", BUILTIN[::2]), ("test.jsonl", BUILTIN[1::2])):  # both hold both classes
     with (root / name).open("w") as f:  # label: the module name's first letter
       for n in files:

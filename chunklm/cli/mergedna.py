@@ -23,7 +23,15 @@ from chunklm.train.mergedna_trainer import eval_mergedna_run, load_mergedna_conf
 def _print_eval(res: dict) -> None:
   print(f"merged-token reconstruction : {res['mtr_bpb']:.4f} bits per base")
   print(f"masked token modelling      : {res['amtm_bpb']:.4f} bits per masked base ({res['masked']:.1%} masked)")
-  print(f"bases per merged token      : {res['bases_per_token']:.2f} (overflow {res['overflow']:.2%} of tokens)")
+  print(
+    f"bases per merged token      : {res['bases_per_token']:.2f} (merging blocks "
+    + " x ".join(f"{r:.2f}" for r in res["ratios"])
+    + f"; overflow {res['overflow']:.2%} of tokens)"
+  )
+  print(
+    f"training FLOPs per base     : {res['train_flops_per_base'] / 1e6:.2f} M nominal at these ratios, "
+    f"{res['executed_flops_per_base'] / 1e6:.2f} M executed (capacities, dense masks)"
+  )
 
 
 def train(args) -> int:

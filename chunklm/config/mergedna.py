@@ -25,8 +25,8 @@ class MergeDNAConfig:
   window: int = 16  # bases per merge window: a merged token never spans two (also the local stacks' attention span)
   merge_ratios: tuple[float, ...] = (2.0, 2.0)  # one token-merging block each: the target input tokens per output
   #                                               token (the ratio loss holds it; the product is bases per token)
-  capacity: float = 1.5  # tokens each merging block keeps room for, x its input length / its target ratio (static
-  #                        shapes; merged tokens beyond it are dropped and counted as overflow)
+  capacity: float = 1.5  # merged tokens each merging block keeps room for, x the bases / its cumulative target ratio
+  #                        (static shapes; merged tokens beyond it are dropped and counted as overflow)
   local_layers: int = 1  # window-attention blocks before each merging block (local encoder)
   latent_layers: int = 4  # full-attention blocks over the merged tokens (latent encoder)
   latent_dec_layers: int = 1  # full-attention blocks after the latent encoder (latent decoder)
@@ -71,7 +71,7 @@ class MergeDNAObjective:
 
   reconstruction_weight: float = 1.0  # every base rebuilt from the merged tokens (trains the tokenizer)
   masked_weight: float = 1.0  # the masked tokens' bases predicted from the other tokens
-  mask_rate: float = 0.15  # fraction of each window's merged tokens masked (at least one)
+  mask_rate: float = 0.15  # fraction of each row's (data.seq_len window's) merged tokens masked (at least one)
   select: MaskSelect = "loss"  # loss: masked tokens drawn with probability ~ exp(reconstruction loss / temperature)
   #                              (the tokens the autoencoder finds hard carry the information) | uniform: plain MLM
   temperature: float = 1.0  # of `select: loss`; large = uniform

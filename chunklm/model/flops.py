@@ -14,6 +14,7 @@ import re
 from chunklm.config import ModelConfig
 from chunklm.config.mergedna import MergeDNAConfig
 from chunklm.errors import ConfigError
+from chunklm.model.mergedna import capacities
 from chunklm.model.stack import layer_kinds
 
 
@@ -166,17 +167,26 @@ def bidirectional_block_flops(d: int, ff: int, keys: float) -> float:
 
 
 def mergedna_train_flops_per_base(
-  cfg: MergeDNAConfig, seq_len: int, ratios: tuple[float, ...] | None = None, passes: int = 2
+  cfg: MergeDNAConfig, seq_len: int, ratios: tuple[float, ...] | None = None, executed: bool = False
 ) -> float:
-  """Training FLOPs per base of MergeDNA (model/mergedna.py) on windows of `seq_len` bases, with each merging
-  block's measured ratio (default: the targets) and `passes` runs of the latent stacks and the local decoder per
-  batch (2: reconstruction and masked modelling). Merging, unmerging and the offset embedding are not counted."""
+  """Training FLOPs per base of MergeDNA (model/mergedna.py) on windows of `seq_len` bases; the latent stacks and
+  the local decoder run twice per batch (reconstruction and masked modelling; train/mergedna_loss.py).
+
+  Nominal (default), as the H-Net's count: every stack at the positions that carry bases, with each merging block's
+  measured ratio (default: the targets), a local query attending to the tokens of its window. `executed`: what the
+  static shapes compute, every merging block's output at its capacity (model/mergedna.py `capacities`); the stacks
+  over bases run window by window, the local stacks over merged tokens score every position of the row (the window
+  is a mask there) and the latent stacks every token of the capacity. Merging, unmerging and the offset embedding
+  are not counted."""
   ratios = ratios or cfg.merge_ratios
   d, ff, w = cfg.d_model, cfg.ff_dim(), cfg.window
+  caps = (seq_len, *capacities(seq_len, cfg))
   total, per = 0.0, 1.0  # per: bases per position at the current level
-  for r in ratios:
-    total += (cfg.local_layers * bidirectional_block_flops(d, ff, w / per) + 2 * 2 * d * d) / per
+  for k, r in enumerate(ratios):
+    n, keys = (caps[k] / seq_len, caps[k] if k else w) if executed else (1 / per, w / per)
+    total += (cfg.local_layers * bidirectional_block_flops(d, ff, keys) + 2 * 2 * d * d) * n
     per *= r
-  latent = (cfg.latent_layers + cfg.latent_dec_layers) * bidirectional_block_flops(d, ff, seq_len / per) / per
+  n, keys = (caps[-1] / seq_len, caps[-1]) if executed else (1 / per, seq_len / per)
+  latent = (cfg.latent_layers + cfg.latent_dec_layers) * bidirectional_block_flops(d, ff, keys) * n
   decoder = cfg.local_dec_layers * bidirectional_block_flops(d, ff, w) + 2 * d * cfg.vocab_size
-  return 3 * (total + passes * (latent + decoder))
+  return 3 * (total + 2 * (latent + decoder))

@@ -20,9 +20,12 @@ Choices where the paper is silent (its abstract is what is public; no code):
     average, with forced boundaries (p = 1) at window starts counted as boundaries.
   - Soft merging with a straight-through hard path (model/merging.py): the forward pass is the hard merge, the
     backward pass a soft merge's, so the merge scores learn from both objectives.
-  - Static shapes: each block keeps room for `capacity` x its input / its target ratio merged tokens (rounded up to
-    8); groups beyond it are dropped (their bases decode from zeros) and counted as overflow.
+  - Static shapes: block k keeps room for `capacity` x the bases / the product of the first k target ratios merged
+    tokens (rounded up to 8; relative to the bases, so the slack does not compound over blocks); groups beyond it
+    are dropped (their bases decode from zeros) and counted as overflow.
   - Positions: a merged token's RoPE position is its first base's index.
+  - What masking hides: a masked token's bases, not its size, which the decoders still see (the offset embedding
+    of its bases, the next token's position), as the merges are computed before masking.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ class Tokens(NamedTuple):
 
 def capacities(length: int, cfg: MergeDNAConfig) -> tuple[int, ...]:
   """Merged tokens each merging block keeps room for, from `length` bases (see the module docstring)."""
-  out, n = [], length
+  out, n, target = [], length, 1.0
   for r in cfg.merge_ratios:
-    n = min(n, 8 * math.ceil(n * cfg.capacity / r / 8))
+    target *= r
+    n = min(n, 8 * math.ceil(length * cfg.capacity / target / 8))
     out.append(n)
   return tuple(out)
 
@@ -70,12 +74,28 @@ def window_pairs(start_BxN: jax.Array, valid_BxN: jax.Array, window: int) -> jax
   return (win_BxN[:, :, None] == win_BxN[:, None, :]) & valid_BxN[:, :, None] & valid_BxN[:, None, :]
 
 
+def by_window(blocks, x_BxLxD: jax.Array, valid_BxL: jax.Array, window: int) -> jax.Array:
+  """`blocks` over bases, each window of `window` bases on its own (the rows cut into windows: the same result as
+  a window mask over the whole row, at window x L scores instead of L x L). L is padded to a multiple of the
+  window with invalid positions."""
+  b, length, d = x_BxLxD.shape
+  pad = -length % window
+  x = jnp.pad(x_BxLxD, ((0, 0), (0, pad), (0, 0))).reshape(-1, window, d)
+  valid = jnp.pad(valid_BxL, ((0, 0), (0, pad))).reshape(-1, window)
+  pos = jnp.broadcast_to(jnp.arange(window, dtype=jnp.int32), valid.shape)  # RoPE is relative: offsets suffice
+  pairs = valid_pairs(valid)
+  for block in blocks:
+    x = block(x, pos, pairs)
+  return x.reshape(b, length + pad, d)[:, :length]
+
+
 def valid_pairs(valid_BxN: jax.Array) -> jax.Array:
   return valid_BxN[:, :, None] & valid_BxN[:, None, :]
 
 
 class MergeScorer(nnx.Module):
-  """m_i = (1 + cos(W_q x_i, W_k x_{i-1})) / 2 over RMS-normed tokens (W_q = W_k = I at init); m_0 = 0."""
+  """m_i = (1 + cos(W_q x_i, W_k x_{i-1})) / 2 over RMS-normed tokens (W_q = W_k = I at init); m_0 (no token
+  before) is never an allowed edge."""
 
   def __init__(self, d: int):
     self.norm = RMSNorm(d)
@@ -121,10 +141,14 @@ class MergeDNA(nnx.Module):
     src, valid, size = start, valid_BxL, valid_BxL.astype(jnp.int32)
     total = jnp.zeros((), jnp.float32)
     stats, routes = [], []
-    for layers, scorer, r, cap in zip(self.local, self.scorers, cfg.merge_ratios, capacities(length, cfg)):
-      pairs = window_pairs(start, valid, cfg.window)
-      for block in layers:
-        x = block(x, start, pairs)
+    blocks = zip(self.local, self.scorers, cfg.merge_ratios, capacities(length, cfg))
+    for level, (layers, scorer, r, cap) in enumerate(blocks):
+      if level == 0:  # bases: attention inside each window, computed window by window
+        x = by_window(layers, x, valid, cfg.window)
+      else:
+        pairs = window_pairs(start, valid, cfg.window)
+        for block in layers:
+          x = block(x, start, pairs)
       m = scorer(x)
       allowed = allowed_edges(valid, start, cfg.window)
       out = merge(x, valid, start, size, m, allowed, cap)
@@ -162,9 +186,7 @@ class MergeDNA(nnx.Module):
     pos = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
     first = jnp.take_along_axis(jnp.pad(tok.start_BxM, ((0, 0), (0, 1))), tok.src_BxL, axis=1)
     h = h + self.offset[...][jnp.clip(pos - first, 0, self.cfg.window - 1)].astype(h.dtype)
-    pairs = window_pairs(pos, valid_BxL, self.cfg.window)
-    for block in self.local_dec:
-      h = block(h, pos, pairs)
+    h = by_window(self.local_dec, h, valid_BxL, self.cfg.window)
     return self.head(self.out_norm(h)).astype(jnp.float32)
 
   def pooled(self, ids_BxL: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -6,10 +6,11 @@ a group is a run of tokens joined this way, and its merged token is the mean of 
 average: every member already carries its own size). Groups past M are dropped (the overflow the caller counts).
 
 Straight-through soft merging: the forward pass is exactly the hard merge above; the backward pass is that of a
-soft merge in which edge i pulls token i into token i - 1's group, and token i - 1 into token i's, each with weight
-(m_i - stop_gradient(m_i)) / 2 (zero in the forward pass). So raising m_i moves both neighbouring merged tokens
-towards each other's member, which is the derivative of "merge a little more", and the merge scores get gradients
-from every loss downstream. The group sizes divide as constants.
+soft merge in which edge i lends token i to token i - 1's group, and token i - 1 to token i's, each with weight
+s_i = (m_i - stop_gradient(m_i)) / 2 (zero in the forward pass) times its size, in the weighted mean's numerator and
+denominator alike. So d z_g / d s_i = w (x_lent - z_g) / size_g: raising m_i moves each neighbouring merged token
+towards the other side's token (on a merged edge, where both sides are one group, towards the edge's two members),
+which is the derivative of "merge a little more", and the merge scores get gradients from every loss downstream.
 
 A source map (`group_BxN`: the merged token each input token went to, M for dropped and padding) composes across
 blocks (`compose`), and `unmerge` copies every merged token back to its bases; at ratio 1 (no edge merged) merging
@@ -72,10 +73,14 @@ def merge(
   x_prev_BxNxD = jnp.pad(x_BxNxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
   group_prev_BxN = jnp.pad(group_BxN[:, :-1], ((0, 0), (1, 0)), constant_values=capacity)
   w_BxNx1 = size[..., None].astype(x_BxNxD.dtype)  # each member weighs its bases (0 where dropped)
-  w_prev_BxNx1 = jnp.pad(w_BxNx1[:, :-1], ((0, 0), (1, 0), (0, 0)))
-  total = _segment_sum(x_BxNxD * w_BxNx1 + 0.5 * st_BxN * x_prev_BxNxD * w_prev_BxNx1, group_BxN, capacity)
-  total = total + _segment_sum(0.5 * st_BxN * x_BxNxD * w_BxNx1, group_prev_BxN, capacity)
-  x_BxMxD = total[:, :capacity] / jnp.maximum(size_BxM, 1)[..., None].astype(x_BxNxD.dtype)
+  lend_BxNx1 = jnp.where(valid_BxN, size_BxN, 0)[..., None].astype(x_BxNxD.dtype)  # a dropped token may be lent
+  lend_prev_BxNx1 = jnp.pad(lend_BxNx1[:, :-1], ((0, 0), (1, 0), (0, 0)))
+  half = 0.5 * st_BxN
+  lent_prev, lent = half * lend_prev_BxNx1, half * lend_BxNx1  # token i - 1 lent to i's group, token i to i - 1's
+  total = _segment_sum(x_BxNxD * w_BxNx1 + lent_prev * x_prev_BxNxD, group_BxN, capacity)
+  total = total + _segment_sum(lent * x_BxNxD, group_prev_BxN, capacity)
+  weight = _segment_sum(w_BxNx1 + lent_prev, group_BxN, capacity) + _segment_sum(lent, group_prev_BxN, capacity)
+  x_BxMxD = total[:, :capacity] / jnp.where(valid_BxM[..., None], weight[:, :capacity], 1.0)
   overflow_B = jnp.sum(valid_BxN & ~kept_BxN, axis=1).astype(jnp.int32)
   return Merged(x_BxMxD, valid_BxM, start_BxM.astype(jnp.int32), size_BxM.astype(jnp.int32), group_BxN, overflow_B)
 

@@ -3,7 +3,7 @@
   merged token reconstruction (MTR): every base rebuilt from the merged tokens (no masking), cross-entropy per
     base. It trains the tokenizer: what the merges throw away cannot come back.
   adaptive masked token modelling (AMTM): a second pass through the latent encoder and the decoders over the same
-    merged tokens with `mask_rate` of each window's tokens replaced by the mask token; cross-entropy on the bases
+    merged tokens with `mask_rate` of each row's tokens replaced by the mask token; cross-entropy on the bases
     of the masked tokens only. With `select: loss` the masked tokens are drawn without replacement with probability
     ~ exp(MTR loss of the token / temperature) (Gumbel top-k): the tokens the autoencoder rebuilds worst are the
     informative ones, which is the "adaptive" selection; `select: uniform` is plain masked modelling.
@@ -44,7 +44,8 @@ def select_masked(score_BxM: jax.Array, valid_BxM: jax.Array, key: jax.Array, ob
 
 def losses(model: MergeDNA, batch: dict, key: jax.Array, obj: MergeDNAObjective) -> tuple[jax.Array, dict]:
   """(the total loss, metrics: both objectives in bits per base, the ratio loss, bases per merged token, the
-  fraction of bases masked and of tokens dropped past the capacity)."""
+  fraction of bases masked and of tokens dropped past the capacity, each merging block's input tokens per output
+  token `ratio_k`)."""
   ids, valid = batch["ids"], batch["valid"]
   v = valid.astype(jnp.float32)
   tok = model.tokenize(ids, valid)
@@ -66,4 +67,5 @@ def losses(model: MergeDNA, batch: dict, key: jax.Array, obj: MergeDNAObjective)
     "bases_per_token": jnp.sum(v) / tokens,
     "masked": jnp.sum(mb) / jnp.maximum(jnp.sum(v), 1.0),
     "overflow": jnp.sum(tok.overflow_K) / jnp.maximum(jnp.sum(tok.positions_K), 1),
+    **{f"ratio_{k}": tok.positions_K[k] / jnp.maximum(tok.boundaries_K[k], 1) for k in range(len(tok.routes))},
   }

@@ -25,6 +25,7 @@ from chunklm.config.mergedna import MergeDNARun
 from chunklm.data.corpus import Documents, load_splits
 from chunklm.data.windows import window_batch
 from chunklm.errors import CheckpointError, UserError
+from chunklm.model.flops import mergedna_train_flops_per_base
 from chunklm.model.functional import merge_model, split_model
 from chunklm.model.mergedna import MergeDNA
 from chunklm.progress import bar
@@ -122,8 +123,9 @@ def train_mergedna(cfg: MergeDNARun, workdir: str | Path, *, progress: bool = Tr
 
 
 def evaluate(cfg: MergeDNARun, graphdef, params, docs: Documents, batch_size: int = 16, progress=False) -> dict:
-  """Both objectives (bits per base), bases per merged token, masked and overflow fractions, averaged over
-  EVAL_WINDOWS fixed held-out windows (seed data.seed + 1) with a fixed masking key."""
+  """Both objectives (bits per base), bases per merged token, masked and overflow fractions, each merging block's
+  ratio, averaged over EVAL_WINDOWS fixed held-out windows (seed data.seed + 1) with a fixed masking key, and the
+  nominal and executed training FLOPs per base at those ratios (model/flops.py)."""
 
   @jax.jit
   def metrics(params, batch, i):
@@ -137,7 +139,11 @@ def evaluate(cfg: MergeDNARun, graphdef, params, docs: Documents, batch_size: in
     batch = window_batch(docs, cfg.data.seed + 1, i, batch_size, cfg.data.seq_len)
     rows.append(jax.device_get(metrics(params, batch, i)))
   keys = ("mtr_bpb", "amtm_bpb", "bases_per_token", "masked", "overflow")
-  return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+  out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+  ratios = tuple(float(np.mean([r[f"ratio_{k}"] for r in rows])) for k in range(len(cfg.mergedna.merge_ratios)))
+  flops = mergedna_train_flops_per_base(cfg.mergedna, cfg.data.seq_len, ratios)
+  executed = mergedna_train_flops_per_base(cfg.mergedna, cfg.data.seq_len, ratios, executed=True)
+  return {**out, "ratios": list(ratios), "train_flops_per_base": flops, "executed_flops_per_base": executed}
 
 
 def open_mergedna(workdir: str | Path, flag: str = "--workdir", log=logs.warning):
