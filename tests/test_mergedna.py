@@ -20,7 +20,7 @@ from chunklm.model.flops import mergedna_train_flops_per_base
 from chunklm.model.functional import named_leaves
 from chunklm.model.mergedna import MergeDNA
 from chunklm.model.merging import allowed_edges, compose, merge, unmerge
-from chunklm.train.mergedna_loss import losses, select_masked, token_losses
+from chunklm.train.mergedna_loss import losses, mask_windows, select_masked, window_losses
 from chunklm.train.mergedna_trainer import load_mergedna_config, open_mergedna, train_mergedna
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
@@ -151,21 +151,34 @@ def test_dropped_groups_unmerge_to_zeros_and_the_rest_to_their_token():
   np.testing.assert_array_equal(back[0, group < 3], np.asarray(out.x_BxMxD[0])[group[group < 3]])
 
 
-def test_pooling_and_token_losses_ignore_padding():
+def test_pooling_and_window_losses_ignore_padding():
   model = MergeDNA(CFG, rngs=nnx.Rngs(params=0))
   ids = _dna(np.random.default_rng(8), 2, 48)
   padded = jnp.concatenate([ids, _dna(np.random.default_rng(9), 2, 16)], axis=1)  # junk past each record's end
   a, _ = model.pooled(ids, jnp.asarray([48, 30]))
   b, _ = model.pooled(padded, jnp.asarray([48, 30]))
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-  tok = model.tokenize(ids, jnp.ones((2, 48), bool))
   ce = jnp.asarray(np.random.default_rng(10).uniform(size=(2, 48)).astype(np.float32))
-  per = np.asarray(token_losses(ce, tok))
-  src, ok = np.asarray(tok.src_BxL), np.asarray(tok.valid_BxM)
-  for r in range(2):
-    for t in range(ok.shape[1]):
-      want = np.asarray(ce[r])[src[r] == t].mean() if ok[r, t] else 0.0
-      assert per[r, t] == pytest.approx(want, rel=1e-5, abs=1e-6)
+  valid = jnp.arange(48)[None] < jnp.asarray([[48], [30]])
+  per, ok = (np.asarray(a) for a in window_losses(ce * valid, valid, 8))
+  assert ok.tolist() == [[True] * 6, [True] * 4 + [False] * 2]
+  np.testing.assert_allclose(per[1, 3], np.asarray(ce[1, 24:30]).mean(), rtol=1e-6)  # the valid bases only
+
+
+def test_a_masked_window_tokenizes_and_predicts_the_same_whatever_its_bases_were():
+  model = MergeDNA(CFG, rngs=nnx.Rngs(params=0))
+  valid = jnp.ones((1, 64), bool)
+  mask = jnp.asarray([[False, True, False, False, False, False, True, False]])  # windows 1 and 6 of 8 bases
+  outs = []
+  for seed in (11, 12):  # the same bases outside the masked windows, others inside
+    ids = _dna(np.random.default_rng(11), 1, 64)
+    inside = jnp.repeat(mask, 8, axis=1)
+    ids = jnp.where(inside, _dna(np.random.default_rng(seed), 1, 64), ids)
+    masked_ids, masked = mask_windows(ids, valid, mask, 8, model.mask_id)
+    tok = model.tokenize(masked_ids, valid)
+    outs.append((np.asarray(tok.src_BxL), np.asarray(model.decode(model.latent(tok), tok, valid))))
+  assert int(masked.sum()) == 16 and (outs[0][0] == outs[1][0]).all()
+  np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
 
 def test_merge_then_unmerge_is_exact_at_ratio_1():
@@ -247,10 +260,10 @@ def test_flops_count_each_stack_at_its_level():
   local = block(8) + 4 * d * d  # window of 8 bases; the scorer's two projections
   latent = block(32) / 2  # 32 tokens of 2 bases over a 64-base window
   decoder = block(8) + 2 * d * vocab
-  want = 3 * (local + 2 * (latent + decoder))
+  want = 3 * 2 * (local + latent + decoder)  # both passes run the whole model
   assert mergedna_train_flops_per_base(cfg, 64) == pytest.approx(want)
   assert mergedna_train_flops_per_base(cfg, 64, (4.0,)) < want  # fewer, longer tokens: a cheaper latent
-  executed = 3 * (local + 2 * (block(48) * 48 / 64 + decoder))  # the latent at its capacity, 1.5 x 64 / 2 = 48
+  executed = 3 * 2 * (local + block(48) * 48 / 64 + decoder)  # the latent at its capacity, 1.5 x 64 / 2 = 48
   assert mergedna_train_flops_per_base(cfg, 64, executed=True) == pytest.approx(executed)
 
 

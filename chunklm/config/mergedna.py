@@ -70,10 +70,11 @@ class MergeDNAObjective:
   token modelling (+ the merge ratio loss)."""
 
   reconstruction_weight: float = 1.0  # every base rebuilt from the merged tokens (trains the tokenizer)
-  masked_weight: float = 1.0  # the masked tokens' bases predicted from the other tokens
-  mask_rate: float = 0.15  # fraction of each row's (data.seq_len window's) merged tokens masked (at least one)
-  select: MaskSelect = "loss"  # loss: masked tokens drawn with probability ~ exp(reconstruction loss / temperature)
-  #                              (the tokens the autoencoder finds hard carry the information) | uniform: plain MLM
+  masked_weight: float = 1.0  # the bases of masked windows predicted from the rest of the row
+  mask_rate: float = 0.15  # fraction of each row's windows (mergedna.window bases each) masked (at least one)
+  select: MaskSelect = "loss"  # loss: masked windows drawn with probability ~ exp(the reconstruction loss of their
+  #                              bases / temperature): the spans the autoencoder rebuilds worst carry the information
+  #                              | uniform: plain span masking
   temperature: float = 1.0  # of `select: loss`; large = uniform
 
   def __post_init__(self):

@@ -169,8 +169,8 @@ def bidirectional_block_flops(d: int, ff: int, keys: float) -> float:
 def mergedna_train_flops_per_base(
   cfg: MergeDNAConfig, seq_len: int, ratios: tuple[float, ...] | None = None, executed: bool = False
 ) -> float:
-  """Training FLOPs per base of MergeDNA (model/mergedna.py) on windows of `seq_len` bases; the latent stacks and
-  the local decoder run twice per batch (reconstruction and masked modelling; train/mergedna_loss.py).
+  """Training FLOPs per base of MergeDNA (model/mergedna.py) on windows of `seq_len` bases; the whole model runs
+  twice per batch (reconstruction, then masked modelling on a masked input; train/mergedna_loss.py).
 
   Nominal (default), as the H-Net's count: every stack at the positions that carry bases, with each merging block's
   measured ratio (default: the targets), a local query attending to the tokens of its window. `executed`: what the
@@ -189,4 +189,4 @@ def mergedna_train_flops_per_base(
   n, keys = (caps[-1] / seq_len, caps[-1]) if executed else (1 / per, seq_len / per)
   latent = (cfg.latent_layers + cfg.latent_dec_layers) * bidirectional_block_flops(d, ff, keys) * n
   decoder = cfg.local_dec_layers * bidirectional_block_flops(d, ff, w) + 2 * d * cfg.vocab_size
-  return 3 * (total + 2 * (latent + decoder))
+  return 3 * 2 * (total + latent + decoder)

@@ -24,8 +24,8 @@ Choices where the paper is silent (its abstract is what is public; no code):
     tokens (rounded up to 8; relative to the bases, so the slack does not compound over blocks); groups beyond it
     are dropped (their bases decode from zeros) and counted as overflow.
   - Positions: a merged token's RoPE position is its first base's index.
-  - What masking hides: a masked token's bases, not its size, which the decoders still see (the offset embedding
-    of its bases, the next token's position), as the merges are computed before masking.
+  - The input has one symbol beyond the bytes, `mask_id` (= vocab_size): masked modelling replaces whole windows of
+    bases by it before the tokenizer (train/mergedna_loss.py says why); the head predicts bytes only.
 """
 
 from __future__ import annotations
@@ -120,12 +120,12 @@ class MergeDNA(nnx.Module):
     def blocks(n: int) -> nnx.List:
       return nnx.List([Block(cfg, rngs=rngs, out_std=out_std, decoder=False) for _ in range(n)])
 
-    self.embed = Embed(cfg.vocab_size, d, rngs=rngs)
+    self.mask_id = cfg.vocab_size  # the masked-base symbol (an input only)
+    self.embed = Embed(cfg.vocab_size + 1, d, rngs=rngs)
     self.local = nnx.List([blocks(cfg.local_layers) for _ in cfg.merge_ratios])
     self.scorers = nnx.List([MergeScorer(d) for _ in cfg.merge_ratios])
     self.latent_enc = blocks(cfg.latent_layers)
     self.latent_norm = RMSNorm(d)
-    self.mask_token = param(rngs.params(), normal(std), (d,), ("embed",))
     self.latent_dec = blocks(cfg.latent_dec_layers)
     self.offset = param(rngs.params(), normal(std), (cfg.window, d), (None, "embed"))
     self.local_dec = blocks(cfg.local_dec_layers)
@@ -164,12 +164,9 @@ class MergeDNA(nnx.Module):
     boundaries_k, positions_k, overflow_k = (jnp.stack(s).astype(jnp.int32) for s in zip(*stats))
     return Tokens(x, valid, start, size, src, total, boundaries_k, positions_k, overflow_k, tuple(routes))
 
-  def latent(self, tok: Tokens, mask_BxM: jax.Array | None = None) -> jax.Array:
-    """The latent encoder's output (after its norm) over the merged tokens; `mask_BxM` replaces those tokens by
-    the learned mask token first."""
+  def latent(self, tok: Tokens) -> jax.Array:
+    """The latent encoder's output (after its norm) over the merged tokens."""
     x = tok.x_BxMxD
-    if mask_BxM is not None:
-      x = jnp.where(mask_BxM[..., None], self.mask_token[...].astype(x.dtype), x)
     pairs = valid_pairs(tok.valid_BxM)
     for block in self.latent_enc:
       x = block(x, tok.start_BxM, pairs)
