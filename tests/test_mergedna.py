@@ -41,6 +41,20 @@ TINY = [
 ]
 
 
+def _jitted(model: MergeDNA):
+  """model with `tokenize`, `latent`, `decode`, `pooled` compiled (eager dispatch of every op is slower)."""
+  graphdef, state = nnx.split(model)
+
+  class Compiled:
+    mask_id = model.mask_id
+
+    def __getattr__(self, name):
+      fn = jax.jit(lambda st, *a: getattr(nnx.merge(graphdef, st), name)(*a))
+      return lambda *a: fn(state, *a)
+
+  return Compiled()
+
+
 def _dna(rng, b, n):
   return jnp.asarray(rng.choice(np.frombuffer(b"ACGT", np.uint8), (b, n)).astype(np.int32))
 
@@ -152,7 +166,7 @@ def test_dropped_groups_unmerge_to_zeros_and_the_rest_to_their_token():
 
 
 def test_pooling_and_window_losses_ignore_padding():
-  model = MergeDNA(CFG, rngs=nnx.Rngs(params=0))
+  model = _jitted(MergeDNA(CFG, rngs=nnx.Rngs(params=0)))
   ids = _dna(np.random.default_rng(8), 2, 48)
   padded = jnp.concatenate([ids, _dna(np.random.default_rng(9), 2, 16)], axis=1)  # junk past each record's end
   a, _ = model.pooled(ids, jnp.asarray([48, 30]))
@@ -166,7 +180,7 @@ def test_pooling_and_window_losses_ignore_padding():
 
 
 def test_a_masked_window_tokenizes_and_predicts_the_same_whatever_its_bases_were():
-  model = MergeDNA(CFG, rngs=nnx.Rngs(params=0))
+  model = _jitted(MergeDNA(CFG, rngs=nnx.Rngs(params=0)))
   valid = jnp.ones((1, 64), bool)
   mask = jnp.asarray([[False, True, False, False, False, False, True, False]])  # windows 1 and 6 of 8 bases
   outs = []
@@ -192,7 +206,7 @@ def test_merge_then_unmerge_is_exact_at_ratio_1():
 
 
 def test_no_merged_token_spans_two_windows_after_both_blocks():
-  model = MergeDNA(CFG, rngs=nnx.Rngs(params=0))
+  model = _jitted(MergeDNA(CFG, rngs=nnx.Rngs(params=0)))
   ids = _dna(np.random.default_rng(2), 4, 64)
   valid = jnp.ones((4, 64), bool).at[3, 37:].set(False)
   tok = model.tokenize(ids, valid)
@@ -207,6 +221,7 @@ def test_no_merged_token_spans_two_windows_after_both_blocks():
   assert int(tok.overflow_K.sum()) == 0 and (src[3, 37:] == tok.valid_BxM.shape[1]).all()
 
 
+@pytest.mark.slow  # two gradient compilations of the whole model (.ci/run runs it)
 def test_both_objectives_reach_the_merge_scores():
   model = MergeDNA(dataclasses.replace(CFG, ratio_loss_weight=0.0), rngs=nnx.Rngs(params=0))
   graphdef, params = nnx.split(model, nnx.Param)
@@ -216,13 +231,13 @@ def test_both_objectives_reach_the_merge_scores():
     def loss(p, obj=obj):
       return losses(nnx.merge(graphdef, p), batch, jax.random.key(0), obj)[0]
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     for scorer in grads["scorers"].values():  # without the ratio loss: through the straight-through merge only
       assert float(jnp.abs(scorer["w_q"][...]).sum()) > 0 and float(jnp.abs(scorer["w_k"][...]).sum()) > 0
 
 
 def test_local_stacks_see_their_window_and_the_latent_stacks_everything():
-  model = MergeDNA(CFG, rngs=nnx.Rngs(params=0))
+  model = _jitted(MergeDNA(CFG, rngs=nnx.Rngs(params=0)))
   ids = _dna(np.random.default_rng(4), 1, 64)
   valid = jnp.ones((1, 64), bool)
   changed = ids.at[0, 60].set(ord("A") if int(ids[0, 60]) != ord("A") else ord("C"))  # in the last window only
