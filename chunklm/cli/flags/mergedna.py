@@ -32,14 +32,7 @@ def _add_train(msub) -> None:
   m.add_argument("--workdir", required=True, help="the run's directory")
   m.add_argument("--data", nargs="+", default=None, help="training FASTA/FASTQ/text paths (sets data.sources)")
   m.add_argument("--valid-data", nargs="+", default=None, help="held-out paths (sets data.valid_sources)")
-  m.add_argument(
-    "--set",
-    dest="overrides",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="config override, e.g. objective.select=uniform (repeatable)",
-  )
+  options.add_set(m, "config override, e.g. objective.select=uniform (repeatable)")
   options.add_output(m, json_what="the final evaluation")
   options.add_progress(m)
 

@@ -34,14 +34,7 @@ def _add_train(msub) -> None:
     "--config", default="mrt5_tiny", help="a config file or bundled name (mrt5_tiny, mrt5_S; default: %(default)s)"
   )
   m.add_argument("--workdir", required=True, help="the run's directory")
-  m.add_argument(
-    "--set",
-    dest="overrides",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="config override, e.g. mrt5.target_deletion=0.7 (repeatable)",
-  )
+  options.add_set(m, "config override, e.g. mrt5.target_deletion=0.7 (repeatable)")
   options.add_output(m, json_what="the final evaluation")
   options.add_progress(m)
 
