@@ -99,6 +99,8 @@ def boundaries(args) -> int:
     ax.set_xlabel("bases per merged token")
     ax.set_ylabel("share of tokens")
     ax.set_title(f"MergeDNA tokens (mean {size.mean():.2f} bases)")
+    ax.set_xticks(np.arange(1, len(counts), max(1, len(counts) // 16)))
+    fig.tight_layout()
     plots.save(fig, out / "tokens.png")
     print(f"wrote {out / 'boundaries.md'} and {out / 'tokens.png'}")
   write_json(args.json, {"step": step, "bases_per_token": float(size.mean()), "tokens": int(len(size))})
