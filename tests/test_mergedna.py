@@ -311,6 +311,10 @@ def test_pretraining_resumes_exactly_and_classifies_and_draws_its_merges(tmp_pat
   graphdef, params, classes, s, meta = load_classifier(tmp_path / "clf")
   assert meta["backbone"] == "mergedna" and classes == ["a", "b"] and 0 <= res["accuracy"] <= 1
   assert predict_probs(graphdef, params, records, s).shape == (12, 2)
+  scratch = train_classifier(
+    records, records, tmp_path / "clf3", settings, config="mergedna_tiny", overrides=TINY[:4], **QUIET
+  )
+  assert load_classifier(tmp_path / "clf3")[4]["backbone"] == "mergedna" and 0 <= scratch["accuracy"] <= 1
   with pytest.raises(UserError, match="pooled by mean"):
     train_classifier(
       records,
@@ -340,7 +344,9 @@ def test_pretraining_resumes_exactly_and_classifies_and_draws_its_merges(tmp_pat
     )
     == 0
   )
+  assert main(["mergedna", "eval", "--workdir", str(tmp_path / "straight"), "--no-progress"]) == 0
   out = capsys.readouterr().out
+  assert "masked token modelling" in out and "FLOPs per base" in out
   assert "bases per token: mean" in out and "after each 2-mer" in out and (tmp_path / "pics" / "tokens.png").is_file()
 
 
