@@ -98,12 +98,16 @@ def _report(rows: list[dict], seeds: list[int]) -> str:
     if len(vals) < len(seeds):
       return "–", None
     mean, half = sum(vals) / len(vals), (max(vals) - min(vals)) / 2
+    if len(vals) == 1:
+      return f"{mean:.3f}", mean
     return " / ".join(f"{v:.3f}" for v in vals) + f" / {mean:.3f} ± {half:.3f}", mean
 
   lines = []
   for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro F1")):
     lines += [
-      f"### {name} (seeds {' / '.join(map(str, seeds))} / mean ± half-range)",
+      f"### {name} (seed {seeds[0]})"
+      if len(seeds) == 1
+      else f"### {name} (seeds {' / '.join(map(str, seeds))} / mean ± half-range)",
       "",
       "| task | model | from scratch | pretrained | pretrained − scratch |",
       "|---|---|---|---|---|",
