@@ -66,7 +66,8 @@ def boundaries(args) -> int:
   for i in range(len(docs)):
     if budget <= 0:
       break
-    data = docs.doc(i)[:budget]
+    start = int(docs.starts[i])  # only the bases read (a genome is megabytes)
+    data = bytes(docs.data[start : start + min(int(docs.lengths[i]), budget)])
     budget -= len(data)
     r, size = route_document(graphdef, params, data, cfg.data.seq_len)
     routed.append((data, r))
