@@ -8,6 +8,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -179,8 +180,10 @@ def test_pooling_and_window_losses_ignore_padding():
   np.testing.assert_allclose(per[1, 3], np.asarray(ce[1, 24:30]).mean(), rtol=1e-6)  # the valid bases only
 
 
-def test_a_masked_window_tokenizes_and_predicts_the_same_whatever_its_bases_were():
-  model = _jitted(MergeDNA(CFG, rngs=nnx.Rngs(params=0)))
+@pytest.mark.parametrize("single", [False, True])  # masked_tokens: merged | bases
+def test_a_masked_window_tokenizes_and_predicts_the_same_whatever_its_bases_were(single):
+  # room for every token (single masked bases need more than the default capacity of an untrained model gives)
+  model = _jitted(MergeDNA(dataclasses.replace(CFG, capacity=4.0), rngs=nnx.Rngs(params=0)))
   valid = jnp.ones((1, 64), bool)
   mask = jnp.asarray([[False, True, False, False, False, False, True, False]])  # windows 1 and 6 of 8 bases
   outs = []
@@ -189,10 +192,14 @@ def test_a_masked_window_tokenizes_and_predicts_the_same_whatever_its_bases_were
     inside = jnp.repeat(mask, 8, axis=1)
     ids = jnp.where(inside, _dna(np.random.default_rng(seed), 1, 64), ids)
     masked_ids, masked = mask_windows(ids, valid, mask, 8, model.mask_id)
-    tok = model.tokenize(masked_ids, valid)
+    tok = model.tokenize(masked_ids, valid, masked if single else None)
     outs.append((np.asarray(tok.src_BxL), np.asarray(model.decode(model.latent(tok), tok, valid))))
-  assert int(masked.sum()) == 16 and (outs[0][0] == outs[1][0]).all()
+  assert int(masked.sum()) == 16 and (outs[0][0] == outs[1][0]).all() and int(tok.overflow_K.sum()) == 0
   np.testing.assert_array_equal(outs[0][1], outs[1][1])
+  tokens_of_masked = np.unique(outs[0][0][np.asarray(masked)]).size
+  assert tokens_of_masked == (16 if single else 2)  # a token per masked base, or one per masked window (all alike)
+  others = outs[0][0][~np.asarray(masked)]
+  assert np.unique(others).size < others.size  # the other bases still merge
 
 
 def test_merge_then_unmerge_is_exact_at_ratio_1():
@@ -280,6 +287,43 @@ def test_flops_count_each_stack_at_its_level():
   assert mergedna_train_flops_per_base(cfg, 64, (4.0,)) < want  # fewer, longer tokens: a cheaper latent
   executed = 3 * 2 * (local + block(48) * 48 / 64 + decoder)  # the latent at its capacity, 1.5 x 64 / 2 = 48
   assert mergedna_train_flops_per_base(cfg, 64, executed=True) == pytest.approx(executed)
+  # masked_tokens: bases, a quarter of the bases single in the masked pass: 0.75 / 2 + 0.25 latent tokens per base
+  masked_pass = 3 * (local + block(40) * 0.625 + decoder)
+  assert mergedna_train_flops_per_base(cfg, 64, single=0.25) == pytest.approx(want / 2 + masked_pass)
+  assert mergedna_train_flops_per_base(cfg, 64, executed=True, single=0.25) == pytest.approx(executed)
+
+
+def _motif_rows(rng, n: int) -> jax.Array:
+  """n rows of 64 bases: a random 16-base motif repeated four times, so every base is known from 16 bases away."""
+  return jnp.asarray(np.tile(rng.choice(np.frombuffer(b"ACGT", np.uint8), (n, 16)).astype(np.int32), (1, 4)))
+
+
+@pytest.mark.slow  # about 90 s each alone (.ci/run runs them)
+@pytest.mark.parametrize("masked_tokens", ["merged", "bases"])
+def test_masked_windows_are_predicted_from_the_rest_of_the_row(masked_tokens, record_property):
+  """Context reaches a masked window through the latent stacks: on rows where the bases 16 away give every masked
+  base, the masked loss falls well below the 2 bits per base that base composition alone allows."""
+  model = MergeDNA(CFG, rngs=nnx.Rngs(params=0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  opt, obj = optax.adamw(3e-3), MergeDNAObjective(masked_tokens=masked_tokens)
+  state = opt.init(params)
+
+  def metrics(p, ids, key):
+    return losses(nnx.merge(graphdef, p, rest), {"ids": ids, "valid": jnp.ones(ids.shape, bool)}, key, obj)
+
+  @jax.jit
+  def step(p, state, ids, key):
+    g = jax.grad(lambda p: metrics(p, ids, key)[0])(p)
+    u, state = opt.update(g, state, p)
+    return optax.apply_updates(p, u), state
+
+  rng = np.random.default_rng(0)
+  for i in range(800):
+    params, state = step(params, state, _motif_rows(rng, 16), jax.random.key(i))
+  held_out = _motif_rows(np.random.default_rng(1), 64)
+  masked = np.mean([float(jax.jit(metrics)(params, held_out, jax.random.key(k))[1]["amtm_bpb"]) for k in range(4)])
+  record_property("masked_bits_per_base", round(masked, 4))
+  assert masked < 1.6, f"masked loss {masked:.3f} bits per base on bases its context gives away"
 
 
 @pytest.mark.slow  # about 45 s alone (.ci/run runs it)
@@ -358,6 +402,7 @@ def test_pretraining_resumes_exactly_and_classifies_and_draws_its_merges(tmp_pat
     (["data.seq_len=100"], "not a multiple of mergedna.window"),
     (["objective.mask_rate=1.5"], "objective.mask_rate"),
     (["mergedna.capacity=0.5"], "mergedna.capacity"),
+    (["objective.masked_tokens=tokens"], "objective.masked_tokens: 'tokens' is not one of"),
   ],
 )
 def test_bad_settings_are_one_line(overrides, match):

@@ -22,7 +22,10 @@ from chunklm.train.mergedna_trainer import eval_mergedna_run, load_mergedna_conf
 
 def _print_eval(res: dict) -> None:
   print(f"merged-token reconstruction : {res['mtr_bpb']:.4f} bits per base")
-  print(f"masked token modelling      : {res['amtm_bpb']:.4f} bits per masked base ({res['masked']:.1%} masked)")
+  print(
+    f"masked token modelling      : {res['amtm_bpb']:.4f} bits per masked base ({res['masked']:.1%} masked; "
+    f"overflow {res['masked_overflow']:.2%} of tokens in the masked pass)"
+  )
   print(
     f"bases per merged token      : {res['bases_per_token']:.2f} (merging blocks "
     + " x ".join(f"{r:.2f}" for r in res["ratios"])

@@ -15,6 +15,7 @@ from chunklm.config.schema import TrainConfig
 from chunklm.errors import ConfigError
 
 MaskSelect = Literal["loss", "uniform"]
+MaskedTokens = Literal["merged", "bases"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,10 @@ class MergeDNAObjective:
   #                              bases / temperature): the spans the autoencoder rebuilds worst carry the information
   #                              | uniform: plain span masking
   temperature: float = 1.0  # of `select: loss`; large = uniform
+  masked_tokens: MaskedTokens = "merged"  # merged: a masked window merges like any other (its bases are all the
+  #                                          mask symbol, so into one token that must carry them all) | bases: its
+  #                                          bases stay single tokens, one latent position each (more latent tokens
+  #                                          in the masked pass)
 
   def __post_init__(self):
     if self.reconstruction_weight < 0 or self.masked_weight < 0 or self.reconstruction_weight + self.masked_weight == 0:

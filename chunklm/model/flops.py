@@ -167,26 +167,37 @@ def bidirectional_block_flops(d: int, ff: int, keys: float) -> float:
 
 
 def mergedna_train_flops_per_base(
-  cfg: MergeDNAConfig, seq_len: int, ratios: tuple[float, ...] | None = None, executed: bool = False
+  cfg: MergeDNAConfig,
+  seq_len: int,
+  ratios: tuple[float, ...] | None = None,
+  executed: bool = False,
+  single: float = 0.0,
 ) -> float:
   """Training FLOPs per base of MergeDNA (model/mergedna.py) on windows of `seq_len` bases; the whole model runs
   twice per batch (reconstruction, then masked modelling on a masked input; train/mergedna_loss.py).
 
   Nominal (default), as the H-Net's count: every stack at the positions that carry bases, with each merging block's
-  measured ratio (default: the targets), a local query attending to the tokens of its window. `executed`: what the
-  static shapes compute, every merging block's output at its capacity (model/mergedna.py `capacities`); the stacks
-  over bases run window by window, the local stacks over merged tokens score every position of the row (the window
-  is a mask there) and the latent stacks every token of the capacity. Merging, unmerging and the offset embedding
-  are not counted."""
+  measured ratio (default: the targets), a local query attending to the tokens of its window; in the masked pass a
+  fraction `single` of the bases stays single tokens (`masked_tokens: bases`: the masked fraction) and the rest
+  merges at the ratios. `executed`: what the static shapes compute, every merging block's output at its capacity
+  (model/mergedna.py `capacities`); the stacks over bases run window by window, the local stacks over merged tokens
+  score every position of the row (the window is a mask there) and the latent stacks every token of the capacity.
+  Merging, unmerging and the offset embedding are not counted."""
   ratios = ratios or cfg.merge_ratios
   d, ff, w = cfg.d_model, cfg.ff_dim(), cfg.window
   caps = (seq_len, *capacities(seq_len, cfg))
-  total, per = 0.0, 1.0  # per: bases per position at the current level
-  for k, r in enumerate(ratios):
-    n, keys = (caps[k] / seq_len, caps[k] if k else w) if executed else (1 / per, w / per)
-    total += (cfg.local_layers * bidirectional_block_flops(d, ff, keys) + 2 * 2 * d * d) * n
-    per *= r
-  n, keys = (caps[-1] / seq_len, caps[-1]) if executed else (1 / per, seq_len / per)
-  latent = (cfg.latent_layers + cfg.latent_dec_layers) * bidirectional_block_flops(d, ff, keys) * n
-  decoder = cfg.local_dec_layers * bidirectional_block_flops(d, ff, w) + 2 * d * cfg.vocab_size
-  return 3 * 2 * (total + latent + decoder)
+
+  def one_pass(alone: float) -> float:
+    total, per = 0.0, 1.0  # per: bases per merged position at the current level
+    for k, r in enumerate(ratios):
+      # (positions per base, keys per query): the capacity; or merged positions and single bases
+      parts = [(caps[k] / seq_len, caps[k] if k else w)] if executed else [((1 - alone) / per, w / per), (alone, w)]
+      for n, keys in parts:
+        total += (cfg.local_layers * bidirectional_block_flops(d, ff, keys) + 4 * d * d) * n
+      per *= r
+    n = caps[-1] / seq_len if executed else (1 - alone) / per + alone
+    latent = (cfg.latent_layers + cfg.latent_dec_layers) * bidirectional_block_flops(d, ff, seq_len * n) * n
+    decoder = cfg.local_dec_layers * bidirectional_block_flops(d, ff, w) + 2 * d * cfg.vocab_size
+    return 3 * (total + latent + decoder)  # forward and backward
+
+  return one_pass(0.0) + one_pass(0.0 if executed else single)

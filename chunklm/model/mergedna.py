@@ -25,7 +25,9 @@ Choices where the paper is silent (its abstract is what is public; no code):
     are dropped (their bases decode from zeros) and counted as overflow.
   - Positions: a merged token's RoPE position is its first base's index.
   - The input has one symbol beyond the bytes, `mask_id` (= vocab_size): masked modelling replaces whole windows of
-    bases by it before the tokenizer (train/mergedna_loss.py says why); the head predicts bytes only.
+    bases by it before the tokenizer (train/mergedna_loss.py says why); the head predicts bytes only. Alike, the
+    masked bases of a window merge into one token, which must then carry all of them; `tokenize(single_BxL=)`
+    keeps them apart instead (one latent token per masked base, at its own position).
 """
 
 from __future__ import annotations
@@ -132,8 +134,10 @@ class MergeDNA(nnx.Module):
     self.out_norm = RMSNorm(d)
     self.head = Linear(d, (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs, std=std)
 
-  def tokenize(self, ids_BxL: jax.Array, valid_BxL: jax.Array) -> Tokens:
-    """The local encoder: bases -> merged tokens, with the source map and the merge statistics."""
+  def tokenize(self, ids_BxL: jax.Array, valid_BxL: jax.Array, single_BxL: jax.Array | None = None) -> Tokens:
+    """The local encoder: bases -> merged tokens, with the source map and the merge statistics. Bases where
+    `single_BxL` is set stay tokens of their own through every merging block (masked modelling's `masked_tokens:
+    bases`)."""
     cfg = self.cfg
     b, length = ids_BxL.shape
     x = self.embed(ids_BxL)
@@ -151,6 +155,9 @@ class MergeDNA(nnx.Module):
           x = block(x, start, pairs)
       m = scorer(x)
       allowed = allowed_edges(valid, start, cfg.window)
+      if single_BxL is not None:  # no edge into or out of a single base
+        alone = jnp.take_along_axis(single_BxL, jnp.clip(start, 0, length - 1), axis=1)
+        allowed = allowed & ~alone & ~jnp.pad(alone[:, :-1], ((0, 0), (1, 0)))
       out = merge(x, valid, start, size, m, allowed, cap)
       p_boundary = jnp.where(allowed, 1.0 - m, 1.0)
       n = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)

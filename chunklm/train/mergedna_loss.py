@@ -7,7 +7,8 @@
     (tokenizer included) and the cross-entropy is taken on the masked bases only. With `select: loss` the windows
     are drawn without replacement with probability ~ exp(the MTR loss of their bases / temperature) (Gumbel top-k):
     the spans the autoencoder rebuilds worst are the informative ones, which is the "adaptive" selection; `select:
-    uniform` is plain span masking.
+    uniform` is plain span masking. `masked_tokens: bases` keeps the masked bases from merging (one latent token
+    each) instead of letting a masked window merge into one token.
 Why whole windows of the input, not merged tokens: a masked merged token still shows its span (its bases' offsets,
 the next token's position), and spans are decided by the content, so masking tokens after merging leaks what it
 hides. In tiny runs that did so the masked loss fell to 0.7 bits per base, far below what DNA allows, while the
@@ -59,7 +60,7 @@ def select_masked(score_BxM: jax.Array, valid_BxM: jax.Array, key: jax.Array, ob
 def losses(model: MergeDNA, batch: dict, key: jax.Array, obj: MergeDNAObjective) -> tuple[jax.Array, dict]:
   """(the total loss, metrics: both objectives in bits per base, the ratio loss, bases per merged token, the
   fraction of bases masked and of tokens dropped past the capacity, each merging block's input tokens per output
-  token `ratio_k`; all of the unmasked pass but AMTM)."""
+  token `ratio_k`; all of the unmasked pass but AMTM and `masked_overflow`, the masked pass's overflow)."""
   ids, valid = batch["ids"], batch["valid"]
   v = valid.astype(jnp.float32)
   window = model.cfg.window
@@ -69,7 +70,7 @@ def losses(model: MergeDNA, batch: dict, key: jax.Array, obj: MergeDNAObjective)
   mask_BxK = select_masked(*window_losses(ce, valid, window), key, obj)
   masked_ids, masked = mask_windows(ids, valid, mask_BxK, window, model.mask_id)
   mb = masked.astype(jnp.float32)
-  tok_m = model.tokenize(masked_ids, valid)
+  tok_m = model.tokenize(masked_ids, valid, masked if obj.masked_tokens == "bases" else None)
   logits_m = model.decode(model.latent(tok_m), tok_m, valid)
   amtm = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits_m, ids) * mb) / jnp.maximum(jnp.sum(mb), 1.0)
   weight = model.cfg.ratio_loss_weight
@@ -83,5 +84,6 @@ def losses(model: MergeDNA, batch: dict, key: jax.Array, obj: MergeDNAObjective)
     "bases_per_token": jnp.sum(v) / tokens,
     "masked": jnp.sum(mb) / jnp.maximum(jnp.sum(v), 1.0),
     "overflow": jnp.sum(tok.overflow_K) / jnp.maximum(jnp.sum(tok.positions_K), 1),
+    "masked_overflow": jnp.sum(tok_m.overflow_K) / jnp.maximum(jnp.sum(tok_m.positions_K), 1),
     **{f"ratio_{k}": tok.positions_K[k] / jnp.maximum(tok.boundaries_K[k], 1) for k in range(len(tok.routes))},
   }

@@ -123,9 +123,9 @@ def train_mergedna(cfg: MergeDNARun, workdir: str | Path, *, progress: bool = Tr
 
 
 def evaluate(cfg: MergeDNARun, graphdef, params, docs: Documents, batch_size: int = 16, progress=False) -> dict:
-  """Both objectives (bits per base), bases per merged token, masked and overflow fractions, each merging block's
-  ratio, averaged over EVAL_WINDOWS fixed held-out windows (seed data.seed + 1) with a fixed masking key, and the
-  nominal and executed training FLOPs per base at those ratios (model/flops.py)."""
+  """Both objectives (bits per base), bases per merged token, masked and overflow fractions (of both passes), each
+  merging block's ratio, averaged over EVAL_WINDOWS fixed held-out windows (seed data.seed + 1) with a fixed masking
+  key, and the nominal and executed training FLOPs per base at those ratios (model/flops.py)."""
 
   @jax.jit
   def metrics(params, batch, i):
@@ -138,10 +138,11 @@ def evaluate(cfg: MergeDNARun, graphdef, params, docs: Documents, batch_size: in
   for i in bar(range(n), enabled=progress, desc="evaluating", unit="batch"):
     batch = window_batch(docs, cfg.data.seed + 1, i, batch_size, cfg.data.seq_len)
     rows.append(jax.device_get(metrics(params, batch, i)))
-  keys = ("mtr_bpb", "amtm_bpb", "bases_per_token", "masked", "overflow")
+  keys = ("mtr_bpb", "amtm_bpb", "bases_per_token", "masked", "overflow", "masked_overflow")
   out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
   ratios = tuple(float(np.mean([r[f"ratio_{k}"] for r in rows])) for k in range(len(cfg.mergedna.merge_ratios)))
-  flops = mergedna_train_flops_per_base(cfg.mergedna, cfg.data.seq_len, ratios)
+  single = out["masked"] if cfg.objective.masked_tokens == "bases" else 0.0
+  flops = mergedna_train_flops_per_base(cfg.mergedna, cfg.data.seq_len, ratios, single=single)
   executed = mergedna_train_flops_per_base(cfg.mergedna, cfg.data.seq_len, ratios, executed=True)
   return {**out, "ratios": list(ratios), "train_flops_per_base": flops, "executed_flops_per_base": executed}
 
