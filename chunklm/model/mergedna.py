@@ -25,9 +25,9 @@ Choices where the paper is silent (its abstract is what is public; no code):
     are dropped (their bases decode from zeros) and counted as overflow.
   - Positions: a merged token's RoPE position is its first base's index.
   - The input has one symbol beyond the bytes, `mask_id` (= vocab_size): masked modelling replaces whole windows of
-    bases by it before the tokenizer (train/mergedna_loss.py says why); the head predicts bytes only. Alike, the
-    masked bases of a window merge into one token, which must then carry all of them; `tokenize(single_BxL=)`
-    keeps them apart instead (one latent token per masked base, at its own position).
+    bases by it before the tokenizer (train/mergedna_loss.py says why); the head predicts bytes only. Being
+    alike, the masked bases of a window merge into one token, which must then carry all of them;
+    `tokenize(single_BxL=)` keeps them apart instead (one latent token per masked base, at its own position).
 """
 
 from __future__ import annotations
