@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from chunklm.cli import main
+from chunklm.cli.backends import only_cpu_is_possible
 from chunklm.errors import UserError
 from conftest import TINY
 
@@ -364,3 +365,17 @@ def test_quiet_and_verbose_before_or_after_the_command(capsys, tmp_path, corpus_
     assert code == 0 and "bytes per token" in out and "data:" in out
   finally:
     logs.set_verbosity("normal")
+
+
+@pytest.mark.parametrize(
+  ("env", "libtpu", "plugins", "google_pci", "cpu"),
+  [
+    ({}, True, False, False, True),  # libtpu on a CPU host: jax would fall back to the CPU after libtpu's warnings
+    ({}, False, False, False, False),  # no libtpu: nothing to skip
+    ({}, True, False, True, False),  # a TPU host
+    ({}, True, True, False, False),  # a CUDA (or other) plugin: jax chooses among more than the CPU
+    ({"JAX_PLATFORMS": "tpu"}, True, False, False, False),  # the user's choice stands
+  ],
+)
+def test_the_cli_asks_for_the_cpu_only_where_jax_could_end_nowhere_else(env, libtpu, plugins, google_pci, cpu):
+  assert only_cpu_is_possible(env, libtpu, plugins, google_pci) is cpu

@@ -12,6 +12,7 @@ import errno
 import sys
 
 from chunklm import logs, progress
+from chunklm.cli.backends import skip_absent_tpu
 from chunklm.cli.parser import build_parser
 from chunklm.errors import UserError
 from chunklm.run.kind import check_output
@@ -82,6 +83,7 @@ def _one_line(e: Exception) -> str | None:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   logs.set_verbosity(args.verbosity or "normal")
+  skip_absent_tpu()
   # start-up: --help and flag errors answer before the command bodies load jax (seconds); lint-imports still sees it
   from chunklm.cli.commands import COMMANDS
 
