@@ -128,6 +128,7 @@ def test_lm_eval_runs_one_task_on_every_model_kind_and_writes_into_the_run(setup
     assert row["low"] <= row["value"] <= row["high"]
 
 
+@pytest.mark.slow  # CI budget: .ci/run runs the slow tests of this file
 def test_bad_harness_input_is_one_line(setup, capsys):
   models, tasks, _ = setup
   run = str(models["bytes"].run.workdir)

@@ -244,7 +244,8 @@ def test_routing_loss_settings_are_checked():
     hnet_config(1, "model.confidence_loss_weight=-1")
 
 
-@pytest.mark.parametrize("dtype", [pytest.param("float32", marks=pytest.mark.slow), "bfloat16"])  # CI budget
+@pytest.mark.slow  # CI budget: .ci/run runs both
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_chunk_ops_move_rows_in_the_compute_dtype_and_the_residual_stays_float32(dtype, monkeypatch):
   from chunklm.kernels import api
   from chunklm.model import chunking

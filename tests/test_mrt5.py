@@ -41,7 +41,7 @@ def test_soft_deletion_with_a_zero_gate_is_the_plain_model():
   assert not np.allclose(np.asarray(run(model, "soft")[0]), np.asarray(plain), atol=1e-4)
 
 
-@pytest.mark.parametrize("softmax1", [True, False])
+@pytest.mark.parametrize("softmax1", [pytest.param(True, marks=pytest.mark.slow), False])  # CI budget: .ci/run
 def test_hard_deletion_equals_soft_deletion_at_minus_infinity(softmax1, monkeypatch):
   cfg = MrT5Config(d_model=32, n_heads=2, enc_layers=3, dec_layers=2, gate_layer=1, softmax1=softmax1)
   model = MrT5(cfg, rngs=nnx.Rngs(params=1))

@@ -76,6 +76,7 @@ def test_kernel_equals_xla_ssd_float32(backend, length, cuts):
   assert_matches(backend, inputs(2, length, 4, 16, 16, cuts=cuts), chunk=16)
 
 
+@SLOW  # CI budget: .ci/run runs the slow tests of this file
 def test_tpu_kernel_with_several_head_blocks():
   # 8 heads of 32 channels, 4 per program (the fewest filling 128 lanes): 2 head blocks, their B and C cotangents
   # summed across blocks
@@ -139,7 +140,8 @@ def test_gpu_kernel_fuzz_shapes_chunks_and_boundaries(length, chunk, heads, cuts
   assert_matches(GPU, args, chunk)
 
 
-@pytest.mark.parametrize("backend", [pytest.param(TPU, marks=SLOW), GPU], ids=["tpu", "gpu"])
+@SLOW  # CI budget: .ci/run runs the slow tests of this file
+@pytest.mark.parametrize("backend", [TPU, GPU], ids=["tpu", "gpu"])
 def test_kernel_bfloat16_within_a_stated_bound(backend):
   # bfloat16 inputs and outputs (8 significant bits) against the float32 reference on the same values: the kernels
   # compute in float32, so only the rounding of y and of the cotangents to bfloat16 remains: within 2^-7 of each
