@@ -43,8 +43,9 @@ def _plugins() -> bool:
 
 def skip_absent_tpu() -> None:
   """Before jax starts a backend: use the CPU where it is the only device jax could end with (see the module)."""
-  libtpu = importlib.util.find_spec("libtpu") is not None
-  if not only_cpu_is_possible(dict(os.environ), libtpu, _plugins() if libtpu else False, _google_pci()):
+  if importlib.util.find_spec("libtpu") is None:  # the common case: nothing more to look at on start-up
+    return
+  if not only_cpu_is_possible(dict(os.environ), True, _plugins(), _google_pci()):
     return
   os.environ["JAX_PLATFORMS"] = "cpu"  # read when jax is imported; commands run in subprocesses inherit it
   if "jax" in sys.modules:

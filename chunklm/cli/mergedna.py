@@ -69,8 +69,7 @@ def boundaries(args) -> int:
   for i in range(len(docs)):
     if budget <= 0:
       break
-    start = int(docs.starts[i])  # only the bases read (a genome is megabytes)
-    data = bytes(docs.data[start : start + min(int(docs.lengths[i]), budget)])
+    data = docs.doc(i, budget)  # only the bases shown are read (a genome is megabytes)
     budget -= len(data)
     r, size = route_document(graphdef, params, data, cfg.data.seq_len)
     routed.append((data, r))

@@ -43,8 +43,10 @@ class Documents:
   def num_bytes(self) -> int:
     return int(self.lengths.sum())
 
-  def doc(self, i: int) -> bytes:
-    return bytes(self.data[self.starts[i] : self.starts[i] + self.lengths[i]])
+  def doc(self, i: int, limit: int | None = None) -> bytes:
+    """Document i, or its first `limit` bytes (only those read)."""
+    n = int(self.lengths[i]) if limit is None else min(int(self.lengths[i]), limit)
+    return bytes(self.data[self.starts[i] : self.starts[i] + n])
 
   def select(self, keep: np.ndarray) -> Documents:
     idx = np.flatnonzero(keep)
